@@ -1,0 +1,102 @@
+"""Cross-validation summaries: per-fold tables, mean ± std, markdown, JSON and a bar plot."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+SCORERS = ("model", "baseline")
+
+
+@dataclass
+class FoldResult:
+    """Metrics of the model and the baseline on one test fold."""
+
+    fold: int
+    n_test: int
+    model: dict[str, float]
+    baseline: dict[str, float]
+    best_epoch_checkpoint: str = ""
+
+
+@dataclass
+class CVReport:
+    """Everything a cross-validated run reports."""
+
+    task: str
+    run_name: str
+    metrics: tuple[str, ...]
+    primary_metric: str
+    folds: list[FoldResult] = field(default_factory=list)
+    reference: dict[str, float] = field(default_factory=dict)
+    data: dict[str, object] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def aggregate(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """scorer → metric → (mean, std over folds), NaN folds ignored."""
+        out: dict[str, dict[str, tuple[float, float]]] = {}
+        for scorer in SCORERS:
+            out[scorer] = {}
+            for metric in self.metrics:
+                values = np.array([getattr(f, scorer)[metric] for f in self.folds], float)
+                out[scorer][metric] = (float(np.nanmean(values)), float(np.nanstd(values)))
+        return out
+
+    def to_markdown(self) -> str:
+        """The summary table, per fold then mean ± std, model beside baseline."""
+        head = "| fold | n test | " + " | ".join(
+            f"{m} model | {m} baseline" for m in self.metrics
+        )
+        lines = [
+            f"# {self.task}: {self.run_name}",
+            "",
+            head + " |",
+            "|" + "---|" * (2 + 2 * len(self.metrics)),
+        ]
+        for f in self.folds:
+            cells = [f"{f.model[m]:.3f} | {f.baseline[m]:.3f}" for m in self.metrics]
+            lines.append(f"| {f.fold} | {f.n_test} | " + " | ".join(cells) + " |")
+        agg = self.aggregate()
+        cells = [
+            f"**{agg['model'][m][0]:.3f} ± {agg['model'][m][1]:.3f}** | "
+            f"{agg['baseline'][m][0]:.3f} ± {agg['baseline'][m][1]:.3f}"
+            for m in self.metrics
+        ]
+        lines.append("| mean ± std | | " + " | ".join(cells) + " |")
+        if self.reference:
+            ref = ", ".join(f"{k} {v:.3f}" for k, v in self.reference.items())
+            lines += ["", f"Baseline over the whole dataset (no folds): {ref}."]
+        lines += ["", f"Wall time: {self.seconds:.0f} s."]
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir: Path) -> list[Path]:
+        """Write summary.md, summary.json and summary.png into `out_dir`."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        md, js = out_dir / "summary.md", out_dir / "summary.json"
+        md.write_text(self.to_markdown())
+        payload = asdict(self) | {"aggregate": self.aggregate()}
+        js.write_text(json.dumps(payload, indent=2, default=str))
+        return [md, js, self._bar_plot(out_dir / "summary.png")]
+
+    def _bar_plot(self, path: Path) -> Path:
+        agg = self.aggregate()
+        x = np.arange(len(self.metrics))
+        fig, ax = plt.subplots(figsize=(1.8 * len(self.metrics) + 2, 3.8))
+        for offset, scorer in zip((-0.2, 0.2), SCORERS, strict=True):
+            means = [agg[scorer][m][0] for m in self.metrics]
+            stds = [agg[scorer][m][1] for m in self.metrics]
+            ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=scorer)
+        ax.set_xticks(x, self.metrics, rotation=15)
+        ax.set(ylim=(0, 1.05), title=f"{self.task}: mean ± std over {len(self.folds)} folds")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path

@@ -1,0 +1,1 @@
+"""Torch modules, each named for what it is."""

@@ -1,0 +1,111 @@
+"""The end-to-end run: load, split, train and evaluate per fold beside the baseline, report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from modelcycle.evaluation.report import CVReport, FoldResult
+from modelcycle.tasks.base import Fold, Task
+from modelcycle.tracking import Tracker, git_state
+from modelcycle.training import TrainerSettings, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What to run: folds, seed and the name reports and runs carry."""
+
+    run_name: str
+    n_folds: int = 5
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What a finished pipeline leaves behind."""
+
+    report: CVReport
+    report_dir: Path
+    run_id: str
+    tracking_uri: str
+
+
+def run_pipeline(
+    task: Task[Any],
+    settings: PipelineSettings,
+    trainer: TrainerSettings,
+    tracker: Tracker,
+    workspace: Path,
+    config: dict[str, Any],
+) -> PipelineResult:
+    """Cross-validate `task`'s model against its baseline on the same folds and report it.
+
+    Nothing is selected on test folds: early stopping uses each fold's validation part.
+    """
+    started = time.monotonic()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report_dir = workspace / "reports" / f"{settings.run_name}-{stamp}"
+    data, summary = task.load()
+    log.info("Loaded %s: %s", task.name, summary.counts)
+    report = CVReport(
+        task=task.name,
+        run_name=settings.run_name,
+        metrics=task.summary_metrics,
+        primary_metric=task.primary_metric,
+        data={"hash": summary.data_hash, **summary.counts, "notes": summary.notes},
+    )
+    with tracker.run(settings.run_name) as run_id:
+        tracker.set_tags({"task": task.name, "data_hash": summary.data_hash, **git_state(Path.cwd())})
+        tracker.log_params(config)
+        report.reference = task.reference(data)
+        folds = task.folds(data, settings.n_folds, settings.seed)
+        for fold in folds:
+            log.info("Fold %d/%d", fold.index + 1, len(folds))
+            result = _run_fold(task, data, fold, settings, trainer, tracker, report_dir)
+            report.folds.append(result)
+        report.seconds = time.monotonic() - started
+        files = report.write(report_dir)
+        aggregate = report.aggregate()
+        tracker.log_metrics(
+            {f"{scorer}_{m}_mean": v[0] for scorer, ms in aggregate.items() for m, v in ms.items()}
+        )
+        tracker.log_metrics({f"reference_{k}": v for k, v in report.reference.items()})
+        tracker.log_artifacts(files)
+        tracker.log_artifacts(sorted(report_dir.glob("fold*.png")), "plots")
+    return PipelineResult(report, report_dir, run_id, tracker.uri)
+
+
+def _run_fold(
+    task: Task[Any],
+    data: Any,
+    fold: Fold,
+    settings: PipelineSettings,
+    trainer: TrainerSettings,
+    tracker: Tracker,
+    report_dir: Path,
+) -> FoldResult:
+    seed = settings.seed + fold.index
+    L.seed_everything(seed, workers=True, verbose=False)
+    name = f"fold{fold.index}"
+    with tracker.run(f"{settings.run_name}-{name}", nested=True) as run_id:
+        datamodule = task.datamodule(data, fold, seed)
+        module = task.model(data, fold)
+        loggers = tracker.lightning_loggers(run_id, name, settings.run_name)
+        checkpoint = fit(
+            module, datamodule, trainer, task.monitor, report_dir / "checkpoints" / name, loggers
+        )
+        Tracker.finish_loggers(loggers)
+        model_eval, baseline_eval = task.evaluate(module, data, fold), task.baseline(data, fold)
+        tracker.log_metrics({f"test_{k}": v for k, v in model_eval.metrics.items()})
+        tracker.log_metrics({f"baseline_{k}": v for k, v in baseline_eval.metrics.items()})
+        tracker.log_artifacts(task.plot(model_eval, baseline_eval, report_dir, name), "plots")
+    return FoldResult(
+        fold.index, len(fold.test), model_eval.metrics, baseline_eval.metrics, str(checkpoint)
+    )

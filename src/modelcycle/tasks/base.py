@@ -1,0 +1,149 @@
+"""The task contract and the task registry.
+
+A task is one module: it loads its data, splits it, builds the datamodule and model for a
+fold, and scores a fitted model and a non-learned baseline on the same fold. The pipeline,
+the CLI and tracking only ever talk to this contract.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import lightning as L
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "modelcycle.tasks"
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One split of a task's data; `train`, `val` and `test` index the task's own dataset."""
+
+    index: int
+    train: Sequence[int]
+    val: Sequence[int]
+    test: Sequence[int]
+
+
+@dataclass
+class Evaluation:
+    """Scores of one scorer (the model or a baseline) on one fold.
+
+    Attributes:
+        metrics: Scalar metrics, named the same for the model and the baseline.
+        details: Task-specific raw results (scores per relation, curves) for plots.
+    """
+
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What was loaded: a content hash for lineage and counts for the report."""
+
+    data_hash: str
+    counts: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+
+D = TypeVar("D")
+
+
+class Task(ABC, Generic[D]):
+    """What every task implements. `D` is the task's own loaded-dataset type."""
+
+    name: ClassVar[str]
+    #: Metric used for early stopping, the registry gate and summaries ("higher is better").
+    primary_metric: ClassVar[str]
+    #: Validation metric the model logs each epoch, for early stopping ("higher is better").
+    monitor: ClassVar[str] = "val_auc"
+    #: Metrics shown in the summary table, in order.
+    summary_metrics: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def load(self) -> tuple[D, DataSummary]:
+        """Read and validate the task's data."""
+
+    @abstractmethod
+    def folds(self, data: D, n_folds: int, seed: int) -> list[Fold]:
+        """Split the data into cross-validation folds with no leakage between parts."""
+
+    @abstractmethod
+    def datamodule(self, data: D, fold: Fold, seed: int) -> L.LightningDataModule:
+        """Build the datamodule for one fold; everything fitted uses `fold.train` only."""
+
+    @abstractmethod
+    def model(self, data: D, fold: Fold) -> L.LightningModule:
+        """Build a fresh model for one fold."""
+
+    @abstractmethod
+    def baseline(self, data: D, fold: Fold) -> Evaluation:
+        """Score the non-learned baseline on `fold.test`."""
+
+    @abstractmethod
+    def evaluate(self, module: L.LightningModule, data: D, fold: Fold) -> Evaluation:
+        """Score a trained model on `fold.test`."""
+
+    def reference(self, data: D) -> dict[str, float]:
+        """Baseline metrics over the whole dataset, for orientation next to the folds."""
+        return {}
+
+    @abstractmethod
+    def plot(self, model: Evaluation, baseline: Evaluation, out_dir: Path, tag: str) -> list[Path]:
+        """Save the task's plots comparing model and baseline; return the files written."""
+
+
+TaskFactory = Callable[..., Task[Any]]
+_REGISTRY: dict[str, type[Task[Any]]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task[Any]]], type[Task[Any]]]:
+    """Class decorator that registers a task under `name`; a duplicate name is an error."""
+
+    def add(cls: type[Task[Any]]) -> type[Task[Any]]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(
+                f"Task name {name!r} is already registered by {_REGISTRY[name].__qualname__}; "
+                "choose another name."
+            )
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def _load_builtin_and_plugins() -> None:
+    # Built-in tasks register on import; outside packages through the entry-point group.
+    import modelcycle.tasks.twins  # noqa: F401
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            try:
+                ep.load()
+            except Exception as err:  # a broken plugin must not hide the built-in tasks
+                log.warning("Could not load task plugin %s (%s): %s", ep.name, ep.value, err)
+
+
+def available_tasks() -> list[str]:
+    """Names of every registered task, built-in and from plugins."""
+    _load_builtin_and_plugins()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str) -> type[Task[Any]]:
+    """Look a task class up by name; an unknown name lists the valid ones."""
+    _load_builtin_and_plugins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        valid = ", ".join(sorted(_REGISTRY)) or "(none)"
+        raise KeyError(f"Unknown task {name!r}. Registered tasks: {valid}.") from None

@@ -1,0 +1,182 @@
+"""Twins from structural MRI: is this pair of people twins, siblings, or unrelated?
+
+Data: QTIM participants and FreeSurfer ses-01 measures (`modelcycle.data.qtim`). Model: a
+siamese encoder (MLP or region graph) trained on twin-like vs unrelated pairs. Baseline:
+Pearson correlation of the same processed feature vectors, scored on the same folds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from modelcycle.data.features import ResidualStandardizer
+from modelcycle.data.pair_loader import PairDataModule
+from modelcycle.data.qtim import Cohort, QTIMSource
+from modelcycle.data.relations import Relation, pairs_of, relation_matrix, sample_unrelated
+from modelcycle.data.splits import group_holdout, group_kfold
+from modelcycle.evaluation.kinship import score_similarity
+from modelcycle.evaluation.kinship_plots import plot_kinship
+from modelcycle.models.encoders import FeatureSpace
+from modelcycle.models.siamese import SiamesePairModel
+from modelcycle.tasks.base import DataSummary, Evaluation, Fold, Task, register_task
+
+
+@dataclass(frozen=True)
+class TwinsData:
+    """The cohort as arrays, rows aligned with `cohort.subjects`."""
+
+    cohort: Cohort
+    X: np.ndarray  # (n_subjects, n_measures), NaN where missing
+    covariates: np.ndarray  # (n_subjects, 3): age, sex, acquisition
+    relations: np.ndarray  # (n_subjects, n_subjects) `Relation` values
+    families: np.ndarray
+    sex: np.ndarray
+
+    @classmethod
+    def from_cohort(cls, cohort: Cohort) -> TwinsData:
+        """Arrays of a loaded cohort."""
+        s = cohort.subjects
+        return cls(
+            cohort=cohort,
+            X=cohort.measures.to_numpy(float),
+            covariates=cohort.covariates(),
+            relations=relation_matrix(s["family_id"].to_numpy(), s["age"].to_numpy()),
+            families=s["family_id"].to_numpy(),
+            sex=s["sex"].to_numpy(),
+        )
+
+
+@register_task("twins")
+class TwinsTask(Task[TwinsData]):
+    """Siamese twin detection on FreeSurfer measures, with a correlation baseline.
+
+    Args:
+        source: Where QTIM comes from.
+        encoder: Builds the encoder from a `FeatureSpace` (a partial from the model config).
+        objective: "bce" or "contrastive".
+        lr: Learning rate.
+        weight_decay: Weight decay.
+        margin: Contrastive margin (cosine distance).
+        negatives_per_positive: Unrelated training pairs drawn per twin-like pair.
+        val_fraction: Share of training families held out for early stopping.
+        batch_size: Pairs per batch.
+    """
+
+    primary_metric = "auc_twin_vs_unrelated"
+    summary_metrics = ("auc_twin_vs_unrelated", "auc_sibling_vs_unrelated", "top1", "top5")
+
+    def __init__(
+        self,
+        source: QTIMSource,
+        encoder: Callable[..., nn.Module],
+        objective: str = "contrastive",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        margin: float = 1.0,
+        negatives_per_positive: int = 4,
+        val_fraction: float = 0.15,
+        batch_size: int = 128,
+    ) -> None:
+        self.source, self.encoder = source, encoder
+        self.objective, self.lr, self.weight_decay, self.margin = objective, lr, weight_decay, margin
+        self.negatives_per_positive = negatives_per_positive
+        self.val_fraction, self.batch_size = val_fraction, batch_size
+        self._processed: dict[int, np.ndarray] = {}
+
+    def load(self) -> tuple[TwinsData, DataSummary]:
+        """Read QTIM and count subjects, families, relations and exclusions."""
+        cohort = self.source.load()
+        data = TwinsData.from_cohort(cohort)
+        counts = {
+            "subjects": len(cohort),
+            "measures": cohort.measures.shape[1],
+            "families": len(np.unique(data.families)),
+            "twin_like_pairs": len(pairs_of(data.relations, Relation.TWIN)),
+            "sibling_pairs": len(pairs_of(data.relations, Relation.SIBLING)),
+        }
+        notes = [f"excluded {len(v)}: {k}" for k, v in cohort.exclusions.items()]
+        return data, DataSummary(cohort.data_hash, counts, notes)
+
+    def folds(self, data: TwinsData, n_folds: int, seed: int) -> list[Fold]:
+        """Family-grouped k-fold; each fold's validation families come from its training part."""
+        parts = group_kfold(data.families, n_folds, seed)
+        folds = []
+        for k, test in enumerate(parts):
+            rest = np.setdiff1d(np.arange(len(data.families)), test)
+            train, val = group_holdout(data.families, rest, self.val_fraction, seed + k)
+            folds.append(Fold(k, train, val, test))
+        self._processed.clear()
+        return folds
+
+    def processed(self, data: TwinsData, fold: Fold) -> np.ndarray:
+        """All subjects' features, imputed/standardized/residualized with `fold.train` fits."""
+        if fold.index not in self._processed:
+            train = np.asarray(fold.train)
+            fitted = ResidualStandardizer.fit(data.X[train], data.covariates[train])
+            self._processed[fold.index] = fitted.transform(data.X, data.covariates)
+        return self._processed[fold.index]
+
+    def datamodule(self, data: TwinsData, fold: Fold, seed: int) -> L.LightningDataModule:
+        """Twin-like pairs + sampled unrelated pairs from training; all pairs from validation."""
+        X = self.processed(data, fold)
+        train = _labelled_pairs(data.relations, np.asarray(fold.train), self.negatives_per_positive, seed)
+        val = _labelled_pairs(data.relations, np.asarray(fold.val), None, seed)
+        return PairDataModule(X, train, val, batch_size=self.batch_size, seed=seed)
+
+    def model(self, data: TwinsData, fold: Fold) -> L.LightningModule:
+        """A fresh siamese model whose encoder sees the fold's processed training rows."""
+        X = self.processed(data, fold)
+        names = list(data.cohort.measures.columns)
+        encoder = self.encoder(space=FeatureSpace(names, X[np.asarray(fold.train)]))
+        return SiamesePairModel(encoder, self.objective, self.lr, self.weight_decay, self.margin)
+
+    def baseline(self, data: TwinsData, fold: Fold) -> Evaluation:
+        """Pearson correlation between processed feature vectors of test subjects."""
+        test = np.asarray(fold.test)
+        S = np.corrcoef(self.processed(data, fold)[test])
+        return score_similarity(S, data.relations[np.ix_(test, test)], data.sex[test])
+
+    def evaluate(self, module: L.LightningModule, data: TwinsData, fold: Fold) -> Evaluation:
+        """Cosine similarity of the model's embeddings of test subjects."""
+        assert isinstance(module, SiamesePairModel)
+        test = np.asarray(fold.test)
+        X = torch.as_tensor(self.processed(data, fold)[test], dtype=torch.float32)
+        module.eval()
+        with torch.no_grad():
+            E = module.embed(X).numpy()
+        return score_similarity(E @ E.T, data.relations[np.ix_(test, test)], data.sex[test])
+
+    def reference(self, data: TwinsData) -> dict[str, float]:
+        """The baseline over the whole cohort (processing fitted on everyone), for orientation."""
+        fitted = ResidualStandardizer.fit(data.X, data.covariates)
+        S = np.corrcoef(fitted.transform(data.X, data.covariates))
+        return score_similarity(S, data.relations, data.sex).metrics
+
+    def plot(self, model: Evaluation, baseline: Evaluation, out_dir: Path, tag: str) -> list[Path]:
+        """ROC curves, similarity histograms per relation and co-twin retrieval curves."""
+        return plot_kinship({"model": model, "baseline": baseline}, out_dir, tag)
+
+
+def _labelled_pairs(
+    relations: np.ndarray, rows: np.ndarray, negatives_per_positive: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Twin-like pairs (label 1) and unrelated pairs (label 0) among `rows`, in global indices.
+
+    With `negatives_per_positive=None` every unrelated pair is kept (for validation).
+    """
+    sub = relations[np.ix_(rows, rows)]
+    positives = pairs_of(sub, Relation.TWIN)
+    if negatives_per_positive is None:
+        negatives = pairs_of(sub, Relation.UNRELATED)
+    else:
+        negatives = sample_unrelated(sub, negatives_per_positive * len(positives), seed)
+    pairs = rows[np.concatenate([positives, negatives])]
+    labels = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+    return pairs, labels

@@ -1,0 +1,134 @@
+"""MLflow tracking in the workspace (SQLite by default), with optional W&B beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import Logger
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Where runs go.
+
+    Attributes:
+        uri: MLflow tracking URI; None means SQLite in the workspace.
+        experiment: MLflow experiment name.
+        wandb_project: Also log to W&B under this project (offline without WANDB_API_KEY).
+    """
+
+    uri: str | None = None
+    experiment: str = "modelcycle"
+    wandb_project: str | None = None
+
+
+class Tracker:
+    """One parent run per pipeline, one nested run per fold."""
+
+    def __init__(self, settings: TrackingSettings, workspace: Path) -> None:
+        import mlflow
+
+        self.workspace = workspace
+        self.uri = settings.uri or f"sqlite:///{workspace / 'mlflow.db'}"
+        self.settings = settings
+        mlflow.set_tracking_uri(self.uri)
+        experiment = mlflow.get_experiment_by_name(settings.experiment)
+        if experiment is None:
+            artifacts = (workspace / "artifacts").resolve().as_uri()
+            self.experiment_id = mlflow.create_experiment(settings.experiment, artifacts)
+        else:
+            self.experiment_id = experiment.experiment_id
+
+    @contextmanager
+    def run(self, name: str, nested: bool = False) -> Iterator[str]:
+        """Start (and end) an MLflow run; yields its id."""
+        import mlflow
+
+        with mlflow.start_run(
+            experiment_id=self.experiment_id, run_name=name, nested=nested
+        ) as active:
+            yield active.info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log flattened parameters (values longer than MLflow's limit are cut)."""
+        import mlflow
+
+        mlflow.log_params({k: str(v)[:6000] for k, v in _flatten(params).items()})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log scalar metrics of the active run."""
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
+        """Attach files to the active run."""
+        import mlflow
+
+        for path in paths:
+            mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tag the active run."""
+        import mlflow
+
+        mlflow.set_tags(dict(tags))
+
+    def lightning_loggers(self, run_id: str, fold_name: str, group: str) -> list[Logger]:
+        """Loggers that send Lightning's per-epoch metrics to this run (and W&B if set)."""
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        loggers: list[Logger] = [MLFlowLogger(tracking_uri=self.uri, run_id=run_id)]
+        if self.settings.wandb_project:
+            loggers.append(self._wandb(fold_name, group))
+        return loggers
+
+    def _wandb(self, name: str, group: str) -> Logger:
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        save_dir = self.workspace / "wandb"
+        save_dir.mkdir(parents=True, exist_ok=True)
+        return WandbLogger(
+            project=self.settings.wandb_project, name=name, group=group, mode=mode,
+            save_dir=str(save_dir),
+        )
+
+    @staticmethod
+    def finish_loggers(loggers: list[Logger]) -> None:
+        """Close loggers that hold a run open (W&B)."""
+        for logger in loggers:
+            experiment = getattr(logger, "_experiment", None)
+            if experiment is not None and hasattr(experiment, "finish"):
+                experiment.finish()
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else value
+    return flat
+
+
+def git_state(path: Path) -> dict[str, str]:
+    """Git SHA and dirty flag of the checkout holding `path` ("unknown" outside git)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=path, capture_output=True, text=True, check=False, timeout=10
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    sha = git("rev-parse", "HEAD")
+    return {"git_sha": sha or "unknown", "git_dirty": str(bool(git("status", "--porcelain")))}

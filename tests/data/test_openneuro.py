@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -204,11 +205,22 @@ def test_hash_tree_streams_large_files(tmp_path: Path) -> None:
     assert hash_tree(tmp_path, ["*.bin"]) == {"big.bin": _sha(data)}
 
 
-def test_real_download_without_network_raises_fetch_error(tmp_path: Path) -> None:
-    """Calls the real openneuro-py; this machine has no route to openneuro.org.
+def _openneuro_reachable() -> bool:
+    try:
+        socket.create_connection(("openneuro.org", 443), timeout=3).close()
+    except OSError:
+        return False
+    return True
 
-    openneuro-py retries the metadata request 5 times with back-off (about 16 s here).
+
+@pytest.mark.slow
+def test_real_download_without_network_raises_fetch_error(tmp_path: Path) -> None:
+    """Calls the real openneuro-py on a machine with no route to openneuro.org.
+
+    openneuro-py retries the metadata request 5 times with back-off (about 16 s offline).
     """
+    if _openneuro_reachable():
+        pytest.skip("openneuro.org is reachable; this test checks the offline error")
     start = time.monotonic()
     with pytest.raises(FetchError, match="ds004169") as info:
         fetch_openneuro("ds004169", tmp_path / "ds004169", ["participants.json"])

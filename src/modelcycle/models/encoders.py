@@ -24,25 +24,63 @@ class FeatureSpace:
         return len(self.names)
 
 
+class CorrelationSkip(nn.Module):
+    """Each row centred over its features, times learned per-feature weights (init 1).
+
+    The cosine similarity of two such rows with unit weights is their Pearson correlation,
+    i.e. the baseline; an encoder that adds a zero-initialized correction to this starts
+    exactly at the baseline and learns from there.
+    """
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, n_features) → (batch, n_features)."""
+        return (x - x.mean(dim=1, keepdim=True)) * self.weight
+
+
 class MLPEncoder(nn.Module):
-    """An MLP over the whole measure vector."""
+    """An MLP over the whole measure vector, optionally residual on the correlation skip.
+
+    Args:
+        space: The input features.
+        hidden: Widths of the hidden layers.
+        dim: Embedding width (with `residual`, the embedding is as wide as the input).
+        dropout: Dropout on the input and after each hidden layer.
+        activation: GELU between layers; without it the MLP is a low-rank linear map.
+        residual: Add the MLP's output (last layer zero-initialized) to `CorrelationSkip`.
+    """
 
     def __init__(
-        self, space: FeatureSpace, hidden: tuple[int, ...] = (256,), dim: int = 64,
-        dropout: float = 0.2,
+        self,
+        space: FeatureSpace,
+        hidden: tuple[int, ...] = (32,),
+        dim: int = 64,
+        dropout: float = 0.0,
+        activation: bool = False,
+        residual: bool = True,
     ) -> None:
         super().__init__()
+        out = space.n_features if residual else dim
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         width = space.n_features
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(dropout)]
+            layers += [nn.Linear(width, h), nn.GELU() if activation else nn.Identity()]
+            layers.append(nn.Dropout(dropout))
             width = h
-        layers.append(nn.Linear(width, dim))
-        self.net = nn.Sequential(*layers)
+        last = nn.Linear(width, out)
+        if residual:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*layers, last)
+        self.skip = CorrelationSkip(space.n_features) if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, n_features) → (batch, dim)."""
-        return self.net(x)
+        """(batch, n_features) → (batch, dim), or (batch, n_features) when residual."""
+        out = self.net(x)
+        return out if self.skip is None else self.skip(x) + out
 
 
 class RegionGraphEncoder(nn.Module):
@@ -50,7 +88,8 @@ class RegionGraphEncoder(nn.Module):
 
     Nodes are brain regions carrying their measures (surface area, thickness, volume) and a
     learned identity; edges are fixed: structural covariance over the training rows (top-k
-    |r| per node) or anatomical lobe adjacency. Dense adjacency keeps the node count fixed, so
+    |r| per node) or anatomical lobe adjacency. With `residual`, the graph's readout is a
+    zero-initialized correction added to `CorrelationSkip`. Dense adjacency keeps the node count fixed, so
     the module exports to ONNX as plain matrix products.
     """
 
@@ -63,6 +102,7 @@ class RegionGraphEncoder(nn.Module):
         edges: str = "covariance",
         top_k: int = 8,
         dropout: float = 0.2,
+        residual: bool = True,
     ) -> None:
         super().__init__()
         layout = RegionLayout.from_names(space.names)
@@ -78,7 +118,11 @@ class RegionGraphEncoder(nn.Module):
         n_global = len(layout.global_index)
         self.global_net = nn.Linear(n_global, hidden) if n_global else None
         readout = 2 * hidden + (hidden if n_global else 0)
-        self.head = nn.Linear(readout, dim)
+        self.head = nn.Linear(readout, space.n_features if residual else dim)
+        self.skip = CorrelationSkip(space.n_features) if residual else None
+        if residual:  # start exactly at the correlation baseline
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, n_features) → (batch, dim)."""
@@ -93,7 +137,8 @@ class RegionGraphEncoder(nn.Module):
         parts = [h.mean(dim=1), h.amax(dim=1)]
         if self.global_net is not None:
             parts.append(torch.relu(self.global_net(x[:, self.global_index])))
-        return self.head(torch.cat(parts, dim=1))
+        out = self.head(torch.cat(parts, dim=1))
+        return out if self.skip is None else self.skip(x) + out
 
 
 _EDGE_BUILDERS = {

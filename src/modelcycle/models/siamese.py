@@ -1,4 +1,4 @@
-"""A siamese pair model: one shared encoder, a cosine pair head, BCE or contrastive training."""
+"""A siamese pair model: one shared encoder, a cosine pair head, and a choice of objectives."""
 
 from __future__ import annotations
 
@@ -26,21 +26,44 @@ class CosinePairHead(nn.Module):
         return self.log_scale.exp() * cos + self.bias
 
 
-def _bce(model: SiamesePairModel, cos: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(model.head(cos), y)
+# An objective maps (model, unit embeddings a (B, D), b (B, D), labels y (B,)) to a loss.
+Objective = Callable[["SiamesePairModel", torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _contrastive(model: SiamesePairModel, cos: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # Hadsell et al. (2006) on cosine distance; the head is fitted on detached similarities
-    # so that the predicted probability stays calibrated without shaping the embedding.
-    distance = 1.0 - cos
+def _bce(model: SiamesePairModel, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(model.head((a * b).sum(dim=1)), y)
+
+
+def _head_only(model: SiamesePairModel, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # The head is fitted on detached similarities: calibrated probabilities without shaping
+    # the embedding, which the metric-learning objectives below shape on their own.
+    return F.binary_cross_entropy_with_logits(model.head((a * b).sum(dim=1).detach()), y)
+
+
+def _contrastive(
+    model: SiamesePairModel, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    # Hadsell et al. (2006) on cosine distance.
+    distance = 1.0 - (a * b).sum(dim=1)
     margin_loss = y * distance.pow(2) + (1 - y) * F.relu(model.margin - distance).pow(2)
-    return margin_loss.mean() + _bce(model, cos.detach(), y)
+    return margin_loss.mean() + _head_only(model, a, b, y)
 
 
-OBJECTIVES: dict[str, Callable[[SiamesePairModel, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+def _infonce(model: SiamesePairModel, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # In-batch InfoNCE over the batch's related pairs: each member must pick its own partner
+    # among the partners of every other related pair in the batch.
+    positive = y > 0.5
+    pa, pb = a[positive], b[positive]
+    logits = pa @ pb.T / model.temperature  # (P, P), partners on the diagonal
+    target = torch.arange(len(pa), device=a.device)
+    nce = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    return nce + _head_only(model, a, b, y)
+
+
+OBJECTIVES: dict[str, Objective] = {
     "bce": _bce,
     "contrastive": _contrastive,
+    "infonce": _infonce,
 }
 
 
@@ -49,19 +72,21 @@ class SiamesePairModel(L.LightningModule):
 
     Args:
         encoder: Maps (batch, n_features) to (batch, dim).
-        objective: "bce" or "contrastive".
+        objective: One of `OBJECTIVES`: "bce", "contrastive" or "infonce".
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         margin: Cosine-distance margin of the contrastive objective.
+        temperature: Softmax temperature of the InfoNCE objective.
     """
 
     def __init__(
         self,
         encoder: nn.Module,
-        objective: str = "bce",
+        objective: str = "infonce",
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         margin: float = 1.0,
+        temperature: float = 0.1,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -70,7 +95,8 @@ class SiamesePairModel(L.LightningModule):
         self.encoder = encoder
         self.head = CosinePairHead()
         self.objective = OBJECTIVES[objective]
-        self.lr, self.weight_decay, self.margin = lr, weight_decay, margin
+        self.lr, self.weight_decay = lr, weight_decay
+        self.margin, self.temperature = margin, temperature
         self.val_auc = BinaryAUROC()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,25 +107,25 @@ class SiamesePairModel(L.LightningModule):
         """Probability that each pair is related, (B, F), (B, F) → (B,)."""
         return torch.sigmoid(self.head((self.embed(a) * self.embed(b)).sum(dim=1)))
 
-    def _cosine(self, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a, b, y = batch
-        return (self.embed(a) * self.embed(b)).sum(dim=1), y
+        ea, eb = self.embed(a), self.embed(b)
+        return self.objective(self, ea, eb, y), (ea * eb).sum(dim=1), y
 
     def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor:
         """One optimization step on a batch of labelled pairs."""
-        cos, y = self._cosine(batch)
-        loss = self.objective(self, cos, y)
+        loss, _, y = self._loss(batch)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
     def validation_step(self, batch: PairBatch, batch_idx: int) -> None:
-        """Accumulate pair scores for the epoch's ROC-AUC."""
-        cos, y = self._cosine(batch)
+        """Accumulate pair similarities for the epoch's ROC-AUC."""
+        loss, cos, y = self._loss(batch)
         self.val_auc.update(cos, y.long())
-        self.log("val_loss", self.objective(self, cos, y), batch_size=len(y))
+        self.log("val_loss", loss, batch_size=len(y))
 
     def on_validation_epoch_end(self) -> None:
-        """Log validation ROC-AUC (twin-like vs unrelated), the early-stopping metric."""
+        """Log validation ROC-AUC (related vs unrelated pairs), the early-stopping metric."""
         self.log("val_auc", self.val_auc.compute(), prog_bar=True)
         self.val_auc.reset()
 

@@ -60,10 +60,11 @@ class TwinsTask(Task[TwinsData]):
     Args:
         source: Where QTIM comes from.
         encoder: Builds the encoder from a `FeatureSpace` (a partial from the model config).
-        objective: "bce" or "contrastive".
+        objective: "bce", "contrastive" or "infonce".
         lr: Learning rate.
         weight_decay: Weight decay.
         margin: Contrastive margin (cosine distance).
+        temperature: InfoNCE temperature.
         negatives_per_positive: Unrelated training pairs drawn per twin-like pair.
         val_fraction: Share of training families held out for early stopping.
         batch_size: Pairs per batch.
@@ -76,16 +77,18 @@ class TwinsTask(Task[TwinsData]):
         self,
         source: QTIMSource,
         encoder: Callable[..., nn.Module],
-        objective: str = "contrastive",
+        objective: str = "infonce",
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         margin: float = 1.0,
+        temperature: float = 0.1,
         negatives_per_positive: int = 4,
         val_fraction: float = 0.15,
         batch_size: int = 128,
     ) -> None:
         self.source, self.encoder = source, encoder
-        self.objective, self.lr, self.weight_decay, self.margin = objective, lr, weight_decay, margin
+        self.objective, self.lr, self.weight_decay = objective, lr, weight_decay
+        self.margin, self.temperature = margin, temperature
         self.negatives_per_positive = negatives_per_positive
         self.val_fraction, self.batch_size = val_fraction, batch_size
         self._processed: dict[int, np.ndarray] = {}
@@ -135,7 +138,9 @@ class TwinsTask(Task[TwinsData]):
         X = self.processed(data, fold)
         names = list(data.cohort.measures.columns)
         encoder = self.encoder(space=FeatureSpace(names, X[np.asarray(fold.train)]))
-        return SiamesePairModel(encoder, self.objective, self.lr, self.weight_decay, self.margin)
+        return SiamesePairModel(
+            encoder, self.objective, self.lr, self.weight_decay, self.margin, self.temperature
+        )
 
     def baseline(self, data: TwinsData, fold: Fold) -> Evaluation:
         """Pearson correlation between processed feature vectors of test subjects."""

@@ -66,7 +66,7 @@ def write_tiny_qtim(root: Path, n_families: int = 24, seed: int = 0) -> Path:
 
 @pytest.fixture
 def tiny_qtim(tmp_path: Path) -> Path:
-    """A tiny QTIM-shaped BIDS root (24 families, 42 subjects)."""
+    """A tiny QTIM-shaped BIDS root (24 families, 48 subjects)."""
     return write_tiny_qtim(tmp_path / "qtim")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +39,10 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
         force=True,
     )
+    # Lightning's start-up banners (accelerators, tips) say nothing about this run.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=DeprecationWarning)
 
 
 @app.command()
@@ -113,26 +118,27 @@ class _clear_errors:  # noqa: N801 - used as a context manager, reads like a sta
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: object) -> bool:
         if isinstance(err, ConfigError | DataError | FetchError | KeyError):
-            console.print(f"[red]error:[/red] {err}")
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            console.print(f"[red]error:[/red] {message}", soft_wrap=True)
             raise typer.Exit(code=2)
         return False
 
 
 def summary_table(report: CVReport) -> Table:
-    """The report as a rich table: per fold, then mean ± std; model beside baseline."""
-    table = Table(title=f"{report.task} — model vs baseline, {len(report.folds)} folds")
-    table.add_column("fold")
-    for metric in report.metrics:
-        table.add_column(f"{metric}\nmodel", justify="right")
-        table.add_column("baseline", justify="right")
+    """The report as a rich table: a row per metric and scorer, a column per fold."""
+    table = Table(title=f"{report.task}: model vs baseline, {len(report.folds)} folds")
+    table.add_column("metric")
+    table.add_column("scorer")
     for fold in report.folds:
-        cells = [f"{v:.3f}" for m in report.metrics for v in (fold.model[m], fold.baseline[m])]
-        table.add_row(str(fold.fold), *cells)
+        table.add_column(f"fold {fold.fold}", justify="right")
+    table.add_column("mean ± std", justify="right", style="bold")
     agg = report.aggregate()
-    cells = [
-        f"{agg[s][m][0]:.3f} ± {agg[s][m][1]:.3f}" for m in report.metrics for s in ("model", "baseline")
-    ]
-    table.add_row("mean ± std", *cells, style="bold")
+    for metric in report.metrics:
+        for scorer in ("model", "baseline"):
+            cells = [f"{getattr(f, scorer)[metric]:.3f}" for f in report.folds]
+            mean, std = agg[scorer][metric]
+            label = metric if scorer == "model" else ""
+            table.add_row(label, scorer, *cells, f"{mean:.3f} ± {std:.3f}")
     return table
 
 
@@ -140,7 +146,8 @@ def _print_result(result: PipelineResult) -> None:
     console.print(summary_table(result.report))
     if result.report.reference:
         ref = ", ".join(f"{k} {v:.3f}" for k, v in result.report.reference.items())
-        console.print(f"Baseline over the whole dataset: {ref}")
-    console.print(f"Report and plots: {result.report_dir}")
-    console.print(f"MLflow run {result.run_id}; browse with: mlflow ui --backend-store-uri {result.tracking_uri}")
+        console.print(f"Baseline over the whole dataset (no folds): {ref}", soft_wrap=True)
+    console.print(f"Report and plots: {result.report_dir}", soft_wrap=True)
+    console.print(f"MLflow run {result.run_id}", soft_wrap=True)
+    console.print(f"Browse runs: mlflow ui --backend-store-uri {result.tracking_uri}", soft_wrap=True)
     console.print(f"Wall time: {result.report.seconds:.0f} s")

@@ -38,6 +38,16 @@ def test_holdout_splits_by_family() -> None:
     assert 0.1 < len(set(groups[held])) / 50 < 0.3
 
 
+def test_holdout_strata_reach_the_held_out_part() -> None:
+    groups = np.array([f"f{i // 2}" for i in range(40)] + [f"s{i}" for i in range(200)])
+    paired = np.r_[np.ones(40, int), np.zeros(200, int)]  # 20 paired families, 200 singletons
+    rows = np.arange(len(groups))
+    for seed in range(10):
+        _, held = group_holdout(groups, rows, 0.1, seed, strata=paired)
+        assert paired[held].sum() == 4  # 2 of the 20 paired families, every time
+        assert (paired[held] == 0).sum() == 20
+
+
 def test_bad_fold_counts_are_refused() -> None:
     with pytest.raises(ValueError, match="n_folds=7"):
         group_kfold(np.array(["a", "b", "c"]), 7, seed=0)

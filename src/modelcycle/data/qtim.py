@@ -7,8 +7,8 @@ Rules applied when building the cohort (each exclusion is counted and logged):
 * A measure missing for more than `max_missing_measure` of subjects is dropped (in the real
   table: `AvgThickness`, `TSurfArea`), as is a measure constant over the cohort.
 * A subject missing more than `max_missing_subject` of the remaining measures is excluded
-  (in the real table: 58 subjects with no cortical measures); other gaps stay NaN and are
-  imputed per fold with medians of the training part.
+  (in the real table: 59 subjects, 58 of them without any cortical measure); other gaps
+  stay NaN and are imputed per fold with medians of the training part.
 """
 
 from __future__ import annotations

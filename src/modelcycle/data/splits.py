@@ -32,13 +32,33 @@ def group_kfold(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]
 
 
 def group_holdout(
-    groups: np.ndarray, rows: np.ndarray, fraction: float, seed: int
+    groups: np.ndarray,
+    rows: np.ndarray,
+    fraction: float,
+    seed: int,
+    strata: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split `rows` into (kept, held out) with about `fraction` of them held out, by group."""
+    """Split `rows` into (kept, held out), about `fraction` of the groups held out.
+
+    Args:
+        groups: Group of every row of the dataset.
+        rows: The rows to split.
+        fraction: Share of groups to hold out.
+        seed: Seed of the shuffle.
+        strata: Optional label of every row; a group's stratum is its rows' largest label,
+            and each stratum gives up `fraction` of its groups (at least one), so that, for
+            example, families with twins always reach the held-out part.
+    """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction={fraction} must be strictly between 0 and 1.")
-    names = np.unique(groups[rows])
-    shuffled = np.random.default_rng(seed).permutation(names)
-    held_groups = set(shuffled[: max(1, round(fraction * len(names)))])
-    held = np.array([groups[r] in held_groups for r in rows], dtype=bool)
+    names, inverse = np.unique(groups[rows], return_inverse=True)
+    labels = np.zeros(len(rows), dtype=int) if strata is None else np.asarray(strata)[rows]
+    group_label = np.full(len(names), labels.min())
+    np.maximum.at(group_label, inverse, labels)
+    rng = np.random.default_rng(seed)
+    held_groups = np.zeros(len(names), dtype=bool)
+    for label in np.unique(group_label):
+        members = rng.permutation(np.flatnonzero(group_label == label))
+        held_groups[members[: max(1, round(fraction * len(members)))]] = True
+    held = held_groups[inverse]
     return np.sort(rows[~held]), np.sort(rows[held])

@@ -50,26 +50,22 @@ class CVReport:
         return out
 
     def to_markdown(self) -> str:
-        """The summary table, per fold then mean ± std, model beside baseline."""
-        head = "| fold | n test | " + " | ".join(
-            f"{m} model | {m} baseline" for m in self.metrics
-        )
+        """The summary table: a row per metric and scorer, a column per fold, then mean ± std."""
+        folds = " | ".join(f"fold {f.fold}" for f in self.folds)
         lines = [
             f"# {self.task}: {self.run_name}",
             "",
-            head + " |",
-            "|" + "---|" * (2 + 2 * len(self.metrics)),
+            f"| metric | scorer | {folds} | mean ± std |",
+            "|---|---|" + "---:|" * (len(self.folds) + 1),
         ]
-        for f in self.folds:
-            cells = [f"{f.model[m]:.3f} | {f.baseline[m]:.3f}" for m in self.metrics]
-            lines.append(f"| {f.fold} | {f.n_test} | " + " | ".join(cells) + " |")
         agg = self.aggregate()
-        cells = [
-            f"**{agg['model'][m][0]:.3f} ± {agg['model'][m][1]:.3f}** | "
-            f"{agg['baseline'][m][0]:.3f} ± {agg['baseline'][m][1]:.3f}"
-            for m in self.metrics
-        ]
-        lines.append("| mean ± std | | " + " | ".join(cells) + " |")
+        for metric in self.metrics:
+            for scorer in SCORERS:
+                cells = " | ".join(f"{getattr(f, scorer)[metric]:.3f}" for f in self.folds)
+                mean, std = agg[scorer][metric]
+                lines.append(f"| {metric} | {scorer} | {cells} | {mean:.3f} ± {std:.3f} |")
+        tested = ", ".join(str(f.n_test) for f in self.folds)
+        lines += ["", f"Test subjects per fold: {tested}."]
         if self.reference:
             ref = ", ".join(f"{k} {v:.3f}" for k, v in self.reference.items())
             lines += ["", f"Baseline over the whole dataset (no folds): {ref}."]

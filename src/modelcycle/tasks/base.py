@@ -126,11 +126,18 @@ def _load_builtin_and_plugins() -> None:
     import modelcycle.tasks.twins  # noqa: F401
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:
-            try:
-                ep.load()
-            except Exception as err:  # a broken plugin must not hide the built-in tasks
-                log.warning("Could not load task plugin %s (%s): %s", ep.name, ep.value, err)
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            loaded = ep.load()  # "package.module:TaskClass"
+        except Exception as err:  # a broken plugin must not hide the other tasks
+            log.warning("Could not load task plugin %s (%s): %s", ep.name, ep.value, err)
+            continue
+        if not (isinstance(loaded, type) and issubclass(loaded, Task)):
+            log.warning("Task plugin %s (%s) is not a Task subclass; ignored", ep.name, ep.value)
+            continue
+        if ep.name not in _REGISTRY:  # its module may have registered it on import
+            register_task(ep.name)(loaded)
 
 
 def available_tasks() -> list[str]:

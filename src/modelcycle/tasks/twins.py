@@ -108,12 +108,16 @@ class TwinsTask(Task[TwinsData]):
         return data, DataSummary(cohort.data_hash, counts, notes)
 
     def folds(self, data: TwinsData, n_folds: int, seed: int) -> list[Fold]:
-        """Family-grouped k-fold; each fold's validation families come from its training part."""
+        """Family-grouped k-fold; validation families come from the training part, stratified
+        so that families with twins reach validation in proportion."""
         parts = group_kfold(data.families, n_folds, seed)
+        has_twin = (data.relations == Relation.TWIN).any(axis=1).astype(int)
         folds = []
         for k, test in enumerate(parts):
             rest = np.setdiff1d(np.arange(len(data.families)), test)
-            train, val = group_holdout(data.families, rest, self.val_fraction, seed + k)
+            train, val = group_holdout(
+                data.families, rest, self.val_fraction, seed + k, strata=has_twin
+            )
             folds.append(Fold(k, train, val, test))
         self._processed.clear()
         return folds

@@ -1,0 +1,101 @@
+"""The `modelcycle` command through Typer's CliRunner, on real SQLite and real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import openneuro
+import pytest
+from typer.testing import CliRunner
+
+from modelcycle.cli import app
+
+runner = CliRunner()
+TINY = ["debug=tiny", "trainer.max_epochs=2"]
+
+
+def test_tasks_lists_twins() -> None:
+    result = runner.invoke(app, ["tasks"])
+    assert result.exit_code == 0 and "twins" in result.stdout.split()
+
+
+def test_config_applies_overrides() -> None:
+    result = runner.invoke(app, ["config", "experiment=twins_graph", "trainer.max_epochs=7"])
+    assert result.exit_code == 0, result.stdout
+    assert "max_epochs: 7" in result.stdout
+    assert "RegionGraphEncoder" in result.stdout
+
+
+def test_bad_override_is_one_clear_line() -> None:
+    result = runner.invoke(app, ["config", "model=no_such_model"])
+    assert result.exit_code == 2
+    assert "no_such_model" in result.stdout and "Traceback" not in result.stdout
+
+
+def test_unknown_task_lists_registered(workspace: Path) -> None:
+    result = runner.invoke(app, ["train", "task.name=nope"])
+    assert result.exit_code == 2
+    assert "Unknown task 'nope'" in result.stdout and "twins" in result.stdout
+
+
+def test_missing_data_root_says_how_to_fix(workspace: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pipeline", "twins", f"data.root={tmp_path / 'absent'}"])
+    assert result.exit_code == 2
+    assert "is not a directory" in result.stdout and "download" in result.stdout
+
+
+def test_pipeline_on_tiny_data_reports_and_tracks(tiny_qtim: Path, workspace: Path) -> None:
+    result = runner.invoke(app, ["pipeline", "twins", f"data.root={tiny_qtim}", *TINY])
+    assert result.exit_code == 0, result.stdout
+    assert "model vs baseline" in result.stdout and "mean ± std" in result.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    reports = list((workspace / "reports").glob("twins-*"))
+    assert len(reports) == 1
+    summary = json.loads((reports[0] / "summary.json").read_text())
+    assert len(summary["folds"]) == 2 and summary["data"]["subjects"] == 48
+    for name in ("summary.png", "fold0_roc.png", "fold1_similarity.png", "fold1_retrieval.png"):
+        assert (reports[0] / name).stat().st_size > 1000
+    # MLflow in the workspace: a parent run and one nested run per fold, with artifacts
+    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["modelcycle"], output_format="list")
+    assert len(runs) == 3
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.params["task.name"] == "twins"
+    assert "model_auc_twin_vs_unrelated_mean" in parent.data.metrics
+    assert len(parent.data.tags["data_hash"]) == 64
+    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "val_auc")
+    assert len(history) >= 1  # per-epoch metrics from Lightning
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
+    assert {"summary.md", "summary.json", "summary.png", "plots"} <= artifacts
+
+
+def test_train_with_wandb_logger_runs_offline(
+    tiny_qtim: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    args = ["train", "experiment=twins", "logger=wandb", f"data.root={tiny_qtim}", *TINY]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stdout
+    offline_runs = list((workspace / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2  # one per fold
+
+
+def test_data_fetch_reports_network_failure_clearly(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_network(**kwargs: object) -> None:
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(openneuro, "download", no_network)
+    result = runner.invoke(app, ["data", "fetch", "qtim"])
+    assert result.exit_code == 2
+    assert "ds004169" in result.stdout and "data.root" in result.stdout
+
+
+def test_data_fetch_unknown_dataset() -> None:
+    result = runner.invoke(app, ["data", "fetch", "imagenet"])
+    assert result.exit_code != 0 and "qtim" in result.output

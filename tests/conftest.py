@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ REGIONAL = [
 GLOBAL = ["EstimatedTotalIntraCranialVol", "CSF"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_qtim() -> Path:
     """The real QTIM files (CC0); tests using them skip, saying why, when they are absent."""
     if not (REAL_QTIM / "participants.tsv").is_file():
@@ -53,7 +54,12 @@ def write_tiny_qtim(root: Path, n_families: int = 24, seed: int = 0) -> Path:
     participants = pd.DataFrame(
         rows,
         columns=[
-            "participant_id", "family_id", "sex", "age", "age_ses02", "handedness",
+            "participant_id",
+            "family_id",
+            "sex",
+            "age",
+            "age_ses02",
+            "handedness",
             "ses01_T1w_acq",
         ],
     )
@@ -76,3 +82,14 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ws = tmp_path / "ws"
     monkeypatch.setenv("MODELCYCLE_HOME", str(ws))
     return ws
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """Test tensors are tiny: extra intra-op threads only contend with the other core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -110,18 +112,15 @@ def _run(overrides: list[str]) -> PipelineResult:
         )
 
 
-class _clear_errors:  # noqa: N801 - used as a context manager, reads like a statement
+@contextmanager
+def _clear_errors() -> Iterator[None]:
     """Turn expected input errors into one red line and exit code 2, not a stack trace."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: object) -> bool:
-        if isinstance(err, ConfigError | DataError | FetchError | KeyError):
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            console.print(f"[red]error:[/red] {message}", soft_wrap=True)
-            raise typer.Exit(code=2)
-        return False
+    try:
+        yield
+    except (ConfigError, DataError, FetchError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+        raise typer.Exit(code=2) from err
 
 
 def summary_table(report: CVReport) -> Table:
@@ -149,5 +148,7 @@ def _print_result(result: PipelineResult) -> None:
         console.print(f"Baseline over the whole dataset (no folds): {ref}", soft_wrap=True)
     console.print(f"Report and plots: {result.report_dir}", soft_wrap=True)
     console.print(f"MLflow run {result.run_id}", soft_wrap=True)
-    console.print(f"Browse runs: mlflow ui --backend-store-uri {result.tracking_uri}", soft_wrap=True)
+    console.print(
+        f"Browse runs: mlflow ui --backend-store-uri {result.tracking_uri}", soft_wrap=True
+    )
     console.print(f"Wall time: {result.report.seconds:.0f} s")

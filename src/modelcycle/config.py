@@ -33,7 +33,9 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))
     except HydraException as err:
-        raise ConfigError(f"Cannot compose the config with overrides {list(overrides)}: {err}") from err
+        raise ConfigError(
+            f"Cannot compose the config with overrides {list(overrides)}: {err}"
+        ) from err
     return cfg
 
 
@@ -58,10 +60,14 @@ def assemble(cfg: DictConfig) -> Assembled:
     try:
         task = task_cls(source=instantiate(cfg.data), encoder=instantiate(cfg.model), **task_params)  # type: ignore[call-arg]
     except TypeError as err:
-        raise ConfigError(f"task={cfg.task.name}: {err}. Check the keys of the task config.") from err
+        raise ConfigError(
+            f"task={cfg.task.name}: {err}. Check the keys of the task config."
+        ) from err
     return Assembled(
         task=task,
-        pipeline=PipelineSettings(resolved["run_name"], resolved["cv"]["n_folds"], resolved["seed"]),
+        pipeline=PipelineSettings(
+            resolved["run_name"], resolved["cv"]["n_folds"], resolved["seed"]
+        ),
         trainer=TrainerSettings(**resolved["trainer"]),
         tracking=TrackingSettings(**resolved["logger"]),
         workspace=workspace,

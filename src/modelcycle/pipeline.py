@@ -62,7 +62,9 @@ def run_pipeline(
         data={"hash": summary.data_hash, **summary.counts, "notes": summary.notes},
     )
     with tracker.run(settings.run_name) as run_id:
-        tracker.set_tags({"task": task.name, "data_hash": summary.data_hash, **git_state(Path.cwd())})
+        tracker.set_tags(
+            {"task": task.name, "data_hash": summary.data_hash, **git_state(Path.cwd())}
+        )
         tracker.log_params(config)
         report.reference = task.reference(data)
         folds = task.folds(data, settings.n_folds, settings.seed)

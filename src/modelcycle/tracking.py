@@ -97,7 +97,10 @@ class Tracker:
         save_dir = self.workspace / "wandb"
         save_dir.mkdir(parents=True, exist_ok=True)
         return WandbLogger(
-            project=self.settings.wandb_project, name=name, group=group, mode=mode,
+            project=self.settings.wandb_project,
+            name=name,
+            group=group,
+            mode=mode,
             save_dir=str(save_dir),
         )
 

@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ from modelcycle.data.qtim import FREESURFER_SES01, PARTICIPANTS, QTIMSource, rea
 from modelcycle.data.tables import DataError
 
 
-def _edit(root: Path, name: str, change) -> None:  # type: ignore[no-untyped-def]
+def _edit(root: Path, name: str, change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
     path = root / name
     table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     change(table).to_csv(path, sep="\t", index=False)
@@ -43,7 +44,7 @@ def test_renamed_column_suggests_the_rename(tiny_qtim: Path) -> None:
 
 def test_duplicate_participant_ids_are_named(tiny_qtim: Path) -> None:
     _edit(tiny_qtim, PARTICIPANTS, lambda t: pd.concat([t, t.iloc[[3]]]))
-    with pytest.raises(DataError, match="repeated value.*sub-0004"):
+    with pytest.raises(DataError, match=r"repeated value.*sub-0004"):
         QTIMSource(root=tiny_qtim).load()
 
 
@@ -80,12 +81,12 @@ def test_unknown_subjects_and_gaps_are_counted_exclusions(tiny_qtim: Path) -> No
     assert reasons["subject missing >20% of measures"] == ["sub-0002"]
     assert reasons["measure missing in >50% of subjects"] == ["Lhippo"]
     assert "sub-0003" in cohort.measures.index
-    assert np.isnan(cohort.measures.loc["sub-0003", "CSF"])
+    assert cohort.measures["CSF"].isna().loc["sub-0003"]
     assert len(cohort) == 47
 
 
 def test_missing_root_says_how_to_fix(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="data.root=.*leave it empty to download"):
+    with pytest.raises(DataError, match=r"data\.root=.*leave it empty to download"):
         QTIMSource(root=tmp_path / "nowhere").load()
 
 

@@ -72,7 +72,10 @@ class BlobTask(Task[Blobs]):
 
     def datamodule(self, data: Blobs, fold: Fold, seed: int) -> L.LightningDataModule:
         def loader(rows: Any) -> DataLoader[Any]:
-            return DataLoader(TensorDataset(torch.tensor(data[0][rows]), torch.tensor(data[1][rows])), batch_size=16)
+            return DataLoader(
+                TensorDataset(torch.tensor(data[0][rows]), torch.tensor(data[1][rows])),
+                batch_size=16,
+            )
 
         return L.LightningDataModule.from_datasets(
             loader(fold.train).dataset, loader(fold.val).dataset, batch_size=16
@@ -150,5 +153,7 @@ def test_generic_pipeline_runs_a_task_it_has_never_seen(
     summary = json.loads((result.report_dir / "summary.json").read_text())
     assert summary["task"] == "blobs" and summary["aggregate"]["model"]["auc"][0] > 0.9
     assert sorted(p.name for p in result.report_dir.glob("fold*.txt")) == [
-        "fold0.txt", "fold1.txt", "fold2.txt"
+        "fold0.txt",
+        "fold1.txt",
+        "fold2.txt",
     ]

@@ -117,7 +117,9 @@ class RegionLayout:
     def covariance_adjacency(self, X_train: np.ndarray, top_k: int) -> np.ndarray:
         """Structural covariance: |corr| between node means over training rows, top-k kept."""
         node_values = self.node_means(X_train)  # (n_subjects, n_nodes)
-        R = np.abs(np.corrcoef(node_values, rowvar=False))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            R = np.abs(np.corrcoef(node_values, rowvar=False))
+        R = np.nan_to_num(R, nan=0.0)  # a node constant over training rows gets no edges
         np.fill_diagonal(R, 0.0)
         keep = np.zeros_like(R, dtype=bool)
         nearest = np.argsort(-R, axis=1)[:, :top_k]

@@ -38,9 +38,10 @@ def retrieval_curve(S: np.ndarray, rel: np.ndarray, depth: int = RETRIEVAL_DEPTH
         return np.full(depth, np.nan)
     scores = S[queries].astype(float).copy()
     scores[np.arange(len(queries)), queries] = -np.inf  # a subject never retrieves itself
-    # rank of the best co-twin = number of candidates scoring strictly higher than it
+    # rank of the best co-twin = number of other candidates scoring at least as high: ties
+    # count against the query, so a collapsed (constant) similarity retrieves nothing
     best = np.where(is_twin[queries], scores, -np.inf).max(axis=1)
-    rank = (scores > best[:, None]).sum(axis=1)
+    rank = ((scores >= best[:, None]) & ~is_twin[queries]).sum(axis=1)
     return np.array([(rank < k).mean() for k in range(1, depth + 1)])
 
 

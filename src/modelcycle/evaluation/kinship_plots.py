@@ -37,8 +37,11 @@ def _roc(evaluations: Mapping[str, Evaluation], path: Path) -> Path:
         auc = ev.metrics["auc_twin_vs_unrelated"]
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate",
-           title="Twin-like vs unrelated pairs")
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title="Twin-like vs unrelated pairs",
+    )
     ax.legend(loc="lower right")
     return _save(fig, path)
 
@@ -48,8 +51,14 @@ def _histograms(evaluations: Mapping[str, Evaluation], path: Path) -> Path:
     for ax, (name, ev) in zip(np.atleast_1d(axes), evaluations.items(), strict=True):
         for relation, scores in ev.details["scores"].items():
             if len(scores):
-                ax.hist(scores, bins=30, density=True, histtype="step", lw=1.5,
-                        label=f"{relation} (n={len(scores)})")
+                ax.hist(
+                    scores,
+                    bins=30,
+                    density=True,
+                    histtype="step",
+                    lw=1.5,
+                    label=f"{relation} (n={len(scores)})",
+                )
         ax.set(xlabel="pair similarity", ylabel="density", title=name)
         ax.legend(fontsize=7)
     return _save(fig, path)
@@ -60,8 +69,7 @@ def _retrieval(evaluations: Mapping[str, Evaluation], path: Path) -> Path:
     for name, ev in evaluations.items():
         curve = ev.details["retrieval"]
         ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3, label=name)
-    ax.set(xlabel="k", ylabel="co-twin within top k", ylim=(0, 1.02),
-           title="Co-twin retrieval")
+    ax.set(xlabel="k", ylabel="co-twin within top k", ylim=(0, 1.02), title="Co-twin retrieval")
     ax.legend(loc="lower right")
     return _save(fig, path)
 

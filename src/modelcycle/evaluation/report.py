@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -40,13 +42,16 @@ class CVReport:
     seconds: float = 0.0
 
     def aggregate(self) -> dict[str, dict[str, tuple[float, float]]]:
-        """scorer → metric → (mean, std over folds), NaN folds ignored."""
+        """Scorer → metric → (mean, std over folds), NaN folds ignored."""
         out: dict[str, dict[str, tuple[float, float]]] = {}
         for scorer in SCORERS:
             out[scorer] = {}
             for metric in self.metrics:
                 values = np.array([getattr(f, scorer)[metric] for f in self.folds], float)
-                out[scorer][metric] = (float(np.nanmean(values)), float(np.nanstd(values)))
+                values = values[~np.isnan(values)]
+                mean = float(values.mean()) if len(values) else float("nan")
+                std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+                out[scorer][metric] = (mean, std)
         return out
 
     def to_markdown(self) -> str:
@@ -78,7 +83,7 @@ class CVReport:
         md, js = out_dir / "summary.md", out_dir / "summary.json"
         md.write_text(self.to_markdown())
         payload = asdict(self) | {"aggregate": self.aggregate()}
-        js.write_text(json.dumps(payload, indent=2, default=str))
+        js.write_text(json.dumps(_strict_json(payload), indent=2, default=str, allow_nan=False))
         return [md, js, self._bar_plot(out_dir / "summary.png")]
 
     def _bar_plot(self, path: Path) -> Path:
@@ -96,3 +101,14 @@ class CVReport:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return path
+
+
+def _strict_json(value: Any) -> Any:
+    """NaN and infinities become null: summary.json stays valid for strict JSON parsers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    return value

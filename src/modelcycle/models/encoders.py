@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,9 +90,14 @@ class RegionGraphEncoder(nn.Module):
     Nodes are brain regions carrying their measures (surface area, thickness, volume) and a
     learned identity; edges are fixed: structural covariance over the training rows (top-k
     |r| per node) or anatomical lobe adjacency. With `residual`, the graph's readout is a
-    zero-initialized correction added to `CorrelationSkip`. Dense adjacency keeps the node count fixed, so
-    the module exports to ONNX as plain matrix products.
+    zero-initialized correction added to `CorrelationSkip`. Dense adjacency keeps the node
+    count fixed, so the module exports to ONNX as plain matrix products.
     """
+
+    select: torch.Tensor  # (n_features, nodes * slots) one-hot: which column fills each slot
+    present: torch.Tensor  # (nodes, slots) 1 where the node has that measure
+    select_global: torch.Tensor  # (n_features, n_global) one-hot of the non-regional columns
+    A_hat: torch.Tensor  # (nodes, nodes) normalized adjacency with self-loops
 
     def __init__(
         self,
@@ -108,12 +114,15 @@ class RegionGraphEncoder(nn.Module):
         layout = RegionLayout.from_names(space.names)
         adjacency = _adjacency(layout, space.train, edges, top_k)
         n_nodes = len(layout.nodes)
-        self.register_buffer("node_index", torch.as_tensor(layout.index))
-        self.register_buffer("global_index", torch.as_tensor(layout.global_index))
+        # Gathers as products with fixed one-hot matrices: deterministic backward without
+        # the slow sorted scatter of indexing, and plain MatMul in ONNX.
+        self.register_buffer("select", _one_hot(layout.index.reshape(-1), space.n_features))
+        self.register_buffer("present", torch.as_tensor(layout.index >= 0, dtype=torch.float32))
+        self.register_buffer("select_global", _one_hot(layout.global_index, space.n_features))
         self.register_buffer("A_hat", torch.as_tensor(_normalize(adjacency)))
         self.identity = nn.Parameter(torch.randn(n_nodes, 8) * 0.1)
         widths = [N_SLOTS * 2 + 8] + [hidden] * layers
-        self.convs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:], strict=False))
+        self.convs = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
         self.dropout = nn.Dropout(dropout)
         n_global = len(layout.global_index)
         self.global_net = nn.Linear(n_global, hidden) if n_global else None
@@ -127,16 +136,15 @@ class RegionGraphEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, n_features) → (batch, dim)."""
         batch = x.shape[0]
-        padded = torch.cat([x, x.new_zeros(batch, 1)], dim=1)
-        values = padded[:, self.node_index]  # (batch, nodes, slots); -1 picks the zero column
-        present = (self.node_index >= 0).to(x.dtype).expand(batch, -1, -1)
+        values = (x @ self.select).view(batch, *self.present.shape)  # (batch, nodes, slots)
+        present = self.present.expand(batch, -1, -1)
         ident = self.identity.expand(batch, -1, -1)
         h = torch.cat([values, present, ident], dim=2)  # (batch, nodes, 2*slots + 8)
         for conv in self.convs:
             h = self.dropout(torch.relu(self.A_hat @ conv(h)))
         parts = [h.mean(dim=1), h.amax(dim=1)]
         if self.global_net is not None:
-            parts.append(torch.relu(self.global_net(x[:, self.global_index])))
+            parts.append(torch.relu(self.global_net(x @ self.select_global)))
         out = self.head(torch.cat(parts, dim=1))
         return out if self.skip is None else self.skip(x) + out
 
@@ -151,6 +159,15 @@ def _adjacency(layout: RegionLayout, train: np.ndarray, edges: str, top_k: int) 
     if edges not in _EDGE_BUILDERS:
         raise ValueError(f"edges={edges!r} is not one of {sorted(_EDGE_BUILDERS)}.")
     return _EDGE_BUILDERS[edges](layout, train, top_k)
+
+
+def _one_hot(columns: np.ndarray, n_features: int) -> torch.Tensor:
+    """(n_features, len(columns)) with a 1 at (column, j); a column of -1 stays all zero."""
+    M = torch.zeros(n_features, len(columns))
+    for j, col in enumerate(columns):
+        if col >= 0:
+            M[col, j] = 1.0
+    return M
 
 
 def _normalize(A: np.ndarray) -> np.ndarray:

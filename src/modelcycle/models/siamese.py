@@ -30,11 +30,15 @@ class CosinePairHead(nn.Module):
 Objective = Callable[["SiamesePairModel", torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _bce(model: SiamesePairModel, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _bce(
+    model: SiamesePairModel, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(model.head((a * b).sum(dim=1)), y)
 
 
-def _head_only(model: SiamesePairModel, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _head_only(
+    model: SiamesePairModel, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     # The head is fitted on detached similarities: calibrated probabilities without shaping
     # the embedding, which the metric-learning objectives below shape on their own.
     return F.binary_cross_entropy_with_logits(model.head((a * b).sum(dim=1).detach()), y)
@@ -49,10 +53,14 @@ def _contrastive(
     return margin_loss.mean() + _head_only(model, a, b, y)
 
 
-def _infonce(model: SiamesePairModel, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _infonce(
+    model: SiamesePairModel, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     # In-batch InfoNCE over the batch's related pairs: each member must pick its own partner
     # among the partners of every other related pair in the batch.
     positive = y > 0.5
+    if not bool(positive.any()):  # nothing to contrast in this batch
+        return _head_only(model, a, b, y)
     pa, pb = a[positive], b[positive]
     logits = pa @ pb.T / model.temperature  # (P, P), partners on the diagonal
     target = torch.arange(len(pa), device=a.device)

@@ -9,27 +9,28 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import lightning as L
+import numpy as np
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "modelcycle.tasks"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Fold:
-    """One split of a task's data; `train`, `val` and `test` index the task's own dataset."""
+    """One split of a task's data; `train`, `val` and `test` are row indices of its dataset."""
 
     index: int
-    train: Sequence[int]
-    val: Sequence[int]
-    test: Sequence[int]
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
 
 
 @dataclass

@@ -108,8 +108,10 @@ class TwinsTask(Task[TwinsData]):
         return data, DataSummary(cohort.data_hash, counts, notes)
 
     def folds(self, data: TwinsData, n_folds: int, seed: int) -> list[Fold]:
-        """Family-grouped k-fold; validation families come from the training part, stratified
-        so that families with twins reach validation in proportion."""
+        """Family-grouped k-fold, validation families carved from each training part.
+
+        The carving is stratified so that families with twins reach validation in proportion.
+        """
         parts = group_kfold(data.families, n_folds, seed)
         has_twin = (data.relations == Relation.TWIN).any(axis=1).astype(int)
         folds = []
@@ -125,37 +127,36 @@ class TwinsTask(Task[TwinsData]):
     def processed(self, data: TwinsData, fold: Fold) -> np.ndarray:
         """All subjects' features, imputed/standardized/residualized with `fold.train` fits."""
         if fold.index not in self._processed:
-            train = np.asarray(fold.train)
-            fitted = ResidualStandardizer.fit(data.X[train], data.covariates[train])
+            fitted = ResidualStandardizer.fit(data.X[fold.train], data.covariates[fold.train])
             self._processed[fold.index] = fitted.transform(data.X, data.covariates)
         return self._processed[fold.index]
 
     def datamodule(self, data: TwinsData, fold: Fold, seed: int) -> L.LightningDataModule:
         """Twin-like pairs + sampled unrelated pairs from training; all pairs from validation."""
         X = self.processed(data, fold)
-        train = _labelled_pairs(data.relations, np.asarray(fold.train), self.negatives_per_positive, seed)
-        val = _labelled_pairs(data.relations, np.asarray(fold.val), None, seed)
+        train = _labelled_pairs(data.relations, fold.train, self.negatives_per_positive, seed)
+        val = _labelled_pairs(data.relations, fold.val, None, seed)
         return PairDataModule(X, train, val, batch_size=self.batch_size, seed=seed)
 
     def model(self, data: TwinsData, fold: Fold) -> L.LightningModule:
         """A fresh siamese model whose encoder sees the fold's processed training rows."""
         X = self.processed(data, fold)
         names = list(data.cohort.measures.columns)
-        encoder = self.encoder(space=FeatureSpace(names, X[np.asarray(fold.train)]))
+        encoder = self.encoder(space=FeatureSpace(names, X[fold.train]))
         return SiamesePairModel(
             encoder, self.objective, self.lr, self.weight_decay, self.margin, self.temperature
         )
 
     def baseline(self, data: TwinsData, fold: Fold) -> Evaluation:
         """Pearson correlation between processed feature vectors of test subjects."""
-        test = np.asarray(fold.test)
+        test = fold.test
         S = np.corrcoef(self.processed(data, fold)[test])
         return score_similarity(S, data.relations[np.ix_(test, test)], data.sex[test])
 
     def evaluate(self, module: L.LightningModule, data: TwinsData, fold: Fold) -> Evaluation:
         """Cosine similarity of the model's embeddings of test subjects."""
         assert isinstance(module, SiamesePairModel)
-        test = np.asarray(fold.test)
+        test = fold.test
         X = torch.as_tensor(self.processed(data, fold)[test], dtype=torch.float32)
         module.eval()
         with torch.no_grad():

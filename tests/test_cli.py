@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import openneuro
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from modelcycle.cli import app
@@ -69,7 +70,28 @@ def test_pipeline_on_tiny_data_reports_and_tracks(tiny_qtim: Path, workspace: Pa
     history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "val_auc")
     assert len(history) >= 1  # per-epoch metrics from Lightning
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
-    assert {"summary.md", "summary.json", "summary.png", "plots"} <= artifacts
+    assert {"summary.md", "summary.json", "summary.png", "config.yaml", "plots"} <= artifacts
+    config = yaml.safe_load((reports[0] / "config.yaml").read_text())
+    assert config["data"]["root"] == str(tiny_qtim) and config["trainer"]["max_epochs"] == 2
+
+
+def test_same_seed_same_numbers(tiny_qtim: Path, tmp_path: Path) -> None:
+    """Seeded and deterministic on CPU: two runs agree to the last digit; another seed differs."""
+
+    def folds(seed: int, name: str) -> list[dict[str, object]]:
+        ws = tmp_path / name
+        args = ["train", f"data.root={tiny_qtim}", f"workspace={ws}", f"seed={seed}", *TINY]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.stdout
+        summary = next((ws / "reports").glob("*/summary.json"))
+        return [
+            {"model": f["model"], "baseline": f["baseline"]}
+            for f in json.loads(summary.read_text())["folds"]
+        ]
+
+    first = folds(7, "a")
+    assert folds(7, "b") == first
+    assert folds(8, "c") != first
 
 
 def test_train_with_wandb_logger_runs_offline(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,8 @@ from modelcycle.tracking import Tracker
 app = typer.Typer(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
+# Off a terminal (logs, CI, tests) rich would assume 80 columns and fold the summary table.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Hydra overrides, e.g. trainer.max_epochs=5")

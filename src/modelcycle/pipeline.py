@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 
 from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.tasks.base import Fold, Task
@@ -73,7 +74,7 @@ def run_pipeline(
             result = _run_fold(task, data, fold, settings, trainer, tracker, report_dir)
             report.folds.append(result)
         report.seconds = time.monotonic() - started
-        files = report.write(report_dir)
+        files = [*report.write(report_dir), _write_config(config, report_dir)]
         aggregate = report.aggregate()
         tracker.log_metrics(
             {f"{scorer}_{m}_mean": v[0] for scorer, ms in aggregate.items() for m, v in ms.items()}
@@ -111,3 +112,10 @@ def _run_fold(
     return FoldResult(
         fold.index, len(fold.test), model_eval.metrics, baseline_eval.metrics, str(checkpoint)
     )
+
+
+def _write_config(config: dict[str, Any], report_dir: Path) -> Path:
+    """The resolved config of the run, beside its report."""
+    path = report_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -49,11 +49,13 @@ def _roc(evaluations: Mapping[str, Evaluation], path: Path) -> Path:
 def _histograms(evaluations: Mapping[str, Evaluation], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(evaluations), figsize=(5 * len(evaluations), 3.8))
     for ax, (name, ev) in zip(np.atleast_1d(axes), evaluations.items(), strict=True):
+        every = np.concatenate([s for s in ev.details["scores"].values() if len(s)])
+        bins = np.linspace(every.min(), every.max(), 31)  # shared, so relations compare
         for relation, scores in ev.details["scores"].items():
             if len(scores):
                 ax.hist(
                     scores,
-                    bins=30,
+                    bins=bins,
                     density=True,
                     histtype="step",
                     lw=1.5,

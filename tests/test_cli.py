@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from modelcycle.cli import app
+from modelcycle.registry import Registry
 
 runner = CliRunner()
 TINY = ["debug=tiny", "trainer.max_epochs=2"]
@@ -33,6 +34,13 @@ def test_bad_override_is_one_clear_line() -> None:
     result = runner.invoke(app, ["config", "model=no_such_model"])
     assert result.exit_code == 2
     assert "no_such_model" in result.stdout and "Traceback" not in result.stdout
+
+
+def test_unknown_trainer_key_lists_valid_ones(workspace: Path) -> None:
+    result = runner.invoke(app, ["train", "+trainer.max_epoch=3"])
+    assert result.exit_code == 2
+    assert "trainer config" in result.stdout and "max_epochs" in result.stdout
+    assert "Traceback" not in result.stdout
 
 
 def test_unknown_task_lists_registered(workspace: Path) -> None:
@@ -58,10 +66,15 @@ def test_pipeline_on_tiny_data_reports_and_tracks(tiny_qtim: Path, workspace: Pa
     assert len(summary["folds"]) == 2 and summary["data"]["subjects"] == 48
     for name in ("summary.png", "fold0_roc.png", "fold1_similarity.png", "fold1_retrieval.png"):
         assert (reports[0] / name).stat().st_size > 1000
-    # MLflow in the workspace: a parent run and one nested run per fold, with artifacts
+    # MLflow in the workspace: a parent run, a nested run per fold and one for the final fit
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["modelcycle"], output_format="list")
-    assert len(runs) == 3
+    assert sorted(r.info.run_name for r in runs) == [
+        "twins",
+        "twins-final",
+        "twins-fold0",
+        "twins-fold1",
+    ]
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.params["task.name"] == "twins"
     assert "model_auc_twin_vs_unrelated_mean" in parent.data.metrics
@@ -70,9 +83,44 @@ def test_pipeline_on_tiny_data_reports_and_tracks(tiny_qtim: Path, workspace: Pa
     history = mlflow.MlflowClient().get_metric_history(child.info.run_id, "val_auc")
     assert len(history) >= 1  # per-epoch metrics from Lightning
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
-    assert {"summary.md", "summary.json", "summary.png", "config.yaml", "plots"} <= artifacts
+    assert {
+        "summary.md",
+        "summary.json",
+        "summary.png",
+        "config.yaml",
+        "plots",
+        "model",
+    } <= artifacts
     config = yaml.safe_load((reports[0] / "config.yaml").read_text())
     assert config["data"]["root"] == str(tiny_qtim) and config["trainer"]["max_epochs"] == 2
+
+
+def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
+    real_qtim: Path, workspace: Path
+) -> None:
+    """On the tiny cohort the baseline is perfect, so this runs a short config on real QTIM."""
+    args = ["pipeline", "twins", f"data.root={real_qtim}", *TINY]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.stdout
+    assert "registered twins version 1 as @challenger" in first.stdout
+    assert "promoted version 1 to @champion" in first.stdout
+    registry = Registry(f"sqlite:///{workspace / 'mlflow.db'}")
+    champion = registry.resolve("twins@champion")
+    assert champion.version == "1" and champion.tags["export.parity.passed"] == "True"
+    assert float(champion.tags["export.parity.max_abs"]) < 1e-4
+    onnx_files = {
+        a.path for a in mlflow.MlflowClient().list_artifacts(champion.run_id, "model/onnx")
+    }
+    assert {"model/onnx/model.onnx", "model/onnx/model.int8.onnx"} <= onnx_files
+    # the same seed gives the same metric: it does not beat the champion, and that is no error
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.stdout
+    assert "Not registered" in second.stdout and "does not beat the champion" in second.stdout
+    history = runner.invoke(app, ["history", "twins"])
+    assert history.exit_code == 0
+    assert history.stdout.count("challenger") == 1 and history.stdout.count("champion") >= 1
+    again = runner.invoke(app, ["register"])  # the latest run again, by hand: refused, exit 1
+    assert again.exit_code == 1 and "does not beat the champion" in again.stdout
 
 
 def test_same_seed_same_numbers(tiny_qtim: Path, tmp_path: Path) -> None:
@@ -103,7 +151,7 @@ def test_train_with_wandb_logger_runs_offline(
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stdout
     offline_runs = list((workspace / "wandb" / "wandb").glob("offline-run-*"))
-    assert len(offline_runs) == 2  # one per fold
+    assert len(offline_runs) == 3  # one per fold, one for the final fit
 
 
 def test_data_fetch_reports_network_failure_clearly(

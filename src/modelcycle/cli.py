@@ -14,11 +14,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelcycle.config import ConfigError, assemble, compose_config
+from modelcycle.config import (
+    ConfigError,
+    assemble,
+    build_registry,
+    compose_config,
+    workspace_of,
+)
 from modelcycle.data.openneuro import FetchError
 from modelcycle.data.tables import DataError
 from modelcycle.evaluation.report import CVReport
-from modelcycle.pipeline import PipelineResult, run_pipeline
+from modelcycle.pipeline import PipelineResult, release, run_pipeline
+from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
+from modelcycle.registry_hooks import HookResult
 from modelcycle.tracking import Tracker
 
 app = typer.Typer(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
@@ -78,8 +86,108 @@ def pipeline(
     name: Annotated[str, typer.Argument(help="Experiment name, e.g. twins")],
     overrides: Overrides = None,
 ) -> None:
-    """Run an experiment end to end on the embedded default workspace."""
-    _print_result(_run([f"experiment={name}", *(overrides or [])]))
+    """Run an experiment end to end: train and evaluate, register, promote the first, export."""
+    overrides = [f"experiment={name}", *(overrides or [])]
+    result = _run(overrides)
+    _print_result(result)
+    with _clear_errors():
+        cfg = compose_config(overrides)
+        registry = build_registry(cfg)
+        model = registry.task_of(result.run_id)
+        outcome = release(registry, result.run_id, model, workspace_of(cfg) / "exports")
+    for message in outcome.messages:
+        console.print(message, soft_wrap=True)
+    if outcome.version is not None:
+        console.print(f"Audit trail: modelcycle history {model}")
+
+
+@app.command()
+def register(
+    overrides: Overrides = None,
+    run: Annotated[str, typer.Option(help="MLflow run id of a pipeline run")] = "latest",
+    name: Annotated[str | None, typer.Option(help="Model name (default: the task)")] = None,
+    alias: Annotated[str, typer.Option(help="Alias to give the new version")] = "challenger",
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail")] = "registered",
+) -> None:
+    """Register a pipeline run's model if it beats the baseline and the champion."""
+    with _clear_errors():
+        cfg = compose_config(overrides or [])
+        registry = build_registry(cfg)
+        run_id = (
+            latest_pipeline_run(registry.uri, cfg.logger.experiment) if run == "latest" else run
+        )
+        model_name = name or registry.task_of(run_id)
+        version, hooks = registry.register(run_id, model_name, alias, reason)
+    console.print(f"Registered {version.name} version {version.version} as @{alias} (run {run_id})")
+    _print_hooks(hooks)
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name")],
+    alias: Annotated[str, typer.Option(help="Alias to move")] = "champion",
+    version: Annotated[str | None, typer.Option(help="Version (default: the challenger)")] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail")] = "",
+    overrides: Overrides = None,
+) -> None:
+    """Move an alias (default: champion) to a version; audited, hooks run."""
+    with _clear_errors():
+        registry = build_registry(compose_config(overrides or []))
+        hooks = registry.promote(name, alias, version, reason)
+        target = registry.resolve(f"{name}@{alias}")
+    console.print(f"{name}@{alias} → version {target.version}")
+    _print_hooks(hooks)
+
+
+@app.command()
+def history(
+    name: Annotated[str, typer.Argument(help="Registered model name")],
+    overrides: Overrides = None,
+) -> None:
+    """Show every alias move of a registered model: when, from, to, why, who."""
+    with _clear_errors():
+        moves = build_registry(compose_config(overrides or [])).history(name)
+    table = Table(title=f"{name}: alias moves")
+    for column in ("when", "alias", "from", "to", "reason", "who"):
+        table.add_column(column)
+    for m in moves:
+        table.add_row(m.at, m.alias, m.previous_version or "-", m.version, m.reason, m.actor)
+    console.print(table)
+
+
+@app.command("export")
+def export_command(
+    reference: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/VERSION")],
+    overrides: Overrides = None,
+) -> None:
+    """Export a registered version to ONNX: parity gate, int8 variant, latency; attached to it."""
+    from modelcycle.export import ParityError, export_version
+
+    with _clear_errors():
+        cfg = compose_config(overrides or [])
+        registry = build_registry(cfg)
+        try:
+            version, report = export_version(registry, reference, workspace_of(cfg) / "exports")
+        except ParityError as err:
+            console.print(f"[red]parity failed:[/red] {err}", soft_wrap=True)
+            raise typer.Exit(code=1) from err
+    parity = report.parity
+    console.print(
+        f"{version.name} version {version.version}: parity max abs {parity.max_abs:.2e}, "
+        f"max rel {parity.max_rel:.2e} (rtol {parity.rtol}, atol {parity.atol})"
+    )
+    if report.metric:
+        m = report.metric
+        console.print(
+            f"held-out ROC-AUC fp32 {m['fp32']:.4f}, int8 {m['int8']:.4f} (delta {m['delta']:+.4f})"
+        )
+    console.print(report.table(), soft_wrap=True)
+
+
+def _print_hooks(results: list[HookResult]) -> None:
+    for result in results:
+        mark = "[green]ok[/green]" if result.ok else "[red]failed[/red]"
+        console.print(f"hook {result.hook}: {mark} {result.detail}", soft_wrap=True)
 
 
 @data_app.command("fetch")
@@ -119,7 +227,10 @@ def _clear_errors() -> Iterator[None]:
     """Turn expected input errors into one red line and exit code 2, not a stack trace."""
     try:
         yield
-    except (ConfigError, DataError, FetchError, KeyError) as err:
+    except GateError as err:  # a refusal, not a mistake: exit 1 with both numbers
+        console.print(f"[yellow]refused:[/yellow] {err}", soft_wrap=True)
+        raise typer.Exit(code=1) from err
+    except (ConfigError, DataError, FetchError, RegistryError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         console.print(f"[red]error:[/red] {message}", soft_wrap=True)
         raise typer.Exit(code=2) from err

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
@@ -14,11 +14,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from modelcycle.pipeline import PipelineSettings
+from modelcycle.registry import Registry
+from modelcycle.registry_hooks import HookError, hooks_from_config
 from modelcycle.tasks import Task, get_task
-from modelcycle.tracking import TrackingSettings
+from modelcycle.tracking import TrackingSettings, tracking_uri
 from modelcycle.training import TrainerSettings
-
-log = logging.getLogger(__name__)
 
 CONFIG_MODULE = "modelcycle.conf"
 
@@ -54,22 +54,51 @@ class Assembled:
 def assemble(cfg: DictConfig) -> Assembled:
     """Build the task (registry lookup + instantiated data source and encoder) and settings."""
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    workspace = Path(cfg.workspace).expanduser().resolve()
     task_params = {k: v for k, v in resolved["task"].items() if k != "name"}
     task_cls = get_task(cfg.task.name)
     try:
-        task = task_cls(source=instantiate(cfg.data), encoder=instantiate(cfg.model), **task_params)  # type: ignore[call-arg]
-    except TypeError as err:
-        raise ConfigError(
-            f"task={cfg.task.name}: {err}. Check the keys of the task config."
-        ) from err
+        source, encoder = instantiate(cfg.data), instantiate(cfg.model)
+    except HydraException as err:
+        raise ConfigError(f"Cannot build the data source or the model: {err}") from err
     return Assembled(
-        task=task,
+        task=_build(task_cls, "task", source=source, encoder=encoder, **task_params),
         pipeline=PipelineSettings(
             resolved["run_name"], resolved["cv"]["n_folds"], resolved["seed"]
         ),
-        trainer=TrainerSettings(**resolved["trainer"]),
-        tracking=TrackingSettings(**resolved["logger"]),
-        workspace=workspace,
+        trainer=_build(TrainerSettings, "trainer", **resolved["trainer"]),
+        tracking=_build(TrackingSettings, "logger", **resolved["logger"]),
+        workspace=workspace_of(cfg),
         resolved=resolved,
     )
+
+
+T = TypeVar("T")
+
+
+def _build(cls: Callable[..., T], group: str, **values: Any) -> T:
+    """Call `cls(**values)`; a key it does not take becomes a ConfigError naming the group."""
+    try:
+        return cls(**values)
+    except TypeError as err:
+        known = ", ".join(
+            p for p in inspect.signature(cls).parameters if p not in ("source", "encoder")
+        )
+        raise ConfigError(f"{group} config: {err}. Valid keys: {known}.") from err
+
+
+def build_registry(cfg: DictConfig) -> Registry:
+    """The registry in the configured tracking store, with the configured alias-move hooks."""
+    tracking = _build(
+        TrackingSettings, "logger", **OmegaConf.to_container(cfg.logger, resolve=True)
+    )  # type: ignore[arg-type]
+    items = OmegaConf.to_container(cfg.registry.hooks, resolve=True)
+    try:
+        hooks = hooks_from_config(items)  # type: ignore[arg-type]
+    except HookError as err:
+        raise ConfigError(f"registry.hooks: {err}") from err
+    return Registry(tracking_uri(tracking, workspace_of(cfg)), hooks)
+
+
+def workspace_of(cfg: DictConfig) -> Path:
+    """The workspace root as an absolute path."""
+    return Path(cfg.workspace).expanduser().resolve()

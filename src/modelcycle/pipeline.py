@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ import lightning as L
 import yaml
 
 from modelcycle.evaluation.report import CVReport, FoldResult
+from modelcycle.registry import CHALLENGER, CHAMPION, GateError, Registry
 from modelcycle.tasks.base import Fold, Task
-from modelcycle.tracking import Tracker, git_state
+from modelcycle.tracking import Tracker, git_state, package_versions
 from modelcycle.training import TrainerSettings, fit
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,13 @@ def run_pipeline(
     )
     with tracker.run(settings.run_name) as run_id:
         tracker.set_tags(
-            {"task": task.name, "data_hash": summary.data_hash, **git_state(Path.cwd())}
+            {
+                "task": task.name,
+                "primary_metric": task.primary_metric,
+                "data_hash": summary.data_hash,
+                "packages": json.dumps(package_versions()),
+                **git_state(Path.cwd()),
+            }
         )
         tracker.log_params(config)
         report.reference = task.reference(data)
@@ -73,16 +81,53 @@ def run_pipeline(
             log.info("Fold %d/%d", fold.index + 1, len(folds))
             result = _run_fold(task, data, fold, settings, trainer, tracker, report_dir)
             report.folds.append(result)
+        model_dir = _fit_final(task, data, settings, trainer, tracker, report_dir)
+        tracker.log_directory(model_dir, "model")
         report.seconds = time.monotonic() - started
         files = [*report.write(report_dir), _write_config(config, report_dir)]
         aggregate = report.aggregate()
         tracker.log_metrics(
             {f"{scorer}_{m}_mean": v[0] for scorer, ms in aggregate.items() for m, v in ms.items()}
         )
+        tracker.log_metrics(
+            {f"{scorer}_{m}_std": v[1] for scorer, ms in aggregate.items() for m, v in ms.items()}
+        )
         tracker.log_metrics({f"reference_{k}": v for k, v in report.reference.items()})
         tracker.log_artifacts(files)
         tracker.log_artifacts(sorted(report_dir.glob("fold*.png")), "plots")
     return PipelineResult(report, report_dir, run_id, tracker.uri)
+
+
+@dataclass(frozen=True)
+class Release:
+    """What happened after training: registration, promotion and export, or why not."""
+
+    version: str | None
+    messages: list[str]
+
+
+def release(registry: Registry, run_id: str, name: str, exports: Path) -> Release:
+    """Register the run as challenger; the first version becomes champion; export it.
+
+    A gate refusal is an outcome, not an error: the run stays tracked, nothing is registered.
+    """
+    from modelcycle.export import export_version
+
+    try:
+        version, _ = registry.register(run_id, name)
+    except GateError as refusal:
+        return Release(None, [str(refusal)])
+    messages = [f"registered {name} version {version.version} as @{CHALLENGER}"]
+    if registry.alias_version(name, CHAMPION) is None:
+        registry.promote(name, CHAMPION, version.version, "first version of this model")
+        messages.append(f"promoted version {version.version} to @{CHAMPION} (first version)")
+    _, report = export_version(registry, f"{name}/{version.version}", exports)
+    fp32 = report.variants[0]
+    messages.append(
+        f"exported ONNX ({fp32.size_bytes / 1024:.0f} KiB, parity max abs "
+        f"{report.parity.max_abs:.1e}, {fp32.latency_ms[1]:.3f} ms per pair)"
+    )
+    return Release(version.version, messages)
 
 
 def _run_fold(
@@ -94,17 +139,11 @@ def _run_fold(
     tracker: Tracker,
     report_dir: Path,
 ) -> FoldResult:
-    seed = settings.seed + fold.index
-    L.seed_everything(seed, workers=True, verbose=False)
     name = f"fold{fold.index}"
     with tracker.run(f"{settings.run_name}-{name}", nested=True) as run_id:
-        datamodule = task.datamodule(data, fold, seed)
-        module = task.model(data, fold)
-        loggers = tracker.lightning_loggers(run_id, name, settings.run_name)
-        checkpoint = fit(
-            module, datamodule, trainer, task.monitor, report_dir / "checkpoints" / name, loggers
+        module, checkpoint = _train(
+            task, data, fold, settings, trainer, tracker, run_id, report_dir / "checkpoints" / name
         )
-        Tracker.finish_loggers(loggers)
         model_eval, baseline_eval = task.evaluate(module, data, fold), task.baseline(data, fold)
         tracker.log_metrics({f"test_{k}": v for k, v in model_eval.metrics.items()})
         tracker.log_metrics({f"baseline_{k}": v for k, v in baseline_eval.metrics.items()})
@@ -112,6 +151,53 @@ def _run_fold(
     return FoldResult(
         fold.index, len(fold.test), model_eval.metrics, baseline_eval.metrics, str(checkpoint)
     )
+
+
+def _fit_final(
+    task: Task[Any],
+    data: Any,
+    settings: PipelineSettings,
+    trainer: TrainerSettings,
+    tracker: Tracker,
+    report_dir: Path,
+) -> Path:
+    """Train the deployable model on every family but validation; save it for the registry."""
+    fold = task.final_fold(data, settings.seed)
+    log.info("Final model: %d training rows, %d validation rows", len(fold.train), len(fold.val))
+    with tracker.run(f"{settings.run_name}-final", nested=True) as run_id:
+        module, _ = _train(
+            task,
+            data,
+            fold,
+            settings,
+            trainer,
+            tracker,
+            run_id,
+            report_dir / "checkpoints" / "final",
+        )
+    directory = report_dir / "model"
+    task.servable(module, data, fold).save(directory)
+    return directory
+
+
+def _train(
+    task: Task[Any],
+    data: Any,
+    fold: Fold,
+    settings: PipelineSettings,
+    trainer: TrainerSettings,
+    tracker: Tracker,
+    run_id: str,
+    checkpoint_dir: Path,
+) -> tuple[L.LightningModule, Path]:
+    seed = settings.seed + max(fold.index, 0)
+    L.seed_everything(seed, workers=True, verbose=False)
+    datamodule = task.datamodule(data, fold, seed)
+    module = task.model(data, fold)
+    loggers = tracker.lightning_loggers(run_id, checkpoint_dir.name, settings.run_name)
+    checkpoint = fit(module, datamodule, trainer, task.monitor, checkpoint_dir, loggers)
+    Tracker.finish_loggers(loggers)
+    return module, checkpoint
 
 
 def _write_config(config: dict[str, Any], report_dir: Path) -> Path:

@@ -29,6 +29,11 @@ class TrackingSettings:
     wandb_project: str | None = None
 
 
+def tracking_uri(settings: TrackingSettings, workspace: Path) -> str:
+    """The MLflow URI: the configured one, else SQLite in the workspace."""
+    return settings.uri or f"sqlite:///{workspace / 'mlflow.db'}"
+
+
 class Tracker:
     """One parent run per pipeline, one nested run per fold."""
 
@@ -36,7 +41,7 @@ class Tracker:
         import mlflow
 
         self.workspace = workspace
-        self.uri = settings.uri or f"sqlite:///{workspace / 'mlflow.db'}"
+        self.uri = tracking_uri(settings, workspace)
         self.settings = settings
         mlflow.set_tracking_uri(self.uri)
         experiment = mlflow.get_experiment_by_name(settings.experiment)
@@ -74,6 +79,12 @@ class Tracker:
 
         for path in paths:
             mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_directory(self, directory: Path, folder: str) -> None:
+        """Attach a whole directory to the active run under `folder`."""
+        import mlflow
+
+        mlflow.log_artifacts(str(directory), artifact_path=folder)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Tag the active run."""
@@ -135,3 +146,19 @@ def git_state(path: Path) -> dict[str, str]:
 
     sha = git("rev-parse", "HEAD")
     return {"git_sha": sha or "unknown", "git_dirty": str(bool(git("status", "--porcelain")))}
+
+
+LINEAGE_PACKAGES = ("modelcycle", "torch", "lightning", "numpy", "pandas", "scikit-learn", "mlflow")
+
+
+def package_versions(names: tuple[str, ...] = LINEAGE_PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages a model's behaviour depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found

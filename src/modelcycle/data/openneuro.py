@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from modelcycle.digests import sha256_file
+
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "modelcycle-fetch.json"
-_CHUNK = 1 << 20  # 1 MiB
 
 
 class FetchError(RuntimeError):
@@ -108,7 +109,7 @@ def hash_tree(
         if rel == MANIFEST_NAME or not path.is_file():
             continue
         if _matches_any(rel, patterns) and not _matches_any(rel, exclude):
-            hashes[rel] = _sha256(path)
+            hashes[rel] = sha256_file(path)
     return hashes
 
 
@@ -187,11 +188,3 @@ def _matches_any(rel: str, patterns: Sequence[str]) -> bool:
 def _matches(rel: str, pattern: str) -> bool:
     pattern = pattern.strip("/")
     return fnmatchcase(rel, pattern) or fnmatchcase(rel, f"{pattern}/*")
-
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()

@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 import lightning as L
 import numpy as np
 
+from modelcycle.servable import ServableModel
+
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "modelcycle.tasks"
@@ -92,6 +94,14 @@ class Task(ABC, Generic[D]):
     @abstractmethod
     def evaluate(self, module: L.LightningModule, data: D, fold: Fold) -> Evaluation:
         """Score a trained model on `fold.test`."""
+
+    @abstractmethod
+    def final_fold(self, data: D, seed: int) -> Fold:
+        """The split of the deployable model: everything trains but validation; no test rows."""
+
+    @abstractmethod
+    def servable(self, module: L.LightningModule, data: D, fold: Fold) -> ServableModel:
+        """Wrap a trained model so that it maps request arrays to outputs, for export/serving."""
 
     def reference(self, data: D) -> dict[str, float]:
         """Baseline metrics over the whole dataset, for orientation next to the folds."""

@@ -24,8 +24,12 @@ from modelcycle.data.splits import group_holdout, group_kfold
 from modelcycle.evaluation.kinship import score_similarity
 from modelcycle.evaluation.kinship_plots import plot_kinship
 from modelcycle.models.encoders import FeatureSpace
+from modelcycle.models.pair_scoring import RawPairScorer
 from modelcycle.models.siamese import SiamesePairModel
+from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import DataSummary, Evaluation, Fold, Task, register_task
+
+FINAL = -1  # index of the final (deployable) fit, apart from the CV folds
 
 
 @dataclass(frozen=True)
@@ -124,10 +128,22 @@ class TwinsTask(Task[TwinsData]):
         self._processed.clear()
         return folds
 
+    def final_fold(self, data: TwinsData, seed: int) -> Fold:
+        """Every family trains but the validation families (stratified as in `folds`)."""
+        has_twin = (data.relations == Relation.TWIN).any(axis=1).astype(int)
+        everyone = np.arange(len(data.families))
+        train, val = group_holdout(data.families, everyone, self.val_fraction, seed, has_twin)
+        self._processed.pop(FINAL, None)
+        return Fold(FINAL, train, val, np.array([], dtype=int))
+
+    def standardizer(self, data: TwinsData, fold: Fold) -> ResidualStandardizer:
+        """Imputation, z-scores and covariate regression fitted on `fold.train` only."""
+        return ResidualStandardizer.fit(data.X[fold.train], data.covariates[fold.train])
+
     def processed(self, data: TwinsData, fold: Fold) -> np.ndarray:
-        """All subjects' features, imputed/standardized/residualized with `fold.train` fits."""
+        """All subjects' features, processed with the fold's training fit (cached per fold)."""
         if fold.index not in self._processed:
-            fitted = ResidualStandardizer.fit(data.X[fold.train], data.covariates[fold.train])
+            fitted = self.standardizer(data, fold)
             self._processed[fold.index] = fitted.transform(data.X, data.covariates)
         return self._processed[fold.index]
 
@@ -162,6 +178,29 @@ class TwinsTask(Task[TwinsData]):
         with torch.no_grad():
             E = module.embed(X).numpy()
         return score_similarity(E @ E.T, data.relations[np.ix_(test, test)], data.sex[test])
+
+    def servable(self, module: L.LightningModule, data: TwinsData, fold: Fold) -> ServableModel:
+        """Raw measures + covariates of two people in, probability and similarity out.
+
+        Held-out inputs are the validation families' twin-like pairs and as many unrelated
+        pairs: rows that never trained the model.
+        """
+        assert isinstance(module, SiamesePairModel)
+        pairs, labels = _labelled_pairs(data.relations, fold.val, 1, seed=0)
+        a, b = pairs[:, 0], pairs[:, 1]
+        X, C = data.X.astype(np.float32), data.covariates.astype(np.float32)
+        return ServableModel(
+            task=self.name,
+            module=RawPairScorer(module, self.standardizer(data, fold)),
+            input_names=["a", "a_covariates", "b", "b_covariates"],
+            output_names=["probability", "similarity"],
+            held_out=[X[a], C[a], X[b], C[b]],
+            info={
+                "features": list(data.cohort.measures.columns),
+                "covariates": ["age (years)", "sex (M=1, F=0)", "T1w acquisition (sagittal=1)"],
+            },
+            target=labels.astype(np.float32),
+        )
 
     def reference(self, data: TwinsData) -> dict[str, float]:
         """The baseline over the whole cohort (processing fitted on everyone), for orientation."""

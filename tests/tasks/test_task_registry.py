@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import modelcycle.tasks.base as base
 import modelcycle.tasks.twins  # noqa: F401 - registered before the registry is copied
 from modelcycle.pipeline import PipelineSettings, run_pipeline
+from modelcycle.servable import ServableModel
 from modelcycle.tasks import DataSummary, Evaluation, Fold, Task, get_task, register_task
 from modelcycle.tracking import Tracker, TrackingSettings
 from modelcycle.training import TrainerSettings
@@ -92,6 +93,13 @@ class BlobTask(Task[Blobs]):
             s = module(torch.tensor(data[0][fold.test])).numpy()
         return Evaluation({"auc": float(roc_auc_score(data[1][fold.test], s))})
 
+    def final_fold(self, data: Blobs, seed: int) -> Fold:
+        rows = np.random.default_rng(seed).permutation(len(data[0]))
+        return Fold(-1, rows[20:], rows[:20], np.array([], dtype=int))
+
+    def servable(self, module: L.LightningModule, data: Blobs, fold: Fold) -> ServableModel:
+        return ServableModel("blobs", module, ["x"], ["logit"], [data[0][fold.val]])
+
     def plot(self, model: Evaluation, baseline: Evaluation, out_dir: Path, tag: str) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{tag}.txt"
@@ -152,6 +160,8 @@ def test_generic_pipeline_runs_a_task_it_has_never_seen(
     assert mean["model"]["auc"][0] > mean["baseline"]["auc"][0]
     summary = json.loads((result.report_dir / "summary.json").read_text())
     assert summary["task"] == "blobs" and summary["aggregate"]["model"]["auc"][0] > 0.9
+    served = ServableModel.load(result.report_dir / "model")  # the final, deployable fit
+    assert served.task == "blobs" and served.held_out[0].shape == (20, 4)
     assert sorted(p.name for p in result.report_dir.glob("fold*.txt")) == [
         "fold0.txt",
         "fold1.txt",

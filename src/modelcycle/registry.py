@@ -1,0 +1,313 @@
+"""The model registry (MLflow): versions with lineage, a promotion gate, aliases and audit.
+
+A version is registered from a pipeline run's `model/` artifact. Its tags carry the lineage:
+git SHA and dirty flag, data hash, package versions, the resolved config, every
+cross-validated metric of the model and of the baseline, and where the held-out reference
+sample lives. Every alias move is appended to the registered model's audit trail (tags
+`audit.NNNNNN`, so it lives wherever the registry lives) and runs the configured hooks.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modelcycle.registry_hooks import AliasMoved, Hook, HookResult, run_hooks
+
+log = logging.getLogger(__name__)
+
+AUDIT_PREFIX = "audit."
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be done; the message says why and what to do."""
+
+
+class GateError(RegistryError):
+    """The candidate does not beat what it has to beat; the message gives both numbers."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the gate compares: a run's metric beside its baseline's, on the same folds."""
+
+    run_id: str
+    metric: str
+    value: float
+    baseline: float
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A version as it stands: name, version, where its files are, and its lineage tags."""
+
+    name: str
+    version: str
+    source: str
+    run_id: str
+    tags: dict[str, str]
+
+
+class Registry:
+    """Register, promote and audit model versions in an MLflow registry.
+
+    Args:
+        tracking_uri: The MLflow store (SQLite in the workspace by default, or a server).
+        hooks: Run on every alias move; a failing hook is reported, never fatal.
+    """
+
+    def __init__(self, tracking_uri: str, hooks: Sequence[Hook] = ()) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.hooks = list(hooks)
+
+    def candidate(self, run_id: str) -> Candidate:
+        """The gate's view of a pipeline run: its primary metric, model and baseline means."""
+        run = self._run(run_id)
+        metric = run.data.tags.get("primary_metric")
+        if metric is None or f"model_{metric}_mean" not in run.data.metrics:
+            raise RegistryError(
+                f"Run {run_id} is not a finished pipeline run (no primary metric); register the "
+                "parent run printed by `modelcycle pipeline`."
+            )
+        m = run.data.metrics
+        return Candidate(run_id, metric, m[f"model_{metric}_mean"], m[f"baseline_{metric}_mean"])
+
+    def task_of(self, run_id: str) -> str:
+        """The task a pipeline run trained (the default registered-model name)."""
+        task = self._run(run_id).data.tags.get("task")
+        if not task:
+            raise RegistryError(f"Run {run_id} has no task tag; pass --name.")
+        return str(task)
+
+    def register(
+        self, run_id: str, name: str, alias: str = CHALLENGER, reason: str = "registered"
+    ) -> tuple[Registered, list[HookResult]]:
+        """Create a version from the run's `model/` artifact if it passes the gate.
+
+        The gate: the model's cross-validated primary metric must beat the baseline's on the
+        same folds, and the current champion's when there is one.
+
+        Raises:
+            GateError: With both numbers, when it does not; nothing is registered then.
+        """
+        candidate = self.candidate(run_id)
+        self._gate(candidate, name)
+        run = self._run(run_id)
+        if not self._has_model(run_id):
+            raise RegistryError(f"Run {run_id} has no model/ artifact to register.")
+        if not self._exists(name):
+            self.client.create_registered_model(
+                name, description=f"modelcycle task {run.data.tags.get('task')}"
+            )
+        version = self.client.create_model_version(
+            name,
+            source=f"{run.info.artifact_uri}/model",
+            run_id=run_id,
+            tags=_lineage(run, candidate),
+            description=f"{candidate.metric} {candidate.value:.4f} "
+            f"(baseline {candidate.baseline:.4f})",
+        )
+        results = self.move_alias(name, alias, str(version.version), reason)
+        return self.get(name, str(version.version)), results
+
+    def move_alias(self, name: str, alias: str, version: str, reason: str) -> list[HookResult]:
+        """Point `alias` at `version`, append the move to the audit trail, run the hooks."""
+        self.get(name, version)  # a missing version is an error before anything moves
+        previous = self.alias_version(name, alias)
+        self.client.set_registered_model_alias(name, alias, version)
+        event = AliasMoved(
+            model=name,
+            alias=alias,
+            version=version,
+            previous_version=previous,
+            reason=reason,
+            actor=_actor(),
+            at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        self._append_audit(event)
+        log.info("%s@%s: %s → %s (%s)", name, alias, previous, version, reason)
+        return run_hooks(self.hooks, event)
+
+    def promote(
+        self, name: str, alias: str = CHAMPION, version: str | None = None, reason: str = ""
+    ) -> list[HookResult]:
+        """Move `alias` (default champion) to `version` (default: the current challenger)."""
+        target = version or self.alias_version(name, CHALLENGER)
+        if target is None:
+            raise RegistryError(
+                f"{name} has no {CHALLENGER} to promote; pass --version or register a run first."
+            )
+        return self.move_alias(name, alias, target, reason or f"promoted to {alias}")
+
+    def history(self, name: str) -> list[AliasMoved]:
+        """Every alias move of `name`, oldest first."""
+        tags = self._model(name).tags
+        entries = sorted((k, v) for k, v in tags.items() if k.startswith(AUDIT_PREFIX))
+        return [AliasMoved(**json.loads(value)) for _, value in entries]
+
+    def get(self, name: str, version: str) -> Registered:
+        """One version with its tags."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            v = self.client.get_model_version(name, version)
+        except MlflowException as err:
+            raise RegistryError(f"{name} has no version {version!r}: {err.message}") from err
+        return Registered(name, str(v.version), str(v.source), str(v.run_id), dict(v.tags))
+
+    def resolve(self, reference: str) -> Registered:
+        """A version from `NAME@ALIAS` or `NAME/VERSION`."""
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            version = self.alias_version(name, alias)
+            if version is None:
+                raise RegistryError(
+                    f"{name} has no alias {alias!r}; see `modelcycle history {name}`."
+                )
+            return self.get(name, version)
+        if "/" in reference:
+            name, version = reference.rsplit("/", 1)
+            return self.get(name, version)
+        raise RegistryError(
+            f"{reference!r}: write NAME@ALIAS (e.g. twins@champion) or NAME/VERSION."
+        )
+
+    def download(self, registered: Registered, dst: Path) -> Path:
+        """Copy a version's model directory to `dst` and return the local path."""
+        import mlflow.artifacts
+
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=registered.source, dst_path=str(dst))
+        )
+
+    def log_directory(self, registered: Registered, directory: Path, folder: str) -> None:
+        """Add files to a version's run, under `folder` (e.g. model/onnx)."""
+        self.client.log_artifacts(registered.run_id, str(directory), artifact_path=folder)
+
+    def set_tags(self, registered: Registered, tags: dict[str, str]) -> None:
+        """Attach more facts (e.g. export results) to a version."""
+        for key, value in tags.items():
+            self.client.set_model_version_tag(registered.name, registered.version, key, value)
+
+    def _gate(self, candidate: Candidate, name: str) -> None:
+        m = candidate.metric
+        if not candidate.value > candidate.baseline:
+            raise GateError(
+                f"Not registered: {m} {candidate.value:.4f} does not beat the baseline's "
+                f"{candidate.baseline:.4f} on the same folds."
+            )
+        champion = self.alias_version(name, CHAMPION) if self._exists(name) else None
+        if champion is None:
+            return
+        best = float(self.get(name, champion).tags.get(f"metric.model_{m}_mean", "nan"))
+        if not candidate.value > best:
+            raise GateError(
+                f"Not registered: {m} {candidate.value:.4f} does not beat the champion "
+                f"({name} version {champion}) at {best:.4f}."
+            )
+
+    def _append_audit(self, event: AliasMoved) -> None:
+        count = sum(k.startswith(AUDIT_PREFIX) for k in self._model(event.model).tags)
+        key = f"{AUDIT_PREFIX}{count:06d}"
+        self.client.set_registered_model_tag(event.model, key, json.dumps(event.payload()))
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version `alias` points at, or None."""
+        version = dict(self._model(name).aliases or {}).get(alias)
+        return None if version is None else str(version)
+
+    def _model(self, name: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(name)
+        except MlflowException as err:
+            raise RegistryError(f"No registered model {name!r}: {err.message}") from err
+        return model
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self._model(name)
+        except RegistryError:
+            return False
+        return True
+
+    def _run(self, run_id: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as err:
+            raise RegistryError(f"No run {run_id!r} in the tracking store: {err.message}") from err
+
+    def _has_model(self, run_id: str) -> bool:
+        return any(a.path == "model" for a in self.client.list_artifacts(run_id))
+
+
+def latest_pipeline_run(tracking_uri: str, experiment: str) -> str:
+    """The id of the newest finished parent run of `experiment`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string="attributes.status = 'FINISHED' and tags.primary_metric != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        raise RegistryError(
+            f"No finished pipeline run in experiment {experiment!r} at {tracking_uri}."
+        )
+    return str(runs[0].info.run_id)
+
+
+def _lineage(run: Any, candidate: Candidate) -> dict[str, str]:
+    tags = run.data.tags
+    lineage = {
+        "lineage.run_id": run.info.run_id,
+        "lineage.task": tags.get("task", ""),
+        "lineage.git_sha": tags.get("git_sha", "unknown"),
+        "lineage.git_dirty": tags.get("git_dirty", "unknown"),
+        "lineage.data_hash": tags.get("data_hash", ""),
+        "lineage.packages": tags.get("packages", "{}"),
+        "lineage.config_uri": f"{run.info.artifact_uri}/config.yaml",
+        "lineage.config": _config_text(f"{run.info.artifact_uri}/config.yaml"),
+        "lineage.reference_sample": f"{run.info.artifact_uri}/model/held_out.npz",
+        "gate.metric": candidate.metric,
+    }
+    metrics = {  # full precision: the gate compares against these exact values
+        f"metric.{k}": repr(float(v))
+        for k, v in run.data.metrics.items()
+        if k.startswith(("model_", "baseline_", "reference_"))
+    }
+    return lineage | metrics
+
+
+def _config_text(uri: str) -> str:
+    import mlflow.artifacts
+
+    try:
+        return mlflow.artifacts.load_text(uri)[:5000]  # tag values are bounded
+    except Exception as err:  # lineage must not block registration
+        return f"unavailable: {err}"
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

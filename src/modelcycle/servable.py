@@ -1,0 +1,114 @@
+"""A servable model on disk: a directory with a manifest, like an MLflow flavor.
+
+The directory holds `model.pt` (the whole PyTorch module that turns request arrays into
+outputs, preprocessing included), `held_out.npz` (inputs the module never trained on, for
+export parity, latency and drift reference) and `manifest.json` naming the task, the input
+and output names and the sha256 of every file. Loading checks those hashes first.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from modelcycle.digests import sha256_file
+
+MANIFEST = "manifest.json"
+FORMAT = "modelcycle.servable/1"
+TARGET = "__target__"  # key of the optional held-out labels in held_out.npz
+
+
+class ServableError(ValueError):
+    """A saved model that cannot be trusted or read; the message names the file."""
+
+
+@dataclass
+class ServableModel:
+    """What serving and export need from a trained model.
+
+    Attributes:
+        task: The task's registered name.
+        module: Maps the request arrays (`input_names` order) to `output_names`.
+        input_names: Names of the module's inputs, each with a leading batch axis.
+        output_names: Names of its outputs, each with a leading batch axis.
+        held_out: One array per input: rows the model never trained on.
+        info: Task-specific facts for serving (feature names, units, examples...).
+        target: Optional binary label per held-out row, to score the first output (ROC-AUC).
+    """
+
+    task: str
+    module: nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    held_out: list[np.ndarray]
+    info: dict[str, Any] = field(default_factory=dict)
+    target: np.ndarray | None = None
+
+    def save(self, directory: Path) -> Path:
+        """Write the directory and its manifest; returns the manifest path."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.module.eval()
+        torch.save(self.module, directory / "model.pt")
+        arrays: dict[str, Any] = dict(zip(self.input_names, self.held_out, strict=True))
+        if self.target is not None:
+            arrays[TARGET] = self.target
+        np.savez(directory / "held_out.npz", **arrays)
+        files = {name: sha256_file(directory / name) for name in ("model.pt", "held_out.npz")}
+        manifest = {
+            "format": FORMAT,
+            "task": self.task,
+            "inputs": self.input_names,
+            "outputs": self.output_names,
+            "files": files,
+            "info": self.info,
+        }
+        path = directory / MANIFEST
+        path.write_text(json.dumps(manifest, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> ServableModel:
+        """Read a saved model after checking every file against the manifest's sha256."""
+        manifest = read_manifest(directory)
+        for name, digest in manifest["files"].items():
+            actual = sha256_file(directory / name)
+            if actual != digest:
+                raise ServableError(
+                    f"{directory / name}: sha256 {actual[:12]}… does not match the manifest "
+                    f"({digest[:12]}…); the file was changed after it was saved. Re-register."
+                )
+        # Our own artifact, hash-checked above: the full module is unpickled.
+        module = torch.load(directory / "model.pt", map_location="cpu", weights_only=False)
+        with np.load(directory / "held_out.npz") as arrays:
+            held_out = [arrays[name] for name in manifest["inputs"]]
+            target = arrays[TARGET] if TARGET in arrays.files else None
+        return cls(
+            manifest["task"],
+            module,
+            manifest["inputs"],
+            manifest["outputs"],
+            held_out,
+            manifest.get("info", {}),
+            target,
+        )
+
+    def example(self) -> tuple[torch.Tensor, ...]:
+        """Two held-out rows per input as tensors, for tracing an export."""
+        return tuple(torch.as_tensor(a[:2]) for a in self.held_out)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of a saved model directory."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ServableError(f"{path}: not found; {directory} is not a saved modelcycle model.")
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ServableError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}.")
+    return manifest

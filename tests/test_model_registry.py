@@ -1,0 +1,167 @@
+"""The registry on a real MLflow SQLite store: gate, lineage, aliases, audit, hooks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modelcycle.registry import GateError, Registry, RegistryError, latest_pipeline_run
+from modelcycle.registry_hooks import CommandHook
+from modelcycle.servable import ServableError, ServableModel
+from modelcycle.tracking import Tracker, TrackingSettings
+
+METRIC = "auc_twin_vs_unrelated"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Tracker:
+    return Tracker(TrackingSettings(experiment="reg"), tmp_path / "ws")
+
+
+def _run(
+    store: Tracker, model: float, baseline: float, tmp_path: Path, with_model: bool = True
+) -> str:
+    """A finished parent run shaped like a pipeline's: tags, mean metrics, config, model/."""
+    with store.run("twins") as run_id:
+        store.set_tags(
+            {
+                "task": "twins",
+                "primary_metric": METRIC,
+                "data_hash": "d" * 64,
+                "packages": json.dumps({"torch": "x"}),
+                "git_sha": "abc",
+                "git_dirty": "False",
+            }
+        )
+        store.log_metrics({f"model_{METRIC}_mean": model, f"baseline_{METRIC}_mean": baseline})
+        config = tmp_path / f"config-{run_id}.yaml"
+        config.write_text("seed: 42\n")
+        store.log_artifacts([config])
+        if with_model:
+            servable = ServableModel(
+                "twins", torch.nn.Linear(3, 1), ["x"], ["y"], [np.ones((2, 3), np.float32)]
+            )
+            servable.save(tmp_path / run_id / "model")
+            store.log_directory(tmp_path / run_id / "model", "model")
+    return run_id
+
+
+def test_register_records_lineage_and_the_challenger_alias(store: Tracker, tmp_path: Path) -> None:
+    run_id = _run(store, 0.94, 0.91, tmp_path)
+    registry = Registry(store.uri)
+    version, _ = registry.register(run_id, "twins")
+    assert version.version == "1"
+    assert registry.resolve("twins@challenger").version == "1"
+    assert registry.resolve("twins/1").run_id == run_id
+    tags = version.tags
+    assert tags["lineage.git_sha"] == "abc" and tags["lineage.data_hash"] == "d" * 64
+    assert json.loads(tags["lineage.packages"]) == {"torch": "x"}
+    assert float(tags[f"metric.model_{METRIC}_mean"]) == pytest.approx(0.94)
+    assert float(tags[f"metric.baseline_{METRIC}_mean"]) == pytest.approx(0.91)
+    assert tags["lineage.reference_sample"].endswith("model/held_out.npz")
+    local = registry.download(version, tmp_path / "dl")
+    loaded = ServableModel.load(local)
+    assert loaded.task == "twins" and loaded.held_out[0].shape == (2, 3)
+
+
+def test_gate_refuses_a_model_that_does_not_beat_its_baseline(
+    store: Tracker, tmp_path: Path
+) -> None:
+    run_id = _run(store, 0.90, 0.91, tmp_path)
+    registry = Registry(store.uri)
+    with pytest.raises(GateError, match=r"0\.9000 does not beat the baseline's 0\.9100"):
+        registry.register(run_id, "twins")
+    with pytest.raises(RegistryError, match="No registered model 'twins'"):
+        registry.history("twins")
+
+
+def test_gate_against_the_champion_then_promotion_and_audit(store: Tracker, tmp_path: Path) -> None:
+    registry = Registry(store.uri)
+    first = _run(store, 0.94, 0.91, tmp_path)
+    registry.register(first, "twins")
+    registry.promote("twins", reason="first release")
+    worse = _run(store, 0.93, 0.91, tmp_path)
+    with pytest.raises(GateError, match=r"0\.9300 does not beat the champion.*version 1.*0\.9400"):
+        registry.register(worse, "twins")
+    better = _run(store, 0.95, 0.91, tmp_path)
+    version, _ = registry.register(better, "twins")
+    assert version.version == "2"
+    assert registry.resolve("twins@champion").version == "1"  # registering never promotes
+    registry.promote("twins", reason="beats v1 by 0.01")
+    assert registry.resolve("twins@champion").version == "2"
+    moves = [(m.alias, m.previous_version, m.version, m.reason) for m in registry.history("twins")]
+    assert moves == [
+        ("challenger", None, "1", "registered"),
+        ("champion", None, "1", "first release"),
+        ("challenger", "1", "2", "registered"),
+        ("champion", "1", "2", "beats v1 by 0.01"),
+    ]
+
+
+def test_alias_moves_run_hooks_and_a_failing_hook_never_undoes_the_move(
+    store: Tracker, tmp_path: Path
+) -> None:
+    out = tmp_path / "event.txt"
+    script = (
+        "import os,sys; "
+        "open(sys.argv[1],'w').write(sys.argv[2] + ' ' + os.environ['MODELCYCLE_EVENT'])"
+    )
+    hooks = [
+        CommandHook([sys.executable, "-c", "import sys; sys.exit(3)"]),
+        CommandHook([sys.executable, "-c", script, str(out), "{model}@{alias}={version}"]),
+    ]
+    registry = Registry(store.uri, hooks)
+    _, results = registry.register(_run(store, 0.94, 0.91, tmp_path), "twins")
+    assert [r.ok for r in results] == [False, True]
+    assert "3" in results[0].detail
+    tag, payload = out.read_text().split(" ", 1)
+    assert tag == "twins@challenger=1"
+    assert json.loads(payload)["previous_version"] is None
+    assert registry.resolve("twins@challenger").version == "1"
+
+
+def test_clear_errors_for_bad_references_and_runs(store: Tracker, tmp_path: Path) -> None:
+    registry = Registry(store.uri)
+    with pytest.raises(RegistryError, match="no model/ artifact"):
+        registry.register(_run(store, 0.94, 0.91, tmp_path, with_model=False), "twins")
+    with pytest.raises(RegistryError, match="No run 'nope'"):
+        registry.register("nope", "twins")
+    registry.register(_run(store, 0.94, 0.91, tmp_path), "twins")
+    with pytest.raises(RegistryError, match="write NAME@ALIAS"):
+        registry.resolve("twins")
+    with pytest.raises(RegistryError, match="has no alias 'prod'"):
+        registry.resolve("twins@prod")
+    with pytest.raises(RegistryError, match="has no version '9'"):
+        registry.promote("twins", version="9")
+    assert latest_pipeline_run(store.uri, "reg") == registry.resolve("twins@challenger").run_id
+
+
+def test_promote_without_a_challenger_says_what_to_do(store: Tracker, tmp_path: Path) -> None:
+    registry = Registry(store.uri)
+    registry.register(_run(store, 0.94, 0.91, tmp_path), "twins", alias="candidate")
+    with pytest.raises(RegistryError, match="no challenger to promote; pass --version"):
+        registry.promote("twins")
+
+
+def test_a_tampered_model_file_is_refused(tmp_path: Path) -> None:
+    servable = ServableModel(
+        "t", torch.nn.Linear(2, 1), ["x"], ["y"], [np.zeros((1, 2), np.float32)]
+    )
+    servable.save(tmp_path / "m")
+    with (tmp_path / "m" / "model.pt").open("ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(ServableError, match="does not match the manifest"):
+        ServableModel.load(tmp_path / "m")
+
+
+def test_gate_compares_full_precision_not_rounded_tags(store: Tracker, tmp_path: Path) -> None:
+    registry = Registry(store.uri)
+    registry.register(_run(store, 0.94000049, 0.91, tmp_path), "twins")
+    registry.promote("twins")
+    with pytest.raises(GateError, match="does not beat the champion"):
+        registry.register(_run(store, 0.94000049, 0.91, tmp_path), "twins")

@@ -27,6 +27,7 @@ from modelcycle.evaluation.report import CVReport
 from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
+from modelcycle.serving.server import build_server
 from modelcycle.tracking import Tracker
 
 app = typer.Typer(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
@@ -182,6 +183,29 @@ def export_command(
             f"held-out ROC-AUC fp32 {m['fp32']:.4f}, int8 {m['int8']:.4f} (delta {m['delta']:+.4f})"
         )
     console.print(report.table(), soft_wrap=True)
+
+
+@app.command()
+def serve(
+    models_and_overrides: Annotated[
+        list[str],
+        typer.Argument(help="NAME@ALIAS to serve (one or more), then optional key=value overrides"),
+    ],
+) -> None:
+    """Serve registered models over HTTP (FastAPI + ONNX Runtime) with a web page at /."""
+    references = [a for a in models_and_overrides if "=" not in a]
+    overrides = [a for a in models_and_overrides if "=" in a]
+    if not references:
+        raise typer.BadParameter("Name at least one model to serve, e.g. twins@champion.")
+    with _clear_errors():
+        cfg = compose_config(overrides)
+        app_, config = build_server(cfg, references)
+    import uvicorn
+
+    console.print(f"Serving {', '.join(references)} on http://{config.host}:{config.port}/")
+    uvicorn.run(
+        app_, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=10
+    )
 
 
 def _print_hooks(results: list[HookResult]) -> None:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from modelcycle.pipeline import PipelineSettings
 from modelcycle.registry import Registry
 from modelcycle.registry_hooks import HookError, hooks_from_config
+from modelcycle.serving.app import ServeSettings
 from modelcycle.tasks import Task, get_task
 from modelcycle.tracking import TrackingSettings, tracking_uri
 from modelcycle.training import TrainerSettings
@@ -102,3 +103,24 @@ def build_registry(cfg: DictConfig) -> Registry:
 def workspace_of(cfg: DictConfig) -> Path:
     """The workspace root as an absolute path."""
     return Path(cfg.workspace).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Where to listen, the server's limits, and where captures go."""
+
+    host: str
+    port: int
+    settings: ServeSettings
+    capture_path: Path | None
+
+
+def serve_config(cfg: DictConfig) -> ServeConfig:
+    """The server's settings from the `serve` config group."""
+    values: dict[str, Any] = OmegaConf.to_container(cfg.serve, resolve=True)  # type: ignore[assignment]
+    host, port, capture = values.pop("host"), values.pop("port"), values.pop("capture")
+    values["cors_origins"] = tuple(values["cors_origins"])
+    settings = _build(ServeSettings, "serve", **values)
+    return ServeConfig(
+        host, int(port), settings, workspace_of(cfg) / "capture.db" if capture else None
+    )

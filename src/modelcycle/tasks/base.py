@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 
 from modelcycle.servable import ServableModel
+from modelcycle.serving.adapter import ServingAdapter
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class Task(ABC, Generic[D]):
     name: ClassVar[str]
     #: Metric used for early stopping, the registry gate and summaries ("higher is better").
     primary_metric: ClassVar[str]
+    #: How a served model of this task reads requests and writes responses.
+    serving: ClassVar[type[ServingAdapter]]
     #: Validation metric the model logs each epoch, for early stopping ("higher is better").
     monitor: ClassVar[str] = "val_auc"
     #: Metrics shown in the summary table, in order.

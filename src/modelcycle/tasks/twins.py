@@ -28,6 +28,7 @@ from modelcycle.models.pair_scoring import RawPairScorer
 from modelcycle.models.siamese import SiamesePairModel
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import DataSummary, Evaluation, Fold, Task, register_task
+from modelcycle.tasks.twins_serving import TwinsServing
 
 FINAL = -1  # index of the final (deployable) fit, apart from the CV folds
 
@@ -74,6 +75,7 @@ class TwinsTask(Task[TwinsData]):
         batch_size: Pairs per batch.
     """
 
+    serving = TwinsServing
     primary_metric = "auc_twin_vs_unrelated"
     summary_metrics = ("auc_twin_vs_unrelated", "auc_sibling_vs_unrelated", "top1", "top5")
 

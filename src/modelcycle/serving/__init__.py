@@ -1,0 +1,1 @@
+"""HTTP serving: app factory, micro-batching, model loading, web page."""

@@ -1,0 +1,57 @@
+"""The serving side of a task: its request schema, request → model rows, outputs → response.
+
+A served model knows only its ONNX file and its manifest; the task named in the manifest
+supplies an adapter (`Task.serving`) built from the manifest's `info`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel
+
+
+class RequestError(ValueError):
+    """A request that validates as JSON but cannot be turned into model inputs (HTTP 422)."""
+
+
+class ServingAdapter(ABC):
+    """Everything task-specific a model server does with one request."""
+
+    #: The pydantic model of one request body (it also becomes the OpenAPI schema).
+    request_type: ClassVar[type[BaseModel]]
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+
+    @abstractmethod
+    def decode(self, request: BaseModel) -> list[np.ndarray]:
+        """One array per model input, each with a leading batch axis of 1.
+
+        Raises:
+            RequestError: Values the model cannot take, with what was wrong and how to fix it.
+        """
+
+    def encode(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The response body for one request's outputs (each with a batch axis of 1)."""
+        return {
+            name: value.reshape(-1).tolist()[0] if value.size == 1 else value.reshape(-1).tolist()
+            for name, value in outputs.items()
+        }
+
+    @abstractmethod
+    def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
+        """A few named numbers that describe one request's input, for drift monitoring."""
+
+    @abstractmethod
+    def examples(
+        self, held_out: list[np.ndarray], target: np.ndarray | None
+    ) -> list[dict[str, Any]]:
+        """Ready-made requests from held-out rows: [{"label": ..., "request": {...}}, ...]."""
+
+
+def _plain(value: np.ndarray) -> float | list[float]:
+    flat = value.reshape(-1).astype(float).tolist()
+    return flat[0] if len(flat) == 1 else flat

@@ -1,0 +1,339 @@
+"""The model server: FastAPI + ONNX Runtime, micro-batched, measured, captured.
+
+Routes: POST /v1/models/{name}/predict, GET /v1/models, GET /v1/models/{name}/examples,
+GET /healthz (alive), GET /readyz (every model loaded and warm), GET /metrics (Prometheus),
+GET / (the web page) and the OpenAPI docs. Models load in the lifespan, never at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from modelcycle.monitoring.capture import Capture, CaptureStore
+from modelcycle.serving.adapter import RequestError
+from modelcycle.serving.batching import MicroBatcher, OverloadedError
+from modelcycle.serving.loading import ServedModel, warm_up
+from modelcycle.serving.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and knobs of a server.
+
+    Attributes:
+        max_batch: Largest micro-batch.
+        max_wait_ms: How long a lone request may wait for company (0: never).
+        queue_limit: Requests that may wait per model; beyond it, 429 at once.
+        body_limit: Largest request body in bytes; beyond it, 413.
+        deadline_ms: Longest a request may take; beyond it, 504.
+        api_key: When set, /v1 routes need `Authorization: Bearer <key>` or `X-API-Key`.
+        cors_origins: Origins allowed by CORS; none by default (closed).
+        threads: Worker threads that run model calls.
+    """
+
+    max_batch: int = 32
+    max_wait_ms: float = 0.0
+    queue_limit: int = 256
+    body_limit: int = 1_000_000
+    deadline_ms: float = 5000.0
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    threads: int = 2
+
+
+@dataclass
+class _Payload:
+    rows: list[np.ndarray]
+    features: dict[str, float]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _State:
+    models: dict[str, ServedModel] = field(default_factory=dict)
+    batchers: dict[str, MicroBatcher] = field(default_factory=dict)
+    ready: bool = False
+
+
+def create_app(
+    load_models: Callable[[], list[ServedModel]],
+    settings: ServeSettings,
+    capture: CaptureStore | None = None,
+) -> FastAPI:
+    """Build the app; `load_models` runs in the lifespan, off the event loop."""
+    state, metrics = _State(), ServerMetrics.create()
+    executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="model")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = await asyncio.get_running_loop().run_in_executor(executor, load_models)
+        for served in loaded:
+            await asyncio.get_running_loop().run_in_executor(executor, warm_up, served)
+            _add_model(state, metrics, served, settings, executor, capture)
+        state.ready = True
+        metrics.ready.set(1)
+        log.info("Ready: %s", ", ".join(f"{m.name} v{m.version}" for m in loaded))
+        yield
+        state.ready = False  # readiness turns false first, then in-flight work finishes
+        metrics.ready.set(0)
+        for batcher in state.batchers.values():
+            await batcher.stop()
+        executor.shutdown(wait=True)
+
+    app = FastAPI(title="modelcycle", version="1", lifespan=lifespan)
+    _add_middleware(app, state, metrics, settings)
+    _add_routes(app, state, metrics, settings)
+    return app
+
+
+def _add_model(
+    state: _State,
+    metrics: ServerMetrics,
+    served: ServedModel,
+    settings: ServeSettings,
+    executor: ThreadPoolExecutor,
+    capture: CaptureStore | None,
+) -> None:
+    if served.name in state.models:
+        raise ValueError(f"{served.name} is served twice; serve one alias per model name.")
+
+    def process(payloads: list[_Payload]) -> list[dict[str, np.ndarray]]:
+        return _run_batch(served, payloads, capture)
+
+    state.models[served.name] = served
+    state.batchers[served.name] = batcher = MicroBatcher(
+        process,
+        executor,
+        settings.max_batch,
+        settings.max_wait_ms / 1000,
+        settings.queue_limit,
+        on_batch=metrics.batch_size.labels(served.name).observe,
+    )
+    batcher.start()
+    metrics.model_info.labels(served.name, served.alias, served.version).set(1)
+    metrics.queue_depth.labels(served.name).set_function(batcher.depth)
+
+
+def _run_batch(
+    served: ServedModel, payloads: list[_Payload], capture: CaptureStore | None
+) -> list[dict[str, np.ndarray]]:
+    """One model call for the batch; its captures commit before any request is answered."""
+    sizes = [len(p.rows[0]) for p in payloads]
+    inputs = [np.concatenate(column) for column in zip(*(p.rows for p in payloads), strict=True)]
+    outputs = served.run(inputs)
+    bounds = np.cumsum([0, *sizes])
+    results = [
+        {n: out[lo:hi] for n, out in zip(served.output_names, outputs, strict=True)}
+        for lo, hi in itertools.pairwise(bounds)
+    ]
+    if capture is not None:
+        now, done = time.time(), time.perf_counter()
+        capture.write(
+            [
+                Capture(
+                    served.name,
+                    served.version,
+                    p.features,
+                    {k: float(v.reshape(-1)[0]) for k, v in r.items()},
+                    (done - p.queued_at) * 1000,
+                    now,
+                )
+                for p, r in zip(payloads, results, strict=True)
+            ]
+        )
+    return results
+
+
+def _add_middleware(
+    app: FastAPI, state: _State, metrics: ServerMetrics, settings: ServeSettings
+) -> None:
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"]
+        )
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        name = request.path_params.get("name", "")
+        model = name if name in state.models else "-"
+        metrics.requests.labels(route, str(response.status_code), model).inc()
+        metrics.latency.labels(route, model).observe(time.perf_counter() - started)
+        return response
+
+
+def _add_routes(
+    app: FastAPI, state: _State, metrics: ServerMetrics, settings: ServeSettings
+) -> None:
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: every model loaded and warmed."""
+        return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return files("modelcycle.serving").joinpath("static/index.html").read_text()
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> JSONResponse:
+        """Served models: version, alias, lineage summary, request schema."""
+        if denied := _check_key(request, settings):
+            return denied
+        return JSONResponse({"models": [m.describe() for m in state.models.values()]})
+
+    @app.get("/v1/models/{name}/examples")
+    async def examples(name: str, request: Request) -> JSONResponse:
+        """Example requests built from held-out rows."""
+        if denied := _check_key(request, settings):
+            return denied
+        if name not in state.models:
+            return _unknown_model(name, state)
+        return JSONResponse({"examples": state.models[name].examples})
+
+    @app.post("/v1/models/{name}/predict")
+    async def predict(name: str, request: Request) -> JSONResponse:
+        """Predict with a served model; the response names the model version."""
+        if denied := _check_key(request, settings):
+            return denied
+        if name not in state.models:
+            return _unknown_model(name, state)
+        served = state.models[name]
+        payload = await _payload(request, served, settings)
+        if isinstance(payload, JSONResponse):
+            return payload
+        try:
+            timeout = settings.deadline_ms / 1000
+            result = await asyncio.wait_for(state.batchers[name].submit(payload), timeout)
+        except OverloadedError as err:
+            return _error(
+                429, f"{name} is overloaded ({err}); retry shortly.", {"Retry-After": "1"}
+            )
+        except TimeoutError:
+            return _error(504, f"{name} did not answer within {settings.deadline_ms:.0f} ms.")
+        body = {"model": name, "version": served.version, "outputs": served.adapter.encode(result)}
+        return JSONResponse(body)
+
+    _document_requests(app, state)
+
+
+async def _payload(
+    request: Request, served: ServedModel, settings: ServeSettings
+) -> _Payload | JSONResponse:
+    """Read, parse and validate one request body into model rows, or an error response."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return _error(
+            415, f"Content-Type must be application/json, not {content_type or 'none'!r}."
+        )
+    body = await _read_limited(request, settings.body_limit)
+    if body is None:
+        return _error(413, f"Request body is larger than {settings.body_limit} bytes.")
+    try:
+        document = json.loads(body, parse_constant=_reject_constant)
+        rows = served.adapter.decode(served.adapter.request_type.model_validate(document))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        return _error(400, f"Body is not valid JSON: {err}.")
+    except ValidationError as err:
+        return JSONResponse({"detail": _validation_details(err)}, status_code=422)
+    except (RequestError, ValueError) as err:
+        return _error(422, str(err))
+    return _Payload(rows, served.adapter.drift_features(rows))
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows; send finite numbers (or null)")
+
+
+def _validation_details(err: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in err.errors(include_url=False, include_input=False)
+    ][:20]
+
+
+def _check_key(request: Request, settings: ServeSettings) -> JSONResponse | None:
+    if settings.api_key is None:
+        return None
+    given = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+    given = given.removeprefix("Bearer ").strip()
+    if hmac.compare_digest(given.encode(), settings.api_key.encode()):
+        return None
+    return _error(401, "Missing or wrong API key: send `Authorization: Bearer <key>`.")
+
+
+def _unknown_model(name: str, state: _State) -> JSONResponse:
+    served = ", ".join(sorted(state.models)) or "none"
+    return _error(404, f"Unknown model {name[:100]!r}; served models: {served}.")
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _document_requests(app: FastAPI, state: _State) -> None:
+    """Put each served model's request schema into the OpenAPI document of predict."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = plain()
+        if not state.ready:  # before the models load, do not cache an incomplete document
+            app.openapi_schema = None
+            return schema
+        bodies = [m.adapter.request_type.model_json_schema() for m in state.models.values()]
+        operation = schema["paths"]["/v1/models/{name}/predict"]["post"]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"oneOf": bodies} if bodies else {}}},
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,139 @@
+"""Load a registered model for serving: only its exported ONNX, only if its hash matches."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelcycle.digests import sha256_file
+from modelcycle.registry import Registry
+from modelcycle.servable import read_manifest
+from modelcycle.serving.adapter import ServingAdapter
+from modelcycle.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A model that must not or cannot be served; the message says what to do."""
+
+
+@dataclass
+class ServedModel:
+    """One model in a server: an ONNX Runtime session plus its task's adapter."""
+
+    name: str
+    alias: str
+    version: str
+    task: str
+    session: Any  # onnxruntime.InferenceSession
+    input_names: list[str]
+    output_names: list[str]
+    adapter: ServingAdapter
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    lineage: dict[str, str] = field(default_factory=dict)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the session on batched inputs (each with a leading batch axis)."""
+        feeds = dict(zip(self.input_names, inputs, strict=True))
+        return list(self.session.run(self.output_names, feeds))
+
+    def describe(self) -> dict[str, Any]:
+        """What GET /v1/models says about this model."""
+        return {
+            "name": self.name,
+            "alias": self.alias,
+            "version": self.version,
+            "task": self.task,
+            "inputs": self.input_names,
+            "outputs": self.output_names,
+            "lineage": self.lineage,
+            "schema": self.adapter.request_type.model_json_schema(),
+        }
+
+
+def load_served(registry: Registry, reference: str, cache: Path, threads: int) -> ServedModel:
+    """Resolve `NAME@ALIAS`, check the exported ONNX against its recorded sha256, open it."""
+    if "@" not in reference:
+        raise ModelLoadError(f"{reference!r}: serve NAME@ALIAS, e.g. twins@champion.")
+    name, alias = reference.split("@", 1)
+    version = registry.resolve(reference)
+    expected = version.tags.get("export.fp32.sha256")
+    if not expected:
+        raise ModelLoadError(
+            f"{name} version {version.version} has no ONNX export; run "
+            f"`modelcycle export {reference}` first (only exported ONNX is ever served)."
+        )
+    local = registry.download(version, cache / f"{name}-v{version.version}")
+    onnx_path = local / "onnx" / "model.onnx"
+    actual = sha256_file(onnx_path) if onnx_path.is_file() else "missing"
+    if actual != expected:
+        raise ModelLoadError(
+            f"{onnx_path}: sha256 {actual[:12]} does not match the export recorded on {name} "
+            f"version {version.version} ({expected[:12]}); re-run `modelcycle export {reference}`."
+        )
+    manifest = read_manifest(local)
+    adapter = get_task(manifest["task"]).serving(manifest["info"])
+    served = ServedModel(
+        name=name,
+        alias=alias,
+        version=version.version,
+        task=manifest["task"],
+        session=_session(onnx_path, threads),
+        input_names=manifest["inputs"],
+        output_names=manifest["outputs"],
+        adapter=adapter,
+        lineage=_lineage_summary(version.tags),
+    )
+    served.examples = _examples(local, served)
+    log.info("Loaded %s version %s (%s) from %s", name, version.version, alias, onnx_path)
+    return served
+
+
+def warm_up(served: ServedModel, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
+    """Run the session once per batch size so the first request pays no start-up cost."""
+    if not served.examples:
+        return
+    rows = served.adapter.decode(
+        served.adapter.request_type.model_validate(served.examples[0]["request"])
+    )
+    for size in batch_sizes:
+        served.run([np.repeat(row, size, axis=0) for row in rows])
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _examples(local: Path, served: ServedModel) -> list[dict[str, Any]]:
+    manifest = read_manifest(local)
+    if sha256_file(local / "held_out.npz") != manifest["files"]["held_out.npz"]:
+        raise ModelLoadError(f"{local / 'held_out.npz'}: hash does not match its manifest.")
+    with np.load(local / "held_out.npz") as arrays:
+        held_out = [arrays[n] for n in manifest["inputs"]]
+        target = arrays["__target__"] if "__target__" in arrays.files else None
+    return served.adapter.examples(held_out, target)
+
+
+def _lineage_summary(tags: dict[str, str]) -> dict[str, str]:
+    keep = ("lineage.git_sha", "lineage.data_hash", "gate.metric", "export.fp32.sha256")
+    summary = {k.split(".", 1)[1]: tags[k] for k in keep if k in tags}
+    metric = tags.get("gate.metric")
+    if metric and f"metric.model_{metric}_mean" in tags:
+        summary["cv_" + metric] = tags[f"metric.model_{metric}_mean"]
+    return summary
+
+
+def default_threads() -> int:
+    """ONNX Runtime intra-op threads: the machine's cores (at least one)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)

@@ -1,0 +1,126 @@
+"""Serving twins: two people's FreeSurfer measures and covariates in, twin probability out."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelcycle.serving.adapter import RequestError, ServingAdapter
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+MAX_MISSING = 0.2  # the training cohort excluded subjects missing more than this share
+
+
+class Subject(BaseModel):
+    """One person: FreeSurfer 5.3 session-1 measures by name, age, sex, T1w acquisition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    measures: dict[str, Finite | None] = Field(
+        description="Measure name → value; null or absent means missing (imputed)",
+        max_length=2000,
+    )
+    age: Annotated[float, Field(gt=0, lt=120, allow_inf_nan=False)]
+    sex: Literal["M", "F"]
+    acquisition: Literal[1, 2] = Field(1, description="1 coronal, 2 sagittal")
+
+
+class PairRequest(BaseModel):
+    """Are `a` and `b` twins?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    a: Subject
+    b: Subject
+
+
+class TwinsServing(ServingAdapter):
+    """Adapter of the twins task; `info["features"]` lists the model's measure names."""
+
+    request_type = PairRequest
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        super().__init__(info)
+        self.features: list[str] = list(info["features"])
+        self.column = {name: i for i, name in enumerate(self.features)}
+
+    def decode(self, request: BaseModel) -> list[np.ndarray]:
+        """Rows a, a_covariates, b, b_covariates (NaN where a measure is missing)."""
+        assert isinstance(request, PairRequest)
+        a, a_cov = self._subject(request.a, "a")
+        b, b_cov = self._subject(request.b, "b")
+        return [a, a_cov, b, b_cov]
+
+    def _subject(self, subject: Subject, key: str) -> tuple[np.ndarray, np.ndarray]:
+        unknown = sorted(set(subject.measures) - set(self.column))
+        if unknown:
+            raise RequestError(
+                f"{key}.measures: {len(unknown)} unknown measure name(s), e.g. {unknown[:3]}; "
+                f"the model takes FreeSurfer 5.3 names such as {self.features[:2]} "
+                f"(GET /v1/models lists all {len(self.features)})."
+            )
+        row = np.full((1, len(self.features)), np.nan, dtype=np.float32)
+        for name, value in subject.measures.items():
+            if value is not None:
+                row[0, self.column[name]] = value
+        missing = float(np.isnan(row).mean())
+        if missing > MAX_MISSING:
+            raise RequestError(
+                f"{key}.measures: {missing:.0%} of the {len(self.features)} measures are missing; "
+                f"at most {MAX_MISSING:.0%} can be imputed. Send more measures."
+            )
+        covariates = [
+            subject.age,
+            1.0 if subject.sex == "M" else 0.0,
+            float(subject.acquisition == 2),
+        ]
+        return row, np.array([covariates], dtype=np.float32)
+
+    def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
+        """Per pair: mean age, share of missing measures, mean log measure of each subject."""
+        a, a_cov, b, b_cov = inputs
+        return {
+            "age": float((a_cov[0, 0] + b_cov[0, 0]) / 2),
+            "missing_share": float((np.isnan(a).mean() + np.isnan(b).mean()) / 2),
+            "a_mean_log_measure": _mean_log(a),
+            "b_mean_log_measure": _mean_log(b),
+        }
+
+    def examples(
+        self, held_out: list[np.ndarray], target: np.ndarray | None
+    ) -> list[dict[str, Any]]:
+        """Two twin-like and two unrelated held-out pairs (their labels are known)."""
+        labels = np.zeros(len(held_out[0])) if target is None else target
+        picks = [*np.flatnonzero(labels == 1)[:2], *np.flatnonzero(labels == 0)[:2]]
+        examples = []
+        for n, i in enumerate(picks):
+            kind = "twin-like pair" if labels[i] == 1 else "unrelated pair"
+            request = {
+                "a": self._as_subject(held_out[0][i], held_out[1][i]),
+                "b": self._as_subject(held_out[2][i], held_out[3][i]),
+            }
+            examples.append(
+                {"id": f"example-{n + 1}", "label": f"{kind} (held out)", "request": request}
+            )
+        return examples
+
+    def _as_subject(self, row: np.ndarray, covariates: np.ndarray) -> dict[str, Any]:
+        measures = {
+            name: (None if math.isnan(v) else round(float(v), 4))
+            for name, v in zip(self.features, row, strict=True)
+        }
+        return {
+            "measures": measures,
+            "age": float(covariates[0]),
+            "sex": "M" if covariates[1] > 0.5 else "F",
+            "acquisition": 2 if covariates[2] > 0.5 else 1,
+        }
+
+
+def _mean_log(row: np.ndarray) -> float:
+    values = row[~np.isnan(row)]
+    values = values[values > 0]
+    return float(np.log1p(values).mean()) if len(values) else float("nan")

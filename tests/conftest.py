@@ -6,20 +6,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
+
+from qtim_fixtures import write_tiny_qtim
+
+pytest_plugins = ["serving_fixtures"]  # the registered, exported model for serving tests
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_QTIM = Path(os.environ.get("QTIM_ROOT") or REPO.parent / "shared" / "data" / "qtim")
-
-REGIONAL = [
-    f"{h}_{r}_{k}"
-    for h in "LR"
-    for r in ("precuneus", "insula", "cuneus", "fusiform")
-    for k in ("surfarea", "thickavg", "gmvol")
-] + ["Lhippo", "Rhippo", "Left_VentralDC", "Right_VentralDC"]
-GLOBAL = ["EstimatedTotalIntraCranialVol", "CSF"]
 
 
 @pytest.fixture(scope="session")
@@ -28,46 +22,6 @@ def real_qtim() -> Path:
     if not (REAL_QTIM / "participants.tsv").is_file():
         pytest.skip(f"real QTIM files not found at {REAL_QTIM} (set QTIM_ROOT to a copy)")
     return REAL_QTIM
-
-
-def write_tiny_qtim(root: Path, n_families: int = 24, seed: int = 0) -> Path:
-    """Write participants.tsv and a FreeSurfer ses-01 table where relatives look alike.
-
-    Families cycle through: twins (same age), twins + an older sibling, a singleton,
-    opposite-sex twins. Each subject's measures = family signal + individual noise.
-    """
-    rng = np.random.default_rng(seed)
-    rows, measures = [], []
-    columns = REGIONAL + GLOBAL
-    sid = 0
-    for f in range(n_families):
-        kind = f % 4
-        ages = {0: [25, 25], 1: [25, 25, 29], 2: [30], 3: [22, 22]}[kind]
-        sexes = {0: "MM", 1: "FFM", 2: "F", 3: "MF"}[kind]
-        family = rng.normal(size=len(columns))
-        for age, sex in zip(ages, sexes, strict=True):
-            sid += 1
-            pid = f"sub-{sid:04d}"
-            rows.append((pid, f"fam-{f:04d}", sex, age, "n/a", "right", 1 + sid % 2))
-            values = 1000 + 100 * (family + 0.5 * rng.normal(size=len(columns)))
-            measures.append([pid, *np.round(values, 2)])
-    participants = pd.DataFrame(
-        rows,
-        columns=[
-            "participant_id",
-            "family_id",
-            "sex",
-            "age",
-            "age_ses02",
-            "handedness",
-            "ses01_T1w_acq",
-        ],
-    )
-    fs = pd.DataFrame(measures, columns=["participant_id", *columns])
-    (root / "derivatives" / "freesurfer_5.3").mkdir(parents=True, exist_ok=True)
-    participants.to_csv(root / "participants.tsv", sep="\t", index=False)
-    fs.to_csv(root / "derivatives/freesurfer_5.3/fs5.3_ses-01.tsv", sep="\t", index=False)
-    return root
 
 
 @pytest.fixture

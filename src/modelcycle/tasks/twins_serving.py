@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelcycle.serving.adapter import RequestError, ServingAdapter
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+# Strict: numbers only (an int is fine; "12" or true is not), never NaN or infinity.
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 MAX_MISSING = 0.2  # the training cohort excluded subjects missing more than this share
 
 
@@ -23,7 +24,7 @@ class Subject(BaseModel):
         description="Measure name → value; null or absent means missing (imputed)",
         max_length=2000,
     )
-    age: Annotated[float, Field(gt=0, lt=120, allow_inf_nan=False)]
+    age: Annotated[float, Field(gt=0, lt=120, allow_inf_nan=False, strict=True)]
     sex: Literal["M", "F"]
     acquisition: Literal[1, 2] = Field(1, description="1 coronal, 2 sagittal")
 

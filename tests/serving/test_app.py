@@ -1,0 +1,306 @@
+"""The model server through TestClient: every route and error path, on real ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from modelcycle.monitoring.capture import CaptureStore
+from modelcycle.serving.app import ServeSettings, create_app
+from modelcycle.serving.loading import ModelLoadError, ServedModel, load_served
+from serving_fixtures import ServedWorkspace
+
+PREDICT = "/v1/models/twins/predict"
+PREDICT_SERIES = 'modelcycle_requests_total{model="twins",route="/v1/models/{name}/predict"'
+
+
+@pytest.fixture(scope="module")
+def served(
+    served_workspace: ServedWorkspace, tmp_path_factory: pytest.TempPathFactory
+) -> ServedModel:
+    cache = tmp_path_factory.mktemp("cache")
+    return load_served(served_workspace.registry, "twins@champion", cache, threads=1)
+
+
+def _client(
+    served: ServedModel, settings: ServeSettings, capture: CaptureStore | None = None
+) -> TestClient:
+    return TestClient(create_app(lambda: [served], settings, capture))
+
+
+@pytest.fixture
+def client(served: ServedModel, tmp_path: Path) -> Iterator[TestClient]:
+    with _client(served, ServeSettings(), CaptureStore(tmp_path / "capture.db")) as c:
+        yield c
+
+
+def _example(client: TestClient, n: int = 0) -> dict[str, Any]:
+    examples = client.get("/v1/models/twins/examples").json()["examples"]
+    return dict(examples[n]["request"])
+
+
+def _post(client: TestClient, body: Any, **kwargs: Any) -> Any:
+    return client.post(
+        PREDICT, content=json.dumps(body), headers={"content-type": "application/json"}, **kwargs
+    )
+
+
+def test_predict_matches_onnx_runtime_and_names_the_version(
+    client: TestClient, served: ServedModel
+) -> None:
+    request = _example(client)
+    response = _post(client, request)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "twins" and body["version"] == "1"
+    rows = served.adapter.decode(served.adapter.request_type.model_validate(request))
+    probability, similarity = served.run(rows)
+    assert body["outputs"]["probability"] == pytest.approx(float(probability[0]), abs=1e-6)
+    assert body["outputs"]["similarity"] == pytest.approx(float(similarity[0]), abs=1e-6)
+    assert 0 < body["outputs"]["probability"] < 1
+
+
+def test_examples_hold_twin_and_unrelated_pairs_with_known_labels(client: TestClient) -> None:
+    examples = client.get("/v1/models/twins/examples").json()["examples"]
+    labels = [e["label"] for e in examples]
+    assert labels.count("twin-like pair (held out)") == 2
+    assert labels.count("unrelated pair (held out)") == 2
+
+
+def test_missing_measures_are_imputed_up_to_the_limit(client: TestClient) -> None:
+    request = _example(client)
+    names = list(request["a"]["measures"])
+    request["a"]["measures"][names[0]] = None
+    del request["a"]["measures"][names[1]]
+    assert _post(client, request).status_code == 200
+    for name in names[: len(names) // 2]:
+        request["a"]["measures"][name] = None
+    response = _post(client, request)
+    assert response.status_code == 422 and "at most 20% can be imputed" in response.json()["detail"]
+
+
+def test_every_prediction_is_captured_with_version_and_features(
+    served: ServedModel, tmp_path: Path
+) -> None:
+    store = CaptureStore(tmp_path / "c.db")
+    with _client(served, ServeSettings(), store) as c:
+        for n in range(4):
+            assert _post(c, _example(c, n)).status_code == 200
+    rows = store.read(model="twins")
+    assert len(rows) == 4 and {r.version for r in rows} == {"1"}
+    assert set(rows[0].features) == {
+        "age",
+        "missing_share",
+        "a_mean_log_measure",
+        "b_mean_log_measure",
+    }
+    assert set(rows[0].outputs) == {"probability", "similarity"}
+    assert all(r.latency_ms >= 0 for r in rows)
+
+
+def test_listing_health_readiness_metrics_page_and_openapi(client: TestClient) -> None:
+    models = client.get("/v1/models").json()["models"]
+    assert [(m["name"], m["alias"], m["version"]) for m in models] == [("twins", "champion", "1")]
+    assert (
+        models[0]["lineage"]["git_sha"] == "test"
+        and "cv_auc_twin_vs_unrelated" in models[0]["lineage"]
+    )
+    assert client.get("/healthz").json() == {"status": "alive"}
+    assert client.get("/readyz").json() == {"ready": True}
+    _post(client, _example(client))
+    _post(client, {"a": 1})
+    metrics = client.get("/metrics").text
+    assert PREDICT_SERIES + ',status="200"} 1.0' in metrics
+    assert PREDICT_SERIES + ',status="422"} 1.0' in metrics
+    assert 'modelcycle_model_info{alias="champion",model="twins",version="1"} 1.0' in metrics
+    assert "modelcycle_request_duration_seconds_bucket" in metrics
+    assert 'modelcycle_batch_size_count{model="twins"} 1.0' in metrics
+    assert "modelcycle_ready 1.0" in metrics
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>modelcycle</title>" in page.text
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/models/{name}/predict"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["oneOf"][0]["title"] == "PairRequest"
+
+
+def test_not_ready_until_the_models_are_loaded(served: ServedModel) -> None:
+    client = TestClient(create_app(lambda: [served], ServeSettings()))  # lifespan not run
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [("nope", 404), ("..%2F..%2Fetc%2Fpasswd", 404), ("twins%00", 404), ("x" * 300, 404)],
+)
+def test_unknown_and_path_like_model_names(client: TestClient, name: str, status: int) -> None:
+    response = client.post(
+        f"/v1/models/{name}/predict", content=b"{}", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status
+    detail = response.json()["detail"]
+    # a name with a slash never reaches the handler; any other unknown name lists the models
+    assert detail == "Not Found" if "%2F" in name else "served models: twins" in detail
+
+
+def _mutate(request: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    copy = json.loads(json.dumps(request))
+    target = copy
+    keys = path.split(".")
+    for key in keys[:-1]:
+        target = target[key]
+    if value is _DELETE:
+        del target[keys[-1]]
+    else:
+        target[keys[-1]] = value
+    return copy
+
+
+_DELETE = object()
+BAD_FIELDS = [
+    ("a.age", -3),
+    ("a.age", 500),
+    ("a.age", "old"),
+    ("a.age", None),
+    ("a.sex", "X"),
+    ("a.sex", 1),
+    ("a.acquisition", 3),
+    ("a.measures", []),
+    ("a.measures", "lots"),
+    ("a.extra", 1),
+    ("extra", 1),
+    ("b", _DELETE),
+    ("a.age", _DELETE),
+    ("a.measures", _DELETE),
+    ("b", [1, 2, 3]),
+    ("a", None),
+    ("a.measures.CSF", "12"),
+    ("a.measures.CSF", [1.0]),
+    ("a.measures.CSF", {"v": 1}),
+    ("a.measures.CSF", 1e400),
+    ("a.measures.not_a_freesurfer_name", 1.0),
+    ("a.measures./etc/passwd", 1.0),
+    ("a.measures", {f"m{i}": 1.0 for i in range(3000)}),
+    ("a.measures.CSF", True),
+    ("a.age", "25"),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), BAD_FIELDS)
+def test_bad_fields_get_422_naming_the_field(client: TestClient, path: str, value: Any) -> None:
+    response = _post(client, _mutate(_example(client), path, value))
+    assert response.status_code == 422, response.text
+    detail = json.dumps(response.json()["detail"])
+    assert path.split(".")[0] in detail
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_refused(client: TestClient, constant: str) -> None:
+    text = json.dumps(_example(client)).replace('"age": ', f'"age": {constant}, "_": ', 1)
+    response = client.post(PREDICT, content=text, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and constant.lstrip("-") in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b'{"a": ', "application/json", 400),
+        (b"\xff\xfe", "application/json", 400),
+        (b"", "application/json", 400),
+        (b"[]", "application/json", 422),
+        (b"42", "application/json", 422),
+        (b'"text"', "application/json", 422),
+        (b"null", "application/json", 422),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", 400),
+        (b"{}", "text/plain", 415),
+        (b"{}", "", 415),
+        (b"{}", "application/x-www-form-urlencoded", 415),
+        (b"{}", "application/json; charset=utf-8", 422),
+    ],
+)
+def test_malformed_bodies(client: TestClient, body: bytes, content_type: str, status: int) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post(PREDICT, content=body, headers=headers)
+    assert response.status_code == status, response.text
+
+
+def test_body_limit_at_and_beyond(served: ServedModel) -> None:
+    with _client(served, ServeSettings(body_limit=100)) as c:
+        at_limit = b'{"a": ' + b" " * (100 - 11) + b"1}"  # exactly 100 bytes, parsed, then 422
+        assert len(at_limit) == 99 or len(at_limit) <= 100
+        padded = at_limit.ljust(100, b" ")
+        assert (
+            c.post(
+                PREDICT, content=padded, headers={"content-type": "application/json"}
+            ).status_code
+            == 422
+        )
+        over = padded + b" "
+        response = c.post(PREDICT, content=over, headers={"content-type": "application/json"})
+        assert response.status_code == 413 and "100 bytes" in response.json()["detail"]
+
+
+def test_deadline_gives_504(served: ServedModel) -> None:
+    with _client(served, ServeSettings(deadline_ms=0.0)) as c:
+        response = _post(c, _example(c))
+        assert response.status_code == 504 and "did not answer" in response.json()["detail"]
+
+
+def test_api_key_is_required_when_set(served: ServedModel) -> None:
+    with _client(served, ServeSettings(api_key="s3cret")) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/v1/models", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/v1/models", headers={"x-api-key": "s3cret"}).status_code == 200
+        assert c.get("/healthz").status_code == 200  # probes stay open
+
+
+def test_cors_is_closed_by_default_and_opens_per_origin(served: ServedModel) -> None:
+    preflight = {"origin": "https://example.org", "access-control-request-method": "POST"}
+    with _client(served, ServeSettings()) as c:
+        assert "access-control-allow-origin" not in c.options(PREDICT, headers=preflight).headers
+    with _client(served, ServeSettings(cors_origins=("https://example.org",))) as c:
+        allowed = c.options(PREDICT, headers=preflight).headers
+        assert allowed["access-control-allow-origin"] == "https://example.org"
+
+
+def test_models_load_only_as_hash_checked_onnx(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    registry = served_workspace.registry
+    version = registry.resolve("twins@champion")
+    registry.set_tags(version, {"export.fp32.sha256": "0" * 64})
+    try:
+        with pytest.raises(ModelLoadError, match="does not match the export recorded"):
+            load_served(registry, "twins@champion", tmp_path, threads=1)
+    finally:
+        registry.set_tags(version, {"export.fp32.sha256": version.tags["export.fp32.sha256"]})
+    with pytest.raises(ModelLoadError, match="serve NAME@ALIAS"):
+        load_served(registry, "twins/1", tmp_path, threads=1)
+
+
+def test_batched_run_splits_results_back_per_request(served: ServedModel) -> None:
+    from modelcycle.serving.app import _Payload, _run_batch
+
+    requests = [e["request"] for e in served.examples]
+    payloads = [
+        _Payload(served.adapter.decode(served.adapter.request_type.model_validate(r)), {})
+        for r in requests
+    ]
+    batched = _run_batch(served, payloads, None)
+    for payload, result in zip(payloads, batched, strict=True):
+        alone = served.run(payload.rows)
+        np.testing.assert_allclose(result["probability"], alone[0], rtol=1e-6)
+    assert len({float(r["similarity"][0]) for r in batched}) == len(requests)
+
+
+def test_settings_are_frozen() -> None:
+    settings = ServeSettings()
+    assert replace(settings, max_batch=4).max_batch == 4

@@ -1,0 +1,147 @@
+"""The micro-batcher on a real event loop and thread pool."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import pytest
+
+from modelcycle.serving.batching import MicroBatcher, OverloadedError
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def test_results_return_to_their_own_requests_and_batches_form_under_load() -> None:
+    sizes: list[int] = []
+
+    def process(payloads: list[int]) -> list[int]:
+        time.sleep(0.02)  # a slow model call: requests queue up meanwhile
+        return [p * 10 for p in payloads]
+
+    async def main() -> list[int]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(process, pool, max_batch=8, on_batch=sizes.append)
+            batcher.start()
+            results = await asyncio.gather(*(batcher.submit(i) for i in range(40)))
+            await batcher.stop()
+            return list(results)
+
+    assert _run(main()) == [i * 10 for i in range(40)]
+    assert sum(sizes) == 40 and max(sizes) == 8 and len(sizes) < 40
+
+
+def test_a_lone_request_is_never_delayed_with_max_wait_zero() -> None:
+    def process(payloads: list[int]) -> list[int]:
+        return payloads
+
+    async def main() -> float:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(process, pool, max_wait=0.0)
+            batcher.start()
+            await batcher.submit(0)  # warm the pool
+            started = time.perf_counter()
+            await batcher.submit(1)
+            elapsed = time.perf_counter() - started
+            await batcher.stop()
+            return elapsed
+
+    assert _run(main()) < 0.05
+
+
+def test_max_wait_gathers_requests_that_arrive_a_little_later() -> None:
+    sizes: list[int] = []
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(
+                lambda p: p, pool, max_batch=4, max_wait=0.2, on_batch=sizes.append
+            )
+            batcher.start()
+
+            async def later(i: int) -> int:
+                await asyncio.sleep(0.02 * i)
+                return int(await batcher.submit(i))
+
+            await asyncio.gather(*(later(i) for i in range(4)))
+            await batcher.stop()
+
+    _run(main())
+    assert sizes == [4]
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    release = threading.Event()
+
+    def process(payloads: list[int]) -> list[int]:
+        release.wait(5)
+        return payloads
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(process, pool, max_batch=1, queue_limit=2)
+            batcher.start()
+            first = asyncio.ensure_future(batcher.submit(0))
+            await asyncio.sleep(0.05)  # the worker took it; it now blocks in process
+            queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+            await asyncio.sleep(0.01)
+            started = time.perf_counter()
+            with pytest.raises(OverloadedError, match="queue full"):
+                await batcher.submit(3)
+            assert time.perf_counter() - started < 0.05
+            release.set()
+            assert await asyncio.gather(first, *queued) == [0, 1, 2]
+            await batcher.stop()
+
+    _run(main())
+
+
+def test_a_failing_batch_fails_only_its_requests() -> None:
+    def process(payloads: list[int]) -> list[int]:
+        if -1 in payloads:
+            raise RuntimeError("bad batch")
+        return payloads
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(process, pool, max_batch=1)
+            batcher.start()
+            with pytest.raises(RuntimeError, match="bad batch"):
+                await batcher.submit(-1)
+            assert await batcher.submit(5) == 5
+            await batcher.stop()
+
+    _run(main())
+
+
+def test_expired_requests_are_skipped_not_run() -> None:
+    seen: list[int] = []
+    release = threading.Event()
+
+    def process(payloads: list[int]) -> list[int]:
+        seen.extend(payloads)
+        release.wait(5)
+        return payloads
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(process, pool, max_batch=1)
+            batcher.start()
+            first = asyncio.ensure_future(batcher.submit(0))
+            await asyncio.sleep(0.05)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(batcher.submit(1), 0.01)
+            release.set()
+            await first
+            await batcher.stop()
+
+    _run(main())
+    assert seen == [0]

@@ -77,11 +77,11 @@ def run_pipeline(
         tracker.log_params(config)
         report.reference = task.reference(data)
         folds = task.folds(data, settings.n_folds, settings.seed)
+        ctx = _Context(task, data, settings, trainer, tracker, report_dir)
         for fold in folds:
             log.info("Fold %d/%d", fold.index + 1, len(folds))
-            result = _run_fold(task, data, fold, settings, trainer, tracker, report_dir)
-            report.folds.append(result)
-        model_dir = _fit_final(task, data, settings, trainer, tracker, report_dir)
+            report.folds.append(_run_fold(ctx, fold))
+        model_dir = _fit_final(ctx)
         tracker.log_directory(model_dir, "model")
         report.seconds = time.monotonic() - started
         files = [*report.write(report_dir), _write_config(config, report_dir)]
@@ -130,74 +130,53 @@ def release(registry: Registry, run_id: str, name: str, exports: Path) -> Releas
     return Release(version.version, messages)
 
 
-def _run_fold(
-    task: Task[Any],
-    data: Any,
-    fold: Fold,
-    settings: PipelineSettings,
-    trainer: TrainerSettings,
-    tracker: Tracker,
-    report_dir: Path,
-) -> FoldResult:
-    name = f"fold{fold.index}"
-    with tracker.run(f"{settings.run_name}-{name}", nested=True) as run_id:
-        module, checkpoint = _train(
-            task, data, fold, settings, trainer, tracker, run_id, report_dir / "checkpoints" / name
-        )
+@dataclass(frozen=True)
+class _Context:
+    """What every training step of one pipeline run shares."""
+
+    task: Task[Any]
+    data: Any
+    settings: PipelineSettings
+    trainer: TrainerSettings
+    tracker: Tracker
+    report_dir: Path
+
+    def train(self, fold: Fold, run_id: str, name: str) -> tuple[L.LightningModule, Path]:
+        """Seed, build and fit a model on `fold`; returns it with its best checkpoint."""
+        seed = self.settings.seed + max(fold.index, 0)
+        L.seed_everything(seed, workers=True, verbose=False)
+        datamodule = self.task.datamodule(self.data, fold, seed)
+        module = self.task.model(self.data, fold)
+        loggers = self.tracker.lightning_loggers(run_id, name, self.settings.run_name)
+        directory = self.report_dir / "checkpoints" / name
+        checkpoint = fit(module, datamodule, self.trainer, self.task.monitor, directory, loggers)
+        Tracker.finish_loggers(loggers)
+        return module, checkpoint
+
+
+def _run_fold(ctx: _Context, fold: Fold) -> FoldResult:
+    name, task, data = f"fold{fold.index}", ctx.task, ctx.data
+    with ctx.tracker.run(f"{ctx.settings.run_name}-{name}", nested=True) as run_id:
+        module, checkpoint = ctx.train(fold, run_id, name)
         model_eval, baseline_eval = task.evaluate(module, data, fold), task.baseline(data, fold)
-        tracker.log_metrics({f"test_{k}": v for k, v in model_eval.metrics.items()})
-        tracker.log_metrics({f"baseline_{k}": v for k, v in baseline_eval.metrics.items()})
-        tracker.log_artifacts(task.plot(model_eval, baseline_eval, report_dir, name), "plots")
+        ctx.tracker.log_metrics({f"test_{k}": v for k, v in model_eval.metrics.items()})
+        ctx.tracker.log_metrics({f"baseline_{k}": v for k, v in baseline_eval.metrics.items()})
+        plots = task.plot(model_eval, baseline_eval, ctx.report_dir, name)
+        ctx.tracker.log_artifacts(plots, "plots")
     return FoldResult(
         fold.index, len(fold.test), model_eval.metrics, baseline_eval.metrics, str(checkpoint)
     )
 
 
-def _fit_final(
-    task: Task[Any],
-    data: Any,
-    settings: PipelineSettings,
-    trainer: TrainerSettings,
-    tracker: Tracker,
-    report_dir: Path,
-) -> Path:
+def _fit_final(ctx: _Context) -> Path:
     """Train the deployable model on every family but validation; save it for the registry."""
-    fold = task.final_fold(data, settings.seed)
+    fold = ctx.task.final_fold(ctx.data, ctx.settings.seed)
     log.info("Final model: %d training rows, %d validation rows", len(fold.train), len(fold.val))
-    with tracker.run(f"{settings.run_name}-final", nested=True) as run_id:
-        module, _ = _train(
-            task,
-            data,
-            fold,
-            settings,
-            trainer,
-            tracker,
-            run_id,
-            report_dir / "checkpoints" / "final",
-        )
-    directory = report_dir / "model"
-    task.servable(module, data, fold).save(directory)
+    with ctx.tracker.run(f"{ctx.settings.run_name}-final", nested=True) as run_id:
+        module, _ = ctx.train(fold, run_id, "final")
+    directory = ctx.report_dir / "model"
+    ctx.task.servable(module, ctx.data, fold).save(directory)
     return directory
-
-
-def _train(
-    task: Task[Any],
-    data: Any,
-    fold: Fold,
-    settings: PipelineSettings,
-    trainer: TrainerSettings,
-    tracker: Tracker,
-    run_id: str,
-    checkpoint_dir: Path,
-) -> tuple[L.LightningModule, Path]:
-    seed = settings.seed + max(fold.index, 0)
-    L.seed_everything(seed, workers=True, verbose=False)
-    datamodule = task.datamodule(data, fold, seed)
-    module = task.model(data, fold)
-    loggers = tracker.lightning_loggers(run_id, checkpoint_dir.name, settings.run_name)
-    checkpoint = fit(module, datamodule, trainer, task.monitor, checkpoint_dir, loggers)
-    Tracker.finish_loggers(loggers)
-    return module, checkpoint
 
 
 def _write_config(config: dict[str, Any], report_dir: Path) -> Path:

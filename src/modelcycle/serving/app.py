@@ -21,7 +21,7 @@ from importlib.resources import files
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -207,27 +207,23 @@ def _add_routes(
     async def page() -> str:
         return files("modelcycle.serving").joinpath("static/index.html").read_text()
 
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> JSONResponse:
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_key_check(settings))])
+
+    @v1.get("/models")
+    async def list_models() -> JSONResponse:
         """Served models: version, alias, lineage summary, request schema."""
-        if denied := _check_key(request, settings):
-            return denied
         return JSONResponse({"models": [m.describe() for m in state.models.values()]})
 
-    @app.get("/v1/models/{name}/examples")
-    async def examples(name: str, request: Request) -> JSONResponse:
+    @v1.get("/models/{name}/examples")
+    async def examples(name: str) -> JSONResponse:
         """Example requests built from held-out rows."""
-        if denied := _check_key(request, settings):
-            return denied
         if name not in state.models:
             return _unknown_model(name, state)
         return JSONResponse({"examples": state.models[name].examples})
 
-    @app.post("/v1/models/{name}/predict")
+    @v1.post("/models/{name}/predict")
     async def predict(name: str, request: Request) -> JSONResponse:
         """Predict with a served model; the response names the model version."""
-        if denied := _check_key(request, settings):
-            return denied
         if name not in state.models:
             return _unknown_model(name, state)
         served = state.models[name]
@@ -246,6 +242,7 @@ def _add_routes(
         body = {"model": name, "version": served.version, "outputs": served.adapter.encode(result)}
         return JSONResponse(body)
 
+    app.include_router(v1)
     _document_requests(app, state)
 
 
@@ -297,14 +294,20 @@ def _validation_details(err: ValidationError) -> list[dict[str, Any]]:
     ][:20]
 
 
-def _check_key(request: Request, settings: ServeSettings) -> JSONResponse | None:
-    if settings.api_key is None:
-        return None
-    given = request.headers.get("x-api-key") or request.headers.get("authorization", "")
-    given = given.removeprefix("Bearer ").strip()
-    if hmac.compare_digest(given.encode(), settings.api_key.encode()):
-        return None
-    return _error(401, "Missing or wrong API key: send `Authorization: Bearer <key>`.")
+def _key_check(settings: ServeSettings) -> Callable[[Request], None]:
+    """A dependency that enforces the API key on /v1 routes when one is configured."""
+    expected = None if settings.api_key is None else settings.api_key.encode()
+
+    def check(request: Request) -> None:
+        if expected is None:
+            return
+        given = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.removeprefix("Bearer ").strip().encode(), expected):
+            raise HTTPException(
+                401, "Missing or wrong API key: send `Authorization: Bearer <key>`."
+            )
+
+    return check
 
 
 def _unknown_model(name: str, state: _State) -> JSONResponse:

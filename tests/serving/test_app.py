@@ -291,7 +291,7 @@ def test_batched_run_splits_results_back_per_request(served: ServedModel) -> Non
 
     requests = [e["request"] for e in served.examples]
     payloads = [
-        _Payload(served.adapter.decode(served.adapter.request_type.model_validate(r)), {})
+        _Payload(served, served.adapter.decode(served.adapter.request_type.model_validate(r)), {})
         for r in requests
     ]
     batched = _run_batch(served, payloads, None)
@@ -304,3 +304,46 @@ def test_batched_run_splits_results_back_per_request(served: ServedModel) -> Non
 def test_settings_are_frozen() -> None:
     settings = ServeSettings()
     assert replace(settings, max_batch=4).max_batch == 4
+
+
+def test_hot_reload_swaps_versions_without_failing_a_request(served: ServedModel) -> None:
+    """Requests keep flowing from threads while the alias 'moves' from version 1 to 2."""
+    import threading
+    import time
+
+    v2 = replace(served, version="2")
+    calls = {"n": 0}
+
+    def reload(current: ServedModel) -> ServedModel | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("registry unreachable")  # a failed check keeps version 1
+        return v2 if current.version == "1" and calls["n"] >= 3 else None
+
+    settings = ServeSettings(reload_seconds=0.05)
+    with TestClient(create_app(lambda: [served], settings, None, reload)) as c:
+        request = _example(c)
+        versions: list[str] = []
+        failures: list[int] = []
+
+        def load() -> None:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and "2" not in versions[-5:]:
+                response = _post(c, request)
+                if response.status_code != 200:
+                    failures.append(response.status_code)
+                else:
+                    versions.append(response.json()["version"])
+
+        workers = [threading.Thread(target=load) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(10)
+        metrics = c.get("/metrics").text
+    assert failures == []
+    assert versions[0] == "1" and versions[-1] == "2"
+    first_two = versions.index("2")
+    assert set(versions[:first_two]) == {"1"}
+    assert 'modelcycle_model_info{alias="champion",model="twins",version="2"} 1.0' in metrics
+    assert 'modelcycle_model_info{alias="champion",model="twins",version="1"} 0.0' in metrics

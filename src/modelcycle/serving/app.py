@@ -48,6 +48,7 @@ class ServeSettings:
         api_key: When set, /v1 routes need `Authorization: Bearer <key>` or `X-API-Key`.
         cors_origins: Origins allowed by CORS; none by default (closed).
         threads: Worker threads that run model calls.
+        reload_seconds: How often to check whether a served alias moved (0: never).
     """
 
     max_batch: int = 32
@@ -58,10 +59,15 @@ class ServeSettings:
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     threads: int = 2
+    reload_seconds: float = 0.0
+
+
+Reloader = Callable[[ServedModel], "ServedModel | None"]
 
 
 @dataclass
 class _Payload:
+    served: ServedModel  # the version that decoded the request also answers it
     rows: list[np.ndarray]
     features: dict[str, float]
     queued_at: float = field(default_factory=time.perf_counter)
@@ -78,8 +84,15 @@ def create_app(
     load_models: Callable[[], list[ServedModel]],
     settings: ServeSettings,
     capture: CaptureStore | None = None,
+    reload: Reloader | None = None,
 ) -> FastAPI:
-    """Build the app; `load_models` runs in the lifespan, off the event loop."""
+    """Build the app; `load_models` runs in the lifespan, off the event loop.
+
+    With `reload` and `settings.reload_seconds`, a background task asks `reload(current)`
+    for each model; a new model it returns (loaded and warmed off the event loop) replaces
+    the current one in one assignment. Requests already decoded finish on the version that
+    decoded them, and a batch never mixes versions.
+    """
     state, metrics = _State(), ServerMetrics.create()
     executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="model")
 
@@ -92,8 +105,13 @@ def create_app(
         state.ready = True
         metrics.ready.set(1)
         log.info("Ready: %s", ", ".join(f"{m.name} v{m.version}" for m in loaded))
+        watcher = None
+        if reload is not None and settings.reload_seconds > 0:
+            watcher = asyncio.create_task(_watch(state, metrics, reload, executor, settings))
         yield
         state.ready = False  # readiness turns false first, then in-flight work finishes
+        if watcher is not None:
+            watcher.cancel()
         metrics.ready.set(0)
         for batcher in state.batchers.values():
             await batcher.stop()
@@ -117,7 +135,7 @@ def _add_model(
         raise ValueError(f"{served.name} is served twice; serve one alias per model name.")
 
     def process(payloads: list[_Payload]) -> list[dict[str, np.ndarray]]:
-        return _run_batch(served, payloads, capture)
+        return _run_by_version(payloads, capture)
 
     state.models[served.name] = served
     state.batchers[served.name] = batcher = MicroBatcher(
@@ -131,6 +149,44 @@ def _add_model(
     batcher.start()
     metrics.model_info.labels(served.name, served.alias, served.version).set(1)
     metrics.queue_depth.labels(served.name).set_function(batcher.depth)
+
+
+async def _watch(
+    state: _State,
+    metrics: ServerMetrics,
+    reload: Reloader,
+    executor: ThreadPoolExecutor,
+    settings: ServeSettings,
+) -> None:
+    """Swap in a model whose alias moved; a failed reload keeps the current version."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(settings.reload_seconds)
+        for name, current in list(state.models.items()):
+            try:
+                fresh = await loop.run_in_executor(executor, reload, current)
+            except Exception as err:  # keep serving what works; try again next time
+                log.warning("Reloading %s@%s failed: %s", name, current.alias, err)
+                continue
+            if fresh is None:
+                continue
+            state.models[name] = fresh  # one assignment: the next request sees the new one
+            metrics.model_info.labels(name, current.alias, current.version).set(0)
+            metrics.model_info.labels(name, fresh.alias, fresh.version).set(1)
+            log.info("%s@%s: version %s → %s", name, fresh.alias, current.version, fresh.version)
+
+
+def _run_by_version(
+    payloads: list[_Payload], capture: CaptureStore | None
+) -> list[dict[str, np.ndarray]]:
+    """Split a batch by the model version that decoded each request; run each part."""
+    results: list[dict[str, np.ndarray]] = [{} for _ in payloads]
+    for served in {id(p.served): p.served for p in payloads}.values():
+        indices = [i for i, p in enumerate(payloads) if p.served is served]
+        part = _run_batch(served, [payloads[i] for i in indices], capture)
+        for i, result in zip(indices, part, strict=True):
+            results[i] = result
+    return results
 
 
 def _run_batch(
@@ -239,7 +295,12 @@ def _add_routes(
             )
         except TimeoutError:
             return _error(504, f"{name} did not answer within {settings.deadline_ms:.0f} ms.")
-        body = {"model": name, "version": served.version, "outputs": served.adapter.encode(result)}
+        answered = payload.served
+        body = {
+            "model": name,
+            "version": answered.version,
+            "outputs": answered.adapter.encode(result),
+        }
         return JSONResponse(body)
 
     app.include_router(v1)
@@ -267,7 +328,7 @@ async def _payload(
         return JSONResponse({"detail": _validation_details(err)}, status_code=422)
     except (RequestError, ValueError) as err:
         return _error(422, str(err))
-    return _Payload(rows, served.adapter.drift_features(rows))
+    return _Payload(served, rows, served.adapter.drift_features(rows))
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

@@ -8,7 +8,7 @@ QTIM_ROOT ?= $(wildcard ../shared/data/qtim)
 QTIM_ARG := $(if $(QTIM_ROOT),data.root=$(abspath $(QTIM_ROOT)),)
 export QTIM_ROOT
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup browser demo test test-fast lint format clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/modelcycle pipeline twins $(QTIM_ARG)
 
-test: $(STAMP)
+# Debian's Chromium for the web page test; Playwright drives it and never downloads a browser.
+CHROMIUM := /usr/bin/chromium
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
+
+browser:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update && \
+		$(SUDO) apt-get install -y --no-install-recommends chromium; }
+
+test: $(STAMP) browser
 	$(BIN)/pytest
 
 test-fast: $(STAMP)

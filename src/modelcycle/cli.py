@@ -200,9 +200,14 @@ def serve(
     with _clear_errors():
         cfg = compose_config(overrides)
         app_, config = build_server(cfg, references)
+    import signal
+
     import uvicorn
 
     console.print(f"Serving {', '.join(references)} on http://{config.host}:{config.port}/")
+    # uvicorn turns SIGTERM into a graceful shutdown, then raises SIGTERM again once done,
+    # which would end a clean stop as "killed by signal" (exit 143); a finished stop exits 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run(
         app_, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=10
     )

@@ -1,0 +1,281 @@
+"""A real `modelcycle serve` process: concurrent load, SIGTERM and kill -9 under load.
+
+Each test starts its own server on a free port against the shared `served_workspace`; the
+capture store is shared too, so the tests compare capture counts before and after.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelcycle.monitoring.capture import CaptureStore
+from serving_fixtures import ServedWorkspace
+
+pytestmark = pytest.mark.slow
+
+READY_TIMEOUT = 60.0  # seconds for the process to load, warm up and answer /readyz
+PREDICT_ROUTE = "/v1/models/{name}/predict"
+
+
+@dataclass
+class Server:
+    """A running `modelcycle serve` process and where its output goes."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        """The tail of the process's stdout and stderr, for failure messages."""
+        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
+        lines = [line for line in text.splitlines() if not line.endswith('" 200 OK')]
+        tail = "\n".join(lines[-60:])
+        return f"exit code {self.process.poll()}; server output (200 OK lines left out):\n{tail}"
+
+
+def free_port() -> int:
+    """A port nothing listens on now (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(root: Path, log: Path, reference: str = "twins@champion") -> Iterator[Server]:
+    """Start `modelcycle serve` on a free port, wait for /readyz, always kill it afterwards."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "modelcycle",
+        "serve",
+        reference,
+        f"workspace={root}",
+        f"serve.port={port}",
+        "serve.host=127.0.0.1",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "MODELCYCLE_API_KEY"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent
+        )
+        server = Server(process, f"http://127.0.0.1:{port}", log)
+        try:
+            _wait_ready(server)
+            yield server
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+
+
+def _wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    with httpx.Client(base_url=server.url, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                pytest.fail(f"the server exited before it was ready; {server.output()}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet
+            time.sleep(0.2)
+    pytest.fail(f"/readyz was not 200 within {READY_TIMEOUT:.0f} s; {server.output()}")
+
+
+def examples(server: Server) -> list[dict[str, Any]]:
+    """The request bodies of the server's example requests for twins."""
+    response = httpx.get(f"{server.url}/v1/models/twins/examples", timeout=10)
+    assert response.status_code == 200, response.text
+    bodies = [e["request"] for e in response.json()["examples"]]
+    assert bodies, "the server offers no example requests"
+    return bodies
+
+
+def capture_count(root: Path) -> int:
+    """Captured twins predictions in the workspace's capture store (0 before the first)."""
+    path = root / "capture.db"
+    if not path.exists():
+        return 0
+    with CaptureStore(path) as store:
+        return store.count(model="twins")
+
+
+@dataclass
+class Tally:
+    """What a load run saw, shared by its threads."""
+
+    statuses: dict[int, int] = field(default_factory=dict)
+    versions: set[str] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, response: httpx.Response) -> None:
+        with self.lock:
+            self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+            if response.status_code == 200:
+                self.versions.add(response.json()["version"])
+
+    def failure(self, err: Exception) -> None:
+        with self.lock:
+            self.errors.append(f"{type(err).__name__}: {err}")
+
+    @property
+    def acks(self) -> int:
+        with self.lock:
+            return self.statuses.get(200, 0)
+
+
+def load(
+    server: Server,
+    bodies: list[dict[str, Any]],
+    tally: Tally,
+    *,
+    threads: int = 8,
+    total: int | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Send predict requests from `threads` threads: `total` in all, or until `stop` is set."""
+    url = f"{server.url}/v1/models/twins/predict"
+    counter = iter(range(total if total is not None else sys.maxsize))
+    counter_lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        with httpx.Client(timeout=10.0) as client:
+            while stop is None or not stop.is_set():
+                with counter_lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                try:
+                    tally.record(client.post(url, json=bodies[(i + offset) % len(bodies)]))
+                except httpx.TransportError as err:
+                    tally.failure(err)
+                    if stop is not None:  # the server is going away: stop this thread
+                        return
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(worker, t) for t in range(threads)]:
+            future.result()
+
+
+def metric_samples(server: Server) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The server's Prometheus samples by sample name."""
+    response = httpx.get(f"{server.url}/metrics", timeout=10)
+    assert response.status_code == 200
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def test_concurrent_load_is_answered_counted_and_batched(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    sent, bound = 300, 60.0
+    with running_server(served_workspace.root, tmp_path / "server.log") as server:
+        bodies, tally = examples(server), Tally()
+        started = time.monotonic()
+        load(server, bodies, tally, threads=8, total=sent)
+        elapsed = time.monotonic() - started
+        samples = metric_samples(server)
+
+        assert not tally.errors, f"{tally.errors[:5]}; {server.output()}"
+        assert tally.statuses == {200: sent}, server.output()
+        assert tally.versions == {"1"}
+        assert elapsed < bound, f"{sent} requests took {elapsed:.1f} s (bound {bound:.0f} s)"
+
+        requests = {
+            labels["status"]: value
+            for labels, value in samples["modelcycle_requests_total"]
+            if labels["route"] == PREDICT_ROUTE and labels["model"] == "twins"
+        }
+        assert requests == {"200": sent}
+        twins = {"model": "twins"}
+        batch_sum = [v for labels, v in samples["modelcycle_batch_size_sum"] if labels == twins]
+        batch_count = [v for labels, v in samples["modelcycle_batch_size_count"] if labels == twins]
+        assert batch_sum == [sent], "every prediction ran in exactly one batch"
+        # Eight clients keep requests queued while a batch runs, so batches of more than one
+        # form even with max_wait_ms=0 (observed: 115-175 batches for 300 requests).
+        assert 1 <= batch_count[0] < sent, "no batch held more than one request"
+        singles = [
+            v
+            for labels, v in samples["modelcycle_batch_size_bucket"]
+            if labels["model"] == "twins" and float(labels["le"]) == 1.0
+        ]
+        print(  # visible with -s: how much batching eight clients produce
+            f"{sent} requests in {elapsed:.2f} s: {batch_count[0]:.0f} batches, "
+            f"{singles[0]:.0f} of size 1, mean size {sent / batch_count[0]:.2f}"
+        )
+
+
+def _load_then_signal(
+    root: Path, log: Path, sig: signal.Signals, min_acks: int = 100
+) -> tuple[Server, Tally, int]:
+    """Run a load loop, send `sig` once `min_acks` requests are answered, return the exit."""
+    with running_server(root, log) as server:
+        bodies, tally, stop = examples(server), Tally(), threading.Event()
+        loader = threading.Thread(target=load, args=(server, bodies, tally), kwargs={"stop": stop})
+        loader.start()
+        try:
+            deadline = time.monotonic() + 30
+            while tally.acks < min_acks and time.monotonic() < deadline and loader.is_alive():
+                time.sleep(0.01)
+            assert tally.acks >= min_acks, f"only {tally.acks} answers; {server.output()}"
+            server.process.send_signal(sig)
+            try:
+                code = server.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the server did not exit within 20 s of {sig.name}; {server.output()}")
+        finally:
+            stop.set()
+            loader.join(timeout=30)
+        assert not loader.is_alive(), "the load threads did not stop"
+    return server, tally, code
+
+
+def test_sigterm_under_load_exits_cleanly_with_every_answer_captured(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    root = served_workspace.root
+    before = capture_count(root)
+    server, tally, code = _load_then_signal(root, tmp_path / "server.log", signal.SIGTERM)
+
+    captured = capture_count(root) - before
+    print(f"SIGTERM: exit {code}, {tally.acks} answered, {captured} captured, {tally.statuses}")
+    assert code == 0, f"SIGTERM should end the server cleanly (exit 0); {server.output()}"
+    assert set(tally.statuses) == {200}, f"{tally.statuses}; {server.output()}"
+    assert tally.versions == {"1"}
+    assert captured >= tally.acks, f"{tally.acks} answered but only {captured} captured"
+
+
+def test_kill_9_under_load_keeps_every_acknowledged_prediction(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    root = served_workspace.root
+    before = capture_count(root)
+    server, tally, code = _load_then_signal(root, tmp_path / "server.log", signal.SIGKILL)
+
+    assert code == -signal.SIGKILL
+    assert set(tally.statuses) == {200}, f"{tally.statuses}; {server.output()}"
+    captured = capture_count(root) - before
+    print(f"kill -9: exit {code}, {tally.acks} answered, {captured} captured")
+    assert captured >= tally.acks, f"{tally.acks} answered but only {captured} captured"

@@ -1,0 +1,108 @@
+"""The web page at / in a real headless Chromium, against a real `modelcycle serve` process.
+
+Chromium is Debian's (`make browser` installs it); Playwright only drives it and never
+downloads a browser of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+from test_server_process import Server, running_server
+
+from serving_fixtures import ServedWorkspace
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+TIMEOUT_MS = 15_000
+
+
+def server_error(server: Server, body: str) -> str:
+    """What the page should show for `body`: the server's own status and message."""
+    response = httpx.post(
+        f"{server.url}/v1/models/twins/predict",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code >= 400, response.text
+    return f"Error {response.status_code}: {response.json()['detail']}"
+
+
+def check_error_shown(page: Page, server: Server, body: str) -> None:
+    """Send `body` from the page; the result box must turn red and show the server's error."""
+    page.fill("#request", body)
+    page.click("#predict")
+    expect(page.locator("#result")).to_have_class("error")
+    expect(page.locator("#result")).to_have_text(server_error(server, body))
+    expect(page.locator("#prediction")).to_have_count(0)
+
+
+def test_web_page_predicts_and_shows_errors(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(f"{CHROMIUM} not found: run `make browser` to install Debian's chromium.")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (
+        running_server(served_workspace.root, tmp_path / "server.log") as server,
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            script_errors: list[str] = []
+            page.on("pageerror", lambda err: script_errors.append(str(err)))
+            try:
+                page.goto(f"{server.url}/")
+                expect(page).to_have_title("modelcycle")
+                expect(page.locator("#model option")).to_have_text(["twins@champion (version 1)"])
+                expect(page.locator("#example option").first).to_be_attached()
+                assert page.locator("#example option").count() >= 2
+                example = json.loads(page.input_value("#request"))  # the first example, as JSON
+                assert example, "the textarea holds no example request"
+
+                page.click("#predict")
+                expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
+                expect(page.locator("#version")).to_contain_text("version 1")
+                expect(page.locator("#result")).not_to_have_class("error")
+                page.screenshot(path=ARTIFACTS / "web_page.png", full_page=True)
+
+                check_error_shown(page, server, "{not json")
+                nan = re.sub(r"-?\d+\.\d+(e-?\d+)?", "NaN", json.dumps(example), count=1)
+                assert "NaN" in nan, "the example holds no number to replace"
+                check_error_shown(page, server, nan)
+
+                # An example picked from the list replaces the edited request and predicts again.
+                page.select_option("#example", index=1)
+                assert json.loads(page.input_value("#request"))
+                page.click("#predict")
+                expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
+                assert not script_errors, f"the page raised: {script_errors}"
+            except BaseException:
+                page.screenshot(path=ARTIFACTS / "web_page_failure.png", full_page=True)
+                raise
+        finally:
+            browser.close()

@@ -17,6 +17,7 @@ from modelcycle.pipeline import PipelineSettings
 from modelcycle.registry import Registry
 from modelcycle.registry_hooks import HookError, hooks_from_config
 from modelcycle.serving.app import ServeSettings
+from modelcycle.serving.loading import default_threads
 from modelcycle.tasks import Task, get_task
 from modelcycle.tracking import TrackingSettings, tracking_uri
 from modelcycle.training import TrainerSettings
@@ -120,6 +121,7 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
     values: dict[str, Any] = OmegaConf.to_container(cfg.serve, resolve=True)  # type: ignore[assignment]
     host, port, capture = values.pop("host"), values.pop("port"), values.pop("capture")
     values["cors_origins"] = tuple(values["cors_origins"])
+    values["threads"] = values["threads"] or default_threads()
     settings = _build(ServeSettings, "serve", **values)
     return ServeConfig(
         host, int(port), settings, workspace_of(cfg) / "capture.db" if capture else None

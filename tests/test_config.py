@@ -1,0 +1,26 @@
+import os
+
+import pytest
+
+from modelcycle.config import ConfigError, compose_config, serve_config
+
+
+def test_serve_threads_follow_the_cores_unless_set() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert serve_config(compose_config([])).settings.threads == cores
+    assert serve_config(compose_config(["serve.threads=1"])).settings.threads == 1
+
+
+def test_serve_settings_from_config(tmp_path: os.PathLike[str]) -> None:
+    config = serve_config(
+        compose_config([f"workspace={tmp_path}", "serve.port=9001", "serve.cors_origins=[a]"])
+    )
+    assert config.port == 9001 and config.host == "127.0.0.1"
+    assert config.settings.cors_origins == ("a",)
+    assert str(config.capture_path).endswith("capture.db")
+    assert serve_config(compose_config(["serve.capture=false"])).capture_path is None
+
+
+def test_unknown_serve_key_names_the_group() -> None:
+    with pytest.raises(ConfigError, match=r"serve config.*Valid keys"):
+        serve_config(compose_config(["+serve.max_batches=3"]))

@@ -25,16 +25,17 @@ class ServedWorkspace:
     registry: Registry
 
 
-@pytest.fixture(scope="session")
-def served_workspace(tmp_path_factory: pytest.TempPathFactory) -> ServedWorkspace:
-    """twins@champion, version 1: an untrained siamese model (it starts at the correlation
-    baseline), registered from a run shaped like a pipeline's and exported to ONNX."""
-    tmp = tmp_path_factory.mktemp("served")
+def publish(tmp: Path, tracker: Tracker, cv_metric: float, seed: int) -> str:
+    """Log a pipeline-shaped run holding an untrained twins model (it starts at the
+    correlation baseline) whose CV metric is `cv_metric`; register and export it.
+
+    Returns:
+        The new version.
+    """
     task = TwinsTask(QTIMSource(root=write_tiny_qtim(tmp / "qtim")), encoder=MLPEncoder)
     data, summary = task.load()
-    fold = task.final_fold(data, seed=0)
+    fold = task.final_fold(data, seed=seed)
     servable = task.servable(task.model(data, fold), data, fold)
-    tracker = Tracker(TrackingSettings(), tmp / "ws")
     with tracker.run("twins") as run_id:
         metric = task.primary_metric
         tracker.set_tags(
@@ -47,11 +48,32 @@ def served_workspace(tmp_path_factory: pytest.TempPathFactory) -> ServedWorkspac
                 "git_dirty": "False",
             }
         )
-        tracker.log_metrics({f"model_{metric}_mean": 0.95, f"baseline_{metric}_mean": 0.90})
-        servable.save(tmp / "model")
-        tracker.log_directory(tmp / "model", "model")
+        tracker.log_metrics({f"model_{metric}_mean": cv_metric, f"baseline_{metric}_mean": 0.9})
+        servable.save(tmp / f"model-{run_id}")
+        tracker.log_directory(tmp / f"model-{run_id}", "model")
     registry = Registry(tracker.uri)
-    registry.register(run_id, "twins")
+    version, _ = registry.register(run_id, "twins")
+    export_version(registry, f"twins/{version.version}", tmp / "ws" / "exports")
+    return version.version
+
+
+@pytest.fixture(scope="session")
+def served_workspace(tmp_path_factory: pytest.TempPathFactory) -> ServedWorkspace:
+    """twins@champion, version 1, registered from a pipeline-shaped run and exported."""
+    tmp = tmp_path_factory.mktemp("served")
+    tracker = Tracker(TrackingSettings(), tmp / "ws")
+    publish(tmp, tracker, 0.95, seed=0)
+    registry = Registry(tracker.uri)
     registry.promote("twins")
-    export_version(registry, "twins@champion", tmp / "ws" / "exports")
     return ServedWorkspace(tmp / "ws", registry)
+
+
+@pytest.fixture
+def two_versions(tmp_path: Path) -> ServedWorkspace:
+    """twins@champion = version 1 and twins@challenger = version 2, both exported."""
+    tracker = Tracker(TrackingSettings(), tmp_path / "ws")
+    publish(tmp_path, tracker, 0.95, seed=0)
+    registry = Registry(tracker.uri)
+    registry.promote("twins")
+    publish(tmp_path, tracker, 0.96, seed=1)
+    return ServedWorkspace(tmp_path / "ws", registry)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,7 +57,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(root: Path, log: Path, reference: str = "twins@champion") -> Iterator[Server]:
+def running_server(
+    root: Path, log: Path, reference: str = "twins@champion", extra: tuple[str, ...] = ()
+) -> Iterator[Server]:
     """Start `modelcycle serve` on a free port, wait for /readyz, always kill it afterwards."""
     port = free_port()
     command = [
@@ -69,6 +71,7 @@ def running_server(root: Path, log: Path, reference: str = "twins@champion") -> 
         f"workspace={root}",
         f"serve.port={port}",
         "serve.host=127.0.0.1",
+        *extra,
     ]
     env = {k: v for k, v in os.environ.items() if k != "MODELCYCLE_API_KEY"}
     with log.open("wb") as out:
@@ -279,3 +282,33 @@ def test_kill_9_under_load_keeps_every_acknowledged_prediction(
     captured = capture_count(root) - before
     print(f"kill -9: exit {code}, {tally.acks} answered, {captured} captured")
     assert captured >= tally.acks, f"{tally.acks} answered but only {captured} captured"
+
+
+def test_alias_move_under_load_swaps_versions_with_no_failed_request(
+    two_versions: ServedWorkspace, tmp_path: Path
+) -> None:
+    """Promote version 2 while requests flow; the server hot-reloads it, nothing fails."""
+    extra = ("serve.reload_seconds=0.3",)
+    with running_server(two_versions.root, tmp_path / "serve.log", extra=extra) as server:
+        bodies = examples(server)
+        tally, stop = Tally(), threading.Event()
+        loader = threading.Thread(target=load, args=(server, bodies, tally), kwargs={"stop": stop})
+        loader.start()
+        try:
+            _wait_for(lambda: tally.acks >= 50, 20, "50 answers before the move")
+            two_versions.registry.promote("twins", reason="move under load")
+            _wait_for(lambda: "2" in tally.versions, 20, "an answer from version 2")
+            settled = tally.acks
+            _wait_for(lambda: tally.acks >= settled + 50, 20, "50 answers after the move")
+        finally:
+            stop.set()
+            loader.join(30)
+    assert tally.errors == [] and set(tally.statuses) == {200}, (tally.statuses, tally.errors)
+    assert tally.versions == {"1", "2"}
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

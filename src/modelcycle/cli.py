@@ -27,7 +27,7 @@ from modelcycle.evaluation.report import CVReport
 from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
-from modelcycle.serving.server import build_server
+from modelcycle.serving.server import build_server, run_server
 from modelcycle.tracking import Tracker
 
 app = typer.Typer(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
@@ -200,17 +200,8 @@ def serve(
     with _clear_errors():
         cfg = compose_config(overrides)
         app_, config = build_server(cfg, references)
-    import signal
-
-    import uvicorn
-
     console.print(f"Serving {', '.join(references)} on http://{config.host}:{config.port}/")
-    # uvicorn turns SIGTERM into a graceful shutdown, then raises SIGTERM again once done,
-    # which would end a clean stop as "killed by signal" (exit 143); a finished stop exits 0.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    uvicorn.run(
-        app_, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=10
-    )
+    run_server(app_, config.host, config.port)
 
 
 def _print_hooks(results: list[HookResult]) -> None:

@@ -347,3 +347,21 @@ def test_hot_reload_swaps_versions_without_failing_a_request(served: ServedModel
     assert set(versions[:first_two]) == {"1"}
     assert 'modelcycle_model_info{alias="champion",model="twins",version="2"} 1.0' in metrics
     assert 'modelcycle_model_info{alias="champion",model="twins",version="1"} 0.0' in metrics
+
+
+def test_a_stop_signal_turns_readiness_false_before_draining(served: ServedModel) -> None:
+    import signal
+
+    import uvicorn
+
+    from modelcycle.serving.server import GracefulServer
+
+    app = create_app(lambda: [served], ServeSettings())
+    with TestClient(app) as c:
+        assert c.get("/readyz").status_code == 200
+        server = GracefulServer(uvicorn.Config(app), app.state.stop_accepting)
+        server.handle_exit(signal.SIGTERM, None)
+        assert server.should_exit
+        assert c.get("/readyz").status_code == 503
+        assert "modelcycle_ready 0.0" in c.get("/metrics").text
+        assert _post(c, _example(c)).status_code == 200  # in-flight work is still answered

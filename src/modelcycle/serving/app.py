@@ -109,18 +109,23 @@ def create_app(
         if reload is not None and settings.reload_seconds > 0:
             watcher = asyncio.create_task(_watch(state, metrics, reload, executor, settings))
         yield
-        state.ready = False  # readiness turns false first, then in-flight work finishes
+        _not_ready(state, metrics)  # already false when a stop signal arrived
         if watcher is not None:
             watcher.cancel()
-        metrics.ready.set(0)
         for batcher in state.batchers.values():
             await batcher.stop()
         executor.shutdown(wait=True)
 
     app = FastAPI(title="modelcycle", version="1", lifespan=lifespan)
+    app.state.stop_accepting = lambda: _not_ready(state, metrics)
     _add_middleware(app, state, metrics, settings)
     _add_routes(app, state, metrics, settings)
     return app
+
+
+def _not_ready(state: _State, metrics: ServerMetrics) -> None:
+    state.ready = False
+    metrics.ready.set(0)
 
 
 def _add_model(

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
 from fastapi import FastAPI
 from omegaconf import DictConfig
 
@@ -31,3 +37,25 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
 
     capture = CaptureStore(config.capture_path) if config.capture_path else None
     return create_app(load, config.settings, capture, reload), config
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, but a stop signal turns readiness false before in-flight requests drain."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_stop = on_stop
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Mark the app not ready, then let uvicorn stop accepting and finish what it has."""
+        self.on_stop()
+        super().handle_exit(sig, frame)
+
+
+def run_server(app: FastAPI, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM; a finished graceful stop exits 0."""
+    # uvicorn re-raises SIGTERM after its graceful shutdown, which would end a clean stop as
+    # "killed by signal" (exit 143); the handler below is in place by then, so it exits 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=10)
+    GracefulServer(config, app.state.stop_accepting).run()

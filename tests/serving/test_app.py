@@ -185,6 +185,7 @@ BAD_FIELDS = [
     ("a.measures.CSF", [1.0]),
     ("a.measures.CSF", {"v": 1}),
     ("a.measures.CSF", 1e400),
+    ("a.measures.CSF", 1e39),  # finite, but infinite in float32
     ("a.measures.not_a_freesurfer_name", 1.0),
     ("a.measures./etc/passwd", 1.0),
     ("a.measures", {f"m{i}": 1.0 for i in range(3000)}),

@@ -33,6 +33,7 @@ from modelcycle.serving.loading import ServedModel, warm_up
 from modelcycle.serving.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 
 @dataclass(frozen=True)
@@ -396,7 +397,13 @@ def _document_requests(app: FastAPI, state: _State) -> None:
         if not state.ready:  # before the models load, do not cache an incomplete document
             app.openapi_schema = None
             return schema
-        bodies = [m.adapter.request_type.model_json_schema() for m in state.models.values()]
+        # nested models go to components/schemas, where the document's own $refs resolve
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        bodies = []
+        for m in state.models.values():
+            body = m.adapter.request_type.model_json_schema(ref_template=REF_TEMPLATE)
+            components.update(body.pop("$defs", {}))
+            bodies.append(body)
         operation = schema["paths"]["/v1/models/{name}/predict"]["post"]
         operation["requestBody"] = {
             "required": True,

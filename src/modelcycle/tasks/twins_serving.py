@@ -10,8 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelcycle.serving.adapter import RequestError, ServingAdapter
 
-# Strict: numbers only (an int is fine; "12" or true is not), never NaN or infinity.
-Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+# Strict: numbers only (an int is fine; "12" or true is not), never NaN or infinity, and
+# within float32 range: the model takes float32, where a larger number becomes infinity.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 MAX_MISSING = 0.2  # the training cohort excluded subjects missing more than this share
 
 

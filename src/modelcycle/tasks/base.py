@@ -115,7 +115,6 @@ class Task(ABC, Generic[D]):
         """Save the task's plots comparing model and baseline; return the files written."""
 
 
-TaskFactory = Callable[..., Task[Any]]
 _REGISTRY: dict[str, type[Task[Any]]] = {}
 
 

@@ -8,6 +8,7 @@ GET / (the web page) and the OpenAPI docs. Models load in the lifespan, never at
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import itertools
 import json
@@ -103,6 +104,10 @@ def create_app(
         for served in loaded:
             await asyncio.get_running_loop().run_in_executor(executor, warm_up, served)
             _add_model(state, metrics, served, settings, executor, capture)
+        # Everything loaded so far (torch, mlflow, the models) lives as long as the process:
+        # move it out of the collector's view, or each full collection pauses ~300 ms.
+        gc.collect()
+        gc.freeze()
         state.ready = True
         metrics.ready.set(1)
         log.info("Ready: %s", ", ".join(f"{m.name} v{m.version}" for m in loaded))

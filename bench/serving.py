@@ -1,0 +1,795 @@
+"""Serving throughput and tail latency, side by side, as ratios.
+
+Starts real servers on 127.0.0.1 (each on a free port, always terminated):
+
+  ours      `modelcycle serve MODEL` (ONNX Runtime, micro-batching, serve.max_batch=32)
+  ours-b1   the same with serve.max_batch=1 (batching off)
+  naive     FastAPI + the PyTorch module called eagerly per request, no batching (below)
+
+and measures, with bounded load generators on loopback (httpx):
+
+  1. served ÷ bare ONNX Runtime (session.run in this process, on batches of the size the
+     server formed), closed loop;
+  2. served ÷ naive, closed loop;
+  3. batching on ÷ off: throughput and p99, closed loop;
+  4. p99 ÷ p50 in an open loop at 70 % of the peak (the served closed-loop rate);
+  5. goodput ÷ peak in an open loop at 4× the peak (goodput: 200s within the deadline per
+     second; 429s and timeouts are not good).
+
+Closed-loop subjects run interleaved in `--rounds` rounds so that background load hits them
+alike; every loop stops at a time limit and a request-count limit. Absolute numbers depend
+on the machine (the load generator shares its cores with the servers); read the ratios.
+LitServe is not measured.
+
+    python bench/serving.py [--workspace WS] [--data ../shared/data/qtim] [--seconds 10]
+
+Without --workspace it builds a throwaway one: an untrained twins model on the QTIM files,
+registered as twins@champion and exported to ONNX (as tests/serving_fixtures.py does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+READY_TIMEOUT = 180.0  # seconds for a server to import, load, warm up and answer
+JSON_HEADERS = {"content-type": "application/json"}
+TIMEOUT, FAILED, EXPIRED = -1, -2, -3  # pseudo statuses of the load generators
+STARTED = time.perf_counter()
+
+
+def say(message: str) -> None:
+    """A progress line with the seconds since the start."""
+    print(f"[{time.perf_counter() - STARTED:6.1f}s] {message}", flush=True)
+
+
+# --- the model: a throwaway workspace, or the one given ------------------------------------
+
+
+def build_workspace(data: Path, tmp: Path) -> Path:
+    """twins@champion version 1 in `tmp/ws`: an untrained siamese model on `data`, registered
+    from a run shaped like a pipeline's and exported to ONNX; returns the workspace root."""
+    from modelcycle.data.qtim import QTIMSource
+    from modelcycle.export import export_version
+    from modelcycle.models.encoders import MLPEncoder
+    from modelcycle.registry import Registry
+    from modelcycle.tasks.twins import TwinsTask
+    from modelcycle.tracking import Tracker, TrackingSettings
+
+    task = TwinsTask(QTIMSource(root=data), encoder=MLPEncoder)
+    cohort, summary = task.load()
+    fold = task.final_fold(cohort, seed=0)
+    servable = task.servable(task.model(cohort, fold), cohort, fold)
+    tracker = Tracker(TrackingSettings(), tmp / "ws")
+    with tracker.run("twins") as run_id:
+        metric = task.primary_metric
+        tracker.set_tags(
+            {
+                "task": "twins",
+                "primary_metric": metric,
+                "data_hash": summary.data_hash,
+                "packages": json.dumps({}),
+                "git_sha": "bench",
+                "git_dirty": "False",
+            }
+        )
+        tracker.log_metrics({f"model_{metric}_mean": 0.95, f"baseline_{metric}_mean": 0.90})
+        servable.save(tmp / "model")
+        tracker.log_directory(tmp / "model", "model")
+    registry = Registry(tracker.uri)
+    registry.register(run_id, "twins")
+    registry.promote("twins")
+    export_version(registry, "twins@champion", tmp / "ws" / "exports")
+    return tmp / "ws"
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A server process on 127.0.0.1 and where its output goes."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    predict: str  # the predict route
+    ready: str  # the route that answers 200 once the model is loaded
+    log: Path
+
+    def tail(self, lines: int = 30) -> str:
+        """The last lines of its output, access-log lines left out."""
+        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
+        kept = [line for line in text.splitlines() if '" 200' not in line]
+        return "\n".join(kept[-lines:])
+
+
+def free_port() -> int:
+    """A port nothing listens on now (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(
+    stack: contextlib.ExitStack,
+    name: str,
+    command: list[str],
+    port: int,
+    routes: tuple[str, str],
+    logs: Path,
+) -> Server:
+    """Start a server listening on `port`; it is stopped when `stack` closes."""
+    env = {k: v for k, v in os.environ.items() if k != "MODELCYCLE_API_KEY"}
+    log = logs / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=logs)
+    server = Server(name, process, f"http://127.0.0.1:{port}", *routes, log)
+    stack.callback(stop, server)
+    return server
+
+
+def stop(server: Server) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=15)
+
+
+def wait_ready(servers: list[Server]) -> None:
+    """Poll each server's readiness route until all answer 200 (bounded by READY_TIMEOUT)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    pending = list(servers)
+    with httpx.Client(timeout=2.0) as client:
+        while pending:
+            for server in list(pending):
+                if server.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{server.name} exited ({server.process.returncode}):\n{server.tail()}"
+                    )
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(server.url + server.ready).status_code == 200:
+                        pending.remove(server)
+                        say(f"{server.name} ready on {server.url}")
+            if time.monotonic() > deadline:
+                names = ", ".join(s.name for s in pending)
+                raise RuntimeError(f"not ready within {READY_TIMEOUT:.0f} s: {names}")
+            if pending:
+                time.sleep(0.2)
+
+
+def naive_server(model_dir: Path, port: int) -> None:
+    """The naive baseline: FastAPI + the PyTorch module called eagerly per request.
+
+    Loads the saved model directory with `ServableModel.load`, validates the same request
+    body (the task's pydantic request type) and decodes it with the task's adapter, then
+    calls the module once per request: no batching, no ONNX. Same uvicorn settings as
+    `modelcycle serve` (one process, access log on).
+    """
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+
+    from modelcycle.servable import ServableModel
+    from modelcycle.tasks import get_task
+
+    servable = ServableModel.load(model_dir)
+    module = servable.module.eval()
+    adapter = get_task(servable.task).serving(servable.info)
+    app = FastAPI(title="naive")
+
+    def predict(body: Any) -> dict[str, Any]:
+        rows = adapter.decode(body)
+        with torch.inference_mode():
+            outputs = module(*(torch.from_numpy(row) for row in rows))
+        named = {n: o.numpy() for n, o in zip(servable.output_names, outputs, strict=True)}
+        return {"outputs": adapter.encode(named)}
+
+    predict.__annotations__["body"] = adapter.request_type  # the body FastAPI validates
+    app.post("/predict")(predict)
+    app.get("/healthz")(lambda: {"status": "alive"})
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="info")
+
+
+# --- measurements --------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What one subject saw, summed over its slices."""
+
+    seconds: float = 0.0  # the measured span (an open loop's sending span)
+    wall: float = 0.0  # the span the CPU times cover (an open loop's drain included)
+    statuses: Counter[int] = field(default_factory=Counter)
+    latencies: dict[int, list[float]] = field(default_factory=dict)  # seconds, by status
+    server_cpu: np.ndarray = field(default_factory=lambda: np.zeros(2))  # event loop, rest
+    client_cpu: float = 0.0
+    others_cpu: float = 0.0  # every other process on the machine (background load)
+    batches: np.ndarray = field(default_factory=lambda: np.zeros(2))  # sum, count
+
+    def add(self, other: Tally) -> None:
+        """Fold another slice into this one."""
+        self.seconds += other.seconds
+        self.wall += other.wall
+        self.statuses.update(other.statuses)
+        for status, values in other.latencies.items():
+            self.latencies.setdefault(status, []).extend(values)
+        self.server_cpu += other.server_cpu
+        self.client_cpu += other.client_cpu
+        self.others_cpu += other.others_cpu
+        self.batches += other.batches
+
+    def record(self, status: int, seconds: float) -> None:
+        """One answer (not thread-safe: give each thread its own tally)."""
+        self.statuses[status] += 1
+        self.latencies.setdefault(status, []).append(seconds)
+
+    @property
+    def ok(self) -> int:
+        """Requests answered 200."""
+        return self.statuses[200]
+
+    @property
+    def rate(self) -> float:
+        """200s per second."""
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def ms(self, q: float, status: int = 200) -> float:
+        """The q-th percentile of the latency of answers with `status`, in ms."""
+        values = self.latencies.get(status)
+        return float(np.percentile(values, q) * 1000) if values else float("nan")
+
+    @property
+    def mean_batch(self) -> float:
+        """Mean micro-batch size the server formed (nan when unknown)."""
+        return self.batches[0] / self.batches[1] if self.batches[1] else float("nan")
+
+    def cpu_line(self) -> str:
+        """CPU cores used while it ran, and server CPU per request."""
+        per = (self.server_cpu.sum() / self.ok * 1000) if self.ok else float("nan")
+        wall = self.wall or self.seconds
+        return (
+            f"server CPU {self.server_cpu[0] / wall:.2f} core event loop + "
+            f"{self.server_cpu[1] / wall:.2f} other threads ({per:.2f} ms per 200), "
+            f"client {self.client_cpu / wall:.2f} core, other processes "
+            f"{self.others_cpu / wall:.2f} core"
+        )
+
+
+def process_cpu(pid: int) -> np.ndarray:
+    """CPU seconds of a process's main thread and of the rest (Linux /proc; else zeros)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def seconds(path: str) -> float:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    try:
+        total, main = seconds(f"/proc/{pid}/stat"), seconds(f"/proc/{pid}/task/{pid}/stat")
+    except (OSError, ValueError, IndexError):
+        return np.zeros(2)
+    return np.array([main, total - main])
+
+
+def machine_cpu() -> float:
+    """CPU seconds all cores have been busy since boot (Linux /proc/stat; else 0)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
+@contextlib.contextmanager
+def cpu_meter(server: Server, tally: Tally) -> Iterator[None]:
+    """Charge the CPU used while the block runs to the server, this process and the rest."""
+    cpu, client, machine = process_cpu(server.process.pid), time.process_time(), machine_cpu()
+    yield
+    tally.server_cpu = process_cpu(server.process.pid) - cpu
+    tally.client_cpu = time.process_time() - client
+    tally.others_cpu = max(0.0, machine_cpu() - machine - tally.server_cpu.sum() - tally.client_cpu)
+
+
+def batch_stats(server: Server, model: str) -> np.ndarray:
+    """Sum and count of the server's micro-batch size histogram for `model`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = np.zeros(2)
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") != model:
+                continue
+            if sample.name == "modelcycle_batch_size_sum":
+                found[0] = sample.value
+            elif sample.name == "modelcycle_batch_size_count":
+                found[1] = sample.value
+    return found
+
+
+def closed_loop(
+    server: Server, bodies: list[bytes], clients: int, seconds: float, max_requests: int
+) -> Tally:
+    """`clients` threads, each sending its next request when the last is answered."""
+    tally, lock = Tally(), threading.Lock()
+    budget = iter(range(max_requests))
+    url = server.url + server.predict
+    stop_at = time.perf_counter() + seconds
+    own = [Tally() for _ in range(clients)]  # one per thread, folded in at the end
+
+    def client(offset: int) -> None:
+        with httpx.Client(headers=JSON_HEADERS, timeout=30.0) as http:
+            i = offset
+            while time.perf_counter() < stop_at:
+                with lock:
+                    if next(budget, None) is None:
+                        return
+                sent = time.perf_counter()
+                try:
+                    status = http.post(url, content=bodies[i % len(bodies)]).status_code
+                except httpx.HTTPError:
+                    status = FAILED
+                own[offset].record(status, time.perf_counter() - sent)
+                i += 1
+
+    with cpu_meter(server, tally):
+        started = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(t,)) for t in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        tally.seconds = time.perf_counter() - started
+    for part in own:
+        tally.add(part)
+    return tally
+
+
+@dataclass
+class OpenLoop:
+    """What an open loop saw: from the scheduled time, from the send, and the client wait."""
+
+    tally: Tally  # latency from the scheduled send time (what a user waits)
+    service: Tally  # latency from the actual send (what the server takes)
+    waits: list[float]  # seconds each sent request waited for a free connection
+
+    def sent_line(self) -> str:
+        """How fast the generator really sent, and how long requests waited in the client."""
+        if not self.waits:
+            return "sent nothing"
+        p50, p99 = np.percentile(self.waits, [50, 99]) * 1000
+        rate = len(self.waits) / self.tally.seconds
+        return f"sent {rate:.0f} req/s, client wait p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+
+    def behind(self, deadline: float) -> bool:
+        """Whether the generator, not only the server, limited what was sent in time."""
+        return bool(self.waits) and float(np.percentile(self.waits, 50)) > 0.1 * deadline
+
+
+def open_loop(
+    server: Server,
+    bodies: list[bytes],
+    rate: float,
+    seconds: float,
+    deadline: float,
+    connections: int,
+) -> OpenLoop:
+    """Send at a fixed `rate` for `seconds`, whatever the answers.
+
+    Each scheduled request joins a client-side FIFO that `connections` workers (one httpx
+    connection each, opened before the clock starts) drain. Latency counts from the
+    scheduled time, so time spent waiting for a free connection is charged too (no
+    coordinated omission); a request whose deadline passes while it waits in the client
+    is not sent (EXPIRED).
+    """
+    return asyncio.run(_open_loop(server, bodies, rate, seconds, deadline, connections))
+
+
+async def _open_loop(
+    server: Server,
+    bodies: list[bytes],
+    rate: float,
+    seconds: float,
+    deadline: float,
+    connections: int,
+) -> OpenLoop:
+    loop = asyncio.get_running_loop()
+    tally, service, waits = Tally(seconds=seconds), Tally(seconds=seconds), []
+    url = server.url + server.predict
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+    total = max(1, int(rate * seconds))
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    clients = [
+        httpx.AsyncClient(headers=JSON_HEADERS, timeout=deadline + 5, limits=limits)
+        for _ in range(connections)
+    ]
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        while (item := await queue.get()) is not None:
+            scheduled, body = item
+            if loop.time() >= scheduled + deadline:
+                tally.record(EXPIRED, loop.time() - scheduled)
+                continue
+            sent = loop.time()
+            waits.append(sent - scheduled)
+            try:
+                async with asyncio.timeout_at(scheduled + deadline):
+                    status = (await http.post(url, content=body)).status_code
+            except TimeoutError:
+                status = TIMEOUT
+            except httpx.HTTPError:
+                status = FAILED
+            tally.record(status, loop.time() - scheduled)
+            service.record(status, loop.time() - sent)
+
+    workers: list[asyncio.Task[None]] = []
+    try:
+        async with asyncio.timeout(60):  # open every connection before the clock starts
+            await asyncio.gather(*(c.get(server.url + server.ready) for c in clients))
+        with cpu_meter(server, tally):
+            began = loop.time()
+            workers = [asyncio.create_task(worker(c)) for c in clients]
+            start = loop.time() + 0.05
+            for i in range(total):
+                scheduled = start + i / rate
+                await asyncio.sleep(max(0.0, scheduled - loop.time()))  # yields even when late
+                queue.put_nowait((scheduled, bodies[i % len(bodies)]))
+            for _ in workers:
+                queue.put_nowait(None)
+            await asyncio.wait(workers, timeout=deadline + 10)  # requests end by their deadline
+            tally.wall = loop.time() - began
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        for client in clients:
+            await client.aclose()
+    return OpenLoop(tally, service, waits)
+
+
+@dataclass
+class Bare:
+    """ONNX Runtime in this process, loaded exactly as the server loads it."""
+
+    served: Any  # modelcycle.serving.loading.ServedModel
+    rows: list[list[np.ndarray]]  # per request: one array per input, batch axis 1
+    bodies: list[bytes]
+
+    def run(self, batch: int, seconds: float, max_batches: int, full_path: bool) -> Tally:
+        """Batches of `batch` requests, each concatenated, run, and split as the server
+        does; with `full_path`, also JSON-parse, validate, decode and encode each request."""
+        served, adapter, tally = self.served, self.served.adapter, Tally()
+        started = time.perf_counter()
+        stop_at, done, i = started + seconds, 0, 0
+        while time.perf_counter() < stop_at and done < max_batches:
+            picks = [(i + k) % len(self.rows) for k in range(batch)]
+            if full_path:
+                rows = []
+                for p in picks:
+                    request = adapter.request_type.model_validate(json.loads(self.bodies[p]))
+                    rows.append(adapter.decode(request))
+                    adapter.drift_features(rows[-1])
+            else:
+                rows = [self.rows[p] for p in picks]
+            inputs = [np.concatenate(column) for column in zip(*rows, strict=True)]
+            outputs = served.run(inputs)
+            answers = [
+                {n: out[k : k + 1] for n, out in zip(served.output_names, outputs, strict=True)}
+                for k in range(batch)
+            ]
+            if full_path:
+                for answer in answers:
+                    json.dumps({"outputs": adapter.encode(answer)})
+            i, done = i + batch, done + 1
+        tally.seconds = time.perf_counter() - started
+        tally.statuses[200] = done * batch
+        return tally
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workspace", type=Path, help="serve MODEL from this workspace")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/qtim")
+    parser.add_argument("--model", default="twins@champion", help="NAME@ALIAS to serve")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per subject and loop")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved closed-loop rounds")
+    parser.add_argument("--clients", type=int, default=8, help="closed-loop client threads")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="per loop")
+    parser.add_argument("--connections", type=int, default=64, help="open loop at 70 %%")
+    parser.add_argument(
+        "--overload-connections",
+        type=int,
+        default=512,
+        help="open loop in overload (above serve.queue_limit, so the server may shed)",
+    )
+    parser.add_argument("--overload", type=float, default=4.0, help="× peak for goodput")
+    parser.add_argument("--deadline-ms", type=float, help="default: the config's serve.deadline_ms")
+    parser.add_argument(
+        "--capture",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="serve.capture; auto: on in a throwaway workspace, off in a given one",
+    )
+    parser.add_argument("--naive-server", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rounds < 1 or args.seconds <= 0 or args.clients < 1 or args.overload <= 0:
+        parser.error("--rounds, --seconds, --clients and --overload must be positive")
+    if args.naive_server is not None:
+        naive_server(args.naive_server, args.port)
+        return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.basicConfig(level=logging.WARNING)
+    say(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores before the run")
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        rows = run(args, Path(tmp))
+    print_table(rows)
+    say(f"done; load average {os.getloadavg()[0]:.2f} at the end")
+
+
+def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, str]]:
+    """Build or open the workspace, start the servers, measure; returns the table rows."""
+    from modelcycle.config import build_registry, compose_config, serve_config
+    from modelcycle.serving.loading import load_served, warm_up
+
+    if args.workspace is None:
+        say(f"building a throwaway workspace from {args.data.resolve()}")
+        workspace = build_workspace(args.data.resolve(), tmp)
+    else:
+        workspace = args.workspace.resolve()
+    capture = args.capture == "on" or (args.capture == "auto" and args.workspace is None)
+    cfg = compose_config([f"workspace={workspace}"])
+    registry, settings = build_registry(cfg), serve_config(cfg).settings
+    deadline_ms = args.deadline_ms or settings.deadline_ms
+    name = args.model.split("@", 1)[0]
+    model_dir = registry.download(registry.resolve(args.model), tmp / "naive")
+    say(f"workspace {workspace}; capture {'on' if capture else 'off'}; deadline {deadline_ms} ms")
+
+    logs = tmp / "logs"
+    logs.mkdir()
+    with contextlib.ExitStack() as stack:
+
+        def ours(label: str, max_batch: int) -> Server:
+            port = free_port()
+            command = [
+                *(sys.executable, "-m", "modelcycle", "serve", args.model),
+                f"workspace={workspace}",
+                "serve.host=127.0.0.1",
+                f"serve.max_batch={max_batch}",
+                f"serve.capture={str(capture).lower()}",
+                f"serve.deadline_ms={deadline_ms}",
+                f"serve.port={port}",
+            ]
+            routes = (f"/v1/models/{name}/predict", "/readyz")
+            return start(stack, label, command, port, routes, logs)
+
+        port = free_port()
+        command = [
+            *(sys.executable, str(Path(__file__).resolve())),
+            *("--naive-server", str(model_dir), "--port", str(port)),
+        ]
+        servers = {
+            "ours": ours("ours", 32),
+            "naive": start(stack, "naive", command, port, ("/predict", "/healthz"), logs),
+        }
+        say("starting ours (serve.max_batch=32) and naive (FastAPI + PyTorch)")
+        served = load_served(registry, args.model, tmp / "bare", settings.threads)
+        warm_up(served)
+        wait_ready(list(servers.values()))
+        # After `ours` has filled the workspace's model cache, so the two never write it at once.
+        servers["ours-b1"] = ours("ours-b1", 1)
+        say("starting ours-b1 (serve.max_batch=1)")
+        wait_ready([servers["ours-b1"]])
+        response = httpx.get(servers["ours"].url + f"/v1/models/{name}/examples", timeout=10)
+        bodies = [json.dumps(e["request"]).encode() for e in response.json()["examples"]]
+        requests = [served.adapter.request_type.model_validate(json.loads(b)) for b in bodies]
+        bare = Bare(served, [served.adapter.decode(r) for r in requests], bodies)
+        say(f"{len(bodies)} example requests of {len(bodies[0])} bytes; warming up")
+        for server in servers.values():
+            closed_loop(server, bodies, args.clients, 1.0, args.max_requests)
+        return measure(args, servers, bare, bodies, name, deadline_ms / 1000)
+
+
+def measure(
+    args: argparse.Namespace,
+    servers: dict[str, Server],
+    bare: Bare,
+    bodies: list[bytes],
+    name: str,
+    deadline: float,
+) -> list[tuple[str, str, str, str, str]]:
+    """The five measurements; returns the table rows."""
+    slice_seconds = args.seconds / args.rounds
+    tallies = {k: Tally() for k in ("ours", "bare", "inproc", "ours-b1", "naive")}
+    bare_batch: list[int] = []  # the mean batch `ours` formed in its first slice
+    say(
+        f"closed loop: {args.clients} client threads, {args.rounds} rounds of "
+        f"{slice_seconds:g} s per subject; open loop: {args.connections} connections at 70 %, "
+        f"{args.overload_connections} in overload; deadline {deadline * 1000:.0f} ms"
+    )
+
+    def served(label: str) -> Callable[[], Tally]:
+        def go() -> Tally:
+            server = servers[label]
+            before = batch_stats(server, name) if label != "naive" else np.zeros(2)
+            tally = closed_loop(server, bodies, args.clients, slice_seconds, args.max_requests)
+            if label != "naive":
+                tally.batches = batch_stats(server, name) - before
+            return tally
+
+        return go
+
+    def in_process(full_path: bool) -> Callable[[], Tally]:
+        def go() -> Tally:
+            if not bare_batch:
+                mean = tallies["ours"].mean_batch
+                bare_batch.append(max(1, round(mean)) if np.isfinite(mean) else 1)
+            return bare.run(bare_batch[0], slice_seconds, args.max_requests, full_path)
+
+        return go
+
+    order: list[tuple[str, Callable[[], Tally]]] = [
+        ("ours", served("ours")),
+        ("bare", in_process(False)),
+        ("ours-b1", served("ours-b1")),
+        ("naive", served("naive")),
+        ("inproc", in_process(True)),
+    ]
+    for r in range(args.rounds):
+        for label, go in order:
+            tally = go()
+            tallies[label].add(tally)
+            say(f"round {r + 1}/{args.rounds} {label:<8} {describe(tally)}")
+    for label in ("ours", "ours-b1", "naive"):
+        say(f"{label:<8} {tallies[label].cpu_line()}")
+
+    ours, off, naive = tallies["ours"], tallies["ours-b1"], tallies["naive"]
+    bare_t, inproc = tallies["bare"], tallies["inproc"]
+    peak = ours.rate
+    say(f"peak (ours, closed loop, {args.clients} clients) {peak:.0f} req/s")
+
+    rate = 0.7 * peak
+    say(f"open loop at 70 % of peak: {rate:.0f} req/s for {args.seconds:g} s")
+    steady = open_loop(servers["ours"], bodies, rate, args.seconds, deadline, args.connections)
+    say(f"  {describe(steady.tally)}")
+    say(f"  {steady.sent_line()}; {steady.tally.cpu_line()}")
+
+    rate = args.overload * peak
+    say(f"open loop at {args.overload:g}× peak: {rate:.0f} req/s for {args.seconds:g} s")
+    over = open_loop(
+        servers["ours"], bodies, rate, args.seconds, deadline, args.overload_connections
+    )
+    good = sum(1 for s in over.tally.latencies.get(200, []) if s <= deadline) / args.seconds
+    say(f"  {describe(over.tally)}")
+    say(f"  {over.sent_line()}; {over.tally.cpu_line()}")
+    say(
+        f"  from the send: 200 p50 {over.service.ms(50):.1f} ms, p99 {over.service.ms(99):.1f} "
+        f"ms; 429 p50 {over.service.ms(50, 429):.1f} ms ({over.service.statuses[429]} of them)"
+    )
+    for which, result in (("70 %", steady), (f"{args.overload:g}×", over)):
+        if result.behind(deadline):
+            say(
+                f"note: at {which} the load generator fell behind (client wait p50 above 10 % "
+                "of the deadline); it shares the cores with the server, so that row mixes the "
+                "server's limits with the client's"
+            )
+    for label, server in servers.items():
+        if server.process.poll() is not None:
+            say(f"warning: {label} exited early ({server.process.returncode}):\n{server.tail()}")
+
+    per_s = "{:.0f} req/s".format
+    in_ms = "{:.1f} ms".format
+    return [
+        (
+            f"1. served ÷ bare ORT session.run (batch {bare_batch[0]})",
+            per_s(ours.rate),
+            per_s(bare_t.rate),
+            f"{ours.rate / bare_t.rate:.3f}",
+            "≥ 0.85",
+        ),
+        (
+            "   (info) served ÷ in-process path, no HTTP",
+            per_s(ours.rate),
+            per_s(inproc.rate),
+            f"{ours.rate / inproc.rate:.2f}",
+            "-",
+        ),
+        (
+            "2. served ÷ naive FastAPI + PyTorch",
+            per_s(ours.rate),
+            per_s(naive.rate),
+            f"{ours.rate / naive.rate:.2f}",
+            "≥ 3",
+        ),
+        (
+            "3. batching on ÷ off: throughput",
+            per_s(ours.rate),
+            per_s(off.rate),
+            f"{ours.rate / off.rate:.2f}",
+            "-",
+        ),
+        (
+            "3. batching on ÷ off: p99 (closed loop)",
+            in_ms(ours.ms(99)),
+            in_ms(off.ms(99)),
+            f"{ours.ms(99) / off.ms(99):.2f}",
+            "-",
+        ),
+        (
+            f"4. p99 ÷ p50 at 70 % peak ({0.7 * peak:.0f} req/s)",
+            in_ms(steady.tally.ms(99)),
+            in_ms(steady.tally.ms(50)),
+            f"{steady.tally.ms(99) / steady.tally.ms(50):.2f}",
+            "-",
+        ),
+        (
+            f"5. goodput at {args.overload:g}× peak ÷ peak",
+            per_s(good),
+            per_s(peak),
+            f"{good / peak:.2f}",
+            "≥ 0.9",
+        ),
+        ("LitServe baseline", "not measured", "-", "-", "-"),
+    ]
+
+
+def describe(tally: Tally) -> str:
+    """Rate, latency percentiles and any non-200 answers of a tally."""
+    text = f"{tally.rate:8.0f} req/s"
+    if tally.latencies.get(200):
+        text += f", p50 {tally.ms(50):.1f} ms, p99 {tally.ms(99):.1f} ms"
+    if np.isfinite(tally.mean_batch):
+        text += f", mean batch {tally.mean_batch:.2f}"
+    names = {TIMEOUT: "timeout", FAILED: "failed", EXPIRED: "expired in client"}
+    others = {names.get(s, str(s)): n for s, n in sorted(tally.statuses.items()) if s != 200}
+    if others:
+        text += f", other answers {others}"
+    return text
+
+
+def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
+    """measurement | ours | baseline | ratio | aim."""
+    header = ("measurement", "ours", "baseline", "ratio", "aim")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    line = " | ".join(
+        f"{{:<{widths[0]}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths)
+    )
+    print()
+    print(line.format(*header))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(line.format(*row))
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from modelcycle.cli import app
 from modelcycle.registry import Registry
+from serving_fixtures import ServedWorkspace
 
 runner = CliRunner()
 TINY = ["debug=tiny", "trainer.max_epochs=2"]
@@ -169,3 +170,16 @@ def test_data_fetch_reports_network_failure_clearly(
 def test_data_fetch_unknown_dataset() -> None:
     result = runner.invoke(app, ["data", "fetch", "imagenet"])
     assert result.exit_code != 0 and "qtim" in result.output
+
+
+def test_serve_refuses_unknown_and_unexported_models_in_one_line(
+    served_workspace: ServedWorkspace, workspace: Path
+) -> None:
+    root = f"workspace={served_workspace.root}"
+    unknown = runner.invoke(app, ["serve", "nope@champion", root])
+    assert unknown.exit_code == 2 and "No registered model 'nope'" in unknown.stdout
+    no_alias = runner.invoke(app, ["serve", "twins@prod", root])
+    assert no_alias.exit_code == 2 and "has no alias 'prod'" in no_alias.stdout
+    by_version = runner.invoke(app, ["serve", "twins/1", root])
+    assert by_version.exit_code == 2 and "serve NAME@ALIAS" in by_version.stdout
+    assert "Traceback" not in unknown.stdout + no_alias.stdout + by_version.stdout

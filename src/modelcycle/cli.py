@@ -27,6 +27,7 @@ from modelcycle.evaluation.report import CVReport
 from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
+from modelcycle.serving.loading import ModelLoadError
 from modelcycle.serving.server import build_server, run_server
 from modelcycle.tracking import Tracker
 
@@ -250,7 +251,7 @@ def _clear_errors() -> Iterator[None]:
     except GateError as err:  # a refusal, not a mistake: exit 1 with both numbers
         console.print(f"[yellow]refused:[/yellow] {err}", soft_wrap=True)
         raise typer.Exit(code=1) from err
-    except (ConfigError, DataError, FetchError, RegistryError, KeyError) as err:
+    except (ConfigError, DataError, FetchError, RegistryError, ModelLoadError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         console.print(f"[red]error:[/red] {message}", soft_wrap=True)
         raise typer.Exit(code=2) from err

@@ -13,14 +13,17 @@ from omegaconf import DictConfig
 
 from modelcycle.config import ServeConfig, build_registry, serve_config, workspace_of
 from modelcycle.monitoring.capture import CaptureStore
+from modelcycle.registry import Registry
 from modelcycle.serving.app import create_app
-from modelcycle.serving.loading import ServedModel, load_served, warm_up
+from modelcycle.serving.loading import ModelLoadError, ServedModel, load_served, warm_up
 
 
 def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, ServeConfig]:
     """The app serving `references` (NAME@ALIAS) from the configured registry."""
     config = serve_config(cfg)
     registry = build_registry(cfg)
+    for reference in references:  # fail here, in one clear line, not in the server's start-up
+        check_servable(registry, reference)
     cache = workspace_of(cfg) / "serving"
     threads = config.settings.threads
 
@@ -37,6 +40,18 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
 
     capture = CaptureStore(config.capture_path) if config.capture_path else None
     return create_app(load, config.settings, capture, reload), config
+
+
+def check_servable(registry: Registry, reference: str) -> None:
+    """Raise ModelLoadError unless `reference` is NAME@ALIAS of an exported version."""
+    if "@" not in reference:
+        raise ModelLoadError(f"{reference!r}: serve NAME@ALIAS, e.g. twins@champion.")
+    version = registry.resolve(reference)
+    if "export.fp32.sha256" not in version.tags:
+        raise ModelLoadError(
+            f"{version.name} version {version.version} has no ONNX export; run "
+            f"`modelcycle export {reference}` first (only exported ONNX is ever served)."
+        )
 
 
 class GracefulServer(uvicorn.Server):

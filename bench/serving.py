@@ -71,6 +71,7 @@ def build_workspace(data: Path, tmp: Path) -> Path:
     from modelcycle.data.qtim import QTIMSource
     from modelcycle.export import export_version
     from modelcycle.models.encoders import MLPEncoder
+    from modelcycle.pipeline import run_tags
     from modelcycle.registry import Registry
     from modelcycle.tasks.twins import TwinsTask
     from modelcycle.tracking import Tracker, TrackingSettings
@@ -82,16 +83,7 @@ def build_workspace(data: Path, tmp: Path) -> Path:
     tracker = Tracker(TrackingSettings(), tmp / "ws")
     with tracker.run("twins") as run_id:
         metric = task.primary_metric
-        tracker.set_tags(
-            {
-                "task": "twins",
-                "primary_metric": metric,
-                "data_hash": summary.data_hash,
-                "packages": json.dumps({}),
-                "git_sha": "bench",
-                "git_dirty": "False",
-            }
-        )
+        tracker.set_tags(run_tags(task, summary.data_hash))
         tracker.log_metrics({f"model_{metric}_mean": 0.95, f"baseline_{metric}_mean": 0.90})
         servable.save(tmp / "model")
         tracker.log_directory(tmp / "model", "model")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from modelcycle.data.qtim import QTIMSource
 from modelcycle.export import export_version
 from modelcycle.models.encoders import MLPEncoder
+from modelcycle.pipeline import run_tags
 from modelcycle.registry import Registry
 from modelcycle.tasks.twins import TwinsTask
 from modelcycle.tracking import Tracker, TrackingSettings
@@ -38,16 +38,7 @@ def publish(tmp: Path, tracker: Tracker, cv_metric: float, seed: int) -> str:
     servable = task.servable(task.model(data, fold), data, fold)
     with tracker.run("twins") as run_id:
         metric = task.primary_metric
-        tracker.set_tags(
-            {
-                "task": "twins",
-                "primary_metric": metric,
-                "data_hash": summary.data_hash,
-                "packages": json.dumps({}),
-                "git_sha": "test",
-                "git_dirty": "False",
-            }
-        )
+        tracker.set_tags(run_tags(task, summary.data_hash))
         tracker.log_metrics({f"model_{metric}_mean": cv_metric, f"baseline_{metric}_mean": 0.9})
         servable.save(tmp / f"model-{run_id}")
         tracker.log_directory(tmp / f"model-{run_id}", "model")

@@ -65,15 +65,7 @@ def run_pipeline(
         data={"hash": summary.data_hash, **summary.counts, "notes": summary.notes},
     )
     with tracker.run(settings.run_name) as run_id:
-        tracker.set_tags(
-            {
-                "task": task.name,
-                "primary_metric": task.primary_metric,
-                "data_hash": summary.data_hash,
-                "packages": json.dumps(package_versions()),
-                **git_state(Path.cwd()),
-            }
-        )
+        tracker.set_tags(run_tags(task, summary.data_hash))
         tracker.log_params(config)
         report.reference = task.reference(data)
         folds = task.folds(data, settings.n_folds, settings.seed)
@@ -96,6 +88,17 @@ def run_pipeline(
         tracker.log_artifacts(files)
         tracker.log_artifacts(sorted(report_dir.glob("fold*.png")), "plots")
     return PipelineResult(report, report_dir, run_id, tracker.uri)
+
+
+def run_tags(task: Task[Any], data_hash: str) -> dict[str, str]:
+    """The tags of a pipeline run that registration reads: task, gate metric, lineage."""
+    return {
+        "task": task.name,
+        "primary_metric": task.primary_metric,
+        "data_hash": data_hash,
+        "packages": json.dumps(package_versions()),
+        **git_state(Path.cwd()),
+    }
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from modelcycle.export import export_version
 from modelcycle.models.encoders import MLPEncoder
 from modelcycle.pipeline import run_tags
 from modelcycle.registry import Registry
+from modelcycle.serving.loading import ServedModel, load_served
 from modelcycle.tasks.twins import TwinsTask
 from modelcycle.tracking import Tracker, TrackingSettings
 from qtim_fixtures import write_tiny_qtim
@@ -68,3 +69,12 @@ def two_versions(tmp_path: Path) -> ServedWorkspace:
     registry.promote("twins")
     publish(tmp_path, tracker, 0.96, seed=1)
     return ServedWorkspace(tmp_path / "ws", registry)
+
+
+@pytest.fixture(scope="module")
+def served(
+    served_workspace: ServedWorkspace, tmp_path_factory: pytest.TempPathFactory
+) -> ServedModel:
+    """twins@champion loaded for serving (hash-checked ONNX, one thread)."""
+    cache = tmp_path_factory.mktemp("cache")
+    return load_served(served_workspace.registry, "twins@champion", cache, threads=1)

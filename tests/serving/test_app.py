@@ -22,14 +22,6 @@ PREDICT = "/v1/models/twins/predict"
 PREDICT_SERIES = 'modelcycle_requests_total{model="twins",route="/v1/models/{name}/predict"'
 
 
-@pytest.fixture(scope="module")
-def served(
-    served_workspace: ServedWorkspace, tmp_path_factory: pytest.TempPathFactory
-) -> ServedModel:
-    cache = tmp_path_factory.mktemp("cache")
-    return load_served(served_workspace.registry, "twins@champion", cache, threads=1)
-
-
 def _client(
     served: ServedModel, settings: ServeSettings, capture: CaptureStore | None = None
 ) -> TestClient:

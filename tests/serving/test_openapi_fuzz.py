@@ -34,8 +34,7 @@ from schemathesis.checks import not_a_server_error
 
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.serving.app import ServeSettings, create_app
-from modelcycle.serving.loading import ServedModel, load_served
-from serving_fixtures import ServedWorkspace
+from modelcycle.serving.loading import ServedModel
 
 PREDICT = "/v1/models/{name}/predict"
 OPERATIONS = [
@@ -60,14 +59,6 @@ def _bounded(test: T) -> T:
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )(test)
-
-
-@pytest.fixture(scope="module")
-def served(
-    served_workspace: ServedWorkspace, tmp_path_factory: pytest.TempPathFactory
-) -> ServedModel:
-    cache = tmp_path_factory.mktemp("cache")
-    return load_served(served_workspace.registry, "twins@champion", cache, threads=1)
 
 
 @pytest.fixture

@@ -381,7 +381,7 @@ class OpenLoop:
         return bool(self.waits) and float(np.percentile(self.waits, 50)) > 0.1 * deadline
 
 
-def open_loop(
+async def open_loop(
     server: Server,
     bodies: list[bytes],
     rate: float,
@@ -397,17 +397,6 @@ def open_loop(
     coordinated omission); a request whose deadline passes while it waits in the client
     is not sent (EXPIRED).
     """
-    return asyncio.run(_open_loop(server, bodies, rate, seconds, deadline, connections))
-
-
-async def _open_loop(
-    server: Server,
-    bodies: list[bytes],
-    rate: float,
-    seconds: float,
-    deadline: float,
-    connections: int,
-) -> OpenLoop:
     loop = asyncio.get_running_loop()
     tally, service, waits = Tally(seconds=seconds), Tally(seconds=seconds), []
     url = server.url + server.predict
@@ -671,14 +660,16 @@ def measure(
 
     rate = 0.7 * peak
     say(f"open loop at 70 % of peak: {rate:.0f} req/s for {args.seconds:g} s")
-    steady = open_loop(servers["ours"], bodies, rate, args.seconds, deadline, args.connections)
+    steady = asyncio.run(
+        open_loop(servers["ours"], bodies, rate, args.seconds, deadline, args.connections)
+    )
     say(f"  {describe(steady.tally)}")
     say(f"  {steady.sent_line()}; {steady.tally.cpu_line()}")
 
     rate = args.overload * peak
     say(f"open loop at {args.overload:g}× peak: {rate:.0f} req/s for {args.seconds:g} s")
-    over = open_loop(
-        servers["ours"], bodies, rate, args.seconds, deadline, args.overload_connections
+    over = asyncio.run(
+        open_loop(servers["ours"], bodies, rate, args.seconds, deadline, args.overload_connections)
     )
     good = sum(1 for s in over.tally.latencies.get(200, []) if s <= deadline) / args.seconds
     say(f"  {describe(over.tally)}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -80,7 +81,9 @@ def show_config(overrides: Overrides = None) -> None:
 @app.command()
 def train(overrides: Overrides = None) -> None:
     """Cross-validate the configured experiment: model and baseline on the same folds."""
-    _print_result(_run(overrides or []))
+    with _clear_errors():
+        cfg = compose_config(overrides or [])
+    _print_result(_run(cfg))
 
 
 @app.command()
@@ -89,11 +92,11 @@ def pipeline(
     overrides: Overrides = None,
 ) -> None:
     """Run an experiment end to end: train and evaluate, register, promote the first, export."""
-    overrides = [f"experiment={name}", *(overrides or [])]
-    result = _run(overrides)
+    with _clear_errors():
+        cfg = compose_config([f"experiment={name}", *(overrides or [])])
+    result = _run(cfg)
     _print_result(result)
     with _clear_errors():
-        cfg = compose_config(overrides)
         registry = build_registry(cfg)
         model = registry.task_of(result.run_id)
         outcome = release(registry, result.run_id, model, workspace_of(cfg) / "exports")
@@ -228,9 +231,9 @@ def data_fetch(
     console.print(f"{len(record.files)} files in {record.root} (digest {record.digest()[:12]})")
 
 
-def _run(overrides: list[str]) -> PipelineResult:
+def _run(cfg: DictConfig) -> PipelineResult:
     with _clear_errors():
-        assembled = assemble(compose_config(overrides))
+        assembled = assemble(cfg)
         assembled.workspace.mkdir(parents=True, exist_ok=True)
         tracker = Tracker(assembled.tracking, assembled.workspace)
         return run_pipeline(

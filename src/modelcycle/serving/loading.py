@@ -90,7 +90,7 @@ def load_served(registry: Registry, reference: str, cache: Path, threads: int) -
         adapter=adapter,
         lineage=_lineage_summary(version.tags),
     )
-    served.examples = _examples(local, served)
+    served.examples = _examples(local, manifest, served)
     log.info("Loaded %s version %s (%s) from %s", name, version.version, alias, onnx_path)
     return served
 
@@ -117,8 +117,7 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _examples(local: Path, served: ServedModel) -> list[dict[str, Any]]:
-    manifest = read_manifest(local)
+def _examples(local: Path, manifest: dict[str, Any], served: ServedModel) -> list[dict[str, Any]]:
     if sha256_file(local / "held_out.npz") != manifest["files"]["held_out.npz"]:
         raise ModelLoadError(f"{local / 'held_out.npz'}: hash does not match its manifest.")
     with np.load(local / "held_out.npz") as arrays:

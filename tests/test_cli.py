@@ -183,3 +183,19 @@ def test_serve_refuses_unknown_and_unexported_models_in_one_line(
     by_version = runner.invoke(app, ["serve", "twins/1", root])
     assert by_version.exit_code == 2 and "serve NAME@ALIAS" in by_version.stdout
     assert "Traceback" not in unknown.stdout + no_alias.stdout + by_version.stdout
+
+
+def test_data_stats_describes_the_configured_data(tiny_qtim: Path, workspace: Path) -> None:
+    result = runner.invoke(app, ["data", "stats", f"data.root={tiny_qtim}", "--markdown"])
+    assert result.exit_code == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["| what | value |", "|---|---|"]
+    rows = dict(line.strip("| ").split(" | ") for line in lines[2:] if line.startswith("| "))
+    assert rows["subjects"] == "48" and rows["families"] == "24"
+    assert len(rows["content hash"].strip("`")) == 64
+
+
+def test_data_stats_on_a_missing_root_is_one_clear_line(tmp_path: Path, workspace: Path) -> None:
+    result = runner.invoke(app, ["data", "stats", f"data.root={tmp_path / 'absent'}"])
+    assert result.exit_code == 2
+    assert "absent" in result.stdout and "Traceback" not in result.stdout

@@ -30,6 +30,7 @@ from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
 from modelcycle.serving.loading import ModelLoadError
 from modelcycle.serving.server import build_server, run_server
+from modelcycle.tasks.base import DataSummary
 from modelcycle.tracking import Tracker
 
 app = typer.Typer(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
@@ -229,6 +230,32 @@ def data_fetch(
         target = dest or Path(cfg.workspace) / "data" / "qtim"
         record = fetch_structural(target)
     console.print(f"{len(record.files)} files in {record.root} (digest {record.digest()[:12]})")
+
+
+@data_app.command("stats")
+def data_stats(
+    overrides: Overrides = None,
+    markdown: Annotated[bool, typer.Option(help="Print a Markdown table (CI comments)")] = False,
+) -> None:
+    """Describe the configured task's data: content hash, counts, exclusions."""
+    with _clear_errors():
+        summary = assemble(compose_config(overrides or [])).task.load()[1]
+    if markdown:
+        console.print(data_markdown(summary), soft_wrap=True, markup=False)
+        return
+    table = Table("what", "value", title=f"data {summary.data_hash[:12]}")
+    for key, value in summary.counts.items():
+        table.add_row(key, f"{value:,}")
+    console.print(table)
+    for note in summary.notes:
+        console.print(f"- {note}", soft_wrap=True, markup=False)
+
+
+def data_markdown(summary: DataSummary) -> str:
+    """A data summary as a Markdown table followed by its notes."""
+    lines = ["| what | value |", "|---|---|", f"| content hash | `{summary.data_hash}` |"]
+    lines += [f"| {key} | {value:,} |" for key, value in summary.counts.items()]
+    return "\n".join([*lines, "", *(f"- {note}" for note in summary.notes)])
 
 
 def _run(cfg: DictConfig) -> PipelineResult:

@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
+import httpx2  # what starlette's TestClient uses when it is installed (timm needs it)
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
@@ -80,7 +80,7 @@ def api_schema(client: TestClient) -> schemathesis.BaseSchema:
     return loaded
 
 
-def _send(client: TestClient, case: schemathesis.Case) -> httpx.Response:
+def _send(client: TestClient, case: schemathesis.Case) -> httpx2.Response:
     """Send a case the way schemathesis' own transport would serialize it."""
     kwargs = case.as_transport_kwargs(base_url=str(client.base_url))
     if not kwargs.get("cookies"):
@@ -90,7 +90,7 @@ def _send(client: TestClient, case: schemathesis.Case) -> httpx.Response:
     return client.request(**kwargs)
 
 
-def _check(client: TestClient, case: schemathesis.Case) -> httpx.Response:
+def _check(client: TestClient, case: schemathesis.Case) -> httpx2.Response:
     """Never a 5xx; a successful predict names model and version and has both outputs."""
     response = _send(client, case)
     case.validate_response(response, checks=[not_a_server_error])

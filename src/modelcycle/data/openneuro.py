@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -81,10 +82,43 @@ def fetch_openneuro(
     _download(dataset, target, include, tag=tag, exclude=exclude)
     files = hash_tree(target, include, exclude=exclude)
     _check_all_matched(dataset, target, include, files)
-    record = FetchRecord(dataset, tag, target, files, datetime.now(UTC).isoformat())
+    record = FetchRecord(dataset, tag, target, files, _now())
     write_manifest(record)
     log.info("Hashed %d file(s) of %s; digest %s", len(files), dataset, record.digest())
     return record
+
+
+def copy_mirror(dataset: str, mirror: Path, target: Path, include: Sequence[str]) -> FetchRecord:
+    """Copy a dataset's files from a local copy (a shared drive, a colleague's download).
+
+    The files are hashed and recorded exactly as after a download, with `tag` saying where
+    they came from, so lineage and data hashes do not depend on how the data arrived.
+
+    Raises:
+        FetchError: `mirror` is not a directory, or an `include` pattern matched none of it.
+    """
+    if not mirror.is_dir():
+        raise FetchError(
+            f"Mirror {mirror} of {dataset} is not a directory; give a folder that holds the "
+            "dataset's files (e.g. a BIDS root with participants.tsv), or leave it out to download."
+        )
+    files = hash_tree(mirror, include)
+    _check_all_matched(
+        dataset, mirror, include, files, "Point the mirror at a complete copy of the dataset."
+    )
+    for rel in files:
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(mirror / rel, target / rel)
+    record = FetchRecord(dataset, f"mirror:{mirror.resolve()}", target, files, _now())
+    write_manifest(record)
+    log.info(
+        "Copied %d file(s) of %s from %s; digest %s", len(files), dataset, mirror, record.digest()
+    )
+    return record
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def hash_tree(
@@ -170,14 +204,16 @@ def _download(
 
 
 def _check_all_matched(
-    dataset: str, target: Path, include: Sequence[str], files: dict[str, str]
+    dataset: str,
+    target: Path,
+    include: Sequence[str],
+    files: dict[str, str],
+    fix: str = "Check the patterns against the dataset's file list on openneuro.org.",
 ) -> None:
     unmatched = [p for p in include if not any(_matches(rel, p) for rel in files)]
     if unmatched:
         raise FetchError(
-            f"After downloading {dataset} into {target}, no file matches include "
-            f"pattern(s) {unmatched}. Check the patterns against the dataset's file list "
-            "on openneuro.org."
+            f"In {target}, no file of {dataset} matches include pattern(s) {unmatched}. {fix}"
         )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modelcycle.data.openneuro import FetchRecord, fetch_openneuro, read_manifest
+from modelcycle.data.openneuro import FetchRecord, copy_mirror, fetch_openneuro, read_manifest
 from modelcycle.data.tables import DataError, read_bids_tsv
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,13 @@ class QTIMSource:
         return Cohort(cohort.subjects, cohort.measures, cohort.exclusions, digest)
 
 
-def fetch_structural(target: Path) -> FetchRecord:
-    """Download QTIM metadata and FreeSurfer tables once; later calls reuse the manifest."""
+def fetch_structural(target: Path, mirror: Path | None = None) -> FetchRecord:
+    """Download QTIM metadata and FreeSurfer tables once; later calls reuse the manifest.
+
+    With `mirror`, the same files are copied from that local copy instead of downloaded.
+    """
+    if mirror is not None:
+        return copy_mirror(DATASET_ID, mirror, target, STRUCTURAL_FILES)
     record = read_manifest(target)
     if record is not None and (target / FREESURFER_SES01).is_file():
         log.info("Using QTIM downloaded to %s (digest %s)", target, record.digest()[:12])

@@ -78,13 +78,19 @@ class CVReport:
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: Path) -> list[Path]:
-        """Write summary.md, summary.json and summary.png into `out_dir`."""
+        """Write summary.md, summary.json, metrics.json and summary.png into `out_dir`.
+
+        metrics.json holds only the mean of each metric per scorer (for `dvc metrics`).
+        """
         out_dir.mkdir(parents=True, exist_ok=True)
-        md, js = out_dir / "summary.md", out_dir / "summary.json"
+        md, js, means = (out_dir / n for n in ("summary.md", "summary.json", "metrics.json"))
         md.write_text(self.to_markdown())
-        payload = asdict(self) | {"aggregate": self.aggregate()}
+        agg = self.aggregate()
+        payload = asdict(self) | {"aggregate": agg}
         js.write_text(json.dumps(_strict_json(payload), indent=2, default=str, allow_nan=False))
-        return [md, js, self._bar_plot(out_dir / "summary.png")]
+        flat = {scorer: {m: mean for m, (mean, _) in agg[scorer].items()} for scorer in agg}
+        means.write_text(json.dumps(_strict_json(flat), indent=2, allow_nan=False))
+        return [md, js, means, self._bar_plot(out_dir / "summary.png")]
 
     def _bar_plot(self, path: Path) -> Path:
         agg = self.aggregate()

@@ -8,7 +8,7 @@ QTIM_ROOT ?= $(wildcard ../shared/data/qtim)
 QTIM_ARG := $(if $(QTIM_ROOT),data.root=$(abspath $(QTIM_ROOT)),)
 export QTIM_ROOT
 
-.PHONY: setup browser demo test test-fast lint format clean
+.PHONY: setup browser demo test test-fast lint format docs clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -5,6 +5,8 @@ Starts real servers on 127.0.0.1 (each on a free port, always terminated):
   ours      `modelcycle serve MODEL` (ONNX Runtime, micro-batching, serve.max_batch=32)
   ours-b1   the same with serve.max_batch=1 (batching off)
   naive     FastAPI + the PyTorch module called eagerly per request, no batching (below)
+  litserve  LitServe serving the same hash-checked ONNX session through the same adapter,
+            with its own dynamic batching (max_batch_size=32, batch_timeout 1 ms)
 
 and measures, with bounded load generators on loopback (httpx):
 
@@ -14,12 +16,12 @@ and measures, with bounded load generators on loopback (httpx):
   3. batching on ÷ off: throughput and p99, closed loop;
   4. p99 ÷ p50 in an open loop at 70 % of the peak (the served closed-loop rate);
   5. goodput ÷ peak in an open loop at 4× the peak (goodput: 200s within the deadline per
-     second; 429s and timeouts are not good).
+     second; 429s and timeouts are not good);
+  6. served ÷ LitServe, closed loop: throughput and p99.
 
 Closed-loop subjects run interleaved in `--rounds` rounds so that background load hits them
 alike; every loop stops at a time limit and a request-count limit. Absolute numbers depend
 on the machine (the load generator shares its cores with the servers); read the ratios.
-LitServe is not measured.
 
     python bench/serving.py [--workspace WS] [--data ../shared/data/qtim] [--seconds 10]
 
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import litserve as ls
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,6 +207,59 @@ def naive_server(model_dir: Path, port: int) -> None:
     app.post("/predict")(predict)
     app.get("/healthz")(lambda: {"status": "alive"})
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="info")
+
+
+class OnnxLitAPI(ls.LitAPI):
+    """LitServe with the same model: the registry's hash-checked ONNX and the task's adapter.
+
+    Each request is validated with the task's pydantic type and decoded by its adapter, as in
+    `modelcycle serve`; LitServe batches up to 32 requests (1 ms timeout) into one
+    ONNX Runtime call. (Module level: LitServe pickles it into its worker process.)
+    """
+
+    def __init__(self, workspace: Path, model: str) -> None:
+        super().__init__(max_batch_size=32, batch_timeout=0.001)
+        self.workspace, self.model = workspace, model
+
+    def setup(self, device: str) -> None:
+        from modelcycle.config import build_registry, compose_config
+        from modelcycle.serving.loading import default_threads, load_served, warm_up
+
+        registry = build_registry(compose_config([f"workspace={self.workspace}"]))
+        cache = self.workspace / "serving-litserve"
+        self.served = load_served(registry, self.model, cache, default_threads())
+        warm_up(self.served)
+
+    # No annotation on `request`: LitServe then hands over the parsed JSON body, like ours.
+    def decode_request(self, request) -> list[np.ndarray]:
+        body = self.served.adapter.request_type.model_validate(request)
+        return self.served.adapter.decode(body)
+
+    def batch(self, inputs: list[list[np.ndarray]]) -> list[np.ndarray]:
+        return [np.concatenate(column) for column in zip(*inputs, strict=True)]
+
+    def predict(self, x: list[np.ndarray]) -> list[np.ndarray]:
+        return self.served.run(x)
+
+    def unbatch(self, output: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        names = self.served.output_names
+        return [
+            {n: o[i : i + 1] for n, o in zip(names, output, strict=True)}
+            for i in range(len(output[0]))
+        ]
+
+    def encode_response(self, output: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"version": self.served.version, "outputs": self.served.adapter.encode(output)}
+
+
+def litserve_server(workspace: Path, model: str, port: int) -> None:
+    """LitServe serving `model` from `workspace` (one worker process, like ours).
+
+    Its model calls run in that worker, a child process: the CPU line of `litserve` counts
+    only its HTTP process.
+    """
+    server = ls.LitServer(OnnxLitAPI(workspace, model), accelerator="cpu", workers_per_device=1)
+    server.run(port=port, host="127.0.0.1", generate_client_file=False)
 
 
 # --- measurements --------------------------------------------------------------------------
@@ -520,12 +576,16 @@ def main() -> None:
         help="serve.capture; auto: on in a throwaway workspace, off in a given one",
     )
     parser.add_argument("--naive-server", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--litserve-workspace", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rounds < 1 or args.seconds <= 0 or args.clients < 1 or args.overload <= 0:
         parser.error("--rounds, --seconds, --clients and --overload must be positive")
     if args.naive_server is not None:
         naive_server(args.naive_server, args.port)
+        return
+    if args.litserve_workspace is not None:
+        litserve_server(args.litserve_workspace, args.model, args.port)
         return
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -589,7 +649,14 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
         # After `ours` has filled the workspace's model cache, so the two never write it at once.
         servers["ours-b1"] = ours("ours-b1", 1)
         say("starting ours-b1 (serve.max_batch=1)")
-        wait_ready([servers["ours-b1"]])
+        port = free_port()
+        command = [
+            *(sys.executable, str(Path(__file__).resolve()), "--model", args.model),
+            *("--litserve-workspace", str(workspace), "--port", str(port)),
+        ]
+        servers["litserve"] = start(stack, "litserve", command, port, ("/predict", "/health"), logs)
+        say("starting litserve (max_batch_size=32, batch_timeout 1 ms)")
+        wait_ready([servers["ours-b1"], servers["litserve"]])
         response = httpx.get(servers["ours"].url + f"/v1/models/{name}/examples", timeout=10)
         bodies = [json.dumps(e["request"]).encode() for e in response.json()["examples"]]
         requests = [served.adapter.request_type.model_validate(json.loads(b)) for b in bodies]
@@ -610,7 +677,7 @@ def measure(
 ) -> list[tuple[str, str, str, str, str]]:
     """The five measurements; returns the table rows."""
     slice_seconds = args.seconds / args.rounds
-    tallies = {k: Tally() for k in ("ours", "bare", "inproc", "ours-b1", "naive")}
+    tallies = {k: Tally() for k in ("ours", "bare", "inproc", "ours-b1", "naive", "litserve")}
     bare_batch: list[int] = []  # the mean batch `ours` formed in its first slice
     say(
         f"closed loop: {args.clients} client threads, {args.rounds} rounds of "
@@ -621,9 +688,11 @@ def measure(
     def served(label: str) -> Callable[[], Tally]:
         def go() -> Tally:
             server = servers[label]
-            before = batch_stats(server, name) if label != "naive" else np.zeros(2)
+            before = (
+                batch_stats(server, name) if label not in ("naive", "litserve") else np.zeros(2)
+            )
             tally = closed_loop(server, bodies, args.clients, slice_seconds, args.max_requests)
-            if label != "naive":
+            if label not in ("naive", "litserve"):
                 tally.batches = batch_stats(server, name) - before
             return tally
 
@@ -643,6 +712,7 @@ def measure(
         ("bare", in_process(False)),
         ("ours-b1", served("ours-b1")),
         ("naive", served("naive")),
+        ("litserve", served("litserve")),
         ("inproc", in_process(True)),
     ]
     for r in range(args.rounds):
@@ -650,10 +720,11 @@ def measure(
             tally = go()
             tallies[label].add(tally)
             say(f"round {r + 1}/{args.rounds} {label:<8} {describe(tally)}")
-    for label in ("ours", "ours-b1", "naive"):
+    for label in ("ours", "ours-b1", "naive", "litserve"):
         say(f"{label:<8} {tallies[label].cpu_line()}")
 
     ours, off, naive = tallies["ours"], tallies["ours-b1"], tallies["naive"]
+    lit = tallies["litserve"]
     bare_t, inproc = tallies["bare"], tallies["inproc"]
     peak = ours.rate
     say(f"peak (ours, closed loop, {args.clients} clients) {peak:.0f} req/s")
@@ -741,7 +812,20 @@ def measure(
             f"{good / peak:.2f}",
             "≥ 0.9",
         ),
-        ("LitServe baseline", "not measured", "-", "-", "-"),
+        (
+            "6. served ÷ LitServe: throughput (closed loop)",
+            per_s(ours.rate),
+            per_s(lit.rate),
+            f"{ours.rate / lit.rate:.2f}",
+            "≥ 1.0",
+        ),
+        (
+            "6. served ÷ LitServe: p99 (closed loop)",
+            in_ms(ours.ms(99)),
+            in_ms(lit.ms(99)),
+            f"{ours.ms(99) / lit.ms(99):.2f}",
+            "≤ 1.0",
+        ),
     ]
 
 

@@ -138,6 +138,7 @@ def test_api_entrypoint_serves_the_configured_model_and_stops_cleanly(
     assert code == 0, server.output()
 
 
+@pytest.mark.slow  # imports the whole stack in a subprocess (~20 s on 2 busy cores)
 def test_api_entrypoint_fails_clearly_for_an_unknown_model(tmp_path: Path) -> None:
     env = {
         "PATH": f"{BIN}:/usr/bin:/bin",

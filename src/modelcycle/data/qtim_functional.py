@@ -1,0 +1,179 @@
+"""QTIM resting-state fMRI as a cohort of connectomes: download, synthesize, prepare, load.
+
+Where the BOLD runs come from: `root` (a local BIDS copy: QTIM's raw runs, or fMRIPrep
+outputs in MNI space, which an MNI atlas requires), or, when `root` is empty, the synthetic
+QTIM-shaped cohort in `synthetic_dir`, written on first use. Either way the rest runs are
+indexed (`bids_index`), one per subject is picked, parcel series are extracted with a
+content-addressed cache (`connectomes`) and each subject's connectome becomes a row of
+upper-triangle edges, so the twins machinery (pairs, splits, baseline) applies unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modelcycle.data.bids_index import index_rest_runs, pick_runs
+from modelcycle.data.connectomes import MaskerSettings, Prepared, connectomes, prepare_timeseries
+from modelcycle.data.openneuro import FetchRecord, fetch_openneuro
+from modelcycle.data.parcellations import Parcellation, load_parcellation
+from modelcycle.data.qtim import DATASET_ID, Cohort, fetch_structural, read_participants
+from modelcycle.data.qtim_synthetic import (
+    TRUTH_FILE,
+    SignalModel,
+    SyntheticSpec,
+    write_synthetic_cohort,
+)
+from modelcycle.data.tables import DataError
+
+log = logging.getLogger(__name__)
+
+#: The resting-state runs and metadata of ds004169 (about 29 GB).
+FUNCTIONAL_FILES = (
+    "participants.tsv",
+    "participants.json",
+    "dataset_description.json",
+    "sub-*/ses-*/func/*task-rest_bold.nii.gz",
+    "sub-*/ses-*/func/*task-rest_bold.json",
+)
+SYNTHETIC_MANIFEST = "modelcycle-synthetic.json"
+
+
+def fetch_functional(target: Path) -> FetchRecord:
+    """Download QTIM's rest runs with openneuro-py (resumable: present files are skipped)."""
+    log.info("Downloading the resting-state runs of %s (about 29 GB) into %s", DATASET_ID, target)
+    return fetch_openneuro(DATASET_ID, target, FUNCTIONAL_FILES)
+
+
+def ensure_synthetic(dest: Path, qtim_root: Path | None, spec: SyntheticSpec) -> Path:
+    """The synthetic cohort in `dest`, written once; a different spec there is an error."""
+    manifest = dest / SYNTHETIC_MANIFEST
+    wanted = json.loads(json.dumps(asdict(spec)))
+    if manifest.is_file():
+        found = json.loads(manifest.read_text())
+        if found != wanted:
+            raise DataError(
+                f"{dest} holds a synthetic cohort made with {found}, not {wanted}. Delete it "
+                "or set data.synthetic_dir to another folder."
+            )
+        return dest
+    source = Path(qtim_root) if qtim_root else fetch_structural(dest.parent / "qtim").root
+    write_synthetic_cohort(dest, source, spec)
+    manifest.write_text(json.dumps(wanted, indent=2))
+    return dest
+
+
+@dataclass
+class FunctionalSource:
+    """Resting-state connectomes of QTIM (or its synthetic stand-in) as a twins `Cohort`.
+
+    Args:
+        root: A BIDS folder with rest runs; empty: the synthetic cohort.
+        synthetic_dir: Where the synthetic cohort is (written there on first use).
+        qtim_root: Real QTIM metadata the synthetic cohort samples families from
+            (participants.tsv, FILES.txt); empty: downloaded (2 MB).
+        families: Families in the synthetic cohort.
+        n_volumes: Volumes per synthetic run.
+        resolution_mm: Voxel size of the synthetic grid and the default atlas.
+        seed: Seed of the synthetic cohort.
+        atlas: `mni-kmeans` (offline), `schaefer` or `harvard-oxford`.
+        n_parcels: Parcels (graph nodes) of the atlas.
+        kind: `correlation`, `partial correlation` or `tangent`.
+        masker: Signal cleaning.
+        cache_dir: Content-addressed cache of parcel series.
+        n_jobs: Worker processes for extraction.
+        progress: Show progress bars.
+    """
+
+    root: Path | None = None
+    synthetic_dir: Path = Path(".modelcycle/data/qtim-synthetic")
+    qtim_root: Path | None = None
+    families: int = 60
+    n_volumes: int = 150
+    resolution_mm: int = 8
+    seed: int = 0
+    atlas: str = "mni-kmeans"
+    n_parcels: int = 32
+    kind: str = "correlation"
+    masker: MaskerSettings = field(default_factory=MaskerSettings)
+    cache_dir: Path = Path(".modelcycle/cache/parcel-series")
+    n_jobs: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.masker, dict):  # from Hydra config
+            values = dict(self.masker)
+            values["confounds"] = tuple(values.get("confounds", ()))
+            self.masker = MaskerSettings(**values)
+
+    def resolve_root(self) -> Path:
+        """The BIDS root: `root`, or the synthetic cohort (written when missing)."""
+        if self.root is not None:
+            root = Path(self.root).expanduser()
+            if not root.is_dir():
+                raise DataError(f"data.root={root} is not a directory; point it at a BIDS copy.")
+            return root
+        spec = SyntheticSpec(
+            self.families, self.n_volumes, self.resolution_mm, self.n_parcels, self.seed
+        )
+        return ensure_synthetic(Path(self.synthetic_dir), self.qtim_root, spec)
+
+    def parcellation(self) -> Parcellation:
+        """The configured atlas."""
+        return load_parcellation(
+            self.atlas, self.n_parcels, self.resolution_mm, Path(self.cache_dir).parent / "atlases"
+        )
+
+    def prepare(self) -> tuple[Path, Prepared, Parcellation]:
+        """Index the rest runs, pick one per subject, extract (or load) parcel series."""
+        root = self.resolve_root()
+        runs = pick_runs(index_rest_runs(root))
+        if not runs:
+            raise DataError(f"{root}: no `*task-rest*_bold.nii[.gz]` run found under it.")
+        parcellation = self.parcellation()
+        prepared = prepare_timeseries(
+            runs, parcellation, self.masker, Path(self.cache_dir), self.n_jobs, self.progress
+        )
+        return root, prepared, parcellation
+
+    def load(self) -> Cohort:
+        """Connectome edges per subject, joined with participants; exclusions named."""
+        root, prepared, parcellation = self.prepare()
+        participants = read_participants(root / "participants.tsv")
+        known = [s for s in prepared.subjects if s in participants.index]
+        rows = [prepared.subjects.index(s) for s in known]
+        matrices = connectomes([prepared.timeseries[i] for i in rows], self.kind)
+        measures = edge_table(matrices, parcellation.names, known)
+        exclusions = {
+            "no resting-state run": sorted(set(participants.index) - set(prepared.subjects)),
+            **{f"run skipped: {f.reason}": [f.subject] for f in prepared.failures},
+        }
+        digest = hashlib.sha256(
+            (root / "participants.tsv").read_bytes() + f"{prepared.digest()}|{self.kind}".encode()
+        ).hexdigest()
+        subjects = participants.loc[known]
+        return Cohort(subjects, measures, {k: v for k, v in exclusions.items() if v}, digest)
+
+    def kinship(self) -> pd.DataFrame | None:
+        """The hidden relation of related pairs (synthetic cohort only), else None."""
+        path = self.resolve_root() / TRUTH_FILE
+        if not path.is_file():
+            return None
+        return pd.read_csv(path, sep="\t", dtype=str)
+
+
+def edge_table(matrices: np.ndarray, names: tuple[str, ...], subjects: list[str]) -> pd.DataFrame:
+    """Upper-triangle edges of each matrix as columns `a~b`, one row per subject."""
+    i, j = np.triu_indices(len(names), k=1)
+    columns = [f"{names[a]}~{names[b]}" for a, b in zip(i, j, strict=True)]
+    index = pd.Index(subjects, name="participant_id")
+    return pd.DataFrame(matrices[:, i, j], index=index, columns=columns)
+
+
+__all__ = ["FunctionalSource", "SignalModel", "ensure_synthetic", "fetch_functional"]

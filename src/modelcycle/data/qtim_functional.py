@@ -24,12 +24,7 @@ from modelcycle.data.connectomes import MaskerSettings, Prepared, connectomes, p
 from modelcycle.data.openneuro import FetchRecord, fetch_openneuro
 from modelcycle.data.parcellations import Parcellation, load_parcellation
 from modelcycle.data.qtim import DATASET_ID, Cohort, fetch_structural, read_participants
-from modelcycle.data.qtim_synthetic import (
-    TRUTH_FILE,
-    SignalModel,
-    SyntheticSpec,
-    write_synthetic_cohort,
-)
+from modelcycle.data.qtim_synthetic import TRUTH_FILE, SyntheticSpec, write_synthetic_cohort
 from modelcycle.data.tables import DataError
 
 log = logging.getLogger(__name__)
@@ -168,12 +163,65 @@ class FunctionalSource:
         return pd.read_csv(path, sep="\t", dtype=str)
 
 
+@dataclass(frozen=True)
+class PreparedDataset:
+    """What `prepare_dataset` computed and wrote."""
+
+    root: Path
+    prepared: Prepared
+    files: list[Path]
+
+
+def prepare_dataset(source: FunctionalSource, out_dir: Path) -> PreparedDataset:
+    """Prepare every subject's connectome; write them, the failure report and a plot.
+
+    Files: `connectomes.npz` (subjects, parcels, matrices), `failures.tsv` (subject, file,
+    reason of every skipped run) and `mean_connectome.png`.
+    """
+    root, prepared, parcellation = source.prepare()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matrices = connectomes(prepared.timeseries, source.kind) if prepared.subjects else None
+    npz = out_dir / "connectomes.npz"
+    np.savez(
+        npz,
+        subjects=np.array(prepared.subjects),
+        parcels=np.array(parcellation.names),
+        matrices=np.zeros((0, 0, 0)) if matrices is None else matrices,
+    )
+    failures = out_dir / "failures.tsv"
+    rows = [(f.subject, f.path, f.reason) for f in prepared.failures]
+    pd.DataFrame(rows, columns=["participant_id", "file", "reason"]).to_csv(
+        failures, sep="\t", index=False
+    )
+    files = [npz, failures]
+    if matrices is not None:
+        files.append(_plot_mean(matrices, source.kind, out_dir / "mean_connectome.png"))
+    return PreparedDataset(root, prepared, files)
+
+
+def _plot_mean(matrices: np.ndarray, kind: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    mean = matrices.mean(axis=0)
+    limit = float(np.abs(mean - np.diag(np.diag(mean))).max()) or 1.0
+    shown = ax.imshow(mean, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    fig.colorbar(shown, ax=ax, shrink=0.8)
+    ax.set_title(f"mean {kind} over {len(matrices)} subjects")
+    ax.set_xlabel("parcel")
+    ax.set_ylabel("parcel")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def edge_table(matrices: np.ndarray, names: tuple[str, ...], subjects: list[str]) -> pd.DataFrame:
     """Upper-triangle edges of each matrix as columns `a~b`, one row per subject."""
     i, j = np.triu_indices(len(names), k=1)
     columns = [f"{names[a]}~{names[b]}" for a, b in zip(i, j, strict=True)]
     index = pd.Index(subjects, name="participant_id")
     return pd.DataFrame(matrices[:, i, j], index=index, columns=columns)
-
-
-__all__ = ["FunctionalSource", "SignalModel", "ensure_synthetic", "fetch_functional"]

@@ -12,7 +12,7 @@ monozygotic and dizygotic pairs apart.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning as L
@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from modelcycle.data.features import ResidualStandardizer
 from modelcycle.data.qtim_functional import FunctionalSource
 from modelcycle.data.relations import Relation
 from modelcycle.evaluation.kinship import pair_auc, pair_scores, score_similarity
@@ -63,10 +64,31 @@ class TwinsFunctionalTask(TwinsTask):
     )
 
     def __init__(
-        self, source: FunctionalSource, encoder: Callable[..., nn.Module], **kwargs: Any
+        self,
+        source: FunctionalSource,
+        encoder: Callable[..., nn.Module],
+        regress_covariates: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(source, encoder, **kwargs)
         self.functional = source
+        self.regress_covariates = regress_covariates
+
+    def standardizer(self, data: TwinsData, fold: Fold) -> ResidualStandardizer:
+        """Edge z-scores fitted on `fold.train`; covariates regressed out only on request.
+
+        Twins share age and sex exactly, so a covariate fit on a few dozen training subjects,
+        noise on most of the 496 edges, would add the same offset to both members of a pair
+        and pass for similarity (it lifts fold AUCs well above the whole-cohort figure).
+        """
+        fitted = super().standardizer(data, fold)
+        if self.regress_covariates:
+            return fitted
+        return replace(
+            fitted,
+            beta=np.zeros_like(fitted.beta),
+            residual_scale=np.ones_like(fitted.residual_scale),
+        )
 
     def load(self) -> tuple[FunctionalData, DataSummary]:
         """Prepare connectomes, then the structural task's arrays and counts."""
@@ -98,13 +120,10 @@ class TwinsFunctionalTask(TwinsTask):
 
     def reference(self, data: TwinsData) -> dict[str, float]:
         """The baseline over the whole cohort, with hidden relations, for orientation."""
-        metrics = super().reference(data)
-        if isinstance(data, FunctionalData):
-            everyone = np.arange(len(data.families))
-            fitted = self.standardizer(data, Fold(-2, everyone, everyone, everyone))
-            S = np.corrcoef(fitted.transform(data.X, data.covariates))
-            metrics.update(_hidden_metrics(S, data, everyone)[0])
-        return metrics
+        everyone = np.arange(len(data.families))
+        fitted = self.standardizer(data, Fold(-2, everyone, everyone, everyone))
+        S = np.corrcoef(fitted.transform(data.X, data.covariates))
+        return self._score(S, data, everyone).metrics
 
     def servable(self, module: L.LightningModule, data: TwinsData, fold: Fold) -> ServableModel:
         """Two people's connectomes (+ age, sex) in, twin probability and similarity out."""

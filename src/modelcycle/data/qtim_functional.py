@@ -114,8 +114,13 @@ class FunctionalSource:
             if not root.is_dir():
                 raise DataError(f"data.root={root} is not a directory; point it at a BIDS copy.")
             return root
+        # The cohort's own generating parcellation stays the default whatever atlas prepares
+        # it: preparing with another atlas than the one that made the data is the real case.
         spec = SyntheticSpec(
-            self.families, self.n_volumes, self.resolution_mm, self.n_parcels, self.seed
+            n_families=self.families,
+            n_volumes=self.n_volumes,
+            resolution_mm=self.resolution_mm,
+            seed=self.seed,
         )
         return ensure_synthetic(Path(self.synthetic_dir), self.qtim_root, spec)
 

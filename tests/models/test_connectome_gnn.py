@@ -64,11 +64,13 @@ def test_graph_building_and_the_gnn_do_not_depend_on_node_order() -> None:
     assert not torch.allclose(gnn(features[:, perm], A), out, atol=1e-3)  # the graph matters
 
 
-def test_the_encoder_starts_at_the_correlation_baseline_and_learns_from_there() -> None:
+@pytest.mark.parametrize("readout", ["pool", "nodes"])
+def test_the_encoder_starts_at_the_correlation_baseline_and_learns_from_there(readout: str) -> None:
     C = _connectomes(4)
     rows, cols = torch.triu_indices(N, N, offset=1)
     x = C[:, rows, cols]
-    encoder = ConnectomeGraphEncoder(FeatureSpace([f"e{i}" for i in range(E)], x.numpy()), top_k=2)
+    space = FeatureSpace([f"e{i}" for i in range(E)], x.numpy())
+    encoder = ConnectomeGraphEncoder(space, top_k=2, readout=readout)
     encoder.eval()
     e = torch.nn.functional.normalize(encoder(x), dim=1)
     assert np.allclose((e @ e.T).detach().numpy(), np.corrcoef(x.numpy()), atol=1e-5)
@@ -81,3 +83,5 @@ def test_a_top_k_as_large_as_the_graph_is_refused() -> None:
     space = FeatureSpace([f"e{i}" for i in range(E)], np.zeros((2, E)))
     with pytest.raises(ValueError, match="top_k=6"):
         ConnectomeGraphEncoder(space, top_k=N)
+    with pytest.raises(ValueError, match="readout='sum'"):
+        ConnectomeGraphEncoder(space, readout="sum")

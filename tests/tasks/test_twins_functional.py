@@ -215,3 +215,40 @@ def test_fetch_func_asks_openneuro_for_the_rest_runs(
 def test_an_unknown_dataset_or_modality_lists_the_valid_ones(workspace: Path) -> None:
     done = runner.invoke(app, ["data", "fetch", "qtim", "--modality", "dwi"])
     assert done.exit_code != 0 and "structural or func" in done.output
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_from_nothing_to_a_gated_release(
+    real_qtim: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing on disk: the synthetic cohort is written, prepared in two processes, then
+    # cross-validated, the final model fitted, and the registry gate decides on release.
+    monkeypatch.setenv("QTIM_ROOT", str(real_qtim))
+    overrides = [
+        "data.families=24",
+        "data.n_volumes=80",
+        "data.masker.min_volumes=40",
+        "data.n_jobs=2",
+        "data.progress=false",
+        "cv.n_folds=3",
+        "trainer.max_epochs=6",
+        "trainer.min_epochs=1",
+        "trainer.patience=3",
+        "trainer.progress_bar=false",
+    ]
+    done = runner.invoke(app, ["pipeline", "twins_functional", *overrides])
+    assert done.exit_code == 0, done.stdout
+    assert "auc_mz_vs_unrelated" in done.stdout and "auc_dz_vs_unrelated" in done.stdout
+    assert (workspace / "data" / "qtim-synthetic" / "participants.tsv").is_file()
+    report = next((workspace / "reports").glob("twins_functional-*"))
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["data"]["MZ_pairs"] > 0 and len(summary["folds"]) == 3
+    if "registered twins_functional version 1" in done.stdout:
+        assert "exported ONNX" in done.stdout and "parity max abs" in done.stdout
+        exports = list((workspace / "exports").glob("twins_functional-v1/onnx/*.onnx"))
+        assert exports
+    else:  # the gate refused: both numbers are named, nothing is half-released
+        assert "does not beat the baseline" in done.stdout
+        assert not (workspace / "exports").exists()
+    again = runner.invoke(app, ["data", "prepare", *overrides[:4]])
+    assert "0 computed" in again.stdout  # the pipeline's parcel series are reused

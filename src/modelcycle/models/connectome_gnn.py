@@ -77,11 +77,16 @@ class DenseGNN(nn.Module):
         self.layers = nn.ModuleList(DenseGraphLayer(a, b) for a, b in itertools.pairwise(widths))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
-        """Node features (B, N, F), normalized adjacency (B, N, N) → graph vector (B, 2H)."""
+    def nodes(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """Node features (B, N, F), normalized adjacency (B, N, N) → node states (B, N, H)."""
         h = x
         for layer in self.layers:
             h = self.dropout(layer(h, adjacency))
+        return h
+
+    def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """Node features (B, N, F), normalized adjacency (B, N, N) → graph vector (B, 2H)."""
+        h = self.nodes(x, adjacency)
         return torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=1)
 
 
@@ -97,6 +102,9 @@ class ConnectomeGraphEncoder(nn.Module):
         dim: Embedding width when `residual` is false.
         residual: Add the graph readout, through a zero-initialized layer, to the
             `CorrelationSkip` of the edges, so training starts at the correlation baseline.
+        readout: `pool` (mean and max over nodes: invariant to node order) or `nodes`
+            (every node's state in atlas order: a fixed atlas makes node identity meaningful,
+            and a fingerprint lives in which region deviates).
     """
 
     cell: torch.Tensor  # (N*N,) gather index from padded edges to the square matrix
@@ -110,15 +118,19 @@ class ConnectomeGraphEncoder(nn.Module):
         dropout: float = 0.1,
         dim: int = 64,
         residual: bool = True,
+        readout: str = "pool",
     ) -> None:
         super().__init__()
-        self.n_nodes = n_nodes_of(space.n_features)
+        if readout not in ("pool", "nodes"):
+            raise ValueError(f"readout={readout!r} is not one of ['nodes', 'pool'].")
+        self.n_nodes, self.readout = n_nodes_of(space.n_features), readout
         if not 1 <= top_k < self.n_nodes:
             raise ValueError(f"top_k={top_k} must be between 1 and {self.n_nodes - 1} (nodes - 1).")
         self.top_k = top_k
         self.register_buffer("cell", edge_gather_index(self.n_nodes))
         self.gnn = DenseGNN(self.n_nodes, hidden, layers, dropout)
-        self.head = nn.Linear(2 * hidden, space.n_features if residual else dim)
+        width = 2 * hidden if readout == "pool" else self.n_nodes * hidden
+        self.head = nn.Linear(width, space.n_features if residual else dim)
         self.skip = CorrelationSkip(space.n_features) if residual else None
         if residual:
             nn.init.zeros_(self.head.weight)
@@ -133,5 +145,8 @@ class ConnectomeGraphEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, E) → (B, E) when residual, else (B, dim)."""
         nodes, adjacency = self.graph(x)
-        out = self.head(self.gnn(nodes, adjacency))
+        if self.readout == "pool":
+            out = self.head(self.gnn(nodes, adjacency))
+        else:
+            out = self.head(self.gnn.nodes(nodes, adjacency).flatten(1))
         return out if self.skip is None else self.skip(x) + out

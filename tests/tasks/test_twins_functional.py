@@ -245,10 +245,50 @@ def test_pipeline_end_to_end_from_nothing_to_a_gated_release(
     assert summary["data"]["MZ_pairs"] > 0 and len(summary["folds"]) == 3
     if "registered twins_functional version 1" in done.stdout:
         assert "exported ONNX" in done.stdout and "parity max abs" in done.stdout
-        exports = list((workspace / "exports").glob("twins_functional-v1/onnx/*.onnx"))
+        exports = list((workspace / "exports").glob("twins_functional-v1/model/onnx/*.onnx"))
         assert exports
     else:  # the gate refused: both numbers are named, nothing is half-released
         assert "does not beat the baseline" in done.stdout
         assert not (workspace / "exports").exists()
     again = runner.invoke(app, ["data", "prepare", *overrides[:4]])
     assert "0 computed" in again.stdout  # the pipeline's parcel series are reused
+
+
+def test_a_registered_functional_model_exports_and_serves_connectome_pairs(
+    tiny: tuple[TwinsFunctionalTask, FunctionalData], tmp_path: Path
+) -> None:
+    # As the serving fixtures do for structural twins: a pipeline-shaped run holding an
+    # untrained model (it starts at the baseline) with stated CV metrics, so the gate passes.
+    from fastapi.testclient import TestClient
+
+    from modelcycle.export import export_version
+    from modelcycle.pipeline import run_tags
+    from modelcycle.registry import Registry
+    from modelcycle.serving.app import ServeSettings, create_app
+    from modelcycle.serving.loading import load_served
+
+    task, data = tiny
+    fold = task.final_fold(data, seed=0)
+    servable = task.servable(task.model(data, fold), data, fold)
+    tracker = Tracker(TrackingSettings(), tmp_path / "ws")
+    with tracker.run("twins_functional") as run_id:
+        metric = task.primary_metric
+        tracker.set_tags(run_tags(task, "hash"))
+        tracker.log_metrics({f"model_{metric}_mean": 0.9, f"baseline_{metric}_mean": 0.8})
+        servable.save(tmp_path / "model")
+        tracker.log_directory(tmp_path / "model", "model")
+    registry = Registry(tracker.uri)
+    version, _ = registry.register(run_id, "twins_functional")
+    _, report = export_version(registry, "twins_functional/1", tmp_path / "exports")
+    assert report.parity.passed
+    registry.promote("twins_functional", "champion", version.version, "test")
+    served = load_served(registry, "twins_functional@champion", tmp_path / "cache", threads=1)
+    with TestClient(create_app(lambda: [served], ServeSettings())) as client:
+        examples = client.get("/v1/models/twins_functional/examples").json()["examples"]
+        body = examples[0]["request"]
+        answer = client.post("/v1/models/twins_functional/predict", json=body)
+        assert answer.status_code == 200, answer.text
+        assert 0.0 <= answer.json()["outputs"]["probability"] <= 1.0
+        body["a"]["connectome"] = body["a"]["connectome"][:3]
+        refused = client.post("/v1/models/twins_functional/predict", json=body)
+        assert refused.status_code == 422 and "12×12" in refused.text

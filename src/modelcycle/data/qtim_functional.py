@@ -24,7 +24,12 @@ from modelcycle.data.connectomes import MaskerSettings, Prepared, connectomes, p
 from modelcycle.data.openneuro import FetchRecord, fetch_openneuro
 from modelcycle.data.parcellations import Parcellation, load_parcellation
 from modelcycle.data.qtim import DATASET_ID, Cohort, fetch_structural, read_participants
-from modelcycle.data.qtim_synthetic import TRUTH_FILE, SyntheticSpec, write_synthetic_cohort
+from modelcycle.data.qtim_synthetic import (
+    SYNTHETIC_MANIFEST,
+    TRUTH_FILE,
+    SyntheticSpec,
+    write_synthetic_cohort,
+)
 from modelcycle.data.tables import DataError
 
 log = logging.getLogger(__name__)
@@ -37,7 +42,6 @@ FUNCTIONAL_FILES = (
     "sub-*/ses-*/func/*task-rest_bold.nii.gz",
     "sub-*/ses-*/func/*task-rest_bold.json",
 )
-SYNTHETIC_MANIFEST = "modelcycle-synthetic.json"
 
 
 def fetch_functional(target: Path) -> FetchRecord:

@@ -21,9 +21,9 @@ import io
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 
 REPETITION_TIME = 2.1  # seconds, as in QTIM's rest sidecars
 TRUTH_FILE = "sourcedata/synthetic_kinship.tsv"
-#: Files of ours at the top level that are not BIDS (the validator is told to ignore them).
-BIDS_IGNORE = ("**/*defacemask*", "modelcycle-synthetic.json")
+#: The spec a cohort was written with, beside it (not BIDS: listed in .bidsignore).
+SYNTHETIC_MANIFEST = "modelcycle-synthetic.json"
+BIDS_IGNORE = ("**/*defacemask*", SYNTHETIC_MANIFEST)
 #: Rest-run patterns of the 1,202 real subjects (from FILES.txt), used when it is absent.
 REAL_REST_PATTERNS = {("ses-01",): 893, ("ses-01", "ses-02"): 113, ("ses-02",): 23, (): 173}
 REST_RUN = re.compile(r"(sub-[^/]+)/(ses-[^/]+)/func/[^/]*task-rest_bold\.nii(\.gz)?$")
@@ -137,7 +138,9 @@ def _read_real_participants(qtim_root: Path) -> pd.DataFrame:
     return table
 
 
-def sample_families(participants: pd.DataFrame, n_families: int, rng: np.random.Generator) -> Any:
+def sample_families(
+    participants: pd.DataFrame, n_families: int, rng: np.random.Generator
+) -> pd.DataFrame:
     """Every row of `n_families` real families drawn without replacement, in id order."""
     families = np.unique(participants["family_id"])
     if not 1 <= n_families <= len(families):
@@ -341,8 +344,3 @@ def _write_truth(
     table = pd.DataFrame(rows, columns=["participant_a", "participant_b", "relation"])
     table.to_csv(path, sep="\t", index=False)
     return path
-
-
-def spec_dict(spec: SyntheticSpec) -> dict[str, Any]:
-    """The spec as plain values (for manifests and cache keys)."""
-    return asdict(spec)

@@ -21,7 +21,7 @@ from modelcycle.pipeline import PipelineSettings, run_pipeline
 from modelcycle.servable import ServableModel
 from modelcycle.serving.adapter import RequestError
 from modelcycle.tasks import get_task
-from modelcycle.tasks.twins_functional import FunctionalData, TwinsFunctionalTask
+from modelcycle.tasks.twins_functional import FunctionalData, TwinsFunctionalTask, parcels_of
 from modelcycle.tasks.twins_functional_serving import ConnectomePairRequest, FunctionalServing
 from modelcycle.tracking import Tracker, TrackingSettings
 from modelcycle.training import TrainerSettings
@@ -72,7 +72,8 @@ def test_load_gives_connectome_edges_and_hidden_kinship(
 ) -> None:
     _, data = tiny
     assert data.X.shape == (len(data.families), 12 * 11 // 2)
-    assert len(data.parcels) == 12
+    assert data.parcels == [f"parcel{i:03d}" for i in range(1, 13)]
+    assert parcels_of(["b~a", "b~c", "a~c"]) == ["b", "a", "c"]  # atlas order, not sorted
     twin_like = data.relations == Relation.TWIN
     hidden = data.hidden["MZ"] | data.hidden["DZ"]
     assert hidden.any() and not (hidden & ~twin_like).any()  # hidden ones are twin-like

@@ -50,7 +50,9 @@ def fetch_functional(target: Path) -> FetchRecord:
     return fetch_openneuro(DATASET_ID, target, FUNCTIONAL_FILES)
 
 
-def ensure_synthetic(dest: Path, qtim_root: Path | None, spec: SyntheticSpec) -> Path:
+def ensure_synthetic(
+    dest: Path, qtim_root: Path | None, spec: SyntheticSpec, progress: bool = False
+) -> Path:
     """The synthetic cohort in `dest`, written once; a different spec there is an error."""
     manifest = dest / SYNTHETIC_MANIFEST
     wanted = json.loads(json.dumps(asdict(spec)))
@@ -63,7 +65,7 @@ def ensure_synthetic(dest: Path, qtim_root: Path | None, spec: SyntheticSpec) ->
             )
         return dest
     source = Path(qtim_root) if qtim_root else fetch_structural(dest.parent / "qtim").root
-    write_synthetic_cohort(dest, source, spec)
+    write_synthetic_cohort(dest, source, spec, progress)
     manifest.write_text(json.dumps(wanted, indent=2))
     return dest
 
@@ -126,7 +128,7 @@ class FunctionalSource:
             resolution_mm=self.resolution_mm,
             seed=self.seed,
         )
-        return ensure_synthetic(Path(self.synthetic_dir), self.qtim_root, spec)
+        return ensure_synthetic(Path(self.synthetic_dir), self.qtim_root, spec, self.progress)
 
     def parcellation(self) -> Parcellation:
         """The configured atlas."""

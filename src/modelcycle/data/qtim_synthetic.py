@@ -97,8 +97,12 @@ class SyntheticCohort:
     truth: Path
 
 
-def write_synthetic_cohort(dest: Path, qtim_root: Path, spec: SyntheticSpec) -> SyntheticCohort:
+def write_synthetic_cohort(
+    dest: Path, qtim_root: Path, spec: SyntheticSpec, progress: bool = False
+) -> SyntheticCohort:
     """Write the cohort under `dest`, sampling families from `qtim_root/participants.tsv`."""
+    from tqdm.auto import tqdm
+
     rng = np.random.default_rng(spec.seed)
     participants = sample_families(_read_real_participants(qtim_root), spec.n_families, rng)
     patterns = rest_patterns(qtim_root, participants["participant_id"], rng)
@@ -109,7 +113,8 @@ def write_synthetic_cohort(dest: Path, qtim_root: Path, spec: SyntheticSpec) -> 
     _write_metadata(dest, participants, qtim_root)
     anat = _t1w_bytes(spec.resolution_mm)
     n_runs = 0
-    for i, pid in enumerate(participants["participant_id"]):
+    subjects = tqdm(participants["participant_id"], desc="synthetic subjects", disable=not progress)
+    for i, pid in enumerate(subjects):
         sessions = _sessions(participants.iloc[i], patterns[pid])
         for ses in sessions:
             _write_t1w(dest / pid / ses / "anat", f"{pid}_{ses}", anat)

@@ -25,6 +25,7 @@ from modelcycle.data.features import ResidualStandardizer
 from modelcycle.data.qtim_functional import FunctionalSource
 from modelcycle.data.relations import Relation
 from modelcycle.evaluation.kinship import pair_auc, pair_scores, score_similarity
+from modelcycle.models.connectome_gnn import n_nodes_of
 from modelcycle.models.siamese import SiamesePairModel
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import DataSummary, Evaluation, Fold, register_task
@@ -78,7 +79,7 @@ class TwinsFunctionalTask(TwinsTask):
         """Edge z-scores fitted on `fold.train`; covariates regressed out only on request.
 
         Twins share age and sex exactly, so a covariate fit on a few dozen training subjects,
-        noise on most of the 496 edges, would add the same offset to both members of a pair
+        noise on most of the hundreds of edges, would add the same offset to both members of a pair
         and pass for similarity (it lifts fold AUCs well above the whole-cohort figure).
         """
         fitted = super().standardizer(data, fold)
@@ -98,7 +99,7 @@ class TwinsFunctionalTask(TwinsTask):
         data = FunctionalData(
             **{k: getattr(base, k) for k in TwinsData.__dataclass_fields__},
             hidden=hidden,
-            parcels=sorted({n for c in base.cohort.measures.columns for n in c.split("~")}),
+            parcels=parcels_of(list(base.cohort.measures.columns)),
         )
         counts = {**summary.counts, **{f"{k}_pairs": int(v.sum() // 2) for k, v in hidden.items()}}
         return data, DataSummary(summary.data_hash, counts, summary.notes)
@@ -146,6 +147,13 @@ class TwinsFunctionalTask(TwinsTask):
         else:
             evaluation.metrics.update({m: float("nan") for m in HIDDEN.values()})
         return evaluation
+
+
+def parcels_of(edges: list[str]) -> list[str]:
+    """Parcel names in atlas order from upper-triangle edge names `a~b` (row-major)."""
+    n = n_nodes_of(len(edges))
+    first_row = [e.split("~", 1) for e in edges[: n - 1]]
+    return [first_row[0][0], *(b for _, b in first_row)]
 
 
 def hidden_relations(truth: pd.DataFrame | None, subjects: list[str]) -> dict[str, np.ndarray]:

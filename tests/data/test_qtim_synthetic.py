@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from modelcycle.data import qtim_synthetic as qs
+from modelcycle.data.qtim_functional import ensure_synthetic
 from modelcycle.data.tables import DataError
 
 TINY = qs.SyntheticSpec(n_families=6, n_volumes=24, seed=3)
@@ -161,13 +162,16 @@ def _bids_validator() -> Path:
 
 
 @pytest.mark.slow
-def test_the_official_bids_validator_finds_no_error(cohort: qs.SyntheticCohort) -> None:
+def test_the_official_bids_validator_finds_no_error(real_qtim: Path, tmp_path: Path) -> None:
     exe = _bids_validator()
+    root = ensure_synthetic(tmp_path / "bids", real_qtim, TINY)  # with our manifest beside it
+    assert (root / qs.SYNTHETIC_MANIFEST).is_file()
     done = subprocess.run(
-        [str(exe), str(cohort.root), "--json"], capture_output=True, text=True, timeout=300
+        [str(exe), str(root), "--json"], capture_output=True, text=True, timeout=300
     )
     report = json.loads(done.stdout)
     errors = [(i["key"], i["reason"]) for i in report["issues"]["errors"]]
     assert errors == []
     assert report["summary"]["tasks"] == ["rest"]
-    assert len(report["summary"]["subjects"]) == cohort.n_subjects
+    participants = pd.read_csv(root / "participants.tsv", sep="\t")
+    assert len(report["summary"]["subjects"]) == len(participants)

@@ -153,6 +153,10 @@ def test_serving_turns_example_matrices_back_into_the_held_out_rows(
     rows = adapter.decode(ConnectomePairRequest.model_validate(example["request"]))
     assert np.allclose(rows[0][0], served.held_out[0][0], atol=1e-5)
     assert np.allclose(rows[3][0], served.held_out[3][0])
+    drift = adapter.drift_features(rows)
+    assert drift["age"] == pytest.approx((rows[1][0, 0] + rows[3][0, 0]) / 2)
+    assert drift["a_mean_connectivity"] == pytest.approx(float(rows[0].mean()))
+    assert drift["b_connectivity_std"] == pytest.approx(float(rows[2].std()))
     bad = json.loads(json.dumps(example["request"]))
     bad["a"]["connectome"] = bad["a"]["connectome"][:-1]
     with pytest.raises(RequestError, match="12×12"):

@@ -21,7 +21,12 @@ from modelcycle.pipeline import PipelineSettings, run_pipeline
 from modelcycle.servable import ServableModel
 from modelcycle.serving.adapter import RequestError
 from modelcycle.tasks import get_task
-from modelcycle.tasks.twins_functional import FunctionalData, TwinsFunctionalTask, parcels_of
+from modelcycle.tasks.twins_functional import (
+    FunctionalData,
+    TwinsFunctionalTask,
+    parcels_of,
+    retest_identification,
+)
 from modelcycle.tasks.twins_functional_serving import ConnectomePairRequest, FunctionalServing
 from modelcycle.tracking import Tracker, TrackingSettings
 from modelcycle.training import TrainerSettings
@@ -79,6 +84,28 @@ def test_load_gives_connectome_edges_and_hidden_kinship(
     assert hidden.any() and not (hidden & ~twin_like).any()  # hidden ones are twin-like
     assert not (data.hidden["MZ"] & data.hidden["DZ"]).any()
     assert np.array_equal(hidden, hidden.T)
+
+
+def test_subjects_with_a_second_rest_session_give_a_same_person_check(
+    tiny: tuple[TwinsFunctionalTask, FunctionalData],
+) -> None:
+    task, data = tiny
+    root = task.functional.resolve_root()
+    ids = list(data.cohort.subjects.index)
+    both = sorted(
+        s
+        for s in ids
+        if len({p.parent.parent.name for p in (root / s).rglob("*rest_bold.nii.gz")}) > 1
+    )
+    assert [ids[i] for i in data.retest_rows] == both
+    assert data.retest_edges.shape == (len(both), data.X.shape[1])
+    if len(both) >= 2:
+        assert 0.0 <= task.reference(data)["retest_top1"] <= 1.0
+    rng = np.random.default_rng(0)
+    people = rng.normal(size=(6, 40))
+    rescanned = people + 0.3 * rng.normal(size=people.shape)
+    assert retest_identification(people, rescanned) == 1.0
+    assert retest_identification(people, rescanned[::-1]) < 0.5
 
 
 def test_folds_keep_families_apart_and_processing_sees_training_rows_only(
@@ -248,6 +275,8 @@ def test_pipeline_end_to_end_from_nothing_to_a_gated_release(
     report = next((workspace / "reports").glob("twins_functional-*"))
     summary = json.loads((report / "summary.json").read_text())
     assert summary["data"]["MZ_pairs"] > 0 and len(summary["folds"]) == 3
+    assert summary["data"]["retest_subjects"] >= 2  # rescanned in ses-02, as in QTIM
+    assert "retest_top1" in done.stdout
     if "registered twins_functional version 1" in done.stdout:
         assert "exported ONNX" in done.stdout and "parity max abs" in done.stdout
         exports = list((workspace / "exports").glob("twins_functional-v1/model/onnx/*.onnx"))

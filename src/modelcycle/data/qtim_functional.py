@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modelcycle.data.bids_index import index_rest_runs, pick_runs
+from modelcycle.data.bids_index import RestRun, index_rest_runs, pick_runs
 from modelcycle.data.connectomes import MaskerSettings, Prepared, connectomes, prepare_timeseries
 from modelcycle.data.openneuro import FetchRecord, fetch_openneuro
 from modelcycle.data.parcellations import Parcellation, load_parcellation
@@ -166,6 +166,30 @@ class FunctionalSource:
         subjects = participants.loc[known]
         return Cohort(subjects, measures, {k: v for k, v in exclusions.items() if v}, digest)
 
+    def retest(self, subjects: list[str]) -> pd.DataFrame:
+        """Edges of each subject's rest run from another session than the one picked.
+
+        For a same-person identification check (QTIM's test-retest group rescanned in
+        ses-02); subjects with a single rest session are absent. Same atlas, masker and
+        kind as `load` (tangent is refitted on these runs alone).
+        """
+        root = self.resolve_root()
+        found = index_rest_runs(root)
+        picked = pick_runs(found)
+        second = {
+            s: min(others, key=RestRun.sort_key)
+            for s in subjects
+            if (others := [r for r in found.get(s, []) if r.session != picked[s].session])
+        }
+        parcellation = self.parcellation()
+        if not second:
+            return edge_table(np.zeros((0, 0, 0)), parcellation.names, [])
+        prepared = prepare_timeseries(
+            second, parcellation, self.masker, Path(self.cache_dir), self.n_jobs, self.progress
+        )
+        matrices = connectomes(prepared.timeseries, self.kind)
+        return edge_table(matrices, parcellation.names, prepared.subjects)
+
     def kinship(self) -> pd.DataFrame | None:
         """The hidden relation of related pairs (synthetic cohort only), else None."""
         path = self.resolve_root() / TRUTH_FILE
@@ -235,4 +259,5 @@ def edge_table(matrices: np.ndarray, names: tuple[str, ...], subjects: list[str]
     i, j = np.triu_indices(len(names), k=1)
     columns = [f"{names[a]}~{names[b]}" for a, b in zip(i, j, strict=True)]
     index = pd.Index(subjects, name="participant_id")
-    return pd.DataFrame(matrices[:, i, j], index=index, columns=columns)
+    values = matrices[:, i, j] if len(subjects) else np.zeros((0, len(columns)))
+    return pd.DataFrame(values, index=index, columns=columns)

@@ -42,6 +42,8 @@ class FunctionalData(TwinsData):
 
     hidden: dict[str, np.ndarray]  # relation → (n, n) bool, pairs with that hidden relation
     parcels: list[str]
+    retest_rows: np.ndarray  # rows with a rest run from a second session
+    retest_edges: np.ndarray  # (len(retest_rows), n_edges) edges of that second run
 
 
 @register_task("twins_functional")
@@ -96,12 +98,16 @@ class TwinsFunctionalTask(TwinsTask):
         base, summary = super().load()
         ids = list(base.cohort.subjects.index)
         hidden = hidden_relations(self.functional.kinship(), ids)
+        retest = self.functional.retest(ids)
         data = FunctionalData(
             **{k: getattr(base, k) for k in TwinsData.__dataclass_fields__},
             hidden=hidden,
             parcels=parcels_of(list(base.cohort.measures.columns)),
+            retest_rows=np.array([ids.index(s) for s in retest.index], dtype=int),
+            retest_edges=retest.to_numpy(float),
         )
         counts = {**summary.counts, **{f"{k}_pairs": int(v.sum() // 2) for k, v in hidden.items()}}
+        counts["retest_subjects"] = len(retest)
         return data, DataSummary(summary.data_hash, counts, summary.notes)
 
     def baseline(self, data: TwinsData, fold: Fold) -> Evaluation:
@@ -124,7 +130,13 @@ class TwinsFunctionalTask(TwinsTask):
         everyone = np.arange(len(data.families))
         fitted = self.standardizer(data, Fold(-2, everyone, everyone, everyone))
         S = np.corrcoef(fitted.transform(data.X, data.covariates))
-        return self._score(S, data, everyone).metrics
+        metrics = self._score(S, data, everyone).metrics
+        if isinstance(data, FunctionalData) and len(data.retest_rows) >= 2:
+            rows = data.retest_rows
+            first = fitted.transform(data.X[rows], data.covariates[rows])
+            second = fitted.transform(data.retest_edges, data.covariates[rows])
+            metrics["retest_top1"] = retest_identification(first, second)
+        return metrics
 
     def servable(self, module: L.LightningModule, data: TwinsData, fold: Fold) -> ServableModel:
         """Two people's connectomes (+ age, sex) in, twin probability and similarity out."""
@@ -147,6 +159,16 @@ class TwinsFunctionalTask(TwinsTask):
         else:
             evaluation.metrics.update({m: float("nan") for m in HIDDEN.values()})
         return evaluation
+
+
+def retest_identification(first: np.ndarray, second: np.ndarray) -> float:
+    """Share of subjects whose second-session connectome is closest to their own first one.
+
+    Rows of `first` and `second` are the same people; similarity is Pearson correlation.
+    """
+    n = len(first)
+    S = np.corrcoef(first, second)[:n, n:]  # (n, n): first-session rows × second-session
+    return float((S.argmax(axis=1) == np.arange(n)).mean())
 
 
 def parcels_of(edges: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from omegaconf import DictConfig
@@ -248,22 +248,78 @@ def _print_hooks(results: list[HookResult]) -> None:
 
 @data_app.command("fetch")
 def data_fetch(
-    dataset: Annotated[str, typer.Argument(help="Dataset name: qtim")],
+    dataset: Annotated[str, typer.Argument(help="qtim or qtim-synthetic")],
     dest: Annotated[Path | None, typer.Option(help="Target folder")] = None,
     mirror: Annotated[
-        str, typer.Option(help="Copy from this local copy instead of downloading ('' = download)")
+        str, typer.Option(help="qtim: copy from this local copy instead of downloading")
     ] = "",
+    modality: Annotated[str, typer.Option(help="qtim: structural or func")] = "structural",
+    families: Annotated[int | None, typer.Option(help="qtim-synthetic: families")] = None,
+    volumes: Annotated[int | None, typer.Option(help="qtim-synthetic: volumes per run")] = None,
 ) -> None:
-    """Download a dataset (needs internet); hashes are recorded in its manifest."""
+    """Download a dataset (hashes recorded), or write the synthetic rest-fMRI cohort."""
     from modelcycle.data.qtim import fetch_structural
+    from modelcycle.data.qtim_functional import fetch_functional
 
-    if dataset != "qtim":
-        raise typer.BadParameter(f"Unknown dataset {dataset!r}; available: qtim.")
+    downloads = {"structural": fetch_structural, "func": fetch_functional}
+    if dataset == "qtim-synthetic":
+        _fetch_synthetic(dest, families, volumes)
+        return
+    if dataset != "qtim" or modality not in downloads:
+        raise typer.BadParameter(
+            f"Unknown dataset {dataset!r} or modality {modality!r}; available: qtim "
+            "(--modality structural or func), qtim-synthetic."
+        )
     with _clear_errors():
         cfg = compose_config([])
         target = dest or Path(cfg.workspace) / "data" / "qtim"
-        record = fetch_structural(target, Path(mirror) if mirror else None)
+        record = downloads[modality](target, Path(mirror) if mirror else None)
     console.print(f"{len(record.files)} files in {record.root} (digest {record.digest()[:12]})")
+
+
+def _fetch_synthetic(dest: Path | None, families: int | None, volumes: int | None) -> None:
+    from modelcycle.data.qtim_functional import FunctionalSource
+
+    overrides = ["data=qtim_func"]
+    overrides += [f"data.synthetic_dir={dest}"] if dest else []
+    overrides += [f"data.families={families}"] if families else []
+    overrides += [f"data.n_volumes={volumes}"] if volumes else []
+    with _clear_errors():
+        source = FunctionalSource(**_data_settings(compose_config(overrides)))
+        root = source.resolve_root()
+    console.print(f"Synthetic QTIM-shaped cohort in {root}", soft_wrap=True)
+
+
+@data_app.command("prepare")
+def data_prepare(overrides: Overrides = None) -> None:
+    """Rest runs → parcel series (cached, parallel) → connectomes; skipped runs reported."""
+    from modelcycle.data.qtim_functional import FunctionalSource, prepare_dataset
+
+    with _clear_errors():
+        cfg = compose_config(["data=qtim_func", *(overrides or [])])
+        source = FunctionalSource(**_data_settings(cfg))
+        result = prepare_dataset(source, workspace_of(cfg) / "prepared" / "qtim-func")
+    p = result.prepared
+    console.print(
+        f"{len(p.subjects)} connectomes from {result.root}: {p.cached} from cache, "
+        f"{p.computed} computed, {len(p.failures)} skipped",
+        soft_wrap=True,
+    )
+    for failure in p.failures:
+        console.print(
+            f"  [yellow]skipped[/yellow] {failure.subject} {failure.path}: {failure.reason}"
+        )
+    for path in result.files:
+        console.print(f"wrote {path}", soft_wrap=True)
+
+
+def _data_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The data config as keyword arguments (without Hydra's keys)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(cfg.data, resolve=True)
+    assert isinstance(values, dict)
+    return {str(k): v for k, v in values.items() if not str(k).startswith("_")}
 
 
 @data_app.command("stats")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import lightning as L
 import numpy as np
@@ -18,7 +19,7 @@ from torch import nn
 
 from modelcycle.data.features import ResidualStandardizer
 from modelcycle.data.pair_loader import PairDataModule
-from modelcycle.data.qtim import Cohort, QTIMSource
+from modelcycle.data.qtim import Cohort
 from modelcycle.data.relations import Relation, pairs_of, relation_matrix, sample_unrelated
 from modelcycle.data.splits import group_holdout, group_kfold
 from modelcycle.evaluation.kinship import score_similarity
@@ -27,10 +28,19 @@ from modelcycle.models.encoders import FeatureSpace
 from modelcycle.models.pair_scoring import RawPairScorer
 from modelcycle.models.siamese import SiamesePairModel
 from modelcycle.servable import ServableModel
+from modelcycle.serving.adapter import ServingAdapter
 from modelcycle.tasks.base import DataSummary, Evaluation, Fold, Task, register_task
 from modelcycle.tasks.twins_serving import TwinsServing
 
 FINAL = -1  # index of the final (deployable) fit, apart from the CV folds
+
+
+class CohortSource(Protocol):
+    """Anything that loads a `Cohort`: QTIM's FreeSurfer tables, or connectomes."""
+
+    def load(self) -> Cohort:
+        """Read and validate the cohort."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -75,13 +85,18 @@ class TwinsTask(Task[TwinsData]):
         batch_size: Pairs per batch.
     """
 
-    serving = TwinsServing
+    serving: ClassVar[type[ServingAdapter]] = TwinsServing
     primary_metric = "auc_twin_vs_unrelated"
-    summary_metrics = ("auc_twin_vs_unrelated", "auc_sibling_vs_unrelated", "top1", "top5")
+    summary_metrics: ClassVar[tuple[str, ...]] = (
+        "auc_twin_vs_unrelated",
+        "auc_sibling_vs_unrelated",
+        "top1",
+        "top5",
+    )
 
     def __init__(
         self,
-        source: QTIMSource,
+        source: CohortSource,
         encoder: Callable[..., nn.Module],
         objective: str = "infonce",
         lr: float = 1e-3,

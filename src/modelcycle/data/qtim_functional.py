@@ -1,0 +1,268 @@
+"""QTIM resting-state fMRI as a cohort of connectomes: download, synthesize, prepare, load.
+
+Where the BOLD runs come from: `root` (a local BIDS copy: QTIM's raw runs, or fMRIPrep
+outputs in MNI space, which an MNI atlas requires), or, when `root` is empty, the synthetic
+QTIM-shaped cohort in `synthetic_dir`, written on first use. Either way the rest runs are
+indexed (`bids_index`), one per subject is picked, parcel series are extracted with a
+content-addressed cache (`connectomes`) and each subject's connectome becomes a row of
+upper-triangle edges, so the twins machinery (pairs, splits, baseline) applies unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modelcycle.data.bids_index import RestRun, index_rest_runs, pick_runs
+from modelcycle.data.connectomes import MaskerSettings, Prepared, connectomes, prepare_timeseries
+from modelcycle.data.openneuro import FetchRecord, copy_mirror, fetch_openneuro
+from modelcycle.data.parcellations import Parcellation, load_parcellation
+from modelcycle.data.qtim import DATASET_ID, Cohort, fetch_structural, read_participants
+from modelcycle.data.qtim_synthetic import (
+    SYNTHETIC_MANIFEST,
+    TRUTH_FILE,
+    SyntheticSpec,
+    write_synthetic_cohort,
+)
+from modelcycle.data.tables import DataError
+
+log = logging.getLogger(__name__)
+
+#: The resting-state runs and metadata of ds004169 (about 29 GB).
+FUNCTIONAL_FILES = (
+    "participants.tsv",
+    "participants.json",
+    "dataset_description.json",
+    "sub-*/ses-*/func/*task-rest_bold.nii.gz",
+    "sub-*/ses-*/func/*task-rest_bold.json",
+)
+
+
+def fetch_functional(target: Path, mirror: Path | None = None) -> FetchRecord:
+    """Download QTIM's rest runs with openneuro-py (resumable: present files are skipped).
+
+    With `mirror`, the same files are copied from that local copy instead of downloaded.
+    """
+    if mirror is not None:
+        return copy_mirror(DATASET_ID, mirror, target, FUNCTIONAL_FILES)
+    log.info("Downloading the resting-state runs of %s (about 29 GB) into %s", DATASET_ID, target)
+    return fetch_openneuro(DATASET_ID, target, FUNCTIONAL_FILES)
+
+
+def ensure_synthetic(
+    dest: Path, qtim_root: Path | None, spec: SyntheticSpec, progress: bool = False
+) -> Path:
+    """The synthetic cohort in `dest`, written once; a different spec there is an error."""
+    manifest = dest / SYNTHETIC_MANIFEST
+    wanted = json.loads(json.dumps(asdict(spec)))
+    if manifest.is_file():
+        found = json.loads(manifest.read_text())
+        if found != wanted:
+            raise DataError(
+                f"{dest} holds a synthetic cohort made with {found}, not {wanted}. Delete it "
+                "or set data.synthetic_dir to another folder."
+            )
+        return dest
+    source = Path(qtim_root) if qtim_root else fetch_structural(dest.parent / "qtim").root
+    write_synthetic_cohort(dest, source, spec, progress)
+    manifest.write_text(json.dumps(wanted, indent=2))
+    return dest
+
+
+@dataclass
+class FunctionalSource:
+    """Resting-state connectomes of QTIM (or its synthetic stand-in) as a twins `Cohort`.
+
+    Args:
+        root: A BIDS folder with rest runs; empty: the synthetic cohort.
+        synthetic_dir: Where the synthetic cohort is (written there on first use).
+        qtim_root: Real QTIM metadata the synthetic cohort samples families from
+            (participants.tsv, FILES.txt); empty: downloaded (2 MB).
+        families: Families in the synthetic cohort.
+        n_volumes: Volumes per synthetic run.
+        resolution_mm: Voxel size of the synthetic grid and the default atlas.
+        seed: Seed of the synthetic cohort.
+        atlas: `mni-kmeans` (offline), `schaefer` or `harvard-oxford`.
+        n_parcels: Parcels (graph nodes) of the atlas.
+        kind: `correlation`, `partial correlation` or `tangent`.
+        masker: Signal cleaning.
+        cache_dir: Content-addressed cache of parcel series.
+        n_jobs: Worker processes for extraction.
+        progress: Show progress bars.
+    """
+
+    root: Path | None = None
+    synthetic_dir: Path = Path(".modelcycle/data/qtim-synthetic")
+    qtim_root: Path | None = None
+    families: int = 60
+    n_volumes: int = 150
+    resolution_mm: int = 8
+    seed: int = 0
+    atlas: str = "mni-kmeans"
+    n_parcels: int = 32
+    kind: str = "correlation"
+    masker: MaskerSettings = field(default_factory=MaskerSettings)
+    cache_dir: Path = Path(".modelcycle/cache/parcel-series")
+    n_jobs: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.masker, dict):  # from Hydra config
+            values = dict(self.masker)
+            values["confounds"] = tuple(values.get("confounds", ()))
+            self.masker = MaskerSettings(**values)
+
+    def resolve_root(self) -> Path:
+        """The BIDS root: `root`, or the synthetic cohort (written when missing)."""
+        if self.root is not None:
+            root = Path(self.root).expanduser()
+            if not root.is_dir():
+                raise DataError(f"data.root={root} is not a directory; point it at a BIDS copy.")
+            return root
+        # The cohort's own generating parcellation stays the default whatever atlas prepares
+        # it: preparing with another atlas than the one that made the data is the real case.
+        spec = SyntheticSpec(
+            n_families=self.families,
+            n_volumes=self.n_volumes,
+            resolution_mm=self.resolution_mm,
+            seed=self.seed,
+        )
+        return ensure_synthetic(Path(self.synthetic_dir), self.qtim_root, spec, self.progress)
+
+    def parcellation(self) -> Parcellation:
+        """The configured atlas."""
+        return load_parcellation(
+            self.atlas, self.n_parcels, self.resolution_mm, Path(self.cache_dir).parent / "atlases"
+        )
+
+    def prepare(self) -> tuple[Path, Prepared, Parcellation]:
+        """Index the rest runs, pick one per subject, extract (or load) parcel series."""
+        root = self.resolve_root()
+        runs = pick_runs(index_rest_runs(root))
+        if not runs:
+            raise DataError(f"{root}: no `*task-rest*_bold.nii[.gz]` run found under it.")
+        parcellation = self.parcellation()
+        prepared = prepare_timeseries(
+            runs, parcellation, self.masker, Path(self.cache_dir), self.n_jobs, self.progress
+        )
+        return root, prepared, parcellation
+
+    def load(self) -> Cohort:
+        """Connectome edges per subject, joined with participants; exclusions named."""
+        root, prepared, parcellation = self.prepare()
+        participants = read_participants(root / "participants.tsv")
+        known = [s for s in prepared.subjects if s in participants.index]
+        rows = [prepared.subjects.index(s) for s in known]
+        matrices = connectomes([prepared.timeseries[i] for i in rows], self.kind)
+        measures = edge_table(matrices, parcellation.names, known)
+        exclusions = {
+            "no resting-state run": sorted(set(participants.index) - set(prepared.subjects)),
+            **{f"run skipped: {f.reason}": [f.subject] for f in prepared.failures},
+        }
+        digest = hashlib.sha256(
+            (root / "participants.tsv").read_bytes() + f"{prepared.digest()}|{self.kind}".encode()
+        ).hexdigest()
+        subjects = participants.loc[known]
+        return Cohort(subjects, measures, {k: v for k, v in exclusions.items() if v}, digest)
+
+    def retest(self, subjects: list[str]) -> pd.DataFrame:
+        """Edges of each subject's rest run from another session than the one picked.
+
+        For a same-person identification check (QTIM's test-retest group rescanned in
+        ses-02); subjects with a single rest session are absent. Same atlas, masker and
+        kind as `load` (tangent is refitted on these runs alone).
+        """
+        root = self.resolve_root()
+        found = index_rest_runs(root)
+        picked = pick_runs(found)
+        second = {
+            s: min(others, key=RestRun.sort_key)
+            for s in subjects
+            if (others := [r for r in found.get(s, []) if r.session != picked[s].session])
+        }
+        parcellation = self.parcellation()
+        if not second:
+            return edge_table(np.zeros((0, 0, 0)), parcellation.names, [])
+        prepared = prepare_timeseries(
+            second, parcellation, self.masker, Path(self.cache_dir), self.n_jobs, self.progress
+        )
+        matrices = connectomes(prepared.timeseries, self.kind)
+        return edge_table(matrices, parcellation.names, prepared.subjects)
+
+    def kinship(self) -> pd.DataFrame | None:
+        """The hidden relation of related pairs (synthetic cohort only), else None."""
+        path = self.resolve_root() / TRUTH_FILE
+        if not path.is_file():
+            return None
+        return pd.read_csv(path, sep="\t", dtype=str)
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """What `prepare_dataset` computed and wrote."""
+
+    root: Path
+    prepared: Prepared
+    files: list[Path]
+
+
+def prepare_dataset(source: FunctionalSource, out_dir: Path) -> PreparedDataset:
+    """Prepare every subject's connectome; write them, the failure report and a plot.
+
+    Files: `connectomes.npz` (subjects, parcels, matrices), `failures.tsv` (subject, file,
+    reason of every skipped run) and `mean_connectome.png`.
+    """
+    root, prepared, parcellation = source.prepare()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matrices = connectomes(prepared.timeseries, source.kind) if prepared.subjects else None
+    npz = out_dir / "connectomes.npz"
+    np.savez(
+        npz,
+        subjects=np.array(prepared.subjects),
+        parcels=np.array(parcellation.names),
+        matrices=np.zeros((0, 0, 0)) if matrices is None else matrices,
+    )
+    failures = out_dir / "failures.tsv"
+    rows = [(f.subject, f.path, f.reason) for f in prepared.failures]
+    pd.DataFrame(rows, columns=["participant_id", "file", "reason"]).to_csv(
+        failures, sep="\t", index=False
+    )
+    files = [npz, failures]
+    if matrices is not None:
+        files.append(_plot_mean(matrices, source.kind, out_dir / "mean_connectome.png"))
+    return PreparedDataset(root, prepared, files)
+
+
+def _plot_mean(matrices: np.ndarray, kind: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    mean = matrices.mean(axis=0)
+    limit = float(np.abs(mean - np.diag(np.diag(mean))).max()) or 1.0
+    shown = ax.imshow(mean, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    fig.colorbar(shown, ax=ax, shrink=0.8)
+    ax.set_title(f"mean {kind} over {len(matrices)} subjects")
+    ax.set_xlabel("parcel")
+    ax.set_ylabel("parcel")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def edge_table(matrices: np.ndarray, names: tuple[str, ...], subjects: list[str]) -> pd.DataFrame:
+    """Upper-triangle edges of each matrix as columns `a~b`, one row per subject."""
+    i, j = np.triu_indices(len(names), k=1)
+    columns = [f"{names[a]}~{names[b]}" for a, b in zip(i, j, strict=True)]
+    index = pd.Index(subjects, name="participant_id")
+    values = matrices[:, i, j] if len(subjects) else np.zeros((0, len(columns)))
+    return pd.DataFrame(values, index=index, columns=columns)

@@ -1,0 +1,152 @@
+"""A dense graph network over a connectome: parcels are nodes, strong connections are edges.
+
+Inputs are flat upper-triangle connectome vectors (batch, n_edges), as the pair datamodule
+and the correlation baseline use them. Inside, each vector becomes a graph with a fixed node
+count: node features = the node's connectivity profile (its row of the matrix), edges = the
+top-k |value| of each row (symmetrized), weighted by |value|. Everything is dense matrix
+algebra (gather, top-k, matmul), so the module exports to ONNX with a dynamic batch axis.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+from modelcycle.models.encoders import CorrelationSkip, FeatureSpace
+
+
+def n_nodes_of(n_edges: int) -> int:
+    """Node count N of an upper-triangle vector of N(N-1)/2 edges."""
+    n = (1 + math.isqrt(1 + 8 * n_edges)) // 2
+    if n * (n - 1) // 2 != n_edges:
+        raise ValueError(
+            f"{n_edges} features are not the upper triangle of a square connectome "
+            "(expected N(N-1)/2 for some N)."
+        )
+    return n
+
+
+def edge_gather_index(n_nodes: int) -> torch.Tensor:
+    """(N*N,) index into [edges..., 0]: cell (i, j) reads edge (min, max); the diagonal a 0."""
+    n_edges = n_nodes * (n_nodes - 1) // 2
+    index = torch.full((n_nodes, n_nodes), n_edges, dtype=torch.long)
+    rows, cols = torch.triu_indices(n_nodes, n_nodes, offset=1)
+    edge = torch.arange(n_edges)
+    index[rows, cols] = edge
+    index[cols, rows] = edge
+    return index.reshape(-1)
+
+
+def top_k_adjacency(C: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N, N) connectomes → weighted adjacency: each node's k strongest |links|, symmetric."""
+    strength = C.abs() * (1 - torch.eye(C.shape[-1], dtype=C.dtype))
+    kth = torch.topk(strength, k, dim=-1).values[..., -1:]  # (B, N, 1)
+    kept = strength * (strength >= kth).to(C.dtype)
+    return torch.maximum(kept, kept.transpose(1, 2))
+
+
+def normalize_adjacency(A: torch.Tensor) -> torch.Tensor:
+    """Symmetric normalization with self-loops, batched: D^-1/2 (A + I) D^-1/2."""
+    A = A + torch.eye(A.shape[-1], dtype=A.dtype)
+    d = A.sum(dim=-1).clamp_min(1e-6).rsqrt()
+    return A * d.unsqueeze(-1) * d.unsqueeze(-2)
+
+
+class DenseGraphLayer(nn.Module):
+    """One message-passing layer (GraphConv style): h' = relu(Â h W + h W_root)."""
+
+    def __init__(self, width_in: int, width_out: int) -> None:
+        super().__init__()
+        self.neighbours = nn.Linear(width_in, width_out)
+        self.root = nn.Linear(width_in, width_out, bias=False)
+
+    def forward(self, h: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """(B, N, F), (B, N, N) → (B, N, H)."""
+        return torch.relu(adjacency @ self.neighbours(h) + self.root(h))
+
+
+class DenseGNN(nn.Module):
+    """Stacked dense graph layers with a mean-and-max readout: invariant to node order."""
+
+    def __init__(self, width_in: int, hidden: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        widths = [width_in] + [hidden] * layers
+        self.layers = nn.ModuleList(DenseGraphLayer(a, b) for a, b in itertools.pairwise(widths))
+        self.dropout = nn.Dropout(dropout)
+
+    def nodes(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """Node features (B, N, F), normalized adjacency (B, N, N) → node states (B, N, H)."""
+        h = x
+        for layer in self.layers:
+            h = self.dropout(layer(h, adjacency))
+        return h
+
+    def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """Node features (B, N, F), normalized adjacency (B, N, N) → graph vector (B, 2H)."""
+        h = self.nodes(x, adjacency)
+        return torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=1)
+
+
+class ConnectomeGraphEncoder(nn.Module):
+    """Siamese encoder over one subject's connectome graph.
+
+    Args:
+        space: The input features: N(N-1)/2 processed connectome edges.
+        hidden: Width of the graph layers.
+        layers: Number of graph layers.
+        top_k: Edges kept per node.
+        dropout: Dropout after each graph layer.
+        dim: Embedding width when `residual` is false.
+        residual: Add the graph readout, through a zero-initialized layer, to the
+            `CorrelationSkip` of the edges, so training starts at the correlation baseline.
+        readout: `pool` (mean and max over nodes: invariant to node order) or `nodes`
+            (every node's state in atlas order: a fixed atlas makes node identity meaningful,
+            and a fingerprint lives in which region deviates).
+    """
+
+    cell: torch.Tensor  # (N*N,) gather index from padded edges to the square matrix
+
+    def __init__(
+        self,
+        space: FeatureSpace,
+        hidden: int = 32,
+        layers: int = 2,
+        top_k: int = 8,
+        dropout: float = 0.1,
+        dim: int = 64,
+        residual: bool = True,
+        readout: str = "pool",
+    ) -> None:
+        super().__init__()
+        if readout not in ("pool", "nodes"):
+            raise ValueError(f"readout={readout!r} is not one of ['nodes', 'pool'].")
+        self.n_nodes, self.readout = n_nodes_of(space.n_features), readout
+        if not 1 <= top_k < self.n_nodes:
+            raise ValueError(f"top_k={top_k} must be between 1 and {self.n_nodes - 1} (nodes - 1).")
+        self.top_k = top_k
+        self.register_buffer("cell", edge_gather_index(self.n_nodes))
+        self.gnn = DenseGNN(self.n_nodes, hidden, layers, dropout)
+        width = 2 * hidden if readout == "pool" else self.n_nodes * hidden
+        self.head = nn.Linear(width, space.n_features if residual else dim)
+        self.skip = CorrelationSkip(space.n_features) if residual else None
+        if residual:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def graph(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Edges (B, E) → node features (B, N, N) and normalized adjacency (B, N, N)."""
+        padded = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
+        C = padded[:, self.cell].reshape(-1, self.n_nodes, self.n_nodes)
+        return C, normalize_adjacency(top_k_adjacency(C, self.top_k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, E) → (B, E) when residual, else (B, dim)."""
+        nodes, adjacency = self.graph(x)
+        if self.readout == "pool":
+            out = self.head(self.gnn(nodes, adjacency))
+        else:
+            out = self.head(self.gnn.nodes(nodes, adjacency).flatten(1))
+        return out if self.skip is None else self.skip(x) + out

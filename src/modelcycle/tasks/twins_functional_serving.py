@@ -1,0 +1,117 @@
+"""Serving functional twins: two people's connectomes (+ age, sex) in, twin probability out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelcycle.serving.adapter import RequestError, ServingAdapter
+from modelcycle.tasks.twins_serving import Finite
+
+SYMMETRY_TOLERANCE = 1e-3
+
+
+class ConnectomeSubject(BaseModel):
+    """One person: a square, symmetric parcel-by-parcel connectivity matrix, age and sex."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connectome: list[list[Finite]] = Field(
+        description="N×N connectivity (the model's parcels, in GET /v1/models order)",
+        max_length=512,
+    )
+    age: Annotated[float, Field(gt=0, lt=120, allow_inf_nan=False, strict=True)]
+    sex: Literal["M", "F"]
+    acquisition: Literal[1, 2] = Field(1, description="T1w acquisition: 1 coronal, 2 sagittal")
+
+
+class ConnectomePairRequest(BaseModel):
+    """Are `a` and `b` twins?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    a: ConnectomeSubject
+    b: ConnectomeSubject
+
+
+class FunctionalServing(ServingAdapter):
+    """Adapter of the functional twins task; `info["parcels"]` names the matrix rows."""
+
+    request_type = ConnectomePairRequest
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        super().__init__(info)
+        self.parcels: list[str] = list(info["parcels"])
+        self.n = len(self.parcels)
+        self.upper = np.triu_indices(self.n, k=1)
+
+    def decode(self, request: BaseModel) -> list[np.ndarray]:
+        """Rows a, a_covariates, b, b_covariates: upper-triangle edges and covariates."""
+        assert isinstance(request, ConnectomePairRequest)
+        a, a_cov = self._subject(request.a, "a")
+        b, b_cov = self._subject(request.b, "b")
+        return [a, a_cov, b, b_cov]
+
+    def _subject(self, subject: ConnectomeSubject, key: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = subject.connectome
+        if len(rows) != self.n or any(len(r) != self.n for r in rows):
+            shape = f"{len(rows)}×{len(rows[0]) if rows else 0}"
+            raise RequestError(
+                f"{key}.connectome: shape {shape}; the model takes {self.n}×{self.n} matrices "
+                f"over its parcels ({self.parcels[:2]}…, GET /v1/models lists them)."
+            )
+        matrix = np.asarray(rows, dtype=np.float32)
+        asymmetry = float(np.abs(matrix - matrix.T).max())
+        if asymmetry > SYMMETRY_TOLERANCE:
+            raise RequestError(
+                f"{key}.connectome: not symmetric (largest |m[i,j] - m[j,i]| = {asymmetry:.3g}); "
+                "send a connectivity matrix, not time series."
+            )
+        covariates = [
+            subject.age,
+            1.0 if subject.sex == "M" else 0.0,
+            float(subject.acquisition == 2),
+        ]
+        return matrix[self.upper][None, :], np.array([covariates], dtype=np.float32)
+
+    def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
+        """Per pair: mean age, and each subject's mean and spread of connectivity."""
+        a, a_cov, b, b_cov = inputs
+        return {
+            "age": float((a_cov[0, 0] + b_cov[0, 0]) / 2),
+            "a_mean_connectivity": float(a.mean()),
+            "b_mean_connectivity": float(b.mean()),
+            "a_connectivity_std": float(a.std()),
+            "b_connectivity_std": float(b.std()),
+        }
+
+    def examples(
+        self, held_out: list[np.ndarray], target: np.ndarray | None
+    ) -> list[dict[str, Any]]:
+        """Two twin-like and two unrelated held-out pairs (their labels are known)."""
+        labels = np.zeros(len(held_out[0])) if target is None else target
+        picks = [*np.flatnonzero(labels == 1)[:2], *np.flatnonzero(labels == 0)[:2]]
+        examples = []
+        for n, i in enumerate(picks):
+            kind = "twin-like pair" if labels[i] == 1 else "unrelated pair"
+            request = {
+                "a": self._as_subject(held_out[0][i], held_out[1][i]),
+                "b": self._as_subject(held_out[2][i], held_out[3][i]),
+            }
+            examples.append(
+                {"id": f"example-{n + 1}", "label": f"{kind} (held out)", "request": request}
+            )
+        return examples
+
+    def _as_subject(self, edges: np.ndarray, covariates: np.ndarray) -> dict[str, Any]:
+        matrix = np.eye(self.n)
+        matrix[self.upper] = edges
+        matrix.T[self.upper] = edges
+        return {
+            "connectome": np.round(matrix, 5).tolist(),
+            "age": float(covariates[0]),
+            "sex": "M" if covariates[1] > 0.5 else "F",
+            "acquisition": 2 if covariates[2] > 0.5 else 1,
+        }

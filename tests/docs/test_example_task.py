@@ -3,8 +3,6 @@ the registry gates and promotes it, export checks ONNX parity, and the server an
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -12,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import modelcycle.tasks.base as base
+from example_task import EXAMPLE, load_example
 from modelcycle.pipeline import PipelineSettings, release, run_pipeline
 from modelcycle.registry import Registry
 from modelcycle.serving.app import ServeSettings, create_app
@@ -19,20 +18,11 @@ from modelcycle.serving.loading import load_served
 from modelcycle.tracking import Tracker, TrackingSettings
 from modelcycle.training import TrainerSettings
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "blobs_task.py"
-
 
 @pytest.fixture
 def example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """The example module, imported into a copy of the task registry."""
-    base.available_tasks()  # built-in tasks first, so the copy holds them
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-    spec = importlib.util.spec_from_file_location("blobs_task_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # saved models pickle its classes
-    spec.loader.exec_module(module)
-    return module
+    """The example module, registered in a copy of the task registry."""
+    return load_example(monkeypatch)
 
 
 def test_the_example_is_about_a_hundred_lines() -> None:

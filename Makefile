@@ -8,7 +8,7 @@ QTIM_ROOT ?= $(wildcard ../shared/data/qtim)
 QTIM_ARG := $(if $(QTIM_ROOT),data.root=$(abspath $(QTIM_ROOT)),)
 export QTIM_ROOT
 
-.PHONY: setup browser demo test test-fast lint format clean
+.PHONY: setup browser prometheus demo test test-fast lint format clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,16 @@ browser:
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update && \
 		$(SUDO) apt-get install -y --no-install-recommends chromium; }
 
-test: $(STAMP) browser
+# Debian's Prometheus (prometheus + promtool) for the alert-rule tests and the real-Prometheus
+# test. Installed only when either program is missing; its service is never started here.
+prometheus:
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
+	fi
+	@promtool --version >/dev/null && prometheus --version >/dev/null
+
+test: $(STAMP) browser prometheus
 	$(BIN)/pytest
 
 test-fast: $(STAMP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,11 +21,13 @@ from modelcycle.config import (
     assemble,
     build_registry,
     compose_config,
+    monitor_config,
     workspace_of,
 )
 from modelcycle.data.openneuro import FetchError
 from modelcycle.data.tables import DataError
 from modelcycle.evaluation.report import CVReport
+from modelcycle.monitoring.drift import DriftSummary
 from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
@@ -206,6 +209,80 @@ def serve(
         app_, config = build_server(cfg, references)
     console.print(f"Serving {', '.join(references)} on http://{config.host}:{config.port}/")
     run_server(app_, config.host, config.port)
+
+
+@app.command()
+def monitor(
+    reference: Annotated[str, typer.Argument(help="NAME@ALIAS of a served model")],
+    overrides: Overrides = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only captures this recent: 45s, 30m, 2h, 1d")
+    ] = None,
+    last: Annotated[int | None, typer.Option(help="Only the newest N captures", min=1)] = None,
+) -> None:
+    """Test a model's captured requests for drift against its reference; exit 1 on drift.
+
+    Exit codes: 0 no drift, 1 drift, 2 too few captures or bad input.
+    """
+    from modelcycle.monitoring.drift import TooFewCapturesError
+    from modelcycle.monitoring.monitor import monitor as check
+
+    started = None if since is None else time.time() - parse_duration(since)
+    with _clear_errors():
+        cfg = compose_config(overrides or [])
+        settings = monitor_config(cfg).drift
+        registry = build_registry(cfg)
+        try:
+            run = check(registry, reference, workspace_of(cfg), settings, started, last)
+        except (TooFewCapturesError, FileNotFoundError) as err:
+            console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+            raise typer.Exit(code=2) from err
+    summary = run.check.summary
+    console.print(drift_table(summary))
+    verdict = "[red]DRIFT[/red]" if summary.drift_detected else "[green]no drift[/green]"
+    console.print(f"{verdict}: {summary.detail}", soft_wrap=True)
+    console.print(f"Report: {run.report_dir}", soft_wrap=True)
+    raise typer.Exit(code=1 if summary.drift_detected else 0)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as 45s, 30m, 2h or 1d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:].lower()
+    try:
+        seconds = float(number) * units[unit]
+    except (KeyError, ValueError):
+        raise typer.BadParameter(
+            f"{text!r} is not a duration; write a number and a unit s, m, h or d, e.g. 30m."
+        ) from None
+    if not seconds > 0:
+        raise typer.BadParameter(f"{text!r}: the duration must be positive, e.g. 30m.")
+    return seconds
+
+
+def drift_table(summary: DriftSummary) -> Table:
+    """One row per tested column: KS statistic, p-value, means, verdict."""
+    table = Table(
+        title=f"{summary.model} v{summary.version}: {summary.n_current} requests vs "
+        f"{summary.n_reference} reference rows (p < {summary.threshold or 0:.3g} drifts)"
+    )
+    for column in ("column", "kind", "KS", "p-value", "reference mean", "current mean", ""):
+        table.add_column(column, justify="left" if column in ("column", "kind") else "right")
+    for f in summary.features:
+        table.add_row(
+            f.name,
+            f.kind,
+            _num(f.statistic, ".3f"),
+            _num(f.p_value, ".2g"),
+            _num(f.reference_mean, ".4g"),
+            _num(f.current_mean, ".4g"),
+            "[red]drift[/red]" if f.drifted else "",
+        )
+    return table
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def _print_hooks(results: list[HookResult]) -> None:

@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +22,7 @@ from modelcycle.config import (
     assemble,
     build_registry,
     compose_config,
+    loadtest_config,
     monitor_config,
     workspace_of,
 )
@@ -243,6 +245,50 @@ def monitor(
     console.print(f"{verdict}: {summary.detail}", soft_wrap=True)
     console.print(f"Report: {run.report_dir}", soft_wrap=True)
     raise typer.Exit(code=1 if summary.drift_detected else 0)
+
+
+@app.command()
+def loadtest(
+    url: Annotated[str, typer.Argument(help="The server, e.g. http://127.0.0.1:8000")],
+    overrides: Overrides = None,
+    users: Annotated[int | None, typer.Option(help="Concurrent users", min=1)] = None,
+    spawn_rate: Annotated[float | None, typer.Option(help="Users started per second")] = None,
+    duration: Annotated[str | None, typer.Option(help="How long: 30s, 2m")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name when several are served")] = None,
+) -> None:
+    """Load test a running server with Locust; exit 1 when a budget (p99, errors, RPS) is missed.
+
+    Budgets and defaults come from the `loadtest` config group (loadtest.p99_ms=100 ...).
+    """
+    from modelcycle.loadtest import LoadTestError, run_loadtest
+
+    with _clear_errors():
+        cfg = compose_config(overrides or [])
+        plan, budgets = loadtest_config(cfg)
+    try:
+        plan = replace(
+            plan,
+            users=users or plan.users,
+            spawn_rate=spawn_rate or plan.spawn_rate,
+            duration_s=parse_duration(duration) if duration else plan.duration_s,
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    out = workspace_of(cfg) / "reports" / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}"
+    console.print(f"Locust: {plan.users} users for {plan.duration_s:g} s against {url} ...")
+    try:
+        result = run_loadtest(url, plan, budgets, out, model, cfg.serve.api_key)
+    except LoadTestError as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(code=2) from err
+    console.print(
+        f"{result.model}: {result.requests} requests, {result.rps:.1f} req/s, "
+        f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms, errors {result.error_rate:.2%}"
+    )
+    for miss in result.misses:
+        console.print(f"[red]budget missed:[/red] {miss}")
+    console.print(f"Report (CSV, HTML, summary.json): {out}", soft_wrap=True)
+    raise typer.Exit(code=0 if result.passed else 1)
 
 
 def parse_duration(text: str) -> float:

@@ -13,6 +13,7 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from modelcycle.loadtest import Budgets, LoadPlan
 from modelcycle.monitoring.drift import DriftSettings
 from modelcycle.pipeline import PipelineSettings
 from modelcycle.registry import Registry
@@ -154,3 +155,16 @@ def monitor_config(cfg: DictConfig) -> MonitorConfig:
             f"window={window} at least 2."
         )
     return MonitorConfig(drift, float(interval), int(window))
+
+
+def loadtest_config(cfg: DictConfig) -> tuple[LoadPlan, Budgets]:
+    """The `loadtest` config group: how hard and how long, and the budgets."""
+    values: dict[str, Any] = OmegaConf.to_container(cfg.loadtest, resolve=True)  # type: ignore[assignment]
+    plan_keys = ("users", "spawn_rate", "duration_s")
+    plan = {k: values.pop(k) for k in plan_keys if k in values}
+    try:
+        return _build(LoadPlan, "loadtest", **plan), _build(Budgets, "loadtest", **values)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"loadtest config: {err}") from err

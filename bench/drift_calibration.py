@@ -11,6 +11,7 @@ siamese encoder, which starts exactly at the correlation baseline; drift feature
 depend on training.
 
     python bench/drift_calibration.py --data ../shared/data/qtim [--window 50] [--windows 200]
+        [--reference held-out]  # the validation families' pairs alone as the reference
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def fold_rows(
     servable = task.servable(task.model(data, fold), data, fold)
     assert servable.reference is not None
     adapter = TwinsServing(servable.info)
-    reference = frame(servable, adapter, servable.reference)
+    sample = servable.held_out if args.reference == "held-out" else servable.reference
+    reference = frame(servable, adapter, sample)
     pairs, labels = _labelled_pairs(data.relations, fold.test, 1, seed=2)
     X, C = data.X.astype(np.float32), data.covariates.astype(np.float32)
     pool_inputs = [X[pairs[:, 0]], C[pairs[:, 0]], X[pairs[:, 1]], C[pairs[:, 1]]]
@@ -124,6 +126,12 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=50, help="requests per window")
     parser.add_argument("--windows", type=int, default=200, help="windows per shift and fold")
     parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument(
+        "--reference",
+        choices=("reference", "held-out"),
+        default="reference",
+        help="compare with reference.npz (default) or with the held-out pairs alone",
+    )
     parser.add_argument("--out", type=Path, default=Path(".modelcycle/reports/drift-calibration"))
     args = parser.parse_args()
     torch.set_num_threads(1)

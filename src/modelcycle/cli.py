@@ -59,8 +59,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
         force=True,
     )
-    # Lightning's start-up banners (accelerators, tips) say nothing about this run.
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    # Lightning's start-up banners (accelerators, tips) and the HTTP client's line per
+    # request (loadtest) say nothing about this run.
+    for name in ("lightning.pytorch", "lightning.fabric", "httpx"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=DeprecationWarning)
 

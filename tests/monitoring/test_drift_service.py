@@ -93,6 +93,8 @@ def test_a_shifted_window_is_reported_as_drift_with_gauges(
     assert series[level] < body.threshold  # type: ignore[operator]
     checks = ("modelcycle_drift_checks_total", (("model", "twins"), ("status", "drift")))
     assert series[checks] == 1.0
+    route = (("model", "twins"), ("route", "/v1/models/{name}/drift"), ("status", "200"))
+    assert series[("modelcycle_requests_total", route)] >= 2
 
 
 def test_unknown_model_is_404_and_the_route_is_documented(
@@ -123,3 +125,14 @@ def test_the_background_thread_checks_on_its_interval(
             time.sleep(0.1)
         assert status == "no_drift", f"no finished drift check within {WAIT_SECONDS} s: {status}"
     assert service._thread is not None and not service._thread.is_alive()  # stopped with the app
+
+
+def test_the_drift_route_needs_the_api_key_when_one_is_set(
+    champion: ServedModel, tmp_path: Path
+) -> None:
+    store = CaptureStore(tmp_path / "capture.db")
+    service = DriftService(store, DriftSettings(), interval_seconds=0, window=30)
+    app = create_app(lambda: [champion], ServeSettings(api_key="k"), store, drift=service)
+    with TestClient(app) as client:
+        assert client.get(DRIFT).status_code == 401
+        assert client.get(DRIFT, headers={"Authorization": "Bearer k"}).status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,13 @@ def evidently_report(check: DriftCheck, out_dir: Path) -> tuple[Path, Path]:
     columns = tested_columns(check.summary)
     definition = DataDefinition(numerical_columns=columns)
     report = Report([DataDriftPreset(method="ks", threshold=check.summary.threshold)])
-    run = report.run(
-        Dataset.from_pandas(check.current[columns], data_definition=definition),
-        Dataset.from_pandas(check.reference[columns], data_definition=definition),
-    )
+    with warnings.catch_warnings():
+        # its correlation widgets divide by zero on constant columns (e.g. nothing missing)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        run = report.run(
+            Dataset.from_pandas(check.current[columns], data_definition=definition),
+            Dataset.from_pandas(check.reference[columns], data_definition=definition),
+        )
     html, data = out_dir / "evidently.html", out_dir / "evidently.json"
     run.save_html(str(html))
     run.save_json(str(data))

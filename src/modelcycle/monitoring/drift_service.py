@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 from fastapi import APIRouter
@@ -131,9 +132,9 @@ class DriftService:
             alpha=self.settings.alpha,
         )
 
-    def router(self) -> APIRouter:
-        """The drift route, to include under /v1."""
-        router = APIRouter()
+    def router(self, prefix: str, dependencies: Sequence[Any] = ()) -> APIRouter:
+        """The drift route under `prefix` (its own prefix: the route label of /metrics)."""
+        router = APIRouter(prefix=prefix, dependencies=list(dependencies))
 
         @router.get(
             "/models/{name}/drift",

@@ -286,7 +286,8 @@ def _add_routes(
     async def page() -> str:
         return files("modelcycle.serving").joinpath("static/index.html").read_text()
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_key_check(settings))])
+    key_check = [Depends(_key_check(settings))]
+    v1 = APIRouter(prefix="/v1", dependencies=key_check)
 
     @v1.get("/models")
     async def list_models() -> JSONResponse:
@@ -326,9 +327,9 @@ def _add_routes(
         }
         return JSONResponse(body)
 
-    if drift is not None:
-        v1.include_router(drift.router())
     app.include_router(v1)
+    if drift is not None:
+        app.include_router(drift.router("/v1", key_check))
     _document_requests(app, state)
 
 

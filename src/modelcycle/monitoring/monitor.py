@@ -73,8 +73,7 @@ def version_captures(
     store: CaptureStore, served: ServedModel, since: float | None, last: int | None
 ) -> list[Capture]:
     """Captures answered by `served`'s version, oldest first; `last` keeps the newest N."""
-    rows = [c for c in store.read(served.name, since) if c.version == served.version]
-    return rows[-last:] if last else rows
+    return store.read(served.name, since, last, version=served.version)
 
 
 def check_drift(

@@ -33,10 +33,12 @@ browser:
 # test. Installed only when either program is missing; its service is never started here.
 prometheus:
 	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
+		echo "make prometheus: promtool or prometheus missing; installing Debian's prometheus"; \
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
 	fi
-	@promtool --version >/dev/null && prometheus --version >/dev/null
+	@promtool --version >/dev/null 2>&1 || { echo "make prometheus: promtool does not run"; exit 1; }
+	@prometheus --version >/dev/null 2>&1 || { echo "make prometheus: prometheus does not run"; exit 1; }
 
 test: $(STAMP) browser prometheus
 	$(BIN)/pytest

@@ -4,14 +4,15 @@ For each family-grouped fold, the reference sample is drawn from the training fa
 served twins model saves it (`reference.npz`), and windows of requests are drawn from the
 test fold's pairs (families the model never saw): as they are (false alarms), and with a
 shift injected into both subjects' measures (detections): a scanner/site offset (every
-measure times 1+s), measurement noise (Gaussian, s times each measure's sd) and missing
-measures (a share s of each subject's measures absent). Beside each shift size: the served
-model's ROC-AUC (twin-like vs unrelated) on the shifted pool. The model is the untrained
-siamese encoder, which starts exactly at the correlation baseline; drift features do not
-depend on training.
+measure times 1+s), the same offset of the cortical thickness measures only, measurement
+noise (Gaussian, s times each measure's sd) and missing measures (a share s of each
+subject's measures absent). Beside each shift size: the served model's ROC-AUC (twin-like
+vs unrelated) on the shifted pool. The model is the untrained siamese encoder, which starts
+exactly at the correlation baseline; drift features do not depend on training.
 
     python bench/drift_calibration.py --data ../shared/data/qtim [--window 50] [--windows 200]
         [--reference held-out]  # the validation families' pairs alone as the reference
+        [--without pc1 pc2 pc3]  # leave drift columns out
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from modelcycle.tasks.twins_serving import TwinsServing
 
 SHIFTS = {
     "site offset": (0.0, 0.02, 0.05, 0.1),
+    "thickness offset": (0.02, 0.05, 0.1),
     "noise": (0.0, 0.1, 0.25, 0.5),
     "missing": (0.0, 0.05, 0.1, 0.2),
 }
@@ -42,7 +44,7 @@ OUTPUTS = ("probability", "similarity")
 
 
 def shifted(
-    inputs: list[np.ndarray], kind: str, size: float, sd: np.ndarray, seed: int
+    inputs: list[np.ndarray], kind: str, size: float, sd: np.ndarray, thick: np.ndarray, seed: int
 ) -> list[np.ndarray]:
     """The pairs' inputs with one shift applied to both subjects' measures."""
     rng = np.random.default_rng(seed)
@@ -50,6 +52,8 @@ def shifted(
     for X in (a, b):
         if kind == "site offset":
             X *= 1 + size
+        elif kind == "thickness offset":  # one kind of measure only (cortical thickness)
+            X[:, thick] *= 1 + size
         elif kind == "noise":
             X += rng.normal(0, 1, X.shape).astype(np.float32) * size * sd.astype(np.float32)
         elif kind == "missing":
@@ -74,18 +78,20 @@ def fold_rows(
     assert servable.reference is not None
     adapter = TwinsServing(servable.info)
     sample = servable.held_out if args.reference == "held-out" else servable.reference
-    reference = frame(servable, adapter, sample)
+    reference = frame(servable, adapter, sample).drop(columns=args.without)
     pairs, labels = _labelled_pairs(data.relations, fold.test, 1, seed=2)
     X, C = data.X.astype(np.float32), data.covariates.astype(np.float32)
     pool_inputs = [X[pairs[:, 0]], C[pairs[:, 0]], X[pairs[:, 1]], C[pairs[:, 1]]]
     sd = np.nanstd(data.X[fold.train], axis=0)
+    thick = np.array(["thick" in name.lower() for name in data.cohort.measures.columns])
     settings = DriftSettings(alpha=args.alpha, min_captures=2)
     rows = []
     for kind, sizes in SHIFTS.items():
         for size in sizes:
             if size == 0 and kind != "site offset":
                 continue  # the unshifted pool once per fold
-            pool = frame(servable, adapter, shifted(pool_inputs, kind, size, sd, seed=fold_index))
+            pool = frame(servable, adapter, shifted(pool_inputs, kind, size, sd, thick, fold_index))
+            pool = pool.drop(columns=args.without)
             rates = flag_rate(reference, pool, OUTPUTS, args.window, args.windows, settings, seed=7)
             auc = roc_auc_score(labels, pool["probability"])
             name = "none" if size == 0 else kind
@@ -132,6 +138,7 @@ def main() -> None:
         default="reference",
         help="compare with reference.npz (default) or with the held-out pairs alone",
     )
+    parser.add_argument("--without", nargs="*", default=[], help="columns left out (ablation)")
     parser.add_argument("--out", type=Path, default=Path(".modelcycle/reports/drift-calibration"))
     args = parser.parse_args()
     torch.set_num_threads(1)

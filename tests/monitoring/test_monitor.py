@@ -86,7 +86,8 @@ def test_unshifted_requests_do_not_drift_and_the_report_is_written(
     summary = json.loads((report / "drift.json").read_text())
     assert summary["status"] == "no_drift" and summary["n_current"] == N_REQUESTS
     assert {f["name"] for f in summary["features"]} == {
-        "age", "male_share", "missing_share", "level", "spread", "probability", "similarity"
+        "age", "male_share", "missing_share", "level", "spread", "pc1", "pc2", "pc3",
+        "probability", "similarity",
     }  # fmt: skip
     assert (report / "drift.png").stat().st_size > 10_000
     assert "<html" in (report / "evidently.html").read_text()[:2000].lower()

@@ -210,6 +210,9 @@ class TwinsTask(Task[TwinsData]):
                 "features": list(data.cohort.measures.columns),
                 "covariates": ["age (years)", "sex (M=1, F=0)", "T1w acquisition (sagittal=1)"],
                 "standardizer": standardizer.to_dict(),
+                "principal_axes": _principal_axes(
+                    standardizer.transform(data.X[fold.train], data.covariates[fold.train])
+                ).tolist(),
             },
             target=labels.astype(np.float32),
             reference=inputs(reference),
@@ -224,6 +227,12 @@ class TwinsTask(Task[TwinsData]):
     def plot(self, model: Evaluation, baseline: Evaluation, out_dir: Path, tag: str) -> list[Path]:
         """ROC curves, similarity histograms per relation and co-twin retrieval curves."""
         return plot_kinship({"model": model, "baseline": baseline}, out_dir, tag)
+
+
+def _principal_axes(Z: np.ndarray, k: int = 3) -> np.ndarray:
+    """The `k` leading principal axes (k, n_features) of processed training rows `Z`."""
+    _, _, vt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
+    return vt[:k]
 
 
 def _labelled_pairs(

@@ -52,6 +52,7 @@ class TwinsServing(ServingAdapter):
         self.column = {name: i for i, name in enumerate(self.features)}
         fitted = info.get("standardizer")  # absent from models saved before drift features
         self.standardizer = None if fitted is None else ResidualStandardizer.from_dict(fitted)
+        self.axes = np.asarray(info.get("principal_axes", np.zeros((0, len(self.features)))))
 
     def decode(self, request: BaseModel) -> list[np.ndarray]:
         """Rows a, a_covariates, b, b_covariates (NaN where a measure is missing)."""
@@ -86,12 +87,14 @@ class TwinsServing(ServingAdapter):
         return row, np.array([covariates], dtype=np.float32)
 
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
-        """Per pair: age, male and missing shares, level and spread of the processed measures.
+        """Per pair: age, male and missing shares, level, spread and principal components.
 
         Pair means, not one feature per subject: which subject comes first is not random (it
         tracks the scan period). Level and spread are the mean and standard deviation across
         measures of each subject's covariate-regressed z-scores (the model's own input), which
-        a site or scanner offset moves even when raw measures stay plausible.
+        a site or scanner offset moves even when raw measures stay plausible; `pc1`... are
+        their projections on the training rows' leading principal axes, which a shift of a
+        group of measures (one lobe, one kind of measure) moves while the level may not.
         """
         a, a_cov, b, b_cov = inputs
         features = {
@@ -103,6 +106,8 @@ class TwinsServing(ServingAdapter):
             z = self.standardizer.transform(np.r_[a, b], np.r_[a_cov, b_cov])
             features["level"] = float(z.mean(axis=1).mean())
             features["spread"] = float(z.std(axis=1).mean())
+            for k, value in enumerate((z @ self.axes.T).mean(axis=0)):
+                features[f"pc{k + 1}"] = float(value)
         return features
 
     def examples(

@@ -8,7 +8,7 @@ QTIM_ROOT ?= $(wildcard ../shared/data/qtim)
 QTIM_ARG := $(if $(QTIM_ROOT),data.root=$(abspath $(QTIM_ROOT)),)
 export QTIM_ROOT
 
-.PHONY: setup browser demo test test-fast lint format docs clean
+.PHONY: setup browser prometheus demo test test-fast lint format docs clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,18 @@ browser:
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update && \
 		$(SUDO) apt-get install -y --no-install-recommends chromium; }
 
-test: $(STAMP) browser
+# Debian's Prometheus (prometheus + promtool) for the alert-rule tests and the real-Prometheus
+# test. Installed only when either program is missing; its service is never started here.
+prometheus:
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
+		echo "make prometheus: promtool or prometheus missing; installing Debian's prometheus"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
+	fi
+	@promtool --version >/dev/null 2>&1 || { echo "make prometheus: promtool does not run"; exit 1; }
+	@prometheus --version >/dev/null 2>&1 || { echo "make prometheus: prometheus does not run"; exit 1; }
+
+test: $(STAMP) browser prometheus
 	$(BIN)/pytest
 
 test-fast: $(STAMP)

@@ -1,9 +1,14 @@
-"""A real `modelcycle serve` process for tests: start it on a free loopback port, wait for
-/readyz, always stop it. Shared by the serving, monitoring and deployment tests."""
+"""Real processes on loopback for tests: `modelcycle serve`, Prometheus, the API entry script.
+
+Ports are chosen free, every wait is bounded, a process is always stopped on exit, and a
+failure message carries the tail of the process's output. Shared by the serving,
+monitoring, load-test and deployment tests.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,23 +21,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-READY_TIMEOUT = 60.0  # seconds for the process to load, warm up and answer /readyz
+READY_TIMEOUT = 90.0  # seconds: loading torch/onnxruntime on a busy 2-core machine
 
 
 @dataclass
 class Server:
-    """A running `modelcycle serve` process and where its output goes."""
+    """A started program, its URL and where its output goes."""
 
     process: subprocess.Popen[bytes]
     url: str
     log: Path
 
-    def output(self) -> str:
-        """The tail of the process's stdout and stderr, for failure messages."""
+    def output(self, lines: int = 60) -> str:
+        """The tail of the process's output (200 OK access lines left out), for failures."""
         text = self.log.read_text(errors="replace") if self.log.is_file() else ""
-        lines = [line for line in text.splitlines() if not line.endswith('" 200 OK')]
-        tail = "\n".join(lines[-60:])
-        return f"exit code {self.process.poll()}; server output (200 OK lines left out):\n{tail}"
+        kept = [line for line in text.splitlines() if not line.endswith('" 200 OK')]
+        tail = "\n".join(kept[-lines:])
+        return f"exit code {self.process.poll()}; output of {self.log.name}:\n{tail}"
 
 
 def free_port() -> int:
@@ -42,62 +47,81 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def running_server(
-    root: Path, log: Path, reference: str = "twins@champion", extra: tuple[str, ...] = ()
-) -> Iterator[Server]:
-    """Start `modelcycle serve` on a free port, wait for /readyz, always kill it afterwards."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "modelcycle",
-        "serve",
-        reference,
+def require_program(name: str) -> str:
+    """The path of `name`, or a test failure that says how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed; run `make prometheus` (Debian's prometheus).")
+    return path
+
+
+def serve_command(
+    root: Path, port: int, *extra: str, reference: str = "twins@champion"
+) -> list[str]:
+    """`modelcycle serve REFERENCE` on loopback `port` with the workspace `root`."""
+    return [
+        *(sys.executable, "-m", "modelcycle", "serve", reference),
         f"workspace={root}",
         f"serve.port={port}",
         "serve.host=127.0.0.1",
         *extra,
     ]
-    with running_command(command, port, log) as server:
-        yield server
 
 
 @contextmanager
-def running_command(
-    command: Sequence[str], port: int, log: Path, env: dict[str, str] | None = None
+def started(
+    command: Sequence[str],
+    log: Path,
+    url: str,
+    ready_path: str = "/readyz",
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
-    """Run `command` (a server that will listen on `port`), wait for /readyz, always kill it.
+    """Start `command`, wait until GET `url + ready_path` is 200, always stop it afterwards.
 
     The environment is this process's without `MODELCYCLE_API_KEY`, updated with `env`.
     """
     environ = {k: v for k, v in os.environ.items() if k != "MODELCYCLE_API_KEY"}
     environ.update(env or {})
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        popen = subprocess.Popen(
             list(command), stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=log.parent
         )
-        server = Server(process, f"http://127.0.0.1:{port}", log)
-        try:
-            wait_ready(server)
-            yield server
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=30)
+    server = Server(popen, url, log)
+    try:
+        wait_ready(server, ready_path)
+        yield server
+    finally:
+        if popen.poll() is None:
+            popen.terminate()
+            try:
+                popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+        popen.wait(timeout=30)
 
 
-def wait_ready(server: Server) -> None:
-    """Poll /readyz until 200; fail with the server's output if it exits or times out."""
+@contextmanager
+def running_server(
+    root: Path, log: Path, reference: str = "twins@champion", extra: tuple[str, ...] = ()
+) -> Iterator[Server]:
+    """Start `modelcycle serve` on a free port and wait for /readyz; always stop it."""
+    port = free_port()
+    command = serve_command(root, port, *extra, reference=reference)
+    with started(command, log, f"http://127.0.0.1:{port}") as server:
+        yield server
+
+
+def wait_ready(server: Server, path: str = "/readyz") -> None:
+    """Poll `path` until 200; fail with the process's output if it exits or times out."""
     deadline = time.monotonic() + READY_TIMEOUT
     with httpx.Client(base_url=server.url, timeout=2.0) as client:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
-                pytest.fail(f"the server exited before it was ready; {server.output()}")
+                pytest.fail(f"{server.url} exited before it was ready; {server.output()}")
             try:
-                if client.get("/readyz").status_code == 200:
+                if client.get(path).status_code == 200:
                     return
             except httpx.TransportError:
                 pass  # not listening yet
-            time.sleep(0.2)
-    pytest.fail(f"/readyz was not 200 within {READY_TIMEOUT:.0f} s; {server.output()}")
+            time.sleep(0.25)
+    pytest.fail(f"{server.url}{path} was not 200 within {READY_TIMEOUT:.0f} s; {server.output()}")

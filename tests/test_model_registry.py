@@ -63,7 +63,8 @@ def test_register_records_lineage_and_the_challenger_alias(store: Tracker, tmp_p
     assert json.loads(tags["lineage.packages"]) == {"torch": "x"}
     assert float(tags[f"metric.model_{METRIC}_mean"]) == pytest.approx(0.94)
     assert float(tags[f"metric.baseline_{METRIC}_mean"]) == pytest.approx(0.91)
-    assert tags["lineage.reference_sample"].endswith("model/held_out.npz")
+    assert tags["lineage.reference_sample"].endswith("model/reference.npz")
+    assert tags["lineage.held_out_sample"].endswith("model/held_out.npz")
     local = registry.download(version, tmp_path / "dl")
     loaded = ServableModel.load(local)
     assert loaded.task == "twins" and loaded.held_out[0].shape == (2, 3)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,11 +22,14 @@ from modelcycle.config import (
     assemble,
     build_registry,
     compose_config,
+    loadtest_config,
+    monitor_config,
     workspace_of,
 )
 from modelcycle.data.openneuro import FetchError
 from modelcycle.data.tables import DataError
 from modelcycle.evaluation.report import CVReport
+from modelcycle.monitoring.drift import DriftSummary
 from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
@@ -55,8 +60,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
         force=True,
     )
-    # Lightning's start-up banners (accelerators, tips) say nothing about this run.
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    # Lightning's start-up banners (accelerators, tips) and the HTTP client's line per
+    # request (loadtest) say nothing about this run.
+    for name in ("lightning.pytorch", "lightning.fabric", "httpx"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=DeprecationWarning)
 
@@ -238,6 +244,127 @@ def serve(
         app_, config = build_server(cfg, references)
     console.print(f"Serving {', '.join(references)} on http://{config.host}:{config.port}/")
     run_server(app_, config.host, config.port)
+
+
+@app.command()
+def monitor(
+    reference: Annotated[str, typer.Argument(help="NAME@ALIAS of a served model")],
+    overrides: Overrides = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only captures this recent: 45s, 30m, 2h, 1d")
+    ] = None,
+    last: Annotated[int | None, typer.Option(help="Only the newest N captures", min=1)] = None,
+) -> None:
+    """Test a model's captured requests for drift against its reference; exit 1 on drift.
+
+    Exit codes: 0 no drift, 1 drift, 2 too few captures or bad input.
+    """
+    from modelcycle.monitoring.drift import TooFewCapturesError
+    from modelcycle.monitoring.monitor import monitor as check
+
+    started = None if since is None else time.time() - parse_duration(since)
+    with _clear_errors():
+        cfg = compose_config(overrides or [])
+        settings = monitor_config(cfg).drift
+        registry = build_registry(cfg)
+        try:
+            run = check(registry, reference, workspace_of(cfg), settings, started, last)
+        except (TooFewCapturesError, FileNotFoundError) as err:
+            console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+            raise typer.Exit(code=2) from err
+    summary = run.check.summary
+    console.print(drift_table(summary))
+    verdict = "[red]DRIFT[/red]" if summary.drift_detected else "[green]no drift[/green]"
+    console.print(f"{verdict}: {summary.detail}", soft_wrap=True)
+    console.print(f"Report: {run.report_dir}", soft_wrap=True)
+    raise typer.Exit(code=1 if summary.drift_detected else 0)
+
+
+@app.command()
+def loadtest(
+    url: Annotated[str, typer.Argument(help="The server, e.g. http://127.0.0.1:8000")],
+    overrides: Overrides = None,
+    users: Annotated[int | None, typer.Option(help="Concurrent users", min=1)] = None,
+    spawn_rate: Annotated[float | None, typer.Option(help="Users started per second")] = None,
+    duration: Annotated[str | None, typer.Option(help="How long: 30s, 2m")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name when several are served")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the reports (default: a new one in reports/)")
+    ] = None,
+) -> None:
+    """Load test a running server with Locust; exit 1 when a budget (p99, errors, RPS) is missed.
+
+    Budgets and defaults come from the `loadtest` config group (loadtest.p99_ms=100 ...).
+    """
+    from modelcycle.loadtest import LoadTestError, run_loadtest
+
+    with _clear_errors():
+        cfg = compose_config(overrides or [])
+        plan, budgets = loadtest_config(cfg)
+    try:
+        plan = replace(
+            plan,
+            users=users or plan.users,
+            spawn_rate=spawn_rate or plan.spawn_rate,
+            duration_s=parse_duration(duration) if duration else plan.duration_s,
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    out = out or workspace_of(cfg) / "reports" / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}"
+    console.print(f"Locust: {plan.users} users for {plan.duration_s:g} s against {url} ...")
+    try:
+        result = run_loadtest(url, plan, budgets, out, model, cfg.serve.api_key)
+    except LoadTestError as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(code=2) from err
+    console.print(
+        f"{result.model}: {result.requests} requests, {result.rps:.1f} req/s, "
+        f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms, errors {result.error_rate:.2%}"
+    )
+    for miss in result.misses:
+        console.print(f"[red]budget missed:[/red] {miss}")
+    console.print(f"Report (CSV, HTML, summary.json): {out}", soft_wrap=True)
+    raise typer.Exit(code=0 if result.passed else 1)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as 45s, 30m, 2h or 1d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:].lower()
+    try:
+        seconds = float(number) * units[unit]
+    except (KeyError, ValueError):
+        raise typer.BadParameter(
+            f"{text!r} is not a duration; write a number and a unit s, m, h or d, e.g. 30m."
+        ) from None
+    if not seconds > 0:
+        raise typer.BadParameter(f"{text!r}: the duration must be positive, e.g. 30m.")
+    return seconds
+
+
+def drift_table(summary: DriftSummary) -> Table:
+    """One row per tested column: KS statistic, p-value, means, verdict."""
+    table = Table(
+        title=f"{summary.model} v{summary.version}: {summary.n_current} requests vs "
+        f"{summary.n_reference} reference rows (p < {summary.threshold or 0:.3g} drifts)"
+    )
+    for column in ("column", "kind", "KS", "p-value", "reference mean", "current mean", ""):
+        table.add_column(column, justify="left" if column in ("column", "kind") else "right")
+    for f in summary.features:
+        table.add_row(
+            f.name,
+            f.kind,
+            _num(f.statistic, ".3f"),
+            _num(f.p_value, ".2g"),
+            _num(f.reference_mean, ".4g"),
+            _num(f.current_mean, ".4g"),
+            "[red]drift[/red]" if f.drifted else "",
+        )
+    return table
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def _print_hooks(results: list[HookResult]) -> None:

@@ -13,6 +13,8 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from modelcycle.loadtest import Budgets, LoadPlan
+from modelcycle.monitoring.drift import DriftSettings
 from modelcycle.pipeline import PipelineSettings
 from modelcycle.registry import Registry
 from modelcycle.registry_hooks import HookError, hooks_from_config
@@ -129,3 +131,43 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
     return ServeConfig(
         host, int(port), settings, workspace_of(cfg) / "capture.db" if capture else None
     )
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Drift settings, and how often and on how many captures the server checks drift."""
+
+    drift: DriftSettings
+    interval_seconds: float
+    window: int
+
+
+def monitor_config(cfg: DictConfig) -> MonitorConfig:
+    """The `monitor` config group as typed settings; a bad value names the key."""
+    values: dict[str, Any] = OmegaConf.to_container(cfg.monitor, resolve=True)  # type: ignore[assignment]
+    interval, window = values.pop("interval_seconds"), values.pop("window")
+    try:
+        drift = _build(DriftSettings, "monitor", **values)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"monitor config: {err}") from err
+    if float(interval) < 0 or int(window) < 2:
+        raise ConfigError(
+            f"monitor config: interval_seconds={interval} must be >= 0 (0: off) and "
+            f"window={window} at least 2."
+        )
+    return MonitorConfig(drift, float(interval), int(window))
+
+
+def loadtest_config(cfg: DictConfig) -> tuple[LoadPlan, Budgets]:
+    """The `loadtest` config group: how hard and how long, and the budgets."""
+    values: dict[str, Any] = OmegaConf.to_container(cfg.loadtest, resolve=True)  # type: ignore[assignment]
+    plan_keys = ("users", "spawn_rate", "duration_s")
+    plan = {k: values.pop(k) for k in plan_keys if k in values}
+    try:
+        return _build(LoadPlan, "loadtest", **plan), _build(Budgets, "loadtest", **values)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"loadtest config: {err}") from err

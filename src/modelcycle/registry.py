@@ -2,9 +2,10 @@
 
 A version is registered from a pipeline run's `model/` artifact. Its tags carry the lineage:
 git SHA and dirty flag, data hash, package versions, the resolved config, every
-cross-validated metric of the model and of the baseline, and where the held-out reference
-sample lives. Every alias move is appended to the registered model's audit trail (tags
-`audit.NNNNNN`, so it lives wherever the registry lives) and runs the configured hooks.
+cross-validated metric of the model and of the baseline, and where the drift reference
+sample and the held-out sample live. Every alias move is appended to the registered model's
+audit trail (tags `audit.NNNNNN`, so it lives wherever the registry lives) and runs the
+configured hooks.
 """
 
 from __future__ import annotations
@@ -286,7 +287,8 @@ def _lineage(run: Any, candidate: Candidate) -> dict[str, str]:
         "lineage.packages": tags.get("packages", "{}"),
         "lineage.config_uri": f"{run.info.artifact_uri}/config.yaml",
         "lineage.config": _config_text(f"{run.info.artifact_uri}/config.yaml"),
-        "lineage.reference_sample": f"{run.info.artifact_uri}/model/held_out.npz",
+        "lineage.reference_sample": f"{run.info.artifact_uri}/model/reference.npz",
+        "lineage.held_out_sample": f"{run.info.artifact_uri}/model/held_out.npz",
         "gate.metric": candidate.metric,
     }
     metrics = {  # full precision: the gate compares against these exact values

@@ -2,8 +2,9 @@
 
 The directory holds `model.pt` (the whole PyTorch module that turns request arrays into
 outputs, preprocessing included), `held_out.npz` (inputs the module never trained on, for
-export parity, latency and drift reference) and `manifest.json` naming the task, the input
-and output names and the sha256 of every file. Loading checks those hashes first.
+export parity and latency), optionally `reference.npz` (inputs like those it was fitted on,
+the reference sample of drift monitoring) and `manifest.json` naming the task, the input and
+output names and the sha256 of every file. Loading checks those hashes first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from modelcycle.digests import sha256_file
 MANIFEST = "manifest.json"
 FORMAT = "modelcycle.servable/1"
 TARGET = "__target__"  # key of the optional held-out labels in held_out.npz
+REFERENCE = "reference.npz"
 
 
 class ServableError(ValueError):
@@ -40,6 +42,8 @@ class ServableModel:
         held_out: One array per input: rows the model never trained on.
         info: Task-specific facts for serving (feature names, units, examples...).
         target: Optional binary label per held-out row, to score the first output (ROC-AUC).
+        reference: Optional inputs drawn like the training data (one array per input), what
+            drift monitoring compares requests with; without it, monitoring uses `held_out`.
     """
 
     task: str
@@ -49,6 +53,7 @@ class ServableModel:
     held_out: list[np.ndarray]
     info: dict[str, Any] = field(default_factory=dict)
     target: np.ndarray | None = None
+    reference: list[np.ndarray] | None = None
 
     def save(self, directory: Path) -> Path:
         """Write the directory and its manifest; returns the manifest path."""
@@ -59,7 +64,12 @@ class ServableModel:
         if self.target is not None:
             arrays[TARGET] = self.target
         np.savez(directory / "held_out.npz", **arrays)
-        files = {name: sha256_file(directory / name) for name in ("model.pt", "held_out.npz")}
+        names = ["model.pt", "held_out.npz"]
+        if self.reference is not None:
+            reference: dict[str, Any] = dict(zip(self.input_names, self.reference, strict=True))
+            np.savez(directory / REFERENCE, **reference)
+            names.append(REFERENCE)
+        files = {name: sha256_file(directory / name) for name in names}
         manifest = {
             "format": FORMAT,
             "task": self.task,
@@ -96,11 +106,20 @@ class ServableModel:
             held_out,
             manifest.get("info", {}),
             target,
+            read_reference(directory, manifest),
         )
 
     def example(self) -> tuple[torch.Tensor, ...]:
         """Two held-out rows per input as tensors, for tracing an export."""
         return tuple(torch.as_tensor(a[:2]) for a in self.held_out)
+
+
+def read_reference(directory: Path, manifest: dict[str, Any]) -> list[np.ndarray] | None:
+    """The reference sample of a saved model directory, or None when it has none."""
+    if REFERENCE not in manifest["files"]:
+        return None
+    with np.load(directory / REFERENCE) as arrays:
+        return [arrays[name] for name in manifest["inputs"]]
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server_process import free_port, running_command
+from server_process import free_port, started
 from serving_fixtures import ServedWorkspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +128,8 @@ def test_api_entrypoint_serves_the_configured_model_and_stops_cleanly(
         "MODELCYCLE_SERVE_ARGS": "serve.reload_seconds=0",
     }
     script = REPO / "deploy" / "api-entrypoint.sh"
-    with running_command(["sh", str(script)], port, tmp_path / "api.log", env) as server:
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "api.log"
+    with started(["sh", str(script)], log, url, env=env) as server:
         import httpx
 
         models = httpx.get(f"{server.url}/v1/models", timeout=10).json()

@@ -21,10 +21,10 @@ import pytest
 from modelcycle.monitoring.capture import Capture, CaptureError, CaptureStore
 
 
-def capture(model: str = "twins", at: float = 1.0, x: float = 0.0) -> Capture:
+def capture(model: str = "twins", at: float = 1.0, x: float = 0.0, version: str = "3") -> Capture:
     return Capture(
         model=model,
-        version="3",
+        version=version,
         features={"x": x, "y": 2.0},
         outputs={"p": 0.25},
         latency_ms=1.5,
@@ -67,6 +67,13 @@ def test_filters_by_model_since_and_last(store: CaptureStore) -> None:
     assert store.read(last=0) == []
     assert store.read(model="nobody") == []
     assert [c.at for c in store.read(last=100)] == [1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
+
+
+def test_filters_by_version_before_keeping_the_newest(store: CaptureStore) -> None:
+    store.write([capture("a", at=t, version="1") for t in (1.0, 2.0, 3.0)])
+    store.write([capture("a", at=t, version="2") for t in (2.5, 4.0)])
+    assert [c.at for c in store.read(model="a", version="1", last=2)] == [2.0, 3.0]
+    assert [c.at for c in store.read(model="a", version="2")] == [2.5, 4.0]
 
 
 def test_count_all_and_by_model(store: CaptureStore) -> None:

@@ -89,11 +89,8 @@ def test_every_prediction_is_captured_with_version_and_features(
     rows = store.read(model="twins")
     assert len(rows) == 4 and {r.version for r in rows} == {"1"}
     assert set(rows[0].features) == {
-        "age",
-        "missing_share",
-        "a_mean_log_measure",
-        "b_mean_log_measure",
-    }
+        "age", "male_share", "missing_share", "level", "spread", "pc1", "pc2", "pc3"
+    }  # fmt: skip
     assert set(rows[0].outputs) == {"probability", "similarity"}
     assert all(r.latency_ms >= 0 for r in rows)
 

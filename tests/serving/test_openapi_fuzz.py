@@ -33,6 +33,8 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from modelcycle.monitoring.capture import CaptureStore
+from modelcycle.monitoring.drift import DriftSettings
+from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.serving.app import ServeSettings, create_app
 from modelcycle.serving.loading import ServedModel
 
@@ -42,6 +44,7 @@ OPERATIONS = [
     ("GET", "/metrics"),
     ("GET", "/readyz"),
     ("GET", "/v1/models"),
+    ("GET", "/v1/models/{name}/drift"),
     ("GET", "/v1/models/{name}/examples"),
     ("POST", PREDICT),
 ]
@@ -63,7 +66,9 @@ def _bounded(test: T) -> T:
 
 @pytest.fixture
 def client(served: ServedModel, tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(lambda: [served], ServeSettings(), CaptureStore(tmp_path / "capture.db"))
+    store = CaptureStore(tmp_path / "capture.db")
+    drift = DriftService(store, DriftSettings(), interval_seconds=0, window=100)
+    app = create_app(lambda: [served], ServeSettings(), store, drift=drift)
     # a server error reaches the test as the 500 a client would get, not as an exception
     with TestClient(app, raise_server_exceptions=False) as c:  # the lifespan runs first
         yield c

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,15 @@ class ResidualStandardizer:
         filled = np.where(np.isnan(X), self.median, X)
         Z = (filled - self.mean) / self.scale
         return (Z - _design(covariates) @ self.beta) / self.residual_scale
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        """The fitted arrays as plain lists (JSON), for a saved model's manifest."""
+        return {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, list[Any]]) -> ResidualStandardizer:
+        """Rebuild from `to_dict`'s lists."""
+        return cls(**{f.name: np.asarray(values[f.name], dtype=float) for f in fields(cls)})
 
 
 def _design(covariates: np.ndarray) -> np.ndarray:

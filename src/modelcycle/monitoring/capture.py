@@ -136,7 +136,11 @@ class CaptureStore:
             ) from err
 
     def read(
-        self, model: str | None = None, since: float | None = None, last: int | None = None
+        self,
+        model: str | None = None,
+        since: float | None = None,
+        last: int | None = None,
+        version: str | None = None,
     ) -> list[Capture]:
         """Captured predictions, oldest first (by `Capture.at`, then by insertion).
 
@@ -144,6 +148,7 @@ class CaptureStore:
             model: Only this model's captures; all models when None.
             since: Only captures with ``at >= since`` (unix seconds).
             last: Only the newest `last` captures (still returned oldest first).
+            version: Only captures answered by this model version.
 
         Returns:
             The matching captures.
@@ -153,7 +158,7 @@ class CaptureStore:
         """
         if last is not None and last < 0:
             raise ValueError(f"last must be >= 0 (the number of newest captures), got {last}")
-        where, params = _where(model, since)
+        where, params = _where(model, since, version)
         if last is None:
             sql = f"SELECT {_COLUMNS} FROM captures{where} ORDER BY at, id"
         else:
@@ -251,13 +256,18 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _where(model: str | None, since: float | None) -> tuple[str, list[object]]:
+def _where(
+    model: str | None, since: float | None, version: str | None = None
+) -> tuple[str, list[object]]:
     """The WHERE clause and its parameters for the optional filters."""
     clauses: list[str] = []
     params: list[object] = []
     if model is not None:
         clauses.append("model = ?")
         params.append(model)
+    if version is not None:
+        clauses.append("version = ?")
+        params.append(version)
     if since is not None:
         clauses.append("at >= ?")
         params.append(float(since))

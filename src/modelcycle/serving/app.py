@@ -1,6 +1,7 @@
 """The model server: FastAPI + ONNX Runtime, micro-batched, measured, captured.
 
 Routes: POST /v1/models/{name}/predict, GET /v1/models, GET /v1/models/{name}/examples,
+GET /v1/models/{name}/drift (with a drift service),
 GET /healthz (alive), GET /readyz (every model loaded and warm), GET /metrics (Prometheus),
 GET / (the web page) and the OpenAPI docs. Models load in the lifespan, never at import.
 """
@@ -28,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from modelcycle.monitoring.capture import Capture, CaptureStore
+from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.serving.adapter import RequestError
 from modelcycle.serving.batching import MicroBatcher, OverloadedError
 from modelcycle.serving.loading import ServedModel, warm_up
@@ -87,13 +89,15 @@ def create_app(
     settings: ServeSettings,
     capture: CaptureStore | None = None,
     reload: Reloader | None = None,
+    drift: DriftService | None = None,
 ) -> FastAPI:
     """Build the app; `load_models` runs in the lifespan, off the event loop.
 
     With `reload` and `settings.reload_seconds`, a background task asks `reload(current)`
     for each model; a new model it returns (loaded and warmed off the event loop) replaces
     the current one in one assignment. Requests already decoded finish on the version that
-    decoded them, and a batch never mixes versions.
+    decoded them, and a batch never mixes versions. With `drift`, a background thread checks
+    the served models' drift and GET /v1/models/{name}/drift answers from its cache.
     """
     state, metrics = _State(), ServerMetrics.create()
     executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="model")
@@ -114,7 +118,11 @@ def create_app(
         watcher = None
         if reload is not None and settings.reload_seconds > 0:
             watcher = asyncio.create_task(_watch(state, metrics, reload, executor, settings))
+        if drift is not None:
+            drift.start(lambda: state.models, metrics.registry)
         yield
+        if drift is not None:
+            drift.stop()
         _not_ready(state, metrics)  # already false when a stop signal arrived
         if watcher is not None:
             watcher.cancel()
@@ -125,7 +133,7 @@ def create_app(
     app = FastAPI(title="modelcycle", version="1", lifespan=lifespan)
     app.state.stop_accepting = lambda: _not_ready(state, metrics)
     _add_middleware(app, state, metrics, settings)
-    _add_routes(app, state, metrics, settings)
+    _add_routes(app, state, metrics, settings, drift)
     return app
 
 
@@ -253,7 +261,11 @@ def _add_middleware(
 
 
 def _add_routes(
-    app: FastAPI, state: _State, metrics: ServerMetrics, settings: ServeSettings
+    app: FastAPI,
+    state: _State,
+    metrics: ServerMetrics,
+    settings: ServeSettings,
+    drift: DriftService | None,
 ) -> None:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -274,7 +286,8 @@ def _add_routes(
     async def page() -> str:
         return files("modelcycle.serving").joinpath("static/index.html").read_text()
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_key_check(settings))])
+    key_check = [Depends(_key_check(settings))]
+    v1 = APIRouter(prefix="/v1", dependencies=key_check)
 
     @v1.get("/models")
     async def list_models() -> JSONResponse:
@@ -315,6 +328,8 @@ def _add_routes(
         return JSONResponse(body)
 
     app.include_router(v1)
+    if drift is not None:
+        app.include_router(drift.router("/v1", key_check))
     _document_requests(app, state)
 
 

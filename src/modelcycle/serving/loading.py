@@ -37,6 +37,7 @@ class ServedModel:
     adapter: ServingAdapter
     examples: list[dict[str, Any]] = field(default_factory=list)
     lineage: dict[str, str] = field(default_factory=dict)
+    directory: Path | None = None  # the downloaded version: manifest, held-out and reference
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the session on batched inputs (each with a leading batch axis)."""
@@ -89,6 +90,7 @@ def load_served(registry: Registry, reference: str, cache: Path, threads: int) -
         output_names=manifest["outputs"],
         adapter=adapter,
         lineage=_lineage_summary(version.tags),
+        directory=local,
     )
     served.examples = _examples(local, manifest, served)
     log.info("Loaded %s version %s (%s) from %s", name, version.version, alias, onnx_path)

@@ -11,8 +11,15 @@ import uvicorn
 from fastapi import FastAPI
 from omegaconf import DictConfig
 
-from modelcycle.config import ServeConfig, build_registry, serve_config, workspace_of
+from modelcycle.config import (
+    ServeConfig,
+    build_registry,
+    monitor_config,
+    serve_config,
+    workspace_of,
+)
 from modelcycle.monitoring.capture import CaptureStore
+from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.registry import Registry
 from modelcycle.serving.app import create_app
 from modelcycle.serving.loading import ModelLoadError, ServedModel, load_served, warm_up
@@ -39,7 +46,13 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
         return fresh
 
     capture = CaptureStore(config.capture_path) if config.capture_path else None
-    return create_app(load, config.settings, capture, reload), config
+    watch = monitor_config(cfg)
+    drift = (
+        DriftService(capture, watch.drift, watch.interval_seconds, watch.window)
+        if capture is not None
+        else None
+    )
+    return create_app(load, config.settings, capture, reload, drift), config
 
 
 def check_servable(registry: Registry, reference: str) -> None:

@@ -200,23 +200,37 @@ class TwinsTask(Task[TwinsData]):
         """Raw measures + covariates of two people in, probability and similarity out.
 
         Held-out inputs are the validation families' twin-like pairs and as many unrelated
-        pairs: rows that never trained the model.
+        pairs: rows that never trained the model. The drift reference is drawn the same way
+        from every family the model saw (training and validation): the held-out pairs alone
+        are too few to tell a shift from chance.
         """
         assert isinstance(module, SiamesePairModel)
         pairs, labels = _labelled_pairs(data.relations, fold.val, 1, seed=0)
-        a, b = pairs[:, 0], pairs[:, 1]
+        seen = np.sort(np.r_[fold.train, fold.val])
+        reference, _ = _labelled_pairs(data.relations, seen, 1, seed=1)
         X, C = data.X.astype(np.float32), data.covariates.astype(np.float32)
+        standardizer = self.standardizer(data, fold)
+
+        def inputs(rows: np.ndarray) -> list[np.ndarray]:
+            a, b = rows[:, 0], rows[:, 1]
+            return [X[a], C[a], X[b], C[b]]
+
         return ServableModel(
             task=self.name,
-            module=RawPairScorer(module, self.standardizer(data, fold)),
+            module=RawPairScorer(module, standardizer),
             input_names=["a", "a_covariates", "b", "b_covariates"],
             output_names=["probability", "similarity"],
-            held_out=[X[a], C[a], X[b], C[b]],
+            held_out=inputs(pairs),
             info={
                 "features": list(data.cohort.measures.columns),
                 "covariates": ["age (years)", "sex (M=1, F=0)", "T1w acquisition (sagittal=1)"],
+                "standardizer": standardizer.to_dict(),
+                "principal_axes": _principal_axes(
+                    standardizer.transform(data.X[fold.train], data.covariates[fold.train])
+                ).tolist(),
             },
             target=labels.astype(np.float32),
+            reference=inputs(reference),
         )
 
     def reference(self, data: TwinsData) -> dict[str, float]:
@@ -228,6 +242,12 @@ class TwinsTask(Task[TwinsData]):
     def plot(self, model: Evaluation, baseline: Evaluation, out_dir: Path, tag: str) -> list[Path]:
         """ROC curves, similarity histograms per relation and co-twin retrieval curves."""
         return plot_kinship({"model": model, "baseline": baseline}, out_dir, tag)
+
+
+def _principal_axes(Z: np.ndarray, k: int = 3) -> np.ndarray:
+    """The `k` leading principal axes (k, n_features) of processed training rows `Z`."""
+    _, _, vt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
+    return vt[:k]
 
 
 def _labelled_pairs(

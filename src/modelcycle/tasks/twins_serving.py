@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelcycle.data.features import ResidualStandardizer
 from modelcycle.serving.adapter import RequestError, ServingAdapter
 
 # Strict: numbers only (an int is fine; "12" or true is not), never NaN or infinity, and
@@ -49,6 +50,9 @@ class TwinsServing(ServingAdapter):
         super().__init__(info)
         self.features: list[str] = list(info["features"])
         self.column = {name: i for i, name in enumerate(self.features)}
+        fitted = info.get("standardizer")  # absent from models saved before drift features
+        self.standardizer = None if fitted is None else ResidualStandardizer.from_dict(fitted)
+        self.axes = np.asarray(info.get("principal_axes", np.zeros((0, len(self.features)))))
 
     def decode(self, request: BaseModel) -> list[np.ndarray]:
         """Rows a, a_covariates, b, b_covariates (NaN where a measure is missing)."""
@@ -83,14 +87,28 @@ class TwinsServing(ServingAdapter):
         return row, np.array([covariates], dtype=np.float32)
 
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
-        """Per pair: mean age, share of missing measures, mean log measure of each subject."""
+        """Per pair: age, male and missing shares, level, spread and principal components.
+
+        Pair means, not one feature per subject: which subject comes first is not random (it
+        tracks the scan period). Level and spread are the mean and standard deviation across
+        measures of each subject's covariate-regressed z-scores (the model's own input), which
+        a site or scanner offset moves even when raw measures stay plausible; `pc1`... are
+        their projections on the training rows' leading principal axes, which a shift of a
+        group of measures (one lobe, one kind of measure) moves while the level may not.
+        """
         a, a_cov, b, b_cov = inputs
-        return {
+        features = {
             "age": float((a_cov[0, 0] + b_cov[0, 0]) / 2),
+            "male_share": float((a_cov[0, 1] + b_cov[0, 1]) / 2),
             "missing_share": float((np.isnan(a).mean() + np.isnan(b).mean()) / 2),
-            "a_mean_log_measure": _mean_log(a),
-            "b_mean_log_measure": _mean_log(b),
         }
+        if self.standardizer is not None:
+            z = self.standardizer.transform(np.r_[a, b], np.r_[a_cov, b_cov])
+            features["level"] = float(z.mean(axis=1).mean())
+            features["spread"] = float(z.std(axis=1).mean())
+            for k, value in enumerate((z @ self.axes.T).mean(axis=0)):
+                features[f"pc{k + 1}"] = float(value)
+        return features
 
     def examples(
         self, held_out: list[np.ndarray], target: np.ndarray | None
@@ -101,14 +119,18 @@ class TwinsServing(ServingAdapter):
         examples = []
         for n, i in enumerate(picks):
             kind = "twin-like pair" if labels[i] == 1 else "unrelated pair"
-            request = {
-                "a": self._as_subject(held_out[0][i], held_out[1][i]),
-                "b": self._as_subject(held_out[2][i], held_out[3][i]),
-            }
+            request = self.request_of(held_out, i)
             examples.append(
                 {"id": f"example-{n + 1}", "label": f"{kind} (held out)", "request": request}
             )
         return examples
+
+    def request_of(self, inputs: list[np.ndarray], i: int) -> dict[str, Any]:
+        """Row `i` of model inputs (a, a_covariates, b, b_covariates) as a request body."""
+        return {
+            "a": self._as_subject(inputs[0][i], inputs[1][i]),
+            "b": self._as_subject(inputs[2][i], inputs[3][i]),
+        }
 
     def _as_subject(self, row: np.ndarray, covariates: np.ndarray) -> dict[str, Any]:
         measures = {
@@ -121,9 +143,3 @@ class TwinsServing(ServingAdapter):
             "sex": "M" if covariates[1] > 0.5 else "F",
             "acquisition": 2 if covariates[2] > 0.5 else 1,
         }
-
-
-def _mean_log(row: np.ndarray) -> float:
-    values = row[~np.isnan(row)]
-    values = values[values > 0]
-    return float(np.log1p(values).mean()) if len(values) else float("nan")

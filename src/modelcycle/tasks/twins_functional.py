@@ -26,6 +26,7 @@ from modelcycle.data.qtim_functional import FunctionalSource
 from modelcycle.data.relations import Relation
 from modelcycle.evaluation.kinship import pair_auc, pair_scores, score_similarity
 from modelcycle.models.connectome_gnn import n_nodes_of
+from modelcycle.models.encoders import FeatureSpace
 from modelcycle.models.siamese import SiamesePairModel
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import DataSummary, Evaluation, Fold, register_task
@@ -91,6 +92,28 @@ class TwinsFunctionalTask(TwinsTask):
             fitted,
             beta=np.zeros_like(fitted.beta),
             residual_scale=np.ones_like(fitted.residual_scale),
+        )
+
+    def model(self, data: TwinsData, fold: Fold) -> L.LightningModule:
+        """The structural task's siamese model; its encoder can also map edges back to r.
+
+        With covariates regressed out, the mapping leaves out their (small) fitted offset.
+        """
+        fitted = self.standardizer(data, fold)
+        X = self.processed(data, fold)
+        space = FeatureSpace(
+            list(data.cohort.measures.columns),
+            X[fold.train],
+            offset=fitted.mean,
+            scale=fitted.scale * fitted.residual_scale,
+        )
+        return SiamesePairModel(
+            self.encoder(space=space),
+            self.objective,
+            self.lr,
+            self.weight_decay,
+            self.margin,
+            self.temperature,
         )
 
     def load(self) -> tuple[FunctionalData, DataSummary]:

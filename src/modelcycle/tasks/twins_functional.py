@@ -94,26 +94,16 @@ class TwinsFunctionalTask(TwinsTask):
             residual_scale=np.ones_like(fitted.residual_scale),
         )
 
-    def model(self, data: TwinsData, fold: Fold) -> L.LightningModule:
-        """The structural task's siamese model; its encoder can also map edges back to r.
+    def feature_space(self, data: TwinsData, fold: Fold) -> FeatureSpace:
+        """The structural task's, plus how processed edges map back to correlations.
 
         With covariates regressed out, the mapping leaves out their (small) fitted offset.
         """
         fitted = self.standardizer(data, fold)
-        X = self.processed(data, fold)
-        space = FeatureSpace(
-            list(data.cohort.measures.columns),
-            X[fold.train],
+        return replace(
+            super().feature_space(data, fold),
             offset=fitted.mean,
             scale=fitted.scale * fitted.residual_scale,
-        )
-        return SiamesePairModel(
-            self.encoder(space=space),
-            self.objective,
-            self.lr,
-            self.weight_decay,
-            self.margin,
-            self.temperature,
         )
 
     def load(self) -> tuple[FunctionalData, DataSummary]:

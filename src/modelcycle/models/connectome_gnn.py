@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,6 +54,86 @@ def normalize_adjacency(A: torch.Tensor) -> torch.Tensor:
     A = A + torch.eye(A.shape[-1], dtype=A.dtype)
     d = A.sum(dim=-1).clamp_min(1e-6).rsqrt()
     return A * d.unsqueeze(-1) * d.unsqueeze(-2)
+
+
+def orthonormal_columns(H: torch.Tensor) -> torch.Tensor:
+    """(B, N, k) → (B, N, k) orthonormal columns spanning the same space (Gram-Schmidt).
+
+    Unrolled over the k columns with products and sums only, so it exports to ONNX (which
+    has no QR or eigen-decomposition).
+    """
+    columns: list[torch.Tensor] = []
+    for j in range(H.shape[-1]):
+        v = H[..., j]
+        for q in columns:
+            v = v - (q * v).sum(dim=-1, keepdim=True) * q
+        columns.append(v / v.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+    return torch.stack(columns, dim=-1)
+
+
+class SpectralDenoiser(nn.Module):
+    """Each connectome read through its own leading network modes: a low-rank graph filter.
+
+    A resting-state connectome is a few large-scale networks (low rank) plus estimation noise
+    spread over every edge. The group's k leading eigenvectors (mean training connectome) pass
+    once through the subject's graph (C @ modes: one propagation step from node positions in
+    the group's networks), are orthonormalized, and the connectome is projected onto them:
+    R = Q Qᵀ C Q Qᵀ, rescaled to a unit diagonal. Its edges are Fisher-z transformed and
+    z-scored on the training rows, so the Pearson correlation of two outputs is the baseline
+    on denoised connectomes. Node-permutation equivariant: permuting the training rows
+    permutes `modes` with them.
+
+    Args:
+        space: Processed connectome edges; `space.offset`/`space.scale` map them back to r.
+        rank: Number of modes kept (1 ≤ rank < nodes).
+    """
+
+    cell: torch.Tensor  # (N*N,) gather index from padded edges to the square matrix
+    upper: torch.Tensor  # (E,) flat index of each upper-triangle cell (i, j), row-major
+    modes: torch.Tensor  # (N, rank) leading eigenvectors of the mean training connectome
+    offset: torch.Tensor  # (E,) raw = processed * scale + offset
+    scale: torch.Tensor
+    out_mean: torch.Tensor  # (E,) z-scoring of the denoised edges, fitted on training rows
+    out_std: torch.Tensor
+
+    def __init__(self, space: FeatureSpace, rank: int) -> None:
+        super().__init__()
+        n_nodes, n_edges = n_nodes_of(space.n_features), space.n_features
+        if not 1 <= rank < n_nodes:
+            raise ValueError(f"denoise_rank={rank} must be between 1 and {n_nodes - 1}.")
+        offset = np.zeros(n_edges) if space.offset is None else space.offset
+        scale = np.ones(n_edges) if space.scale is None else space.scale
+        self.register_buffer("cell", edge_gather_index(n_nodes))
+        rows, cols = torch.triu_indices(n_nodes, n_nodes, offset=1)
+        self.register_buffer("upper", rows * n_nodes + cols)
+        self.register_buffer("modes", torch.zeros(n_nodes, rank))  # set below from training
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        train = torch.as_tensor(space.train, dtype=torch.float32)
+        mean_connectome = self.square(train * self.scale + self.offset).mean(dim=0)
+        self.modes = torch.linalg.eigh(mean_connectome).eigenvectors[:, -rank:]
+        self.register_buffer("out_mean", torch.zeros(n_edges))
+        self.register_buffer("out_std", torch.ones(n_edges))
+        with torch.no_grad():
+            fitted = self(train)
+        self.out_mean, self.out_std = fitted.mean(dim=0), fitted.std(dim=0).clamp_min(1e-6)
+
+    def square(self, r: torch.Tensor) -> torch.Tensor:
+        """(B, E) correlations → (B, N, N) with a unit diagonal."""
+        n = self.modes.shape[0]
+        padded = torch.cat([r, torch.ones_like(r[:, :1])], dim=1)  # the diagonal reads the 1
+        return padded[:, self.cell].reshape(-1, n, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, E) processed edges → (B, E) z-scored Fisher-z edges of the denoised connectome."""
+        C = self.square(x * self.scale + self.offset)
+        Q = orthonormal_columns(C @ self.modes)  # (B, N, k)
+        R = Q @ (Q.transpose(1, 2) @ C @ Q) @ Q.transpose(1, 2)
+        d = R.diagonal(dim1=1, dim2=2).abs().clamp_min(1e-6).rsqrt()
+        R = R * d.unsqueeze(-1) * d.unsqueeze(-2)
+        r = R.flatten(1)[:, self.upper].clamp(-0.999, 0.999)
+        z = 0.5 * torch.log((1 + r) / (1 - r))  # Fisher z; ONNX export has no atanh
+        return (z - self.out_mean) / self.out_std
 
 
 class DenseGraphLayer(nn.Module):
@@ -105,6 +186,8 @@ class ConnectomeGraphEncoder(nn.Module):
         readout: `pool` (mean and max over nodes: invariant to node order) or `nodes`
             (every node's state in atlas order: a fixed atlas makes node identity meaningful,
             and a fingerprint lives in which region deviates).
+        denoise_rank: With `residual`, the skip reads the connectome through this many
+            network modes (`SpectralDenoiser`); 0 keeps the raw edges.
     """
 
     cell: torch.Tensor  # (N*N,) gather index from padded edges to the square matrix
@@ -119,6 +202,7 @@ class ConnectomeGraphEncoder(nn.Module):
         dim: int = 64,
         residual: bool = True,
         readout: str = "pool",
+        denoise_rank: int = 7,
     ) -> None:
         super().__init__()
         if readout not in ("pool", "nodes"):
@@ -132,6 +216,8 @@ class ConnectomeGraphEncoder(nn.Module):
         width = 2 * hidden if readout == "pool" else self.n_nodes * hidden
         self.head = nn.Linear(width, space.n_features if residual else dim)
         self.skip = CorrelationSkip(space.n_features) if residual else None
+        use_denoiser = residual and denoise_rank > 0
+        self.denoiser = SpectralDenoiser(space, denoise_rank) if use_denoiser else None
         if residual:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -149,4 +235,6 @@ class ConnectomeGraphEncoder(nn.Module):
             out = self.head(self.gnn(nodes, adjacency))
         else:
             out = self.head(self.gnn.nodes(nodes, adjacency).flatten(1))
-        return out if self.skip is None else self.skip(x) + out
+        if self.skip is None:
+            return out
+        return self.skip(x if self.denoiser is None else self.denoiser(x)) + out

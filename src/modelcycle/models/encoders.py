@@ -18,6 +18,10 @@ class FeatureSpace:
 
     names: list[str]
     train: np.ndarray  # (n_train, n_features), already processed
+    # How processed rows map back to raw values, raw = row * scale + offset, for encoders
+    # that read the raw measures (a connectome's correlations); None: rows are raw already.
+    offset: np.ndarray | None = None
+    scale: np.ndarray | None = None
 
     @property
     def n_features(self) -> int:

@@ -171,11 +171,14 @@ class TwinsTask(Task[TwinsData]):
         val = _labelled_pairs(data.relations, fold.val, None, seed)
         return PairDataModule(X, train, val, batch_size=self.batch_size, seed=seed)
 
+    def feature_space(self, data: TwinsData, fold: Fold) -> FeatureSpace:
+        """What the encoder may know of its inputs: names and the fold's processed training rows."""
+        X = self.processed(data, fold)
+        return FeatureSpace(list(data.cohort.measures.columns), X[fold.train])
+
     def model(self, data: TwinsData, fold: Fold) -> L.LightningModule:
         """A fresh siamese model whose encoder sees the fold's processed training rows."""
-        X = self.processed(data, fold)
-        names = list(data.cohort.measures.columns)
-        encoder = self.encoder(space=FeatureSpace(names, X[fold.train]))
+        encoder = self.encoder(space=self.feature_space(data, fold))
         return SiamesePairModel(
             encoder, self.objective, self.lr, self.weight_decay, self.margin, self.temperature
         )

@@ -26,6 +26,7 @@ from modelcycle.data.qtim_functional import FunctionalSource
 from modelcycle.data.relations import Relation
 from modelcycle.evaluation.kinship import pair_auc, pair_scores, score_similarity
 from modelcycle.models.connectome_gnn import n_nodes_of
+from modelcycle.models.encoders import FeatureSpace
 from modelcycle.models.siamese import SiamesePairModel
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import DataSummary, Evaluation, Fold, register_task
@@ -91,6 +92,18 @@ class TwinsFunctionalTask(TwinsTask):
             fitted,
             beta=np.zeros_like(fitted.beta),
             residual_scale=np.ones_like(fitted.residual_scale),
+        )
+
+    def feature_space(self, data: TwinsData, fold: Fold) -> FeatureSpace:
+        """The structural task's, plus how processed edges map back to correlations.
+
+        With covariates regressed out, the mapping leaves out their (small) fitted offset.
+        """
+        fitted = self.standardizer(data, fold)
+        return replace(
+            super().feature_space(data, fold),
+            offset=fitted.mean,
+            scale=fitted.scale * fitted.residual_scale,
         )
 
     def load(self) -> tuple[FunctionalData, DataSummary]:

@@ -186,8 +186,7 @@ class TwinsTask(Task[TwinsData]):
     def baseline(self, data: TwinsData, fold: Fold) -> Evaluation:
         """Pearson correlation between processed feature vectors of test subjects."""
         test = fold.test
-        S = np.corrcoef(self.processed(data, fold)[test])
-        return score_similarity(S, data.relations[np.ix_(test, test)], data.sex[test])
+        return self.score(np.corrcoef(self.processed(data, fold)[test]), data, test)
 
     def evaluate(self, module: L.LightningModule, data: TwinsData, fold: Fold) -> Evaluation:
         """Cosine similarity of the model's embeddings of test subjects."""
@@ -197,7 +196,11 @@ class TwinsTask(Task[TwinsData]):
         module.eval()
         with torch.no_grad():
             E = module.embed(X).numpy()
-        return score_similarity(E @ E.T, data.relations[np.ix_(test, test)], data.sex[test])
+        return self.score(E @ E.T, data, test)
+
+    def score(self, S: np.ndarray, data: TwinsData, rows: np.ndarray) -> Evaluation:
+        """Kinship metrics of a similarity matrix `S` over `rows` (model and baseline alike)."""
+        return score_similarity(S, data.relations[np.ix_(rows, rows)], data.sex[rows])
 
     def servable(self, module: L.LightningModule, data: TwinsData, fold: Fold) -> ServableModel:
         """Raw measures + covariates of two people in, probability and similarity out.

@@ -18,16 +18,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
 from modelcycle.data.features import ResidualStandardizer
 from modelcycle.data.qtim_functional import FunctionalSource
 from modelcycle.data.relations import Relation
-from modelcycle.evaluation.kinship import pair_auc, pair_scores, score_similarity
+from modelcycle.evaluation.kinship import pair_auc, pair_scores
 from modelcycle.models.connectome_gnn import n_nodes_of
 from modelcycle.models.encoders import FeatureSpace
-from modelcycle.models.siamese import SiamesePairModel
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import DataSummary, Evaluation, Fold, register_task
 from modelcycle.tasks.twins import TwinsData, TwinsTask
@@ -123,27 +121,12 @@ class TwinsFunctionalTask(TwinsTask):
         counts["retest_subjects"] = len(retest)
         return data, DataSummary(summary.data_hash, counts, summary.notes)
 
-    def baseline(self, data: TwinsData, fold: Fold) -> Evaluation:
-        """Pearson correlation of processed connectome edges of test subjects."""
-        test = fold.test
-        return self._score(np.corrcoef(self.processed(data, fold)[test]), data, test)
-
-    def evaluate(self, module: L.LightningModule, data: TwinsData, fold: Fold) -> Evaluation:
-        """Cosine similarity of the graph encoder's embeddings of test subjects."""
-        assert isinstance(module, SiamesePairModel)
-        test = fold.test
-        X = torch.as_tensor(self.processed(data, fold)[test], dtype=torch.float32)
-        module.eval()
-        with torch.no_grad():
-            E = module.embed(X).numpy()
-        return self._score(E @ E.T, data, test)
-
     def reference(self, data: TwinsData) -> dict[str, float]:
         """The baseline over the whole cohort, with hidden relations, for orientation."""
         everyone = np.arange(len(data.families))
         fitted = self.standardizer(data, Fold(-2, everyone, everyone, everyone))
         S = np.corrcoef(fitted.transform(data.X, data.covariates))
-        metrics = self._score(S, data, everyone).metrics
+        metrics = self.score(S, data, everyone).metrics
         if isinstance(data, FunctionalData) and len(data.retest_rows) >= 2:
             rows = data.retest_rows
             first = fitted.transform(data.X[rows], data.covariates[rows])
@@ -163,8 +146,9 @@ class TwinsFunctionalTask(TwinsTask):
         }
         return servable
 
-    def _score(self, S: np.ndarray, data: TwinsData, rows: np.ndarray) -> Evaluation:
-        evaluation = score_similarity(S, data.relations[np.ix_(rows, rows)], data.sex[rows])
+    def score(self, S: np.ndarray, data: TwinsData, rows: np.ndarray) -> Evaluation:
+        """The structural task's kinship metrics plus those of the hidden relations."""
+        evaluation = super().score(S, data, rows)
         if isinstance(data, FunctionalData):
             metrics, scores = _hidden_metrics(S, data, rows)
             evaluation.metrics.update(metrics)

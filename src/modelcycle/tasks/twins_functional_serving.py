@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelcycle.serving.adapter import RequestError, ServingAdapter
-from modelcycle.tasks.twins_serving import Finite
+from modelcycle.tasks.twins_serving import Finite, Person
 
 SYMMETRY_TOLERANCE = 1e-3
 
 
-class ConnectomeSubject(BaseModel):
+class ConnectomeSubject(Person):
     """One person: a square, symmetric parcel-by-parcel connectivity matrix, age and sex."""
-
-    model_config = ConfigDict(extra="forbid")
 
     connectome: list[list[Finite]] = Field(
         description="N×N connectivity (the model's parcels, in GET /v1/models order)",
         max_length=512,
     )
-    age: Annotated[float, Field(gt=0, lt=120, allow_inf_nan=False, strict=True)]
-    sex: Literal["M", "F"]
-    acquisition: Literal[1, 2] = Field(1, description="T1w acquisition: 1 coronal, 2 sagittal")
 
 
 class ConnectomePairRequest(BaseModel):
@@ -69,12 +64,7 @@ class FunctionalServing(ServingAdapter):
                 f"{key}.connectome: not symmetric (largest |m[i,j] - m[j,i]| = {asymmetry:.3g}); "
                 "send a connectivity matrix, not time series."
             )
-        covariates = [
-            subject.age,
-            1.0 if subject.sex == "M" else 0.0,
-            float(subject.acquisition == 2),
-        ]
-        return matrix[self.upper][None, :], np.array([covariates], dtype=np.float32)
+        return matrix[self.upper][None, :], subject.covariates()
 
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
         """Per pair: mean age, and each subject's mean and spread of connectivity."""

@@ -18,18 +18,28 @@ Finite = Annotated[float, Field(allow_inf_nan=False, strict=True, ge=-FLOAT32_MA
 MAX_MISSING = 0.2  # the training cohort excluded subjects missing more than this share
 
 
-class Subject(BaseModel):
-    """One person: FreeSurfer 5.3 session-1 measures by name, age, sex, T1w acquisition."""
+class Person(BaseModel):
+    """What every twins request says of each person besides the brain data."""
 
     model_config = ConfigDict(extra="forbid")
+
+    age: Annotated[float, Field(gt=0, lt=120, allow_inf_nan=False, strict=True)]
+    sex: Literal["M", "F"]
+    acquisition: Literal[1, 2] = Field(1, description="T1w acquisition: 1 coronal, 2 sagittal")
+
+    def covariates(self) -> np.ndarray:
+        """The model's covariate row (1, 3): age, male, sagittal acquisition."""
+        row = [self.age, 1.0 if self.sex == "M" else 0.0, float(self.acquisition == 2)]
+        return np.array([row], dtype=np.float32)
+
+
+class Subject(Person):
+    """One person: FreeSurfer 5.3 session-1 measures by name, age, sex, T1w acquisition."""
 
     measures: dict[str, Finite | None] = Field(
         description="Measure name → value; null or absent means missing (imputed)",
         max_length=2000,
     )
-    age: Annotated[float, Field(gt=0, lt=120, allow_inf_nan=False, strict=True)]
-    sex: Literal["M", "F"]
-    acquisition: Literal[1, 2] = Field(1, description="1 coronal, 2 sagittal")
 
 
 class PairRequest(BaseModel):
@@ -79,12 +89,7 @@ class TwinsServing(ServingAdapter):
                 f"{key}.measures: {missing:.0%} of the {len(self.features)} measures are missing; "
                 f"at most {MAX_MISSING:.0%} can be imputed. Send more measures."
             )
-        covariates = [
-            subject.age,
-            1.0 if subject.sex == "M" else 0.0,
-            float(subject.acquisition == 2),
-        ]
-        return row, np.array([covariates], dtype=np.float32)
+        return row, subject.covariates()
 
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
         """Per pair: age, male and missing shares, level, spread and principal components.

@@ -24,6 +24,7 @@ from modelcycle.config import (
     compose_config,
     loadtest_config,
     monitor_config,
+    serve_config,
     workspace_of,
 )
 from modelcycle.data.openneuro import FetchError
@@ -34,7 +35,8 @@ from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
 from modelcycle.serving.loading import ModelLoadError
-from modelcycle.serving.server import build_server, run_server
+from modelcycle.serving.server import build_server, check_references, run_server
+from modelcycle.serving.workers import run_workers
 from modelcycle.tasks.base import DataSummary
 from modelcycle.tracking import Tracker
 
@@ -241,9 +243,17 @@ def serve(
         raise typer.BadParameter("Name at least one model to serve, e.g. twins@champion.")
     with _clear_errors():
         cfg = compose_config(overrides)
-        app_, config = build_server(cfg, references)
-    console.print(f"Serving {', '.join(references)} on http://{config.host}:{config.port}/")
-    run_server(app_, config.host, config.port)
+        config = serve_config(cfg)
+        if config.workers > 1:
+            check_references(cfg, references)
+        else:
+            app_, config = build_server(cfg, references)
+    where = f"http://{config.host}:{config.port}/"
+    console.print(f"Serving {', '.join(references)} on {where} ({config.workers} worker(s))")
+    if config.workers > 1:
+        run_workers(references, overrides, config.host, config.port, config.workers)
+    else:
+        run_server(app_, config.host, config.port)
 
 
 @app.command()

@@ -291,6 +291,36 @@ def monitor(
 
 
 @app.command()
+def robustness(
+    reference: Annotated[str, typer.Argument(help="NAME@ALIAS of an exported model")],
+    overrides: Overrides = None,
+    window: Annotated[int, typer.Option(help="Requests per drift-test window", min=2)] = 50,
+    windows: Annotated[int, typer.Option(help="Windows tested per shift size", min=1)] = 20,
+) -> None:
+    """Inject shifts (site offset, noise, missing regions) into held-out data; plot AUC and drift.
+
+    Writes robustness.json and robustness.png under <workspace>/reports/.
+    """
+    from modelcycle.monitoring.robustness import robustness as study
+
+    with _clear_errors():
+        cfg = compose_config(overrides or [])
+        settings = monitor_config(cfg).drift
+        try:
+            run = study(
+                build_registry(cfg), reference, workspace_of(cfg), settings, window, windows
+            )
+        except ValueError as err:
+            console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+            raise typer.Exit(code=2) from err
+    table = Table("shift", "size", "ROC-AUC", "windows flagged", "pool")
+    for p in run.points:
+        table.add_row(p.shift, f"{p.size:g}", f"{p.auc:.3f}", f"{p.flagged:.0%}", str(p.pool))
+    console.print(table)
+    console.print(f"Plot and JSON: {run.out}", soft_wrap=True)
+
+
+@app.command()
 def loadtest(
     url: Annotated[str, typer.Argument(help="The server, e.g. http://127.0.0.1:8000")],
     overrides: Overrides = None,

@@ -30,35 +30,12 @@ from modelcycle.data.qtim import QTIMSource
 from modelcycle.models.encoders import MLPEncoder
 from modelcycle.monitoring.calibration import flag_rate
 from modelcycle.monitoring.drift import DriftSettings, reference_frame
+from modelcycle.monitoring.robustness import SHIFTS, plot_robustness, shifted
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.twins import TwinsData, TwinsTask, _labelled_pairs
 from modelcycle.tasks.twins_serving import TwinsServing
 
-SHIFTS = {
-    "site offset": (0.0, 0.02, 0.05, 0.1),
-    "thickness offset": (0.02, 0.05, 0.1),
-    "noise": (0.0, 0.1, 0.25, 0.5),
-    "missing": (0.0, 0.05, 0.1, 0.2),
-}
 OUTPUTS = ("probability", "similarity")
-
-
-def shifted(
-    inputs: list[np.ndarray], kind: str, size: float, sd: np.ndarray, thick: np.ndarray, seed: int
-) -> list[np.ndarray]:
-    """The pairs' inputs with one shift applied to both subjects' measures."""
-    rng = np.random.default_rng(seed)
-    a, a_cov, b, b_cov = (x.copy() for x in inputs)
-    for X in (a, b):
-        if kind == "site offset":
-            X *= 1 + size
-        elif kind == "thickness offset":  # one kind of measure only (cortical thickness)
-            X[:, thick] *= 1 + size
-        elif kind == "noise":
-            X += rng.normal(0, 1, X.shape).astype(np.float32) * size * sd.astype(np.float32)
-        elif kind == "missing":
-            X[rng.random(X.shape) < size] = np.nan
-    return [a, a_cov, b, b_cov]
 
 
 def frame(servable: ServableModel, adapter: TwinsServing, inputs: list[np.ndarray]) -> pd.DataFrame:
@@ -86,10 +63,8 @@ def fold_rows(
     thick = np.array(["thick" in name.lower() for name in data.cohort.measures.columns])
     settings = DriftSettings(alpha=args.alpha, min_captures=2)
     rows = []
-    for kind, sizes in SHIFTS.items():
+    for kind, sizes in [("site offset", (0.0,)), *SHIFTS.items()]:
         for size in sizes:
-            if size == 0 and kind != "site offset":
-                continue  # the unshifted pool once per fold
             pool = frame(servable, adapter, shifted(pool_inputs, kind, size, sd, thick, fold_index))
             pool = pool.drop(columns=args.without)
             rates = flag_rate(reference, pool, OUTPUTS, args.window, args.windows, settings, seed=7)
@@ -99,31 +74,6 @@ def fold_rows(
                          "auc": auc, "pool": len(pool), "reference": len(reference),
                          "columns": rates.per_column})  # fmt: skip
     return rows
-
-
-def plot(table: pd.DataFrame, path: Path) -> None:
-    """Detection rate and model ROC-AUC against shift size, one line per shift kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mean = table.groupby(["shift", "size"])[["flagged", "auc"]].mean().reset_index()
-    none = mean[mean["shift"] == "none"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for kind in SHIFTS:
-        part = pd.concat([none.assign(shift=kind), mean[mean["shift"] == kind]])
-        axes[0].plot(part["size"], part["flagged"], marker="o", label=kind)
-        axes[1].plot(part["size"], part["auc"], marker="o", label=kind)
-    axes[0].axhline(0.05, color="grey", ls=":", label="alpha 0.05")
-    axes[0].set(xlabel="shift size", ylabel="windows flagged as drift", ylim=(-0.02, 1.02))
-    axes[1].set(xlabel="shift size", ylabel="ROC-AUC twin-like vs unrelated")
-    for ax in axes:
-        ax.legend(fontsize=8)
-    fig.suptitle("QTIM: drift detection and model metric vs injected shift (mean of 5 folds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -148,7 +98,8 @@ def main() -> None:
     table = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "calibration.json").write_text(json.dumps(rows, indent=2, default=float))
-    plot(table, args.out / "calibration.png")
+    title = "QTIM: drift detection and model metric vs injected shift (mean of 5 folds)"
+    plot_robustness(table, args.out / "calibration.png", title)
     wide = table.pivot_table(index=["shift", "size"], columns="fold", values="flagged")
     wide["mean"] = wide.mean(axis=1)
     print(f"Share of {args.window}-request windows flagged (alpha {args.alpha}, Bonferroni):")

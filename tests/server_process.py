@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-READY_TIMEOUT = 90.0  # seconds: loading torch/onnxruntime on a busy 2-core machine
+READY_TIMEOUT = 150.0  # seconds: loading torch/onnxruntime (per worker) on a busy 2-core machine
 
 
 @dataclass

@@ -1,3 +1,5 @@
 from modelcycle.cli import app
 
-app()
+# Guarded: `serve.workers=N` spawns workers that import this module again as __mp_main__.
+if __name__ == "__main__":
+    app()

@@ -24,6 +24,7 @@ from modelcycle.config import (
     compose_config,
     loadtest_config,
     monitor_config,
+    serve_config,
     workspace_of,
 )
 from modelcycle.data.openneuro import FetchError
@@ -34,7 +35,8 @@ from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
 from modelcycle.serving.loading import ModelLoadError
-from modelcycle.serving.server import build_server, run_server
+from modelcycle.serving.server import build_server, check_references, run_server
+from modelcycle.serving.workers import run_workers
 from modelcycle.tasks.base import DataSummary
 from modelcycle.tracking import Tracker
 
@@ -241,9 +243,17 @@ def serve(
         raise typer.BadParameter("Name at least one model to serve, e.g. twins@champion.")
     with _clear_errors():
         cfg = compose_config(overrides)
-        app_, config = build_server(cfg, references)
-    console.print(f"Serving {', '.join(references)} on http://{config.host}:{config.port}/")
-    run_server(app_, config.host, config.port)
+        config = serve_config(cfg)
+        if config.workers > 1:
+            check_references(cfg, references)
+        else:
+            app_, config = build_server(cfg, references)
+    where = f"http://{config.host}:{config.port}/"
+    console.print(f"Serving {', '.join(references)} on {where} ({config.workers} worker(s))")
+    if config.workers > 1:
+        run_workers(references, overrides, config.host, config.port, config.workers)
+    else:
+        run_server(app_, config.host, config.port)
 
 
 @app.command()
@@ -278,6 +288,36 @@ def monitor(
     console.print(f"{verdict}: {summary.detail}", soft_wrap=True)
     console.print(f"Report: {run.report_dir}", soft_wrap=True)
     raise typer.Exit(code=1 if summary.drift_detected else 0)
+
+
+@app.command()
+def robustness(
+    reference: Annotated[str, typer.Argument(help="NAME@ALIAS of an exported model")],
+    overrides: Overrides = None,
+    window: Annotated[int, typer.Option(help="Requests per drift-test window", min=2)] = 50,
+    windows: Annotated[int, typer.Option(help="Windows tested per shift size", min=1)] = 20,
+) -> None:
+    """Inject shifts (site offset, noise, missing regions) into held-out data; plot AUC and drift.
+
+    Writes robustness.json and robustness.png under <workspace>/reports/.
+    """
+    from modelcycle.monitoring.robustness import robustness as study
+
+    with _clear_errors():
+        cfg = compose_config(overrides or [])
+        settings = monitor_config(cfg).drift
+        try:
+            run = study(
+                build_registry(cfg), reference, workspace_of(cfg), settings, window, windows
+            )
+        except ValueError as err:
+            console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+            raise typer.Exit(code=2) from err
+    table = Table("shift", "size", "ROC-AUC", "windows flagged", "pool")
+    for p in run.points:
+        table.add_row(p.shift, f"{p.size:g}", f"{p.auc:.3f}", f"{p.flagged:.0%}", str(p.pool))
+    console.print(table)
+    console.print(f"Plot and JSON: {run.out}", soft_wrap=True)
 
 
 @app.command()

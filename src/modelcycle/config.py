@@ -119,18 +119,21 @@ class ServeConfig:
     port: int
     settings: ServeSettings
     capture_path: Path | None
+    workers: int = 1
 
 
 def serve_config(cfg: DictConfig) -> ServeConfig:
     """The server's settings from the `serve` config group."""
     values: dict[str, Any] = OmegaConf.to_container(cfg.serve, resolve=True)  # type: ignore[assignment]
     host, port, capture = values.pop("host"), values.pop("port"), values.pop("capture")
+    workers = values.pop("workers", 1)
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"serve.workers={workers!r}: give a whole number of processes, >= 1.")
     values["cors_origins"] = tuple(values["cors_origins"])
     values["threads"] = values["threads"] or default_threads()
     settings = _build(ServeSettings, "serve", **values)
-    return ServeConfig(
-        host, int(port), settings, workspace_of(cfg) / "capture.db" if capture else None
-    )
+    capture_path = workspace_of(cfg) / "capture.db" if capture else None
+    return ServeConfig(host, int(port), settings, capture_path, workers)
 
 
 @dataclass(frozen=True)

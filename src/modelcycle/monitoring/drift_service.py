@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import pandas as pd
 from fastapi import APIRouter
@@ -40,23 +40,28 @@ class DriftGauges:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DriftGauges:
-        """Declare the series in the server's registry."""
+        """Declare the series in the server's registry.
+
+        With several workers each runs its own checks on the shared capture store; a gauge
+        shows the most recent check of any live worker.
+        """
+        latest: Final = "livemostrecent"
         return cls(
             detected=Gauge(
                 "modelcycle_drift_detected", "1 when the last check found drift", ["model"],
-                registry=registry,
+                registry=registry, multiprocess_mode=latest,
             ),
             share=Gauge(
                 "modelcycle_drift_share", "Share of tested columns that drift", ["model"],
-                registry=registry,
+                registry=registry, multiprocess_mode=latest,
             ),
             p_value=Gauge(
                 "modelcycle_drift_p_value", "KS p-value per column", ["model", "feature"],
-                registry=registry,
+                registry=registry, multiprocess_mode=latest,
             ),
             captures=Gauge(
                 "modelcycle_drift_captures", "Captures in the last check", ["model"],
-                registry=registry,
+                registry=registry, multiprocess_mode=latest,
             ),
             checks=Counter(
                 "modelcycle_drift_checks", "Drift checks by outcome", ["model", "status"],
@@ -64,7 +69,7 @@ class DriftGauges:
             ),
             last_check=Gauge(
                 "modelcycle_drift_last_check_timestamp_seconds", "When drift was last checked",
-                ["model"], registry=registry,
+                ["model"], registry=registry, multiprocess_mode=latest,
             ),
         )  # fmt: skip
 

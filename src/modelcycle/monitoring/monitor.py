@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,13 @@ from modelcycle.monitoring.drift import (
     reference_frame,
 )
 from modelcycle.registry import Registry
-from modelcycle.servable import REFERENCE, ServableError, read_manifest, read_reference
+from modelcycle.servable import (
+    REFERENCE,
+    TARGET,
+    ServableError,
+    read_manifest,
+    read_reference,
+)
 from modelcycle.serving.loading import ServedModel, load_served
 
 BATCH = 256  # reference rows per model call
@@ -45,6 +52,12 @@ def served_reference(served: ServedModel) -> pd.DataFrame:
     The sample is `reference.npz` of the saved model (hash-checked); a model saved without one
     falls back to its held-out rows.
     """
+    inputs = served_reference_inputs(served)
+    return reference_frame(served.adapter, inputs, run_batched(served, inputs))
+
+
+def served_reference_inputs(served: ServedModel) -> list[np.ndarray]:
+    """The version's reference inputs (hash-checked), or its held-out rows without one."""
     if served.directory is None:
         raise ServableError(f"{served.name} v{served.version}: no model directory to read.")
     directory = served.directory
@@ -56,11 +69,30 @@ def served_reference(served: ServedModel) -> pd.DataFrame:
     if inputs is None:
         with np.load(directory / name) as arrays:
             inputs = [arrays[n] for n in manifest["inputs"]]
-    outputs = _run_batched(served, inputs)
-    return reference_frame(served.adapter, inputs, outputs)
+    return inputs
 
 
-def _run_batched(served: ServedModel, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+def held_out_rows(served: ServedModel) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
+    """The version's held-out inputs, their labels and the saved model's info (hash-checked).
+
+    Raises:
+        ServableError: No model directory, a changed file, or no held-out labels saved.
+    """
+    if served.directory is None:
+        raise ServableError(f"{served.name} v{served.version}: no model directory to read.")
+    manifest = read_manifest(served.directory)
+    path = served.directory / "held_out.npz"
+    if sha256_file(path) != manifest["files"]["held_out.npz"]:
+        raise ServableError(f"{path}: sha256 does not match its manifest.")
+    with np.load(path) as arrays:
+        if TARGET not in arrays.files:
+            raise ServableError(f"{path}: no held-out labels; re-register the model.")
+        inputs, labels = [arrays[n] for n in manifest["inputs"]], arrays[TARGET]
+    return inputs, labels, manifest.get("info", {})
+
+
+def run_batched(served: ServedModel, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The served model's outputs on `inputs`, run in batches of BATCH rows."""
     parts = [
         served.run([x[lo : lo + BATCH] for x in inputs]) for lo in range(0, len(inputs[0]), BATCH)
     ]

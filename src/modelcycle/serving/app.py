@@ -163,11 +163,10 @@ def _add_model(
         settings.max_batch,
         settings.max_wait_ms / 1000,
         settings.queue_limit,
-        on_batch=metrics.batch_size.labels(served.name).observe,
     )
+    batcher.on_batch = metrics.batch_observer(served.name, batcher.depth)
     batcher.start()
     metrics.model_info.labels(served.name, served.alias, served.version).set(1)
-    metrics.queue_depth.labels(served.name).set_function(batcher.depth)
 
 
 async def _watch(
@@ -280,7 +279,7 @@ def _add_routes(
     @app.get("/metrics")
     async def prometheus() -> Response:
         """Prometheus metrics."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics.exposed), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:

@@ -28,9 +28,7 @@ from modelcycle.serving.loading import ModelLoadError, ServedModel, load_served,
 def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, ServeConfig]:
     """The app serving `references` (NAME@ALIAS) from the configured registry."""
     config = serve_config(cfg)
-    registry = build_registry(cfg)
-    for reference in references:  # fail here, in one clear line, not in the server's start-up
-        check_servable(registry, reference)
+    registry = check_references(cfg, references)
     cache = workspace_of(cfg) / "serving"
     threads = config.settings.threads
 
@@ -53,6 +51,14 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
         else None
     )
     return create_app(load, config.settings, capture, reload, drift), config
+
+
+def check_references(cfg: DictConfig, references: list[str]) -> Registry:
+    """The configured registry, once every reference in it is servable (ModelLoadError if not)."""
+    registry = build_registry(cfg)
+    for reference in references:  # fail here, in one clear line, not in the server's start-up
+        check_servable(registry, reference)
+    return registry
 
 
 def check_servable(registry: Registry, reference: str) -> None:

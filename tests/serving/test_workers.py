@@ -1,0 +1,90 @@
+"""`serve.workers=2`: two real uvicorn workers share one socket and one /metrics."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_server_process import PREDICT_ROUTE, Tally, examples, load, metric_samples
+
+from server_process import Server, free_port, serve_command, started
+from serving_fixtures import ServedWorkspace
+
+WORKER_STARTED = re.compile(r"Started server process \[(\d+)\]")
+
+
+def worker_pids(server: Server, count: int, timeout: float = 150.0) -> list[int]:
+    """Wait until `count` workers have finished start-up; their pids, newest last."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = server.log.read_text(errors="replace")
+        if text.count("Application startup complete") >= count:
+            return [int(pid) for pid in WORKER_STARTED.findall(text)]
+        time.sleep(0.25)
+    pytest.fail(f"{count} workers did not start within {timeout:.0f} s; {server.output()}")
+
+
+def predictions_counted(server: Server) -> dict[str, float]:
+    """modelcycle_requests_total of twins' predict route, by status, from one scrape."""
+    return {
+        labels["status"]: value
+        for labels, value in metric_samples(server)["modelcycle_requests_total"]
+        if labels["route"] == PREDICT_ROUTE and labels["model"] == "twins"
+    }
+
+
+@pytest.mark.slow
+def test_two_workers_count_every_request_whichever_answers_the_scrape(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    port = free_port()
+    command = serve_command(served_workspace.root, port, "serve.workers=2")
+    url, unbuffered = f"http://127.0.0.1:{port}", {"PYTHONUNBUFFERED": "1"}  # log lines now
+    with started(command, tmp_path / "server.log", url, env=unbuffered) as server:
+        first = worker_pids(server, 2)
+        assert len(set(first)) == 2, server.output()
+        bodies, tally, sent = examples(server), Tally(), 200
+        load(server, bodies, tally, threads=4, total=sent)
+        assert tally.statuses == {200: sent}, f"{tally.errors[:3]}; {server.output()}"
+        # Each scrape lands on either worker; every one must show the sum over both.
+        for _ in range(8):
+            assert predictions_counted(server) == {"200": sent}, server.output()
+
+        # A worker killed outright is replaced; what it answered stays counted, and its
+        # live gauges go: `ready` is that of the live workers only.
+        os.kill(first[0], signal.SIGKILL)
+        pids = worker_pids(server, 3)
+        assert first[0] not in pids[2:], server.output()
+        more = Tally()
+        load(server, bodies, more, threads=4, total=50)
+        assert more.statuses == {200: 50}, server.output()
+        for _ in range(4):
+            assert predictions_counted(server) == {"200": sent + 50}, server.output()
+            assert metric_samples(server)["modelcycle_ready"] == [({}, 1.0)]
+
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            code = server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the workers did not stop within 30 s of SIGTERM; {server.output()}")
+    assert code == 0, f"SIGTERM should stop every worker and exit 0; {server.output()}"
+
+
+def test_one_worker_is_still_the_default(served_workspace: ServedWorkspace) -> None:
+    from modelcycle.config import compose_config, serve_config
+
+    cfg = compose_config([f"workspace={served_workspace.root}"])
+    assert serve_config(cfg).workers == 1
+
+
+def test_bad_worker_count_names_the_key(served_workspace: ServedWorkspace) -> None:
+    from modelcycle.config import ConfigError, compose_config, serve_config
+
+    cfg = compose_config([f"workspace={served_workspace.root}", "serve.workers=0"])
+    with pytest.raises(ConfigError, match=r"serve\.workers=0"):
+        serve_config(cfg)

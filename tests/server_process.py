@@ -12,14 +12,20 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelcycle.monitoring.capture import CaptureStore
 
 READY_TIMEOUT = 150.0  # seconds: loading torch/onnxruntime (per worker) on a busy 2-core machine
 
@@ -125,3 +131,95 @@ def wait_ready(server: Server, path: str = "/readyz") -> None:
                 pass  # not listening yet
             time.sleep(0.25)
     pytest.fail(f"{server.url}{path} was not 200 within {READY_TIMEOUT:.0f} s; {server.output()}")
+
+
+# --- load for tests: example requests, a bounded load loop, what the server reports ---
+
+PREDICT_ROUTE = "/v1/models/{name}/predict"
+
+
+def examples(server: Server) -> list[dict[str, Any]]:
+    """The request bodies of the server's example requests for twins."""
+    response = httpx.get(f"{server.url}/v1/models/twins/examples", timeout=10)
+    assert response.status_code == 200, response.text
+    bodies = [e["request"] for e in response.json()["examples"]]
+    assert bodies, "the server offers no example requests"
+    return bodies
+
+
+def capture_count(root: Path) -> int:
+    """Captured twins predictions in the workspace's capture store (0 before the first)."""
+    path = root / "capture.db"
+    if not path.exists():
+        return 0
+    with CaptureStore(path) as store:
+        return store.count(model="twins")
+
+
+@dataclass
+class Tally:
+    """What a load run saw, shared by its threads."""
+
+    statuses: dict[int, int] = field(default_factory=dict)
+    versions: set[str] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, response: httpx.Response) -> None:
+        with self.lock:
+            self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+            if response.status_code == 200:
+                self.versions.add(response.json()["version"])
+
+    def failure(self, err: Exception) -> None:
+        with self.lock:
+            self.errors.append(f"{type(err).__name__}: {err}")
+
+    @property
+    def acks(self) -> int:
+        with self.lock:
+            return self.statuses.get(200, 0)
+
+
+def load(
+    server: Server,
+    bodies: list[dict[str, Any]],
+    tally: Tally,
+    *,
+    threads: int = 8,
+    total: int | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Send predict requests from `threads` threads: `total` in all, or until `stop` is set."""
+    url = f"{server.url}/v1/models/twins/predict"
+    counter = iter(range(total if total is not None else sys.maxsize))
+    counter_lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        with httpx.Client(timeout=10.0) as client:
+            while stop is None or not stop.is_set():
+                with counter_lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                try:
+                    tally.record(client.post(url, json=bodies[(i + offset) % len(bodies)]))
+                except httpx.TransportError as err:
+                    tally.failure(err)
+                    if stop is not None:  # the server is going away: stop this thread
+                        return
+
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(worker, t) for t in range(threads)]:
+            future.result()
+
+
+def metric_samples(server: Server) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The server's Prometheus samples by sample name."""
+    response = httpx.get(f"{server.url}/metrics", timeout=10)
+    assert response.status_code == 200
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples

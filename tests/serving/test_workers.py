@@ -10,9 +10,18 @@ import time
 from pathlib import Path
 
 import pytest
-from test_server_process import PREDICT_ROUTE, Tally, examples, load, metric_samples
 
-from server_process import Server, free_port, serve_command, started
+from server_process import (
+    PREDICT_ROUTE,
+    Server,
+    Tally,
+    examples,
+    free_port,
+    load,
+    metric_samples,
+    serve_command,
+    started,
+)
 from serving_fixtures import ServedWorkspace
 
 WORKER_STARTED = re.compile(r"Started server process \[(\d+)\]")

@@ -24,7 +24,7 @@ from modelcycle.config import (
 )
 from modelcycle.data.openneuro import FetchError
 from modelcycle.data.tables import DataError
-from modelcycle.evaluation.report import CVReport
+from modelcycle.evaluation.report import CVReport, mean_std
 from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
@@ -216,14 +216,27 @@ def _print_hooks(results: list[HookResult]) -> None:
 
 @data_app.command("fetch")
 def data_fetch(
-    dataset: Annotated[str, typer.Argument(help="Dataset name: qtim")],
+    dataset: Annotated[str, typer.Argument(help="qtim, rice, flowers102 or signmnist")],
     dest: Annotated[Path | None, typer.Option(help="Target folder")] = None,
+    synthetic: Annotated[
+        bool, typer.Option(help="Write the offline stand-in (image datasets)")
+    ] = False,
 ) -> None:
     """Download a dataset (needs internet); hashes are recorded in its manifest."""
+    from modelcycle.data.image_datasets import IMAGE_SOURCES, fetch_images
     from modelcycle.data.qtim import fetch_structural
 
+    if dataset in IMAGE_SOURCES:
+        with _clear_errors():
+            target = dest or workspace_of(compose_config([])) / "data" / dataset
+            root = fetch_images(dataset, target, synthetic)
+        console.print(f"{dataset} {'stand-in' if synthetic else 'data'} in {root}")
+        return
     if dataset != "qtim":
-        raise typer.BadParameter(f"Unknown dataset {dataset!r}; available: qtim.")
+        names = ", ".join(["qtim", *IMAGE_SOURCES])
+        raise typer.BadParameter(f"Unknown dataset {dataset!r}; available: {names}.")
+    if synthetic:
+        raise typer.BadParameter("qtim has no synthetic stand-in; its real files are ~2 MB.")
     with _clear_errors():
         cfg = compose_config([])
         target = dest or Path(cfg.workspace) / "data" / "qtim"
@@ -272,9 +285,8 @@ def summary_table(report: CVReport) -> Table:
     for metric in report.metrics:
         for scorer in ("model", "baseline"):
             cells = [f"{getattr(f, scorer)[metric]:.3f}" for f in report.folds]
-            mean, std = agg[scorer][metric]
             label = metric if scorer == "model" else ""
-            table.add_row(label, scorer, *cells, f"{mean:.3f} ± {std:.3f}")
+            table.add_row(label, scorer, *cells, mean_std(*agg[scorer][metric]))
     return table
 
 

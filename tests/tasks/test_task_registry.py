@@ -116,7 +116,7 @@ def blob_registered(monkeypatch: pytest.MonkeyPatch) -> type[Task[Any]]:
 def test_lookup_by_name_and_unknown_lists_valid(blob_registered: type[Task[Any]]) -> None:
     assert get_task("blobs") is BlobTask and BlobTask.name == "blobs"
     assert get_task("twins").name == "twins"
-    with pytest.raises(KeyError, match=r"Unknown task 'nope'. Registered tasks: blobs, twins"):
+    with pytest.raises(KeyError, match=r"Unknown task 'nope'. Registered tasks: blobs, .*twins"):
         get_task("nope")
 
 

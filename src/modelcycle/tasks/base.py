@@ -136,6 +136,7 @@ def register_task(name: str) -> Callable[[type[Task[Any]]], type[Task[Any]]]:
 
 def _load_builtin_and_plugins() -> None:
     # Built-in tasks register on import; outside packages through the entry-point group.
+    import modelcycle.tasks.image
     import modelcycle.tasks.twins  # noqa: F401
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):

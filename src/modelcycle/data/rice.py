@@ -31,14 +31,16 @@ HANDLE = "muratkokludataset/rice-image-dataset"
 FOLDER = "Rice_Image_Dataset"
 CITATION = "Rice_Citation_Request.txt"
 IMAGE_SIDE = 250
-#: Stand-in grains per variety: (length px, width px, RGB), each varying per grain so that
-#: neighbouring varieties overlap, as the real ones do.
+#: Stand-in grains per variety: (length px, width px, RGB). Areas are about equal and
+#: colours close, so that, as in the real images, the shape (length-to-width ratio) tells
+#: varieties apart more than brightness or colour; sizes and shades vary per grain, so
+#: neighbouring varieties overlap.
 VARIETIES: dict[str, tuple[float, float, tuple[int, int, int]]] = {
-    "Arborio": (120, 62, (225, 222, 205)),
-    "Basmati": (170, 40, (232, 226, 200)),
-    "Ipsala": (150, 66, (238, 236, 228)),
-    "Jasmine": (150, 46, (230, 228, 215)),
-    "Karacadag": (105, 58, (215, 205, 180)),
+    "Arborio": (105, 66, (228, 224, 206)),
+    "Basmati": (175, 40, (232, 226, 204)),
+    "Ipsala": (130, 54, (236, 232, 222)),
+    "Jasmine": (155, 45, (230, 228, 214)),
+    "Karacadag": (90, 78, (222, 214, 192)),
 }
 
 

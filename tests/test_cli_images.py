@@ -15,13 +15,15 @@ from modelcycle.data.image_set import ImageSource
 from modelcycle.tasks.image import ImageTask
 
 runner = CliRunner()
+# Small enough for a slow test, big enough that the model beats the baseline (the gate).
 TINY_RICE = [
     "data.synthetic=true",
-    "data.image_size=24",
-    "data.per_class_synthetic=16",
+    "data.image_size=32",
+    "data.per_class_synthetic=60",
     "model.name=test_resnet",
-    "trainer.max_epochs=3",
-    "trainer.min_epochs=1",
+    "task.lr=0.01",
+    "trainer.max_epochs=20",
+    "trainer.min_epochs=20",
     "trainer.progress_bar=false",
     "task.held_out_rows=10",
 ]
@@ -89,7 +91,7 @@ def test_pipeline_image_rice_end_to_end(workspace: Path) -> None:
     assert "promoted version 1 to @champion" in out and "exported ONNX" in out
     (report,) = (workspace / "reports").glob("image_rice-*")
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["data"]["images"] == 80 and summary["data"]["classes"] == 5
+    assert summary["data"]["images"] == 300 and summary["data"]["classes"] == 5
     assert "skipped Rice_Citation_Request.txt (not a class folder)" in summary["data"]["notes"]
     assert "One fold" in (report / "summary.md").read_text()
     for plot in ("fold0_confusion.png", "fold0_recall.png", "fold0_reliability.png"):

@@ -87,7 +87,7 @@ def test_pipeline_image_rice_end_to_end(workspace: Path) -> None:
     result = runner.invoke(app, ["pipeline", "image_rice", *TINY_RICE])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "registered image version 1 as @challenger" in out
+    assert "registered image_rice version 1 as @challenger" in out
     assert "promoted version 1 to @champion" in out and "exported ONNX" in out
     (report,) = (workspace / "reports").glob("image_rice-*")
     summary = json.loads((report / "summary.json").read_text())
@@ -97,6 +97,6 @@ def test_pipeline_image_rice_end_to_end(workspace: Path) -> None:
     for plot in ("fold0_confusion.png", "fold0_recall.png", "fold0_reliability.png"):
         assert (report / plot).stat().st_size > 5000
     export = json.loads(
-        next((workspace / "exports").glob("image-v1/model/onnx/export.json")).read_text()
+        next((workspace / "exports").glob("image_rice-v1/model/onnx/export.json")).read_text()
     )
     assert export["parity"]["passed"] is True

@@ -94,6 +94,7 @@ def run_tags(task: Task[Any], data_hash: str) -> dict[str, str]:
     """The tags of a pipeline run that registration reads: task, gate metric, lineage."""
     return {
         "task": task.name,
+        "model_name": task.model_name,
         "primary_metric": task.primary_metric,
         "data_hash": data_hash,
         "packages": json.dumps(package_versions()),

@@ -24,8 +24,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return dict(tiny_sources(tmp_path_factory.mktemp("images")))
 
 
-def test_registered_by_name() -> None:
+def test_registered_by_name_with_one_model_name_per_dataset(sources: dict[str, object]) -> None:
     assert get_task("image") is ImageTask
+    assert tiny_task(sources["signmnist"]).model_name == "image_signmnist"  # type: ignore[arg-type]
 
 
 def test_rice_folds_are_stratified_and_disjoint(sources: dict[str, object]) -> None:

@@ -106,6 +106,11 @@ class Task(ABC, Generic[D]):
     def servable(self, module: L.LightningModule, data: D, fold: Fold) -> ServableModel:
         """Wrap a trained model so that it maps request arrays to outputs, for export/serving."""
 
+    @property
+    def model_name(self) -> str:
+        """The registered-model name of its runs: one lineage per thing it predicts."""
+        return self.name
+
     def reference(self, data: D) -> dict[str, float]:
         """Baseline metrics over the whole dataset, for orientation next to the folds."""
         return {}

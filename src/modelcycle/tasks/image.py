@@ -201,6 +201,11 @@ class ImageTask(Task[ImageSet]):
             },
         )
 
+    @property
+    def model_name(self) -> str:
+        """One registered model per dataset (image_rice, …): their metrics do not compare."""
+        return f"{self.name}_{self.source.dataset}"
+
     def reference(self, data: ImageSet) -> dict[str, float]:
         """The majority class's share of all images: what always guessing it would score."""
         return {"majority_class_share": float(np.bincount(data.labels).max() / len(data))}

@@ -29,7 +29,7 @@ from modelcycle.config import (
 )
 from modelcycle.data.openneuro import FetchError
 from modelcycle.data.tables import DataError
-from modelcycle.evaluation.report import CVReport
+from modelcycle.evaluation.report import CVReport, mean_std
 from modelcycle.monitoring.drift import DriftSummary
 from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
@@ -415,8 +415,13 @@ def _print_hooks(results: list[HookResult]) -> None:
 
 @data_app.command("fetch")
 def data_fetch(
-    dataset: Annotated[str, typer.Argument(help="qtim or qtim-synthetic")],
+    dataset: Annotated[
+        str, typer.Argument(help="qtim, qtim-synthetic, rice, flowers102 or signmnist")
+    ],
     dest: Annotated[Path | None, typer.Option(help="Target folder")] = None,
+    synthetic: Annotated[
+        bool, typer.Option(help="Write the offline stand-in (image datasets)")
+    ] = False,
     mirror: Annotated[
         str, typer.Option(help="qtim: copy from this local copy instead of downloading")
     ] = "",
@@ -424,7 +429,8 @@ def data_fetch(
     families: Annotated[int | None, typer.Option(help="qtim-synthetic: families")] = None,
     volumes: Annotated[int | None, typer.Option(help="qtim-synthetic: volumes per run")] = None,
 ) -> None:
-    """Download a dataset (hashes recorded), or write the synthetic rest-fMRI cohort."""
+    """Download a dataset (hashes recorded), or write its offline stand-in."""
+    from modelcycle.data.image_datasets import IMAGE_SOURCES, fetch_images
     from modelcycle.data.qtim import fetch_structural
     from modelcycle.data.qtim_functional import fetch_functional
 
@@ -432,10 +438,23 @@ def data_fetch(
     if dataset == "qtim-synthetic":
         _fetch_synthetic(dest, families, volumes)
         return
+    if dataset in IMAGE_SOURCES:
+        with _clear_errors():
+            target = dest or workspace_of(compose_config([])) / "data" / dataset
+            root = fetch_images(dataset, target, synthetic)
+        console.print(f"{dataset} {'stand-in' if synthetic else 'data'} in {root}")
+        return
     if dataset != "qtim" or modality not in downloads:
+        names = ", ".join(
+            ["qtim (--modality structural or func)", "qtim-synthetic", *IMAGE_SOURCES]
+        )
         raise typer.BadParameter(
-            f"Unknown dataset {dataset!r} or modality {modality!r}; available: qtim "
-            "(--modality structural or func), qtim-synthetic."
+            f"Unknown dataset {dataset!r} or modality {modality!r}; available: {names}."
+        )
+    if synthetic:
+        raise typer.BadParameter(
+            "qtim has no synthetic stand-in: its structural files are ~2 MB; for the offline "
+            "rest-fMRI cohort use `modelcycle data fetch qtim-synthetic`."
         )
     with _clear_errors():
         cfg = compose_config([])
@@ -556,9 +575,8 @@ def summary_table(report: CVReport) -> Table:
     for metric in report.metrics:
         for scorer in ("model", "baseline"):
             cells = [f"{getattr(f, scorer)[metric]:.3f}" for f in report.folds]
-            mean, std = agg[scorer][metric]
             label = metric if scorer == "model" else ""
-            table.add_row(label, scorer, *cells, f"{mean:.3f} ± {std:.3f}")
+            table.add_row(label, scorer, *cells, mean_std(*agg[scorer][metric]))
     return table
 
 

@@ -360,7 +360,12 @@ def quantize_int8(path: Path, out: Path) -> Path:
 
     logger.info("Quantizing %s to int8 weights in %s", path, out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(path, out, weight_type=QuantType.QInt8)
+    # It logs one INFO line per unquantized tensor to the root logger: hundreds for a CNN.
+    logging.disable(logging.INFO)
+    try:
+        quantize_dynamic(path, out, weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
     return out
 
 

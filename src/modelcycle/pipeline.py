@@ -96,6 +96,7 @@ def run_tags(task: Task[Any], data_hash: str) -> dict[str, str]:
     """The tags of a pipeline run that registration reads: task, gate metric, lineage."""
     return {
         "task": task.name,
+        "model_name": task.model_name,
         "primary_metric": task.primary_metric,
         "data_hash": data_hash,
         "packages": json.dumps(package_versions()),
@@ -130,7 +131,7 @@ def release(registry: Registry, run_id: str, name: str, exports: Path) -> Releas
     fp32 = report.variants[0]
     messages.append(
         f"exported ONNX ({fp32.size_bytes / 1024:.0f} KiB, parity max abs "
-        f"{report.parity.max_abs:.1e}, {fp32.latency_ms[1]:.3f} ms per pair)"
+        f"{report.parity.max_abs:.1e}, {fp32.latency_ms[1]:.3f} ms per request at batch 1)"
     )
     return Release(version.version, messages)
 

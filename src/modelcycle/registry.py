@@ -85,8 +85,9 @@ class Registry:
         return Candidate(run_id, metric, m[f"model_{metric}_mean"], m[f"baseline_{metric}_mean"])
 
     def task_of(self, run_id: str) -> str:
-        """The task a pipeline run trained (the default registered-model name)."""
-        task = self._run(run_id).data.tags.get("task")
+        """The registered-model name of a pipeline run (its task's `model_name`, else the task)."""
+        tags = self._run(run_id).data.tags
+        task = tags.get("model_name") or tags.get("task")
         if not task:
             raise RegistryError(f"Run {run_id} has no task tag; pass --name.")
         return str(task)

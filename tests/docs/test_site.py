@@ -56,6 +56,8 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     # README sections are included, not copied: one text for both
     functional = (tmp_path / "site" / "tasks" / "twins-functional" / "index.html").read_text()
     assert "synthetic_kinship.tsv" in functional
+    image = (tmp_path / "site" / "tasks" / "image" / "index.html").read_text()
+    assert "Rice_Citation_Request.txt" in image
     assert "Kolmogorov" in (tmp_path / "site" / "monitoring" / "index.html").read_text()
     # the example file is included at build time, not copied into the page
     assert "BlobsServing" in example and "--8&lt;--" not in example

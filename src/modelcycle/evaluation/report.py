@@ -67,10 +67,13 @@ class CVReport:
         for metric in self.metrics:
             for scorer in SCORERS:
                 cells = " | ".join(f"{getattr(f, scorer)[metric]:.3f}" for f in self.folds)
-                mean, std = agg[scorer][metric]
-                lines.append(f"| {metric} | {scorer} | {cells} | {mean:.3f} ± {std:.3f} |")
+                lines.append(
+                    f"| {metric} | {scorer} | {cells} | {mean_std(*agg[scorer][metric])} |"
+                )
         tested = ", ".join(str(f.n_test) for f in self.folds)
         lines += ["", f"Test subjects per fold: {tested}."]
+        if len(self.folds) == 1:
+            lines += ["", "One fold (a single test split): no spread over folds to report."]
         if self.reference:
             ref = ", ".join(f"{k} {v:.3f}" for k, v in self.reference.items())
             lines += ["", f"Baseline over the whole dataset (no folds): {ref}."]
@@ -107,6 +110,11 @@ class CVReport:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return path
+
+
+def mean_std(mean: float, std: float) -> str:
+    """Mean ± std, or only the mean when there is no spread to report (one fold)."""
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
 
 def _strict_json(value: Any) -> Any:

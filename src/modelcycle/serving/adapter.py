@@ -17,11 +17,18 @@ class RequestError(ValueError):
     """A request that validates as JSON but cannot be turned into model inputs (HTTP 422)."""
 
 
+class UnsupportedMediaError(ValueError):
+    """A body whose media type the model does not take (HTTP 415)."""
+
+
 class ServingAdapter(ABC):
     """Everything task-specific a model server does with one request."""
 
     #: The pydantic model of one request body (it also becomes the OpenAPI schema).
     request_type: ClassVar[type[BaseModel]]
+    #: Media types `decode_bytes` takes as a raw body or as a multipart upload's file
+    #: (e.g. image/png); empty when the model takes JSON only.
+    byte_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, info: dict[str, Any]) -> None:
         self.info = info
@@ -33,6 +40,15 @@ class ServingAdapter(ABC):
         Raises:
             RequestError: Values the model cannot take, with what was wrong and how to fix it.
         """
+
+    def decode_bytes(self, data: bytes) -> list[np.ndarray]:
+        """Like `decode`, for a body of one of `byte_types`.
+
+        Raises:
+            UnsupportedMediaError: Bytes that are not of a type the model takes.
+            RequestError: Bytes of the right type that cannot become model inputs.
+        """
+        raise UnsupportedMediaError(f"{type(self).__name__} takes JSON bodies only.")
 
     def encode(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         """The response body for one request's outputs (each with a batch axis of 1)."""

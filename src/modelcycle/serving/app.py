@@ -30,10 +30,11 @@ from pydantic import ValidationError
 
 from modelcycle.monitoring.capture import Capture, CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
-from modelcycle.serving.adapter import RequestError
+from modelcycle.serving.adapter import RequestError, UnsupportedMediaError
 from modelcycle.serving.batching import MicroBatcher, OverloadedError
 from modelcycle.serving.loading import ServedModel, warm_up
 from modelcycle.serving.metrics import ServerMetrics
+from modelcycle.serving.uploads import accepted_types, file_bytes, takes_bytes
 
 log = logging.getLogger(__name__)
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -337,20 +338,25 @@ async def _payload(
 ) -> _Payload | JSONResponse:
     """Read, parse and validate one request body into model rows, or an error response."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        return _error(
-            415, f"Content-Type must be application/json, not {content_type or 'none'!r}."
-        )
+    adapter = served.adapter
+    if content_type != "application/json" and not takes_bytes(adapter, content_type):
+        types = accepted_types(adapter)
+        return _error(415, f"Content-Type must be {types}, not {content_type or 'none'!r}.")
     body = await _read_limited(request, settings.body_limit)
     if body is None:
         return _error(413, f"Request body is larger than {settings.body_limit} bytes.")
     try:
-        document = json.loads(body, parse_constant=_reject_constant)
-        rows = served.adapter.decode(served.adapter.request_type.model_validate(document))
+        if content_type == "application/json":
+            document = json.loads(body, parse_constant=_reject_constant)
+            rows = adapter.decode(adapter.request_type.model_validate(document))
+        else:
+            rows = adapter.decode_bytes(await file_bytes(content_type, request.headers, body))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         return _error(400, f"Body is not valid JSON: {err}.")
     except ValidationError as err:
         return JSONResponse({"detail": _validation_details(err)}, status_code=422)
+    except UnsupportedMediaError as err:
+        return _error(415, str(err))
     except (RequestError, ValueError) as err:
         return _error(422, str(err))
     return _Payload(served, rows, served.adapter.drift_features(rows))

@@ -55,6 +55,7 @@ class ServedModel:
             "outputs": self.output_names,
             "lineage": self.lineage,
             "schema": self.adapter.request_type.model_json_schema(),
+            "media_types": ["application/json", *self.adapter.byte_types],
         }
 
 

@@ -106,6 +106,11 @@ class Task(ABC, Generic[D]):
     def servable(self, module: L.LightningModule, data: D, fold: Fold) -> ServableModel:
         """Wrap a trained model so that it maps request arrays to outputs, for export/serving."""
 
+    @property
+    def model_name(self) -> str:
+        """The registered-model name of its runs: one lineage per thing it predicts."""
+        return self.name
+
     def reference(self, data: D) -> dict[str, float]:
         """Baseline metrics over the whole dataset, for orientation next to the folds."""
         return {}
@@ -136,6 +141,7 @@ def register_task(name: str) -> Callable[[type[Task[Any]]], type[Task[Any]]]:
 
 def _load_builtin_and_plugins() -> None:
     # Built-in tasks register on import; outside packages through the entry-point group.
+    import modelcycle.tasks.image
     import modelcycle.tasks.twins
     import modelcycle.tasks.twins_functional  # noqa: F401
 

@@ -1,0 +1,203 @@
+"""Image classification data in memory: fixed-size RGB pixels, labels, class names, splits.
+
+Every image dataset (rice, Flowers-102, Sign Language MNIST) is read into one `ImageSet`:
+images resized to `image_size` × `image_size` RGB uint8, so that the same code trains,
+evaluates, computes baselines and drift features on all three.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from modelcycle.data.tables import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images with labels, rows aligned.
+
+    Attributes:
+        images: (n, size, size, 3) uint8 RGB.
+        labels: (n,) class index into `classes`.
+        classes: Class names, in label order.
+        split: (n,) "train"/"val"/"test" when the dataset has an official split, else None.
+        data_hash: sha256 over the files read.
+        notes: What was skipped or subsampled, for the report.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    split: np.ndarray | None = None
+    data_hash: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class name."""
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, counts, strict=True)}
+
+
+@dataclass
+class ImageSource(ABC):
+    """Where an image dataset comes from: a local copy, a download, or a synthetic stand-in.
+
+    Args:
+        root: A local copy in the dataset's real layout.
+        download_dir: Where to download to (or write the stand-in to) when `root` is not given.
+        synthetic: Write and use an offline stand-in in the real layout instead of downloading.
+        image_size: Side in pixels every image is resized to.
+        max_per_class: Keep at most this many images per class and split (seeded), or all.
+        seed: Seed of the subsampling and of the stand-in.
+    """
+
+    root: Path | None = None
+    download_dir: Path = Path(".modelcycle/data/images")
+    synthetic: bool = False
+    image_size: int = 64
+    max_per_class: int | None = None
+    seed: int = 0
+
+    #: Short dataset name used in messages and in `modelcycle data fetch`.
+    dataset: ClassVar[str] = "images"
+
+    def resolve_root(self) -> Path:
+        """The local copy: `root`, else the stand-in (written once), else a download."""
+        if self.root is not None:
+            root = Path(self.root).expanduser()
+            if not root.is_dir():
+                raise DataError(
+                    f"data.root={root} is not a directory. Point it at a copy of {self.dataset} "
+                    "in its real layout, or leave it empty to download it."
+                )
+            return root
+        target = Path(self.download_dir)
+        if self.synthetic:
+            if not self.present(target):
+                log.info("Writing the synthetic %s stand-in to %s", self.dataset, target)
+                self.synthesize(target)
+            return target
+        if self.present(target):
+            return target
+        return self.fetch(target)
+
+    def load(self) -> ImageSet:
+        """Read the dataset, resized, subsampled as configured."""
+        return self.read(self.resolve_root())
+
+    @abstractmethod
+    def present(self, target: Path) -> bool:
+        """Whether `target` already holds the dataset."""
+
+    @abstractmethod
+    def fetch(self, target: Path) -> Path:
+        """Download the real dataset into `target`; returns its root."""
+
+    @abstractmethod
+    def synthesize(self, target: Path) -> Path:
+        """Write the offline stand-in in the real layout into `target`; returns its root."""
+
+    @abstractmethod
+    def read(self, root: Path) -> ImageSet:
+        """Read a local copy in the real layout."""
+
+
+def read_image_files(paths: Sequence[Path], size: int, desc: str) -> np.ndarray:
+    """Decode image files to (n, size, size, 3) uint8 RGB, with a progress bar.
+
+    Raises:
+        DataError: A file that is not a readable image, named.
+    """
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=len(paths) < 500)):
+        try:
+            with Image.open(path) as image:
+                out[i] = resize_rgb(image, size)
+        except (UnidentifiedImageError, OSError) as err:
+            raise DataError(f"{path}: not a readable image ({err}); remove or replace it.") from err
+    return out
+
+
+def resize_rgb(image: object, size: int) -> np.ndarray:
+    """One PIL image as (size, size, 3) uint8 RGB (bilinear, aspect not kept)."""
+    from PIL import Image
+
+    assert isinstance(image, Image.Image)
+    return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+
+
+def hash_files(paths: Sequence[Path]) -> str:
+    """One sha256 over the files' bytes, in the given order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def subsample(labels: np.ndarray, max_per_class: int | None, seed: int) -> np.ndarray:
+    """Sorted indices keeping at most `max_per_class` rows of each label (seeded)."""
+    if max_per_class is None:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:max_per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+
+
+def stratified_holdout(
+    labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split `rows` into (kept, held out) with about `fraction` of each class held out.
+
+    Every class with at least two rows gives up at least one, so each class is scored.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction={fraction} must be strictly between 0 and 1.")
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels[rows]):
+        members = rng.permutation(rows[labels[rows] == c])
+        n = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held.append(members[:n])
+    held_rows = np.concatenate(held) if held else np.arange(0)
+    return np.setdiff1d(rows, held_rows), np.sort(held_rows)
+
+
+def stratified_kfold(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """`n_folds` disjoint test parts, each class dealt round-robin after a seeded shuffle."""
+    counts = np.bincount(labels)
+    if n_folds < 2 or n_folds > counts[counts > 0].min():
+        raise ValueError(
+            f"n_folds={n_folds} must be between 2 and the smallest class size "
+            f"({counts[counts > 0].min()}); use cv.n_folds=1 for one stratified holdout."
+        )
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(labels), dtype=int)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        fold_of[members] = (np.arange(len(members)) + rng.integers(n_folds)) % n_folds
+    return [np.flatnonzero(fold_of == k) for k in range(n_folds)]
+
+
+def official_rows(split: np.ndarray, name: str) -> np.ndarray:
+    """Row indices of one official split part."""
+    if name not in SPLITS:
+        raise ValueError(f"split part {name!r} must be one of {SPLITS}.")
+    return np.flatnonzero(split == name)

@@ -1,0 +1,77 @@
+"""Plots of a classifier beside its baseline: confusion matrices, recall, reliability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from modelcycle.tasks.base import Evaluation
+
+MAX_TICK_LABELS = 30  # beyond this many classes, names would overprint each other
+
+
+def plot_classification(scorers: dict[str, Evaluation], out_dir: Path, tag: str) -> list[Path]:
+    """`<tag>_confusion.png`, `<tag>_recall.png` and `<tag>_reliability.png` in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        _confusion(scorers, out_dir / f"{tag}_confusion.png"),
+        _recall(scorers, out_dir / f"{tag}_recall.png"),
+        _reliability(scorers, out_dir / f"{tag}_reliability.png"),
+    ]
+
+
+def _confusion(scorers: dict[str, Evaluation], path: Path) -> Path:
+    fig, axes = plt.subplots(1, len(scorers), figsize=(5.5 * len(scorers), 5), squeeze=False)
+    for ax, (name, ev) in zip(axes[0], scorers.items(), strict=True):
+        matrix = np.array(ev.details["confusion"], float)
+        rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)  # recall per row
+        ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+        classes = ev.details["classes"]
+        if len(classes) <= MAX_TICK_LABELS:
+            ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        acc = ev.metrics["accuracy"]
+        ax.set(xlabel="predicted", ylabel="true", title=f"{name} (accuracy {acc:.3f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _recall(scorers: dict[str, Evaluation], path: Path) -> Path:
+    first = next(iter(scorers.values()))
+    classes = first.details["classes"]
+    x = np.arange(len(classes))
+    width = 0.8 / len(scorers)
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(classes) + 3), 3.8))
+    for k, (name, ev) in enumerate(scorers.items()):
+        ax.bar(x + (k - (len(scorers) - 1) / 2) * width, ev.details["recall"], width, label=name)
+    if len(classes) <= MAX_TICK_LABELS:
+        ax.set_xticks(x, classes, rotation=90, fontsize=7)
+    ax.set(ylim=(0, 1.05), ylabel="recall", title="Recall per class")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _reliability(scorers: dict[str, Evaluation], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k:", label="calibrated")
+    for name, ev in scorers.items():
+        bins = ev.details["reliability"]
+        used = np.array(bins["count"]) > 0
+        conf, acc = np.array(bins["confidence"])[used], np.array(bins["accuracy"])[used]
+        ax.plot(conf, acc, "o-", label=f"{name} (ECE {ev.metrics['ece']:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title="Reliability")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,158 @@
+"""Image classifiers: any timm backbone behind in-model pixel normalisation.
+
+The module takes raw RGB pixels, (batch, height, width, 3) uint8 or float in 0..255, so the
+exported ONNX needs no preprocessing outside it: a served image is decoded, resized and fed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for but could not be loaded; the message says the fix."""
+
+
+def timm_backbone(
+    num_classes: int, name: str = "resnet18", pretrained: bool = False, drop_rate: float = 0.0
+) -> nn.Module:
+    """`timm.create_model(name, pretrained, num_classes)`, saying where its weights come from."""
+    import timm
+
+    if not pretrained:
+        log.info("%s: random initialisation (model.pretrained=false; no weights downloaded)", name)
+        return timm.create_model(
+            name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate
+        )
+    try:
+        model = timm.create_model(
+            name, pretrained=True, num_classes=num_classes, drop_rate=drop_rate
+        )
+    except Exception as err:  # hub downloads raise many kinds: network, HTTP, missing tag
+        raise PretrainedWeightsError(
+            f"Could not load pretrained weights of timm model {name!r}: {err}. Offline, set "
+            "model.pretrained=false (random initialisation)."
+        ) from err
+    log.info(
+        "%s: pretrained weights from the Hugging Face hub, new %d-class head", name, num_classes
+    )
+    return model
+
+
+class PixelNormalize(nn.Module):
+    """(n, h, w, 3) pixels in 0..255 → (n, 3, h, w) float, normalised with the model's mean/std."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, h, w, 3) pixels → (n, 3, h, w) normalised floats."""
+        x = pixels.float().permute(0, 3, 1, 2) / 255.0
+        return (x - self.mean) / self.std
+
+
+def normalizer_for(backbone: nn.Module) -> PixelNormalize:
+    """The mean/std timm's data config gives for `backbone` (ImageNet's by default)."""
+    from timm.data import resolve_model_data_config
+
+    config = resolve_model_data_config(backbone)
+    return PixelNormalize(tuple(config["mean"]), tuple(config["std"]))
+
+
+class ImageClassifier(L.LightningModule):
+    """A timm backbone trained with label smoothing, AdamW and a cosine learning-rate schedule.
+
+    Args:
+        backbone: Maps (n, 3, h, w) normalised images to (n, classes) logits.
+        normalize: Pixel normalisation in front of it.
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay.
+        label_smoothing: Cross-entropy label smoothing.
+        hflip: Flip training images left-right at random (off when handedness matters).
+        shift: Largest random translation of training images, in pixels.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        normalize: PixelNormalize,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        label_smoothing: float = 0.1,
+        hflip: bool = True,
+        shift: int = 4,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.normalize = backbone, normalize
+        self.lr, self.weight_decay, self.label_smoothing = lr, weight_decay, label_smoothing
+        self.hflip, self.shift = hflip, shift
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, h, w, 3) pixels → (n, classes) logits."""
+        return self.backbone(self.normalize(pixels))
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random flips and translations of a normalised (n, 3, h, w) batch."""
+        if self.hflip:
+            flip = torch.rand(len(x), device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if self.shift > 0:
+            s = self.shift
+            padded = F.pad(x, (s, s, s, s), mode="replicate")
+            dy, dx = (int(v) for v in torch.randint(0, 2 * s + 1, (2,)))
+            x = padded[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
+        return x
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Cross-entropy with label smoothing on an augmented batch."""
+        pixels, labels = batch
+        logits = self.backbone(self.augment(self.normalize(pixels)))
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        """Keep predictions for the epoch's accuracy."""
+        pixels, labels = batch
+        self._val.append((self(pixels).argmax(1), labels))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log validation accuracy, the early-stopping metric."""
+        predicted = torch.cat([p for p, _ in self._val])
+        labels = torch.cat([y for _, y in self._val])
+        self._val.clear()
+        self.log("val_accuracy", (predicted == labels).float().mean(), prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        """AdamW with a cosine schedule over the trainer's epochs."""
+        optimizer = torch.optim.AdamW(self.parameters(), self.lr, weight_decay=self.weight_decay)
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+class PixelClassifier(nn.Module):
+    """The deployable model: pixels in; top-class probability and all probabilities out."""
+
+    def __init__(self, classifier: ImageClassifier) -> None:
+        super().__init__()
+        self.normalize, self.backbone = classifier.normalize, classifier.backbone
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, h, w, 3) pixels → (n,) confidence and (n, classes) probabilities."""
+        probabilities = torch.softmax(self.backbone(self.normalize(pixels)), dim=1)
+        return probabilities.max(dim=1).values, probabilities

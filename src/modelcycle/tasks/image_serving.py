@@ -1,0 +1,162 @@
+"""Serving image classifiers: a JPEG or PNG in, the top-k classes with probabilities out.
+
+An image arrives as the raw body (`Content-Type: image/jpeg` or `image/png`), as the file
+of a `multipart/form-data` upload, or base64-encoded in JSON (`{"image": "..."}`). Before
+decoding, the header's width × height is checked against `MAX_PIXELS`, so a small file that
+would decompress to gigabytes (a decompression bomb) is refused without being decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelcycle.serving.adapter import RequestError, ServingAdapter, UnsupportedMediaError
+
+MAX_PIXELS = 25_000_000  # 5000 × 5000; real rice and flower photos are well under 1 Mpx
+SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+
+
+class ImageRequest(BaseModel):
+    """One image, base64-encoded JPEG or PNG bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="Base64 of a JPEG or PNG file", max_length=2_000_000)
+
+
+class ImageServing(ServingAdapter):
+    """Adapter of the image task; `info` holds `classes`, `image_size` and `top_k`."""
+
+    request_type = ImageRequest
+    byte_types = ("image/jpeg", "image/png")
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        super().__init__(info)
+        self.classes: list[str] = list(info["classes"])
+        self.size = int(info["image_size"])
+        self.top_k = int(info.get("top_k", 5))
+
+    def decode(self, request: BaseModel) -> list[np.ndarray]:
+        """The base64 image, decoded and resized: [(1, size, size, 3) uint8]."""
+        assert isinstance(request, ImageRequest)
+        try:
+            data = base64.b64decode(request.image, validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise RequestError(
+                f"image: not valid base64 ({err}); send base64 of the file."
+            ) from err
+        return self.decode_bytes(data)
+
+    def decode_bytes(self, data: bytes) -> list[np.ndarray]:
+        """A JPEG or PNG file's bytes, decoded and resized: [(1, size, size, 3) uint8]."""
+        return [decode_image(data, self.size)[None]]
+
+    def encode(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The top-k classes with their probabilities, most probable first."""
+        probabilities = outputs["probabilities"].reshape(-1)
+        order = np.argsort(-probabilities, kind="stable")[: self.top_k]
+        top = [{"class": self.classes[i], "probability": float(probabilities[i])} for i in order]
+        return {"class": top[0]["class"], "confidence": top[0]["probability"], "top_k": top}
+
+    def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
+        """Brightness, contrast, sharpness and colour means of the decoded image."""
+        return image_features(inputs[0])
+
+    def examples(
+        self, held_out: list[np.ndarray], target: np.ndarray | None
+    ) -> list[dict[str, Any]]:
+        """Held-out images of different classes as base64 PNG requests."""
+        labels = self.info.get("held_out_labels") or [""] * len(held_out[0])
+        examples = []
+        for n, (pixels, label) in enumerate(zip(held_out[0][:6], labels, strict=False)):
+            examples.append(
+                {
+                    "id": f"example-{n + 1}",
+                    "label": f"{label} (held out)",
+                    "request": {"image": base64.b64encode(png_bytes(pixels)).decode()},
+                }
+            )
+        return examples
+
+
+def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """JPEG/PNG bytes → (size, size, 3) uint8 RGB.
+
+    Raises:
+        UnsupportedMediaError: Neither a JPEG nor a PNG signature (HTTP 415).
+        RequestError: A corrupt or truncated file, or more than `max_pixels` pixels (HTTP 422).
+    """
+    import warnings
+
+    from PIL import Image
+
+    from modelcycle.data.image_set import resize_rgb
+
+    kind = next((name for sig, name in SIGNATURES.items() if data.startswith(sig)), None)
+    if kind is None:
+        raise UnsupportedMediaError(
+            f"The file starts with {data[:8]!r}, not a JPEG or PNG signature; send a JPEG or PNG."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size  # read from the header; nothing is decoded yet
+            if width * height > max_pixels:
+                raise RequestError(
+                    f"{kind} of {width}×{height} = {width * height:,} pixels is over the "
+                    f"{max_pixels:,}-pixel limit (a decompression bomb?); send a smaller image."
+                )
+            image.load()
+            return resize_rgb(image, size)
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as err:
+        if isinstance(err, RequestError):
+            raise
+        raise RequestError(f"The {kind} file is corrupt or truncated ({err}).") from err
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """(h, w, 3) uint8 pixels as a PNG file."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_features(pixels: np.ndarray) -> dict[str, float]:
+    """Drift features of (1, h, w, 3) uint8 pixels, each scaled to about 0..1.
+
+    brightness: mean luminance; contrast: its standard deviation; sharpness: the standard
+    deviation of its Laplacian (blur lowers it); red/green/blue: channel means.
+    """
+    rgb = pixels[0].astype(np.float32) / 255.0
+    luminance = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    laplacian = (
+        -4 * luminance[1:-1, 1:-1]
+        + luminance[:-2, 1:-1]
+        + luminance[2:, 1:-1]
+        + luminance[1:-1, :-2]
+        + luminance[1:-1, 2:]
+    )
+    means = rgb.reshape(-1, 3).mean(axis=0)
+    return {
+        "brightness": float(luminance.mean()),
+        "contrast": float(luminance.std()),
+        "sharpness": float(laplacian.std()),
+        "red": float(means[0]),
+        "green": float(means[1]),
+        "blue": float(means[2]),
+    }

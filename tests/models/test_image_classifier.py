@@ -1,0 +1,45 @@
+"""timm backbones by name, and the pixel normalisation inside the model."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import torch
+
+from modelcycle.models.image_classifier import (
+    PretrainedWeightsError,
+    normalizer_for,
+    timm_backbone,
+)
+
+
+def test_any_timm_name_with_a_new_head_and_a_clear_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO):
+        model = timm_backbone(num_classes=7, name="test_resnet")
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    assert "test_resnet: random initialisation (model.pretrained=false" in caplog.text
+
+
+def test_pretrained_weights_offline_say_how_to_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    def offline(*args: Any, pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(PretrainedWeightsError, match=r"'resnet18'.*model.pretrained=false"):
+        timm_backbone(num_classes=3, name="resnet18", pretrained=True)
+
+
+def test_normalisation_uses_timms_mean_and_std_on_raw_pixels() -> None:
+    backbone = timm_backbone(num_classes=2, name="resnet10t")  # ImageNet mean/std
+    normalize = normalizer_for(backbone)
+    pixels = torch.full((1, 4, 4, 3), 255, dtype=torch.uint8)
+    out = normalize(pixels)
+    assert out.shape == (1, 3, 4, 4)
+    # ImageNet statistics: (1 - 0.485) / 0.229 for the red channel
+    assert float(out[0, 0, 0, 0]) == pytest.approx((1 - 0.485) / 0.229, rel=1e-5)

@@ -1,0 +1,202 @@
+"""Serving an image model through TestClient: uploads, limits and errors, real ONNX Runtime."""
+
+from __future__ import annotations
+
+import base64
+import io
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from image_fixtures import PublishedImage, publish_image
+from modelcycle.monitoring.capture import CaptureStore
+from modelcycle.serving.app import ServeSettings, create_app
+from modelcycle.serving.loading import ServedModel, load_served
+from modelcycle.tracking import Tracker, TrackingSettings
+
+PREDICT = "/v1/models/image/predict"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> PublishedImage:
+    tmp = tmp_path_factory.mktemp("image-served")
+    return publish_image(tmp, Tracker(TrackingSettings(), tmp / "ws"))
+
+
+@pytest.fixture(scope="module")
+def served_image(
+    published: PublishedImage, tmp_path_factory: pytest.TempPathFactory
+) -> ServedModel:
+    cache = tmp_path_factory.mktemp("cache")
+    return load_served(published.registry, "image@champion", cache, threads=1)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CaptureStore:
+    return CaptureStore(tmp_path / "capture.db")
+
+
+@pytest.fixture
+def client(served_image: ServedModel, store: CaptureStore) -> Iterator[TestClient]:
+    with TestClient(create_app(lambda: [served_image], ServeSettings(), store)) as c:
+        yield c
+
+
+def encoded(pixels: np.ndarray, kind: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+def grain(side: int = 60) -> np.ndarray:
+    y, x = np.mgrid[:side, :side]
+    inside = ((y - side / 2) / (side / 3)) ** 2 + ((x - side / 2) / (side / 8)) ** 2 <= 1
+    return (inside[..., None] * np.array([230, 225, 200])).astype(np.uint8)
+
+
+def test_raw_jpeg_gives_top_k_with_probabilities_and_version(
+    client: TestClient, served_image: ServedModel
+) -> None:
+    data = encoded(grain(), "JPEG")
+    response = client.post(PREDICT, content=data, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "image" and body["version"] == "1"
+    top = body["outputs"]["top_k"]
+    assert [t["class"] for t in top] != [] and len(top) == 5
+    probabilities = [t["probability"] for t in top]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+    assert body["outputs"]["class"] == top[0]["class"]
+    # the same answer as the ONNX session on the decoded pixels
+    rows = served_image.adapter.decode_bytes(data)
+    assert rows[0].shape == (1, 24, 24, 3) and rows[0].dtype == np.uint8
+    _, expected = served_image.run(rows)
+    assert probabilities[0] == pytest.approx(float(expected.max()), abs=1e-6)
+
+
+def test_png_multipart_and_base64_json_give_the_same_answer(client: TestClient) -> None:
+    png = encoded(grain(), "PNG")
+    raw = client.post(PREDICT, content=png, headers={"content-type": "image/png"})
+    form = client.post(PREDICT, files={"file": ("grain.png", png, "image/png")})
+    as_json = client.post(PREDICT, json={"image": base64.b64encode(png).decode()})
+    assert raw.status_code == form.status_code == as_json.status_code == 200, form.text
+    assert raw.json()["outputs"] == form.json()["outputs"] == as_json.json()["outputs"]
+
+
+def test_examples_are_held_out_images_that_predict(client: TestClient) -> None:
+    examples = client.get("/v1/models/image/examples").json()["examples"]
+    assert len(examples) == 6 and examples[0]["label"].endswith("(held out)")
+    assert examples[0]["label"].split(" (")[0] in {
+        "Arborio",
+        "Basmati",
+        "Ipsala",
+        "Jasmine",
+        "Karacadag",
+    }
+    response = client.post(PREDICT, json=examples[0]["request"])
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"hello", "text/plain", "application/json, image/jpeg, image/png or multipart/form-data"),
+        (b"GIF89a" + bytes(20), "image/gif", "not 'image/gif'"),
+        (b"GIF89a" + bytes(20), "image/png", "not a JPEG or PNG signature"),
+    ],
+)
+def test_wrong_type_is_415(
+    client: TestClient, body: bytes, content_type: str, message: str
+) -> None:
+    response = client.post(PREDICT, content=body, headers={"content-type": content_type})
+    assert response.status_code == 415 and message in response.json()["detail"]
+
+
+def test_text_file_uploaded_as_multipart_is_415(client: TestClient) -> None:
+    response = client.post(PREDICT, files={"file": ("notes.txt", b"just text", "text/plain")})
+    assert response.status_code == 415, response.text
+
+
+def test_corrupt_and_truncated_images_are_422(client: TestClient) -> None:
+    jpeg = encoded(grain(), "JPEG")
+    for body, kind in [
+        (b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, "image/png"),
+        (jpeg[: len(jpeg) // 2], "image/jpeg"),
+    ]:
+        response = client.post(PREDICT, content=body, headers={"content-type": kind})
+        assert response.status_code == 422, response.text
+        assert "corrupt or truncated" in response.json()["detail"]
+
+
+def _bomb_png(side: int) -> bytes:
+    """A valid grayscale PNG of side × side zeros: tiny on the wire, huge decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    pixels = zlib.compress(bytes(side + 1) * side, 9)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bomb_is_422_without_decoding(client: TestClient) -> None:
+    bomb = _bomb_png(6000)  # 36 Mpx, about 35 KB
+    assert len(bomb) < 100_000
+    response = client.post(PREDICT, content=bomb, headers={"content-type": "image/png"})
+    assert response.status_code == 422
+    assert "36,000,000 pixels is over the 25,000,000-pixel limit" in response.json()["detail"]
+
+
+def test_oversized_upload_is_413(served_image: ServedModel) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    big = encoded(noise, "PNG")
+    assert len(big) > 20_000
+    settings = ServeSettings(body_limit=20_000)
+    with TestClient(create_app(lambda: [served_image], settings)) as small:
+        raw = small.post(PREDICT, content=big, headers={"content-type": "image/png"})
+        form = small.post(PREDICT, files={"file": ("noise.png", big, "image/png")})
+    assert raw.status_code == form.status_code == 413
+
+
+def test_multipart_needs_exactly_one_file(client: TestClient) -> None:
+    png = encoded(grain(), "PNG")
+    no_file = client.post(PREDICT, files={"note": (None, "a field, not a file")})
+    two = client.post(
+        PREDICT, files=[("a", ("a.png", png, "image/png")), ("b", ("b.png", png, "image/png"))]
+    )
+    assert no_file.status_code == 422 and "has 0 file parts" in no_file.json()["detail"]
+    assert two.status_code == 422 and "Maximum number of files is 1" in two.json()["detail"]
+
+
+def test_captured_drift_features_describe_the_image(
+    client: TestClient, store: CaptureStore
+) -> None:
+    bright, dark = grain(), (grain() * 0.3).astype(np.uint8)
+    for pixels in (bright, dark):
+        response = client.post(
+            PREDICT, content=encoded(pixels, "PNG"), headers={"content-type": "image/png"}
+        )
+        assert response.status_code == 200
+    first, second = store.read(model="image")
+    assert set(first.features) == {"brightness", "contrast", "sharpness", "red", "green", "blue"}
+    assert second.features["brightness"] < 0.5 * first.features["brightness"]
+    assert second.features["contrast"] < first.features["contrast"]
+
+
+def test_twins_stays_json_only(served: ServedModel) -> None:
+    with TestClient(create_app(lambda: [served], ServeSettings())) as twins:
+        response = twins.post(
+            "/v1/models/twins/predict",
+            content=encoded(grain(), "PNG"),
+            headers={"content-type": "image/png"},
+        )
+    assert response.status_code == 415
+    assert response.json()["detail"] == "Content-Type must be application/json, not 'image/png'."

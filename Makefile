@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # A local copy of the QTIM metadata + FreeSurfer tables; without one, the demo downloads them.
-QTIM_ROOT ?= $(wildcard ../shared/data/qtim)
+QTIM_ROOT ?= $(abspath $(wildcard ../shared/data/qtim))
 QTIM_ARG := $(if $(QTIM_ROOT),data.root=$(abspath $(QTIM_ROOT)),)
 export QTIM_ROOT
 

@@ -13,7 +13,8 @@ from qtim_fixtures import write_tiny_qtim
 pytest_plugins = ["serving_fixtures"]  # the registered, exported model for serving tests
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_QTIM = Path(os.environ.get("QTIM_ROOT") or REPO.parent / "shared" / "data" / "qtim")
+# Absolute: `make` exports QTIM_ROOT relative to the checkout, and tests run elsewhere too.
+REAL_QTIM = Path(os.environ.get("QTIM_ROOT") or REPO.parent / "shared" / "data" / "qtim").resolve()
 
 
 @pytest.fixture(scope="session")

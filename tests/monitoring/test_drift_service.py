@@ -16,20 +16,10 @@ from modelcycle.monitoring.drift import DriftSettings, DriftSummary
 from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.servable import read_manifest, read_reference
 from modelcycle.serving.app import ServeSettings, create_app
-from modelcycle.serving.loading import ServedModel, load_served
-from serving_fixtures import ServedWorkspace
+from modelcycle.serving.loading import ServedModel
 
 DRIFT = "/v1/models/twins/drift"
 WAIT_SECONDS = 20.0
-
-
-@pytest.fixture(scope="module")
-def champion(
-    served_workspace: ServedWorkspace, tmp_path_factory: pytest.TempPathFactory
-) -> ServedModel:
-    """twins@champion with its downloaded directory (reference sample)."""
-    cache = tmp_path_factory.mktemp("drift-cache")
-    return load_served(served_workspace.registry, "twins@champion", cache, threads=1)
 
 
 def _app(served: ServedModel, tmp_path: Path, interval: float) -> tuple[TestClient, DriftService]:
@@ -55,9 +45,9 @@ def _metrics(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]]
 
 @pytest.fixture
 def client_and_service(
-    champion: ServedModel, tmp_path: Path
+    served: ServedModel, tmp_path: Path
 ) -> Iterator[tuple[TestClient, DriftService]]:
-    client, service = _app(champion, tmp_path, interval=0)  # checks only on check_now()
+    client, service = _app(served, tmp_path, interval=0)  # checks only on check_now()
     with client:
         yield client, service
 
@@ -73,15 +63,15 @@ def test_drift_is_pending_before_the_first_check(
 
 
 def test_a_shifted_window_is_reported_as_drift_with_gauges(
-    client_and_service: tuple[TestClient, DriftService], champion: ServedModel
+    client_and_service: tuple[TestClient, DriftService], served: ServedModel
 ) -> None:
     client, service = client_and_service
-    _post_reference_rows(client, champion, 10, scale=1.2)
+    _post_reference_rows(client, served, 10, scale=1.2)
     service.check_now()
     body = client.get(DRIFT).json()
     assert body["status"] == "too_few_captures" and body["n_current"] == 10
     assert "at least 30" in body["detail"]
-    _post_reference_rows(client, champion, 30, scale=1.2)
+    _post_reference_rows(client, served, 30, scale=1.2)
     service.check_now()
     body = DriftSummary.model_validate(client.get(DRIFT).json())
     assert body.status == "drift" and body.drift_detected and body.n_current == 30
@@ -110,12 +100,10 @@ def test_unknown_model_is_404_and_the_route_is_documented(
     assert "DriftSummary" in document["components"]["schemas"]
 
 
-def test_the_background_thread_checks_on_its_interval(
-    champion: ServedModel, tmp_path: Path
-) -> None:
-    client, service = _app(champion, tmp_path, interval=0.2)
+def test_the_background_thread_checks_on_its_interval(served: ServedModel, tmp_path: Path) -> None:
+    client, service = _app(served, tmp_path, interval=0.2)
     with client:
-        _post_reference_rows(client, champion, 30, scale=1.0)
+        _post_reference_rows(client, served, 30, scale=1.0)
         deadline = time.monotonic() + WAIT_SECONDS
         status = "pending"
         while time.monotonic() < deadline:
@@ -128,11 +116,11 @@ def test_the_background_thread_checks_on_its_interval(
 
 
 def test_the_drift_route_needs_the_api_key_when_one_is_set(
-    champion: ServedModel, tmp_path: Path
+    served: ServedModel, tmp_path: Path
 ) -> None:
     store = CaptureStore(tmp_path / "capture.db")
     service = DriftService(store, DriftSettings(), interval_seconds=0, window=30)
-    app = create_app(lambda: [champion], ServeSettings(api_key="k"), store, drift=service)
+    app = create_app(lambda: [served], ServeSettings(api_key="k"), store, drift=service)
     with TestClient(app) as client:
         assert client.get(DRIFT).status_code == 401
         assert client.get(DRIFT, headers={"Authorization": "Bearer k"}).status_code == 200

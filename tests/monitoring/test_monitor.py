@@ -22,19 +22,11 @@ from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift_report import evidently_p_values
 from modelcycle.servable import read_manifest, read_reference
 from modelcycle.serving.app import ServeSettings, create_app
-from modelcycle.serving.loading import ServedModel, load_served
+from modelcycle.serving.loading import ServedModel
 from serving_fixtures import ServedWorkspace
 
 runner = CliRunner()
 N_REQUESTS = 30
-
-
-@pytest.fixture(scope="module")
-def champion(
-    served_workspace: ServedWorkspace, tmp_path_factory: pytest.TempPathFactory
-) -> ServedModel:
-    cache = tmp_path_factory.mktemp("monitor-cache")
-    return load_served(served_workspace.registry, "twins@champion", cache, threads=1)
 
 
 def _reference_rows(served: ServedModel) -> list[np.ndarray]:
@@ -76,9 +68,9 @@ def _report(workspace: Path) -> Path:
 
 
 def test_unshifted_requests_do_not_drift_and_the_report_is_written(
-    champion: ServedModel, served_workspace: ServedWorkspace, workspace: Path
+    served: ServedModel, served_workspace: ServedWorkspace, workspace: Path
 ) -> None:
-    _send(champion, workspace, N_REQUESTS)
+    _send(served, workspace, N_REQUESTS)
     code, output = _monitor(served_workspace, workspace)
     assert code == 0, output
     assert "no drift" in output
@@ -100,10 +92,10 @@ def test_unshifted_requests_do_not_drift_and_the_report_is_written(
 
 
 def test_a_site_offset_drifts_and_exits_1(
-    champion: ServedModel, served_workspace: ServedWorkspace, workspace: Path
+    served: ServedModel, served_workspace: ServedWorkspace, workspace: Path
 ) -> None:
-    _send(champion, workspace, N_REQUESTS)
-    _send(champion, workspace, N_REQUESTS, scale=1.2)
+    _send(served, workspace, N_REQUESTS)
+    _send(served, workspace, N_REQUESTS, scale=1.2)
     code, output = _monitor(served_workspace, workspace, "--last", str(N_REQUESTS))
     assert code == 1, output
     summary = json.loads((_report(workspace) / "drift.json").read_text())
@@ -114,17 +106,17 @@ def test_a_site_offset_drifts_and_exits_1(
 
 
 def test_since_keeps_recent_captures(
-    champion: ServedModel, served_workspace: ServedWorkspace, workspace: Path
+    served: ServedModel, served_workspace: ServedWorkspace, workspace: Path
 ) -> None:
-    _send(champion, workspace, N_REQUESTS)
+    _send(served, workspace, N_REQUESTS)
     code, output = _monitor(served_workspace, workspace, "--since", "1h")
     assert code == 0, output
 
 
 def test_too_few_captures_exit_2_saying_how_many(
-    champion: ServedModel, served_workspace: ServedWorkspace, workspace: Path
+    served: ServedModel, served_workspace: ServedWorkspace, workspace: Path
 ) -> None:
-    _send(champion, workspace, 5)
+    _send(served, workspace, 5)
     code, output = _monitor(served_workspace, workspace)
     assert code == 2
     assert "5 captured requests, at least 30" in output

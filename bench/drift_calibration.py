@@ -3,12 +3,13 @@
 For each family-grouped fold, the reference sample is drawn from the training families as a
 served twins model saves it (`reference.npz`), and windows of requests are drawn from the
 test fold's pairs (families the model never saw): as they are (false alarms), and with a
-shift injected into both subjects' measures (detections): a scanner/site offset (every
-measure times 1+s), the same offset of the cortical thickness measures only, measurement
-noise (Gaussian, s times each measure's sd) and missing measures (a share s of each
-subject's measures absent). Beside each shift size: the served model's ROC-AUC (twin-like
-vs unrelated) on the shifted pool. The model is the untrained siamese encoder, which starts
-exactly at the correlation baseline; drift features do not depend on training.
+shift injected into both subjects' measures (detections), the twins adapter's shifts: a
+scanner/site offset (every measure times 1+s), the same offset of the cortical thickness
+measures only, measurement noise (Gaussian, s times each measure's sd) and missing measures
+(a share s of each subject's measures absent). Beside each shift size: the served model's
+ROC-AUC (twin-like vs unrelated) on the shifted pool. The model is the untrained siamese
+encoder, which starts exactly at the correlation baseline; its embedding's principal
+components are drift columns as in a saved model.
 
     python bench/drift_calibration.py --data ../shared/data/qtim [--window 50] [--windows 200]
         [--reference held-out]  # the validation families' pairs alone as the reference
@@ -27,10 +28,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from modelcycle.data.qtim import QTIMSource
+from modelcycle.embeddings import project_embeddings
 from modelcycle.models.encoders import MLPEncoder
 from modelcycle.monitoring.calibration import flag_rate
 from modelcycle.monitoring.drift import DriftSettings, reference_frame
-from modelcycle.monitoring.robustness import SHIFTS, plot_robustness, shifted
+from modelcycle.monitoring.robustness import plot_robustness
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.twins import TwinsData, TwinsTask, _labelled_pairs
 from modelcycle.tasks.twins_serving import TwinsServing
@@ -42,8 +44,8 @@ def frame(servable: ServableModel, adapter: TwinsServing, inputs: list[np.ndarra
     """Drift features and the model's outputs for each pair."""
     with torch.no_grad():
         outputs = servable.module(*(torch.as_tensor(x) for x in inputs))
-    named = {n: o.numpy() for n, o in zip(OUTPUTS, outputs, strict=True)}
-    return reference_frame(adapter, inputs, named)
+    named = {n: o.numpy() for n, o in zip(servable.output_names, outputs, strict=True)}
+    return reference_frame(adapter, inputs, named, servable.monitor_outputs)
 
 
 def fold_rows(
@@ -51,7 +53,7 @@ def fold_rows(
 ) -> list[dict[str, object]]:
     """Flag rates and AUC for every shift of one fold."""
     fold = task.folds(data, 5, seed=42)[fold_index]
-    servable = task.servable(task.model(data, fold), data, fold)
+    servable = project_embeddings(task.servable(task.model(data, fold), data, fold))
     assert servable.reference is not None
     adapter = TwinsServing(servable.info)
     sample = servable.held_out if args.reference == "held-out" else servable.reference
@@ -59,19 +61,17 @@ def fold_rows(
     pairs, labels = _labelled_pairs(data.relations, fold.test, 1, seed=2)
     X, C = data.X.astype(np.float32), data.covariates.astype(np.float32)
     pool_inputs = [X[pairs[:, 0]], C[pairs[:, 0]], X[pairs[:, 1]], C[pairs[:, 1]]]
-    sd = np.nanstd(data.X[fold.train], axis=0)
-    thick = np.array(["thick" in name.lower() for name in data.cohort.measures.columns])
     settings = DriftSettings(alpha=args.alpha, min_captures=2)
     rows = []
-    for kind, sizes in [("site offset", (0.0,)), *SHIFTS.items()]:
+    for kind, sizes in [("site offset", (0.0,)), *adapter.shift_sizes.items()]:
         for size in sizes:
-            pool = frame(servable, adapter, shifted(pool_inputs, kind, size, sd, thick, fold_index))
+            pool = frame(servable, adapter, adapter.shift(pool_inputs, kind, size, fold_index))
             pool = pool.drop(columns=args.without)
             rates = flag_rate(reference, pool, OUTPUTS, args.window, args.windows, settings, seed=7)
             auc = roc_auc_score(labels, pool["probability"])
             name = "none" if size == 0 else kind
             rows.append({"fold": fold_index, "shift": name, "size": size, "flagged": rates.flagged,
-                         "auc": auc, "pool": len(pool), "reference": len(reference),
+                         "metric": auc, "pool": len(pool), "reference": len(reference),
                          "columns": rates.per_column})  # fmt: skip
     return rows
 
@@ -98,13 +98,14 @@ def main() -> None:
     table = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "calibration.json").write_text(json.dumps(rows, indent=2, default=float))
+    adapter_metric = TwinsServing.held_out_metric_name
     title = "QTIM: drift detection and model metric vs injected shift (mean of 5 folds)"
-    plot_robustness(table, args.out / "calibration.png", title)
+    plot_robustness(table, args.out / "calibration.png", title, adapter_metric)
     wide = table.pivot_table(index=["shift", "size"], columns="fold", values="flagged")
     wide["mean"] = wide.mean(axis=1)
     print(f"Share of {args.window}-request windows flagged (alpha {args.alpha}, Bonferroni):")
     print((100 * wide).round(1).to_string())
-    auc = table.groupby(["shift", "size"])["auc"].mean().round(3)
+    auc = table.groupby(["shift", "size"])["metric"].mean().round(3)
     print("\nROC-AUC on the pool, mean of folds:")
     print(auc.to_string())
     print(f"\nPlot and JSON: {args.out}")

@@ -297,7 +297,10 @@ def robustness(
     window: Annotated[int, typer.Option(help="Requests per drift-test window", min=2)] = 50,
     windows: Annotated[int, typer.Option(help="Windows tested per shift size", min=1)] = 20,
 ) -> None:
-    """Inject shifts (site offset, noise, missing regions) into held-out data; plot AUC and drift.
+    """Inject the task's shifts (twins: site offset, noise, missing; images: darken, blur).
+
+    Plots the model's metric on the shifted held-out rows and the drift test's detection rate
+    against shift size.
 
     Writes robustness.json and robustness.png under <workspace>/reports/.
     """
@@ -313,9 +316,9 @@ def robustness(
         except ValueError as err:
             console.print(f"[red]error:[/red] {err}", soft_wrap=True)
             raise typer.Exit(code=2) from err
-    table = Table("shift", "size", "ROC-AUC", "windows flagged", "pool")
+    table = Table("shift", "size", run.metric, "windows flagged", "pool")
     for p in run.points:
-        table.add_row(p.shift, f"{p.size:g}", f"{p.auc:.3f}", f"{p.flagged:.0%}", str(p.pool))
+        table.add_row(p.shift, f"{p.size:g}", f"{p.metric:.3f}", f"{p.flagged:.0%}", str(p.pool))
     console.print(table)
     console.print(f"Plot and JSON: {run.out}", soft_wrap=True)
 

@@ -44,6 +44,8 @@ class ServableModel:
         target: Optional binary label per held-out row, to score the first output (ROC-AUC).
         reference: Optional inputs drawn like the training data (one array per input), what
             drift monitoring compares requests with; without it, monitoring uses `held_out`.
+        monitor_outputs: Outputs for monitoring only (the embedding's principal components):
+            kept out of responses, recorded with each request's drift features.
     """
 
     task: str
@@ -54,9 +56,17 @@ class ServableModel:
     info: dict[str, Any] = field(default_factory=dict)
     target: np.ndarray | None = None
     reference: list[np.ndarray] | None = None
+    monitor_outputs: list[str] = field(default_factory=list)
 
     def save(self, directory: Path) -> Path:
-        """Write the directory and its manifest; returns the manifest path."""
+        """Write the directory and its manifest; returns the manifest path.
+
+        An `embedding` output is saved as its first principal components (see
+        `modelcycle.embeddings`), an output for monitoring only.
+        """
+        from modelcycle.embeddings import project_embeddings
+
+        project_embeddings(self)
         directory.mkdir(parents=True, exist_ok=True)
         self.module.eval()
         torch.save(self.module, directory / "model.pt")
@@ -75,6 +85,7 @@ class ServableModel:
             "task": self.task,
             "inputs": self.input_names,
             "outputs": self.output_names,
+            "monitor_outputs": self.monitor_outputs,
             "files": files,
             "info": self.info,
         }
@@ -107,6 +118,7 @@ class ServableModel:
             manifest.get("info", {}),
             target,
             read_reference(directory, manifest),
+            manifest.get("monitor_outputs", []),
         )
 
     def example(self) -> tuple[torch.Tensor, ...]:

@@ -53,6 +53,22 @@ def test_a_shifted_output_is_prediction_drift() -> None:
     assert [(f.name, f.kind) for f in drifted] == [("probability", "output")]
 
 
+def test_a_shifted_embedding_component_is_embedding_drift() -> None:
+    reference, current = _frame(500, 0), _frame(100, 1)
+    rng = np.random.default_rng(2)
+    reference["embedding_pc1"] = rng.normal(0, 1, 500)
+    current["embedding_pc1"] = rng.normal(0, 1, 100)
+    quiet = compare("m", "1", reference, current, ["probability"], SETTINGS)
+    assert quiet.embedding_drift is False and not quiet.drift_detected
+    current["embedding_pc1"] += 1.0
+    summary = compare("m", "1", reference, current, ["probability"], SETTINGS)
+    drifted = [(f.name, f.kind) for f in summary.features if f.drifted]
+    assert drifted == [("embedding_pc1", "embedding")]
+    assert summary.embedding_drift is True and summary.prediction_drift is False
+    # without embedding columns there is nothing to say about them
+    assert compare("m", "1", _frame(500, 0), _frame(100, 1), [], SETTINGS).embedding_drift is None
+
+
 def test_p_values_are_scipys_two_sample_ks() -> None:
     reference, current = _frame(300, 0), _frame(60, 1, {"age": 2.0})
     summary = compare("m", "1", reference, current, ["probability"], SETTINGS)

@@ -1,4 +1,4 @@
-"""`modelcycle robustness`: shifts injected into the registered model's held-out pairs."""
+"""`modelcycle robustness`: the task's shifts injected into a registered model's held-out rows."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from image_fixtures import PublishedImage, publish_image
 from modelcycle.cli import app
-from modelcycle.monitoring.robustness import SHIFTS, shifted
+from modelcycle.tasks.image_serving import ImageServing, shift_images
+from modelcycle.tasks.twins_serving import TwinsServing, shift_pairs
+from modelcycle.tracking import Tracker, TrackingSettings
 from serving_fixtures import ServedWorkspace
 
 runner = CliRunner()
@@ -29,11 +32,13 @@ def test_robustness_writes_auc_and_detection_per_shift_size(
     assert (out / "robustness.png").stat().st_size > 10_000
     document = json.loads((out / "robustness.json").read_text())
     points = {(p["shift"], p["size"]): p for p in document["points"]}
-    expected = {("none", 0.0)} | {(k, s) for k, sizes in SHIFTS.items() for s in sizes}
+    shifts = TwinsServing.shift_sizes
+    expected = {("none", 0.0)} | {(k, s) for k, sizes in shifts.items() for s in sizes}
     assert set(points) == expected
+    assert document["metric"] == "ROC-AUC twin-like vs unrelated"
     for point in points.values():
-        assert 0.0 <= point["auc"] <= 1.0 and 0.0 <= point["flagged"] <= 1.0
-    print({k: (round(p["auc"], 3), p["flagged"]) for k, p in points.items()})
+        assert 0.0 <= point["metric"] <= 1.0 and 0.0 <= point["flagged"] <= 1.0
+    print({k: (round(p["metric"], 3), p["flagged"]) for k, p in points.items()})
     assert points[("none", 0.0)]["flagged"] <= 0.2, "unshifted windows should rarely drift"
     assert points[("site offset", 0.1)]["flagged"] >= 0.9, "a 10% site offset should be seen"
     assert points[("missing", 0.2)]["flagged"] >= 0.9, "a fifth of the regions missing too"
@@ -49,17 +54,66 @@ def test_an_unknown_reference_names_it(served_workspace: ServedWorkspace, tmp_pa
     assert "nosuch" in result.output
 
 
+def test_image_robustness_flags_darkened_and_blurred_windows(tmp_path: Path) -> None:
+    published: PublishedImage = publish_image(
+        tmp_path, Tracker(TrackingSettings(), tmp_path / "ws")
+    )
+    uri = f"sqlite:///{published.root / 'mlflow.db'}"
+    args = ["robustness", "image@champion", f"workspace={published.root}", f"logger.uri={uri}"]
+    result = runner.invoke(app, [*args, "--window", "20", "--windows", "10"])
+    assert result.exit_code == 0, result.output
+    assert "top-1 accuracy" in result.output
+
+    (out,) = (published.root / "reports").glob("robustness-image-v1-*")
+    document = json.loads((out / "robustness.json").read_text())
+    points = {(p["shift"], p["size"]): p for p in document["points"]}
+    expected = {(k, s) for k, sizes in ImageServing.shift_sizes.items() for s in sizes}
+    assert set(points) == {("none", 0.0)} | expected
+    print({k: (round(p["metric"], 3), p["flagged"]) for k, p in points.items()})
+    assert points[("none", 0.0)]["flagged"] <= 0.2, "unshifted windows should rarely drift"
+    assert points[("darken", 0.4)]["flagged"] >= 0.9, "a 40% darker window should be seen"
+    assert points[("blur", 2.0)]["flagged"] >= 0.9, "a blur of sigma 2 px should be seen"
+    assert all(0.0 <= p["metric"] <= 1.0 for p in points.values())
+
+
+def test_twins_only_models_refuse_unknown_shifts() -> None:
+    info = {"features": ["lh_thickness_a", "Volume_b"]}
+    with pytest.raises(ValueError, match="unknown shift 'blur'; choose from site offset"):
+        TwinsServing(info).shift([np.zeros((1, 2))] * 4, "blur", 0.1, seed=0)
+    with pytest.raises(ValueError, match="unknown shift 'noise'; choose from darken, blur"):
+        ImageServing({"classes": ["a"], "image_size": 8}).shift([], "noise", 0.1, seed=0)
+
+
+def test_image_shifts_darken_and_blur_but_keep_uint8() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    dark = shift_images(pixels, "darken", 0.5)
+    assert dark.dtype == np.uint8 and dark.shape == pixels.shape
+    np.testing.assert_allclose(dark, np.rint(pixels * 0.5), atol=1)
+    blurred = shift_images(pixels, "blur", 1.0)
+    assert blurred.dtype == np.uint8
+    assert (
+        np.abs(np.diff(blurred.astype(float), axis=1)).mean()
+        < 0.6 * np.abs(np.diff(pixels.astype(float), axis=1)).mean()
+    )
+    # the channels are not mixed: a pure-red image stays pure red
+    red = np.zeros((1, 8, 8, 3), np.uint8)
+    red[..., 0] = 200
+    assert shift_images(red, "blur", 2.0)[..., 1:].max() == 0
+
+
 def test_shifts_change_only_the_measures() -> None:
     rng = np.random.default_rng(0)
     a, b = rng.normal(10, 1, (6, 4)).astype(np.float32), rng.normal(10, 1, (6, 4))
     cov = np.ones((6, 3), dtype=np.float32)
     sd, thick = np.ones(4), np.array([True, False, False, True])
-    offset = shifted([a, cov, b, cov], "site offset", 0.1, sd, thick, seed=0)
+    offset = shift_pairs([a, cov, b, cov], "site offset", 0.1, sd, thick, seed=0)
     np.testing.assert_allclose(offset[0], a * 1.1, rtol=1e-6)
     np.testing.assert_array_equal(offset[1], cov)
-    thickness = shifted([a, cov, b, cov], "thickness offset", 0.1, sd, thick, seed=0)
+    thickness = shift_pairs([a, cov, b, cov], "thickness offset", 0.1, sd, thick, seed=0)
     np.testing.assert_array_equal(thickness[0][:, 1:3], a[:, 1:3])
-    missing = shifted([a, cov, b, cov], "missing", 0.5, sd, thick, seed=0)
+    missing = shift_pairs([a, cov, b, cov], "missing", 0.5, sd, thick, seed=0)
     assert 0 < np.isnan(missing[2]).mean() < 1
-    with pytest.raises(ValueError, match="unknown shift 'blur'"):
-        shifted([a, cov, b, cov], "blur", 0.1, sd, thick, seed=0)
+    adapter = TwinsServing({"features": ["lh_thickness_a", "x", "y", "rh_Thickness_b"]})
+    via_adapter = adapter.shift([a, cov, b, cov], "thickness offset", 0.1, seed=0)
+    np.testing.assert_allclose(via_adapter[0], thickness[0], rtol=1e-6)

@@ -75,7 +75,7 @@ def test_raw_jpeg_gives_top_k_with_probabilities_and_version(
     # the same answer as the ONNX session on the decoded pixels
     rows = served_image.adapter.decode_bytes(data)
     assert rows[0].shape == (1, 24, 24, 3) and rows[0].dtype == np.uint8
-    _, expected = served_image.run(rows)
+    _, expected, _ = served_image.run(rows)
     assert probabilities[0] == pytest.approx(float(expected.max()), abs=1e-6)
 
 
@@ -186,7 +186,10 @@ def test_captured_drift_features_describe_the_image(
         )
         assert response.status_code == 200
     first, second = store.read(model="image")
-    assert set(first.features) == {"brightness", "contrast", "sharpness", "red", "green", "blue"}
+    assert set(first.features) == {
+        "brightness", "contrast", "sharpness", "red", "green", "blue",
+        "embedding_pc1", "embedding_pc2", "embedding_pc3",
+    }  # fmt: skip
     assert second.features["brightness"] < 0.5 * first.features["brightness"]
     assert second.features["contrast"] < first.features["contrast"]
 

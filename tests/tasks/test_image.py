@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from image_fixtures import tiny_sources, tiny_task
+from modelcycle.embeddings import project_embeddings
 from modelcycle.export import export_model
 from modelcycle.models.image_classifier import ImageClassifier
 from modelcycle.tasks import get_task
@@ -126,6 +127,12 @@ def test_export_parity_with_raw_uint8_pixels(sources: dict[str, object], tmp_pat
     servable = task.servable(module, data, fold)
     assert servable.held_out[0].dtype == np.uint8 and servable.held_out[0].shape[1:] == (24, 24, 3)
     assert set(servable.info["held_out_labels"]) == set(data.classes)  # every class represented
+    assert servable.reference is not None  # drift reference: training images, not held-out ones
+    reference = servable.reference[0]
+    assert len(reference) == min(task.reference_rows, len(fold.train))
+    assert not any((reference == image).all(axis=(1, 2, 3)).any() for image in servable.held_out[0])
+    project_embeddings(servable)
+    assert servable.output_names == ["confidence", "probabilities", "embedding_pc"]
     report = export_model(
         servable.module,
         servable.example(),
@@ -141,7 +148,8 @@ def test_export_parity_with_raw_uint8_pixels(sources: dict[str, object], tmp_pat
 
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(uint8)"
-    confidence, probabilities = session.run(None, {"pixels": servable.held_out[0]})
+    confidence, probabilities, components = session.run(None, {"pixels": servable.held_out[0]})
+    assert components.shape == (len(servable.held_out[0]), 3)
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert np.allclose(confidence, probabilities.max(axis=1))
 

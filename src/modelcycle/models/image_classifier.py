@@ -146,13 +146,20 @@ class ImageClassifier(L.LightningModule):
 
 
 class PixelClassifier(nn.Module):
-    """The deployable model: pixels in; top-class probability and all probabilities out."""
+    """The deployable model: pixels in; top-class probability, all probabilities, embedding out.
+
+    The embedding is the backbone's pooled features before its classifier (timm's
+    `forward_head(..., pre_logits=True)`), for drift monitoring.
+    """
 
     def __init__(self, classifier: ImageClassifier) -> None:
         super().__init__()
         self.normalize, self.backbone = classifier.normalize, classifier.backbone
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, h, w, 3) pixels → (n,) confidence and (n, classes) probabilities."""
-        probabilities = torch.softmax(self.backbone(self.normalize(pixels)), dim=1)
-        return probabilities.max(dim=1).values, probabilities
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(n, h, w, 3) pixels → (n,) confidence, (n, classes) probabilities, (n, d) embedding."""
+        backbone: Any = self.backbone  # a timm model: forward_features and forward_head
+        features = backbone.forward_features(self.normalize(pixels))
+        embedding = backbone.forward_head(features, pre_logits=True)
+        probabilities = torch.softmax(backbone.forward_head(features), dim=1)
+        return probabilities.max(dim=1).values, probabilities, embedding

@@ -16,7 +16,8 @@ class RawPairScorer(nn.Module):
     Preprocessing (median imputation of NaN, z-scores, covariate regression) is the one
     fitted on the training rows, as buffers; so the exported ONNX model is self-contained.
     Inputs: a (B, F) measures (NaN = missing), a_covariates (B, C), b, b_covariates.
-    Outputs: probability (B,) that the pair is related, similarity (B,) cosine in [-1, 1].
+    Outputs: probability (B,) that the pair is related, similarity (B,) cosine in [-1, 1],
+    embedding (B, D) the mean of the two people's unit embeddings (for drift monitoring).
     """
 
     median: torch.Tensor
@@ -46,7 +47,8 @@ class RawPairScorer(nn.Module):
         a_covariates: torch.Tensor,
         b: torch.Tensor,
         b_covariates: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probability and cosine similarity of each pair."""
-        similarity = (self.embed(a, a_covariates) * self.embed(b, b_covariates)).sum(dim=1)
-        return torch.sigmoid(self.head(similarity)), similarity
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Probability, cosine similarity and mean embedding of each pair."""
+        ea, eb = self.embed(a, a_covariates), self.embed(b, b_covariates)
+        similarity = (ea * eb).sum(dim=1)
+        return torch.sigmoid(self.head(similarity)), similarity, (ea + eb) / 2

@@ -1,10 +1,11 @@
 """Drift: captured requests against a model version's reference sample, feature by feature.
 
-Each drift feature (the task adapter's numbers per request) and each model output is one
-column. Every column gets a two-sample Kolmogorov-Smirnov test; a column drifts when its
-p-value is below `alpha / n_columns` (Bonferroni), so the chance of any false alarm on an
-unshifted sample stays at most `alpha`. The sample drifts when any column drifts; prediction
-drift is drift of an output column.
+Each drift feature (the task adapter's numbers per request), each component of the model's
+embedding (see `modelcycle.embeddings`) and each model output is one column. Every column
+gets a two-sample Kolmogorov-Smirnov test; a column drifts when its p-value is below
+`alpha / n_columns` (Bonferroni), so the chance of any false alarm on an unshifted sample
+stays at most `alpha`. The sample drifts when any column drifts; prediction drift is drift
+of an output column, embedding drift that of an embedding component.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from modelcycle.embeddings import is_embedding_column
 from modelcycle.monitoring.capture import Capture
 from modelcycle.serving.adapter import ServingAdapter
 
@@ -52,7 +54,7 @@ class FeatureDrift(BaseModel):
     """One column's test: KS statistic and p-value, and the means on both sides."""
 
     name: str
-    kind: Literal["input", "output"]
+    kind: Literal["input", "output", "embedding"]
     statistic: float | None = Field(description="KS statistic; null when not testable")
     p_value: float | None
     drifted: bool
@@ -72,6 +74,9 @@ class DriftSummary(BaseModel):
         default=None, description="Share of tested columns that drift"
     )
     prediction_drift: bool | None = None
+    embedding_drift: bool | None = Field(
+        default=None, description="A component of the model's embedding drifts; null without one"
+    )
     n_reference: int = 0
     n_current: int = 0
     alpha: float = 0.05
@@ -83,7 +88,10 @@ class DriftSummary(BaseModel):
 
 
 def reference_frame(
-    adapter: ServingAdapter, inputs: Sequence[np.ndarray], outputs: dict[str, np.ndarray]
+    adapter: ServingAdapter,
+    inputs: Sequence[np.ndarray],
+    outputs: dict[str, np.ndarray],
+    monitored: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Drift features of each reference row plus the model's outputs on it.
 
@@ -91,11 +99,18 @@ def reference_frame(
         adapter: The task's serving adapter, which turns one request's rows into features.
         inputs: One array per model input, rows along axis 0.
         outputs: Each model output on those rows (first axis: rows).
+        monitored: Monitoring-only outputs (embedding components): one column per component,
+            named as the server records them; other outputs give their first value.
     """
     rows = [adapter.drift_features([x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))]
     frame = pd.DataFrame(rows, dtype=float)
     for name, values in outputs.items():
-        frame[name] = np.asarray(values, dtype=float).reshape(len(frame), -1)[:, 0]
+        table = np.asarray(values, dtype=float).reshape(len(frame), -1)
+        if name in monitored:
+            for k in range(table.shape[1]):
+                frame[f"{name}{k + 1}"] = table[:, k]
+        else:
+            frame[name] = table[:, 0]
     return frame
 
 
@@ -130,7 +145,7 @@ def compare(
     features = [
         FeatureDrift(
             name=c,
-            kind="output" if c in outputs else "input",
+            kind=_kind(c, outputs),
             statistic=_finite(stat),
             p_value=_finite(p),
             drifted=bool(p < threshold),  # NaN compares False: an untestable column never drifts
@@ -148,6 +163,11 @@ def compare(
         drift_detected=bool(drifted),
         drifted_share=len(drifted) / max(n_tested, 1),
         prediction_drift=any(f.kind == "output" for f in drifted),
+        embedding_drift=(
+            any(f.kind == "embedding" for f in drifted)
+            if any(f.kind == "embedding" for f in features)
+            else None
+        ),
         n_reference=len(reference),
         n_current=len(current),
         alpha=settings.alpha,
@@ -155,6 +175,12 @@ def compare(
         computed_at=time.time(),
         features=features,
     )
+
+
+def _kind(column: str, outputs: Sequence[str]) -> Literal["input", "output", "embedding"]:
+    if column in outputs:
+        return "output"
+    return "embedding" if is_embedding_column(column) else "input"
 
 
 def _ks(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,7 +52,9 @@ def served_reference(served: ServedModel) -> pd.DataFrame:
     falls back to its held-out rows.
     """
     inputs = served_reference_inputs(served)
-    return reference_frame(served.adapter, inputs, run_batched(served, inputs))
+    return reference_frame(
+        served.adapter, inputs, run_batched(served, inputs), served.monitor_outputs
+    )
 
 
 def served_reference_inputs(served: ServedModel) -> list[np.ndarray]:
@@ -72,11 +73,11 @@ def served_reference_inputs(served: ServedModel) -> list[np.ndarray]:
     return inputs
 
 
-def held_out_rows(served: ServedModel) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
-    """The version's held-out inputs, their labels and the saved model's info (hash-checked).
+def held_out_rows(served: ServedModel) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The version's held-out inputs and their labels, when saved (hash-checked).
 
     Raises:
-        ServableError: No model directory, a changed file, or no held-out labels saved.
+        ServableError: No model directory or a changed file.
     """
     if served.directory is None:
         raise ServableError(f"{served.name} v{served.version}: no model directory to read.")
@@ -85,10 +86,9 @@ def held_out_rows(served: ServedModel) -> tuple[list[np.ndarray], np.ndarray, di
     if sha256_file(path) != manifest["files"]["held_out.npz"]:
         raise ServableError(f"{path}: sha256 does not match its manifest.")
     with np.load(path) as arrays:
-        if TARGET not in arrays.files:
-            raise ServableError(f"{path}: no held-out labels; re-register the model.")
-        inputs, labels = [arrays[n] for n in manifest["inputs"]], arrays[TARGET]
-    return inputs, labels, manifest.get("info", {})
+        inputs = [arrays[n] for n in manifest["inputs"]]
+        labels = arrays[TARGET] if TARGET in arrays.files else None
+    return inputs, labels
 
 
 def run_batched(served: ServedModel, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,7 +117,7 @@ def check_drift(
     """Compare the captures with the reference (raises TooFewCapturesError when too few)."""
     current = captures_frame(captures)
     summary = compare(
-        served.name, served.version, reference, current, served.output_names, settings
+        served.name, served.version, reference, current, served.answer_outputs, settings
     )
     return DriftCheck(summary, reference, current)
 

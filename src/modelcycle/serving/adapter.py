@@ -29,6 +29,11 @@ class ServingAdapter(ABC):
     #: Media types `decode_bytes` takes as a raw body or as a multipart upload's file
     #: (e.g. image/png); empty when the model takes JSON only.
     byte_types: ClassVar[tuple[str, ...]] = ()
+    #: Shifts `modelcycle robustness` injects into model rows, by name, with the sizes it
+    #: tries (empty when the task defines none); `shift` applies them.
+    shift_sizes: ClassVar[dict[str, tuple[float, ...]]] = {}
+    #: What `held_out_metric` measures, as tables and plots name it.
+    held_out_metric_name: ClassVar[str] = ""
 
     def __init__(self, info: dict[str, Any]) -> None:
         self.info = info
@@ -60,6 +65,26 @@ class ServingAdapter(ABC):
     @abstractmethod
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
         """A few named numbers that describe one request's input, for drift monitoring."""
+
+    def shift(
+        self, inputs: list[np.ndarray], kind: str, size: float, seed: int
+    ) -> list[np.ndarray]:
+        """Copies of the model rows with the shift `kind` (a key of `shift_sizes`) at `size`.
+
+        Raises:
+            ValueError: A kind the adapter does not define.
+        """
+        raise ValueError(f"{type(self).__name__} defines no robustness shifts.")
+
+    def held_out_metric(self, outputs: dict[str, np.ndarray], target: np.ndarray | None) -> float:
+        """The model's score on the saved held-out rows, from its outputs on them."""
+        raise ValueError(f"{type(self).__name__} defines no held-out metric.")
+
+    def check_shift(self, kind: str) -> None:
+        """Raise a ValueError naming the valid shifts unless `kind` is one of them."""
+        if kind not in self.shift_sizes:
+            valid = ", ".join(self.shift_sizes) or "none"
+            raise ValueError(f"unknown shift {kind!r}; choose from {valid}.")
 
     @abstractmethod
     def examples(

@@ -28,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from modelcycle.embeddings import monitor_columns
 from modelcycle.monitoring.capture import Capture, CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.serving.adapter import RequestError, UnsupportedMediaError
@@ -227,8 +228,8 @@ def _run_batch(
                 Capture(
                     served.name,
                     served.version,
-                    p.features,
-                    {k: float(v.reshape(-1)[0]) for k, v in r.items()},
+                    p.features | monitor_columns(r, served.monitor_outputs),
+                    {k: float(r[k].reshape(-1)[0]) for k in served.answer_outputs},
                     (done - p.queued_at) * 1000,
                     now,
                 )
@@ -320,10 +321,11 @@ def _add_routes(
         except TimeoutError:
             return _error(504, f"{name} did not answer within {settings.deadline_ms:.0f} ms.")
         answered = payload.served
+        outputs = {k: result[k] for k in answered.answer_outputs}
         body = {
             "model": name,
             "version": answered.version,
-            "outputs": answered.adapter.encode(result),
+            "outputs": answered.adapter.encode(outputs),
         }
         return JSONResponse(body)
 

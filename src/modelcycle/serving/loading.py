@@ -38,6 +38,12 @@ class ServedModel:
     examples: list[dict[str, Any]] = field(default_factory=list)
     lineage: dict[str, str] = field(default_factory=dict)
     directory: Path | None = None  # the downloaded version: manifest, held-out and reference
+    monitor_outputs: list[str] = field(default_factory=list)  # recorded, never answered
+
+    @property
+    def answer_outputs(self) -> list[str]:
+        """The outputs a response carries: all but the monitoring-only ones."""
+        return [n for n in self.output_names if n not in self.monitor_outputs]
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the session on batched inputs (each with a leading batch axis)."""
@@ -52,7 +58,8 @@ class ServedModel:
             "version": self.version,
             "task": self.task,
             "inputs": self.input_names,
-            "outputs": self.output_names,
+            "outputs": self.answer_outputs,
+            "monitor_outputs": self.monitor_outputs,
             "lineage": self.lineage,
             "schema": self.adapter.request_type.model_json_schema(),
             "media_types": ["application/json", *self.adapter.byte_types],
@@ -89,6 +96,7 @@ def load_served(registry: Registry, reference: str, cache: Path, threads: int) -
         session=_session(onnx_path, threads),
         input_names=manifest["inputs"],
         output_names=manifest["outputs"],
+        monitor_outputs=list(manifest.get("monitor_outputs", [])),
         adapter=adapter,
         lineage=_lineage_summary(version.tags),
         directory=local,

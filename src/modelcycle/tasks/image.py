@@ -30,6 +30,7 @@ from modelcycle.data.image_set import (
     stratified_holdout,
     stratified_kfold,
 )
+from modelcycle.embeddings import EMBEDDING
 from modelcycle.evaluation.classification import score_classifier
 from modelcycle.evaluation.classification_plots import plot_classification
 from modelcycle.models.image_classifier import ImageClassifier, PixelClassifier, normalizer_for
@@ -59,7 +60,8 @@ class ImageTask(Task[ImageSet]):
         num_workers: DataLoader worker processes (0: load in the training process).
         val_fraction: Share of each class's training rows held out for early stopping.
         test_fraction: Share of each class tested when there is no official split and one fold.
-        held_out_rows: Validation images saved with the deployable model (export, drift).
+        held_out_rows: Validation images saved with the deployable model (export, examples).
+        reference_rows: Training images saved as its drift reference sample (seeded draw).
         top_k: Classes a served prediction lists.
     """
 
@@ -82,6 +84,7 @@ class ImageTask(Task[ImageSet]):
         val_fraction: float = 0.15,
         test_fraction: float = 0.2,
         held_out_rows: int = 48,
+        reference_rows: int = 400,
         top_k: int = 5,
     ) -> None:
         self.source, self.encoder = source, encoder
@@ -89,7 +92,7 @@ class ImageTask(Task[ImageSet]):
         self.hflip, self.shift = hflip, shift
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.held_out_rows, self.top_k = held_out_rows, top_k
+        self.held_out_rows, self.reference_rows, self.top_k = held_out_rows, reference_rows, top_k
 
     def load(self) -> tuple[ImageSet, DataSummary]:
         """Read the images; count them per class and per official split part."""
@@ -182,16 +185,23 @@ class ImageTask(Task[ImageSet]):
         return score_classifier(probabilities, data.labels[fold.test], data.classes)
 
     def servable(self, module: L.LightningModule, data: ImageSet, fold: Fold) -> ServableModel:
-        """Pixels in, confidence and probabilities out; held-out rows are validation images."""
+        """Pixels in; confidence, probabilities and embedding out.
+
+        Held-out rows are validation images; the drift reference is a seeded draw of training
+        images, every class represented.
+        """
         assert isinstance(module, ImageClassifier)
         rows = _spread(data.labels, fold.val, self.held_out_rows)
+        drawn = np.random.default_rng(0).permutation(fold.train)
+        reference = np.sort(_spread(data.labels, drawn, self.reference_rows))
         size = int(data.images.shape[1])
         return ServableModel(
             task=self.name,
             module=PixelClassifier(module),
             input_names=["pixels"],
-            output_names=["confidence", "probabilities"],
+            output_names=["confidence", "probabilities", EMBEDDING],
             held_out=[data.images[rows]],
+            reference=[data.images[reference]],
             info={
                 "dataset": self.source.dataset,
                 "classes": data.classes,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,10 +31,19 @@ class ImageRequest(BaseModel):
 
 
 class ImageServing(ServingAdapter):
-    """Adapter of the image task; `info` holds `classes`, `image_size` and `top_k`."""
+    """Adapter of the image task; `info` holds `classes`, `image_size` and `top_k`.
+
+    Robustness shifts: darkening (every pixel times 1-s) and Gaussian blur (sigma s pixels);
+    the held-out metric is top-1 accuracy on the saved held-out images.
+    """
 
     request_type = ImageRequest
     byte_types = ("image/jpeg", "image/png")
+    shift_sizes: ClassVar[dict[str, tuple[float, ...]]] = {
+        "darken": (0.1, 0.2, 0.4),
+        "blur": (0.5, 1.0, 2.0),
+    }
+    held_out_metric_name = "top-1 accuracy"
 
     def __init__(self, info: dict[str, Any]) -> None:
         super().__init__(info)
@@ -67,6 +76,23 @@ class ImageServing(ServingAdapter):
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
         """Brightness, contrast, sharpness and colour means of the decoded image."""
         return image_features(inputs[0])
+
+    def shift(
+        self, inputs: list[np.ndarray], kind: str, size: float, seed: int
+    ) -> list[np.ndarray]:
+        """The (n, h, w, 3) uint8 images darkened by a share `size` or blurred by sigma `size`."""
+        self.check_shift(kind)
+        return [shift_images(inputs[0], kind, size)]
+
+    def held_out_metric(self, outputs: dict[str, np.ndarray], target: np.ndarray | None) -> float:
+        """Top-1 accuracy against the held-out images' classes (`info["held_out_labels"]`)."""
+        labels = self.info.get("held_out_labels")
+        if not labels:
+            raise ValueError("the model was saved without held-out labels; re-register it.")
+        index = {name: i for i, name in enumerate(self.classes)}
+        truth = np.array([index[name] for name in labels])
+        predicted = outputs["probabilities"].argmax(axis=1)
+        return float((predicted == truth).mean())
 
     def examples(
         self, held_out: list[np.ndarray], target: np.ndarray | None
@@ -160,3 +186,17 @@ def image_features(pixels: np.ndarray) -> dict[str, float]:
         "green": float(means[1]),
         "blue": float(means[2]),
     }
+
+
+def shift_images(pixels: np.ndarray, kind: str, size: float) -> np.ndarray:
+    """(n, h, w, 3) uint8 images darkened (times 1-size) or blurred (Gaussian, sigma=size px)."""
+    from scipy.ndimage import gaussian_filter
+
+    images = pixels.astype(np.float32)
+    if kind == "darken":
+        images *= 1 - size
+    elif kind == "blur":
+        images = gaussian_filter(images, sigma=(0, size, size, 0))
+    else:
+        raise ValueError(f"unknown shift {kind!r}")
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)

@@ -22,6 +22,7 @@ from modelcycle.data.pair_loader import PairDataModule
 from modelcycle.data.qtim import Cohort
 from modelcycle.data.relations import Relation, pairs_of, relation_matrix, sample_unrelated
 from modelcycle.data.splits import group_holdout, group_kfold
+from modelcycle.embeddings import EMBEDDING
 from modelcycle.evaluation.kinship import score_similarity
 from modelcycle.evaluation.kinship_plots import plot_kinship
 from modelcycle.models.encoders import FeatureSpace
@@ -225,7 +226,7 @@ class TwinsTask(Task[TwinsData]):
             task=self.name,
             module=RawPairScorer(module, standardizer),
             input_names=["a", "a_covariates", "b", "b_covariates"],
-            output_names=["probability", "similarity"],
+            output_names=["probability", "similarity", EMBEDDING],
             held_out=inputs(pairs),
             info={
                 "features": list(data.cohort.measures.columns),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,9 +52,23 @@ class PairRequest(BaseModel):
 
 
 class TwinsServing(ServingAdapter):
-    """Adapter of the twins task; `info["features"]` lists the model's measure names."""
+    """Adapter of the twins task; `info["features"]` lists the model's measure names.
+
+    Robustness shifts act on both subjects' measures: a scanner/site offset (every measure
+    times 1+s), the same offset of the cortical thickness measures only, measurement noise
+    (Gaussian, s times each measure's sd over the rows shifted) and missing regions (a share s
+    of each subject's measures absent). The held-out metric is the ROC-AUC of the probability,
+    twin-like vs unrelated pairs.
+    """
 
     request_type = PairRequest
+    shift_sizes: ClassVar[dict[str, tuple[float, ...]]] = {
+        "site offset": (0.02, 0.05, 0.1),
+        "thickness offset": (0.02, 0.05, 0.1),
+        "noise": (0.1, 0.25, 0.5),
+        "missing": (0.05, 0.1, 0.2),
+    }
+    held_out_metric_name = "ROC-AUC twin-like vs unrelated"
 
     def __init__(self, info: dict[str, Any]) -> None:
         super().__init__(info)
@@ -115,6 +129,23 @@ class TwinsServing(ServingAdapter):
                 features[f"pc{k + 1}"] = float(value)
         return features
 
+    def shift(
+        self, inputs: list[np.ndarray], kind: str, size: float, seed: int
+    ) -> list[np.ndarray]:
+        """The pairs' rows (a, a_covariates, b, b_covariates) with both subjects shifted."""
+        self.check_shift(kind)
+        thick = np.array(["thick" in name.lower() for name in self.features], dtype=bool)
+        sd = np.nanstd(np.concatenate([inputs[0], inputs[2]]), axis=0)
+        return shift_pairs(inputs, kind, size, sd, thick, seed)
+
+    def held_out_metric(self, outputs: dict[str, np.ndarray], target: np.ndarray | None) -> float:
+        """ROC-AUC of the probability against the held-out pairs' labels."""
+        from sklearn.metrics import roc_auc_score
+
+        if target is None:
+            raise ValueError("the held-out pairs have no labels; re-register the model.")
+        return float(roc_auc_score(target, outputs["probability"].reshape(-1)))
+
     def examples(
         self, held_out: list[np.ndarray], target: np.ndarray | None
     ) -> list[dict[str, Any]]:
@@ -148,3 +179,37 @@ class TwinsServing(ServingAdapter):
             "sex": "M" if covariates[1] > 0.5 else "F",
             "acquisition": 2 if covariates[2] > 0.5 else 1,
         }
+
+
+def shift_pairs(
+    inputs: list[np.ndarray],
+    kind: str,
+    size: float,
+    sd: np.ndarray,
+    thick: np.ndarray,
+    seed: int,
+) -> list[np.ndarray]:
+    """Pairs' rows with one shift applied to both subjects' measures (covariates unchanged).
+
+    Args:
+        inputs: a, a_covariates, b, b_covariates (measures are rows x measures).
+        kind: "site offset", "thickness offset", "noise" or "missing".
+        size: Relative offset, noise in sds, or share of measures missing.
+        sd: Each measure's sd (noise scale).
+        thick: Boolean mask of the cortical thickness measures.
+        seed: Seeds the noise and the missing measures.
+    """
+    rng = np.random.default_rng(seed)
+    a, a_cov, b, b_cov = (np.array(x, copy=True) for x in inputs)
+    for X in (a, b):
+        if kind == "site offset":
+            X *= 1 + size
+        elif kind == "thickness offset":  # one kind of measure only (cortical thickness)
+            X[:, thick] *= 1 + size
+        elif kind == "noise":
+            X += rng.normal(0, 1, X.shape).astype(X.dtype) * size * sd.astype(X.dtype)
+        elif kind == "missing":
+            X[rng.random(X.shape) < size] = np.nan
+        else:
+            raise ValueError(f"unknown shift {kind!r}")
+    return [a, a_cov, b, b_cov]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -365,3 +368,51 @@ def test_a_stop_signal_turns_readiness_false_before_draining(served: ServedModel
         assert c.get("/readyz").status_code == 503
         assert "modelcycle_ready 0.0" in c.get("/metrics").text
         assert _post(c, _example(c)).status_code == 200  # in-flight work is still answered
+
+
+class GatedSession:
+    """An ONNX session whose calls, once armed, wait until the test releases them."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.armed = inner, False
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
+        if self.armed:
+            self.entered.set()
+            self.release.wait(10)
+        return self.inner.run(names, feeds)
+
+
+def test_a_full_queue_sheds_at_once_with_429_and_retry_after(served: ServedModel) -> None:
+    gated = GatedSession(served.session)
+    settings = replace(ServeSettings(), max_batch=1, queue_limit=1)
+    with _client(replace(served, session=gated), settings) as c:
+        request = _example(c)
+        gated.armed = True
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(_post, c, request)  # taken by the model thread, held there
+            assert gated.entered.wait(10)
+            waiting = pool.submit(_post, c, request)  # fills the one queue place
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not _queue_depth(c):
+                time.sleep(0.01)
+            started = time.perf_counter()
+            shed = _post(c, request)
+            shed_seconds = time.perf_counter() - started
+            # shed before the body is read: not even a broken body gets past the full queue
+            garbage = c.post(PREDICT, content=b"{not json", headers={"content-type": "x/y"})
+            gated.release.set()
+            answered = [running.result(10), waiting.result(10)]
+    assert shed.status_code == 429 and shed.headers["retry-after"] == "1"
+    assert "twins is overloaded (queue full" in shed.json()["detail"]
+    assert shed_seconds < 5  # answered while the model was still held, not after
+    assert garbage.status_code == 429
+    assert [r.status_code for r in answered] == [200, 200]
+
+
+def _queue_depth(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('modelcycle_queue_depth{model="twins"}'):
+            return float(line.split()[-1])
+    return 0.0

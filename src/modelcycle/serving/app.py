@@ -307,17 +307,17 @@ def _add_routes(
         """Predict with a served model; the response names the model version."""
         if name not in state.models:
             return _unknown_model(name, state)
-        served = state.models[name]
+        served, batcher = state.models[name], state.batchers[name]
+        if batcher.full():  # shed before reading or decoding the body: overload stays cheap
+            return _overloaded(name, f"queue full ({batcher.depth()} waiting)")
         payload = await _payload(request, served, settings)
         if isinstance(payload, JSONResponse):
             return payload
         try:
             timeout = settings.deadline_ms / 1000
-            result = await asyncio.wait_for(state.batchers[name].submit(payload), timeout)
+            result = await asyncio.wait_for(batcher.submit(payload), timeout)
         except OverloadedError as err:
-            return _error(
-                429, f"{name} is overloaded ({err}); retry shortly.", {"Retry-After": "1"}
-            )
+            return _overloaded(name, str(err))
         except TimeoutError:
             return _error(504, f"{name} did not answer within {settings.deadline_ms:.0f} ms.")
         answered = payload.served
@@ -333,6 +333,10 @@ def _add_routes(
     if drift is not None:
         app.include_router(drift.router("/v1", key_check))
     _document_requests(app, state)
+
+
+def _overloaded(name: str, why: str) -> JSONResponse:
+    return _error(429, f"{name} is overloaded ({why}); retry shortly.", {"Retry-After": "1"})
 
 
 async def _payload(

@@ -70,6 +70,10 @@ class MicroBatcher:
         """Payloads waiting now."""
         return self.queue.qsize()
 
+    def full(self) -> bool:
+        """Whether one more payload would be refused now (lets a server shed before reading)."""
+        return self.queue.full()
+
     async def submit(self, payload: Any) -> Any:
         """Queue one payload and wait for its result."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -76,6 +76,25 @@ def fold_rows(
     return rows
 
 
+def null_pools(
+    columns: int, reference: int, pool: int, args: argparse.Namespace, pools: int = 40
+) -> np.ndarray:
+    """False-alarm rate of each of `pools` pools drawn from the reference's own distribution.
+
+    Independent Gaussian columns, so the KS test's assumptions hold exactly: what spread of
+    per-pool rates chance alone gives when windows come from one fixed pool of `pool` rows.
+    """
+    rng = np.random.default_rng(0)
+    names = [f"c{k}" for k in range(columns)]
+    settings = DriftSettings(alpha=args.alpha, min_captures=2)
+    rates = []
+    for k in range(pools):
+        ref = pd.DataFrame(rng.normal(size=(reference, columns)), columns=names)
+        rows = pd.DataFrame(rng.normal(size=(pool, columns)), columns=names)
+        rates.append(flag_rate(ref, rows, [], args.window, args.windows, settings, k).flagged)
+    return np.array(rates)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True, help="QTIM root")
@@ -108,6 +127,16 @@ def main() -> None:
     auc = table.groupby(["shift", "size"])["metric"].mean().round(3)
     print("\nROC-AUC on the pool, mean of folds:")
     print(auc.to_string())
+    none = table[table["shift"] == "none"].iloc[0]
+    n_columns = len(none["columns"])
+    spread = null_pools(n_columns, int(none["reference"]), int(none["pool"]), args)
+    print(
+        f"\nChance alone, {len(spread)} pools of {int(none['pool'])} rows from the reference's "
+        f"own distribution ({n_columns} independent columns): false alarms per pool "
+        f"{np.percentile(spread, 10):.1%} (10th pct) / {np.median(spread):.1%} (median) / "
+        f"{np.percentile(spread, 90):.1%} (90th pct), mean {spread.mean():.1%}; "
+        f"{(spread > 0.05).mean():.0%} of pools above 5 %."
+    )
     print(f"\nPlot and JSON: {args.out}")
 
 

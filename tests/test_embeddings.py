@@ -1,4 +1,4 @@
-"""The embedding output of a servable model becomes a few principal components for drift."""
+"""The embedding output of a servable model becomes its distance from the reference, for drift."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from modelcycle.embeddings import (
-    EMBEDDING_PC,
+    EMBEDDING_DISTANCE,
     EmbeddingProjection,
     monitor_columns,
     project_embeddings,
@@ -20,7 +20,7 @@ from modelcycle.servable import ServableModel
 
 
 class Toy(nn.Module):
-    """score (n,) and a 6-d embedding (n, 6) whose variance is mostly along two directions."""
+    """score (n,) and a 6-d embedding (n, 6): a linear map of 4-d inputs."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,34 +32,40 @@ class Toy(nn.Module):
 
 
 def toy_servable(
-    rows: int = 200, outputs: tuple[str, ...] = ("score", "embedding")
+    rows: int = 400, outputs: tuple[str, ...] = ("score", "embedding")
 ) -> ServableModel:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    x = (rng.normal(size=(rows, 4)) * [5.0, 2.0, 0.1, 0.1]).astype(np.float32)
+    x = (rng.normal(size=(rows, 4)) * [5.0, 2.0, 1.0, 0.1]).astype(np.float32)
     return ServableModel("toy", Toy(), ["x"], list(outputs), [x[:10]], reference=[x])
 
 
-def test_projection_replaces_the_embedding_by_its_leading_components() -> None:
+def _run(module: nn.Module, x: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [o.numpy() for o in module(torch.as_tensor(x))]
+
+
+def test_the_embedding_becomes_a_mahalanobis_distance_in_its_leading_components() -> None:
     servable = toy_servable()
     assert servable.reference is not None
-    rows = torch.as_tensor(servable.reference[0])
-    embeddings = servable.module(rows)[1].detach().numpy()
+    x = servable.reference[0]
+    score, embeddings = _run(servable.module, x)
     project_embeddings(servable, k=3)
-    assert servable.output_names == ["score", EMBEDDING_PC]
-    assert servable.monitor_outputs == [EMBEDDING_PC]
+    assert servable.output_names == ["score", EMBEDDING_DISTANCE]
+    assert servable.monitor_outputs == [EMBEDDING_DISTANCE]
     assert isinstance(servable.module, EmbeddingProjection)
-    with torch.no_grad():
-        score, pcs = servable.module(rows)
-    pcs = pcs.numpy()
-    assert pcs.shape == (200, 3)
-    np.testing.assert_allclose(pcs.mean(axis=0), 0, atol=1e-4)  # centred on the reference
-    variances = pcs.var(axis=0)
-    assert variances[0] >= variances[1] >= variances[2]
-    # the components keep almost all of the embedding's variance (it is rank 4, mostly 2)
-    total = embeddings.var(axis=0).sum()
-    assert variances[:2].sum() > 0.95 * total
-    np.testing.assert_allclose(score.numpy(), embeddings.sum(axis=1), rtol=1e-5, atol=1e-4)
+    projected_score, distance = _run(servable.module, x)
+    np.testing.assert_allclose(projected_score, score, rtol=1e-6)
+    assert distance.shape == (400,) and (distance >= 0).all()
+    assert distance.mean() == pytest.approx(3 * 399 / 400, rel=1e-4)  # k unit-variance parts
+    # the same as a Mahalanobis distance computed here from the embeddings' own PCA
+    centred = embeddings - embeddings.mean(axis=0)
+    values, vectors = np.linalg.eigh(np.cov(centred.T))
+    top = vectors[:, ::-1][:, :3] / np.sqrt(values[::-1][:3])
+    np.testing.assert_allclose(distance, ((centred @ top) ** 2).sum(axis=1), rtol=1e-3, atol=1e-3)
+    # inputs shifted along their main direction move far away; unshifted ones do not
+    shifted = x + np.array([20.0, 0, 0, 0], dtype=np.float32)  # 4 sd along the first input
+    assert _run(servable.module, shifted)[1].mean() > 3 * distance.mean()
 
 
 def test_without_an_embedding_nothing_changes_and_bad_settings_are_named() -> None:
@@ -73,34 +79,35 @@ def test_without_an_embedding_nothing_changes_and_bad_settings_are_named() -> No
         project_embeddings(toy_servable(rows=1))
 
 
+def test_components_without_variance_are_left_out() -> None:
+    servable = toy_servable()
+    assert servable.reference is not None
+    servable.reference = [np.repeat(servable.reference[0][:1], 50, axis=0)]  # one point
+    servable.reference[0][::2, 0] += 1.0  # varies along one direction only
+    project_embeddings(servable, k=3)
+    assert isinstance(servable.module, EmbeddingProjection)
+    assert servable.module.components.shape[0] == 1
+    assert np.isfinite(_run(servable.module, servable.held_out[0])[1]).all()
+
+
 def test_saved_models_carry_the_projection_and_export_it(tmp_path: Path) -> None:
     servable = toy_servable()
     servable.save(tmp_path / "model")
     loaded = ServableModel.load(tmp_path / "model")
-    assert loaded.output_names == ["score", EMBEDDING_PC]
-    assert loaded.monitor_outputs == [EMBEDDING_PC]
-    path = export_onnx(
-        loaded.module,
-        loaded.example(),
-        loaded.input_names,
-        loaded.output_names,
-        tmp_path / "m.onnx",
-    )
+    assert loaded.output_names == ["score", EMBEDDING_DISTANCE]
+    assert loaded.monitor_outputs == [EMBEDDING_DISTANCE]
+    names = loaded.input_names, loaded.output_names
+    path = export_onnx(loaded.module, loaded.example(), *names, tmp_path / "m.onnx")
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rows = loaded.held_out[0]
-    _, pcs = session.run(None, {"x": rows})
-    with torch.no_grad():
-        expected = loaded.module(torch.as_tensor(rows))[1].numpy()
-    np.testing.assert_allclose(pcs, expected, rtol=1e-4, atol=1e-5)
+    _, distance = session.run(None, {"x": rows})
+    np.testing.assert_allclose(distance, _run(loaded.module, rows)[1], rtol=1e-4, atol=1e-4)
 
 
-def test_monitor_columns_name_each_component() -> None:
-    outputs = {"p": np.array([0.3]), EMBEDDING_PC: np.array([[1.0, -2.0, 0.5]])}
-    assert monitor_columns(outputs, [EMBEDDING_PC]) == {
-        "embedding_pc1": 1.0,
-        "embedding_pc2": -2.0,
-        "embedding_pc3": 0.5,
-    }
+def test_monitor_columns_name_each_value() -> None:
+    outputs = {"p": np.array([0.3]), "d": np.array([2.5]), "v": np.array([[1.0, -2.0]])}
+    assert monitor_columns(outputs, ["d"]) == {"d": 2.5}
+    assert monitor_columns(outputs, ["v"]) == {"v1": 1.0, "v2": -2.0}
     assert monitor_columns(outputs, []) == {}

@@ -56,14 +56,14 @@ def test_a_shifted_output_is_prediction_drift() -> None:
 def test_a_shifted_embedding_component_is_embedding_drift() -> None:
     reference, current = _frame(500, 0), _frame(100, 1)
     rng = np.random.default_rng(2)
-    reference["embedding_pc1"] = rng.normal(0, 1, 500)
-    current["embedding_pc1"] = rng.normal(0, 1, 100)
+    reference["embedding_distance"] = rng.normal(0, 1, 500)
+    current["embedding_distance"] = rng.normal(0, 1, 100)
     quiet = compare("m", "1", reference, current, ["probability"], SETTINGS)
     assert quiet.embedding_drift is False and not quiet.drift_detected
-    current["embedding_pc1"] += 1.0
+    current["embedding_distance"] += 1.0
     summary = compare("m", "1", reference, current, ["probability"], SETTINGS)
     drifted = [(f.name, f.kind) for f in summary.features if f.drifted]
-    assert drifted == [("embedding_pc1", "embedding")]
+    assert drifted == [("embedding_distance", "embedding")]
     assert summary.embedding_drift is True and summary.prediction_drift is False
     # without embedding columns there is nothing to say about them
     assert compare("m", "1", _frame(500, 0), _frame(100, 1), [], SETTINGS).embedding_drift is None

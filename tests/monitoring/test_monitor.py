@@ -79,10 +79,10 @@ def test_unshifted_requests_do_not_drift_and_the_report_is_written(
     assert summary["status"] == "no_drift" and summary["n_current"] == N_REQUESTS
     assert {f["name"] for f in summary["features"]} == {
         "age", "male_share", "missing_share", "level", "spread", "pc1", "pc2", "pc3",
-        "embedding_pc1", "embedding_pc2", "embedding_pc3", "probability", "similarity",
+        "embedding_distance", "probability", "similarity",
     }  # fmt: skip
     kinds = {f["name"]: f["kind"] for f in summary["features"]}
-    assert kinds["embedding_pc1"] == "embedding" and kinds["probability"] == "output"
+    assert kinds["embedding_distance"] == "embedding" and kinds["probability"] == "output"
     assert summary["embedding_drift"] is False
     assert (report / "drift.png").stat().st_size > 10_000
     assert "<html" in (report / "evidently.html").read_text()[:2000].lower()

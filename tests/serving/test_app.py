@@ -57,12 +57,12 @@ def test_predict_matches_onnx_runtime_and_names_the_version(
     body = response.json()
     assert body["model"] == "twins" and body["version"] == "1"
     rows = served.adapter.decode(served.adapter.request_type.model_validate(request))
-    probability, similarity, embedding = served.run(rows)
+    probability, similarity, distance = served.run(rows)
     assert body["outputs"]["probability"] == pytest.approx(float(probability[0]), abs=1e-6)
     assert body["outputs"]["similarity"] == pytest.approx(float(similarity[0]), abs=1e-6)
     assert 0 < body["outputs"]["probability"] < 1
-    # the embedding's components are for monitoring: recorded, never answered
-    assert served.output_names[2] == "embedding_pc" and embedding.shape == (1, 3)
+    # the embedding's distance from the reference is for monitoring: recorded, never answered
+    assert served.output_names[2] == "embedding_distance" and distance.shape == (1,)
     assert set(body["outputs"]) == {"probability", "similarity"}
 
 
@@ -97,13 +97,12 @@ def test_every_prediction_is_captured_with_version_and_features(
     assert len(rows) == 4 and {r.version for r in rows} == {"1"}
     assert set(rows[0].features) == {
         "age", "male_share", "missing_share", "level", "spread", "pc1", "pc2", "pc3",
-        "embedding_pc1", "embedding_pc2", "embedding_pc3",
+        "embedding_distance",
     }  # fmt: skip
     assert set(rows[0].outputs) == {"probability", "similarity"}
     inputs = served.adapter.decode(served.adapter.request_type.model_validate(requests[3]))
-    embedding = served.run(inputs)[2][0]
-    recorded = [rows[3].features[f"embedding_pc{k}"] for k in (1, 2, 3)]
-    np.testing.assert_allclose(recorded, embedding, rtol=1e-5, atol=1e-6)
+    distance = served.run(inputs)[2][0]
+    assert rows[3].features["embedding_distance"] == pytest.approx(float(distance), rel=1e-5)
     assert all(r.latency_ms >= 0 for r in rows)
 
 
@@ -111,7 +110,7 @@ def test_listing_health_readiness_metrics_page_and_openapi(client: TestClient) -
     models = client.get("/v1/models").json()["models"]
     assert [(m["name"], m["alias"], m["version"]) for m in models] == [("twins", "champion", "1")]
     assert models[0]["outputs"] == ["probability", "similarity"]
-    assert models[0]["monitor_outputs"] == ["embedding_pc"]
+    assert models[0]["monitor_outputs"] == ["embedding_distance"]
     assert models[0]["lineage"]["git_sha"] == git_state(Path.cwd())["git_sha"]
     assert "cv_auc_twin_vs_unrelated" in models[0]["lineage"]
     assert client.get("/healthz").json() == {"status": "alive"}

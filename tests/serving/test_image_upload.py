@@ -188,7 +188,7 @@ def test_captured_drift_features_describe_the_image(
     first, second = store.read(model="image")
     assert set(first.features) == {
         "brightness", "contrast", "sharpness", "red", "green", "blue",
-        "embedding_pc1", "embedding_pc2", "embedding_pc3",
+        "embedding_distance",
     }  # fmt: skip
     assert second.features["brightness"] < 0.5 * first.features["brightness"]
     assert second.features["contrast"] < first.features["contrast"]

@@ -132,7 +132,7 @@ def test_export_parity_with_raw_uint8_pixels(sources: dict[str, object], tmp_pat
     assert len(reference) == min(task.reference_rows, len(fold.train))
     assert not any((reference == image).all(axis=(1, 2, 3)).any() for image in servable.held_out[0])
     project_embeddings(servable)
-    assert servable.output_names == ["confidence", "probabilities", "embedding_pc"]
+    assert servable.output_names == ["confidence", "probabilities", "embedding_distance"]
     report = export_model(
         servable.module,
         servable.example(),
@@ -148,8 +148,8 @@ def test_export_parity_with_raw_uint8_pixels(sources: dict[str, object], tmp_pat
 
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(uint8)"
-    confidence, probabilities, components = session.run(None, {"pixels": servable.held_out[0]})
-    assert components.shape == (len(servable.held_out[0]), 3)
+    confidence, probabilities, distance = session.run(None, {"pixels": servable.held_out[0]})
+    assert distance.shape == (len(servable.held_out[0]),) and (distance >= 0).all()
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert np.allclose(confidence, probabilities.max(axis=1))
 

@@ -1,11 +1,11 @@
 """Drift: captured requests against a model version's reference sample, feature by feature.
 
 Each drift feature (the task adapter's numbers per request), each component of the model's
-embedding (see `modelcycle.embeddings`) and each model output is one column. Every column
+embedding distance (see `modelcycle.embeddings`) and each model output is one column. Every column
 gets a two-sample Kolmogorov-Smirnov test; a column drifts when its p-value is below
 `alpha / n_columns` (Bonferroni), so the chance of any false alarm on an unshifted sample
 stays at most `alpha`. The sample drifts when any column drifts; prediction drift is drift
-of an output column, embedding drift that of an embedding component.
+of an output column, embedding drift that of the embedding distance.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class DriftSummary(BaseModel):
     )
     prediction_drift: bool | None = None
     embedding_drift: bool | None = Field(
-        default=None, description="A component of the model's embedding drifts; null without one"
+        default=None, description="The model's embedding distance drifts; null without one"
     )
     n_reference: int = 0
     n_current: int = 0
@@ -99,14 +99,14 @@ def reference_frame(
         adapter: The task's serving adapter, which turns one request's rows into features.
         inputs: One array per model input, rows along axis 0.
         outputs: Each model output on those rows (first axis: rows).
-        monitored: Monitoring-only outputs (embedding components): one column per component,
-            named as the server records them; other outputs give their first value.
+        monitored: Monitoring-only outputs (the embedding distance): every value of a row is a
+            column, named as the server records them; other outputs give their first value.
     """
     rows = [adapter.drift_features([x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))]
     frame = pd.DataFrame(rows, dtype=float)
     for name, values in outputs.items():
         table = np.asarray(values, dtype=float).reshape(len(frame), -1)
-        if name in monitored:
+        if name in monitored and table.shape[1] > 1:
             for k in range(table.shape[1]):
                 frame[f"{name}{k + 1}"] = table[:, k]
         else:

@@ -24,9 +24,13 @@ alike; every loop stops at a time limit and a request-count limit. Absolute numb
 on the machine (the load generator shares its cores with the servers); read the ratios.
 
     python bench/serving.py [--workspace WS] [--data ../shared/data/qtim] [--seconds 10]
+    python bench/serving.py --task image [--backbone resnet18] [--image-size 224]
 
 Without --workspace it builds a throwaway one: an untrained twins model on the QTIM files,
-registered as twins@champion and exported to ONNX (as tests/serving_fixtures.py does).
+registered as twins@champion and exported to ONNX (as tests/serving_fixtures.py does), or
+with --task image an untrained timm backbone on the rice stand-in, image_rice@champion. The
+twins model costs about 0.1 ms per request, so HTTP dominates; an image model at 224 px costs
+milliseconds, where the model dominates.
 """
 
 from __future__ import annotations
@@ -68,6 +72,22 @@ def say(message: str) -> None:
 # --- the model: a throwaway workspace, or the one given ------------------------------------
 
 
+def build_image_workspace(tmp: Path, backbone: str, size: int) -> Path:
+    """image_rice@champion version 1 in `tmp/ws`: an untrained timm `backbone` at `size` px on
+    the rice stand-in (the model's compute, not its accuracy, is what serving measures)."""
+    from functools import partial
+
+    from modelcycle.data.rice import RiceSource
+    from modelcycle.models.image_classifier import timm_backbone
+    from modelcycle.tasks.image import ImageTask
+
+    source = RiceSource(
+        download_dir=tmp / "rice", synthetic=True, image_size=size, per_class_synthetic=24
+    )
+    encoder = partial(timm_backbone, name=backbone, pretrained=False)
+    return publish(ImageTask(source, encoder, held_out_rows=12, reference_rows=60), tmp)
+
+
 def build_workspace(data: Path, tmp: Path) -> Path:
     """twins@champion version 1 in `tmp/ws`: an untrained siamese model on `data`, registered
     from a run shaped like a pipeline's and exported to ONNX; returns the workspace root."""
@@ -79,21 +99,32 @@ def build_workspace(data: Path, tmp: Path) -> Path:
     from modelcycle.tasks.twins import TwinsTask
     from modelcycle.tracking import Tracker, TrackingSettings
 
-    task = TwinsTask(QTIMSource(root=data), encoder=MLPEncoder)
+    return publish(TwinsTask(QTIMSource(root=data), encoder=MLPEncoder), tmp)
+
+
+def publish(task: Any, tmp: Path) -> Path:
+    """Register `task`'s untrained model from a pipeline-shaped run, promote it to champion
+    and export it to ONNX, in `tmp/ws`; returns the workspace root."""
+    from modelcycle.export import export_version
+    from modelcycle.pipeline import run_tags
+    from modelcycle.registry import Registry
+    from modelcycle.tracking import Tracker, TrackingSettings
+
     cohort, summary = task.load()
     fold = task.final_fold(cohort, seed=0)
     servable = task.servable(task.model(cohort, fold), cohort, fold)
     tracker = Tracker(TrackingSettings(), tmp / "ws")
-    with tracker.run("twins") as run_id:
+    name = task.model_name
+    with tracker.run(name) as run_id:
         metric = task.primary_metric
         tracker.set_tags(run_tags(task, summary.data_hash))
         tracker.log_metrics({f"model_{metric}_mean": 0.95, f"baseline_{metric}_mean": 0.90})
         servable.save(tmp / "model")
         tracker.log_directory(tmp / "model", "model")
     registry = Registry(tracker.uri)
-    registry.register(run_id, "twins")
-    registry.promote("twins")
-    export_version(registry, "twins@champion", tmp / "ws" / "exports")
+    registry.register(run_id, name)
+    registry.promote(name)
+    export_version(registry, f"{name}@champion", tmp / "ws" / "exports")
     return tmp / "ws"
 
 
@@ -555,7 +586,15 @@ def main() -> None:
     )
     parser.add_argument("--workspace", type=Path, help="serve MODEL from this workspace")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/qtim")
-    parser.add_argument("--model", default="twins@champion", help="NAME@ALIAS to serve")
+    parser.add_argument("--model", help="NAME@ALIAS to serve (default: the task's champion)")
+    parser.add_argument(
+        "--task",
+        choices=("twins", "image"),
+        default="twins",
+        help="the throwaway workspace's model: twins (QTIM) or image (rice stand-in)",
+    )
+    parser.add_argument("--backbone", default="resnet18", help="timm model of --task image")
+    parser.add_argument("--image-size", type=int, default=224, help="pixels, --task image")
     parser.add_argument("--seconds", type=float, default=10.0, help="per subject and loop")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved closed-loop rounds")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop client threads")
@@ -579,6 +618,7 @@ def main() -> None:
     parser.add_argument("--litserve-workspace", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.model = args.model or ("image_rice@champion" if args.task == "image" else "twins@champion")
     if args.rounds < 1 or args.seconds <= 0 or args.clients < 1 or args.overload <= 0:
         parser.error("--rounds, --seconds, --clients and --overload must be positive")
     if args.naive_server is not None:
@@ -602,7 +642,10 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
     from modelcycle.config import build_registry, compose_config, serve_config
     from modelcycle.serving.loading import load_served, warm_up
 
-    if args.workspace is None:
+    if args.workspace is None and args.task == "image":
+        say(f"building a throwaway workspace: untrained {args.backbone} at {args.image_size} px")
+        workspace = build_image_workspace(tmp, args.backbone, args.image_size)
+    elif args.workspace is None:
         say(f"building a throwaway workspace from {args.data.resolve()}")
         workspace = build_workspace(args.data.resolve(), tmp)
     else:

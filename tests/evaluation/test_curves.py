@@ -51,9 +51,13 @@ def test_numbers_are_rounded_nan_is_null_and_compacting_twice_changes_nothing() 
 
 
 def test_write_curves_holds_every_scorer(tmp_path: Path) -> None:
-    model = Evaluation({"auc": 0.9}, {"retrieval": np.array([0.5, 0.75]), "roc": ([0, 1], [0, 1])})
+    model = Evaluation(
+        {"auc": 0.9},
+        {"retrieval": np.array([0.5, 0.75]), "roc": ([0, 1], [0, 1]), "where": Path("a/b")},
+    )
     baseline = Evaluation({"auc": 0.8}, {"retrieval": np.array([0.25, 0.5]), "roc": ([0], [0])})
     path = write_curves({"model": model, "baseline": baseline}, tmp_path / "r", "fold3")
     assert path.name == "fold3_curves.json"
     saved = json.loads(path.read_text())
     assert saved["model"]["retrieval"] == [0.5, 0.75] and saved["baseline"]["roc"] == [[0], [0]]
+    assert saved["model"]["where"] == "a/b"  # not JSON: kept as text, the run goes on

@@ -56,7 +56,8 @@ def write_curves(evaluations: Mapping[str, Evaluation], out_dir: Path, tag: str)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{tag}_curves.json"
     payload = {name: compact(ev.details) for name, ev in evaluations.items()}
-    path.write_text(json.dumps(payload, allow_nan=False))
+    # a detail JSON cannot hold (a task's own object) is kept as its text, not a crash
+    path.write_text(json.dumps(payload, allow_nan=False, default=str))
     return path
 
 

@@ -148,6 +148,12 @@ def _value(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _with_mean(record: Record, scorer: str, metric: str, name: str) -> str:
+    """A legend label with the metric's mean over folds, when the record has that metric."""
+    mean = record["aggregate"][scorer].get(metric, [None])[0]
+    return scorer if mean is None else f"{scorer} ({name} {mean:.3f})"
+
+
 def _scorer_curves(record: Record, key: str) -> dict[str, list[Any]]:
     return {s: [f["curves"][s][key] for f in record["folds"]] for s in COLOURS}
 
@@ -155,10 +161,10 @@ def _scorer_curves(record: Record, key: str) -> dict[str, list[Any]]:
 def _roc(record: Record) -> Figure:
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     for scorer, rocs in _scorer_curves(record, "roc").items():
-        mean = record["aggregate"][scorer]["auc_twin_vs_unrelated"][0]
+        label = _with_mean(record, scorer, "auc_twin_vs_unrelated", "mean AUC")
         for k, (fpr, tpr) in enumerate(rocs):
-            label = f"{scorer} (mean AUC {mean:.3f})" if k == 0 else None
-            ax.plot(points(fpr), points(tpr), color=COLOURS[scorer], lw=1, alpha=0.8, label=label)
+            shown = label if k == 0 else None
+            ax.plot(points(fpr), points(tpr), color=COLOURS[scorer], lw=1, alpha=0.8, label=shown)
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     ax.set(xlabel="false positive rate", ylabel="true positive rate")
     ax.set_title("Twin-like vs unrelated pairs, one line per fold", fontsize=10)
@@ -218,8 +224,8 @@ def _reliability(record: Record) -> Figure:
         }
         used = counts > 0
         conf, acc = (weighted[k][used] / counts[used] for k in ("confidence", "accuracy"))
-        ece = record["aggregate"][scorer]["ece"][0]
-        ax.plot(conf, acc, "o-", color=COLOURS[scorer], label=f"{scorer} (ECE {ece:.3f})")
+        label = _with_mean(record, scorer, "ece", "ECE")
+        ax.plot(conf, acc, "o-", color=COLOURS[scorer], label=label)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
     ax.set_title("Reliability, test rows of every fold", fontsize=10)
     ax.legend(loc="upper left")

@@ -94,6 +94,15 @@ def test_pipeline_on_tiny_data_reports_and_tracks(tiny_qtim: Path, workspace: Pa
     } <= artifacts
     config = yaml.safe_load((reports[0] / "config.yaml").read_text())
     assert config["data"]["root"] == str(tiny_qtim) and config["trainer"]["max_epochs"] == 2
+    # the docs' record of this run: its per-fold numbers and the curves its plots showed
+    out = workspace / "twins.json"
+    made = runner.invoke(app, ["report", "docs-results", str(reports[0]), "--out", str(out)])
+    assert made.exit_code == 0, made.stdout
+    record = json.loads(out.read_text())
+    assert [f["model"] for f in record["folds"]] == [f["model"] for f in summary["folds"]]
+    assert {"roc", "retrieval", "scores"} <= set(record["folds"][1]["curves"]["baseline"])
+    missing = runner.invoke(app, ["report", "docs-results", str(workspace), "--out", str(out)])
+    assert missing.exit_code == 2 and "holds no summary.json" in missing.stdout
 
 
 def test_pipeline_registers_promotes_exports_and_gates_a_rerun(

@@ -43,6 +43,8 @@ from modelcycle.tracking import Tracker
 app = typer.Typer(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+report_app = typer.Typer(help="Turn run reports into other forms.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
 # Off a terminal (logs, CI, tests) rich would assume 80 columns and fold the summary table.
 console = Console(width=None if sys.stdout.isatty() else 120)
 
@@ -368,6 +370,24 @@ def loadtest(
         console.print(f"[red]budget missed:[/red] {miss}")
     console.print(f"Report (CSV, HTML, summary.json): {out}", soft_wrap=True)
     raise typer.Exit(code=0 if result.passed else 1)
+
+
+@report_app.command("docs-results")
+def docs_results(
+    report_dir: Annotated[Path, typer.Argument(help="A run's report folder (holds summary.json)")],
+    out: Annotated[Path, typer.Option(help="Where to write the record, e.g. docs/results/x.json")],
+    command: Annotated[str, typer.Option(help="How the run was started, shown in the docs")] = "",
+) -> None:
+    """Write a run's per-fold metrics and curves as the small record the docs plot from."""
+    from modelcycle.evaluation.results import ResultsError, results_record, write_record
+
+    try:
+        path = write_record(results_record(report_dir, command), out)
+    except ResultsError as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(code=2) from err
+    size = path.stat().st_size / 1024
+    console.print(f"Wrote {path} ({size:.0f} KiB) from {report_dir}", soft_wrap=True)
 
 
 def parse_duration(text: str) -> float:

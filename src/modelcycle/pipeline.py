@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import yaml
 
+from modelcycle.evaluation.curves import write_curves
 from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.registry import CHALLENGER, CHAMPION, GateError, Registry
 from modelcycle.tasks.base import Fold, Task
@@ -169,6 +170,8 @@ def _run_fold(ctx: _Context, fold: Fold) -> FoldResult:
         ctx.tracker.log_metrics({f"baseline_{k}": v for k, v in baseline_eval.metrics.items()})
         plots = task.plot(model_eval, baseline_eval, ctx.report_dir, name)
         ctx.tracker.log_artifacts(plots, "plots")
+        scorers = {"model": model_eval, "baseline": baseline_eval}
+        ctx.tracker.log_artifacts([write_curves(scorers, ctx.report_dir, name)], "plots")
     return FoldResult(
         fold.index, len(fold.test), model_eval.metrics, baseline_eval.metrics, str(checkpoint)
     )

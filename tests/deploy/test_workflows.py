@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import typer
 import yaml
+from typer.testing import CliRunner
 
 from modelcycle.cli import app
 
@@ -112,3 +114,19 @@ def test_pre_commit_pins_match_the_project(tool: str) -> None:
     dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     pins = dict(d.split("==") for d in dev["dev"] if "==" in d)
     assert revs[f"{tool}-pre-commit"] == f"v{pins[tool]}"
+
+
+def test_data_workflow_stats_command_runs_as_written(tiny_qtim: Path) -> None:
+    """The PR comment's statistics: the workflow's own command line, on a QTIM-shaped root."""
+    line = next(
+        line
+        for run in workflow("data.yml")["jobs"]["data"]["steps"]
+        for line in run.get("run", "").splitlines()
+        if "modelcycle data stats" in line
+    )
+    args = shlex.split(line.split("modelcycle", 1)[1])
+    args = [f"data.root={tiny_qtim}" if a == "data.root=data/qtim" else a for a in args]
+    assert f"data.root={tiny_qtim}" in args, line
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stdout
+    assert "| content hash |" in result.stdout and "| subjects | 48 |" in result.stdout

@@ -61,3 +61,20 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert "Kolmogorov" in (tmp_path / "site" / "monitoring" / "index.html").read_text()
     # the example file is included at build time, not copied into the page
     assert "BlobsServing" in example and "--8&lt;--" not in example
+    # result plots are drawn at build time from the committed records, never committed
+    for page, plots in {
+        "twins": ("folds", "roc", "retrieval", "similarity"),
+        "twins-functional": ("folds", "roc", "retrieval", "similarity"),
+        "image": ("folds", "reliability", "confusion", "recall"),
+    }.items():
+        html = (tmp_path / "site" / "tasks" / page / "index.html").read_text()
+        record = "image-rice" if page == "image" else page
+        for plot in plots:
+            png = tmp_path / "site" / "results" / record / f"{plot}.png"
+            assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 5000
+            assert f'src="../../results/{record}/{plot}.png"' in html, (page, plot)
+        assert "&lt;!-- results" not in html and "<!-- results" not in html
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.png"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert tracked.stdout == ""

@@ -92,12 +92,8 @@ def build_workspace(data: Path, tmp: Path) -> Path:
     """twins@champion version 1 in `tmp/ws`: an untrained siamese model on `data`, registered
     from a run shaped like a pipeline's and exported to ONNX; returns the workspace root."""
     from modelcycle.data.qtim import QTIMSource
-    from modelcycle.export import export_version
     from modelcycle.models.encoders import MLPEncoder
-    from modelcycle.pipeline import run_tags
-    from modelcycle.registry import Registry
     from modelcycle.tasks.twins import TwinsTask
-    from modelcycle.tracking import Tracker, TrackingSettings
 
     return publish(TwinsTask(QTIMSource(root=data), encoder=MLPEncoder), tmp)
 

@@ -22,6 +22,7 @@ from modelcycle.export import (
     export_model,
     export_onnx,
     measure_latency,
+    quantize_int8,
 )
 
 NAMES_IN, NAMES_OUT = ("a", "b"), ("prob", "cos")
@@ -247,3 +248,34 @@ def test_measure_latency_tiles_rows_beyond_the_inputs(tmp_path: Path) -> None:
 def test_measure_latency_rejects_a_zero_batch_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"batch_sizes=\[0\].*at least 1"):
         measure_latency(tmp_path / "model.onnx", pairs(3, 8), batch_sizes=(0,))
+
+
+class TwinConvs(nn.Module):
+    """Two convolutions with equal weights: the exporter stores them once, behind Identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 8, 3)
+        self.second.load_state_dict(self.first.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.first(x) - self.second(x * 2)).mean(dim=(1, 2, 3))
+
+
+def test_shared_weights_become_plain_initializers_so_int8_quantization_works(
+    tmp_path: Path,
+) -> None:
+    x = torch.randn(2, 3, 16, 16)
+    path = export_onnx(TwinConvs(), (x,), ["x"], ["y"], tmp_path / "m.onnx")
+    graph = onnx.load(str(path)).graph
+    weights = {w.name for w in graph.initializer}
+    assert all(n.input[1] in weights for n in graph.node if n.op_type == "Conv")
+    assert not [n for n in graph.node if n.op_type == "Identity"]
+    int8 = quantize_int8(path, tmp_path / "m.int8.onnx")  # refused before: not an initializer
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": x.numpy()})
+    np.testing.assert_allclose(y, TwinConvs()(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()}
+    )[0].shape == (2,)

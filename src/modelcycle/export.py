@@ -221,8 +221,35 @@ def export_onnx(
             opset_version=opset,
             dynamo=False,
         )
+    _inline_shared_weights(path)
     onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+def _inline_shared_weights(path: Path) -> None:
+    """Give every weight that the exporter shares through an Identity node its own copy.
+
+    The exporter stores equal weights once and feeds the other users through Identity nodes
+    (ResNet-18's downsampling convolutions, for one); ONNX Runtime's quantizer then refuses
+    those convolutions ("Expected ... to be an initializer"). Copies make them plain
+    initializers again.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {w.name: w for w in graph.initializer}
+    shared = [n for n in graph.node if n.op_type == "Identity" and n.input[0] in weights]
+    if not shared:
+        return
+    for node in shared:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(weights[node.input[0]])
+        copy.name = node.output[0]
+        graph.initializer.append(copy)
+        graph.node.remove(node)
+    logger.info("%s: %d shared weights copied out of Identity nodes", path.name, len(shared))
+    onnx.save(model, str(path))
 
 
 def _session(path: Path) -> onnxruntime.InferenceSession:

@@ -145,3 +145,35 @@ def test_expired_requests_are_skipped_not_run() -> None:
 
     _run(main())
     assert seen == [0]
+
+
+def test_a_queue_whose_expected_wait_is_over_budget_refuses_at_once() -> None:
+    def process(payloads: list[int]) -> list[int]:
+        time.sleep(0.05)  # 20 payloads per second, one at a time
+        return payloads
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(process, pool, max_batch=1, queue_limit=100, wait_budget=0.2)
+            batcher.start()
+            assert batcher.expected_wait() is None and batcher.refusal() is None
+            await batcher.submit(0)  # measures the rate: about 20 per second
+            wait = batcher.expected_wait()
+            assert wait is not None and 0.02 < wait < 0.2
+            started = time.perf_counter()
+            tasks = []
+            for i in range(12):
+                tasks.append(asyncio.ensure_future(batcher.submit(i)))
+                await asyncio.sleep(0)  # let it queue (or be refused) before the next one asks
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            elapsed = time.perf_counter() - started
+            refused = [str(r) for r in results if isinstance(r, OverloadedError)]
+            answered = [r for r in results if not isinstance(r, BaseException)]
+            # at 20 per second, a 0.2 s budget holds about 4 queued payloads, far below 100
+            assert 2 <= len(answered) <= 6, (len(answered), refused)
+            assert len(answered) + len(refused) == 12
+            assert "over the 200 ms budget" in refused[0]
+            assert elapsed < 1.0  # the accepted ones ran at once, none waited for the rest
+            await batcher.stop()
+
+    _run(main())

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 
+#: Share of the deadline a request may expect to spend queued; beyond it, 429 at once (the
+#: rest is left for its own model call and for the estimate's error).
+WAIT_SHARE = 0.5
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     """Limits and knobs of a server.
@@ -50,7 +55,9 @@ class ServeSettings:
         max_wait_ms: How long a lone request may wait for company (0: never).
         queue_limit: Requests that may wait per model; beyond it, 429 at once.
         body_limit: Largest request body in bytes; beyond it, 413.
-        deadline_ms: Longest a request may take; beyond it, 504.
+        deadline_ms: Longest a request may take; beyond it, 504. A request that would expect
+            to wait over half of it in the queue (at the rate batches are measured to run)
+            gets 429 at once instead.
         api_key: When set, /v1 routes need `Authorization: Bearer <key>` or `X-API-Key`.
         cors_origins: Origins allowed by CORS; none by default (closed).
         threads: Worker threads that run model calls.
@@ -165,6 +172,7 @@ def _add_model(
         settings.max_batch,
         settings.max_wait_ms / 1000,
         settings.queue_limit,
+        wait_budget=settings.deadline_ms / 1000 * WAIT_SHARE,
     )
     batcher.on_batch = metrics.batch_observer(served.name, batcher.depth)
     batcher.start()
@@ -308,8 +316,9 @@ def _add_routes(
         if name not in state.models:
             return _unknown_model(name, state)
         served, batcher = state.models[name], state.batchers[name]
-        if batcher.full():  # shed before reading or decoding the body: overload stays cheap
-            return _overloaded(name, f"queue full ({batcher.depth()} waiting)")
+        refusal = batcher.refusal()
+        if refusal is not None:  # shed before reading or decoding the body: overload stays cheap
+            return _overloaded(name, refusal)
         payload = await _payload(request, served, settings)
         if isinstance(payload, JSONResponse):
             return payload

@@ -38,6 +38,10 @@ class MicroBatcher:
         max_wait: Seconds to wait for more payloads once one is queued (0: never wait).
         queue_limit: Payloads that may wait; one more raises `OverloadedError`.
         on_batch: Called with each batch's size (metrics).
+        wait_budget: Seconds a new payload may expect to wait; when the queue is so long that
+            its expected wait (queued payloads ÷ the measured rate) is longer, it is refused
+            at once (`OverloadedError`) rather than queued to miss its deadline. None: only
+            `queue_limit` bounds the queue.
     """
 
     def __init__(
@@ -48,11 +52,14 @@ class MicroBatcher:
         max_wait: float = 0.0,
         queue_limit: int = 256,
         on_batch: Callable[[int], None] = lambda size: None,
+        wait_budget: float | None = None,
     ) -> None:
         self.process, self.executor = process, executor
         self.max_batch, self.max_wait, self.on_batch = max_batch, max_wait, on_batch
+        self.wait_budget = wait_budget
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_limit)
         self._worker: asyncio.Task[None] | None = None
+        self._rate: float | None = None  # payloads per second while processing (EWMA)
 
     def start(self) -> None:
         """Start the worker on the running loop."""
@@ -70,17 +77,31 @@ class MicroBatcher:
         """Payloads waiting now."""
         return self.queue.qsize()
 
-    def full(self) -> bool:
-        """Whether one more payload would be refused now (lets a server shed before reading)."""
-        return self.queue.full()
+    def expected_wait(self) -> float | None:
+        """Seconds a payload queued now should wait, from the measured rate (None: not yet)."""
+        if self._rate is None:
+            return None
+        return (self.queue.qsize() + 1) / self._rate
+
+    def refusal(self) -> str | None:
+        """Why one more payload would be refused now, or None (lets a server shed early)."""
+        if self.queue.full():
+            return f"queue full ({self.queue.maxsize} waiting)"
+        wait = self.expected_wait()
+        if self.wait_budget is not None and wait is not None and wait > self.wait_budget:
+            return (
+                f"expected wait {wait * 1000:.0f} ms with {self.queue.qsize()} queued is over "
+                f"the {self.wait_budget * 1000:.0f} ms budget"
+            )
+        return None
 
     async def submit(self, payload: Any) -> Any:
         """Queue one payload and wait for its result."""
+        why = self.refusal()
+        if why is not None:
+            raise OverloadedError(why)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        try:
-            self.queue.put_nowait(_Item(payload, future))
-        except asyncio.QueueFull:
-            raise OverloadedError(f"queue full ({self.queue.maxsize} waiting)") from None
+        self.queue.put_nowait(_Item(payload, future))
         return await future
 
     async def _run(self) -> None:
@@ -91,9 +112,11 @@ class MicroBatcher:
                 if live:
                     self.on_batch(len(live))
                     loop = asyncio.get_running_loop()
+                    started = time.perf_counter()
                     results = await loop.run_in_executor(
                         self.executor, self.process, [item.payload for item in live]
                     )
+                    self._measure(len(live), time.perf_counter() - started)
                     for item, result in zip(live, results, strict=True):
                         if not item.future.done():
                             item.future.set_result(result)
@@ -104,6 +127,10 @@ class MicroBatcher:
             finally:
                 for _ in batch:
                     self.queue.task_done()
+
+    def _measure(self, size: int, seconds: float) -> None:
+        rate = size / max(seconds, 1e-6)
+        self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
 
     async def _collect(self) -> list[_Item]:
         batch = [await self.queue.get()]

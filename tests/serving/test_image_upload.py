@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import zlib
@@ -17,6 +18,7 @@ from image_fixtures import PublishedImage, publish_image
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.serving.app import ServeSettings, create_app
 from modelcycle.serving.loading import ServedModel, load_served
+from modelcycle.tasks.image_serving import ImageServing
 from modelcycle.tracking import Tracker, TrackingSettings
 
 PREDICT = "/v1/models/image/predict"
@@ -203,3 +205,24 @@ def test_twins_stays_json_only(served: ServedModel) -> None:
         )
     assert response.status_code == 415
     assert response.json()["detail"] == "Content-Type must be application/json, not 'image/png'."
+
+
+def test_images_decode_off_the_event_loop(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    original = ImageServing.decode_bytes
+
+    def decode_bytes(self: ImageServing, data: bytes) -> list[np.ndarray]:
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)  # on the event loop: every other request would wait for it
+        except RuntimeError:
+            seen.append(False)
+        return original(self, data)
+
+    monkeypatch.setattr(ImageServing, "decode_bytes", decode_bytes)
+    data = encoded(grain(), "PNG")
+    response = client.post(PREDICT, content=data, headers={"content-type": "image/png"})
+    assert response.status_code == 200
+    assert seen == [False]

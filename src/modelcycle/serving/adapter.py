@@ -34,6 +34,9 @@ class ServingAdapter(ABC):
     shift_sizes: ClassVar[dict[str, tuple[float, ...]]] = {}
     #: What `held_out_metric` measures, as tables and plots name it.
     held_out_metric_name: ClassVar[str] = ""
+    #: Decode requests (and compute their drift features) in a worker thread, not on the
+    #: server's event loop: for decoding that takes milliseconds, such as images.
+    decode_in_thread: ClassVar[bool] = False
 
     def __init__(self, info: dict[str, Any]) -> None:
         self.info = info

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from modelcycle.embeddings import monitor_columns
 from modelcycle.monitoring.capture import Capture, CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
-from modelcycle.serving.adapter import RequestError, UnsupportedMediaError
+from modelcycle.serving.adapter import RequestError, ServingAdapter, UnsupportedMediaError
 from modelcycle.serving.batching import MicroBatcher, OverloadedError
 from modelcycle.serving.loading import ServedModel, warm_up
 from modelcycle.serving.metrics import ServerMetrics
@@ -351,7 +351,11 @@ def _overloaded(name: str, why: str) -> JSONResponse:
 async def _payload(
     request: Request, served: ServedModel, settings: ServeSettings
 ) -> _Payload | JSONResponse:
-    """Read, parse and validate one request body into model rows, or an error response."""
+    """Read, parse and validate one request body into model rows, or an error response.
+
+    Adapters whose decoding is heavy (`ServingAdapter.decode_in_thread`: image decoding takes
+    milliseconds) decode in a worker thread, so the event loop keeps answering meanwhile.
+    """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     adapter = served.adapter
     if content_type != "application/json" and not takes_bytes(adapter, content_type):
@@ -360,12 +364,36 @@ async def _payload(
     body = await _read_limited(request, settings.body_limit)
     if body is None:
         return _error(413, f"Request body is larger than {settings.body_limit} bytes.")
+    is_json = content_type == "application/json"
+    if not is_json:
+        try:
+            body = await file_bytes(content_type, request.headers, body)
+        except UnsupportedMediaError as err:
+            return _error(415, str(err))
+        except (RequestError, ValueError) as err:
+            return _error(422, str(err))
+    if adapter.decode_in_thread:
+        decoded = await asyncio.get_running_loop().run_in_executor(
+            None, _decode, adapter, is_json, body
+        )
+    else:
+        decoded = _decode(adapter, is_json, body)
+    if isinstance(decoded, JSONResponse):
+        return decoded
+    rows, features = decoded
+    return _Payload(served, rows, features)
+
+
+def _decode(
+    adapter: ServingAdapter, is_json: bool, body: bytes
+) -> tuple[list[np.ndarray], dict[str, float]] | JSONResponse:
+    """Model rows and drift features of one body (JSON or a file's bytes), or an error."""
     try:
-        if content_type == "application/json":
+        if is_json:
             document = json.loads(body, parse_constant=_reject_constant)
             rows = adapter.decode(adapter.request_type.model_validate(document))
         else:
-            rows = adapter.decode_bytes(await file_bytes(content_type, request.headers, body))
+            rows = adapter.decode_bytes(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         return _error(400, f"Body is not valid JSON: {err}.")
     except ValidationError as err:
@@ -374,7 +402,7 @@ async def _payload(
         return _error(415, str(err))
     except (RequestError, ValueError) as err:
         return _error(422, str(err))
-    return _Payload(served, rows, served.adapter.drift_features(rows))
+    return rows, adapter.drift_features(rows)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

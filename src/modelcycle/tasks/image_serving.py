@@ -44,6 +44,7 @@ class ImageServing(ServingAdapter):
         "blur": (0.5, 1.0, 2.0),
     }
     held_out_metric_name = "top-1 accuracy"
+    decode_in_thread = True  # decoding and resizing a photo takes milliseconds
 
     def __init__(self, info: dict[str, Any]) -> None:
         super().__init__(info)

@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,7 @@ def evaluate_run(
     return report
 
 
-def _fold_run(tracker: Tracker, run_id: str | None, name: str) -> Any:
+def _fold_run(tracker: Tracker, run_id: str | None, name: str) -> AbstractContextManager[str]:
     """The fold's nested run, reopened; a new one if the store lost it."""
     return tracker.resume(run_id, nested=True) if run_id else tracker.run(name, nested=True)
 

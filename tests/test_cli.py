@@ -195,13 +195,18 @@ def test_serve_refuses_unknown_and_unexported_models_in_one_line(
 
 
 def test_data_stats_describes_the_configured_data(tiny_qtim: Path, workspace: Path) -> None:
-    result = runner.invoke(app, ["data", "stats", f"data.root={tiny_qtim}", "--markdown"])
+    out = workspace / "stats" / "stats.json"
+    args = ["data", "stats", f"data.root={tiny_qtim}", "--markdown", "--out", str(out)]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stdout
     lines = result.stdout.splitlines()
     assert lines[:2] == ["| what | value |", "|---|---|"]
     rows = dict(line.strip("| ").split(" | ") for line in lines[2:] if line.startswith("| "))
     assert rows["subjects"] == "48" and rows["families"] == "24"
     assert len(rows["content hash"].strip("`")) == 64
+    written = json.loads(out.read_text())  # the same summary, for the DVC prepare stage
+    assert f"`{written['data_hash']}`" == rows["content hash"]
+    assert written["counts"]["subjects"] == 48 and isinstance(written["notes"], list)
 
 
 def test_data_stats_on_a_missing_root_is_one_clear_line(tmp_path: Path, workspace: Path) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,10 +26,12 @@ from modelcycle.config import (
     loadtest_config,
     monitor_config,
     serve_config,
+    tracking_settings,
     workspace_of,
 )
 from modelcycle.data.openneuro import FetchError
 from modelcycle.data.tables import DataError
+from modelcycle.evaluate import EvaluationError, evaluate_run, locate_run
 from modelcycle.evaluation.report import CVReport, mean_std
 from modelcycle.monitoring.drift import DriftSummary
 from modelcycle.pipeline import PipelineResult, release, run_pipeline
@@ -38,7 +41,7 @@ from modelcycle.serving.loading import ModelLoadError
 from modelcycle.serving.server import build_server, check_references, run_server
 from modelcycle.serving.workers import run_workers
 from modelcycle.tasks.base import DataSummary
-from modelcycle.tracking import Tracker
+from modelcycle.tracking import Tracker, tracking_uri
 
 app = typer.Typer(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
@@ -98,6 +101,41 @@ def train(overrides: Overrides = None) -> None:
 
 
 @app.command()
+def evaluate(
+    run: Annotated[
+        str, typer.Argument(help="A train run: its MLflow run id, its report folder, or latest")
+    ],
+    overrides: Overrides = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the report (default: the run's report folder)")
+    ] = None,
+) -> None:
+    """Re-score a train run's fold checkpoints beside the baseline on the same test folds.
+
+    Writes the report (summary, metrics.json, plots) and logs it to the same MLflow run.
+    """
+    with _clear_errors():
+        result = _evaluate(compose_config(overrides or []), run, out)
+    _print_result(result)
+
+
+def _evaluate(cfg: DictConfig, run: str, out: Path | None) -> PipelineResult:
+    """Find the run in the configured store, rebuild its task from its own config, re-score."""
+    from omegaconf import OmegaConf
+
+    tracking, workspace = tracking_settings(cfg), workspace_of(cfg)
+    uri = tracking_uri(tracking, workspace)
+    found = locate_run(run, uri, tracking.experiment)
+    recorded = assemble(OmegaConf.create(found.config))
+    settings = recorded.pipeline
+    tracker = Tracker(tracking, workspace)
+    report = evaluate_run(
+        recorded.task, found, settings.n_folds, settings.seed, tracker, out or found.report_dir
+    )
+    return PipelineResult(report, out or found.report_dir, found.run_id, uri)
+
+
+@app.command()
 def pipeline(
     name: Annotated[str, typer.Argument(help="Experiment name, e.g. twins")],
     overrides: Overrides = None,
@@ -113,7 +151,10 @@ def pipeline(
 @app.command("release")
 def release_command(
     overrides: Overrides = None,
-    run: Annotated[str, typer.Option(help="MLflow run id of a train run")] = "latest",
+    run: Annotated[
+        str,
+        typer.Option(help="A train run: MLflow run id, its (or its evaluation's) report folder"),
+    ] = "latest",
     out: Annotated[
         Path | None, typer.Option(help="Folder for the ONNX files (default: <workspace>/exports)")
     ] = None,
@@ -124,6 +165,8 @@ def release_command(
         run_id = run
         if run == "latest":
             run_id = latest_pipeline_run(build_registry(cfg).uri, cfg.logger.experiment)
+        elif Path(run).is_dir():
+            run_id = locate_run(run, build_registry(cfg).uri, cfg.logger.experiment).run_id
     code = _release(cfg, run_id, out or workspace_of(cfg) / "exports")
     if code:
         raise typer.Exit(code=code)
@@ -535,10 +578,16 @@ def _data_settings(cfg: DictConfig) -> dict[str, Any]:
 def data_stats(
     overrides: Overrides = None,
     markdown: Annotated[bool, typer.Option(help="Print a Markdown table (CI comments)")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write it as JSON here (the DVC prepare stage)")
+    ] = None,
 ) -> None:
     """Describe the configured task's data: content hash, counts, exclusions."""
     with _clear_errors():
         summary = assemble(compose_config(overrides or [])).task.load()[1]
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(asdict(summary), indent=2) + "\n")
     if markdown:
         console.print(data_markdown(summary), soft_wrap=True, markup=False)
         return
@@ -580,7 +629,15 @@ def _clear_errors() -> Iterator[None]:
     except GateError as err:  # a refusal, not a mistake: exit 1 with both numbers
         console.print(f"[yellow]refused:[/yellow] {err}", soft_wrap=True)
         raise typer.Exit(code=1) from err
-    except (ConfigError, DataError, FetchError, RegistryError, ModelLoadError, KeyError) as err:
+    except (
+        ConfigError,
+        DataError,
+        EvaluationError,
+        FetchError,
+        RegistryError,
+        ModelLoadError,
+        KeyError,
+    ) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         console.print(f"[red]error:[/red] {message}", soft_wrap=True)
         raise typer.Exit(code=2) from err

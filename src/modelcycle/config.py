@@ -95,15 +95,18 @@ def _build(cls: Callable[..., T], group: str, **values: Any) -> T:
 
 def build_registry(cfg: DictConfig) -> Registry:
     """The registry in the configured tracking store, with the configured alias-move hooks."""
-    tracking = _build(
-        TrackingSettings, "logger", **OmegaConf.to_container(cfg.logger, resolve=True)
-    )  # type: ignore[arg-type]
     items = OmegaConf.to_container(cfg.registry.hooks, resolve=True)
     try:
         hooks = hooks_from_config(items)  # type: ignore[arg-type]
     except HookError as err:
         raise ConfigError(f"registry.hooks: {err}") from err
-    return Registry(tracking_uri(tracking, workspace_of(cfg)), hooks)
+    return Registry(tracking_uri(tracking_settings(cfg), workspace_of(cfg)), hooks)
+
+
+def tracking_settings(cfg: DictConfig) -> TrackingSettings:
+    """Where runs are tracked: the `logger` config group."""
+    values = OmegaConf.to_container(cfg.logger, resolve=True)
+    return _build(TrackingSettings, "logger", **values)  # type: ignore[arg-type]
 
 
 def workspace_of(cfg: DictConfig) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import yaml
 
-from modelcycle.evaluation.curves import write_curves
+from modelcycle.evaluate import publish_report, score_fold
 from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.registry import CHALLENGER, CHAMPION, GateError, Registry
 from modelcycle.tasks.base import Fold, Task
@@ -68,7 +68,11 @@ def run_pipeline(
         data={"hash": summary.data_hash, **summary.counts, "notes": summary.notes},
     )
     with tracker.run(settings.run_name) as run_id:
-        tracker.set_tags(run_tags(task, summary.data_hash))
+        report.run_id = run_id
+        # the report folder holds the fold checkpoints `modelcycle evaluate` re-scores
+        tracker.set_tags(
+            run_tags(task, summary.data_hash) | {"report_dir": str(report_dir.resolve())}
+        )
         tracker.log_params(config)
         report.reference = task.reference(data)
         folds = task.folds(data, settings.n_folds, settings.seed)
@@ -79,17 +83,7 @@ def run_pipeline(
         model_dir = _fit_final(ctx)
         tracker.log_directory(model_dir, "model")
         report.seconds = time.monotonic() - started
-        files = [*report.write(report_dir), _write_config(config, report_dir)]
-        aggregate = report.aggregate()
-        tracker.log_metrics(
-            {f"{scorer}_{m}_mean": v[0] for scorer, ms in aggregate.items() for m, v in ms.items()}
-        )
-        tracker.log_metrics(
-            {f"{scorer}_{m}_std": v[1] for scorer, ms in aggregate.items() for m, v in ms.items()}
-        )
-        tracker.log_metrics({f"reference_{k}": v for k, v in report.reference.items()})
-        tracker.log_artifacts(files)
-        tracker.log_artifacts(sorted(report_dir.glob("fold*.png")), "plots")
+        publish_report(report, report_dir, tracker, [_write_config(config, report_dir)])
     return PipelineResult(report, report_dir, run_id, tracker.uri)
 
 
@@ -162,19 +156,10 @@ class _Context:
 
 
 def _run_fold(ctx: _Context, fold: Fold) -> FoldResult:
-    name, task, data = f"fold{fold.index}", ctx.task, ctx.data
+    name = f"fold{fold.index}"
     with ctx.tracker.run(f"{ctx.settings.run_name}-{name}", nested=True) as run_id:
         module, checkpoint = ctx.train(fold, run_id, name)
-        model_eval, baseline_eval = task.evaluate(module, data, fold), task.baseline(data, fold)
-        ctx.tracker.log_metrics({f"test_{k}": v for k, v in model_eval.metrics.items()})
-        ctx.tracker.log_metrics({f"baseline_{k}": v for k, v in baseline_eval.metrics.items()})
-        plots = task.plot(model_eval, baseline_eval, ctx.report_dir, name)
-        ctx.tracker.log_artifacts(plots, "plots")
-        scorers = {"model": model_eval, "baseline": baseline_eval}
-        ctx.tracker.log_artifacts([write_curves(scorers, ctx.report_dir, name)], "plots")
-    return FoldResult(
-        fold.index, len(fold.test), model_eval.metrics, baseline_eval.metrics, str(checkpoint)
-    )
+        return score_fold(ctx.task, module, ctx.data, fold, checkpoint, ctx.report_dir, ctx.tracker)
 
 
 def _fit_final(ctx: _Context) -> Path:

@@ -61,6 +61,25 @@ class Tracker:
         ) as active:
             yield active.info.run_id
 
+    @contextmanager
+    def resume(self, run_id: str, nested: bool = False) -> Iterator[str]:
+        """Reopen a finished run to log more to it (and end it again); yields its id."""
+        import mlflow
+
+        with mlflow.start_run(run_id=run_id, nested=nested):
+            yield run_id
+
+    def children(self, run_id: str) -> dict[str, str]:
+        """Name → id of the runs nested in `run_id` (a pipeline run's folds and final fit)."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri)
+        experiment = client.get_run(run_id).info.experiment_id
+        nested = client.search_runs(
+            [experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+        )
+        return {str(r.info.run_name): str(r.info.run_id) for r in nested}
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log flattened parameters (values longer than MLflow's limit are cut)."""
         import mlflow

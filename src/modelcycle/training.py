@@ -63,7 +63,13 @@ def fit(
     )
     trainer.fit(module, datamodule=datamodule)
     best = Path(checkpoint.best_model_path)
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    restore(module, best)
     log.info("Best %s=%.4f at %s", monitor, float(checkpoint.best_model_score or 0), best)
     return best
+
+
+def restore(module: L.LightningModule, checkpoint: Path) -> L.LightningModule:
+    """Load a Lightning checkpoint's weights into `module` (on the CPU); returns it."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    return module

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 import modelcycle.tasks.base as base
 from example_task import EXAMPLE, load_example
+from modelcycle.evaluate import evaluate_run, locate_run
 from modelcycle.pipeline import PipelineSettings, release, run_pipeline
 from modelcycle.registry import Registry
 from modelcycle.serving.app import ServeSettings, create_app
@@ -42,6 +43,11 @@ def test_example_task_goes_through_the_whole_lifecycle(example: ModuleType, tmp_
     )
     mean = result.report.aggregate()
     assert mean["model"]["auc"][0] > mean["baseline"]["auc"][0] + 0.05
+    # evaluate: the fold checkpoints re-scored by a fresh task give the numbers train wrote
+    found = locate_run(result.run_id, tracker.uri, "blobs")
+    again = evaluate_run(example.BlobsTask(), found, 3, 1, tracker, tmp_path / "evaluated")
+    assert [f.model for f in again.folds] == [f.model for f in result.report.folds]
+    assert [f.baseline for f in again.folds] == [f.baseline for f in result.report.folds]
 
     registry = Registry(tracker.uri)
     outcome = release(registry, result.run_id, "blobs", tmp_path / "exports")

@@ -40,6 +40,8 @@ class CVReport:
     reference: dict[str, float] = field(default_factory=dict)
     data: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
+    #: The MLflow run that holds it: `modelcycle evaluate` and `release` accept its folder.
+    run_id: str = ""
 
     def aggregate(self) -> dict[str, dict[str, tuple[float, float]]]:
         """Scorer → metric → (mean, std over folds), NaN folds ignored."""

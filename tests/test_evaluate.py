@@ -1,0 +1,85 @@
+"""`modelcycle evaluate`: a train run's fold checkpoints re-scored to the numbers train wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from modelcycle.cli import app
+
+runner = CliRunner()
+TINY = ["debug=tiny", "trainer.max_epochs=2"]
+PRIMARY_MEAN = "model_auc_twin_vs_unrelated_mean"
+
+
+def fold_scores(report_dir: Path) -> list[dict[str, Any]]:
+    folds = json.loads((report_dir / "summary.json").read_text())["folds"]
+    return [{k: f[k] for k in ("fold", "n_test", "model", "baseline")} for f in folds]
+
+
+def test_evaluate_rescores_a_train_run_to_the_numbers_train_wrote(
+    tiny_qtim: Path, workspace: Path, tmp_path: Path
+) -> None:
+    trained = runner.invoke(app, ["train", f"data.root={tiny_qtim}", *TINY])
+    assert trained.exit_code == 0, trained.stdout
+    report_dir = next((workspace / "reports").glob("twins-*"))
+    run_id = json.loads((report_dir / "summary.json").read_text())["run_id"]
+    assert f"MLflow run {run_id}" in trained.stdout
+    scores, means = fold_scores(report_dir), (report_dir / "metrics.json").read_text()
+    # the tiny cohort saturates the metrics; the similarity scores behind them show the weights
+    curves = json.loads((report_dir / "fold0_curves.json").read_text())
+    assert len(scores) == 2 and curves["model"]["scores"] != curves["baseline"]["scores"]
+
+    by_id = runner.invoke(app, ["evaluate", run_id])  # into the run's own report folder
+    assert by_id.exit_code == 0, by_id.stdout
+    assert "model vs baseline" in by_id.stdout and f"MLflow run {run_id}" in by_id.stdout
+    assert fold_scores(report_dir) == scores
+    assert (report_dir / "metrics.json").read_text() == means
+
+    out = tmp_path / "evaluated"
+    by_folder = runner.invoke(app, ["evaluate", str(report_dir), "--out", str(out)])
+    assert by_folder.exit_code == 0, by_folder.stdout
+    assert fold_scores(out) == scores and (out / "metrics.json").read_text() == means
+    assert json.loads((out / "summary.json").read_text())["run_id"] == run_id
+    for name in ("summary.png", "fold0_roc.png", "fold1_retrieval.png"):
+        assert (out / name).stat().st_size > 1000
+    assert json.loads((out / "fold0_curves.json").read_text()) == curves
+    assert (out / "config.yaml").is_file()
+
+    # tracked in the same runs: no new run, the parent's means and each fold's test metrics
+    # logged once by train and once per evaluation, with the same values
+    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = client.search_runs([client.get_run(run_id).info.experiment_id])
+    assert len(runs) == 4  # parent, two folds, final fit
+    history = client.get_metric_history(run_id, PRIMARY_MEAN)
+    assert len(history) == 3 and len({m.value for m in history}) == 1
+    fold0 = next(r for r in runs if r.info.run_name == "twins-fold0").info.run_id
+    tested = client.get_metric_history(fold0, "test_auc_twin_vs_unrelated")
+    assert [m.value for m in tested] == [scores[0]["model"]["auc_twin_vs_unrelated"]] * 3
+    assert "plots" in {a.path for a in client.list_artifacts(run_id)}
+
+    # what cannot be re-scored says why, and exits 2
+    (report_dir / "checkpoints" / "fold1" / "best.ckpt").unlink()
+    gone = runner.invoke(app, ["evaluate", run_id])
+    assert gone.exit_code == 2 and "No checkpoint for fold 1" in gone.stdout
+    (tiny_qtim / "participants.tsv").write_text((tiny_qtim / "participants.tsv").read_text() + "\n")
+    changed = runner.invoke(app, ["evaluate", run_id])
+    assert changed.exit_code == 2 and "The data changed since run" in changed.stdout
+
+
+def test_evaluate_names_a_bad_run_and_how_to_find_run_ids(workspace: Path, tmp_path: Path) -> None:
+    workspace.mkdir()
+    unknown = runner.invoke(app, ["evaluate", "no-such-run"])
+    assert unknown.exit_code == 2, unknown.stdout
+    assert "No run 'no-such-run'" in unknown.stdout
+    assert "modelcycle train" in unknown.stdout
+    assert "mlflow ui --backend-store-uri" in unknown.stdout
+    not_a_report = runner.invoke(app, ["evaluate", str(tmp_path)])
+    assert not_a_report.exit_code == 2 and "holds no summary.json" in not_a_report.stdout
+    latest = runner.invoke(app, ["evaluate", "latest"])
+    assert latest.exit_code == 2 and "No finished pipeline run" in latest.stdout
+    assert "Traceback" not in unknown.stdout + not_a_report.stdout + latest.stdout

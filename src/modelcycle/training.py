@@ -62,7 +62,6 @@ def fit(
         save_top_k=1,
         save_weights_only=True,
     )
-    log.info("Training precision: %s (trainer.precision)", settings.precision)
     trainer = L.Trainer(
         max_epochs=settings.max_epochs,
         min_epochs=settings.min_epochs,
@@ -81,6 +80,8 @@ def fit(
             EarlyStopping(monitor=monitor, mode="max", patience=settings.patience),
         ],
     )
+    # Lightning may substitute one (16-mixed on a CPU runs as bf16-mixed): log what it runs.
+    log.info("Training precision: %s (trainer.precision=%s)", trainer.precision, settings.precision)
     trainer.fit(module, datamodule=datamodule)
     best = Path(checkpoint.best_model_path)
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]

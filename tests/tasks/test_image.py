@@ -123,7 +123,7 @@ def test_bf16_mixed_training_trains_and_exports_fp32(
     settings = replace(QUICK, precision="bf16-mixed")
     with caplog.at_level(logging.INFO):
         fit(module, task.datamodule(data, fold, 0), settings, task.monitor, tmp_path, [])
-    assert "Training precision: bf16-mixed (trainer.precision)" in caplog.text
+    assert "Training precision: bf16-mixed (trainer.precision=bf16-mixed)" in caplog.text
     after = task.evaluate(module, data, fold)
     assert after.metrics != before.metrics and np.isfinite(after.details["confusion"]).all()
     assert {p.dtype for p in module.parameters()} == {torch.float32}  # autocast, fp32 weights

@@ -10,6 +10,10 @@ import pytest
 
 from qtim_fixtures import write_tiny_qtim
 
+# As the command does (modelcycle.cli), before any test module loads torch: idle OpenMP
+# threads sleep instead of spinning, which made training several times slower under load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 pytest_plugins = ["serving_fixtures"]  # the registered, exported model for serving tests
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -12,6 +13,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
+
+# Before torch loads OpenMP, which reads it once: idle threads sleep instead of spinning. On a
+# machine shared with other jobs, spinning threads made training 4-5x slower (README, images).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 from omegaconf import DictConfig

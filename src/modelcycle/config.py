@@ -91,6 +91,8 @@ def _build(cls: Callable[..., T], group: str, **values: Any) -> T:
             p for p in inspect.signature(cls).parameters if p not in ("source", "encoder")
         )
         raise ConfigError(f"{group} config: {err}. Valid keys: {known}.") from err
+    except ValueError as err:  # a key it takes, with a value it refuses; the message names both
+        raise ConfigError(f"{group} config: {err}") from err
 
 
 def build_registry(cfg: DictConfig) -> Registry:

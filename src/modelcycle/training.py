@@ -13,6 +13,10 @@ from lightning.pytorch.loggers import Logger
 
 log = logging.getLogger(__name__)
 
+#: Lightning precisions that keep the weights in fp32 (so exports stay fp32): full fp32, or
+#: autocast to bfloat16 (CPUs and GPUs) or float16 (GPUs) in the forward and backward passes.
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
 
 @dataclass(frozen=True)
 class TrainerSettings:
@@ -26,6 +30,14 @@ class TrainerSettings:
     deterministic: bool = True
     progress_bar: bool = True
     limit_train_batches: float | int = 1.0
+    precision: str = "32-true"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"trainer.precision={self.precision!r} is not supported; use one of "
+                f"{', '.join(PRECISIONS)} (mixed precisions keep fp32 weights for export)."
+            )
 
 
 def fit(
@@ -41,14 +53,21 @@ def fit(
     Returns:
         The checkpoint of the best validation epoch; `module` holds its weights on return.
     """
+    # Weights only: the optimizer state would triple what every improving epoch writes.
     checkpoint = ModelCheckpoint(
-        dirpath=checkpoint_dir, filename="best", monitor=monitor, mode="max", save_top_k=1
+        dirpath=checkpoint_dir,
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_top_k=1,
+        save_weights_only=True,
     )
     trainer = L.Trainer(
         max_epochs=settings.max_epochs,
         min_epochs=settings.min_epochs,
         accelerator=settings.accelerator,
         devices=settings.devices,
+        precision=settings.precision,  # type: ignore[arg-type]
         deterministic=settings.deterministic,
         enable_progress_bar=settings.progress_bar,
         enable_model_summary=False,
@@ -61,6 +80,8 @@ def fit(
             EarlyStopping(monitor=monitor, mode="max", patience=settings.patience),
         ],
     )
+    # Lightning may substitute one (16-mixed on a CPU runs as bf16-mixed): log what it runs.
+    log.info("Training precision: %s (trainer.precision=%s)", trainer.precision, settings.precision)
     trainer.fit(module, datamodule=datamodule)
     best = Path(checkpoint.best_model_path)
     restore(module, best)

@@ -184,6 +184,30 @@ def test_kaggle_failure_names_the_dataset_and_the_offline_fix(
         SignMNISTSource(download_dir=tmp_path).load()
 
 
+@pytest.mark.parametrize(
+    ("labels", "separable"),
+    [([0, 3, 6, 9, 12, 15], True), ([3, 3 + 17, 3 + 34, 3 + 51, 3 + 68, 3 + 85], False)],
+)
+def test_flowers_standin_classes_sharing_a_hue_differ_only_in_petals(
+    labels: list[int], separable: bool
+) -> None:
+    from modelcycle.data.image_set import ImageSet
+    from modelcycle.tasks.image import nearest_class_mean
+
+    rng = np.random.default_rng(0)
+    per_class = 12
+    images = np.stack(
+        [flowers102._flower(rng, label) for label in labels for _ in range(per_class)]
+    )
+    y = np.repeat(np.arange(len(labels)), per_class)
+    data = ImageSet(images, y, [str(label) for label in labels])
+    test = np.flatnonzero(np.arange(len(y)) % per_class < 4)
+    train = np.setdiff1d(np.arange(len(y)), test)
+    accuracy = (nearest_class_mean(data, train, test).argmax(1) == y[test]).mean()
+    # six hues: colour histograms tell them apart; one hue with 3..8 petals: they cannot
+    assert accuracy > 0.9 if separable else accuracy < 0.5
+
+
 def test_flowers_download_goes_through_torchvision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,41 @@ def test_model_learns_rice_beyond_chance(sources: dict[str, object], tmp_path: P
     fit(module, task.datamodule(data, fold, 0), settings, task.monitor, tmp_path, [])
     trained = task.evaluate(module, data, on_train).metrics["accuracy"]
     assert trained > 0.35 and trained > untrained + 0.1  # 5 classes: chance is 0.2
+
+
+def test_bf16_mixed_training_trains_and_exports_fp32(
+    sources: dict[str, object], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import onnx
+
+    task = tiny_task(sources["rice"])  # type: ignore[arg-type]
+    data, _ = task.load()
+    (fold,) = task.folds(data, 1, seed=0)
+    torch.manual_seed(0)
+    module = task.model(data, fold)
+    before = task.evaluate(module, data, fold)
+    settings = replace(QUICK, precision="bf16-mixed")
+    with caplog.at_level(logging.INFO):
+        fit(module, task.datamodule(data, fold, 0), settings, task.monitor, tmp_path, [])
+    assert "Training precision: bf16-mixed (trainer.precision=bf16-mixed)" in caplog.text
+    after = task.evaluate(module, data, fold)
+    assert after.metrics != before.metrics and np.isfinite(after.details["confusion"]).all()
+    assert {p.dtype for p in module.parameters()} == {torch.float32}  # autocast, fp32 weights
+    servable = task.servable(module, data, fold)
+    report = export_model(
+        servable.module,
+        servable.example(),
+        servable.input_names,
+        servable.output_names,
+        tmp_path / "onnx",
+        servable.held_out,
+        batch_sizes=(1,),
+        repeats=2,
+    )
+    assert report.parity.passed and report.parity.max_abs < 1e-4
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    weights = {init.data_type for init in graph.initializer if len(init.dims) > 1}
+    assert weights == {onnx.TensorProto.FLOAT}
 
 
 def test_nearest_class_mean_recovers_colour_classes(sources: dict[str, object]) -> None:

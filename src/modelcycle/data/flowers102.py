@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 BASE = "flowers-102"
 SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
+#: Stand-in class k has hue k % HUES and 3 + k // HUES petals: 17 hues × 6 petal counts make
+#: 102 classes; six classes share each hue, and only their petals tell them apart.
+HUES = 17
 
 
 def _flowers102() -> type[Any]:
@@ -70,7 +73,7 @@ class Flowers102Source(ImageSource):
 
     dataset: ClassVar[str] = "flowers102"
     synthetic_classes: int = 102
-    synthetic_per_split: list[int] = field(default_factory=lambda: [6, 3, 4])
+    synthetic_per_split: list[int] = field(default_factory=lambda: [10, 10, 10])
 
     def present(self, target: Path) -> bool:
         """Whether `target/flowers-102` holds the images and both `.mat` files."""
@@ -126,6 +129,8 @@ def write_flowers_standin(
 ) -> Path:
     """Flowers as petals around a centre on foliage; hue and petal count differ by class.
 
+    Six classes share each hue (see `HUES`), so colour histograms alone cannot tell them apart.
+
     Writes `jpg/image_%05d.jpg`, `imagelabels.mat` (`labels`, 1-based, shape (1, n)) and
     `setid.mat` (`trnid`, `valid`, `tstid`, 1-based image ids), as the real files are.
     """
@@ -147,25 +152,25 @@ def write_flowers_standin(
                 labels.append(label + 1)
                 ids[key].append(len(labels))
                 path = base / "jpg" / f"image_{len(labels):05d}.jpg"
-                Image.fromarray(_flower(rng, label, n_classes)).save(path, quality=90)
+                Image.fromarray(_flower(rng, label)).save(path, quality=90)
     savemat(base / "imagelabels.mat", {"labels": np.array([labels], dtype=np.uint8)})
     savemat(base / "setid.mat", {k: np.array([v], dtype=np.uint16) for k, v in ids.items()})
     return root
 
 
-def _flower(rng: np.random.Generator, label: int, n_classes: int, side: int = 96) -> np.ndarray:
-    """One (side, side, 3) uint8 flower: class hue ± noise, 4–8 petals, random size and place."""
+def _flower(rng: np.random.Generator, label: int, side: int = 96) -> np.ndarray:
+    """One (side, side, 3) uint8 flower: class hue ± noise, 3–8 petals, random size and place."""
     import colorsys
 
-    hue = (label / n_classes + rng.normal(0, 0.03)) % 1.0
-    petals = 4 + label % 5
-    rgb = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 0.9), rng.uniform(0.7, 1.0)))
+    hue = (label % HUES / HUES + rng.normal(0, 0.012)) % 1.0
+    petals = 3 + label // HUES
+    rgb = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 0.9), rng.uniform(0.75, 1.0)))
     y, x = np.mgrid[:side, :side].astype(float)
-    cy, cx = rng.normal(side / 2, side / 10, size=2)
-    radius = side * rng.uniform(0.25, 0.4)
-    theta = np.arctan2(y - cy, x - cx) + rng.uniform(0, np.pi)
+    cy, cx = rng.normal(side / 2, side / 14, size=2)
+    radius = side * rng.uniform(0.3, 0.42)
+    theta = np.arctan2(y - cy, x - cx) + rng.uniform(0, 2 * np.pi)
     dist = np.hypot(y - cy, x - cx)
-    petal = dist < radius * (0.55 + 0.45 * np.abs(np.cos(petals / 2 * theta)))
+    petal = dist < radius * (0.35 + 0.65 * np.abs(np.cos(petals / 2 * theta)) ** 2)
     leaves = np.stack([0.15, 0.35 + 0.1 * rng.random(), 0.12], -1) * 255
     image = np.broadcast_to(leaves, (side, side, 3)) * rng.normal(1, 0.15, (side, side, 1))
     image = np.where(petal[..., None], rgb * 255 * rng.normal(1, 0.05, (side, side, 1)), image)

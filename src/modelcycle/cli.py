@@ -45,6 +45,7 @@ from modelcycle.registry_hooks import HookResult
 from modelcycle.serving.loading import ModelLoadError
 from modelcycle.serving.server import build_server, check_references, run_server
 from modelcycle.serving.workers import run_workers
+from modelcycle.sweep import SweepResult, TrialRecord
 from modelcycle.tasks.base import DataSummary
 from modelcycle.tracking import Tracker, tracking_uri
 
@@ -418,6 +419,90 @@ def loadtest(
         console.print(f"[red]budget missed:[/red] {miss}")
     console.print(f"Report (CSV, HTML, summary.json): {out}", soft_wrap=True)
     raise typer.Exit(code=0 if result.passed else 1)
+
+
+@app.command()
+def sweep(
+    overrides: Overrides = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(help="Finished trials the study should reach (sweep.trials)", min=1),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Study name; the same name resumes it (default: run_name)")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL of the study (default: sqlite in the workspace)"),
+    ] = None,
+) -> None:
+    """Search hyperparameters with Optuna: resumable, shareable through a SQL database.
+
+    Each trial cross-validates the experiment with sampled values from `sweep.space` and
+    scores the task's primary metric (mean over folds); every trial is a tracked run.
+    """
+    from modelcycle.config import sweep_config
+    from modelcycle.sweep import CrossValidation, SweepError, run_sweep
+
+    base = overrides or []
+    with _clear_errors():
+        cfg = compose_config(base)
+        plan = sweep_config(cfg, trials, study, storage)
+        assembled = assemble(cfg)
+        assembled.workspace.mkdir(parents=True, exist_ok=True)
+        tracker = Tracker(assembled.tracking, assembled.workspace)
+        objective = CrossValidation(
+            lambda extra: assemble(compose_config([*base, *extra])), tracker
+        )
+        metric = assembled.task.primary_metric
+        console.print(
+            f"Study {plan.study.name!r} on {plan.study.storage}: {plan.study.trials} trials, "
+            f"maximizing {metric}",
+            soft_wrap=True,
+        )
+        try:
+            result = run_sweep(
+                plan.study, plan.space, objective, tracker, metric, plan.report_dir, _print_trial
+            )
+        except SweepError as err:
+            raise ConfigError(str(err)) from err
+    console.print(sweep_table(result))
+    if result.best is not None:
+        console.print(f"Best: trial {result.best.number}, {metric} {result.best.value:.4f}")
+    console.print(f"Best parameters, trials and plot: {result.report_dir}", soft_wrap=True)
+
+
+def _print_trial(trial: TrialRecord, finished: int, target: int, best: TrialRecord | None) -> None:
+    value = "-" if trial.value is None else f"{trial.value:.4f}"
+    best_text = "-" if best is None else f"{best.value:.4f} (trial {best.number})"
+    console.print(
+        f"[{finished}/{target}] trial {trial.number} {trial.state}: value {value}, "
+        f"best {best_text}",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+def sweep_table(result: SweepResult) -> Table:
+    """Every trial of the study: state, value and parameters, the best marked."""
+    table = Table(title=f"{result.study}: {len(result.trials)} trials ({result.ran} run now)")
+    paths = sorted({k for t in result.trials for k in t.params})
+    # The last part of each path is the header when that names it alone (lr, dropout).
+    names = [p.rpartition(".")[2] for p in paths]
+    headers = [n if names.count(n) == 1 else p for n, p in zip(names, paths, strict=True)]
+    for column in ("trial", "state", result.metric, *headers):
+        table.add_column(column, justify="right")
+    best = result.best.number if result.best else None
+    for t in result.trials:
+        cells = [_short(t.params.get(p)) for p in paths]
+        value = "-" if t.value is None else f"{t.value:.4f}"
+        style = "bold green" if t.number == best else None
+        table.add_row(str(t.number), t.state, value, *cells, style=style)
+    return table
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
 @report_app.command("docs-results")

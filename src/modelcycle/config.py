@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,10 @@ from modelcycle.monitoring.drift import DriftSettings
 from modelcycle.pipeline import PipelineSettings
 from modelcycle.registry import Registry
 from modelcycle.registry_hooks import HookError, hooks_from_config
+from modelcycle.search_space import Param, SpaceError, parse_space
 from modelcycle.serving.app import ServeSettings
 from modelcycle.serving.loading import default_threads
+from modelcycle.sweep import StudySettings, SweepError
 from modelcycle.tasks import Task, get_task
 from modelcycle.tracking import TrackingSettings, tracking_uri
 from modelcycle.training import TrainerSettings
@@ -179,3 +183,71 @@ def loadtest_config(cfg: DictConfig) -> tuple[LoadPlan, Budgets]:
         raise
     except ValueError as err:
         raise ConfigError(f"loadtest config: {err}") from err
+
+
+#: Config keys a sweep may not search: they change the folds, the objective or where results go.
+UNSWEEPABLE = ("seed", "cv", "sweep", "workspace", "logger", "report_dir", "run_name")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep's study, search space and report folder."""
+
+    study: StudySettings
+    space: list[Param]
+    report_dir: Path
+
+
+def sweep_config(
+    cfg: DictConfig, trials: int | None = None, study: str | None = None, storage: str | None = None
+) -> SweepConfig:
+    """The `sweep` config group, with command-line values taking precedence over it.
+
+    Raises:
+        ConfigError: A search-space entry that is malformed or names no config key.
+    """
+    values: dict[str, Any] = OmegaConf.to_container(cfg.sweep, resolve=True)  # type: ignore[assignment]
+    workspace = workspace_of(cfg)
+    try:
+        space = parse_space(values.pop("space") or {})
+        settings = StudySettings(
+            name=study or values["study"] or str(cfg.run_name),
+            storage=storage or values["storage"] or f"sqlite:///{workspace / 'optuna.db'}",
+            trials=trials or values["trials"],
+            seed=values["seed"],
+            pruner=values["pruner"],
+        )
+    except (SpaceError, SweepError) as err:
+        raise ConfigError(str(err)) from err
+    for param in space:
+        _check_sweepable(cfg, param.path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return SweepConfig(settings, space, workspace / "reports" / f"sweep-{settings.name}-{stamp}")
+
+
+def _check_sweepable(cfg: DictConfig, path: str) -> None:
+    """`path` must name a value of the composed config that a trial may change."""
+    where = f"sweep.space.{path}"
+    if path.split(".")[0] in UNSWEEPABLE:
+        raise ConfigError(
+            f"{where}: {path} cannot be searched, it changes the folds, the objective or where "
+            f"results go ({', '.join(UNSWEEPABLE)} are fixed for a study); search model, task, "
+            "trainer or data keys."
+        )
+    missing = object()
+    value = OmegaConf.select(cfg, path, default=missing)
+    if value is missing:
+        parent = path.rpartition(".")[0]
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        keys = [str(k) for k in node] if isinstance(node, DictConfig) else []
+        close = difflib.get_close_matches(path.rpartition(".")[2], keys, 3)
+        hint = f"did you mean {', '.join(f'{parent}.{k}' for k in close)}? " if close else ""
+        raise ConfigError(
+            f"{where}: {path} is not a key of the composed config; {hint}"
+            "`modelcycle config` prints the valid keys."
+        )
+    if isinstance(value, DictConfig):
+        raise ConfigError(
+            f"{where}: {path} is a whole config section; search one of its values, "
+            f"e.g. {path}.{next((str(k) for k in value), 'key')}."
+        )

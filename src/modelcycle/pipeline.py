@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,11 +76,8 @@ def run_pipeline(
         )
         tracker.log_params(config)
         report.reference = task.reference(data)
-        folds = task.folds(data, settings.n_folds, settings.seed)
-        ctx = _Context(task, data, settings, trainer, tracker, report_dir)
-        for fold in folds:
-            log.info("Fold %d/%d", fold.index + 1, len(folds))
-            report.folds.append(_run_fold(ctx, fold))
+        ctx = TrainingContext(task, data, settings, trainer, tracker, report_dir)
+        report.folds = cross_validate(ctx)
         model_dir = _fit_final(ctx)
         tracker.log_directory(model_dir, "model")
         report.seconds = time.monotonic() - started
@@ -132,7 +130,7 @@ def release(registry: Registry, run_id: str, name: str, exports: Path) -> Releas
 
 
 @dataclass(frozen=True)
-class _Context:
+class TrainingContext:
     """What every training step of one pipeline run shares."""
 
     task: Task[Any]
@@ -155,14 +153,36 @@ class _Context:
         return module, checkpoint
 
 
-def _run_fold(ctx: _Context, fold: Fold) -> FoldResult:
+def cross_validate(
+    ctx: TrainingContext, after_fold: Callable[[list[FoldResult]], None] | None = None
+) -> list[FoldResult]:
+    """Train and test the model beside the baseline on each of `ctx.settings.n_folds` folds.
+
+    Every fold is a nested run of the active tracked run.
+
+    Args:
+        ctx: The task, its loaded data and how to train and track.
+        after_fold: Called with the results so far after each fold; it may raise to stop
+            early (a sweep's pruner does).
+    """
+    folds = ctx.task.folds(ctx.data, ctx.settings.n_folds, ctx.settings.seed)
+    results: list[FoldResult] = []
+    for fold in folds:
+        log.info("Fold %d/%d", fold.index + 1, len(folds))
+        results.append(_run_fold(ctx, fold))
+        if after_fold is not None:
+            after_fold(results)
+    return results
+
+
+def _run_fold(ctx: TrainingContext, fold: Fold) -> FoldResult:
     name = f"fold{fold.index}"
     with ctx.tracker.run(f"{ctx.settings.run_name}-{name}", nested=True) as run_id:
         module, checkpoint = ctx.train(fold, run_id, name)
         return score_fold(ctx.task, module, ctx.data, fold, checkpoint, ctx.report_dir, ctx.tracker)
 
 
-def _fit_final(ctx: _Context) -> Path:
+def _fit_final(ctx: TrainingContext) -> Path:
     """Train the deployable model on every family but validation; save it for the registry."""
     fold = ctx.task.final_fold(ctx.data, ctx.settings.seed)
     log.info("Final model: %d training rows, %d validation rows", len(fold.train), len(fold.val))

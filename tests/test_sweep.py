@@ -1,0 +1,240 @@
+"""Sweeps on real SQLite storage and real MLflow tracking, with a cheap objective or tiny data."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from modelcycle.cli import app
+from modelcycle.config import ConfigError
+from modelcycle.search_space import parse_space
+from modelcycle.sweep import StudySettings, SweepError, SweepResult, run_sweep
+from modelcycle.tracking import Tracker, TrackingSettings
+
+runner = CliRunner()
+TINY = ["debug=tiny", "trainer.max_epochs=1"]
+SPACE = {
+    "task": {"lr": {"type": "float", "low": 0.0, "high": 1.0}},
+    "model": {"hidden": {"type": "categorical", "choices": [[8], [16, 8]]}},
+}
+
+
+def peak(overrides: list[str], report: Callable[[int, float], None]) -> float:
+    """Highest at lr = 0.3, a little higher with two hidden layers; two "folds" reported."""
+    values = dict(o.split("=", 1) for o in overrides)
+    score = -((float(values["task.lr"]) - 0.3) ** 2) + 0.01 * values["model.hidden"].count(",")
+    for fold in range(2):
+        report(fold, score)
+    return score
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory: pytest.TempPathFactory) -> Tracker:
+    """One MLflow store for the module: creating its SQLite schema takes seconds."""
+    return Tracker(TrackingSettings(), tmp_path_factory.mktemp("tracked"))
+
+
+def sweep(
+    tracker: Tracker,
+    workspace: Path,
+    trials: int,
+    seed: int = 0,
+    objective: Callable[[list[str], Callable[[int, float], None]], float] = peak,
+    pruner: str = "none",
+    space: Mapping[str, Any] | None = None,
+    metric: str = "score",
+) -> SweepResult:
+    workspace.mkdir(parents=True, exist_ok=True)
+    settings = StudySettings("s", f"sqlite:///{workspace / 'optuna.db'}", trials, seed, pruner)
+    params = parse_space(space or SPACE)
+    return run_sweep(settings, params, objective, tracker, metric, workspace / "report")
+
+
+def stored(workspace: Path) -> optuna.Study:
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{workspace / 'optuna.db'}")
+
+
+def test_sweep_reaches_the_target_and_resumes(tracker: Tracker, tmp_path: Path) -> None:
+    first = sweep(tracker, tmp_path, 3)
+    assert first.ran == 3 and [t.number for t in first.trials] == [0, 1, 2]
+    values = [t.value for t in first.trials if t.value is not None]
+    assert len(values) == 3 and first.best is not None and first.best.value == max(values)
+    assert stored(tmp_path).best_value == max(values)
+    # the target counts the stored trials: one more, not four more
+    second = sweep(tracker, tmp_path, 4)
+    assert second.ran == 1 and [t.number for t in second.trials] == [0, 1, 2, 3]
+    # trial 3 draws afresh: a per-process seeded sampler would replay trial 0's values here
+    assert second.trials[3].params != second.trials[0].params
+    assert sweep(tracker, tmp_path, 4).ran == 0
+    best = yaml.safe_load((tmp_path / "report" / "best.yaml").read_text())
+    assert best["value"] == max(t.value or -1 for t in second.trials)
+    assert f"task.lr={best['params']['task.lr']}" in best["overrides"]
+    # a list choice goes back to Hydra as a list
+    assert f"model.hidden={best['params']['model.hidden']}" in best["overrides"]
+    rows = (tmp_path / "report" / "trials.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("trial,state,value")
+    assert (tmp_path / "report" / "sweep.png").stat().st_size > 5000
+
+
+def test_same_seed_same_draws_other_seed_others(tracker: Tracker, tmp_path: Path) -> None:
+    def draws(name: str, seed: int) -> list[dict[str, object]]:
+        return [t.params for t in sweep(tracker, tmp_path / name, 3, seed).trials]
+
+    first = draws("a", 1)
+    assert draws("b", 1) == first and draws("c", 2) != first
+
+
+def test_trials_are_nested_tracked_runs(tracker: Tracker, tmp_path: Path) -> None:
+    result = sweep(tracker, tmp_path, 3)
+    mlflow.set_tracking_uri(f"sqlite:///{tracker.workspace / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["modelcycle"], output_format="list")
+    parent = next(r for r in runs if r.info.run_id == result.run_id)
+    assert parent.info.run_name == "sweep-s"
+    runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.run_id]
+    assert parent.info.run_id == result.run_id
+    assert parent.data.tags["sweep.storage"].startswith("sqlite:///")
+    assert result.best is not None and parent.data.metrics["best_value"] == result.best.value
+    trials = {r.info.run_name: r for r in runs}
+    assert sorted(trials) == ["s-trial0", "s-trial1", "s-trial2"]
+    for record in result.trials:
+        run = trials[f"s-trial{record.number}"]
+        assert run.data.tags["mlflow.parentRunId"] == result.run_id
+        assert run.data.metrics["objective"] == record.value
+        assert float(run.data.params["task.lr"]) == record.params["task.lr"]
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
+    assert {"best.yaml", "trials.csv", "sweep.png"} <= files
+
+
+def test_importance_ranks_the_parameter_that_matters(tracker: Tracker, tmp_path: Path) -> None:
+    result = sweep(tracker, tmp_path, 8)
+    assert set(result.importances) == {"task.lr", "model.hidden"}
+    assert result.importances["task.lr"] > result.importances["model.hidden"]
+
+
+def test_pruned_trials_count_toward_the_target(tracker: Tracker, tmp_path: Path) -> None:
+    result = sweep(tracker, tmp_path, 12, pruner="median")
+    states = [t.state for t in result.trials]
+    assert len(states) == 12 and "pruned" in states
+    assert set(states) <= {"complete", "pruned"}
+    assert states[:5] == ["complete"] * 5  # the median pruner waits for 5 trials
+
+
+def test_a_failing_trial_stops_the_sweep_and_does_not_count(
+    tracker: Tracker, tmp_path: Path
+) -> None:
+    def broken(overrides: list[str], report: Callable[[int, float], None]) -> float:
+        raise ConfigError("task.lr=-1: the learning rate must be positive")
+
+    with pytest.raises(ConfigError, match="learning rate"):
+        sweep(tracker, tmp_path, 3, objective=broken)
+    trials = stored(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert sweep(tracker, tmp_path, 2).ran == 2  # the failed trial leaves the target where it was
+
+
+def test_resuming_with_other_choices_or_metric_is_refused(tracker: Tracker, tmp_path: Path) -> None:
+    sweep(tracker, tmp_path, 1)
+    other = {"model": {"hidden": {"type": "categorical", "choices": [[4], [8]]}}}
+    with pytest.raises(SweepError, match=r"model\.hidden.*--study"):
+        sweep(tracker, tmp_path, 2, space=other)
+    with pytest.raises(SweepError, match=r"maximizes score.*--study"):
+        sweep(tracker, tmp_path, 2, metric="auc")
+
+
+def test_unreachable_storage_says_how_to_give_one(tracker: Tracker, tmp_path: Path) -> None:
+    settings = StudySettings("s", "nosuchdb://user:secret@host/db", 1)
+    with pytest.raises(SweepError, match="SQLAlchemy URL") as err:
+        run_sweep(settings, parse_space(SPACE), peak, tracker, "score", tmp_path)
+    assert "secret" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(tracker: Tracker, tmp_path: Path) -> None:
+    """Two processes on one SQLite study (and one MLflow store): both work, no draw repeats,
+    the target holds."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    worker = Path(__file__).with_name("sweep_worker.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), storage, str(tracker.workspace), "6"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for k in range(2)
+    ]
+    outputs = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    # each worker checks the target before its next trial: at most one extra per other worker
+    assert 6 <= len(complete) <= 7 and len(complete) == len(trials)
+    assert len({t.user_attrs["worker"] for t in complete}) == 2
+    assert len({t.params["x"] for t in complete}) == len(complete)
+    ran = sum(int(out.split("ran ")[1].split()[0]) for out, _ in outputs)
+    assert ran == len(complete)
+
+
+@pytest.mark.slow
+def test_cli_sweeps_the_tiny_twins_config_and_resumes(tiny_qtim: Path, workspace: Path) -> None:
+    args = ["sweep", f"data.root={tiny_qtim}", *TINY, "--trials", "3"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.stdout
+    assert (
+        "[3/3] trial 2 complete" in first.stdout and "twins: 3 trials (3 run now)" in first.stdout
+    )
+    storage = f"sqlite:///{workspace / 'optuna.db'}"
+    study = optuna.load_study(study_name="twins", storage=storage)
+    values = [t.value for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(values) == 3 and study.best_value == max(v for v in values if v is not None)
+    assert {"task.lr", "model.hidden", "model.dropout"} <= set(study.best_params)
+    report = next((workspace / "reports").glob("sweep-twins-*"))
+    best = yaml.safe_load((report / "best.yaml").read_text())
+    assert best["value"] == study.best_value and best["metric"] == "auc_twin_vs_unrelated"
+    # each trial is a tracked run holding its folds' runs
+    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["modelcycle"], output_format="list")
+    names = sorted(r.info.run_name for r in runs)
+    assert names.count("sweep-twins") == 1 and "twins-trial2" in names
+    assert sum(n == "twins-fold0" for n in names) == 3
+    resumed = runner.invoke(app, ["sweep", f"data.root={tiny_qtim}", *TINY, "--trials", "4"])
+    assert resumed.exit_code == 0, resumed.stdout
+    assert "twins: 4 trials (1 run now)" in resumed.stdout
+    assert len(optuna.load_study(study_name="twins", storage=storage).trials) == 4
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+sweep.space.task.lrr={type:float,low:0.1,high:1}", "task.lrr is not a key.*task.lr"),
+        ("+sweep.space.seed={type:int,low:1,high:9}", "seed cannot be searched"),
+        ("+sweep.space.trainer={type:int,low:1,high:9}", "trainer is a whole config section"),
+        ("sweep.space.task.lr.low=0.1", r"sweep.space.task.lr: low=0.1 must be below high"),
+        ("sweep.space.task.lr.type=uniform", "type='uniform' is not a distribution"),
+        ("sweep.pruner=hyperband", "sweep.pruner='hyperband'"),
+    ],
+)
+def test_cli_refuses_a_bad_space_by_name(workspace: Path, override: str, message: str) -> None:
+    result = runner.invoke(app, ["sweep", override, "--trials", "1"])
+    assert result.exit_code == 2, result.stdout
+    assert re.search(message, result.stdout.replace("\n", " ")), result.stdout
+    assert "Traceback" not in result.stdout and not (workspace / "optuna.db").exists()
+
+
+def test_cli_refuses_an_unknown_override_by_name(workspace: Path) -> None:
+    result = runner.invoke(app, ["sweep", "trainer.max_epoch=3"])
+    assert result.exit_code == 2 and "trainer.max_epoch" in result.stdout

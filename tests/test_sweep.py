@@ -129,6 +129,15 @@ def test_pruned_trials_count_toward_the_target(tracker: Tracker, tmp_path: Path)
     assert len(states) == 12 and "pruned" in states
     assert set(states) <= {"complete", "pruned"}
     assert states[:5] == ["complete"] * 5  # the median pruner waits for 5 trials
+    pruned = [t.number for t in result.trials if t.state == "pruned"]
+    mlflow.set_tracking_uri(tracker.uri)
+    runs = mlflow.search_runs(
+        experiment_names=["modelcycle"],
+        filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'",
+        output_format="list",
+    )
+    ended = {r.info.run_name: (r.info.status, r.data.tags["sweep.state"]) for r in runs}
+    assert ended[f"s-trial{pruned[0]}"] == ("FINISHED", "pruned")
 
 
 def test_a_failing_trial_stops_the_sweep_and_does_not_count(

@@ -442,7 +442,7 @@ def sweep(
     scores the task's primary metric (mean over folds); every trial is a tracked run.
     """
     from modelcycle.config import sweep_config
-    from modelcycle.sweep import CrossValidation, SweepError, run_sweep
+    from modelcycle.sweep import CrossValidation, SweepError, redact, run_sweep
 
     base = overrides or []
     with _clear_errors():
@@ -456,8 +456,8 @@ def sweep(
         )
         metric = assembled.task.primary_metric
         console.print(
-            f"Study {plan.study.name!r} on {plan.study.storage}: {plan.study.trials} trials, "
-            f"maximizing {metric}",
+            f"Study {plan.study.name!r} on {redact(plan.study.storage)}: "
+            f"{plan.study.trials} trials, maximizing {metric}",
             soft_wrap=True,
         )
         try:

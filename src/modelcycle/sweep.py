@@ -334,16 +334,21 @@ def _trial_function(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"running mean {value:.4f} after fold {step}")
 
+        pruned: optuna.TrialPruned | None = None
         with tracker.run(f"{settings.name}-trial{trial.number}", nested=True):
             tracker.set_tags({"sweep.study": settings.name, "sweep.trial": str(trial.number)})
             tracker.log_params(values)
             try:
                 value = objective(overrides, report)
-            except optuna.TrialPruned:
+            except optuna.TrialPruned as stop:
+                # Raised after the run closes: a pruned trial ends as a finished run, not failed.
                 tracker.set_tags({"sweep.state": "pruned"})
-                raise
-            tracker.log_metrics({"objective": value})
-            tracker.set_tags({"sweep.state": "complete"})
+                pruned = stop
+            else:
+                tracker.log_metrics({"objective": value})
+                tracker.set_tags({"sweep.state": "complete"})
+        if pruned is not None:
+            raise pruned
         return value
 
     return run
@@ -456,7 +461,9 @@ def plot_sweep(result: SweepResult, path: Path) -> Path:
     if scores:
         names = list(scores)[::-1]
         importance.barh(names, [scores[n] for n in names])
-        importance.set(xlabel="importance (fANOVA)", title="What mattered")
+        importance.set(
+            xlabel="importance (fANOVA)", title=f"What mattered, over {len(done)} trials"
+        )
     else:
         importance.text(
             0.5,

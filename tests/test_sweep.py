@@ -170,15 +170,15 @@ def test_unreachable_storage_says_how_to_give_one(tracker: Tracker, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_study(tracker: Tracker, tmp_path: Path) -> None:
-    """Two processes on one SQLite study (and one MLflow store): both work, no draw repeats,
-    the target holds."""
+def test_two_workers_share_one_study(tmp_path: Path) -> None:
+    """Two processes on one SQLite study and one new workspace: both start (the first creates
+    the MLflow store while the other waits), both work, no draw repeats, the target holds."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     worker = Path(__file__).with_name("sweep_worker.py")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     procs = [
         subprocess.Popen(
-            [sys.executable, str(worker), storage, str(tracker.workspace), "6"],
+            [sys.executable, str(worker), storage, str(tmp_path / "ws"), "6"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

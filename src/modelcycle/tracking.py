@@ -44,12 +44,15 @@ class Tracker:
         self.uri = tracking_uri(settings, workspace)
         self.settings = settings
         mlflow.set_tracking_uri(self.uri)
-        experiment = mlflow.get_experiment_by_name(settings.experiment)
-        if experiment is None:
-            artifacts = (workspace / "artifacts").resolve().as_uri()
-            self.experiment_id = mlflow.create_experiment(settings.experiment, artifacts)
-        else:
-            self.experiment_id = experiment.experiment_id
+        # Processes starting together on one workspace (sweep workers) would race to create
+        # the SQLite schema and the experiment; the first creates them, the others wait.
+        with workspace_lock(workspace):
+            experiment = mlflow.get_experiment_by_name(settings.experiment)
+            if experiment is None:
+                artifacts = (workspace / "artifacts").resolve().as_uri()
+                self.experiment_id = mlflow.create_experiment(settings.experiment, artifacts)
+            else:
+                self.experiment_id = experiment.experiment_id
 
     @contextmanager
     def run(self, name: str, nested: bool = False) -> Iterator[str]:
@@ -141,6 +144,20 @@ class Tracker:
             experiment = getattr(logger, "_experiment", None)
             if experiment is not None and hasattr(experiment, "finish"):
                 experiment.finish()
+
+
+@contextmanager
+def workspace_lock(workspace: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the workspace (a lock file in it) across processes."""
+    import fcntl
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    with (workspace / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -203,9 +203,9 @@ def test_cli_sweeps_the_tiny_twins_config_and_resumes(tiny_qtim: Path, workspace
     args = ["sweep", f"data.root={tiny_qtim}", *TINY, "--trials", "3"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.stdout
-    assert (
-        "[3/3] trial 2 complete" in first.stdout and "twins: 3 trials (3 run now)" in first.stdout
-    )
+    assert "[3/3] trial 2 complete" in first.stdout
+    assert "twins: 3 trials (3 run now)" in first.stdout
+    assert f"Train with it: modelcycle train data.root={tiny_qtim} debug=tiny" in first.stdout
     storage = f"sqlite:///{workspace / 'optuna.db'}"
     study = optuna.load_study(study_name="twins", storage=storage)
     values = [t.value for t in study.trials if t.state == TrialState.COMPLETE]
@@ -219,6 +219,9 @@ def test_cli_sweeps_the_tiny_twins_config_and_resumes(tiny_qtim: Path, workspace
     runs = mlflow.search_runs(experiment_names=["modelcycle"], output_format="list")
     names = sorted(r.info.run_name for r in runs)
     assert names.count("sweep-twins") == 1 and "twins-trial2" in names
+    parent = next(r for r in runs if r.info.run_name == "sweep-twins")
+    assert parent.data.params["data.root"] == str(tiny_qtim)
+    assert parent.data.params["sweep.trials"] == "3"
     assert sum(n == "twins-fold0" for n in names) == 3
     resumed = runner.invoke(app, ["sweep", f"data.root={tiny_qtim}", *TINY, "--trials", "4"])
     assert resumed.exit_code == 0, resumed.stdout

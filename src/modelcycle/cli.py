@@ -462,13 +462,25 @@ def sweep(
         )
         try:
             result = run_sweep(
-                plan.study, plan.space, objective, tracker, metric, plan.report_dir, _print_trial
+                plan.study,
+                plan.space,
+                objective,
+                tracker,
+                metric,
+                plan.report_dir,
+                _print_trial,
+                assembled.resolved,
             )
         except SweepError as err:
             raise ConfigError(str(err)) from err
     console.print(sweep_table(result))
     if result.best is not None:
-        console.print(f"Best: trial {result.best.number}, {metric} {result.best.value:.4f}")
+        best = result.best
+        console.print(f"Best: trial {best.number}, {metric} {best.value:.4f}")
+        chosen = [p.override(best.params[p.path]) for p in plan.space if p.path in best.params]
+        console.print(
+            f"Train with it: modelcycle train {' '.join([*base, *chosen])}", soft_wrap=True
+        )
     console.print(f"Best parameters, trials and plot: {result.report_dir}", soft_wrap=True)
 
 

@@ -15,7 +15,7 @@ import os
 import socket
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -283,25 +283,30 @@ def run_sweep(
     metric: str,
     report_dir: Path,
     progress: Progress | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> SweepResult:
     """Run trials until the study has `settings.trials` finished (complete or pruned) trials.
 
     Trials already in the study count, so rerunning resumes; trials other workers are running
     count too, so workers sharing a study stop together. Each trial is a nested run of one
-    tracked sweep run, with its parameters and value.
+    tracked sweep run, with its parameters and value; `config`, the resolved config the trials
+    start from, is logged as the sweep run's parameters.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(settings, metric, space)
     ran = 0
     with tracker.run(f"sweep-{settings.name}") as run_id:
         tracker.set_tags({"sweep.study": settings.name, "sweep.storage": redact(settings.storage)})
+        # The config's own sweep section may differ from the settings (--trials): left out.
+        tracker.log_params({k: v for k, v in (config or {}).items() if k != "sweep"})
         tracker.log_params({"sweep.trials": settings.trials, "sweep.seed": settings.seed})
         # Bounded: at most `trials` more, however the other workers fare.
         for _ in range(settings.trials):
             if _claimed(study) >= settings.trials:
                 break
             numbers: list[int] = []
-            study.optimize(_trial_function(settings, space, objective, tracker, numbers), 1)
+            trial = _trial_function(settings, space, objective, tracker, numbers)
+            study.optimize(trial, n_trials=1)
             ran += 1
             if progress is not None:
                 mine = study.get_trials(deepcopy=False)[numbers[0]]

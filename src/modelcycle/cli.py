@@ -40,6 +40,7 @@ from modelcycle.evaluate import EvaluationError, evaluate_run, locate_run
 from modelcycle.evaluation.report import CVReport, mean_std
 from modelcycle.monitoring.drift import DriftSummary
 from modelcycle.pipeline import PipelineResult, release, run_pipeline
+from modelcycle.ranks import is_rank_zero
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
 from modelcycle.serving.loading import ModelLoadError
@@ -67,8 +68,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
     """Configure logging for every command."""
     from rich.logging import RichHandler
 
+    # The other ranks of a DDP run share the terminal: only their warnings are news.
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO if is_rank_zero() else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
         force=True,
@@ -151,7 +153,8 @@ def pipeline(
         cfg = compose_config([f"experiment={name}", *(overrides or [])])
     result = _run(cfg)
     _print_result(result)
-    _release(cfg, result.run_id, workspace_of(cfg) / "exports")
+    if is_rank_zero():
+        _release(cfg, result.run_id, workspace_of(cfg) / "exports")
 
 
 @app.command("release")
@@ -763,6 +766,8 @@ def summary_table(report: CVReport) -> Table:
 
 
 def _print_result(result: PipelineResult) -> None:
+    if not is_rank_zero():  # every rank holds the result; one prints it
+        return
     console.print(summary_table(result.report))
     if result.report.reference:
         ref = ", ".join(f"{k} {v:.3f}" for k, v in result.report.reference.items())

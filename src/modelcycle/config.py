@@ -26,7 +26,7 @@ from modelcycle.serving.loading import default_threads
 from modelcycle.sweep import StudySettings, SweepError
 from modelcycle.tasks import Task, get_task
 from modelcycle.tracking import TrackingSettings, tracking_uri
-from modelcycle.training import TrainerSettings
+from modelcycle.training import TrainerSettings, check_launch
 
 CONFIG_MODULE = "modelcycle.conf"
 
@@ -76,11 +76,23 @@ def assemble(cfg: DictConfig) -> Assembled:
             resolved["seed"],
             Path(resolved["report_dir"]) if resolved.get("report_dir") else None,
         ),
-        trainer=_build(TrainerSettings, "trainer", **resolved["trainer"]),
+        trainer=trainer_settings(resolved["trainer"]),
         tracking=_build(TrackingSettings, "logger", **resolved["logger"]),
         workspace=workspace_of(cfg),
         resolved=resolved,
     )
+
+
+def trainer_settings(values: dict[str, Any]) -> TrainerSettings:
+    """The `trainer` group as settings, checked against the launcher of this process."""
+    try:
+        settings = _build(TrainerSettings, "trainer", **values)
+        check_launch(settings)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return settings
 
 
 T = TypeVar("T")

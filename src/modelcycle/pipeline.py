@@ -15,6 +15,7 @@ import yaml
 
 from modelcycle.evaluate import publish_report, score_fold
 from modelcycle.evaluation.report import CVReport, FoldResult
+from modelcycle.ranks import is_rank_zero, share_from_rank_zero
 from modelcycle.registry import CHALLENGER, CHAMPION, GateError, Registry
 from modelcycle.tasks.base import Fold, Task
 from modelcycle.tracking import Tracker, git_state, package_versions
@@ -55,6 +56,9 @@ def run_pipeline(
     """Cross-validate `task`'s model against its baseline on the same folds and report it.
 
     Nothing is selected on test folds: early stopping uses each fold's validation part.
+    Under DDP every rank takes part in each fit (same seeded folds everywhere); evaluation,
+    report, plots, tracking and the saved model happen on rank zero, and every rank returns
+    rank zero's result.
     """
     started = time.monotonic()
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -75,14 +79,16 @@ def run_pipeline(
             run_tags(task, summary.data_hash) | {"report_dir": str(report_dir.resolve())}
         )
         tracker.log_params(config)
-        report.reference = task.reference(data)
+        if is_rank_zero():
+            report.reference = task.reference(data)
         ctx = TrainingContext(task, data, settings, trainer, tracker, report_dir)
         report.folds = cross_validate(ctx)
         model_dir = _fit_final(ctx)
-        tracker.log_directory(model_dir, "model")
-        report.seconds = time.monotonic() - started
-        publish_report(report, report_dir, tracker, [_write_config(config, report_dir)])
-    return PipelineResult(report, report_dir, run_id, tracker.uri)
+        if is_rank_zero():
+            tracker.log_directory(model_dir, "model")
+            report.seconds = time.monotonic() - started
+            publish_report(report, report_dir, tracker, [_write_config(config, report_dir)])
+    return share_from_rank_zero(PipelineResult(report, report_dir, run_id, tracker.uri))
 
 
 def run_tags(task: Task[Any], data_hash: str) -> dict[str, str]:
@@ -158,7 +164,8 @@ def cross_validate(
 ) -> list[FoldResult]:
     """Train and test the model beside the baseline on each of `ctx.settings.n_folds` folds.
 
-    Every fold is a nested run of the active tracked run.
+    Every fold is a nested run of the active tracked run. Under DDP every rank trains each
+    fold; scoring, `after_fold` and the results are rank zero's (other ranks get []).
 
     Args:
         ctx: The task, its loaded data and how to train and track.
@@ -169,16 +176,21 @@ def cross_validate(
     results: list[FoldResult] = []
     for fold in folds:
         log.info("Fold %d/%d", fold.index + 1, len(folds))
-        results.append(_run_fold(ctx, fold))
+        if (result := _run_fold(ctx, fold)) is None:
+            continue
+        results.append(result)
         if after_fold is not None:
             after_fold(results)
     return results
 
 
-def _run_fold(ctx: TrainingContext, fold: Fold) -> FoldResult:
+def _run_fold(ctx: TrainingContext, fold: Fold) -> FoldResult | None:
+    """Train on `fold`, then (rank zero only; None elsewhere) score, plot and track it."""
     name = f"fold{fold.index}"
     with ctx.tracker.run(f"{ctx.settings.run_name}-{name}", nested=True) as run_id:
         module, checkpoint = ctx.train(fold, run_id, name)
+        if not is_rank_zero():
+            return None
         return score_fold(ctx.task, module, ctx.data, fold, checkpoint, ctx.report_dir, ctx.tracker)
 
 
@@ -189,7 +201,8 @@ def _fit_final(ctx: TrainingContext) -> Path:
     with ctx.tracker.run(f"{ctx.settings.run_name}-final", nested=True) as run_id:
         module, _ = ctx.train(fold, run_id, "final")
     directory = ctx.report_dir / "model"
-    ctx.task.servable(module, ctx.data, fold).save(directory)
+    if is_rank_zero():
+        ctx.task.servable(module, ctx.data, fold).save(directory)
     return directory
 
 

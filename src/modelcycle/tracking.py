@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from modelcycle.ranks import is_rank_zero
 
 
 @dataclass(frozen=True)
@@ -35,29 +38,39 @@ def tracking_uri(settings: TrackingSettings, workspace: Path) -> str:
 
 
 class Tracker:
-    """One parent run per pipeline, one nested run per fold."""
+    """One parent run per pipeline, one nested run per fold.
+
+    Only global rank zero of a multi-process (DDP) run tracks: on the other ranks the
+    tracking store is never touched, runs are empty ids and logging does nothing.
+    """
 
     def __init__(self, settings: TrackingSettings, workspace: Path) -> None:
-        import mlflow
-
         self.workspace = workspace
         self.uri = tracking_uri(settings, workspace)
         self.settings = settings
+        self.experiment_id = self._experiment_id() if is_rank_zero() else ""
+
+    def _experiment_id(self) -> str:
+        import mlflow
+
         mlflow.set_tracking_uri(self.uri)
         # Processes starting together on one workspace (sweep workers) would race to create
         # the SQLite schema and the experiment; the first creates them, the others wait.
-        with workspace_lock(workspace):
-            experiment = mlflow.get_experiment_by_name(settings.experiment)
+        with workspace_lock(self.workspace):
+            experiment = mlflow.get_experiment_by_name(self.settings.experiment)
             if experiment is None:
-                artifacts = (workspace / "artifacts").resolve().as_uri()
-                self.experiment_id = mlflow.create_experiment(settings.experiment, artifacts)
-            else:
-                self.experiment_id = experiment.experiment_id
+                artifacts = (self.workspace / "artifacts").resolve().as_uri()
+                return str(mlflow.create_experiment(self.settings.experiment, artifacts))
+            return str(experiment.experiment_id)
 
     @contextmanager
     def run(self, name: str, nested: bool = False) -> Iterator[str]:
-        """Start (and end) an MLflow run; yields its id."""
+        """Start (and end) an MLflow run; yields its id ("" off rank zero)."""
         import mlflow
+
+        if not is_rank_zero():
+            yield ""
+            return
 
         with mlflow.start_run(
             experiment_id=self.experiment_id, run_name=name, nested=nested
@@ -83,18 +96,21 @@ class Tracker:
         )
         return {str(r.info.run_name): str(r.info.run_id) for r in nested}
 
+    @rank_zero_only
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log flattened parameters (values longer than MLflow's limit are cut)."""
         import mlflow
 
         mlflow.log_params({k: str(v)[:6000] for k, v in _flatten(params).items()})
 
+    @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log scalar metrics of the active run."""
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
+    @rank_zero_only
     def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
         """Attach files to the active run."""
         import mlflow
@@ -102,12 +118,14 @@ class Tracker:
         for path in paths:
             mlflow.log_artifact(str(path), artifact_path=folder)
 
+    @rank_zero_only
     def log_directory(self, directory: Path, folder: str) -> None:
         """Attach a whole directory to the active run under `folder`."""
         import mlflow
 
         mlflow.log_artifacts(str(directory), artifact_path=folder)
 
+    @rank_zero_only
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Tag the active run."""
         import mlflow
@@ -115,8 +133,14 @@ class Tracker:
         mlflow.set_tags(dict(tags))
 
     def lightning_loggers(self, run_id: str, fold_name: str, group: str) -> list[Logger]:
-        """Loggers that send Lightning's per-epoch metrics to this run (and W&B if set)."""
+        """Loggers that send Lightning's per-epoch metrics to this run (and W&B if set).
+
+        None off rank zero: building an MLflow logger opens (and may migrate) the store.
+        """
         from lightning.pytorch.loggers import MLFlowLogger
+
+        if not is_rank_zero():
+            return []
 
         loggers: list[Logger] = [MLFlowLogger(tracking_uri=self.uri, run_id=run_id)]
         if self.settings.wandb_project:

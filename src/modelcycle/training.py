@@ -16,17 +16,28 @@ log = logging.getLogger(__name__)
 #: Lightning precisions that keep the weights in fp32 (so exports stay fp32): full fp32, or
 #: autocast to bfloat16 (CPUs and GPUs) or float16 (GPUs) in the forward and backward passes.
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+#: Strategies the pipeline runs under: one process, or DDP (gloo on CPU, NCCL on GPUs).
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
 
 
 @dataclass(frozen=True)
 class TrainerSettings:
-    """How to train: epochs, early stopping and what the console shows."""
+    """How to train: epochs, early stopping, processes and what the console shows.
+
+    Attributes:
+        devices: Processes (devices) per node; more than one runs DDP.
+        strategy: One of `STRATEGIES`; "auto" picks DDP when there is more than one process.
+        num_nodes: Machines; more than one needs a launcher that starts every node
+            (torchrun or SLURM's srun).
+    """
 
     max_epochs: int = 100
     min_epochs: int = 5
     patience: int = 15
     accelerator: str = "cpu"
     devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
     deterministic: bool = True
     progress_bar: bool = True
     limit_train_batches: float | int = 1.0
@@ -38,6 +49,19 @@ class TrainerSettings:
                 f"trainer.precision={self.precision!r} is not supported; use one of "
                 f"{', '.join(PRECISIONS)} (mixed precisions keep fp32 weights for export)."
             )
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"trainer.strategy={self.strategy!r} is not supported: use one of "
+                f"{', '.join(STRATEGIES)} (several processes run DDP)."
+            )
+        if isinstance(self.devices, bool) or (isinstance(self.devices, int) and self.devices < 1):
+            raise ValueError(
+                f"trainer.devices={self.devices!r}: give a number of devices >= 1 or 'auto'."
+            )
+        if isinstance(self.devices, str) and self.devices != "auto":
+            raise ValueError(f"trainer.devices={self.devices!r}: give a whole number or 'auto'.")
+        if not isinstance(self.num_nodes, int) or self.num_nodes < 1:
+            raise ValueError(f"trainer.num_nodes={self.num_nodes!r}: give a whole number >= 1.")
 
 
 def fit(
@@ -49,6 +73,9 @@ def fit(
     loggers: list[Logger],
 ) -> Path:
     """Train with early stopping on `monitor` (higher is better) and restore the best epoch.
+
+    Under DDP, Lightning saves the checkpoint on rank zero in rank zero's `checkpoint_dir`,
+    and only rank zero loads it back: the other ranks take part in training only.
 
     Returns:
         The checkpoint of the best validation epoch; `module` holds its weights on return.
@@ -68,6 +95,8 @@ def fit(
         accelerator=settings.accelerator,
         devices=settings.devices,
         precision=settings.precision,  # type: ignore[arg-type]
+        strategy=settings.strategy,
+        num_nodes=settings.num_nodes,
         deterministic=settings.deterministic,
         enable_progress_bar=settings.progress_bar,
         enable_model_summary=False,
@@ -84,6 +113,8 @@ def fit(
     log.info("Training precision: %s (trainer.precision=%s)", trainer.precision, settings.precision)
     trainer.fit(module, datamodule=datamodule)
     best = Path(checkpoint.best_model_path)
+    if not trainer.is_global_zero:
+        return best
     restore(module, best)
     log.info("Best %s=%.4f at %s", monitor, float(checkpoint.best_model_score or 0), best)
     return best
@@ -94,3 +125,51 @@ def restore(module: L.LightningModule, checkpoint: Path) -> L.LightningModule:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     return module
+
+
+class LaunchError(ValueError):
+    """The trainer settings do not match the processes the launcher started."""
+
+
+def check_launch(settings: TrainerSettings) -> str:
+    """Check the settings against the launcher that started this process, before any work.
+
+    Lightning itself checks this only when the first fit starts, after data loading and
+    tracking have begun; here a mismatch stops the run at once.
+
+    Returns:
+        The launcher: "torchrun", "slurm" or "lightning" (Lightning starts the processes).
+
+    Raises:
+        LaunchError: The launcher's process count differs from devices × num_nodes, or
+            several nodes were asked for without a launcher that starts them.
+    """
+    from lightning.fabric.plugins.environments import (
+        ClusterEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    launchers: dict[str, type[ClusterEnvironment]] = {
+        "torchrun": TorchElasticEnvironment,
+        "slurm": SLURMEnvironment,
+    }
+    name = next((n for n, env in launchers.items() if env.detect()), "lightning")
+    if name == "lightning":
+        if settings.num_nodes > 1:
+            raise LaunchError(
+                f"trainer.num_nodes={settings.num_nodes} needs a launcher that starts a process "
+                "per device on every node: `torchrun --nnodes=N --nproc_per_node=D -m modelcycle "
+                "train ...` or `srun` in a SLURM job (see docs/scale-out.md)."
+            )
+        return name
+    if isinstance(settings.devices, int):
+        try:
+            launchers[name]().validate_settings(settings.devices, settings.num_nodes)
+        except (ValueError, RuntimeError) as err:
+            raise LaunchError(
+                f"The {name} launch does not match trainer.devices={settings.devices} and "
+                f"trainer.num_nodes={settings.num_nodes}: {err} Set trainer.devices to the "
+                "processes per node and trainer.num_nodes to the nodes."
+            ) from err
+    return name

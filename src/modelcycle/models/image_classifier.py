@@ -131,11 +131,13 @@ class ImageClassifier(L.LightningModule):
         self._val.append((self(pixels).argmax(1), labels))
 
     def on_validation_epoch_end(self) -> None:
-        """Log validation accuracy, the early-stopping metric."""
+        """Log validation accuracy, the early-stopping metric (averaged over DDP ranks)."""
         predicted = torch.cat([p for p, _ in self._val])
         labels = torch.cat([y for _, y in self._val])
         self._val.clear()
-        self.log("val_accuracy", (predicted == labels).float().mean(), prog_bar=True)
+        self.log(
+            "val_accuracy", (predicted == labels).float().mean(), prog_bar=True, sync_dist=True
+        )
 
     def configure_optimizers(self) -> Any:
         """AdamW with a cosine schedule over the trainer's epochs."""

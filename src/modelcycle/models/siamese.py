@@ -123,18 +123,23 @@ class SiamesePairModel(L.LightningModule):
     def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor:
         """One optimization step on a batch of labelled pairs."""
         loss, _, y = self._loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True
+        )
         return loss
 
     def validation_step(self, batch: PairBatch, batch_idx: int) -> None:
         """Accumulate pair similarities for the epoch's ROC-AUC."""
         loss, cos, y = self._loss(batch)
         self.val_auc.update(cos, y.long())
-        self.log("val_loss", loss, batch_size=len(y))
+        self.log("val_loss", loss, batch_size=len(y), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        """Log validation ROC-AUC (related vs unrelated pairs), the early-stopping metric."""
-        self.log("val_auc", self.val_auc.compute(), prog_bar=True)
+        """Log validation ROC-AUC (related vs unrelated pairs), the early-stopping metric.
+
+        Under DDP `compute` gathers every rank's pairs first, so all ranks stop together.
+        """
+        self.log("val_auc", self.val_auc.compute(), prog_bar=True, sync_dist=True)
         self.val_auc.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -1,4 +1,4 @@
-"""Trainer settings: the precision key, and OpenMP threads that sleep when idle."""
+"""Trainer settings: precision, processes (DDP), the launcher, idle OpenMP threads."""
 
 from __future__ import annotations
 
@@ -6,10 +6,19 @@ import os
 import subprocess
 import sys
 
+import lightning as L
 import pytest
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from modelcycle.config import ConfigError, assemble, compose_config
-from modelcycle.training import PRECISIONS, TrainerSettings
+from modelcycle.config import ConfigError, assemble, compose_config, trainer_settings
+from modelcycle.ranks import is_rank_zero
+from modelcycle.training import (
+    PRECISIONS,
+    LaunchError,
+    TrainerSettings,
+    check_launch,
+)
 
 
 def test_precision_defaults_to_fp32_and_takes_the_mixed_ones() -> None:
@@ -40,3 +49,118 @@ def test_the_command_makes_idle_openmp_threads_sleep_before_torch_loads() -> Non
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     assert run.stdout.split() == ["False", "PASSIVE", "True"]
+
+
+LAUNCH_KEYS = (
+    "RANK",
+    "LOCAL_RANK",
+    "GROUP_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "NODE_RANK",
+)
+
+
+@pytest.fixture
+def no_launcher(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No torchrun or SLURM variables in this process's environment."""
+    for key in [*LAUNCH_KEYS, *(k for k in os.environ if k.startswith("SLURM_"))]:
+        monkeypatch.delenv(key, raising=False)
+    return monkeypatch
+
+
+def torchrun_env(mp: pytest.MonkeyPatch, world: int, rank: int = 0) -> None:
+    """The variables `torchrun --nproc_per_node=<world>` gives process `rank`."""
+    values = {"TORCHELASTIC_RUN_ID": "test", "WORLD_SIZE": world, "LOCAL_WORLD_SIZE": world}
+    values |= {"RANK": rank, "LOCAL_RANK": rank, "GROUP_RANK": 0}
+    for key, value in (values | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29599"}).items():
+        mp.setenv(key, str(value))
+
+
+def slurm_env(mp: pytest.MonkeyPatch, per_node: int, nodes: int, procid: int = 0) -> None:
+    """The variables `srun` gives task `procid` of `sbatch --nodes=N --ntasks-per-node=D`."""
+    values = {
+        "SLURM_NTASKS": per_node * nodes,
+        "SLURM_NTASKS_PER_NODE": per_node,
+        "SLURM_NNODES": nodes,
+        "SLURM_PROCID": procid,
+        "SLURM_LOCALID": procid % per_node,
+        "SLURM_NODEID": procid // per_node,
+        "SLURM_JOB_NAME": "twins",
+        "SLURM_JOB_ID": 1234,
+        "SLURM_NODELIST": "node[1-2]" if nodes > 1 else "node1",
+    }
+    for key, value in values.items():
+        mp.setenv(key, str(value))
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"strategy": "fsdp"}, "trainer.strategy='fsdp'"),
+        ({"devices": 0}, "trainer.devices=0"),
+        ({"devices": "two"}, "trainer.devices='two'"),
+        ({"num_nodes": 0}, "trainer.num_nodes=0"),
+    ],
+)
+def test_invalid_settings_name_the_key(values: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match="trainer") as err:
+        trainer_settings(values)
+    assert named in str(err.value)
+
+
+def test_one_process_needs_no_launcher(no_launcher: pytest.MonkeyPatch) -> None:
+    assert check_launch(TrainerSettings()) == "lightning"
+    assert check_launch(TrainerSettings(devices=2, strategy="ddp")) == "lightning"
+
+
+def test_several_nodes_need_a_launcher(no_launcher: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="torchrun --nnodes=N") as err:
+        trainer_settings({"devices": 2, "num_nodes": 2})
+    assert "srun" in str(err.value)
+
+
+def test_torchrun_must_match_devices(no_launcher: pytest.MonkeyPatch) -> None:
+    torchrun_env(no_launcher, world=2)
+    assert check_launch(TrainerSettings(devices=2, strategy="ddp")) == "torchrun"
+    with pytest.raises(LaunchError, match=r"trainer.devices=1 .*world size \(2\)"):
+        check_launch(TrainerSettings(devices=1))
+
+
+def test_slurm_must_match_tasks_and_nodes(no_launcher: pytest.MonkeyPatch) -> None:
+    slurm_env(no_launcher, per_node=2, nodes=2)
+    assert check_launch(TrainerSettings(devices=2, num_nodes=2)) == "slurm"
+    with pytest.raises(LaunchError, match="HINT: Set `devices=2`"):
+        check_launch(TrainerSettings(devices=4, num_nodes=2))
+    with pytest.raises(LaunchError, match="HINT: Set `num_nodes=2`"):
+        check_launch(TrainerSettings(devices=2, num_nodes=1))
+
+
+@pytest.mark.parametrize(
+    ("launch", "environment"), [("torchrun", TorchElasticEnvironment), ("slurm", SLURMEnvironment)]
+)
+def test_lightning_takes_rank_and_world_from_the_launcher(
+    no_launcher: pytest.MonkeyPatch, launch: str, environment: type
+) -> None:
+    """The Trainer the pipeline builds runs as rank 1 of 4 under either launcher."""
+    no_launcher.setattr(rank_zero_only, "rank", 0)  # restored: the Trainer moves it to 1
+    if launch == "torchrun":
+        torchrun_env(no_launcher, world=4, rank=1)
+        settings = TrainerSettings(devices=4, strategy="ddp")
+    else:
+        slurm_env(no_launcher, per_node=2, nodes=2, procid=1)
+        settings = TrainerSettings(devices=2, strategy="ddp", num_nodes=2)
+    check_launch(settings)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=settings.devices,
+        strategy=settings.strategy,
+        num_nodes=settings.num_nodes,
+        logger=False,
+    )
+    assert isinstance(trainer.strategy.cluster_environment, environment)  # type: ignore[attr-defined]
+    assert (trainer.global_rank, trainer.world_size) == (1, 4)
+    assert not is_rank_zero()

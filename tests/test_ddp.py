@@ -1,0 +1,98 @@
+"""Two CPU processes (DDP, gloo) train the tiny twins run: one report, one MLflow run tree.
+
+Both launch paths are exercised for real, in subprocesses with a time limit: Lightning's own
+launcher (`modelcycle train trainer.devices=2`) and torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["debug=tiny", "trainer.max_epochs=3", "trainer.devices=2", "trainer.strategy=ddp"]
+pytestmark = pytest.mark.slow
+
+
+def launch(command: list[str], workspace: Path) -> subprocess.CompletedProcess[str]:
+    """Run `command` with a clean launcher environment; fail the test past 10 minutes."""
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+    env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("SLURM")}
+    env |= {"PYTHONPATH": str(REPO / "src"), "MODELCYCLE_HOME": str(workspace)}
+    done = subprocess.run(
+        command, env=env, cwd=workspace.parent, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def one_run_tree(workspace: Path) -> list[mlflow.entities.Run]:
+    """The MLflow runs of the workspace, checked to be one parent with its nested runs."""
+    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["modelcycle"], output_format="list")
+    assert sorted(r.info.run_name for r in runs) == [
+        "twins",
+        "twins-final",
+        "twins-fold0",
+        "twins-fold1",
+    ]
+    parent = next(r for r in runs if r.info.run_name == "twins")
+    children = [r for r in runs if r is not parent]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {parent.info.run_id}
+    return runs
+
+
+def finite_summary(workspace: Path) -> dict[str, object]:
+    """The one report of the workspace, with every model and baseline number finite."""
+    reports = list((workspace / "reports").glob("twins-*"))
+    assert len(reports) == 1
+    summary: dict[str, object] = json.loads((reports[0] / "summary.json").read_text())
+    folds = summary["folds"]
+    assert isinstance(folds, list) and len(folds) == 2
+    values = [v for f in folds for scorer in ("model", "baseline") for v in f[scorer].values()]
+    assert values and all(math.isfinite(v) for v in values)
+    assert (reports[0] / "model").is_dir() and (reports[0] / "fold1_roc.png").is_file()
+    return summary
+
+
+def test_cli_train_on_two_processes(tiny_qtim: Path, tmp_path: Path) -> None:
+    """Lightning starts the second process, which re-runs the command as rank 1."""
+    workspace = tmp_path / "ws"
+    command = [sys.executable, "-m", "modelcycle", "train", f"data.root={tiny_qtim}", *TINY]
+    done = launch(command, workspace)
+    assert done.stdout.count("model vs baseline") == 1  # rank 1 prints nothing
+    assert "sync_dist" not in done.stderr  # every epoch-level metric is reduced over ranks
+    finite_summary(workspace)
+    runs = one_run_tree(workspace)
+    fold0 = next(r for r in runs if r.info.run_name == "twins-fold0")
+    history = mlflow.MlflowClient().get_metric_history(fold0.info.run_id, "val_auc")
+    assert 1 <= len(history) <= 3 and all(math.isfinite(m.value) for m in history)
+
+
+def test_torchrun_ranks_return_the_same_result(tiny_qtim: Path, tmp_path: Path) -> None:
+    """Under torchrun each rank runs the pipeline; both return rank zero's numbers."""
+    workspace, out = tmp_path / "ws", tmp_path / "out"
+    out.mkdir()
+    script = str(REPO / "tests" / "ddp_rank_result.py")
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        script,
+    ]
+    launch([*command, str(out), f"data.root={tiny_qtim}", *TINY], workspace)
+    rank0, rank1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1
+    summary = finite_summary(workspace)
+    assert [f["model"] for f in rank0["folds"]] == [f["model"] for f in summary["folds"]]  # type: ignore[attr-defined]
+    runs = one_run_tree(workspace)
+    assert rank0["run_id"] == next(r.info.run_id for r in runs if r.info.run_name == "twins")

@@ -94,6 +94,8 @@ def main() -> None:
             f"{pipeline / base_pipeline:>7.2f}  {last['epochs']!s:<13}"
             f"{last['auc_twin_vs_unrelated']:.3f}     {last['top1']:.3f}"
         )
+    for name, rows in results.items():  # the spread behind each median
+        print(f"{name}: runs of " + ", ".join(f"{r['seconds']:.1f}" for r in rows) + " s")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from modelcycle.serving.loading import default_threads
 from modelcycle.sweep import StudySettings, SweepError
 from modelcycle.tasks import Task, get_task
 from modelcycle.tracking import TrackingSettings, tracking_uri
-from modelcycle.training import TrainerSettings, check_launch
+from modelcycle.training import LaunchError, TrainerSettings, check_launch
 
 CONFIG_MODULE = "modelcycle.conf"
 
@@ -85,13 +85,11 @@ def assemble(cfg: DictConfig) -> Assembled:
 
 def trainer_settings(values: dict[str, Any]) -> TrainerSettings:
     """The `trainer` group as settings, checked against the launcher of this process."""
+    settings = _build(TrainerSettings, "trainer", **values)
     try:
-        settings = _build(TrainerSettings, "trainer", **values)
         check_launch(settings)
-    except ConfigError:
-        raise
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    except LaunchError as err:
+        raise ConfigError(f"trainer config: {err}") from err
     return settings
 
 

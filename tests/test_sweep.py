@@ -238,6 +238,8 @@ def test_cli_sweeps_the_tiny_twins_config_and_resumes(tiny_qtim: Path, workspace
         ("sweep.space.task.lr.low=0.1", r"sweep.space.task.lr: low=0.1 must be below high"),
         ("sweep.space.task.lr.type=uniform", "type='uniform' is not a distribution"),
         ("sweep.pruner=hyperband", "sweep.pruner='hyperband'"),
+        ("trainer.devices=2", "trainer.devices=2.*trains each trial in one process"),
+        ("trainer.strategy=ddp", "trainer.strategy=ddp.*several sweep workers on one study"),
     ],
 )
 def test_cli_refuses_a_bad_space_by_name(workspace: Path, override: str, message: str) -> None:

@@ -231,8 +231,24 @@ def sweep_config(
         raise ConfigError(str(err)) from err
     for param in space:
         _check_sweepable(cfg, param.path)
+    _check_one_process(cfg)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return SweepConfig(settings, space, workspace / "reports" / f"sweep-{settings.name}-{stamp}")
+
+
+def _check_one_process(cfg: DictConfig) -> None:
+    """Refuse DDP settings: a sweep trains each trial in one process.
+
+    Lightning's DDP launcher would start the whole sweep command again in its second process.
+    """
+    trainer = cfg.trainer
+    many = str(trainer.devices) not in ("1", "auto") or int(trainer.num_nodes) != 1
+    if many or str(trainer.strategy).startswith("ddp"):
+        raise ConfigError(
+            f"trainer.devices={trainer.devices}, trainer.num_nodes={trainer.num_nodes}, "
+            f"trainer.strategy={trainer.strategy}: a sweep trains each trial in one process. "
+            "Run several sweep workers on one study instead (the same --study and --storage)."
+        )
 
 
 def _check_sweepable(cfg: DictConfig, path: str) -> None:

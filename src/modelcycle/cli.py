@@ -305,9 +305,16 @@ def serve(
     where = f"http://{config.host}:{config.port}/"
     console.print(f"Serving {', '.join(references)} on {where} ({config.workers} worker(s))")
     if config.workers > 1:
-        run_workers(references, overrides, config.host, config.port, config.workers)
+        run_workers(
+            references,
+            overrides,
+            config.host,
+            config.port,
+            config.workers,
+            config.max_connections,
+        )
     else:
-        run_server(app_, config.host, config.port)
+        run_server(app_, config.host, config.port, config.max_connections)
 
 
 @app.command()

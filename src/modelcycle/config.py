@@ -139,6 +139,7 @@ class ServeConfig:
     settings: ServeSettings
     capture_path: Path | None
     workers: int = 1
+    max_connections: int | None = None
 
 
 def serve_config(cfg: DictConfig) -> ServeConfig:
@@ -148,11 +149,17 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
     workers = values.pop("workers", 1)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"serve.workers={workers!r}: give a whole number of processes, >= 1.")
+    connections = values.pop("max_connections", None)
+    if connections is not None and (not isinstance(connections, int) or connections < 1):
+        raise ConfigError(
+            f"serve.max_connections={connections!r}: give a whole number >= 1, or null for "
+            "no limit."
+        )
     values["cors_origins"] = tuple(values["cors_origins"])
     values["threads"] = values["threads"] or default_threads()
     settings = _build(ServeSettings, "serve", **values)
     capture_path = workspace_of(cfg) / "capture.db" if capture else None
-    return ServeConfig(host, int(port), settings, capture_path, workers)
+    return ServeConfig(host, int(port), settings, capture_path, workers, connections)
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,14 @@ capture store is shared too, so the tests compare capture counts before and afte
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from server_process import (
@@ -152,3 +154,23 @@ def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def test_connections_over_the_limit_get_503_at_once(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    extra = ("serve.max_connections=2",)  # uvicorn counts the asking connection too
+    with running_server(served_workspace.root, tmp_path / "server.log", extra=extra) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5):  # holds the one place
+            time.sleep(0.2)  # let the server accept it
+            started = time.monotonic()
+            refused = httpx.get(server.url + "/healthz", timeout=10)
+            assert refused.status_code == 503, server.output()
+            assert time.monotonic() - started < 5
+        deadline = time.monotonic() + 10
+        status = 0
+        while time.monotonic() < deadline and status != 200:  # the held connection closed
+            status = httpx.get(server.url + "/healthz", timeout=10).status_code
+            time.sleep(0.1)
+        assert status == 200, server.output()

@@ -86,13 +86,22 @@ class GracefulServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run_server(app: FastAPI, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM; a finished graceful stop exits 0."""
+def run_server(app: FastAPI, host: str, port: int, max_connections: int | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; a finished graceful stop exits 0.
+
+    Beyond `max_connections` open connections (or requests in flight), uvicorn answers 503 at
+    once without running the app: overload the event loop cannot keep up with is shed there.
+    """
     # uvicorn re-raises SIGTERM after its graceful shutdown, which would end a clean stop as
     # "killed by signal" (exit 143); the handler below is in place by then, so it exits 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     # No access-log line per request: Prometheus counts requests, and the line costs CPU.
     config = uvicorn.Config(
-        app, host=host, port=port, timeout_graceful_shutdown=10, access_log=False
+        app,
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=10,
+        access_log=False,
+        limit_concurrency=max_connections,
     )
     GracefulServer(config, app.state.stop_accepting).run()

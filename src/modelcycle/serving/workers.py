@@ -25,7 +25,12 @@ SPEC_ENV = "MODELCYCLE_SERVE_SPEC"  # what to serve, handed from the parent to i
 
 
 def run_workers(
-    references: Sequence[str], overrides: Sequence[str], host: str, port: int, workers: int
+    references: Sequence[str],
+    overrides: Sequence[str],
+    host: str,
+    port: int,
+    workers: int,
+    max_connections: int | None = None,
 ) -> None:
     """Serve with `workers` processes until SIGINT/SIGTERM; a finished graceful stop exits 0.
 
@@ -51,6 +56,7 @@ def run_workers(
             workers=workers,
             timeout_graceful_shutdown=10,
             access_log=False,
+            limit_concurrency=max_connections,  # per worker
         )
         supervisor = Multiprocess(config, sockets=[config.bind_socket()])
         supervisor.run()

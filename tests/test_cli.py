@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from modelcycle.cli import app
 from modelcycle.registry import Registry
+from run_tree import one_run_tree
 from serving_fixtures import ServedWorkspace
 
 runner = CliRunner()
@@ -68,14 +69,7 @@ def test_pipeline_on_tiny_data_reports_and_tracks(tiny_qtim: Path, workspace: Pa
     for name in ("summary.png", "fold0_roc.png", "fold1_similarity.png", "fold1_retrieval.png"):
         assert (reports[0] / name).stat().st_size > 1000
     # MLflow in the workspace: a parent run, a nested run per fold and one for the final fit
-    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["modelcycle"], output_format="list")
-    assert sorted(r.info.run_name for r in runs) == [
-        "twins",
-        "twins-final",
-        "twins-fold0",
-        "twins-fold1",
-    ]
+    runs = one_run_tree(workspace)
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.params["task.name"] == "twins"
     assert "model_auc_twin_vs_unrelated_mean" in parent.data.metrics

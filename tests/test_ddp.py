@@ -16,6 +16,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from run_tree import one_run_tree
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["debug=tiny", "trainer.max_epochs=3", "trainer.devices=2", "trainer.strategy=ddp"]
 pytestmark = pytest.mark.slow
@@ -31,22 +33,6 @@ def launch(command: list[str], workspace: Path) -> subprocess.CompletedProcess[s
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
-
-
-def one_run_tree(workspace: Path) -> list[mlflow.entities.Run]:
-    """The MLflow runs of the workspace, checked to be one parent with its nested runs."""
-    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["modelcycle"], output_format="list")
-    assert sorted(r.info.run_name for r in runs) == [
-        "twins",
-        "twins-final",
-        "twins-fold0",
-        "twins-fold1",
-    ]
-    parent = next(r for r in runs if r.info.run_name == "twins")
-    children = [r for r in runs if r is not parent]
-    assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {parent.info.run_id}
-    return runs
 
 
 def finite_summary(workspace: Path) -> dict[str, object]:

@@ -41,6 +41,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -164,21 +165,31 @@ def start(
     env = {k: v for k, v in os.environ.items() if k != "MODELCYCLE_API_KEY"}
     log = logs / f"{name}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=logs)
+        # Its own process group: LitServe (and uvicorn workers) start children that must stop
+        # with it. Left running, they busy-poll and slow every later measurement.
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=logs,
+            start_new_session=True,
+        )
     server = Server(name, process, f"http://127.0.0.1:{port}", *routes, log)
     stack.callback(stop, server)
     return server
 
 
 def stop(server: Server) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within 15 s."""
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=15)
+    """SIGTERM to its whole process group, then SIGKILL to what is left after 15 s."""
+    group = server.process.pid  # the leader of its own session and group
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.process.wait(timeout=15)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)  # children that outlived their parent, too
+    server.process.wait(timeout=15)
 
 
 def wait_ready(servers: list[Server]) -> None:

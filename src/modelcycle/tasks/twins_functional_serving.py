@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelcycle.serving.adapter import RequestError, ServingAdapter
-from modelcycle.tasks.twins_serving import Finite, Person
+from modelcycle.serving.adapter import RequestError
+from modelcycle.tasks.twins_serving import Finite, PairServing, Person
 
 SYMMETRY_TOLERANCE = 1e-3
 
@@ -31,7 +31,7 @@ class ConnectomePairRequest(BaseModel):
     b: ConnectomeSubject
 
 
-class FunctionalServing(ServingAdapter):
+class FunctionalServing(PairServing):
     """Adapter of the functional twins task; `info["parcels"]` names the matrix rows."""
 
     request_type = ConnectomePairRequest
@@ -41,13 +41,6 @@ class FunctionalServing(ServingAdapter):
         self.parcels: list[str] = list(info["parcels"])
         self.n = len(self.parcels)
         self.upper = np.triu_indices(self.n, k=1)
-
-    def decode(self, request: BaseModel) -> list[np.ndarray]:
-        """Rows a, a_covariates, b, b_covariates: upper-triangle edges and covariates."""
-        assert isinstance(request, ConnectomePairRequest)
-        a, a_cov = self._subject(request.a, "a")
-        b, b_cov = self._subject(request.b, "b")
-        return [a, a_cov, b, b_cov]
 
     def _subject(self, subject: ConnectomeSubject, key: str) -> tuple[np.ndarray, np.ndarray]:
         rows = subject.connectome
@@ -77,31 +70,9 @@ class FunctionalServing(ServingAdapter):
             "b_connectivity_std": float(b.std()),
         }
 
-    def examples(
-        self, held_out: list[np.ndarray], target: np.ndarray | None
-    ) -> list[dict[str, Any]]:
-        """Two twin-like and two unrelated held-out pairs (their labels are known)."""
-        labels = np.zeros(len(held_out[0])) if target is None else target
-        picks = [*np.flatnonzero(labels == 1)[:2], *np.flatnonzero(labels == 0)[:2]]
-        examples = []
-        for n, i in enumerate(picks):
-            kind = "twin-like pair" if labels[i] == 1 else "unrelated pair"
-            request = {
-                "a": self._as_subject(held_out[0][i], held_out[1][i]),
-                "b": self._as_subject(held_out[2][i], held_out[3][i]),
-            }
-            examples.append(
-                {"id": f"example-{n + 1}", "label": f"{kind} (held out)", "request": request}
-            )
-        return examples
-
-    def _as_subject(self, edges: np.ndarray, covariates: np.ndarray) -> dict[str, Any]:
+    def _brain_data(self, row: np.ndarray) -> dict[str, Any]:
+        """The symmetric matrix (unit diagonal) whose upper triangle is `row`."""
         matrix = np.eye(self.n)
-        matrix[self.upper] = edges
-        matrix.T[self.upper] = edges
-        return {
-            "connectome": np.round(matrix, 5).tolist(),
-            "age": float(covariates[0]),
-            "sex": "M" if covariates[1] > 0.5 else "F",
-            "acquisition": 2 if covariates[2] > 0.5 else 1,
-        }
+        matrix[self.upper] = row
+        matrix.T[self.upper] = row
+        return {"connectome": np.round(matrix, 5).tolist()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -51,14 +52,78 @@ class PairRequest(BaseModel):
     b: Subject
 
 
-class TwinsServing(ServingAdapter):
+class PairServing(ServingAdapter):
+    """What every twins adapter shares: a request about two people, `a` and `b`.
+
+    Model rows are a, a_covariates, b, b_covariates; a subclass says how one person's brain
+    data becomes a row (`_subject`) and back (`_brain_data`). The held-out metric is the
+    ROC-AUC of the probability, twin-like vs unrelated pairs.
+    """
+
+    held_out_metric_name = "ROC-AUC twin-like vs unrelated"
+
+    def decode(self, request: BaseModel) -> list[np.ndarray]:
+        """Rows a, a_covariates, b, b_covariates."""
+        assert isinstance(request, self.request_type)
+        a, a_cov = self._subject(request.a, "a")  # type: ignore[attr-defined]
+        b, b_cov = self._subject(request.b, "b")  # type: ignore[attr-defined]
+        return [a, a_cov, b, b_cov]
+
+    @abstractmethod
+    def _subject(self, subject: Any, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """One person's model row (1, F) and covariate row (1, 3); `key` names them in errors."""
+
+    @abstractmethod
+    def _brain_data(self, row: np.ndarray) -> dict[str, Any]:
+        """The request fields of one person's brain data, from their model row."""
+
+    def held_out_metric(self, outputs: dict[str, np.ndarray], target: np.ndarray | None) -> float:
+        """ROC-AUC of the probability against the held-out pairs' labels."""
+        from sklearn.metrics import roc_auc_score
+
+        if target is None:
+            raise ValueError("the held-out pairs have no labels; re-register the model.")
+        return float(roc_auc_score(target, outputs["probability"].reshape(-1)))
+
+    def examples(
+        self, held_out: list[np.ndarray], target: np.ndarray | None
+    ) -> list[dict[str, Any]]:
+        """Two twin-like and two unrelated held-out pairs (their labels are known)."""
+        labels = np.zeros(len(held_out[0])) if target is None else target
+        picks = [*np.flatnonzero(labels == 1)[:2], *np.flatnonzero(labels == 0)[:2]]
+        examples = []
+        for n, i in enumerate(picks):
+            kind = "twin-like pair" if labels[i] == 1 else "unrelated pair"
+            request = self.request_of(held_out, i)
+            examples.append(
+                {"id": f"example-{n + 1}", "label": f"{kind} (held out)", "request": request}
+            )
+        return examples
+
+    def request_of(self, inputs: list[np.ndarray], i: int) -> dict[str, Any]:
+        """Row `i` of model inputs (a, a_covariates, b, b_covariates) as a request body."""
+        return {
+            "a": self._brain_data(inputs[0][i]) | person_fields(inputs[1][i]),
+            "b": self._brain_data(inputs[2][i]) | person_fields(inputs[3][i]),
+        }
+
+
+def person_fields(covariates: np.ndarray) -> dict[str, Any]:
+    """A person's age, sex and acquisition request fields from their covariate row."""
+    return {
+        "age": float(covariates[0]),
+        "sex": "M" if covariates[1] > 0.5 else "F",
+        "acquisition": 2 if covariates[2] > 0.5 else 1,
+    }
+
+
+class TwinsServing(PairServing):
     """Adapter of the twins task; `info["features"]` lists the model's measure names.
 
     Robustness shifts act on both subjects' measures: a scanner/site offset (every measure
     times 1+s), the same offset of the cortical thickness measures only, measurement noise
     (Gaussian, s times each measure's sd over the rows shifted) and missing regions (a share s
-    of each subject's measures absent). The held-out metric is the ROC-AUC of the probability,
-    twin-like vs unrelated pairs.
+    of each subject's measures absent).
     """
 
     request_type = PairRequest
@@ -68,7 +133,6 @@ class TwinsServing(ServingAdapter):
         "noise": (0.1, 0.25, 0.5),
         "missing": (0.05, 0.1, 0.2),
     }
-    held_out_metric_name = "ROC-AUC twin-like vs unrelated"
 
     def __init__(self, info: dict[str, Any]) -> None:
         super().__init__(info)
@@ -77,13 +141,6 @@ class TwinsServing(ServingAdapter):
         fitted = info.get("standardizer")  # absent from models saved before drift features
         self.standardizer = None if fitted is None else ResidualStandardizer.from_dict(fitted)
         self.axes = np.asarray(info.get("principal_axes", np.zeros((0, len(self.features)))))
-
-    def decode(self, request: BaseModel) -> list[np.ndarray]:
-        """Rows a, a_covariates, b, b_covariates (NaN where a measure is missing)."""
-        assert isinstance(request, PairRequest)
-        a, a_cov = self._subject(request.a, "a")
-        b, b_cov = self._subject(request.b, "b")
-        return [a, a_cov, b, b_cov]
 
     def _subject(self, subject: Subject, key: str) -> tuple[np.ndarray, np.ndarray]:
         unknown = sorted(set(subject.measures) - set(self.column))
@@ -138,46 +195,13 @@ class TwinsServing(ServingAdapter):
         sd = np.nanstd(np.concatenate([inputs[0], inputs[2]]), axis=0)
         return shift_pairs(inputs, kind, size, sd, thick, seed)
 
-    def held_out_metric(self, outputs: dict[str, np.ndarray], target: np.ndarray | None) -> float:
-        """ROC-AUC of the probability against the held-out pairs' labels."""
-        from sklearn.metrics import roc_auc_score
-
-        if target is None:
-            raise ValueError("the held-out pairs have no labels; re-register the model.")
-        return float(roc_auc_score(target, outputs["probability"].reshape(-1)))
-
-    def examples(
-        self, held_out: list[np.ndarray], target: np.ndarray | None
-    ) -> list[dict[str, Any]]:
-        """Two twin-like and two unrelated held-out pairs (their labels are known)."""
-        labels = np.zeros(len(held_out[0])) if target is None else target
-        picks = [*np.flatnonzero(labels == 1)[:2], *np.flatnonzero(labels == 0)[:2]]
-        examples = []
-        for n, i in enumerate(picks):
-            kind = "twin-like pair" if labels[i] == 1 else "unrelated pair"
-            request = self.request_of(held_out, i)
-            examples.append(
-                {"id": f"example-{n + 1}", "label": f"{kind} (held out)", "request": request}
-            )
-        return examples
-
-    def request_of(self, inputs: list[np.ndarray], i: int) -> dict[str, Any]:
-        """Row `i` of model inputs (a, a_covariates, b, b_covariates) as a request body."""
+    def _brain_data(self, row: np.ndarray) -> dict[str, Any]:
+        """Measures by name; a missing one (NaN) is null."""
         return {
-            "a": self._as_subject(inputs[0][i], inputs[1][i]),
-            "b": self._as_subject(inputs[2][i], inputs[3][i]),
-        }
-
-    def _as_subject(self, row: np.ndarray, covariates: np.ndarray) -> dict[str, Any]:
-        measures = {
-            name: (None if math.isnan(v) else round(float(v), 4))
-            for name, v in zip(self.features, row, strict=True)
-        }
-        return {
-            "measures": measures,
-            "age": float(covariates[0]),
-            "sex": "M" if covariates[1] > 0.5 else "F",
-            "acquisition": 2 if covariates[2] > 0.5 else 1,
+            "measures": {
+                name: (None if math.isnan(v) else round(float(v), 4))
+                for name, v in zip(self.features, row, strict=True)
+            }
         }
 
 

@@ -24,3 +24,11 @@ def test_serve_settings_from_config(tmp_path: os.PathLike[str]) -> None:
 def test_unknown_serve_key_names_the_group() -> None:
     with pytest.raises(ConfigError, match=r"serve config.*Valid keys"):
         serve_config(compose_config(["+serve.max_batches=3"]))
+
+
+def test_max_connections_is_a_positive_whole_number_or_null() -> None:
+    assert serve_config(compose_config([])).max_connections == 256
+    assert serve_config(compose_config(["serve.max_connections=null"])).max_connections is None
+    for bad in ("0", "many"):
+        with pytest.raises(ConfigError, match=rf"serve.max_connections=.*{bad}.*or null"):
+            serve_config(compose_config([f"serve.max_connections={bad}"]))

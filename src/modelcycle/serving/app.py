@@ -9,13 +9,14 @@ GET / (the web page) and the OpenAPI docs. Models load in the lifespan, never at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hmac
 import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from modelcycle.embeddings import monitor_columns
 from modelcycle.monitoring.capture import Capture, CaptureStore
@@ -257,16 +258,39 @@ def _add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"]
         )
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        name = request.path_params.get("name", "")
-        model = name if name in state.models else "-"
-        metrics.requests.labels(route, str(response.status_code), model).inc()
-        metrics.latency.labels(route, model).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(_Measure, state=state, metrics=metrics)
+
+
+class _Measure:
+    """Counts and times every request by route template, status and model (pure ASGI).
+
+    Not `@app.middleware("http")`: Starlette's BaseHTTPMiddleware runs each request through
+    an extra task and memory streams, which measured 0.25 ms of CPU per request here.
+    """
+
+    def __init__(self, app: Callable[..., Any], state: _State, metrics: ServerMetrics) -> None:
+        self.app, self.state, self.metrics = app, state, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:  # the route and its parameters are in the scope once routing matched
+            route = getattr(scope.get("route"), "path", "unmatched")
+            name = scope.get("path_params", {}).get("name", "")
+            model = name if name in self.state.models else "-"
+            self.metrics.requests.labels(route, str(status), model).inc()
+            self.metrics.latency.labels(route, model).observe(time.perf_counter() - started)
 
 
 def _add_routes(
@@ -390,8 +414,7 @@ def _decode(
     """Model rows and drift features of one body (JSON or a file's bytes), or an error."""
     try:
         if is_json:
-            document = json.loads(body, parse_constant=_reject_constant)
-            rows = adapter.decode(adapter.request_type.model_validate(document))
+            rows = adapter.decode(_validate_json(adapter.request_type, body))
         else:
             rows = adapter.decode_bytes(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
@@ -403,6 +426,21 @@ def _decode(
     except (RequestError, ValueError) as err:
         return _error(422, str(err))
     return rows, adapter.drift_features(rows)
+
+
+def _validate_json(request_type: type[BaseModel], body: bytes) -> BaseModel:
+    """The validated request of a JSON body.
+
+    pydantic parses and validates in one pass (a third of the CPU of `json.loads` and then
+    validating the objects); a body it refuses, or one that may hold NaN or Infinity (which
+    its parser takes as numbers), goes through `json.loads` instead, which refuses those
+    constants and gives the error the client sees.
+    """
+    if b"NaN" not in body and b"Infinity" not in body:
+        with contextlib.suppress(ValidationError):
+            return request_type.model_validate_json(body)
+    document = json.loads(body, parse_constant=_reject_constant)
+    return request_type.model_validate(document)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
@@ -429,11 +467,15 @@ def _validation_details(err: ValidationError) -> list[dict[str, Any]]:
     ][:20]
 
 
-def _key_check(settings: ServeSettings) -> Callable[[Request], None]:
-    """A dependency that enforces the API key on /v1 routes when one is configured."""
+def _key_check(settings: ServeSettings) -> Callable[[Request], Awaitable[None]]:
+    """A dependency that enforces the API key on /v1 routes when one is configured.
+
+    A coroutine: FastAPI runs a plain function dependency in a worker thread, a thread hop
+    for every request.
+    """
     expected = None if settings.api_key is None else settings.api_key.encode()
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         if expected is None:
             return
         given = request.headers.get("x-api-key") or request.headers.get("authorization", "")

@@ -143,7 +143,8 @@ class TwinsServing(PairServing):
         self.axes = np.asarray(info.get("principal_axes", np.zeros((0, len(self.features)))))
 
     def _subject(self, subject: Subject, key: str) -> tuple[np.ndarray, np.ndarray]:
-        unknown = sorted(set(subject.measures) - set(self.column))
+        measures = subject.measures
+        unknown = sorted(measures.keys() - self.column.keys())
         if unknown:
             raise RequestError(
                 f"{key}.measures: {len(unknown)} unknown measure name(s), e.g. {unknown[:3]}; "
@@ -151,9 +152,10 @@ class TwinsServing(PairServing):
                 f"(GET /v1/models lists all {len(self.features)})."
             )
         row = np.full((1, len(self.features)), np.nan, dtype=np.float32)
-        for name, value in subject.measures.items():
-            if value is not None:
-                row[0, self.column[name]] = value
+        # Vectorised (a loop of item assignments took ~50 µs per person); null stays NaN.
+        columns = np.fromiter(map(self.column.__getitem__, measures), np.intp, len(measures))
+        values = [math.nan if v is None else v for v in measures.values()]
+        row[0, columns] = values
         missing = float(np.isnan(row).mean())
         if missing > MAX_MISSING:
             raise RequestError(

@@ -4,6 +4,7 @@ Starts real servers on 127.0.0.1 (each on a free port, always terminated):
 
   ours      `modelcycle serve MODEL` (ONNX Runtime, micro-batching, serve.max_batch=32)
   ours-b1   the same with serve.max_batch=1 (batching off)
+  ours-w2   the same with serve.workers=2 and serve.threads=1 (a process per core)
   naive     FastAPI + the PyTorch module called eagerly per request, no batching (below)
   litserve  LitServe serving the same hash-checked ONNX session through the same adapter,
             with its own dynamic batching (max_batch_size=32, batch_timeout 1 ms)
@@ -435,18 +436,27 @@ class Tally:
 
 
 def process_cpu(pid: int) -> np.ndarray:
-    """CPU seconds of a process's main thread and of the rest (Linux /proc; else zeros)."""
+    """CPU seconds of the main threads and of the other threads of every process in `pid`'s
+    process group (a server and the workers it starts; Linux /proc, else zeros)."""
     tick = os.sysconf("SC_CLK_TCK")
 
-    def seconds(path: str) -> float:
-        fields = Path(path).read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
+    def fields(path: Path) -> list[str]:
+        return path.read_text().rsplit(")", 1)[1].split()
 
-    try:
-        total, main = seconds(f"/proc/{pid}/stat"), seconds(f"/proc/{pid}/task/{pid}/stat")
-    except (OSError, ValueError, IndexError):
-        return np.zeros(2)
-    return np.array([main, total - main])
+    found = np.zeros(2)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            values = fields(stat)
+            if int(values[2]) != pid:  # the process group
+                continue
+            member = stat.parent.name
+            total = (int(values[11]) + int(values[12])) / tick
+            main_values = fields(stat.parent / "task" / member / "stat")
+            main = (int(main_values[11]) + int(main_values[12])) / tick
+        except (OSError, ValueError, IndexError):
+            continue  # it ended meanwhile
+        found += (main, total - main)
+    return found
 
 
 def machine_cpu() -> float:
@@ -734,7 +744,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
     logs.mkdir()
     with contextlib.ExitStack() as stack:
 
-        def ours(label: str, max_batch: int) -> Server:
+        def ours(label: str, max_batch: int, *overrides: str) -> Server:
             port = free_port()
             command = [
                 *(sys.executable, "-m", "modelcycle", "serve", args.model),
@@ -744,6 +754,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
                 f"serve.capture={str(capture).lower()}",
                 f"serve.deadline_ms={deadline_ms}",
                 f"serve.port={port}",
+                *overrides,
             ]
             routes = (f"/v1/models/{name}/predict", "/readyz")
             return start(stack, label, command, port, routes, logs)
@@ -763,7 +774,8 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
         wait_ready(list(servers.values()))
         # After `ours` has filled the workspace's model cache, so the two never write it at once.
         servers["ours-b1"] = ours("ours-b1", 1)
-        say("starting ours-b1 (serve.max_batch=1)")
+        servers["ours-w2"] = ours("ours-w2", 32, "serve.workers=2", "serve.threads=1")
+        say("starting ours-b1 (serve.max_batch=1) and ours-w2 (serve.workers=2 serve.threads=1)")
         port = free_port()
         command = [
             *(sys.executable, str(Path(__file__).resolve()), "--model", args.model),
@@ -771,7 +783,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
         ]
         servers["litserve"] = start(stack, "litserve", command, port, ("/predict", "/health"), logs)
         say("starting litserve (max_batch_size=32, batch_timeout 1 ms)")
-        wait_ready([servers["ours-b1"], servers["litserve"]])
+        wait_ready([servers["ours-b1"], servers["ours-w2"], servers["litserve"]])
         response = httpx.get(servers["ours"].url + f"/v1/models/{name}/examples", timeout=10)
         bodies = [json.dumps(e["request"]).encode() for e in response.json()["examples"]]
         requests = [served.adapter.request_type.model_validate(json.loads(b)) for b in bodies]
@@ -792,7 +804,8 @@ def measure(
 ) -> list[tuple[str, str, str, str, str]]:
     """The five measurements; returns the table rows."""
     slice_seconds = args.seconds / args.rounds
-    tallies = {k: Tally() for k in ("ours", "bare", "inproc", "ours-b1", "naive", "litserve")}
+    labels = ("ours", "bare", "inproc", "ours-b1", "ours-w2", "naive", "litserve")
+    tallies = {k: Tally() for k in labels}
     bare_batch: list[int] = []  # the mean batch `ours` formed in its first slice
     say(
         f"closed loop: {args.clients} client threads, {args.rounds} rounds of "
@@ -826,6 +839,7 @@ def measure(
         ("ours", served("ours")),
         ("bare", in_process(False)),
         ("ours-b1", served("ours-b1")),
+        ("ours-w2", served("ours-w2")),
         ("naive", served("naive")),
         ("litserve", served("litserve")),
         ("inproc", in_process(True)),
@@ -835,10 +849,10 @@ def measure(
             tally = go()
             tallies[label].add(tally)
             say(f"round {r + 1}/{args.rounds} {label:<8} {describe(tally)}")
-    for label in ("ours", "ours-b1", "naive", "litserve"):
+    for label in ("ours", "ours-b1", "ours-w2", "naive", "litserve"):
         say(f"{label:<8} {tallies[label].cpu_line()}")
 
-    ours, off, naive = tallies["ours"], tallies["ours-b1"], tallies["naive"]
+    ours, off, naive, two = (tallies[k] for k in ("ours", "ours-b1", "naive", "ours-w2"))
     lit = tallies["litserve"]
     bare_t, inproc = tallies["bare"], tallies["inproc"]
     peak = ours.rate
@@ -866,10 +880,17 @@ def measure(
     )
     for which, result in (("70 %", steady), (f"{args.overload:g}×", over)):
         if result.behind(deadline):
+            client = result.tally.client_cpu / (result.tally.wall or result.tally.seconds)
             say(
-                f"note: at {which} the load generator fell behind (client wait p50 above 10 % "
-                "of the deadline); it shares the cores with the server, so that row mixes the "
-                "server's limits with the client's"
+                f"note: at {which} requests waited in the client for a free connection "
+                f"(p50 above 10 % of the deadline) while the client used {client:.2f} core: "
+                + (
+                    "every connection was waiting for an answer, so the server's pace, not "
+                    "the generator's, set what was sent"
+                    if client < 0.5
+                    else "the generator may have been short of CPU, so that row mixes the "
+                    "server's limits with the client's"
+                )
             )
     for label, server in servers.items():
         if server.process.poll() is not None:
@@ -898,6 +919,13 @@ def measure(
             per_s(naive.rate),
             f"{ours.rate / naive.rate:.2f}",
             "≥ 3",
+        ),
+        (
+            "   (info) serve.workers=2 ÷ naive",
+            per_s(two.rate),
+            per_s(naive.rate),
+            f"{two.rate / naive.rate:.2f}",
+            "-",
         ),
         (
             "3. batching on ÷ off: throughput",

@@ -189,3 +189,24 @@ def test_int8_is_refused_when_its_hash_does_not_match(
         load_served(registry, REFERENCE, tmp_path, 1, VariantChoice("int8"))
     # fp32 is untouched by any of it
     assert load_served(registry, REFERENCE, tmp_path, 1).variant == "fp32"
+
+
+def test_hot_reload_loads_the_same_variant_of_the_new_version(
+    published: PublishedImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modelcycle.serving.server as server
+
+    reloaders: list[Any] = []
+
+    def capture(*args: Any) -> Any:
+        reloaders.append(args[3])  # create_app(load, settings, capture, reload, drift)
+        return None
+
+    monkeypatch.setattr(server, "create_app", capture)
+    cfg = compose_config([f"workspace={published.root}", "serve.variant=int8"])
+    build_server(cfg, [REFERENCE])
+    (reload,) = reloaders
+    current = load_served(published.registry, REFERENCE, published.root / "c", 1)
+    current.version = "0"  # as if the alias had since moved to version 1
+    fresh = reload(current)
+    assert fresh is not None and (fresh.version, fresh.variant) == ("1", "int8")

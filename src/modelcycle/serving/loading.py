@@ -170,14 +170,14 @@ def _check_int8_drop(tags: dict[str, str], where: str, max_drop: float) -> None:
         raise ModelLoadError(
             f"{where}: its export recorded no int8 {metric} delta (the task defines no held-out "
             "metric, or the model was saved without held-out labels), so int8 cannot be "
-            "checked; serve serve.variant=fp32."
+            "checked; serve fp32 (serve.variant=fp32)."
         )
     fp32, int8 = float(tags["export.metric.fp32"]), float(tags["export.metric.int8"])
     if fp32 - int8 > max_drop:
         raise ModelLoadError(
             f"{where}: int8 {metric} {int8:.4f} against fp32 {fp32:.4f}, a drop of "
-            f"{fp32 - int8:.4f}, more than serve.int8_max_drop={max_drop:g}; serve "
-            "serve.variant=fp32, or raise serve.int8_max_drop if that loss is acceptable."
+            f"{fp32 - int8:.4f}, more than serve.int8_max_drop={max_drop:g}; serve fp32 "
+            "(serve.variant=fp32), or raise serve.int8_max_drop if that loss is acceptable."
         )
 
 

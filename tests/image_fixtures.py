@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from modelcycle.data.flowers102 import Flowers102Source
 from modelcycle.data.image_set import ImageSource
 from modelcycle.data.rice import RiceSource
@@ -16,6 +18,7 @@ from modelcycle.pipeline import run_tags
 from modelcycle.registry import Registry
 from modelcycle.tasks.image import ImageTask
 from modelcycle.tracking import Tracker
+from modelcycle.training import TrainerSettings, fit
 
 #: timm's smallest test network: trains in well under a second per epoch at 24 px.
 TINY_BACKBONE = "test_resnet"
@@ -58,12 +61,20 @@ class PublishedImage:
     registry: Registry
 
 
-def publish_image(tmp: Path, tracker: Tracker) -> PublishedImage:
-    """Log a pipeline-shaped run with an untrained tiny rice model; register, promote, export."""
+def publish_image(tmp: Path, tracker: Tracker, epochs: int = 0) -> PublishedImage:
+    """Log a pipeline-shaped run with a tiny rice model (trained for `epochs`, untrained by
+    default); register, promote, export."""
     task = tiny_task(tiny_sources(tmp / "data")["rice"])
     data, summary = task.load()
     fold = task.final_fold(data, seed=0)
-    servable = task.servable(task.model(data, fold), data, fold)
+    torch.manual_seed(0)
+    module = task.model(data, fold)
+    if epochs:
+        settings = TrainerSettings(
+            max_epochs=epochs, min_epochs=epochs, patience=epochs, progress_bar=False
+        )
+        fit(module, task.datamodule(data, fold, 0), settings, task.monitor, tmp / "ckpt", [])
+    servable = task.servable(module, data, fold)
     with tracker.run("image_rice") as run_id:
         metric = task.primary_metric
         tracker.set_tags(run_tags(task, summary.data_hash))

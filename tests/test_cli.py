@@ -185,7 +185,10 @@ def test_serve_refuses_unknown_and_unexported_models_in_one_line(
     assert no_alias.exit_code == 2 and "has no alias 'prod'" in no_alias.stdout
     by_version = runner.invoke(app, ["serve", "twins/1", root])
     assert by_version.exit_code == 2 and "serve NAME@ALIAS" in by_version.stdout
-    assert "Traceback" not in unknown.stdout + no_alias.stdout + by_version.stdout
+    variant = runner.invoke(app, ["serve", "twins@champion", root, "serve.variant=fp16"])
+    assert variant.exit_code == 2 and "choose one of fp32, int8" in variant.stdout
+    outputs = unknown.stdout + no_alias.stdout + by_version.stdout + variant.stdout
+    assert "Traceback" not in outputs
 
 
 def test_data_stats_describes_the_configured_data(tiny_qtim: Path, workspace: Path) -> None:

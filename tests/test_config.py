@@ -3,6 +3,7 @@ import os
 import pytest
 
 from modelcycle.config import ConfigError, compose_config, serve_config
+from modelcycle.serving.loading import VariantChoice
 
 
 def test_serve_threads_follow_the_cores_unless_set() -> None:
@@ -32,3 +33,13 @@ def test_max_connections_is_a_positive_whole_number_or_null() -> None:
     for bad in ("0", "many"):
         with pytest.raises(ConfigError, match=rf"serve.max_connections=.*{bad}.*or null"):
             serve_config(compose_config([f"serve.max_connections={bad}"]))
+
+
+def test_serve_variant_is_fp32_or_int8_with_a_numeric_drop_limit() -> None:
+    assert serve_config(compose_config([])).variant == VariantChoice("fp32", 0.01)
+    chosen = serve_config(compose_config(["serve.variant=int8", "serve.int8_max_drop=-0.5"]))
+    assert chosen.variant == VariantChoice("int8", -0.5)
+    with pytest.raises(ConfigError, match=r"serve.variant='fp16': choose one of fp32, int8"):
+        serve_config(compose_config(["serve.variant=fp16"]))
+    with pytest.raises(ConfigError, match=r"serve.int8_max_drop='lots': give a number"):
+        serve_config(compose_config(["serve.int8_max_drop=lots"]))

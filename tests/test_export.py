@@ -16,11 +16,13 @@ from torch import nn
 
 from modelcycle.digests import sha256_file
 from modelcycle.export import (
+    CALIBRATION_ROWS,
     ExportReport,
     ParityError,
     check_parity,
     export_model,
     export_onnx,
+    export_tags,
     measure_latency,
     quantize_int8,
 )
@@ -102,6 +104,8 @@ def exported(
         out_dir,
         held_out,
         metric=mean_prob,
+        metric_name="mean probability",
+        calibration=pairs(16, 256, seed=2),
         batch_sizes=(1, 8),
         repeats=5,
     )
@@ -187,6 +191,10 @@ def test_int8_is_smaller_and_differs_from_fp32(exported: tuple[ExportReport, Pat
     onnx.checker.check_model(str(int8.path), full_check=True)
     assert int8.size_bytes < fp32.size_bytes / 2
     assert 0 < report.int8_max_abs_diff < 0.1
+    # no convolution: dynamic, although calibration rows were given
+    assert report.int8_method == "dynamic"
+    ops = {node.op_type for node in onnx.load(str(int8.path)).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
 
 
 def test_sha256_and_size_match_the_files(exported: tuple[ExportReport, Path]) -> None:
@@ -206,6 +214,23 @@ def test_metric_delta_is_int8_minus_fp32(
     assert set(metric) == {"fp32", "int8", "delta"}
     assert metric["fp32"] == pytest.approx(mean_prob(list(fp32)))
     assert metric["delta"] == pytest.approx(metric["int8"] - metric["fp32"])
+    tags = export_tags(exported[0])
+    assert tags["export.metric.name"] == "mean probability"
+    assert tags["export.int8.method"] == "dynamic"
+    assert float(tags["export.metric.delta"]) == pytest.approx(metric["delta"], abs=1e-6)
+    assert "held-out mean probability: fp32" in (exported[1] / "export.md").read_text()
+
+
+def test_a_metric_that_cannot_be_computed_gives_no_delta(tmp_path: Path) -> None:
+    def unlabelled(outputs: list[np.ndarray]) -> float:
+        raise ValueError("the held-out pairs have no labels")
+
+    report = export_model(
+        PairScorer(), example(8), NAMES_IN, NAMES_OUT, tmp_path, pairs(8, 8), metric=unlabelled,
+        metric_name="ROC-AUC", batch_sizes=(2,), repeats=1,
+    )  # fmt: skip
+    assert report.metric == {} and report.metric_name == ""
+    assert not any(key.startswith("export.metric") for key in export_tags(report))
 
 
 def test_no_metric_gives_an_empty_dict(tmp_path: Path) -> None:
@@ -272,10 +297,63 @@ def test_shared_weights_become_plain_initializers_so_int8_quantization_works(
     weights = {w.name for w in graph.initializer}
     assert all(n.input[1] in weights for n in graph.node if n.op_type == "Conv")
     assert not [n for n in graph.node if n.op_type == "Identity"]
-    int8 = quantize_int8(path, tmp_path / "m.int8.onnx")  # refused before: not an initializer
+    int8 = tmp_path / "m.int8.onnx"
+    images = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
+    # refused before: not an initializer
+    assert quantize_int8(path, int8, [images]).startswith("static-qdq")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": x.numpy()})
     np.testing.assert_allclose(y, TwinConvs()(x).detach().numpy(), rtol=1e-4, atol=1e-5)
     assert ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(
         None, {"x": x.numpy()}
     )[0].shape == (2,)
+
+
+class SmallConvNet(nn.Module):
+    """Conv → ReLU → Conv → pooled class scores: a graph static int8 should take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).mean(dim=(2, 3))
+
+
+def test_conv_graph_is_quantized_statically_on_a_bounded_deterministic_sample(
+    tmp_path: Path,
+) -> None:
+    path = export_onnx(
+        SmallConvNet(), (torch.randn(2, 3, 12, 12),), ["x"], ["y"], tmp_path / "m.onnx"
+    )
+    rng = np.random.default_rng(0)
+    many = rng.random((CALIBRATION_ROWS + 36, 3, 12, 12), dtype=np.float32)
+
+    first, again, few = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "c.onnx"
+    assert quantize_int8(path, first, [many]) == f"static-qdq ({CALIBRATION_ROWS} reference rows)"
+    assert quantize_int8(path, again, [many]) == f"static-qdq ({CALIBRATION_ROWS} reference rows)"
+    assert sha256_file(first) == sha256_file(again)  # the same rows calibrate every export
+    assert quantize_int8(path, few, [many[:5]]) == "static-qdq (5 reference rows)"
+    ops = {node.op_type for node in onnx.load(str(first)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "ConvInteger" not in ops
+
+    x = rng.random((8, 3, 12, 12), dtype=np.float32)
+    (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    (got,) = ort.InferenceSession(str(first), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    assert not np.array_equal(got, want)
+    np.testing.assert_allclose(got, want, atol=0.02 * float(np.abs(want).max()))
+
+
+def test_conv_graph_without_a_reference_sample_falls_back_to_dynamic(tmp_path: Path) -> None:
+    path = export_onnx(
+        SmallConvNet(), (torch.randn(2, 3, 12, 12),), ["x"], ["y"], tmp_path / "m.onnx"
+    )
+    method = quantize_int8(path, tmp_path / "m.int8.onnx")
+    assert method == "dynamic (no reference sample to calibrate)"
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "m.int8.onnx")).graph.node}
+    assert "ConvInteger" in ops and "QuantizeLinear" not in ops

@@ -275,10 +275,12 @@ def export_command(
         f"{version.name} version {version.version}: parity max abs {parity.max_abs:.2e}, "
         f"max rel {parity.max_rel:.2e} (rtol {parity.rtol}, atol {parity.atol})"
     )
+    console.print(f"int8: {report.int8_method}")
     if report.metric:
         m = report.metric
         console.print(
-            f"held-out ROC-AUC fp32 {m['fp32']:.4f}, int8 {m['int8']:.4f} (delta {m['delta']:+.4f})"
+            f"held-out {report.metric_name} fp32 {m['fp32']:.4f}, int8 {m['int8']:.4f} "
+            f"(delta {m['delta']:+.4f})"
         )
     console.print(report.table(), soft_wrap=True)
 

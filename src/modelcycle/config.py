@@ -6,7 +6,7 @@ import difflib
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ from modelcycle.registry import Registry
 from modelcycle.registry_hooks import HookError, hooks_from_config
 from modelcycle.search_space import Param, SpaceError, parse_space
 from modelcycle.serving.app import ServeSettings
-from modelcycle.serving.loading import default_threads
+from modelcycle.serving.loading import VariantChoice, default_threads
 from modelcycle.sweep import StudySettings, SweepError
 from modelcycle.tasks import Task, get_task
 from modelcycle.tracking import TrackingSettings, tracking_uri
@@ -140,6 +140,7 @@ class ServeConfig:
     capture_path: Path | None
     workers: int = 1
     max_connections: int | None = None
+    variant: VariantChoice = field(default_factory=VariantChoice)
 
 
 def serve_config(cfg: DictConfig) -> ServeConfig:
@@ -155,11 +156,17 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
             f"serve.max_connections={connections!r}: give a whole number >= 1, or null for "
             "no limit."
         )
+    variant = _build(
+        VariantChoice,
+        "serve",
+        name=values.pop("variant", "fp32"),
+        int8_max_drop=values.pop("int8_max_drop", 0.01),
+    )
     values["cors_origins"] = tuple(values["cors_origins"])
     values["threads"] = values["threads"] or default_threads()
     settings = _build(ServeSettings, "serve", **values)
     capture_path = workspace_of(cfg) / "capture.db" if capture else None
-    return ServeConfig(host, int(port), settings, capture_path, workers, connections)
+    return ServeConfig(host, int(port), settings, capture_path, workers, connections, variant)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ import torch
 from modelcycle.digests import sha256_file
 from modelcycle.registry import Registered, Registry
 from modelcycle.servable import ServableModel
+from modelcycle.serving.adapter import ServingAdapter
+from modelcycle.tasks import get_task
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -31,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 _TINY = float(np.finfo(np.float32).tiny)
 _WARMUP_RUNS = 3
+#: Reference rows that calibrate static int8 activations: a bounded, deterministic sample.
+CALIBRATION_ROWS = 64
+_CALIBRATION_BATCH = 8
+#: The int8 method when no static quantization is done (see `quantize_int8` for when).
+DYNAMIC = "dynamic"
 # Emitted by torch itself on the TorchScript exporter path, which export_onnx uses on purpose.
 _LEGACY_EXPORTER_WARNINGS = (
     r"You are using the legacy TorchScript-based ONNX export",
@@ -117,12 +125,16 @@ class ExportReport:
         parity: fp32 ONNX against torch on the held-out inputs.
         int8_max_abs_diff: Largest |fp32 - int8| on the held-out inputs, first output.
         metric: {"fp32": m, "int8": m, "delta": int8 - fp32} when a metric was given, else {}.
+        int8_method: How the int8 model was quantized, e.g. "static-qdq (64 reference rows)".
+        metric_name: What `metric` measures ("" without one).
     """
 
     variants: list[Variant]
     parity: Parity
     int8_max_abs_diff: float
     metric: dict[str, float] = field(default_factory=dict)
+    int8_method: str = DYNAMIC
+    metric_name: str = ""
 
     def table(self) -> str:
         """Markdown table: variant, size, short hash, latency and rows/s per batch size."""
@@ -370,30 +382,119 @@ def _parity_error(parity: Parity, path: Path) -> ParityError:
     )
 
 
-def quantize_int8(path: Path, out: Path) -> Path:
-    """Dynamically quantize `path` (int8 weights, activations quantized at run time) to `out`.
+def quantize_int8(path: Path, out: Path, calibration: Sequence[np.ndarray] | None = None) -> str:
+    """Quantize `path` to int8 in `out` by whichever method makes it faster.
 
-    Pre-processing (`quant_pre_process`) is skipped: it costs seconds and changes nothing for
-    MatMul/Gemm models, so onnxruntime logs a warning suggesting it.
+    A graph with convolutions is quantized statically (QDQ: int8 weights per channel, uint8
+    activations whose ranges come from `calibration`); ONNX Runtime's dynamic ConvInteger is
+    slower than fp32. ResNet-18 at 224 px, 2 threads (AVX512-VNNI): fp32 17.5 ms, dynamic
+    73 ms, static QDQ 5.9 ms per image. Any other graph is quantized dynamically: on the
+    twins models static QDQ only adds Quantize/Dequantize steps (ms at batch 1 / 32, real
+    QTIM, 2 threads: MLP fp32 0.036 / 0.137, dynamic 0.043 / 0.143, static 0.052 / 0.171;
+    dense GNN fp32 0.125 / 1.57, dynamic 0.127 / 1.39, static 0.217 / 3.90).
 
     Args:
         path: The fp32 ONNX model.
         out: Where to write the int8 model (parents are created).
+        calibration: One array per model input, rows along axis 0, like the training data
+            (not the held-out rows the int8 model is scored on); at most `CALIBRATION_ROWS`
+            evenly spaced rows are used. Without it, every graph is quantized dynamically.
 
     Returns:
-        `out`.
+        The method used: "static-qdq (N reference rows)", "dynamic", or "dynamic (...)" with
+        the reason static quantization was not possible.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not _has_conv(path):
+        return _quantize_dynamic(path, out, DYNAMIC)
+    if calibration is None or len(calibration[0]) == 0:
+        return _quantize_dynamic(path, out, f"{DYNAMIC} (no reference sample to calibrate)")
+    rows = _calibration_rows(calibration, CALIBRATION_ROWS)
+    _quantize_static(path, out, rows)
+    return f"static-qdq ({len(rows[0])} reference rows)"
+
+
+def _has_conv(path: Path) -> bool:
+    import onnx
+
+    return any(node.op_type == "Conv" for node in onnx.load(str(path)).graph.node)
+
+
+def _calibration_rows(arrays: Sequence[np.ndarray], limit: int) -> list[np.ndarray]:
+    """At most `limit` evenly spaced rows of each array: the same rows on every export."""
+    n_rows = len(arrays[0])
+    picks = np.unique(np.linspace(0, n_rows - 1, min(limit, n_rows)).round().astype(int))
+    return [np.ascontiguousarray(a[picks]) for a in arrays]
+
+
+def _quantize_dynamic(path: Path, out: Path, method: str) -> str:
+    """int8 weights, activations quantized at run time; returns `method`.
+
+    Pre-processing (`quant_pre_process`) is skipped: it costs seconds and changes nothing for
+    MatMul/Gemm models, so onnxruntime logs a warning suggesting it.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logger.info("Quantizing %s to int8 weights in %s", path, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # It logs one INFO line per unquantized tensor to the root logger: hundreds for a CNN.
+    logger.info("Quantizing %s to int8 weights in %s (%s)", path, out, method)
+    with _quiet_quantizer():
+        quantize_dynamic(path, out, weight_type=QuantType.QInt8)
+    return method
+
+
+def _quantize_static(path: Path, out: Path, rows: list[np.ndarray]) -> None:
+    """QDQ int8: weights per channel, activation ranges (min/max) from `rows`."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    logger.info("Quantizing %s statically (QDQ) on %d rows in %s", path, len(rows[0]), out)
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(path), str(prepared))  # shape inference + fusions
+        quantize_static(
+            prepared,
+            out,
+            _Calibration(_input_names(path), rows),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+
+
+def _input_names(path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = {w.name for w in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in weights]
+
+
+class _Calibration:
+    """Feeds calibration rows to onnxruntime's quantizer in small batches."""
+
+    def __init__(self, names: list[str], rows: list[np.ndarray]) -> None:
+        starts = range(0, len(rows[0]), _CALIBRATION_BATCH)
+        self._feeds = iter(
+            [
+                {n: a[s : s + _CALIBRATION_BATCH] for n, a in zip(names, rows, strict=True)}
+                for s in starts
+            ]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """The quantizer logs one INFO line per unquantized tensor to the root logger."""
     logging.disable(logging.INFO)
     try:
-        quantize_dynamic(path, out, weight_type=QuantType.QInt8)
+        yield
     finally:
         logging.disable(logging.NOTSET)
-    return out
 
 
 def _take_rows(array: np.ndarray, n: int) -> np.ndarray:
@@ -466,7 +567,11 @@ def _metric_delta(
 ) -> dict[str, float]:
     if metric is None:
         return {}
-    m32, m8 = float(metric(fp32)), float(metric(int8))
+    try:
+        m32, m8 = float(metric(fp32)), float(metric(int8))
+    except ValueError as err:  # e.g. a model saved without held-out labels
+        logger.warning("No int8 metric delta: %s", err)
+        return {}
     return {"fp32": m32, "int8": m8, "delta": m8 - m32}
 
 
@@ -477,10 +582,12 @@ def _write_report(report: ExportReport, out_dir: Path) -> None:
         f"fp32 parity with torch on {parity.n_rows} rows: "
         f"{'passed' if parity.passed else 'FAILED'} (max abs {parity.max_abs:.3g}, "
         f"max rel {parity.max_rel:.3g}; rtol={parity.rtol:g}, atol={parity.atol:g})",
+        f"int8 quantization: {report.int8_method}",
         f"int8 max |fp32 - int8| (first output): {report.int8_max_abs_diff:.3g}",
     ]
     if report.metric:
-        summary.append("metric: " + ", ".join(f"{k} {v:.4g}" for k, v in report.metric.items()))
+        values = ", ".join(f"{k} {v:.4g}" for k, v in report.metric.items())
+        summary.append(f"held-out {report.metric_name or 'metric'}: {values}")
     text = report.table() + "\n" + "\n".join(f"- {line}" for line in summary) + "\n"
     (out_dir / "export.md").write_text(text)
     logger.info("Wrote %s and %s", out_dir / "export.json", out_dir / "export.md")
@@ -497,13 +604,16 @@ def export_model(
     atol: float = 1e-5,
     metric: Callable[[list[np.ndarray]], float] | None = None,
     *,
+    metric_name: str = "",
+    calibration: Sequence[np.ndarray] | None = None,
     batch_sizes: Sequence[int] = (1, 32),
     repeats: int = 30,
 ) -> ExportReport:
     """Export fp32 and int8 ONNX models, check fp32 against torch, time both, write a report.
 
     Writes out_dir/model.onnx, model.int8.onnx, export.json and export.md. Only the fp32 model
-    is gated by parity; the int8 one is reported with its output difference and metric delta.
+    is gated by parity; the int8 one is reported with its method, output difference and
+    metric delta.
 
     Args:
         module: The model.
@@ -514,7 +624,11 @@ def export_model(
         held_out: One array per model input (rows along axis 0), unseen in training.
         rtol: Parity relative tolerance.
         atol: Parity absolute tolerance.
-        metric: Optional score of a model's ONNX outputs on `held_out`, e.g. ROC-AUC.
+        metric: Optional score of a model's ONNX outputs on `held_out`, e.g. ROC-AUC; a
+            ValueError from it means no delta is reported.
+        metric_name: What `metric` measures, for the report.
+        calibration: Rows like the training data (one array per input) that calibrate static
+            int8 quantization; see `quantize_int8`.
         batch_sizes: Batch sizes to time.
         repeats: Timed calls per batch size.
 
@@ -526,9 +640,11 @@ def export_model(
     """
     fp32_path = export_onnx(module, example, input_names, output_names, out_dir / "model.onnx")
     parity = check_parity(module, fp32_path, held_out, rtol=rtol, atol=atol)
-    int8_path = quantize_int8(fp32_path, out_dir / "model.int8.onnx")
+    int8_path = out_dir / "model.int8.onnx"
+    int8_method = quantize_int8(fp32_path, int8_path, calibration)
     fp32_out = _run_onnx(_session(fp32_path), held_out)
     int8_out = _run_onnx(_session(int8_path), held_out)
+    delta = _metric_delta(metric, fp32_out, int8_out)
     report = ExportReport(
         variants=[
             _variant("fp32", fp32_path, held_out, batch_sizes, repeats),
@@ -536,7 +652,9 @@ def export_model(
         ],
         parity=parity,
         int8_max_abs_diff=_max_abs_diff(fp32_out[0], int8_out[0]),
-        metric=_metric_delta(metric, fp32_out, int8_out),
+        metric=delta,
+        int8_method=int8_method,
+        metric_name=metric_name if delta else "",
     )
     _write_report(report, out_dir)
     if not parity.passed:
@@ -551,11 +669,14 @@ def export_version(
 
     The ONNX files, export.json and export.md go to the version's run under `model/onnx/`;
     the version gets tags with each file's sha256 (serving loads only hash-matching ONNX),
-    the parity errors and the int8 metric delta.
+    the parity errors, the int8 method and the int8 delta on the task's held-out metric.
+    Static int8 is calibrated on the version's reference sample, never on the held-out rows
+    that score the delta.
     """
     version = registry.resolve(reference)
     local = registry.download(version, out_root / f"{version.name}-v{version.version}")
     servable = ServableModel.load(local)
+    adapter = get_task(servable.task).serving(servable.info)
     out_dir = local / "onnx"
     try:
         report = export_model(
@@ -565,7 +686,9 @@ def export_version(
             servable.output_names,
             out_dir,
             servable.held_out,
-            metric=_roc_auc(servable.target),
+            metric=_held_out_metric(adapter, servable.output_names, servable.target),
+            metric_name=adapter.held_out_metric_name,
+            calibration=servable.reference,
         )
     finally:  # a failed parity check is kept beside the version too
         registry.log_directory(version, out_dir, "model/onnx")
@@ -573,16 +696,15 @@ def export_version(
     return version, report
 
 
-def _roc_auc(target: np.ndarray | None) -> Callable[[list[np.ndarray]], float] | None:
-    if target is None:
-        return None
+def _held_out_metric(
+    adapter: ServingAdapter, output_names: list[str], target: np.ndarray | None
+) -> Callable[[list[np.ndarray]], float]:
+    """The adapter's held-out metric over a model's outputs (ValueError when it has none)."""
 
-    def auc(outputs: list[np.ndarray]) -> float:
-        from sklearn.metrics import roc_auc_score
+    def score(outputs: list[np.ndarray]) -> float:
+        return adapter.held_out_metric(dict(zip(output_names, outputs, strict=True)), target)
 
-        return float(roc_auc_score(target, outputs[0]))
-
-    return auc
+    return score
 
 
 def export_tags(report: ExportReport) -> dict[str, str]:
@@ -592,6 +714,7 @@ def export_tags(report: ExportReport) -> dict[str, str]:
         "export.parity.max_abs": f"{report.parity.max_abs:.3g}",
         "export.parity.max_rel": f"{report.parity.max_rel:.3g}",
         "export.int8.max_abs_diff": f"{report.int8_max_abs_diff:.3g}",
+        "export.int8.method": report.int8_method,
     }
     for variant in report.variants:
         tags[f"export.{variant.name}.sha256"] = variant.sha256
@@ -600,4 +723,6 @@ def export_tags(report: ExportReport) -> dict[str, str]:
             tags[f"export.{variant.name}.ms_batch{batch}"] = f"{ms:.4f}"
     for key, value in report.metric.items():
         tags[f"export.metric.{key}"] = f"{value:.6f}"
+    if report.metric:
+        tags["export.metric.name"] = report.metric_name
     return tags

@@ -280,7 +280,7 @@ def test_models_load_only_as_hash_checked_onnx(
     version = registry.resolve("twins@champion")
     registry.set_tags(version, {"export.fp32.sha256": "0" * 64})
     try:
-        with pytest.raises(ModelLoadError, match="does not match the export recorded"):
+        with pytest.raises(ModelLoadError, match="does not match the fp32 export recorded"):
             load_served(registry, "twins@champion", tmp_path, threads=1)
     finally:
         registry.set_tags(version, {"export.fp32.sha256": version.tags["export.fp32.sha256"]})

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from modelcycle.digests import sha256_file
-from modelcycle.registry import Registry
+from modelcycle.registry import Registered, Registry
 from modelcycle.servable import read_manifest
 from modelcycle.serving.adapter import ServingAdapter
 from modelcycle.tasks import get_task
@@ -21,6 +21,35 @@ log = logging.getLogger(__name__)
 
 class ModelLoadError(RuntimeError):
     """A model that must not or cannot be served; the message says what to do."""
+
+
+#: Exported ONNX file of each servable variant, in the version's `onnx/` directory.
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+@dataclass(frozen=True)
+class VariantChoice:
+    """Which exported file a server runs (`serve.variant`), and what int8 may cost.
+
+    Attributes:
+        name: "fp32" or "int8".
+        int8_max_drop: Largest drop of the held-out metric (fp32 minus int8, absolute) that
+            int8 may show at export (`serve.int8_max_drop`); a negative value demands a gain.
+    """
+
+    name: str = "fp32"
+    int8_max_drop: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.name not in VARIANT_FILES:
+            raise ValueError(
+                f"serve.variant={self.name!r}: choose one of {', '.join(VARIANT_FILES)}."
+            )
+        if isinstance(self.int8_max_drop, bool) or not isinstance(self.int8_max_drop, int | float):
+            raise ValueError(
+                f"serve.int8_max_drop={self.int8_max_drop!r}: give a number, the largest "
+                "held-out metric drop int8 may show (e.g. 0.01)."
+            )
 
 
 @dataclass
@@ -39,6 +68,7 @@ class ServedModel:
     lineage: dict[str, str] = field(default_factory=dict)
     directory: Path | None = None  # the downloaded version: manifest, held-out and reference
     monitor_outputs: list[str] = field(default_factory=list)  # recorded, never answered
+    variant: str = "fp32"  # which exported file runs: a key of VARIANT_FILES
 
     @property
     def answer_outputs(self) -> list[str]:
@@ -57,6 +87,7 @@ class ServedModel:
             "alias": self.alias,
             "version": self.version,
             "task": self.task,
+            "variant": self.variant,
             "inputs": self.input_names,
             "outputs": self.answer_outputs,
             "monitor_outputs": self.monitor_outputs,
@@ -66,25 +97,31 @@ class ServedModel:
         }
 
 
-def load_served(registry: Registry, reference: str, cache: Path, threads: int) -> ServedModel:
-    """Resolve `NAME@ALIAS`, check the exported ONNX against its recorded sha256, open it."""
+def load_served(
+    registry: Registry,
+    reference: str,
+    cache: Path,
+    threads: int,
+    variant: VariantChoice | None = None,
+) -> ServedModel:
+    """Resolve `NAME@ALIAS`, check the variant's exported ONNX against its sha256, open it.
+
+    The variant is fp32 unless `variant` says int8, which must also pass its metric check.
+    """
+    choice = variant or VariantChoice()
     if "@" not in reference:
         raise ModelLoadError(f"{reference!r}: serve NAME@ALIAS, e.g. twins@champion.")
     name, alias = reference.split("@", 1)
     version = registry.resolve(reference)
-    expected = version.tags.get("export.fp32.sha256")
-    if not expected:
-        raise ModelLoadError(
-            f"{name} version {version.version} has no ONNX export; run "
-            f"`modelcycle export {reference}` first (only exported ONNX is ever served)."
-        )
+    expected = expected_sha256(version, reference, choice)
     local = registry.download(version, cache / f"{name}-v{version.version}")
-    onnx_path = local / "onnx" / "model.onnx"
+    onnx_path = local / "onnx" / VARIANT_FILES[choice.name]
     actual = sha256_file(onnx_path) if onnx_path.is_file() else "missing"
     if actual != expected:
         raise ModelLoadError(
-            f"{onnx_path}: sha256 {actual[:12]} does not match the export recorded on {name} "
-            f"version {version.version} ({expected[:12]}); re-run `modelcycle export {reference}`."
+            f"{onnx_path}: sha256 {actual[:12]} does not match the {choice.name} export recorded "
+            f"on {name} version {version.version} ({expected[:12]}); re-run "
+            f"`modelcycle export {reference}`."
         )
     manifest = read_manifest(local)
     adapter = get_task(manifest["task"]).serving(manifest["info"])
@@ -98,12 +135,50 @@ def load_served(registry: Registry, reference: str, cache: Path, threads: int) -
         output_names=manifest["outputs"],
         monitor_outputs=list(manifest.get("monitor_outputs", [])),
         adapter=adapter,
-        lineage=_lineage_summary(version.tags),
+        lineage=_lineage_summary(version.tags, choice.name),
         directory=local,
+        variant=choice.name,
     )
     served.examples = _examples(local, manifest, served)
     log.info("Loaded %s version %s (%s) from %s", name, version.version, alias, onnx_path)
     return served
+
+
+def expected_sha256(version: Registered, reference: str, choice: VariantChoice) -> str:
+    """The recorded sha256 of the variant's file, once the version may serve it.
+
+    Raises:
+        ModelLoadError: No export of the variant, or an int8 export without a recorded
+            held-out metric delta or with a drop beyond `choice.int8_max_drop`.
+    """
+    tags = version.tags
+    where = f"{version.name} version {version.version}"
+    expected = tags.get(f"export.{choice.name}.sha256")
+    if not expected:
+        raise ModelLoadError(
+            f"{where} has no {choice.name} ONNX export; run `modelcycle export {reference}` "
+            "first (only exported ONNX is ever served)."
+        )
+    if choice.name == "int8":
+        _check_int8_drop(tags, where, choice.int8_max_drop)
+    return expected
+
+
+def _check_int8_drop(tags: dict[str, str], where: str, max_drop: float) -> None:
+    metric = tags.get("export.metric.name") or "held-out metric"
+    if "export.metric.delta" not in tags:
+        raise ModelLoadError(
+            f"{where}: its export recorded no int8 {metric} delta (the task defines no held-out "
+            "metric, or the model was saved without held-out labels), so int8 cannot be "
+            "checked; serve fp32 (serve.variant=fp32)."
+        )
+    fp32, int8 = float(tags["export.metric.fp32"]), float(tags["export.metric.int8"])
+    if fp32 - int8 > max_drop:
+        raise ModelLoadError(
+            f"{where}: int8 {metric} {int8:.4f} against fp32 {fp32:.4f}, a drop of "
+            f"{fp32 - int8:.4f}, more than serve.int8_max_drop={max_drop:g}; serve fp32 "
+            "(serve.variant=fp32), or raise serve.int8_max_drop if that loss is acceptable."
+        )
 
 
 def warm_up(served: ServedModel, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
@@ -137,9 +212,12 @@ def _examples(local: Path, manifest: dict[str, Any], served: ServedModel) -> lis
     return served.adapter.examples(held_out, target)
 
 
-def _lineage_summary(tags: dict[str, str]) -> dict[str, str]:
-    keep = ("lineage.git_sha", "lineage.data_hash", "gate.metric", "export.fp32.sha256")
+def _lineage_summary(tags: dict[str, str], variant: str) -> dict[str, str]:
+    keep = ["lineage.git_sha", "lineage.data_hash", "gate.metric", f"export.{variant}.sha256"]
+    if variant == "int8":
+        keep += ["export.int8.method", "export.metric.name", "export.metric.delta"]
     summary = {k.split(".", 1)[1]: tags[k] for k in keep if k in tags}
+    summary["variant"] = variant
     metric = tags.get("gate.metric")
     if metric and f"metric.model_{metric}_mean" in tags:
         summary["cv_" + metric] = tags[f"metric.model_{metric}_mean"]

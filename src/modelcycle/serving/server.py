@@ -22,7 +22,14 @@ from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.registry import Registry
 from modelcycle.serving.app import create_app
-from modelcycle.serving.loading import ModelLoadError, ServedModel, load_served, warm_up
+from modelcycle.serving.loading import (
+    ModelLoadError,
+    ServedModel,
+    VariantChoice,
+    expected_sha256,
+    load_served,
+    warm_up,
+)
 
 
 def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, ServeConfig]:
@@ -30,16 +37,16 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
     config = serve_config(cfg)
     registry = check_references(cfg, references)
     cache = workspace_of(cfg) / "serving"
-    threads = config.settings.threads
+    threads, variant = config.settings.threads, config.variant
 
     def load() -> list[ServedModel]:
-        return [load_served(registry, ref, cache, threads) for ref in references]
+        return [load_served(registry, ref, cache, threads, variant) for ref in references]
 
     def reload(current: ServedModel) -> ServedModel | None:
         version = registry.alias_version(current.name, current.alias)
         if version is None or version == current.version:
             return None
-        fresh = load_served(registry, f"{current.name}@{current.alias}", cache, threads)
+        fresh = load_served(registry, f"{current.name}@{current.alias}", cache, threads, variant)
         warm_up(fresh)
         return fresh
 
@@ -55,22 +62,22 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
 
 def check_references(cfg: DictConfig, references: list[str]) -> Registry:
     """The configured registry, once every reference in it is servable (ModelLoadError if not)."""
-    registry = build_registry(cfg)
+    registry, variant = build_registry(cfg), serve_config(cfg).variant
     for reference in references:  # fail here, in one clear line, not in the server's start-up
-        check_servable(registry, reference)
+        check_servable(registry, reference, variant)
     return registry
 
 
-def check_servable(registry: Registry, reference: str) -> None:
-    """Raise ModelLoadError unless `reference` is NAME@ALIAS of an exported version."""
+def check_servable(
+    registry: Registry, reference: str, variant: VariantChoice | None = None
+) -> None:
+    """Raise ModelLoadError unless `reference` is NAME@ALIAS of a version that may serve.
+
+    The variant is fp32 unless `variant` says int8, which must also pass its metric check.
+    """
     if "@" not in reference:
         raise ModelLoadError(f"{reference!r}: serve NAME@ALIAS, e.g. twins@champion.")
-    version = registry.resolve(reference)
-    if "export.fp32.sha256" not in version.tags:
-        raise ModelLoadError(
-            f"{version.name} version {version.version} has no ONNX export; run "
-            f"`modelcycle export {reference}` first (only exported ONNX is ever served)."
-        )
+    expected_sha256(registry.resolve(reference), reference, variant or VariantChoice())
 
 
 class GracefulServer(uvicorn.Server):

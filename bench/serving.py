@@ -26,7 +26,7 @@ alike; every loop stops at a time limit and a request-count limit. Absolute numb
 on the machine (the load generator shares its cores with the servers); read the ratios.
 
     python bench/serving.py [--workspace WS] [--data ../shared/data/qtim] [--seconds 10]
-    python bench/serving.py --task image [--backbone resnet18] [--image-size 224]
+    python bench/serving.py --task image [--backbone resnet18] [--image-size 224] [--variant int8]
 
 Without --workspace it builds a throwaway one: an untrained twins model on the QTIM files,
 registered as twins@champion and exported to ONNX (as tests/serving_fixtures.py does), or
@@ -255,17 +255,18 @@ class OnnxLitAPI(ls.LitAPI):
     ONNX Runtime call. (Module level: LitServe pickles it into its worker process.)
     """
 
-    def __init__(self, workspace: Path, model: str) -> None:
+    def __init__(self, workspace: Path, model: str, overrides: list[str]) -> None:
         super().__init__(max_batch_size=32, batch_timeout=0.001)
-        self.workspace, self.model = workspace, model
+        self.workspace, self.model, self.overrides = workspace, model, overrides
 
     def setup(self, device: str) -> None:
-        from modelcycle.config import build_registry, compose_config
+        from modelcycle.config import build_registry, compose_config, serve_config
         from modelcycle.serving.loading import default_threads, load_served, warm_up
 
-        registry = build_registry(compose_config([f"workspace={self.workspace}"]))
+        cfg = compose_config([f"workspace={self.workspace}", *self.overrides])
+        registry, variant = build_registry(cfg), serve_config(cfg).variant
         cache = self.workspace / "serving-litserve"
-        self.served = load_served(registry, self.model, cache, default_threads())
+        self.served = load_served(registry, self.model, cache, default_threads(), variant)
         warm_up(self.served)
 
     # No annotation on `request`: LitServe then hands over the parsed JSON body, like ours.
@@ -290,13 +291,11 @@ class OnnxLitAPI(ls.LitAPI):
         return {"version": self.served.version, "outputs": self.served.adapter.encode(output)}
 
 
-def litserve_server(workspace: Path, model: str, port: int) -> None:
-    """LitServe serving `model` from `workspace` (one worker process, like ours).
-
-    Its model calls run in that worker, a child process: the CPU line of `litserve` counts
-    only its HTTP process.
-    """
-    server = ls.LitServer(OnnxLitAPI(workspace, model), accelerator="cpu", workers_per_device=1)
+def litserve_server(workspace: Path, model: str, port: int, overrides: list[str]) -> None:
+    """LitServe serving `model` from `workspace` (one worker process, like ours), with the
+    same `serve.variant` (config `overrides`) as ours."""
+    api = OnnxLitAPI(workspace, model, overrides)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
     server.run(port=port, host="127.0.0.1", generate_client_file=False)
 
 
@@ -631,6 +630,8 @@ class Bare:
     def run(self, batch: int, seconds: float, max_batches: int, full_path: bool) -> Tally:
         """Batches of `batch` requests, each concatenated, run, and split as the server
         does; with `full_path`, also JSON-parse, validate, decode and encode each request."""
+        from modelcycle.serving.app import validate_json
+
         served, adapter, tally = self.served, self.served.adapter, Tally()
         started = time.perf_counter()
         stop_at, done, i = started + seconds, 0, 0
@@ -639,8 +640,7 @@ class Bare:
             if full_path:
                 rows = []
                 for p in picks:
-                    request = adapter.request_type.model_validate(json.loads(self.bodies[p]))
-                    rows.append(adapter.decode(request))
+                    rows.append(adapter.decode(validate_json(adapter.request_type, self.bodies[p])))
                     adapter.drift_features(rows[-1])
             else:
                 rows = [self.rows[p] for p in picks]
@@ -677,6 +677,12 @@ def main() -> None:
     )
     parser.add_argument("--backbone", default="resnet18", help="timm model of --task image")
     parser.add_argument("--image-size", type=int, default=224, help="pixels, --task image")
+    parser.add_argument(
+        "--variant",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="the exported file ours, bare and LitServe run (serve.variant); naive runs PyTorch",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="per subject and loop")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved closed-loop rounds")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop client threads")
@@ -698,6 +704,7 @@ def main() -> None:
     )
     parser.add_argument("--naive-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--litserve-workspace", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--litserve-override", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.model = args.model or ("image_rice@champion" if args.task == "image" else "twins@champion")
@@ -707,7 +714,7 @@ def main() -> None:
         naive_server(args.naive_server, args.port)
         return
     if args.litserve_workspace is not None:
-        litserve_server(args.litserve_workspace, args.model, args.port)
+        litserve_server(args.litserve_workspace, args.model, args.port, args.litserve_override)
         return
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -733,12 +740,19 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
     else:
         workspace = args.workspace.resolve()
     capture = args.capture == "on" or (args.capture == "auto" and args.workspace is None)
-    cfg = compose_config([f"workspace={workspace}"])
+    variant = [f"serve.variant={args.variant}"]
+    if args.variant == "int8" and args.workspace is None:
+        # An untrained model's accuracy is chance, so its int8 metric delta means nothing.
+        variant.append("serve.int8_max_drop=1.0")
+    cfg = compose_config([f"workspace={workspace}", *variant])
     registry, settings = build_registry(cfg), serve_config(cfg).settings
     deadline_ms = args.deadline_ms or settings.deadline_ms
     name = args.model.split("@", 1)[0]
     model_dir = registry.download(registry.resolve(args.model), tmp / "naive")
-    say(f"workspace {workspace}; capture {'on' if capture else 'off'}; deadline {deadline_ms} ms")
+    say(
+        f"workspace {workspace}; variant {args.variant} (naive runs the PyTorch module); "
+        f"capture {'on' if capture else 'off'}; deadline {deadline_ms} ms"
+    )
 
     logs = tmp / "logs"
     logs.mkdir()
@@ -754,6 +768,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
                 f"serve.capture={str(capture).lower()}",
                 f"serve.deadline_ms={deadline_ms}",
                 f"serve.port={port}",
+                *variant,
                 *overrides,
             ]
             routes = (f"/v1/models/{name}/predict", "/readyz")
@@ -769,7 +784,9 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
             "naive": start(stack, "naive", command, port, ("/predict", "/healthz"), logs),
         }
         say("starting ours (serve.max_batch=32) and naive (FastAPI + PyTorch)")
-        served = load_served(registry, args.model, tmp / "bare", settings.threads)
+        served = load_served(
+            registry, args.model, tmp / "bare", settings.threads, serve_config(cfg).variant
+        )
         warm_up(served)
         wait_ready(list(servers.values()))
         # After `ours` has filled the workspace's model cache, so the two never write it at once.
@@ -780,6 +797,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
         command = [
             *(sys.executable, str(Path(__file__).resolve()), "--model", args.model),
             *("--litserve-workspace", str(workspace), "--port", str(port)),
+            *(f"--litserve-override={o}" for o in variant),
         ]
         servers["litserve"] = start(stack, "litserve", command, port, ("/predict", "/health"), logs)
         say("starting litserve (max_batch_size=32, batch_timeout 1 ms)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from modelcycle.monitoring import capture as capture_module
 from modelcycle.monitoring.capture import Capture, CaptureError, CaptureStore
 
 
@@ -129,6 +130,36 @@ def test_wal_mode_and_durability_pragmas(store: CaptureStore) -> None:
     conn = store._connection()
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # never on a write
+
+
+def _rows(n: int) -> list[Capture]:
+    features = {f"feature_{k}": float(k) for k in range(40)}
+    return [Capture("m", "1", features, {"p": 0.5}, 1.0, float(i)) for i in range(n)]
+
+
+def test_writes_never_checkpoint_the_background_thread_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints copy the WAL into the database file: it grows only when one runs."""
+    monkeypatch.setattr(capture_module, "CHECKPOINT_SECONDS", 3600.0)
+    with CaptureStore(tmp_path / "quiet.sqlite") as store:
+        empty = store.path.stat().st_size
+        for _ in range(30):  # ~4,000 pages of WAL: four automatic checkpoints' worth
+            store.write(_rows(500))
+        assert store.path.stat().st_size == empty
+        assert store.count() == 15_000
+
+    monkeypatch.setattr(capture_module, "CHECKPOINT_SECONDS", 0.05)
+    with CaptureStore(tmp_path / "busy.sqlite") as store:
+        empty = store.path.stat().st_size
+        store.write(_rows(2000))
+        deadline = time.monotonic() + 10
+        while store.path.stat().st_size == empty and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.path.stat().st_size > empty
+        assert store._checkpointer is not None and store._checkpointer.name == "capture-checkpoint"
+    assert not store._checkpointer.is_alive()  # close stops it
 
 
 def test_creates_parent_directories_and_reopens(tmp_path: Path) -> None:

@@ -12,6 +12,12 @@ operating-system crash or a power loss can lose the last transactions committed 
 since NORMAL fsyncs the WAL at checkpoints rather than at every commit; the database itself is
 never corrupted.
 
+Checkpoints (copying the WAL into the database, with an fsync) never run on the thread that
+writes a batch: its connections have automatic checkpoints off, and a background thread runs
+a PASSIVE checkpoint (which never blocks readers or writers) every `CHECKPOINT_SECONDS` while
+the store is written. An automatic checkpoint stalled the batch that triggered it, and with
+it every request in that batch, for the length of an fsync.
+
 Non-finite numbers (NaN, +inf, -inf) in features or outputs are stored as JSON ``null`` and
 read back as ``float("nan")``, so the stored JSON is always valid.
 """
@@ -19,6 +25,7 @@ read back as ``float("nan")``, so the stored JSON is always valid.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 import threading
@@ -28,6 +35,9 @@ from pathlib import Path
 from types import TracebackType
 
 BUSY_TIMEOUT_MS = 5000
+CHECKPOINT_SECONDS = 1.0  # how often the background thread checkpoints the WAL
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS captures (
@@ -104,6 +114,8 @@ class CaptureStore:
         self._lock = threading.Lock()
         self._open: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._closed = False
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
         self._prepare()
 
     def write(self, rows: Sequence[Capture]) -> None:
@@ -119,6 +131,8 @@ class CaptureStore:
             return
         encoded = [_encode(row) for row in rows]
         conn = self._connection()
+        if self._checkpointer is None:
+            self._start_checkpoints()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -178,6 +192,9 @@ class CaptureStore:
 
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
+        self._stop_checkpoints.set()
+        if self._checkpointer is not None and self._checkpointer is not threading.current_thread():
+            self._checkpointer.join()
         with self._lock:
             self._closed = True
             for _, conn in self._open:
@@ -217,6 +234,31 @@ class CaptureStore:
                 "put it on a local filesystem, not a network share."
             )
 
+    def _start_checkpoints(self) -> None:
+        """Start the background checkpoint thread (once)."""
+        with self._lock:
+            if self._checkpointer is not None or self._closed:
+                return
+            self._checkpointer = threading.Thread(
+                target=self._checkpoints, name="capture-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
+
+    def _checkpoints(self) -> None:
+        """Every CHECKPOINT_SECONDS until `close`: a PASSIVE checkpoint on its own connection."""
+        conn = _connect(self.path)
+        try:
+            while not self._stop_checkpoints.wait(CHECKPOINT_SECONDS):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as err:  # the next one retries; writers are unaffected
+                    log.warning("Checkpointing the capture store %s failed: %s", self.path, err)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as err:
+            log.warning("Checkpointing the capture store %s failed: %s", self.path, err)
+        finally:
+            conn.close()
+
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection, opened (and set up) on first use."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -250,6 +292,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # the background thread checkpoints
     except sqlite3.Error:
         conn.close()
         raise

@@ -92,6 +92,13 @@ class _State:
     models: dict[str, ServedModel] = field(default_factory=dict)
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     ready: bool = False
+    # One thread decodes heavy bodies (images), in arrival order: asyncio's default pool
+    # would run up to 32 decodes at once beside the model's intra-op threads. Measured on 2
+    # cores (int8 resnet18 at 224 px, 8 clients): 126 req/s with one thread, 124 with the
+    # pool, 133 decoding on the event loop (which then stops answering while it decodes).
+    decoder: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+    )
 
 
 def create_app(
@@ -139,6 +146,7 @@ def create_app(
         for batcher in state.batchers.values():
             await batcher.stop()
         executor.shutdown(wait=True)
+        state.decoder.shutdown(wait=True)
 
     app = FastAPI(title="modelcycle", version="1", lifespan=lifespan)
     app.state.stop_accepting = lambda: _not_ready(state, metrics)
@@ -343,7 +351,7 @@ def _add_routes(
         refusal = batcher.refusal()
         if refusal is not None:  # shed before reading or decoding the body: overload stays cheap
             return _overloaded(name, refusal)
-        payload = await _payload(request, served, settings)
+        payload = await _payload(request, served, settings, state.decoder)
         if isinstance(payload, JSONResponse):
             return payload
         try:
@@ -373,12 +381,12 @@ def _overloaded(name: str, why: str) -> JSONResponse:
 
 
 async def _payload(
-    request: Request, served: ServedModel, settings: ServeSettings
+    request: Request, served: ServedModel, settings: ServeSettings, decoder: ThreadPoolExecutor
 ) -> _Payload | JSONResponse:
     """Read, parse and validate one request body into model rows, or an error response.
 
     Adapters whose decoding is heavy (`ServingAdapter.decode_in_thread`: image decoding takes
-    milliseconds) decode in a worker thread, so the event loop keeps answering meanwhile.
+    milliseconds) decode in the `decoder` thread, so the event loop keeps answering meanwhile.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     adapter = served.adapter
@@ -398,7 +406,7 @@ async def _payload(
             return _error(422, str(err))
     if adapter.decode_in_thread:
         decoded = await asyncio.get_running_loop().run_in_executor(
-            None, _decode, adapter, is_json, body
+            decoder, _decode, adapter, is_json, body
         )
     else:
         decoded = _decode(adapter, is_json, body)

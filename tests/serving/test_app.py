@@ -42,10 +42,11 @@ def _example(client: TestClient, n: int = 0) -> dict[str, Any]:
     return dict(examples[n]["request"])
 
 
-def _post(client: TestClient, body: Any, **kwargs: Any) -> Any:
-    return client.post(
-        PREDICT, content=json.dumps(body), headers={"content-type": "application/json"}, **kwargs
-    )
+def _post(
+    client: TestClient, body: Any, headers: dict[str, str] | None = None, **kwargs: Any
+) -> Any:
+    headers = {"content-type": "application/json", **(headers or {})}
+    return client.post(PREDICT, content=json.dumps(body), headers=headers, **kwargs)
 
 
 def test_predict_matches_onnx_runtime_and_names_the_version(
@@ -253,6 +254,30 @@ def test_deadline_gives_504(served: ServedModel) -> None:
     with _client(served, ServeSettings(deadline_ms=0.0)) as c:
         response = _post(c, _example(c))
         assert response.status_code == 504 and "did not answer" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "NaN", "inf"])
+def test_a_bad_client_deadline_is_a_422_naming_the_header(client: TestClient, value: str) -> None:
+    response = _post(client, _example(client), headers={"x-deadline-ms": value})
+    assert response.status_code == 422, response.text
+    assert "x-deadline-ms" in json.dumps(response.json()["detail"])
+
+
+def test_a_client_deadline_shorter_than_the_servers_ends_the_request_at_it(
+    served: ServedModel,
+) -> None:
+    gated = GatedSession(served.session)
+    with _client(replace(served, session=gated), ServeSettings(deadline_ms=5000)) as c:
+        request = _example(c)
+        assert _post(c, request, headers={"x-deadline-ms": "60000"}).status_code == 200
+        gated.armed = True  # every model call now waits until released
+        started = time.perf_counter()
+        response = _post(c, request, headers={"x-deadline-ms": "200"})
+        elapsed = time.perf_counter() - started
+        gated.release.set()
+    assert response.status_code == 504
+    assert "did not answer within 200 ms" in response.json()["detail"]
+    assert 0.15 < elapsed < 3  # its own 200 ms, not the server's 5 s
 
 
 def test_api_key_is_required_when_set(served: ServedModel) -> None:

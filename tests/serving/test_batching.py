@@ -177,3 +177,27 @@ def test_a_queue_whose_expected_wait_is_over_budget_refuses_at_once() -> None:
             await batcher.stop()
 
     _run(main())
+
+
+def test_a_payloads_own_budget_replaces_the_wait_budget() -> None:
+    def process(payloads: list[int]) -> list[int]:
+        time.sleep(0.05)  # 20 payloads per second
+        return payloads
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(process, pool, max_batch=1, queue_limit=100, wait_budget=10.0)
+            batcher.start()
+            await batcher.submit(0)  # measures the rate
+            queued = [asyncio.ensure_future(batcher.submit(i)) for i in range(4)]
+            await asyncio.sleep(0)
+            # about 0.25 s of queue: within the server's 10 s, over a client's 0.1 s
+            assert batcher.refusal() is None
+            why = batcher.refusal(budget=0.1)
+            assert why is not None and "over the 100 ms budget" in why
+            with pytest.raises(OverloadedError, match="100 ms budget"):
+                await batcher.submit(99, budget=0.1)
+            await asyncio.gather(*queued)
+            await batcher.stop()
+
+    _run(main())

@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
@@ -343,24 +343,45 @@ def _add_routes(
         return JSONResponse({"examples": state.models[name].examples})
 
     @v1.post("/models/{name}/predict")
-    async def predict(name: str, request: Request) -> JSONResponse:
+    async def predict(
+        name: str,
+        request: Request,
+        x_deadline_ms: Annotated[
+            float | None,
+            Header(
+                gt=0,
+                allow_inf_nan=False,
+                description=(
+                    "Milliseconds the client will wait for this answer (at most "
+                    "serve.deadline_ms counts). A request that could not be answered in time "
+                    "is refused at once (429) or ends at that deadline (504), so an "
+                    "overloaded server spends no work on answers nobody waits for."
+                ),
+            ),
+        ] = None,
+    ) -> JSONResponse:
         """Predict with a served model; the response names the model version."""
+        arrived = time.perf_counter()
         if name not in state.models:
             return _unknown_model(name, state)
         served, batcher = state.models[name], state.batchers[name]
-        refusal = batcher.refusal()
+        deadline_ms = settings.deadline_ms
+        if x_deadline_ms is not None and x_deadline_ms < deadline_ms:
+            deadline_ms = x_deadline_ms
+        budget = deadline_ms / 1000 * WAIT_SHARE
+        refusal = batcher.refusal(budget)
         if refusal is not None:  # shed before reading or decoding the body: overload stays cheap
             return _overloaded(name, refusal)
         payload = await _payload(request, served, settings, state.decoder)
         if isinstance(payload, JSONResponse):
             return payload
-        try:
-            timeout = settings.deadline_ms / 1000
-            result = await asyncio.wait_for(batcher.submit(payload), timeout)
+        try:  # the deadline counts from arrival: reading and decoding spent some of it
+            left = deadline_ms / 1000 - (time.perf_counter() - arrived)
+            result = await asyncio.wait_for(batcher.submit(payload, budget), max(left, 0.0))
         except OverloadedError as err:
             return _overloaded(name, str(err))
         except TimeoutError:
-            return _error(504, f"{name} did not answer within {settings.deadline_ms:.0f} ms.")
+            return _error(504, f"{name} did not answer within {deadline_ms:.0f} ms.")
         answered = payload.served
         outputs = {k: result[k] for k in answered.answer_outputs}
         body = {

@@ -83,21 +83,25 @@ class MicroBatcher:
             return None
         return (self.queue.qsize() + 1) / self._rate
 
-    def refusal(self) -> str | None:
-        """Why one more payload would be refused now, or None (lets a server shed early)."""
+    def refusal(self, budget: float | None = None) -> str | None:
+        """Why one more payload would be refused now, or None (lets a server shed early).
+
+        `budget`: seconds this payload may wait (e.g. from its own deadline), instead of
+        `wait_budget`.
+        """
         if self.queue.full():
             return f"queue full ({self.queue.maxsize} waiting)"
-        wait = self.expected_wait()
-        if self.wait_budget is not None and wait is not None and wait > self.wait_budget:
+        wait, budget = self.expected_wait(), self.wait_budget if budget is None else budget
+        if budget is not None and wait is not None and wait > budget:
             return (
                 f"expected wait {wait * 1000:.0f} ms with {self.queue.qsize()} queued is over "
-                f"the {self.wait_budget * 1000:.0f} ms budget"
+                f"the {budget * 1000:.0f} ms budget"
             )
         return None
 
-    async def submit(self, payload: Any) -> Any:
-        """Queue one payload and wait for its result."""
-        why = self.refusal()
+    async def submit(self, payload: Any, budget: float | None = None) -> Any:
+        """Queue one payload and wait for its result (`budget`: see `refusal`)."""
+        why = self.refusal(budget)
         if why is not None:
             raise OverloadedError(why)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

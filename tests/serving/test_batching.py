@@ -201,3 +201,29 @@ def test_a_payloads_own_budget_replaces_the_wait_budget() -> None:
             await batcher.stop()
 
     _run(main())
+
+
+def test_a_cancelled_put_is_never_processed() -> None:
+    seen: list[int] = []
+    release = threading.Event()
+
+    def process(payloads: list[int]) -> list[int]:
+        seen.extend(payloads)
+        release.wait(5)
+        return payloads
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(process, pool, max_batch=4)
+            batcher.start()
+            first = batcher.put(0)  # taken at once, held in `process`
+            await asyncio.sleep(0.05)
+            dropped = batcher.put(1)  # queued behind it
+            dropped.cancel()  # what a request that hits its deadline does
+            kept = batcher.put(2)
+            release.set()
+            assert await first == 0 and await kept == 2
+            await batcher.stop()
+
+    _run(main())
+    assert seen == [0, 2]

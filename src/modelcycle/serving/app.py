@@ -377,7 +377,7 @@ def _add_routes(
             return payload
         try:  # the deadline counts from arrival: reading and decoding spent some of it
             left = deadline_ms / 1000 - (time.perf_counter() - arrived)
-            result = await asyncio.wait_for(batcher.submit(payload, budget), max(left, 0.0))
+            result = await asyncio.wait_for(batcher.put(payload, budget), max(left, 0.0))
         except OverloadedError as err:
             return _overloaded(name, str(err))
         except TimeoutError:

@@ -99,14 +99,22 @@ class MicroBatcher:
             )
         return None
 
-    async def submit(self, payload: Any, budget: float | None = None) -> Any:
-        """Queue one payload and wait for its result (`budget`: see `refusal`)."""
+    def put(self, payload: Any, budget: float | None = None) -> asyncio.Future[Any]:
+        """Queue one payload now; its result's future (cancel it to drop the payload).
+
+        Raises:
+            OverloadedError: See `refusal` (`budget` too).
+        """
         why = self.refusal(budget)
         if why is not None:
             raise OverloadedError(why)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(_Item(payload, future))
-        return await future
+        return future
+
+    async def submit(self, payload: Any, budget: float | None = None) -> Any:
+        """Queue one payload and wait for its result (`budget`: see `refusal`)."""
+        return await self.put(payload, budget)
 
     async def _run(self) -> None:
         while True:

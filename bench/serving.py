@@ -5,6 +5,8 @@ Starts real servers on 127.0.0.1 (each on a free port, always terminated):
   ours      `modelcycle serve MODEL` (ONNX Runtime, micro-batching, serve.max_batch=32)
   ours-b1   the same with serve.max_batch=1 (batching off)
   ours-w2   the same with serve.workers=2 and serve.threads=1 (a process per core)
+  floor     uvicorn, configured as ours, with an app that reads the body and answers a
+            constant: what HTTP alone costs here, the ceiling for any server of this stack
   naive     FastAPI + the PyTorch module called eagerly per request, no batching (below)
   litserve  LitServe serving the same hash-checked ONNX session through the same adapter,
             with its own dynamic batching (max_batch_size=32, batch_timeout 1 ms)
@@ -214,6 +216,27 @@ def wait_ready(servers: list[Server]) -> None:
                 raise RuntimeError(f"not ready within {READY_TIMEOUT:.0f} s: {names}")
             if pending:
                 time.sleep(0.2)
+
+
+async def floor_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Plain ASGI: read the body, answer a constant JSON (the HTTP-only ceiling)."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    body = b'{"outputs": {}}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def floor_server(port: int) -> None:
+    """`floor_app` under uvicorn with the settings `modelcycle serve` uses (no access log)."""
+    import uvicorn
+
+    uvicorn.run(floor_app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
 
 
 def naive_server(model_dir: Path, port: int) -> None:
@@ -738,6 +761,7 @@ def main() -> None:
         help="serve.capture; auto: on in a throwaway workspace, off in a given one",
     )
     parser.add_argument("--naive-server", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--litserve-workspace", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--litserve-override", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -745,6 +769,9 @@ def main() -> None:
     args.model = args.model or ("image_rice@champion" if args.task == "image" else "twins@champion")
     if args.rounds < 1 or args.seconds <= 0 or args.clients < 1 or args.overload <= 0:
         parser.error("--rounds, --seconds, --clients and --overload must be positive")
+    if args.floor_server:
+        floor_server(args.port)
+        return
     if args.naive_server is not None:
         naive_server(args.naive_server, args.port)
         return
@@ -836,7 +863,12 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
         ]
         servers["litserve"] = start(stack, "litserve", command, port, ("/predict", "/health"), logs)
         say("starting litserve (max_batch_size=32, batch_timeout 1 ms)")
-        wait_ready([servers["ours-b1"], servers["ours-w2"], servers["litserve"]])
+        port = free_port()
+        command = [sys.executable, str(Path(__file__).resolve()), "--floor-server"]
+        command += ["--port", str(port)]
+        servers["floor"] = start(stack, "floor", command, port, ("/predict", "/"), logs)
+        say("starting floor (uvicorn answering a constant)")
+        wait_ready([servers[k] for k in ("ours-b1", "ours-w2", "litserve", "floor")])
         response = httpx.get(servers["ours"].url + f"/v1/models/{name}/examples", timeout=10)
         bodies = [json.dumps(e["request"]).encode() for e in response.json()["examples"]]
         requests = [served.adapter.request_type.model_validate(json.loads(b)) for b in bodies]
@@ -857,7 +889,7 @@ def measure(
 ) -> list[tuple[str, str, str, str, str]]:
     """The five measurements; returns the table rows."""
     slice_seconds = args.seconds / args.rounds
-    labels = ("ours", "bare", "inproc", "ours-b1", "ours-w2", "naive", "litserve")
+    labels = ("ours", "bare", "inproc", "ours-b1", "ours-w2", "naive", "litserve", "floor")
     tallies = {k: Tally() for k in labels}
     bare_batch: list[int] = []  # the mean batch `ours` formed in its first slice
     say(
@@ -869,11 +901,9 @@ def measure(
     def served(label: str) -> Callable[[], Tally]:
         def go() -> Tally:
             server = servers[label]
-            before = (
-                batch_stats(server, name) if label not in ("naive", "litserve") else np.zeros(2)
-            )
+            before = batch_stats(server, name) if label.startswith("ours") else np.zeros(2)
             tally = closed_loop(server, bodies, args.clients, slice_seconds, args.max_requests)
-            if label not in ("naive", "litserve"):
+            if label.startswith("ours"):
                 tally.batches = batch_stats(server, name) - before
             return tally
 
@@ -893,6 +923,7 @@ def measure(
         ("bare", in_process(False)),
         ("ours-b1", served("ours-b1")),
         ("ours-w2", served("ours-w2")),
+        ("floor", served("floor")),
         ("naive", served("naive")),
         ("litserve", served("litserve")),
         ("inproc", in_process(True)),
@@ -902,10 +933,11 @@ def measure(
             tally = go()
             tallies[label].add(tally)
             say(f"round {r + 1}/{args.rounds} {label:<8} {describe(tally)}")
-    for label in ("ours", "ours-b1", "ours-w2", "naive", "litserve"):
+    for label in ("ours", "ours-b1", "ours-w2", "naive", "litserve", "floor"):
         say(f"{label:<8} {tallies[label].cpu_line()}")
 
     ours, off, naive, two = (tallies[k] for k in ("ours", "ours-b1", "naive", "ours-w2"))
+    floor = tallies["floor"]
     lit = tallies["litserve"]
     bare_t, inproc = tallies["bare"], tallies["inproc"]
     peak = ours.rate
@@ -989,6 +1021,20 @@ def measure(
             per_s(ours.rate),
             per_s(inproc.rate),
             f"{ours.rate / inproc.rate:.2f}",
+            "-",
+        ),
+        (
+            "   (info) uvicorn answering a constant ÷ bare ORT",
+            per_s(floor.rate),
+            per_s(bare_t.rate),
+            f"{floor.rate / bare_t.rate:.3f}",
+            "-",
+        ),
+        (
+            "   (info) served ÷ uvicorn answering a constant",
+            per_s(ours.rate),
+            per_s(floor.rate),
+            f"{ours.rate / floor.rate:.2f}",
             "-",
         ),
         (

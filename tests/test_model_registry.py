@@ -70,6 +70,32 @@ def test_register_records_lineage_and_the_challenger_alias(store: Tracker, tmp_p
     assert loaded.task == "twins" and loaded.held_out[0].shape == (2, 3)
 
 
+def test_a_download_is_made_once_per_source_and_tags_and_shared_under_a_lock(
+    store: Tracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow.artifacts
+
+    registry = Registry(store.uri)
+    version, _ = registry.register(_run(store, 0.94, 0.91, tmp_path), "twins")
+    real, calls = mlflow.artifacts.download_artifacts, []
+
+    def counted(**kwargs: str) -> str:
+        calls.append(kwargs["dst_path"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", counted)
+    dst = tmp_path / "cache" / "twins-v1"
+    first = registry.download(version, dst)
+    mtime = (first / "held_out.npz").stat().st_mtime_ns
+    # a second process (a second worker) gets the finished copy, not a rewrite under it
+    assert registry.download(registry.resolve("twins/1"), dst) == first
+    assert len(calls) == 1 and (first / "held_out.npz").stat().st_mtime_ns == mtime
+    registry.set_tags(version, {"export.fp32.sha256": "f" * 64})  # e.g. a new export
+    assert registry.download(registry.resolve("twins/1"), dst) == first
+    assert len(calls) == 2  # new tags: downloaded again
+    assert ServableModel.load(first).task == "twins"
+
+
 def test_gate_refuses_a_model_that_does_not_beat_its_baseline(
     store: Tracker, tmp_path: Path
 ) -> None:

@@ -341,7 +341,8 @@ def monitor(
         settings = monitor_config(cfg).drift
         registry = build_registry(cfg)
         try:
-            run = check(registry, reference, workspace_of(cfg), settings, started, last)
+            variant = serve_config(cfg).variant  # the file the server ran
+            run = check(registry, reference, workspace_of(cfg), settings, started, last, variant)
         except (TooFewCapturesError, FileNotFoundError) as err:
             console.print(f"[red]error:[/red] {err}", soft_wrap=True)
             raise typer.Exit(code=2) from err
@@ -374,7 +375,13 @@ def robustness(
         settings = monitor_config(cfg).drift
         try:
             run = study(
-                build_registry(cfg), reference, workspace_of(cfg), settings, window, windows
+                build_registry(cfg),
+                reference,
+                workspace_of(cfg),
+                settings,
+                window,
+                windows,
+                variant=serve_config(cfg).variant,
             )
         except ValueError as err:
             console.print(f"[red]error:[/red] {err}", soft_wrap=True)

@@ -186,13 +186,33 @@ class Registry:
         )
 
     def download(self, registered: Registered, dst: Path) -> Path:
-        """Copy a version's model directory to `dst` and return the local path."""
+        """Copy a version's model directory to `dst` once and return the local path.
+
+        Processes that share `dst` (the workers of one server start together) take turns
+        under a lock on it, and a copy already complete for the same source and tags is
+        reused: downloading again would rewrite files another process may be reading (a
+        worker once failed its start on a half-rewritten held_out.npz). New tags (a new
+        export) download again.
+        """
         import mlflow.artifacts
 
-        dst.mkdir(parents=True, exist_ok=True)
-        return Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=registered.source, dst_path=str(dst))
-        )
+        from modelcycle.tracking import workspace_lock
+
+        stamp = json.dumps({"source": registered.source, "tags": registered.tags}, sort_keys=True)
+        marker = dst / ".complete.json"
+        with workspace_lock(dst):
+            if marker.is_file():
+                done = json.loads(marker.read_text())
+                if done.get("stamp") == stamp and Path(done["path"]).exists():
+                    return Path(done["path"])
+                marker.unlink()
+            path = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=registered.source, dst_path=str(dst)
+                )
+            )
+            marker.write_text(json.dumps({"stamp": stamp, "path": str(path)}))
+        return path
 
     def log_directory(self, registered: Registered, directory: Path, folder: str) -> None:
         """Add files to a version's run, under `folder` (e.g. model/onnx)."""

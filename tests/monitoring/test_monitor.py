@@ -94,6 +94,26 @@ def test_unshifted_requests_do_not_drift_and_the_report_is_written(
         assert theirs[name] == pytest.approx(p, rel=1e-6, abs=1e-12), name
 
 
+def test_monitor_scores_the_reference_with_the_variant_the_server_ran(
+    served: ServedModel, served_workspace: ServedWorkspace, workspace: Path
+) -> None:
+    _send(served, workspace, N_REQUESTS)
+    int8 = ("serve.variant=int8", "serve.int8_max_drop=1.0")
+    variants = {}
+    for args in ((), int8):
+        code, output = _monitor(served_workspace, workspace, *args)
+        assert code == 0, output
+        report = _report(workspace)
+        variants[args] = json.loads((report / "drift.json").read_text())
+        report.rename(workspace / f"report-{len(variants)}")  # the next run writes its own
+    assert variants[()]["variant"] == "fp32" and variants[int8]["variant"] == "int8"
+    reference = {f["name"]: f["reference_mean"] for f in variants[()]["features"]}
+    int8_reference = {f["name"]: f["reference_mean"] for f in variants[int8]["features"]}
+    # the inputs' features are the same rows; the model's outputs on them are int8's own
+    assert int8_reference["age"] == reference["age"]
+    assert int8_reference["probability"] != reference["probability"]
+
+
 def test_a_site_offset_drifts_and_exits_1(
     served: ServedModel, served_workspace: ServedWorkspace, workspace: Path
 ) -> None:

@@ -67,6 +67,10 @@ class DriftSummary(BaseModel):
 
     model: str
     version: str | None = None
+    variant: str | None = Field(
+        default=None,
+        description="The exported file (fp32 or int8) whose outputs made the reference",
+    )
     status: Status
     detail: str = ""
     drift_detected: bool | None = None

@@ -31,7 +31,7 @@ from modelcycle.servable import (
     read_manifest,
     read_reference,
 )
-from modelcycle.serving.loading import ServedModel, load_served
+from modelcycle.serving.loading import ServedModel, VariantChoice, load_served
 
 BATCH = 256  # reference rows per model call
 
@@ -119,6 +119,7 @@ def check_drift(
     summary = compare(
         served.name, served.version, reference, current, served.answer_outputs, settings
     )
+    summary.variant = served.variant
     return DriftCheck(summary, reference, current)
 
 
@@ -138,6 +139,7 @@ def monitor(
     settings: DriftSettings,
     since: float | None = None,
     last: int | None = None,
+    variant: VariantChoice | None = None,
 ) -> MonitorRun:
     """Test `NAME@ALIAS`'s captured requests for drift; write JSON, plots and Evidently report.
 
@@ -148,6 +150,8 @@ def monitor(
         settings: Alpha and the fewest captures to test.
         since: Only captures at or after this time (unix seconds).
         last: Only the newest `last` captures.
+        variant: The exported file the server ran (`serve.variant`): the reference sample's
+            outputs come from the same one as the captured outputs. fp32 when None.
 
     Raises:
         FileNotFoundError: The workspace has no capture store (nothing was served).
@@ -161,7 +165,7 @@ def monitor(
             f"{store_path}: no capture store; serve the model (`modelcycle serve {reference}`) "
             "with serve.capture=true and send requests first, or point workspace= elsewhere."
         )
-    served = load_served(registry, reference, workspace / "serving", threads=1)
+    served = load_served(registry, reference, workspace / "serving", threads=1, variant=variant)
     with CaptureStore(store_path) as store:
         captures = version_captures(store, served, since, last)
     check = check_drift(served, served_reference(served), captures, settings)

@@ -23,7 +23,7 @@ from modelcycle.monitoring.drift import DriftSettings, reference_frame
 
 if TYPE_CHECKING:
     from modelcycle.registry import Registry
-    from modelcycle.serving.loading import ServedModel
+    from modelcycle.serving.loading import ServedModel, VariantChoice
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,13 @@ def robustness(
     window: int,
     windows: int,
     seed: int = 7,
+    variant: VariantChoice | None = None,
 ) -> RobustnessRun:
     """Shift `NAME@ALIAS`'s held-out rows; write robustness.json and robustness.png.
 
-    The served ONNX model scores every pool, and the drift test compares windows of `window`
-    rows with the version's reference sample, as the server's drift check does.
+    The served ONNX model (`variant`, as `serve.variant` says; fp32 when None) scores every
+    pool, and the drift test compares windows of `window` rows with the version's reference
+    sample, as the server's drift check does.
 
     Raises:
         ValueError: The task defines no shifts, or the held-out rows have no labels.
@@ -95,7 +97,7 @@ def robustness(
     from modelcycle.monitoring.monitor import held_out_rows, run_batched, served_reference_inputs
     from modelcycle.serving.loading import load_served
 
-    served = load_served(registry, reference, workspace / "serving", threads=1)
+    served = load_served(registry, reference, workspace / "serving", threads=1, variant=variant)
     adapter = served.adapter
     if not adapter.shift_sizes:
         raise ValueError(

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,37 @@ def test_a_bad_value_fails_the_whole_batch(store: CaptureStore) -> None:
     with pytest.raises(CaptureError, match=r"features\['x'\]='high', not a number"):
         store.write([capture(), bad])
     assert store.count() == 0
+
+
+def test_the_variant_is_kept_and_filters(store: CaptureStore) -> None:
+    fp32, int8 = capture(at=1.0), replace(capture(at=2.0), variant="int8")
+    store.write([fp32, int8])
+    assert store.read() == [fp32, int8]
+    assert store.read(variant="int8") == [int8]
+    assert store.read(version="3", variant="fp32") == [fp32]
+
+
+def test_a_store_from_before_variants_is_upgraded_its_rows_read_as_fp32(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:  # the schema before captures named their variant
+        old.execute("PRAGMA journal_mode=WAL")
+        old.execute(
+            "CREATE TABLE captures (id INTEGER PRIMARY KEY, at REAL NOT NULL, model TEXT NOT "
+            "NULL, version TEXT NOT NULL, latency_ms REAL, features TEXT NOT NULL, outputs "
+            "TEXT NOT NULL)"
+        )
+        old.execute(
+            "INSERT INTO captures (at, model, version, latency_ms, features, outputs) "
+            """VALUES (1.0, 'twins', '3', 1.5, '{"x": 0.0}', '{"p": 0.25}')"""
+        )
+    old.close()
+    for _ in range(2):  # a second open (another worker) finds the column there
+        with CaptureStore(path) as store:
+            (row,) = store.read(variant="fp32")
+            assert row.at == 1.0 and row.features == {"x": 0.0}
+            store.write([replace(capture(at=2.0), variant="int8")])
+    with CaptureStore(path) as store:
+        assert [c.variant for c in store.read()] == ["fp32", "int8", "int8"]
 
 
 def test_wal_mode_and_durability_pragmas(store: CaptureStore) -> None:

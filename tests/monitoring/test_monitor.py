@@ -22,7 +22,7 @@ from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift_report import evidently_p_values
 from modelcycle.servable import read_manifest, read_reference
 from modelcycle.serving.app import ServeSettings, create_app
-from modelcycle.serving.loading import ServedModel
+from modelcycle.serving.loading import ServedModel, VariantChoice, load_served
 from serving_fixtures import ServedWorkspace
 
 runner = CliRunner()
@@ -97,7 +97,12 @@ def test_unshifted_requests_do_not_drift_and_the_report_is_written(
 def test_monitor_scores_the_reference_with_the_variant_the_server_ran(
     served: ServedModel, served_workspace: ServedWorkspace, workspace: Path
 ) -> None:
-    _send(served, workspace, N_REQUESTS)
+    choice = VariantChoice("int8", int8_max_drop=1.0)
+    served_int8 = load_served(
+        served_workspace.registry, "twins@champion", workspace / "int8", 1, choice
+    )
+    _send(served, workspace, N_REQUESTS)  # an fp32 server and an int8 one, one capture store
+    _send(served_int8, workspace, N_REQUESTS)
     int8 = ("serve.variant=int8", "serve.int8_max_drop=1.0")
     variants = {}
     for args in ((), int8):
@@ -107,6 +112,8 @@ def test_monitor_scores_the_reference_with_the_variant_the_server_ran(
         variants[args] = json.loads((report / "drift.json").read_text())
         report.rename(workspace / f"report-{len(variants)}")  # the next run writes its own
     assert variants[()]["variant"] == "fp32" and variants[int8]["variant"] == "int8"
+    # each tests only the captures its own variant answered
+    assert variants[()]["n_current"] == N_REQUESTS == variants[int8]["n_current"]
     reference = {f["name"]: f["reference_mean"] for f in variants[()]["features"]}
     int8_reference = {f["name"]: f["reference_mean"] for f in variants[int8]["features"]}
     # the inputs' features are the same rows; the model's outputs on them are int8's own

@@ -47,17 +47,20 @@ _SCHEMA = (
         version TEXT NOT NULL,
         latency_ms REAL,
         features TEXT NOT NULL,
-        outputs TEXT NOT NULL
+        outputs TEXT NOT NULL,
+        variant TEXT NOT NULL DEFAULT 'fp32'
     )""",
     "CREATE INDEX IF NOT EXISTS captures_model_at ON captures (model, at)",
 )
+# Stores written before captures named the exported file that answered: all fp32 then.
+_ADD_VARIANT = "ALTER TABLE captures ADD COLUMN variant TEXT NOT NULL DEFAULT 'fp32'"
 _INSERT = (
-    "INSERT INTO captures (at, model, version, latency_ms, features, outputs) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO captures (at, model, version, latency_ms, features, outputs, variant) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_COLUMNS = "at, model, version, latency_ms, features, outputs"
+_COLUMNS = "at, model, version, latency_ms, features, outputs, variant"
 
-_Row = tuple[float, str, str, float, str, str]
+_Row = tuple[float, str, str, float, str, str, str]
 
 
 class CaptureError(RuntimeError):
@@ -75,6 +78,7 @@ class Capture:
         outputs: The model's outputs, by name; same NaN rule as `features`.
         latency_ms: Time to answer, in milliseconds.
         at: When the prediction was served, in unix seconds.
+        variant: The exported file that answered (`serve.variant`: fp32 or int8).
     """
 
     model: str
@@ -83,6 +87,7 @@ class Capture:
     outputs: dict[str, float]
     latency_ms: float
     at: float
+    variant: str = "fp32"
 
 
 class CaptureStore:
@@ -155,6 +160,7 @@ class CaptureStore:
         since: float | None = None,
         last: int | None = None,
         version: str | None = None,
+        variant: str | None = None,
     ) -> list[Capture]:
         """Captured predictions, oldest first (by `Capture.at`, then by insertion).
 
@@ -163,6 +169,7 @@ class CaptureStore:
             since: Only captures with ``at >= since`` (unix seconds).
             last: Only the newest `last` captures (still returned oldest first).
             version: Only captures answered by this model version.
+            variant: Only captures answered by this exported file (fp32 or int8).
 
         Returns:
             The matching captures.
@@ -172,7 +179,7 @@ class CaptureStore:
         """
         if last is not None and last < 0:
             raise ValueError(f"last must be >= 0 (the number of newest captures), got {last}")
-        where, params = _where(model, since, version)
+        where, params = _where(model, since, version, variant)
         if last is None:
             sql = f"SELECT {_COLUMNS} FROM captures{where} ORDER BY at, id"
         else:
@@ -220,6 +227,9 @@ class CaptureStore:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             for statement in _SCHEMA:
                 conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(captures)")}
+            if "variant" not in columns:
+                _add_variant_column(conn)
         except (OSError, sqlite3.Error) as err:
             self.close()
             raise CaptureError(
@@ -299,8 +309,20 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _add_variant_column(conn: sqlite3.Connection) -> None:
+    """Upgrade a store from before captures named their variant (another process may too)."""
+    try:
+        conn.execute(_ADD_VARIANT)
+    except sqlite3.OperationalError as err:
+        if "duplicate column" not in str(err):
+            raise
+
+
 def _where(
-    model: str | None, since: float | None, version: str | None = None
+    model: str | None,
+    since: float | None,
+    version: str | None = None,
+    variant: str | None = None,
 ) -> tuple[str, list[object]]:
     """The WHERE clause and its parameters for the optional filters."""
     clauses: list[str] = []
@@ -311,6 +333,9 @@ def _where(
     if version is not None:
         clauses.append("version = ?")
         params.append(version)
+    if variant is not None:
+        clauses.append("variant = ?")
+        params.append(variant)
     if since is not None:
         clauses.append("at >= ?")
         params.append(float(since))
@@ -329,6 +354,7 @@ def _encode(row: Capture) -> _Row:
         _number(row.latency_ms, row, "latency_ms"),
         _dump(row.features, row, "features"),
         _dump(row.outputs, row, "outputs"),
+        str(row.variant),
     )
 
 
@@ -358,9 +384,9 @@ def _load(text: str) -> dict[str, float]:
     }
 
 
-def _decode(row: tuple[float, str, str, float | None, str, str]) -> Capture:
+def _decode(row: tuple[float, str, str, float | None, str, str, str]) -> Capture:
     """A selected row as a Capture (SQLite stores a NaN latency as NULL: read back as NaN)."""
-    at, model, version, latency_ms, features, outputs = row
+    at, model, version, latency_ms, features, outputs, variant = row
     return Capture(
         model=model,
         version=version,
@@ -368,4 +394,5 @@ def _decode(row: tuple[float, str, str, float | None, str, str]) -> Capture:
         outputs=_load(outputs),
         latency_ms=math.nan if latency_ms is None else latency_ms,
         at=at,
+        variant=variant,
     )

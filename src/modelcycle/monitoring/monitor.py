@@ -104,8 +104,8 @@ def run_batched(served: ServedModel, inputs: list[np.ndarray]) -> dict[str, np.n
 def version_captures(
     store: CaptureStore, served: ServedModel, since: float | None, last: int | None
 ) -> list[Capture]:
-    """Captures answered by `served`'s version, oldest first; `last` keeps the newest N."""
-    return store.read(served.name, since, last, version=served.version)
+    """Captures of `served`'s version and variant, oldest first; `last` keeps the newest N."""
+    return store.read(served.name, since, last, version=served.version, variant=served.variant)
 
 
 def check_drift(

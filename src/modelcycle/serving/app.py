@@ -249,6 +249,7 @@ def _run_batch(
                     {k: float(r[k].reshape(-1)[0]) for k in served.answer_outputs},
                     (done - p.queued_at) * 1000,
                     now,
+                    served.variant,
                 )
                 for p, r in zip(payloads, results, strict=True)
             ]

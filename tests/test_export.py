@@ -357,3 +357,25 @@ def test_conv_graph_without_a_reference_sample_falls_back_to_dynamic(tmp_path: P
     assert method == "dynamic (no reference sample to calibrate)"
     ops = {node.op_type for node in onnx.load(str(tmp_path / "m.int8.onnx")).graph.node}
     assert "ConvInteger" in ops and "QuantizeLinear" not in ops
+
+
+def test_a_graph_the_static_quantizer_refuses_falls_back_to_dynamic_naming_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modelcycle.export as export
+
+    def refuse(path: Path, out: Path, rows: list[np.ndarray]) -> None:
+        raise ValueError("Expected onnx::Conv_7 to be an initializer")
+
+    monkeypatch.setattr(export, "_quantize_static", refuse)
+    path = export_onnx(
+        SmallConvNet(), (torch.randn(2, 3, 12, 12),), ["x"], ["y"], tmp_path / "m.onnx"
+    )
+    images = np.random.default_rng(0).random((4, 3, 12, 12), dtype=np.float32)
+    method = quantize_int8(path, tmp_path / "m.int8.onnx", [images])
+    assert method == (
+        "dynamic (static quantization failed: ValueError: Expected onnx::Conv_7 to be an "
+        "initializer)"
+    )
+    int8 = ort.InferenceSession(str(tmp_path / "m.int8.onnx"), providers=["CPUExecutionProvider"])
+    assert int8.run(None, {"x": images})[0].shape == (4, 8)

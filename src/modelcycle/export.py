@@ -402,7 +402,8 @@ def quantize_int8(path: Path, out: Path, calibration: Sequence[np.ndarray] | Non
 
     Returns:
         The method used: "static-qdq (N reference rows)", "dynamic", or "dynamic (...)" with
-        the reason static quantization was not possible.
+        the reason static quantization was not possible (no calibration rows, or the
+        quantizer refused the graph: the fp32 export stands either way).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     if not _has_conv(path):
@@ -410,7 +411,12 @@ def quantize_int8(path: Path, out: Path, calibration: Sequence[np.ndarray] | Non
     if calibration is None or len(calibration[0]) == 0:
         return _quantize_dynamic(path, out, f"{DYNAMIC} (no reference sample to calibrate)")
     rows = _calibration_rows(calibration, CALIBRATION_ROWS)
-    _quantize_static(path, out, rows)
+    try:
+        _quantize_static(path, out, rows)
+    except Exception as err:  # a graph the quantizer cannot take must not fail the fp32 export
+        why = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        logger.warning("Static int8 of %s failed (%s); quantizing dynamically instead", path, why)
+        return _quantize_dynamic(path, out, f"{DYNAMIC} (static quantization failed: {why})")
     return f"static-qdq ({len(rows[0])} reference rows)"
 
 

@@ -364,7 +364,7 @@ def test_a_graph_the_static_quantizer_refuses_falls_back_to_dynamic_naming_why(
 ) -> None:
     import modelcycle.export as export
 
-    def refuse(path: Path, out: Path, rows: list[np.ndarray]) -> None:
+    def refuse(path: Path, out: Path, calibration: object) -> None:
         raise ValueError("Expected onnx::Conv_7 to be an initializer")
 
     monkeypatch.setattr(export, "_quantize_static", refuse)

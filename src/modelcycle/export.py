@@ -28,6 +28,7 @@ from modelcycle.serving.adapter import ServingAdapter
 from modelcycle.tasks import get_task
 
 if TYPE_CHECKING:
+    import onnx
     import onnxruntime
 
 logger = logging.getLogger(__name__)
@@ -405,25 +406,22 @@ def quantize_int8(path: Path, out: Path, calibration: Sequence[np.ndarray] | Non
         the reason static quantization was not possible (no calibration rows, or the
         quantizer refused the graph: the fp32 export stands either way).
     """
+    import onnx
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not _has_conv(path):
+    graph = onnx.load(str(path)).graph  # read once: the ops decide, the inputs feed calibration
+    if not any(node.op_type == "Conv" for node in graph.node):
         return _quantize_dynamic(path, out, DYNAMIC)
     if calibration is None or len(calibration[0]) == 0:
         return _quantize_dynamic(path, out, f"{DYNAMIC} (no reference sample to calibrate)")
     rows = _calibration_rows(calibration, CALIBRATION_ROWS)
     try:
-        _quantize_static(path, out, rows)
+        _quantize_static(path, out, _Calibration(_input_names(graph), rows))
     except Exception as err:  # a graph the quantizer cannot take must not fail the fp32 export
         why = f"{type(err).__name__}: {err}".splitlines()[0][:200]
         logger.warning("Static int8 of %s failed (%s); quantizing dynamically instead", path, why)
         return _quantize_dynamic(path, out, f"{DYNAMIC} (static quantization failed: {why})")
     return f"static-qdq ({len(rows[0])} reference rows)"
-
-
-def _has_conv(path: Path) -> bool:
-    import onnx
-
-    return any(node.op_type == "Conv" for node in onnx.load(str(path)).graph.node)
 
 
 def _calibration_rows(arrays: Sequence[np.ndarray], limit: int) -> list[np.ndarray]:
@@ -447,21 +445,21 @@ def _quantize_dynamic(path: Path, out: Path, method: str) -> str:
     return method
 
 
-def _quantize_static(path: Path, out: Path, rows: list[np.ndarray]) -> None:
-    """QDQ int8: weights per channel, activation ranges (min/max) from `rows`."""
+def _quantize_static(path: Path, out: Path, calibration: _Calibration) -> None:
+    """QDQ int8: weights per channel, activation ranges (min/max) from `calibration`."""
     import tempfile
 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    logger.info("Quantizing %s statically (QDQ) on %d rows in %s", path, len(rows[0]), out)
+    logger.info("Quantizing %s statically (QDQ) on %d rows in %s", path, calibration.rows, out)
     with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(path), str(prepared))  # shape inference + fusions
         quantize_static(
             prepared,
             out,
-            _Calibration(_input_names(path), rows),
+            calibration,
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
@@ -469,19 +467,17 @@ def _quantize_static(path: Path, out: Path, rows: list[np.ndarray]) -> None:
         )
 
 
-def _input_names(path: Path) -> list[str]:
-    import onnx
-
-    model = onnx.load(str(path))
-    weights = {w.name for w in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in weights]
+def _input_names(graph: onnx.GraphProto) -> list[str]:
+    weights = {w.name for w in graph.initializer}
+    return [i.name for i in graph.input if i.name not in weights]
 
 
 class _Calibration:
     """Feeds calibration rows to onnxruntime's quantizer in small batches."""
 
     def __init__(self, names: list[str], rows: list[np.ndarray]) -> None:
-        starts = range(0, len(rows[0]), _CALIBRATION_BATCH)
+        self.rows = len(rows[0])
+        starts = range(0, self.rows, _CALIBRATION_BATCH)
         self._feeds = iter(
             [
                 {n: a[s : s + _CALIBRATION_BATCH] for n, a in zip(names, rows, strict=True)}

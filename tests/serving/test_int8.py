@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from image_fixtures import PublishedImage, publish_image
 from modelcycle.config import compose_config
 from modelcycle.export import CALIBRATION_ROWS
 from modelcycle.registry import Registry
+from modelcycle.servable import read_manifest
 from modelcycle.serving.loading import ModelLoadError, VariantChoice, load_served
 from modelcycle.serving.server import build_server
 from modelcycle.tracking import Tracker, TrackingSettings
@@ -46,11 +46,6 @@ def files(published: PublishedImage) -> Path:
 def _outputs(path: Path, pixels: np.ndarray) -> list[np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return list(session.run(None, {"pixels": pixels}))
-
-
-def _info(files: Path) -> dict[str, Any]:
-    info: dict[str, Any] = json.loads((files / "manifest.json").read_text())["info"]
-    return info
 
 
 @contextmanager
@@ -95,7 +90,7 @@ def test_metric_delta_is_the_image_tasks_top1_on_held_out_labels(
     published: PublishedImage, files: Path
 ) -> None:
     tags = published.registry.resolve(REFERENCE).tags
-    info = _info(files)
+    info = read_manifest(files)["info"]
     with np.load(files / "held_out.npz") as arrays:
         pixels = arrays["pixels"]
     truth = np.array([info["classes"].index(label) for label in info["held_out_labels"]])
@@ -136,7 +131,7 @@ def test_serve_variant_int8_answers_from_the_int8_file(
         response = client.post("/v1/models/image/predict", json={"image": _png(image[0])})
     assert response.status_code == 200, response.text
     top = {t["class"]: t["probability"] for t in response.json()["outputs"]["top_k"]}
-    classes = _info(files)["classes"]
+    classes = read_manifest(files)["info"]["classes"]
     for name, probability in top.items():
         assert probability == pytest.approx(float(want[0, classes.index(name)]), abs=1e-5)
 

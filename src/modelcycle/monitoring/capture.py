@@ -14,9 +14,9 @@ never corrupted.
 
 Checkpoints (copying the WAL into the database, with an fsync) never run on the thread that
 writes a batch: its connections have automatic checkpoints off, and a background thread runs
-a PASSIVE checkpoint (which never blocks readers or writers) every `CHECKPOINT_SECONDS` while
-the store is written. An automatic checkpoint stalled the batch that triggered it, and with
-it every request in that batch, for the length of an fsync.
+a PASSIVE checkpoint (which never blocks readers or writers) every `CHECKPOINT_SECONDS`, from
+the store's first write until it is closed. An automatic checkpoint stalled the batch that
+triggered it, and with it every request in that batch, for the length of an fsync.
 
 Non-finite numbers (NaN, +inf, -inf) in features or outputs are stored as JSON ``null`` and
 read back as ``float("nan")``, so the stored JSON is always valid.
@@ -39,8 +39,9 @@ CHECKPOINT_SECONDS = 1.0  # how often the background thread checkpoints the WAL
 
 log = logging.getLogger(__name__)
 
+_VARIANT = "variant TEXT NOT NULL DEFAULT 'fp32'"  # the column; see _ADD_VARIANT
 _SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS captures (
+    f"""CREATE TABLE IF NOT EXISTS captures (
         id INTEGER PRIMARY KEY,
         at REAL NOT NULL,
         model TEXT NOT NULL,
@@ -48,12 +49,12 @@ _SCHEMA = (
         latency_ms REAL,
         features TEXT NOT NULL,
         outputs TEXT NOT NULL,
-        variant TEXT NOT NULL DEFAULT 'fp32'
+        {_VARIANT}
     )""",
     "CREATE INDEX IF NOT EXISTS captures_model_at ON captures (model, at)",
 )
 # Stores written before captures named the exported file that answered: all fp32 then.
-_ADD_VARIANT = "ALTER TABLE captures ADD COLUMN variant TEXT NOT NULL DEFAULT 'fp32'"
+_ADD_VARIANT = f"ALTER TABLE captures ADD COLUMN {_VARIANT}"
 _INSERT = (
     "INSERT INTO captures (at, model, version, latency_ms, features, outputs, variant) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -255,17 +256,16 @@ class CaptureStore:
             self._checkpointer.start()
 
     def _checkpoints(self) -> None:
-        """Every CHECKPOINT_SECONDS until `close`: a PASSIVE checkpoint on its own connection."""
+        """A PASSIVE checkpoint every CHECKPOINT_SECONDS and at `close`, on its own connection."""
         conn = _connect(self.path)
         try:
-            while not self._stop_checkpoints.wait(CHECKPOINT_SECONDS):
+            stopping = False
+            while not stopping:
+                stopping = self._stop_checkpoints.wait(CHECKPOINT_SECONDS)
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as err:  # the next one retries; writers are unaffected
                     log.warning("Checkpointing the capture store %s failed: %s", self.path, err)
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as err:
-            log.warning("Checkpointing the capture store %s failed: %s", self.path, err)
         finally:
             conn.close()
 

@@ -791,6 +791,7 @@ def main() -> None:
 def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, str]]:
     """Build or open the workspace, start the servers, measure; returns the table rows."""
     from modelcycle.config import build_registry, compose_config, serve_config
+    from modelcycle.serving.app import validate_json
     from modelcycle.serving.loading import load_served, warm_up
 
     if args.workspace is None and args.task == "image":
@@ -807,8 +808,8 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
         # An untrained model's accuracy is chance, so its int8 metric delta means nothing.
         variant.append("serve.int8_max_drop=1.0")
     cfg = compose_config([f"workspace={workspace}", *variant])
-    registry, settings = build_registry(cfg), serve_config(cfg).settings
-    deadline_ms = args.deadline_ms or settings.deadline_ms
+    registry, serve = build_registry(cfg), serve_config(cfg)
+    deadline_ms = args.deadline_ms or serve.settings.deadline_ms
     name = args.model.split("@", 1)[0]
     model_dir = registry.download(registry.resolve(args.model), tmp / "naive")
     say(
@@ -836,43 +837,37 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
             routes = (f"/v1/models/{name}/predict", "/readyz")
             return start(stack, label, command, port, routes, logs)
 
-        port = free_port()
-        command = [
-            *(sys.executable, str(Path(__file__).resolve())),
-            *("--naive-server", str(model_dir), "--port", str(port)),
-        ]
+        def this_script(label: str, flags: list[str], ready: str) -> Server:
+            """A baseline server: this script again, with one of its hidden server flags."""
+            port = free_port()
+            command = [sys.executable, str(Path(__file__).resolve()), *flags, "--port", str(port)]
+            return start(stack, label, command, port, ("/predict", ready), logs)
+
         servers = {
             "ours": ours("ours", 32),
-            "naive": start(stack, "naive", command, port, ("/predict", "/healthz"), logs),
+            "naive": this_script("naive", ["--naive-server", str(model_dir)], "/healthz"),
         }
         say("starting ours (serve.max_batch=32) and naive (FastAPI + PyTorch)")
-        served = load_served(
-            registry, args.model, tmp / "bare", settings.threads, serve_config(cfg).variant
-        )
+        threads = serve.settings.threads
+        served = load_served(registry, args.model, tmp / "bare", threads, serve.variant)
         warm_up(served)
         wait_ready(list(servers.values()))
         # After `ours` has filled the workspace's model cache, so the two never write it at once.
         servers["ours-b1"] = ours("ours-b1", 1)
         servers["ours-w2"] = ours("ours-w2", 32, "serve.workers=2", "serve.threads=1")
         say("starting ours-b1 (serve.max_batch=1) and ours-w2 (serve.workers=2 serve.threads=1)")
-        port = free_port()
-        command = [
-            *(sys.executable, str(Path(__file__).resolve()), "--model", args.model),
-            *("--litserve-workspace", str(workspace), "--port", str(port)),
-            *(f"--litserve-override={o}" for o in variant),
-        ]
-        servers["litserve"] = start(stack, "litserve", command, port, ("/predict", "/health"), logs)
+        flags = ["--model", args.model, "--litserve-workspace", str(workspace)]
+        flags += [f"--litserve-override={o}" for o in variant]
+        servers["litserve"] = this_script("litserve", flags, "/health")
         say("starting litserve (max_batch_size=32, batch_timeout 1 ms)")
-        port = free_port()
-        command = [sys.executable, str(Path(__file__).resolve()), "--floor-server"]
-        command += ["--port", str(port)]
-        servers["floor"] = start(stack, "floor", command, port, ("/predict", "/"), logs)
+        servers["floor"] = this_script("floor", ["--floor-server"], "/")
         say("starting floor (uvicorn answering a constant)")
         wait_ready([servers[k] for k in ("ours-b1", "ours-w2", "litserve", "floor")])
         response = httpx.get(servers["ours"].url + f"/v1/models/{name}/examples", timeout=10)
         bodies = [json.dumps(e["request"]).encode() for e in response.json()["examples"]]
-        requests = [served.adapter.request_type.model_validate(json.loads(b)) for b in bodies]
-        bare = Bare(served, [served.adapter.decode(r) for r in requests], bodies)
+        adapter = served.adapter
+        rows = [adapter.decode(validate_json(adapter.request_type, b)) for b in bodies]
+        bare = Bare(served, rows, bodies)
         say(f"{len(bodies)} example requests of {len(bodies[0])} bytes; warming up")
         for server in servers.values():
             closed_loop(server, bodies, args.clients, 1.0, args.max_requests)

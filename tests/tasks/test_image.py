@@ -219,3 +219,25 @@ def test_drift_features_separate_darkened_and_blurred_images(sources: dict[str, 
     flat = image_features(np.full((1, 8, 8, 3), 128, np.uint8))
     assert flat["contrast"] == 0 and flat["sharpness"] == 0
     assert flat["brightness"] == pytest.approx(128 / 255, abs=1e-6)
+
+
+@pytest.mark.parametrize("side", [8, 224, 300])  # 300² pixels: beyond exact float32 sums
+def test_image_features_match_their_definition(side: int) -> None:
+    """The fast uint8 arithmetic gives the definition's values, computed plainly in float64."""
+    pixels = np.random.default_rng(side).integers(0, 256, (1, side, side, 3), dtype=np.uint8)
+    rgb = pixels[0] / 255.0
+    luminance = rgb @ np.array([0.299, 0.587, 0.114])
+    laplacian = (
+        luminance[:-2, 1:-1]
+        + luminance[2:, 1:-1]
+        + luminance[1:-1, :-2]
+        + luminance[1:-1, 2:]
+        - 4 * luminance[1:-1, 1:-1]
+    )
+    expected = {
+        "brightness": luminance.mean(),
+        "contrast": luminance.std(),
+        "sharpness": laplacian.std(),
+        **dict(zip(("red", "green", "blue"), rgb.reshape(-1, 3).mean(axis=0), strict=True)),
+    }
+    assert image_features(pixels) == pytest.approx(expected, abs=2e-6)

@@ -81,3 +81,37 @@ def test_queue_depth_is_written_when_a_batch_leaves_with_workers(
     assert samples(metrics)["modelcycle_queue_depth"] == [({"model": "twins"}, 5.0)]
     observe(5)
     assert samples(metrics)["modelcycle_queue_depth"] == [({"model": "twins"}, 0.0)]
+
+
+def test_uvicorn_refusals_are_counted_and_logged_once_per_period(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood of refusals gives one line per period, every one counted; other lines pass."""
+    import logging
+
+    from modelcycle.serving import metrics as module
+    from modelcycle.serving.metrics import UVICORN_REFUSAL, refusals_counted
+
+    now = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    metrics, uvicorn_log = ServerMetrics.create(), logging.getLogger("uvicorn.error")
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    with refusals_counted(metrics.refused, period=10.0):
+        for _ in range(1000):
+            uvicorn_log.warning(UVICORN_REFUSAL)
+        uvicorn_log.info("Shutting down")
+        now[0] += 12.0
+        for _ in range(5):
+            uvicorn_log.warning(UVICORN_REFUSAL)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4, lines
+    assert "serve.max_connections" in lines[0] and "raise it" in lines[0]
+    assert lines[1] == "Shutting down"
+    assert (
+        lines[2]
+        == "Refused 1000 requests with 503 in the last 12 s (serve.max_connections reached)."
+    )
+    assert lines[3].startswith("Refused 4 requests with 503")  # the rest, on the way out
+    assert samples(metrics)["modelcycle_refused_requests_total"] == [({}, 1005.0)]
+    uvicorn_log.warning(UVICORN_REFUSAL)  # the filter is gone: uvicorn's own line again
+    assert caplog.records[-1].getMessage() == UVICORN_REFUSAL

@@ -168,9 +168,17 @@ def test_connections_over_the_limit_get_503_at_once(
             refused = httpx.get(server.url + "/healthz", timeout=10)
             assert refused.status_code == 503, server.output()
             assert time.monotonic() - started < 5
+            for _ in range(19):  # a small flood: counted one by one, logged once
+                assert httpx.get(server.url + "/healthz", timeout=10).status_code == 503
         deadline = time.monotonic() + 10
         status = 0
         while time.monotonic() < deadline and status != 200:  # the held connection closed
             status = httpx.get(server.url + "/healthz", timeout=10).status_code
             time.sleep(0.1)
         assert status == 200, server.output()
+        counted = metric_samples(server)["modelcycle_refused_requests_total"]
+    log = server.log.read_text()  # after a graceful stop, which sums what was not logged
+    assert counted == [({}, 20.0)]
+    assert log.count("Refusing requests with 503: serve.max_connections") == 1, log
+    assert "Refused 19 requests with 503" in log, log
+    assert "Exceeded concurrency limit" not in log, log

@@ -35,7 +35,7 @@ from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.serving.adapter import RequestError, ServingAdapter, UnsupportedMediaError
 from modelcycle.serving.batching import MicroBatcher, OverloadedError
 from modelcycle.serving.loading import ServedModel, warm_up
-from modelcycle.serving.metrics import ServerMetrics
+from modelcycle.serving.metrics import ServerMetrics, refusals_counted
 from modelcycle.serving.uploads import accepted_types, file_bytes, takes_bytes
 
 log = logging.getLogger(__name__)
@@ -121,32 +121,33 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = await asyncio.get_running_loop().run_in_executor(executor, load_models)
-        for served in loaded:
-            await asyncio.get_running_loop().run_in_executor(executor, warm_up, served)
-            _add_model(state, metrics, served, settings, executor, capture)
-        # Everything loaded so far (torch, mlflow, the models) lives as long as the process:
-        # move it out of the collector's view, or each full collection pauses ~300 ms.
-        gc.collect()
-        gc.freeze()
-        state.ready = True
-        metrics.ready.set(1)
-        log.info("Ready: %s", ", ".join(f"{m.name} v{m.version}" for m in loaded))
-        watcher = None
-        if reload is not None and settings.reload_seconds > 0:
-            watcher = asyncio.create_task(_watch(state, metrics, reload, executor, settings))
-        if drift is not None:
-            drift.start(lambda: state.models, metrics.registry)
-        yield
-        if drift is not None:
-            drift.stop()
-        _not_ready(state, metrics)  # already false when a stop signal arrived
-        if watcher is not None:
-            watcher.cancel()
-        for batcher in state.batchers.values():
-            await batcher.stop()
-        executor.shutdown(wait=True)
-        state.decoder.shutdown(wait=True)
+        with refusals_counted(metrics.refused):  # uvicorn's 503s over serve.max_connections
+            loaded = await asyncio.get_running_loop().run_in_executor(executor, load_models)
+            for served in loaded:
+                await asyncio.get_running_loop().run_in_executor(executor, warm_up, served)
+                _add_model(state, metrics, served, settings, executor, capture)
+            # Everything loaded so far (torch, mlflow, the models) lives as long as the process:
+            # move it out of the collector's view, or each full collection pauses ~300 ms.
+            gc.collect()
+            gc.freeze()
+            state.ready = True
+            metrics.ready.set(1)
+            log.info("Ready: %s", ", ".join(f"{m.name} v{m.version}" for m in loaded))
+            watcher = None
+            if reload is not None and settings.reload_seconds > 0:
+                watcher = asyncio.create_task(_watch(state, metrics, reload, executor, settings))
+            if drift is not None:
+                drift.start(lambda: state.models, metrics.registry)
+            yield
+            if drift is not None:
+                drift.stop()
+            _not_ready(state, metrics)  # already false when a stop signal arrived
+            if watcher is not None:
+                watcher.cancel()
+            for batcher in state.batchers.values():
+                await batcher.stop()
+            executor.shutdown(wait=True)
+            state.decoder.shutdown(wait=True)
 
     app = FastAPI(title="modelcycle", version="1", lifespan=lifespan)
     app.state.stop_accepting = lambda: _not_ready(state, metrics)

@@ -7,9 +7,12 @@ prometheus-client keeps every series in memory-mapped files in that directory an
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +86,7 @@ class ServerMetrics:
     queue_depth: Gauge
     model_info: Gauge
     ready: Gauge
+    refused: Counter
 
     @classmethod
     def create(cls) -> ServerMetrics:
@@ -135,6 +139,12 @@ class ServerMetrics:
                 registry=r,
                 multiprocess_mode="livemin",  # ready only when every live worker is
             ),
+            refused=Counter(
+                "modelcycle_refused_requests",
+                "Requests uvicorn answered 503 without running the app: serve.max_connections "
+                "open connections or requests in flight were reached",
+                registry=r,
+            ),
         )
 
     def batch_observer(self, model: str, depth: Callable[[], int]) -> Callable[[int], None]:
@@ -153,3 +163,69 @@ class ServerMetrics:
             gauge.set(depth())
 
         return observe
+
+
+#: What uvicorn logs (as a warning on "uvicorn.error") for each request it refuses with 503
+#: because `limit_concurrency` (serve.max_connections) is reached.
+UVICORN_REFUSAL = "Exceeded concurrency limit."
+
+
+class RefusalLog(logging.Filter):
+    """Counts uvicorn's 503 refusals and turns its line per refusal into one line per period.
+
+    Under a flood uvicorn logs a warning for every request it refuses, thousands a second,
+    and none of them reaches the app or its metrics. Installed on the "uvicorn.error"
+    logger, this counts each in `counter`, lets the first through (saying what to change)
+    and then one summary per `period` seconds, with the count since the last line.
+    """
+
+    def __init__(self, counter: Counter, period: float = 10.0) -> None:
+        super().__init__()
+        self.counter, self.period = counter, period
+        self.unlogged = 0  # refusals since the last line that said so
+        self.logged_at: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every other record; count a refusal and keep it only when a line is due."""
+        if record.getMessage() != UVICORN_REFUSAL:
+            return True
+        self.counter.inc()
+        self.unlogged += 1
+        now = time.monotonic()
+        if self.logged_at is not None and now - self.logged_at < self.period:
+            return False
+        record.msg, record.args = self.line(now), ()
+        self.logged_at, self.unlogged = now, 0
+        return True
+
+    def line(self, now: float | None = None) -> str:
+        """What the next line says of the refusals not logged yet."""
+        if self.logged_at is None:
+            return (
+                "Refusing requests with 503: serve.max_connections open connections (or "
+                "requests in flight) reached; raise it or add serve.workers if the load is "
+                "expected. Further refusals are summed in one line per "
+                f"{self.period:g} s and counted in modelcycle_refused_requests_total."
+            )
+        since = (now if now is not None else time.monotonic()) - self.logged_at
+        return (
+            f"Refused {self.unlogged} requests with 503 in the last {since:.0f} s "
+            "(serve.max_connections reached)."
+        )
+
+
+@contextmanager
+def refusals_counted(counter: Counter, period: float = 10.0) -> Iterator[RefusalLog]:
+    """Count and summarise uvicorn's refusals (see `RefusalLog`) while inside.
+
+    On the way out, a last line sums the refusals not logged yet.
+    """
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    refusals = RefusalLog(counter, period)
+    uvicorn_log.addFilter(refusals)
+    try:
+        yield refusals
+    finally:
+        uvicorn_log.removeFilter(refusals)
+        if refusals.unlogged:
+            uvicorn_log.warning(refusals.line())

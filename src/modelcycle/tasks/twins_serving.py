@@ -144,18 +144,23 @@ class TwinsServing(PairServing):
 
     def _subject(self, subject: Subject, key: str) -> tuple[np.ndarray, np.ndarray]:
         measures = subject.measures
-        unknown = sorted(measures.keys() - self.column.keys())
-        if unknown:
-            raise RequestError(
-                f"{key}.measures: {len(unknown)} unknown measure name(s), e.g. {unknown[:3]}; "
-                f"the model takes FreeSurfer 5.3 names such as {self.features[:2]} "
-                f"(GET /v1/models lists all {len(self.features)})."
-            )
-        row = np.full((1, len(self.features)), np.nan, dtype=np.float32)
-        # Vectorised (a loop of item assignments took ~50 µs per person); null stays NaN.
-        columns = np.fromiter(map(self.column.__getitem__, measures), np.intp, len(measures))
-        values = [math.nan if v is None else v for v in measures.values()]
-        row[0, columns] = values
+        # A null value becomes NaN (numpy converts None so when the dtype is float).
+        values = np.array(list(measures.values()), dtype=np.float32)
+        if list(measures) == self.features:
+            # Every measure in the model's own order (as GET /v1/models and the examples
+            # list them): the values are the row, no lookups (12 µs instead of 34 per person).
+            row = values[None]
+        else:
+            unknown = sorted(measures.keys() - self.column.keys())
+            if unknown:
+                raise RequestError(
+                    f"{key}.measures: {len(unknown)} unknown measure name(s), e.g. "
+                    f"{unknown[:3]}; the model takes FreeSurfer 5.3 names such as "
+                    f"{self.features[:2]} (GET /v1/models lists all {len(self.features)})."
+                )
+            row = np.full((1, len(self.features)), np.nan, dtype=np.float32)
+            columns = np.fromiter(map(self.column.__getitem__, measures), np.intp, len(measures))
+            row[0, columns] = values
         missing = float(np.isnan(row).mean())
         if missing > MAX_MISSING:
             raise RequestError(
@@ -181,7 +186,7 @@ class TwinsServing(PairServing):
             "missing_share": float((np.isnan(a).mean() + np.isnan(b).mean()) / 2),
         }
         if self.standardizer is not None:
-            z = self.standardizer.transform(np.r_[a, b], np.r_[a_cov, b_cov])
+            z = self.standardizer.transform(np.concatenate((a, b)), np.concatenate((a_cov, b_cov)))
             features["level"] = float(z.mean(axis=1).mean())
             features["spread"] = float(z.std(axis=1).mean())
             for k, value in enumerate((z @ self.axes.T).mean(axis=0)):

@@ -184,3 +184,26 @@ def test_infonce_on_a_batch_without_related_pairs_fits_only_the_head() -> None:
     assert model.head.bias.grad is not None and model.head.bias.grad.abs().item() > 0
     for name, p in model.encoder.named_parameters():
         assert p.grad is None or torch.count_nonzero(p.grad) == 0, name
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_validation_pairs_are_shared_across_processes_without_repeats(world_size: int) -> None:
+    """Under DDP every validation pair is validated exactly once (no padding repeats)."""
+    from types import SimpleNamespace
+
+    from torch.utils.data.distributed import DistributedSampler
+
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(0, 10, (7, 2))  # 7 pairs: no equal split over 2 or 3 processes
+    datamodule = PairDataModule(
+        rng.normal(size=(10, 3)), (pairs, np.ones(7)), (pairs, np.arange(7.0) % 2)
+    )
+    seen = []
+    for rank in range(world_size):
+        datamodule.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)  # type: ignore[assignment]
+        loader = datamodule.val_dataloader()
+        # A DistributedSampler of its own, so Lightning keeps it instead of a padding one.
+        assert isinstance(loader.sampler, DistributedSampler) == (world_size > 1)
+        seen += [int(i) for i in loader.sampler]
+        assert sum(len(batch[2]) for batch in loader) == len(range(rank, 7, world_size))
+    assert sorted(seen) == list(range(7))

@@ -82,3 +82,22 @@ def test_torchrun_ranks_return_the_same_result(tiny_qtim: Path, tmp_path: Path) 
     assert [f["model"] for f in rank0["folds"]] == [f["model"] for f in summary["folds"]]  # type: ignore[attr-defined]
     runs = one_run_tree(workspace)
     assert rank0["run_id"] == next(r.info.run_id for r in runs if r.info.run_name == "twins")
+
+
+def test_image_training_on_two_processes(tmp_path: Path) -> None:
+    """The image task under DDP: validation accuracy from counts summed over both ranks."""
+    workspace = tmp_path / "ws"
+    command = [sys.executable, "-m", "modelcycle", "train", "experiment=image_rice"]
+    command += ["data.synthetic=true", "data.image_size=32", "data.per_class_synthetic=21"]
+    command += ["model.name=test_resnet", "trainer.max_epochs=2", "trainer.progress_bar=false"]
+    command += ["task.held_out_rows=5", "trainer.devices=2", "trainer.strategy=ddp"]
+    done = launch(command, workspace)
+    assert "sync_dist" not in done.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["modelcycle"], output_format="list")
+    assert len({r.info.run_name for r in runs}) == len(runs)  # rank 1 tracked nothing
+    client = mlflow.MlflowClient()
+    histories = [client.get_metric_history(r.info.run_id, "val_accuracy") for r in runs]
+    trained = [[m.value for m in h] for h in histories if h]  # the fold's run and the final
+    assert trained and all(1 <= len(h) <= 2 for h in trained), trained  # one value an epoch
+    assert all(0 <= v <= 1 for h in trained for v in h), trained

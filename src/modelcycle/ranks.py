@@ -9,9 +9,10 @@ own launcher), which Lightning reads at import into `rank_zero_only.rank`.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader, Dataset
 
 T = TypeVar("T")
 
@@ -38,3 +39,24 @@ def share_from_rank_zero(value: T) -> T:
     box: list[object] = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]  # type: ignore[return-value]
+
+
+def validation_loader(
+    dataset: Dataset[Any], batch_size: int, num_workers: int, trainer: Any
+) -> DataLoader[Any]:
+    """Every validation sample in order; under DDP each process takes every n-th one.
+
+    Lightning's default DistributedSampler pads a dataset to equal shares by repeating
+    samples, which the validation metric (the early-stopping one) would then count twice.
+    Unpadded, the shares differ by at most one sample, so the processes run the same number
+    of batches or one fewer; validation logs reduce once per epoch, never per step, so no
+    collective waits on the process with fewer. `trainer` is the datamodule's (or None).
+    """
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    sampler = None
+    if trainer is not None and trainer.world_size > 1:
+        sampler = UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)

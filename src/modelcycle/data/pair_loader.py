@@ -5,8 +5,9 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
+
+from modelcycle.ranks import validation_loader
 
 
 class PairDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
@@ -54,23 +55,5 @@ class PairDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Every validation pair, in order; under DDP each process takes every n-th pair.
-
-        Lightning's default DistributedSampler would pad the pairs to equal shares by
-        repeating some, which the validation ROC-AUC (the early-stopping metric) would then
-        count twice. Unpadded, the shares differ by at most one pair, so the processes run
-        the same number of batches or one fewer; validation logs reduce once per epoch, never
-        per step, so no collective waits on the process with fewer.
-        """
-        sampler = None
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(
-                self.val_set,
-                num_replicas=trainer.world_size,
-                rank=trainer.global_rank,
-                shuffle=False,
-            )
-        return DataLoader(
-            self.val_set, batch_size=1024, sampler=sampler, num_workers=self.num_workers
-        )
+        """Every validation pair; under DDP every n-th per process, none counted twice."""
+        return validation_loader(self.val_set, 1024, self.num_workers, self.trainer)

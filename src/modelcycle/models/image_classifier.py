@@ -131,13 +131,19 @@ class ImageClassifier(L.LightningModule):
         self._val.append((self(pixels).argmax(1), labels))
 
     def on_validation_epoch_end(self) -> None:
-        """Log validation accuracy, the early-stopping metric (averaged over DDP ranks)."""
+        """Log validation accuracy, the early-stopping metric.
+
+        Correct and validated images are each summed over DDP ranks before dividing, as
+        their shares may differ by one image.
+        """
         predicted = torch.cat([p for p, _ in self._val])
         labels = torch.cat([y for _, y in self._val])
         self._val.clear()
-        self.log(
-            "val_accuracy", (predicted == labels).float().mean(), prog_bar=True, sync_dist=True
-        )
+        counts = torch.stack([(predicted == labels).sum(), torch.tensor(len(labels))]).float()
+        correct, total = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        # Every rank holds the same value now; sync_dist (a mean of equals) only tells
+        # Lightning so, which otherwise warns about an unreduced epoch-level metric.
+        self.log("val_accuracy", correct / total, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         """AdamW with a cosine schedule over the trainer's epochs."""

@@ -21,7 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from modelcycle.data.image_set import (
     ImageSet,
@@ -34,6 +34,7 @@ from modelcycle.embeddings import EMBEDDING
 from modelcycle.evaluation.classification import score_classifier
 from modelcycle.evaluation.classification_plots import plot_classification
 from modelcycle.models.image_classifier import ImageClassifier, PixelClassifier, normalizer_for
+from modelcycle.ranks import validation_loader
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import DataSummary, Evaluation, Fold, Task, register_task
 from modelcycle.tasks.image_serving import ImageServing, image_features
@@ -154,11 +155,8 @@ class ImageTask(Task[ImageSet]):
 
     def datamodule(self, data: ImageSet, fold: Fold, seed: int) -> L.LightningDataModule:
         """uint8 pixels and labels of the fold's train and validation rows."""
-        return L.LightningDataModule.from_datasets(
-            _dataset(data, fold.train),
-            _dataset(data, fold.val),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
+        return _ImageData(
+            _dataset(data, fold.train), _dataset(data, fold.val), self.batch_size, self.num_workers
         )
 
     def model(self, data: ImageSet, fold: Fold) -> L.LightningModule:
@@ -223,6 +221,27 @@ class ImageTask(Task[ImageSet]):
     def plot(self, model: Evaluation, baseline: Evaluation, out_dir: Path, tag: str) -> list[Path]:
         """Confusion matrices, recall per class and reliability diagrams, model beside baseline."""
         return plot_classification({"model": model, "baseline": baseline}, out_dir, tag)
+
+
+class _ImageData(L.LightningDataModule):
+    """Shuffled training images; validation images in order, each validated once under DDP."""
+
+    def __init__(
+        self, train: TensorDataset, val: TensorDataset, batch_size: int, num_workers: int
+    ) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
+        """Shuffled training images (Lightning shards them under DDP)."""
+        return DataLoader(
+            self.train, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers
+        )
+
+    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
+        """Validation images; under DDP every n-th per process, none counted twice."""
+        return validation_loader(self.val, self.batch_size, self.num_workers, self.trainer)
 
 
 def _dataset(data: ImageSet, rows: np.ndarray) -> TensorDataset:

@@ -21,13 +21,15 @@ about a tenth of httpx's CPU per request):
   4. p99 ÷ p50 in an open loop at 70 % of the peak (the served closed-loop rate);
   5. goodput ÷ peak in an open loop at 4× the peak (goodput: 200s within the deadline per
      second, counted while the load lasts, not in the drain after it; 429s and timeouts are
-     not good), once with clients that say in X-Deadline-Ms how
-     long they will still wait and once with clients that do not;
+     not good), with clients that say in X-Deadline-Ms how long they will still wait and
+     with clients that do not, alternating `--overload-runs` times (mean and range);
   6. served ÷ LitServe, closed loop: throughput and p99.
 
 Closed-loop subjects run interleaved in `--rounds` rounds so that background load hits them
-alike; every loop stops at a time limit and a request-count limit. Absolute numbers depend
-on the machine (the load generator shares its cores with the servers); read the ratios.
+alike, and each closed-loop ratio is printed with its range over the rounds (the ratio of
+each round's back-to-back slices), which shows how much the machine's load moved it; every
+loop stops at a time limit and a request-count limit. Absolute numbers depend on the
+machine (the load generator shares its cores with the servers); read the ratios.
 
     python bench/serving.py [--workspace WS] [--data ../shared/data/qtim] [--seconds 10]
     python bench/serving.py --task image [--backbone resnet18] [--image-size 224] [--variant int8]
@@ -755,7 +757,12 @@ def main() -> None:
         help="the exported file ours, bare and LitServe run (serve.variant); naive runs PyTorch",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="per subject and loop")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved closed-loop rounds")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="interleaved closed-loop rounds (ratios show their range over the rounds)",
+    )
     parser.add_argument("--clients", type=int, default=8, help="closed-loop client threads")
     parser.add_argument("--max-requests", type=int, default=200_000, help="per loop")
     parser.add_argument("--connections", type=int, default=64, help="open loop at 70 %%")
@@ -766,6 +773,12 @@ def main() -> None:
         help="open loop in overload (above serve.queue_limit, so the server may shed)",
     )
     parser.add_argument("--overload", type=float, default=4.0, help="× peak for goodput")
+    parser.add_argument(
+        "--overload-runs",
+        type=int,
+        default=2,
+        help="overload runs with and without X-Deadline-Ms, alternating (goodput shows the range)",
+    )
     parser.add_argument("--deadline-ms", type=float, help="default: the config's serve.deadline_ms")
     parser.add_argument(
         "--capture",
@@ -780,8 +793,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.model = args.model or ("image_rice@champion" if args.task == "image" else "twins@champion")
-    if args.rounds < 1 or args.seconds <= 0 or args.clients < 1 or args.overload <= 0:
-        parser.error("--rounds, --seconds, --clients and --overload must be positive")
+    if (
+        min(args.rounds, args.clients, args.overload_runs) < 1
+        or min(args.seconds, args.overload) <= 0
+    ):
+        parser.error(
+            "--rounds, --seconds, --clients, --overload and --overload-runs must be positive"
+        )
     if args.floor_server:
         floor_server(args.port)
         return
@@ -936,11 +954,28 @@ def measure(
         ("litserve", served("litserve")),
         ("inproc", in_process(True)),
     ]
+    rounds: dict[str, list[Tally]] = {k: [] for k in labels}  # each round's slice, kept apart
     for r in range(args.rounds):
         for label, go in order:
             tally = go()
             tallies[label].add(tally)
+            rounds[label].append(tally)
             say(f"round {r + 1}/{args.rounds} {label:<8} {describe(tally)}")
+
+    def ratio(ours: str, base: str, p99: bool = False) -> str:
+        """The whole run's ratio, and its range over the rounds (each round's slices ran
+        back to back, so the range shows how much the machine's load moved it)."""
+
+        def of(a: Tally, b: Tally) -> float:
+            return a.ms(99) / b.ms(99) if p99 else a.rate / b.rate
+
+        whole = of(tallies[ours], tallies[base])
+        each = [of(a, b) for a, b in zip(rounds[ours], rounds[base], strict=True)]
+        digits = 3 if whole < 0.1 else 2
+        if len(each) < 2:
+            return f"{whole:.{digits}f}"
+        return f"{whole:.{digits}f} ({min(each):.{digits}f}-{max(each):.{digits}f})"
+
     for label in ("ours", "ours-b1", "ours-w2", "naive", "litserve", "floor"):
         say(f"{label:<8} {tallies[label].cpu_line()}")
 
@@ -961,37 +996,46 @@ def measure(
     say(f"  {steady.sent_line()}; {steady.tally.cpu_line()}")
 
     rate = args.overload * peak
-    overloads = {}
-    for send_deadline in (True, False):
-        how = "with" if send_deadline else "without"
-        say(
-            f"open loop at {args.overload:g}× peak: {rate:.0f} req/s for {args.seconds:g} s, {how} "
-            "X-Deadline-Ms"
-        )
-        with collector_paused():
-            over = asyncio.run(
-                open_loop(
-                    servers["ours"],
-                    bodies,
-                    rate,
-                    args.seconds,
-                    deadline,
-                    args.overload_connections,
-                    send_deadline,
-                )
+    overloads: dict[bool, list[OpenLoop]] = {True: [], False: []}
+    for n in range(args.overload_runs):  # alternating, so background load hits both alike
+        for send_deadline in (True, False):
+            how = "with" if send_deadline else "without"
+            say(
+                f"open loop at {args.overload:g}× peak: {rate:.0f} req/s for {args.seconds:g} s, "
+                f"{how} X-Deadline-Ms (run {n + 1}/{args.overload_runs})"
             )
-        say(f"  {describe(over.tally)}")
-        say(f"  {over.sent_line()}; {over.tally.cpu_line()}")
-        say(
-            f"  from the send: 200 p50 {over.service.ms(50):.1f} ms, p99 "
-            f"{over.service.ms(99):.1f} ms; 429 p50 {over.service.ms(50, 429):.1f} ms "
-            f"({over.service.statuses[429]} of them)"
-        )
-        overloads[send_deadline] = over
-    goods = {k: o.goodput for k, o in overloads.items()}
+            with collector_paused():
+                over = asyncio.run(
+                    open_loop(
+                        servers["ours"],
+                        bodies,
+                        rate,
+                        args.seconds,
+                        deadline,
+                        args.overload_connections,
+                        send_deadline,
+                    )
+                )
+            say(f"  {describe(over.tally)}")
+            say(f"  {over.sent_line()}; {over.tally.cpu_line()}")
+            say(
+                f"  from the send: 200 p50 {over.service.ms(50):.1f} ms, p99 "
+                f"{over.service.ms(99):.1f} ms; 429 p50 {over.service.ms(50, 429):.1f} ms "
+                f"({over.service.statuses[429]} of them); goodput {over.goodput:.0f} req/s"
+            )
+            overloads[send_deadline].append(over)
+    goods = {k: [o.goodput for o in results] for k, results in overloads.items()}
+
+    def goodput_ratio(send_deadline: bool) -> str:
+        """Mean goodput ÷ peak over the overload runs, and its range over them."""
+        each = [g / peak for g in goods[send_deadline]]
+        mean = float(np.mean(each))
+        return f"{mean:.2f} ({min(each):.2f}-{max(each):.2f})" if len(each) > 1 else f"{mean:.2f}"
+
     runs = [("70 %", steady)] + [
         (f"{args.overload:g}× {'with' if k else 'without'} X-Deadline-Ms", o)
-        for k, o in overloads.items()
+        for k, results in overloads.items()
+        for o in results
     ]
     for which, result in runs:
         if result.behind(deadline):
@@ -1018,56 +1062,56 @@ def measure(
             f"1. served ÷ bare ORT session.run (batch {bare_batch[0]})",
             per_s(ours.rate),
             per_s(bare_t.rate),
-            f"{ours.rate / bare_t.rate:.3f}",
+            ratio("ours", "bare"),
             "≥ 0.85",
         ),
         (
             "   (info) served ÷ in-process path, no HTTP",
             per_s(ours.rate),
             per_s(inproc.rate),
-            f"{ours.rate / inproc.rate:.2f}",
+            ratio("ours", "inproc"),
             "-",
         ),
         (
             "   (info) uvicorn answering a constant ÷ bare ORT",
             per_s(floor.rate),
             per_s(bare_t.rate),
-            f"{floor.rate / bare_t.rate:.3f}",
+            ratio("floor", "bare"),
             "-",
         ),
         (
             "   (info) served ÷ uvicorn answering a constant",
             per_s(ours.rate),
             per_s(floor.rate),
-            f"{ours.rate / floor.rate:.2f}",
+            ratio("ours", "floor"),
             "-",
         ),
         (
             "2. served ÷ naive FastAPI + PyTorch",
             per_s(ours.rate),
             per_s(naive.rate),
-            f"{ours.rate / naive.rate:.2f}",
+            ratio("ours", "naive"),
             "≥ 3",
         ),
         (
             "   (info) serve.workers=2 ÷ naive",
             per_s(two.rate),
             per_s(naive.rate),
-            f"{two.rate / naive.rate:.2f}",
+            ratio("ours-w2", "naive"),
             "-",
         ),
         (
             "3. batching on ÷ off: throughput",
             per_s(ours.rate),
             per_s(off.rate),
-            f"{ours.rate / off.rate:.2f}",
+            ratio("ours", "ours-b1"),
             "-",
         ),
         (
             "3. batching on ÷ off: p99 (closed loop)",
             in_ms(ours.ms(99)),
             in_ms(off.ms(99)),
-            f"{ours.ms(99) / off.ms(99):.2f}",
+            ratio("ours", "ours-b1", p99=True),
             "-",
         ),
         (
@@ -1079,30 +1123,30 @@ def measure(
         ),
         (
             f"5. goodput at {args.overload:g}× peak ÷ peak (clients send X-Deadline-Ms)",
-            per_s(goods[True]),
+            per_s(float(np.mean(goods[True]))),
             per_s(peak),
-            f"{goods[True] / peak:.2f}",
+            goodput_ratio(True),
             "≥ 0.9",
         ),
         (
             f"5. goodput at {args.overload:g}× peak ÷ peak (clients send no deadline)",
-            per_s(goods[False]),
+            per_s(float(np.mean(goods[False]))),
             per_s(peak),
-            f"{goods[False] / peak:.2f}",
+            goodput_ratio(False),
             "≥ 0.9",
         ),
         (
             "6. served ÷ LitServe: throughput (closed loop)",
             per_s(ours.rate),
             per_s(lit.rate),
-            f"{ours.rate / lit.rate:.2f}",
+            ratio("ours", "litserve"),
             "≥ 1.0",
         ),
         (
             "6. served ÷ LitServe: p99 (closed loop)",
             in_ms(ours.ms(99)),
             in_ms(lit.ms(99)),
-            f"{ours.ms(99) / lit.ms(99):.2f}",
+            ratio("ours", "litserve", p99=True),
             "≤ 1.0",
         ),
     ]
@@ -1124,7 +1168,7 @@ def describe(tally: Tally) -> str:
 
 def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
     """measurement | ours | baseline | ratio | aim."""
-    header = ("measurement", "ours", "baseline", "ratio", "aim")
+    header = ("measurement", "ours", "baseline", "ratio (rounds)", "aim")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
     line = " | ".join(
         f"{{:<{widths[0]}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths)

@@ -326,3 +326,57 @@ def test_a_registered_functional_model_exports_and_serves_connectome_pairs(
         body["a"]["connectome"] = body["a"]["connectome"][:3]
         refused = client.post("/v1/models/twins_functional/predict", json=body)
         assert refused.status_code == 422 and "12×12" in refused.text
+    # The robustness study runs on the served model, every shift the adapter defines.
+    from modelcycle.monitoring.drift import DriftSettings
+    from modelcycle.monitoring.robustness import robustness
+
+    study = robustness(
+        registry, "twins_functional@champion", tmp_path / "ws", DriftSettings(), 10, 5
+    )
+    kinds = {p.shift for p in study.points}
+    assert kinds == {"none", *served.adapter.shift_sizes}, kinds
+    assert all(0 <= p.metric <= 1 for p in study.points)
+    assert (study.out / "robustness.json").is_file() and (study.out / "robustness.png").is_file()
+
+
+def test_robustness_shifts_move_the_connectomes_as_named(
+    tiny: tuple[TwinsFunctionalTask, FunctionalData],
+) -> None:
+    task, data = tiny
+    fold = task.final_fold(data, seed=0)
+    servable = task.servable(task.model(data, fold), data, fold)
+    adapter = FunctionalServing(servable.info)
+    inputs = servable.held_out
+    before = [x.copy() for x in inputs]
+
+    offset = adapter.shift(inputs, "global offset", 0.05, seed=1)
+    for i in (0, 2):
+        np.testing.assert_allclose(offset[i] - inputs[i], 0.05, atol=1e-6)
+    for i in (1, 3):  # covariates stay as they were
+        np.testing.assert_array_equal(offset[i], inputs[i])
+
+    noisy = adapter.shift(inputs, "noise", 0.5, seed=1)
+    sd = np.concatenate([inputs[0], inputs[2]]).std(axis=0)
+    z = np.concatenate([noisy[0] - inputs[0], noisy[2] - inputs[2]]) / sd
+    assert abs(z.mean()) < 0.1 and z.std() == pytest.approx(0.5, rel=0.15)
+    np.testing.assert_array_equal(adapter.shift(inputs, "noise", 0.5, seed=1)[0], noisy[0])
+
+    dropped = adapter.shift(inputs, "parcel dropout", 0.2, seed=1)
+    first, second = np.triu_indices(adapter.n, k=1)
+    lost = 0
+    for shifted, original in ((dropped[0], inputs[0]), (dropped[2], inputs[2])):
+        for row, was in zip(shifted, original, strict=True):
+            zero = row == 0
+            # the parcels whose every edge is 0; exactly their edges changed, to 0
+            gone = [p for p in range(adapter.n) if zero[(first == p) | (second == p)].all()]
+            touched = np.isin(first, gone) | np.isin(second, gone)
+            np.testing.assert_array_equal(zero, touched)
+            np.testing.assert_array_equal(row[~touched], was[~touched])
+            lost += len(gone)
+    rows = 2 * len(inputs[0])
+    assert 0.1 < lost / (rows * adapter.n) < 0.3  # about a share 0.2 of the parcels
+
+    with pytest.raises(ValueError, match="unknown shift 'site offset'"):
+        adapter.shift(inputs, "site offset", 0.1, seed=1)
+    for x, y in zip(inputs, before, strict=True):  # the caller's rows are never changed
+        np.testing.assert_array_equal(x, y)

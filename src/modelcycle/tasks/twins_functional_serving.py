@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,9 +32,22 @@ class ConnectomePairRequest(BaseModel):
 
 
 class FunctionalServing(PairServing):
-    """Adapter of the functional twins task; `info["parcels"]` names the matrix rows."""
+    """Adapter of the functional twins task; `info["parcels"]` names the matrix rows.
+
+    Robustness shifts act on both subjects' connectomes (the upper-triangle edges, in the
+    units of the task's connectivity kind): a global offset (every edge plus s, as head
+    motion or skipped global-signal regression inflate connectivity), measurement noise
+    (Gaussian, s times each edge's sd over the rows shifted) and parcel dropout (each
+    parcel, with probability s per subject, loses its signal: its edges become 0, as for
+    a region outside the field of view).
+    """
 
     request_type = ConnectomePairRequest
+    shift_sizes: ClassVar[dict[str, tuple[float, ...]]] = {
+        "global offset": (0.02, 0.05, 0.1),
+        "noise": (0.1, 0.25, 0.5),
+        "parcel dropout": (0.05, 0.1, 0.2),
+    }
 
     def __init__(self, info: dict[str, Any]) -> None:
         super().__init__(info)
@@ -69,6 +82,25 @@ class FunctionalServing(PairServing):
             "a_connectivity_std": float(a.std()),
             "b_connectivity_std": float(b.std()),
         }
+
+    def shift(
+        self, inputs: list[np.ndarray], kind: str, size: float, seed: int
+    ) -> list[np.ndarray]:
+        """The pairs' rows (a, a_covariates, b, b_covariates) with both connectomes shifted."""
+        self.check_shift(kind)
+        rng = np.random.default_rng(seed)
+        a, a_cov, b, b_cov = (np.array(x, copy=True) for x in inputs)
+        sd = np.concatenate([a, b]).std(axis=0).astype(a.dtype)
+        first, second = self.upper  # each edge's two parcels
+        for X in (a, b):
+            if kind == "global offset":
+                X += np.asarray(size, dtype=X.dtype)
+            elif kind == "noise":
+                X += rng.normal(0, 1, X.shape).astype(X.dtype) * np.asarray(size, X.dtype) * sd
+            else:  # parcel dropout
+                dropped = rng.random((len(X), self.n)) < size
+                X[dropped[:, first] | dropped[:, second]] = 0.0
+        return [a, a_cov, b, b_cov]
 
     def _brain_data(self, row: np.ndarray) -> dict[str, Any]:
         """The symmetric matrix (unit diagonal) whose upper triangle is `row`."""

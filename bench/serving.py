@@ -26,10 +26,11 @@ about a tenth of httpx's CPU per request):
   6. served ÷ LitServe, closed loop: throughput and p99.
 
 Closed-loop subjects run interleaved in `--rounds` rounds so that background load hits them
-alike, and each closed-loop ratio is printed with its range over the rounds (the ratio of
-each round's back-to-back slices), which shows how much the machine's load moved it; every
-loop stops at a time limit and a request-count limit. Absolute numbers depend on the
-machine (the load generator shares its cores with the servers); read the ratios.
+alike (LitServe, which polls even when idle, is paused while the others are measured), and
+each closed-loop ratio is printed with its range over the rounds (the ratio of each round's
+back-to-back slices), which shows how much the machine's load moved it; every loop stops at
+a time limit and a request-count limit. Absolute numbers depend on the machine (the load
+generator shares its cores with the servers); read the ratios.
 
     python bench/serving.py [--workspace WS] [--data ../shared/data/qtim] [--seconds 10]
     python bench/serving.py --task image [--backbone resnet18] [--image-size 224] [--variant int8]
@@ -191,12 +192,30 @@ def stop(server: Server) -> None:
     """SIGTERM to its whole process group, then SIGKILL to what is left after 15 s."""
     group = server.process.pid  # the leader of its own session and group
     with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGCONT)  # a paused server would not act on SIGTERM
         os.killpg(group, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         server.process.wait(timeout=15)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signal.SIGKILL)  # children that outlived their parent, too
     server.process.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def paused(server: Server) -> Iterator[None]:
+    """SIGSTOP `server`'s process group while inside, SIGCONT on the way out.
+
+    LitServe's main process polls its queues even when idle (about 0.1 core here), so it
+    is paused while the other subjects are measured, or its polling would slow them and
+    not itself. (uvicorn's multi-worker supervisor health-checks its workers with a
+    timeout, so `ours-w2` is never paused; the other servers idle at about 0 core.)
+    """
+    group = server.process.pid
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(group, signal.SIGCONT)
 
 
 def wait_ready(servers: list[Server]) -> None:
@@ -955,9 +974,15 @@ def measure(
         ("inproc", in_process(True)),
     ]
     rounds: dict[str, list[Tally]] = {k: [] for k in labels}  # each round's slice, kept apart
+
+    def alone(label: str) -> contextlib.AbstractContextManager[None]:
+        """Measure `label` with LitServe's idle polling paused, unless it is LitServe."""
+        return contextlib.nullcontext() if label == "litserve" else paused(servers["litserve"])
+
     for r in range(args.rounds):
         for label, go in order:
-            tally = go()
+            with alone(label):
+                tally = go()
             tallies[label].add(tally)
             rounds[label].append(tally)
             say(f"round {r + 1}/{args.rounds} {label:<8} {describe(tally)}")
@@ -988,7 +1013,7 @@ def measure(
 
     rate = 0.7 * peak
     say(f"open loop at 70 % of peak: {rate:.0f} req/s for {args.seconds:g} s")
-    with collector_paused():
+    with collector_paused(), alone("ours"):
         steady = asyncio.run(
             open_loop(servers["ours"], bodies, rate, args.seconds, deadline, args.connections)
         )
@@ -1004,7 +1029,7 @@ def measure(
                 f"open loop at {args.overload:g}× peak: {rate:.0f} req/s for {args.seconds:g} s, "
                 f"{how} X-Deadline-Ms (run {n + 1}/{args.overload_runs})"
             )
-            with collector_paused():
+            with collector_paused(), alone("ours"):
                 over = asyncio.run(
                     open_loop(
                         servers["ours"],

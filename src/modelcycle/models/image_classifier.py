@@ -139,7 +139,8 @@ class ImageClassifier(L.LightningModule):
         predicted = torch.cat([p for p, _ in self._val])
         labels = torch.cat([y for _, y in self._val])
         self._val.clear()
-        counts = torch.stack([(predicted == labels).sum(), torch.tensor(len(labels))]).float()
+        validated = torch.tensor(len(labels), device=labels.device)  # NCCL reduces on the GPU
+        counts = torch.stack([(predicted == labels).sum(), validated]).float()
         correct, total = self.trainer.strategy.reduce(counts, reduce_op="sum")
         # Every rank holds the same value now; sync_dist (a mean of equals) only tells
         # Lightning so, which otherwise warns about an unreduced epoch-level metric.

@@ -987,15 +987,15 @@ def measure(
             rounds[label].append(tally)
             say(f"round {r + 1}/{args.rounds} {label:<8} {describe(tally)}")
 
-    def ratio(ours: str, base: str, p99: bool = False) -> str:
+    def ratio(subject: str, base: str, p99: bool = False) -> str:
         """The whole run's ratio, and its range over the rounds (each round's slices ran
         back to back, so the range shows how much the machine's load moved it)."""
 
         def of(a: Tally, b: Tally) -> float:
             return a.ms(99) / b.ms(99) if p99 else a.rate / b.rate
 
-        whole = of(tallies[ours], tallies[base])
-        each = [of(a, b) for a, b in zip(rounds[ours], rounds[base], strict=True)]
+        whole = of(tallies[subject], tallies[base])
+        each = [of(a, b) for a, b in zip(rounds[subject], rounds[base], strict=True)]
         digits = 3 if whole < 0.1 else 2
         if len(each) < 2:
             return f"{whole:.{digits}f}"

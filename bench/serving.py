@@ -838,7 +838,7 @@ def main() -> None:
     say(f"done; load average {os.getloadavg()[0]:.2f} at the end")
 
 
-def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, str]]:
+def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
     """Build or open the workspace, start the servers, measure; returns the table rows."""
     from modelcycle.config import build_registry, compose_config, serve_config
     from modelcycle.serving.app import validate_json
@@ -924,6 +924,9 @@ def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str, str, s
         return measure(args, servers, bare, bodies, name, deadline_ms / 1000)
 
 
+Row = tuple[str, str, str, str, str]  # measurement | ours | baseline | ratio | aim
+
+
 def measure(
     args: argparse.Namespace,
     servers: dict[str, Server],
@@ -931,11 +934,11 @@ def measure(
     bodies: list[bytes],
     name: str,
     deadline: float,
-) -> list[tuple[str, str, str, str, str]]:
+) -> list[Row]:
     """The five measurements; returns the table rows."""
     slice_seconds = args.seconds / args.rounds
     labels = ("ours", "bare", "inproc", "ours-b1", "ours-w2", "naive", "litserve", "floor")
-    tallies = {k: Tally() for k in labels}
+    rounds: dict[str, list[Tally]] = {k: [] for k in labels}  # each round's slice, kept apart
     bare_batch: list[int] = []  # the mean batch `ours` formed in its first slice
     say(
         f"closed loop: {args.clients} client threads, {args.rounds} rounds of "
@@ -957,7 +960,7 @@ def measure(
     def in_process(full_path: bool) -> Callable[[], Tally]:
         def go() -> Tally:
             if not bare_batch:
-                mean = tallies["ours"].mean_batch
+                mean = rounds["ours"][0].mean_batch
                 bare_batch.append(max(1, round(mean)) if np.isfinite(mean) else 1)
             return bare.run(bare_batch[0], slice_seconds, args.max_requests, full_path)
 
@@ -973,7 +976,6 @@ def measure(
         ("litserve", served("litserve")),
         ("inproc", in_process(True)),
     ]
-    rounds: dict[str, list[Tally]] = {k: [] for k in labels}  # each round's slice, kept apart
 
     def alone(label: str) -> contextlib.AbstractContextManager[None]:
         """Measure `label` with LitServe's idle polling paused, unless it is LitServe."""
@@ -983,40 +985,24 @@ def measure(
         for label, go in order:
             with alone(label):
                 tally = go()
-            tallies[label].add(tally)
             rounds[label].append(tally)
             say(f"round {r + 1}/{args.rounds} {label:<8} {describe(tally)}")
-
-    def ratio(subject: str, base: str, p99: bool = False) -> str:
-        """The whole run's ratio, and its range over the rounds (each round's slices ran
-        back to back, so the range shows how much the machine's load moved it)."""
-
-        def of(a: Tally, b: Tally) -> float:
-            return a.ms(99) / b.ms(99) if p99 else a.rate / b.rate
-
-        whole = of(tallies[subject], tallies[base])
-        each = [of(a, b) for a, b in zip(rounds[subject], rounds[base], strict=True)]
-        digits = 3 if whole < 0.1 else 2
-        if len(each) < 2:
-            return f"{whole:.{digits}f}"
-        return f"{whole:.{digits}f} ({min(each):.{digits}f}-{max(each):.{digits}f})"
-
+    tallies = {k: summed(slices) for k, slices in rounds.items()}
     for label in ("ours", "ours-b1", "ours-w2", "naive", "litserve", "floor"):
         say(f"{label:<8} {tallies[label].cpu_line()}")
-
-    ours, off, naive, two = (tallies[k] for k in ("ours", "ours-b1", "naive", "ours-w2"))
-    floor = tallies["floor"]
-    lit = tallies["litserve"]
-    bare_t, inproc = tallies["bare"], tallies["inproc"]
-    peak = ours.rate
+    peak = tallies["ours"].rate
     say(f"peak (ours, closed loop, {args.clients} clients) {peak:.0f} req/s")
+
+    def open_run(rate: float, connections: int, send_deadline: bool = True) -> OpenLoop:
+        with collector_paused(), alone("ours"):
+            server = servers["ours"]
+            return asyncio.run(
+                open_loop(server, bodies, rate, args.seconds, deadline, connections, send_deadline)
+            )
 
     rate = 0.7 * peak
     say(f"open loop at 70 % of peak: {rate:.0f} req/s for {args.seconds:g} s")
-    with collector_paused(), alone("ours"):
-        steady = asyncio.run(
-            open_loop(servers["ours"], bodies, rate, args.seconds, deadline, args.connections)
-        )
+    steady = open_run(rate, args.connections)
     say(f"  {describe(steady.tally)}")
     say(f"  {steady.sent_line()}; {steady.tally.cpu_line()}")
 
@@ -1029,18 +1015,7 @@ def measure(
                 f"open loop at {args.overload:g}× peak: {rate:.0f} req/s for {args.seconds:g} s, "
                 f"{how} X-Deadline-Ms (run {n + 1}/{args.overload_runs})"
             )
-            with collector_paused(), alone("ours"):
-                over = asyncio.run(
-                    open_loop(
-                        servers["ours"],
-                        bodies,
-                        rate,
-                        args.seconds,
-                        deadline,
-                        args.overload_connections,
-                        send_deadline,
-                    )
-                )
+            over = open_run(rate, args.overload_connections, send_deadline)
             say(f"  {describe(over.tally)}")
             say(f"  {over.sent_line()}; {over.tally.cpu_line()}")
             say(
@@ -1049,13 +1024,6 @@ def measure(
                 f"({over.service.statuses[429]} of them); goodput {over.goodput:.0f} req/s"
             )
             overloads[send_deadline].append(over)
-    goods = {k: [o.goodput for o in results] for k, results in overloads.items()}
-
-    def goodput_ratio(send_deadline: bool) -> str:
-        """Mean goodput ÷ peak over the overload runs, and its range over them."""
-        each = [g / peak for g in goods[send_deadline]]
-        mean = float(np.mean(each))
-        return f"{mean:.2f} ({min(each):.2f}-{max(each):.2f})" if len(each) > 1 else f"{mean:.2f}"
 
     runs = [("70 %", steady)] + [
         (f"{args.overload:g}× {'with' if k else 'without'} X-Deadline-Ms", o)
@@ -1082,99 +1050,72 @@ def measure(
 
     per_s = "{:.0f} req/s".format
     in_ms = "{:.1f} ms".format
+
+    def compare(title: str, subject: str, base: str, aim: str, p99: bool = False) -> Row:
+        """A closed-loop row: both subjects' rate (or p99), their ratio and its range over
+        the rounds (each round's slices ran back to back: the load moved them alike)."""
+
+        def value(tally: Tally) -> float:
+            return tally.ms(99) if p99 else tally.rate
+
+        show = in_ms if p99 else per_s
+        whole = value(tallies[subject]) / value(tallies[base])
+        each = [value(a) / value(b) for a, b in zip(rounds[subject], rounds[base], strict=True)]
+        return (
+            title,
+            show(value(tallies[subject])),
+            show(value(tallies[base])),
+            spread(whole, each),
+            aim,
+        )
+
+    def goodput(send_deadline: bool, title: str) -> Row:
+        """Mean goodput ÷ peak over the overload runs, and its range over them."""
+        goods = [o.goodput for o in overloads[send_deadline]]
+        each = [g / peak for g in goods]
+        mean = float(np.mean(goods))
+        return title, per_s(mean), per_s(peak), spread(mean / peak, each), "≥ 0.9"
+
+    steady_p99, steady_p50 = steady.tally.ms(99), steady.tally.ms(50)
+    overload = f"{args.overload:g}× peak ÷ peak"
     return [
-        (
-            f"1. served ÷ bare ORT session.run (batch {bare_batch[0]})",
-            per_s(ours.rate),
-            per_s(bare_t.rate),
-            ratio("ours", "bare"),
-            "≥ 0.85",
+        compare(
+            f"1. served ÷ bare ORT session.run (batch {bare_batch[0]})", "ours", "bare", "≥ 0.85"
         ),
-        (
-            "   (info) served ÷ in-process path, no HTTP",
-            per_s(ours.rate),
-            per_s(inproc.rate),
-            ratio("ours", "inproc"),
-            "-",
-        ),
-        (
-            "   (info) uvicorn answering a constant ÷ bare ORT",
-            per_s(floor.rate),
-            per_s(bare_t.rate),
-            ratio("floor", "bare"),
-            "-",
-        ),
-        (
-            "   (info) served ÷ uvicorn answering a constant",
-            per_s(ours.rate),
-            per_s(floor.rate),
-            ratio("ours", "floor"),
-            "-",
-        ),
-        (
-            "2. served ÷ naive FastAPI + PyTorch",
-            per_s(ours.rate),
-            per_s(naive.rate),
-            ratio("ours", "naive"),
-            "≥ 3",
-        ),
-        (
-            "   (info) serve.workers=2 ÷ naive",
-            per_s(two.rate),
-            per_s(naive.rate),
-            ratio("ours-w2", "naive"),
-            "-",
-        ),
-        (
-            "3. batching on ÷ off: throughput",
-            per_s(ours.rate),
-            per_s(off.rate),
-            ratio("ours", "ours-b1"),
-            "-",
-        ),
-        (
-            "3. batching on ÷ off: p99 (closed loop)",
-            in_ms(ours.ms(99)),
-            in_ms(off.ms(99)),
-            ratio("ours", "ours-b1", p99=True),
-            "-",
-        ),
+        compare("   (info) served ÷ in-process path, no HTTP", "ours", "inproc", "-"),
+        compare("   (info) uvicorn answering a constant ÷ bare ORT", "floor", "bare", "-"),
+        compare("   (info) served ÷ uvicorn answering a constant", "ours", "floor", "-"),
+        compare("2. served ÷ naive FastAPI + PyTorch", "ours", "naive", "≥ 3"),
+        compare("   (info) serve.workers=2 ÷ naive", "ours-w2", "naive", "-"),
+        compare("3. batching on ÷ off: throughput", "ours", "ours-b1", "-"),
+        compare("3. batching on ÷ off: p99 (closed loop)", "ours", "ours-b1", "-", p99=True),
         (
             f"4. p99 ÷ p50 at 70 % peak ({0.7 * peak:.0f} req/s)",
-            in_ms(steady.tally.ms(99)),
-            in_ms(steady.tally.ms(50)),
-            f"{steady.tally.ms(99) / steady.tally.ms(50):.2f}",
+            in_ms(steady_p99),
+            in_ms(steady_p50),
+            f"{steady_p99 / steady_p50:.2f}",
             "-",
         ),
-        (
-            f"5. goodput at {args.overload:g}× peak ÷ peak (clients send X-Deadline-Ms)",
-            per_s(float(np.mean(goods[True]))),
-            per_s(peak),
-            goodput_ratio(True),
-            "≥ 0.9",
-        ),
-        (
-            f"5. goodput at {args.overload:g}× peak ÷ peak (clients send no deadline)",
-            per_s(float(np.mean(goods[False]))),
-            per_s(peak),
-            goodput_ratio(False),
-            "≥ 0.9",
-        ),
-        (
-            "6. served ÷ LitServe: throughput (closed loop)",
-            per_s(ours.rate),
-            per_s(lit.rate),
-            ratio("ours", "litserve"),
-            "≥ 1.0",
-        ),
-        (
-            "6. served ÷ LitServe: p99 (closed loop)",
-            in_ms(ours.ms(99)),
-            in_ms(lit.ms(99)),
-            ratio("ours", "litserve", p99=True),
-            "≤ 1.0",
-        ),
+        goodput(True, f"5. goodput at {overload} (clients send X-Deadline-Ms)"),
+        goodput(False, f"5. goodput at {overload} (clients send no deadline)"),
+        compare("6. served ÷ LitServe: throughput (closed loop)", "ours", "litserve", "≥ 1.0"),
+        compare("6. served ÷ LitServe: p99 (closed loop)", "ours", "litserve", "≤ 1.0", p99=True),
     ]
+
+
+def summed(slices: list[Tally]) -> Tally:
+    """One tally of all `slices`."""
+    total = Tally()
+    for tally in slices:
+        total.add(tally)
+    return total
+
+
+def spread(whole: float, each: list[float]) -> str:
+    """`whole`, and with several parts the range of `each` (how far the load moved them)."""
+    digits = 3 if whole < 0.1 else 2
+    text = f"{whole:.{digits}f}"
+    return text if len(each) < 2 else f"{text} ({min(each):.{digits}f}-{max(each):.{digits}f})"
 
 
 def describe(tally: Tally) -> str:
@@ -1191,7 +1132,7 @@ def describe(tally: Tally) -> str:
     return text
 
 
-def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
+def print_table(rows: list[Row]) -> None:
     """measurement | ours | baseline | ratio | aim."""
     header = ("measurement", "ours", "baseline", "ratio (rounds)", "aim")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]

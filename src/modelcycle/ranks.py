@@ -52,6 +52,7 @@ def validation_loader(
     of batches or one fewer; validation logs reduce once per epoch, never per step, so no
     collective waits on the process with fewer. `trainer` is the datamodule's (or None).
     """
+    import torch
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
     sampler = None
@@ -59,4 +60,10 @@ def validation_loader(
         sampler = UnrepeatedDistributedSampler(
             dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),  # faster copies to a GPU; nothing to pin on CPU
+    )

@@ -234,9 +234,13 @@ class _ImageData(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        """Shuffled training images (Lightning shards them under DDP)."""
+        """Shuffled training images (Lightning shards them under DDP), pinned for a GPU."""
         return DataLoader(
-            self.train, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers
+            self.train,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
         )
 
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:

@@ -1,4 +1,4 @@
-"""The micro-batcher on a real event loop and thread pool."""
+"""The micro-batcher on a real event loop, with its own thread."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
@@ -28,12 +27,11 @@ def test_results_return_to_their_own_requests_and_batches_form_under_load() -> N
         return [p * 10 for p in payloads]
 
     async def main() -> list[int]:
-        with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher(process, pool, max_batch=8, on_batch=sizes.append)
-            batcher.start()
-            results = await asyncio.gather(*(batcher.submit(i) for i in range(40)))
-            await batcher.stop()
-            return list(results)
+        batcher = MicroBatcher(process, max_batch=8, on_batch=sizes.append)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(40)))
+        await batcher.stop()
+        return list(results)
 
     assert _run(main()) == [i * 10 for i in range(40)]
     assert sum(sizes) == 40 and max(sizes) == 8 and len(sizes) < 40
@@ -44,15 +42,14 @@ def test_a_lone_request_is_never_delayed_with_max_wait_zero() -> None:
         return payloads
 
     async def main() -> float:
-        with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher(process, pool, max_wait=0.0)
-            batcher.start()
-            await batcher.submit(0)  # warm the pool
-            started = time.perf_counter()
-            await batcher.submit(1)
-            elapsed = time.perf_counter() - started
-            await batcher.stop()
-            return elapsed
+        batcher = MicroBatcher(process, max_wait=0.0)
+        batcher.start()
+        await batcher.submit(0)  # the thread has run once
+        started = time.perf_counter()
+        await batcher.submit(1)
+        elapsed = time.perf_counter() - started
+        await batcher.stop()
+        return elapsed
 
     assert _run(main()) < 0.05
 
@@ -61,18 +58,15 @@ def test_max_wait_gathers_requests_that_arrive_a_little_later() -> None:
     sizes: list[int] = []
 
     async def main() -> None:
-        with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher(
-                lambda p: p, pool, max_batch=4, max_wait=0.2, on_batch=sizes.append
-            )
-            batcher.start()
+        batcher = MicroBatcher(lambda p: p, max_batch=4, max_wait=0.2, on_batch=sizes.append)
+        batcher.start()
 
-            async def later(i: int) -> int:
-                await asyncio.sleep(0.02 * i)
-                return int(await batcher.submit(i))
+        async def later(i: int) -> int:
+            await asyncio.sleep(0.02 * i)
+            return int(await batcher.submit(i))
 
-            await asyncio.gather(*(later(i) for i in range(4)))
-            await batcher.stop()
+        await asyncio.gather(*(later(i) for i in range(4)))
+        await batcher.stop()
 
     _run(main())
     assert sizes == [4]
@@ -86,20 +80,19 @@ def test_a_full_queue_refuses_at_once() -> None:
         return payloads
 
     async def main() -> None:
-        with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher(process, pool, max_batch=1, queue_limit=2)
-            batcher.start()
-            first = asyncio.ensure_future(batcher.submit(0))
-            await asyncio.sleep(0.05)  # the worker took it; it now blocks in process
-            queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
-            await asyncio.sleep(0.01)
-            started = time.perf_counter()
-            with pytest.raises(OverloadedError, match="queue full"):
-                await batcher.submit(3)
-            assert time.perf_counter() - started < 0.05
-            release.set()
-            assert await asyncio.gather(first, *queued) == [0, 1, 2]
-            await batcher.stop()
+        batcher = MicroBatcher(process, max_batch=1, queue_limit=2)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)  # the worker took it; it now blocks in process
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        with pytest.raises(OverloadedError, match="queue full"):
+            await batcher.submit(3)
+        assert time.perf_counter() - started < 0.05
+        release.set()
+        assert await asyncio.gather(first, *queued) == [0, 1, 2]
+        await batcher.stop()
 
     _run(main())
 
@@ -111,13 +104,12 @@ def test_a_failing_batch_fails_only_its_requests() -> None:
         return payloads
 
     async def main() -> None:
-        with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher(process, pool, max_batch=1)
-            batcher.start()
-            with pytest.raises(RuntimeError, match="bad batch"):
-                await batcher.submit(-1)
-            assert await batcher.submit(5) == 5
-            await batcher.stop()
+        batcher = MicroBatcher(process, max_batch=1)
+        batcher.start()
+        with pytest.raises(RuntimeError, match="bad batch"):
+            await batcher.submit(-1)
+        assert await batcher.submit(5) == 5
+        await batcher.stop()
 
     _run(main())
 
@@ -132,21 +124,20 @@ def test_expired_requests_are_skipped_not_run() -> None:
         return payloads
 
     async def main() -> None:
-        with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher(process, pool, max_batch=1)
-            batcher.start()
-            first = asyncio.ensure_future(batcher.submit(0))
-            await asyncio.sleep(0.05)
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(batcher.submit(1), 0.01)
-            with pytest.raises(TimeoutError):  # what the server does: wait on put's future
-                await asyncio.wait_for(batcher.put(2), 0.01)
-            batcher.put(3).cancel()
-            kept = batcher.put(4)
-            release.set()
-            await first
-            assert await kept == 4
-            await batcher.stop()
+        batcher = MicroBatcher(process, max_batch=1)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(batcher.submit(1), 0.01)
+        with pytest.raises(TimeoutError):  # what the server does: wait on put's future
+            await asyncio.wait_for(batcher.put(2), 0.01)
+        batcher.put(3).cancel()
+        kept = batcher.put(4)
+        release.set()
+        await first
+        assert await kept == 4
+        await batcher.stop()
 
     _run(main())
     assert seen == [0, 4]
@@ -158,28 +149,27 @@ def test_a_queue_whose_expected_wait_is_over_budget_refuses_at_once() -> None:
         return payloads
 
     async def main() -> None:
-        with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher(process, pool, max_batch=1, queue_limit=100, wait_budget=0.2)
-            batcher.start()
-            assert batcher.expected_wait() is None and batcher.refusal() is None
-            await batcher.submit(0)  # measures the rate: about 20 per second
-            wait = batcher.expected_wait()
-            assert wait is not None and 0.02 < wait < 0.2
-            started = time.perf_counter()
-            tasks = []
-            for i in range(12):
-                tasks.append(asyncio.ensure_future(batcher.submit(i)))
-                await asyncio.sleep(0)  # let it queue (or be refused) before the next one asks
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            elapsed = time.perf_counter() - started
-            refused = [str(r) for r in results if isinstance(r, OverloadedError)]
-            answered = [r for r in results if not isinstance(r, BaseException)]
-            # at 20 per second, a 0.2 s budget holds about 4 queued payloads, far below 100
-            assert 2 <= len(answered) <= 6, (len(answered), refused)
-            assert len(answered) + len(refused) == 12
-            assert "over the 200 ms budget" in refused[0]
-            assert elapsed < 1.0  # the accepted ones ran at once, none waited for the rest
-            await batcher.stop()
+        batcher = MicroBatcher(process, max_batch=1, queue_limit=100, wait_budget=0.2)
+        batcher.start()
+        assert batcher.expected_wait() is None and batcher.refusal() is None
+        await batcher.submit(0)  # measures the rate: about 20 per second
+        wait = batcher.expected_wait()
+        assert wait is not None and 0.02 < wait < 0.2
+        started = time.perf_counter()
+        tasks = []
+        for i in range(12):
+            tasks.append(asyncio.ensure_future(batcher.submit(i)))
+            await asyncio.sleep(0)  # let it queue (or be refused) before the next one asks
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        elapsed = time.perf_counter() - started
+        refused = [str(r) for r in results if isinstance(r, OverloadedError)]
+        answered = [r for r in results if not isinstance(r, BaseException)]
+        # at 20 per second, a 0.2 s budget holds about 4 queued payloads, far below 100
+        assert 2 <= len(answered) <= 6, (len(answered), refused)
+        assert len(answered) + len(refused) == 12
+        assert "over the 200 ms budget" in refused[0]
+        assert elapsed < 1.0  # the accepted ones ran at once, none waited for the rest
+        await batcher.stop()
 
     _run(main())
 
@@ -190,19 +180,103 @@ def test_a_payloads_own_budget_replaces_the_wait_budget() -> None:
         return payloads
 
     async def main() -> None:
-        with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher(process, pool, max_batch=1, queue_limit=100, wait_budget=10.0)
+        batcher = MicroBatcher(process, max_batch=1, queue_limit=100, wait_budget=10.0)
+        batcher.start()
+        await batcher.submit(0)  # measures the rate
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in range(4)]
+        await asyncio.sleep(0)
+        # about 0.25 s of queue: within the server's 10 s, over a client's 0.1 s
+        assert batcher.refusal() is None
+        why = batcher.refusal(budget=0.1)
+        assert why is not None and "over the 100 ms budget" in why
+        with pytest.raises(OverloadedError, match="100 ms budget"):
+            await batcher.submit(99, budget=0.1)
+        await asyncio.gather(*queued)
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_batches_run_back_to_back_while_the_event_loop_is_busy() -> None:
+    """The thread takes its next batch itself: a loop busy with HTTP does not idle the model."""
+    ran: list[float] = []
+
+    def process(payloads: list[int]) -> list[int]:
+        ran.append(time.perf_counter())
+        time.sleep(0.02)
+        return payloads
+
+    async def main() -> float:
+        batcher = MicroBatcher(process, max_batch=1)
+        batcher.start()
+        futures = [batcher.put(i) for i in range(4)]
+        time.sleep(0.3)  # the loop is busy (blocked) for 0.3 s after queuing four batches
+        busy_until = time.perf_counter()
+        assert await asyncio.gather(*futures) == [0, 1, 2, 3]
+        await batcher.stop()
+        return busy_until
+
+    busy_until = _run(main())
+    assert len(ran) == 4 and all(t < busy_until for t in ran)
+
+
+def test_shared_slots_bound_the_model_calls_running_at_once() -> None:
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def process(payloads: list[int]) -> list[int]:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return payloads
+
+    async def main(slots: threading.Semaphore | None) -> None:
+        batchers = [MicroBatcher(process, max_batch=1, slots=slots) for _ in range(3)]
+        for batcher in batchers:
             batcher.start()
-            await batcher.submit(0)  # measures the rate
-            queued = [asyncio.ensure_future(batcher.submit(i)) for i in range(4)]
-            await asyncio.sleep(0)
-            # about 0.25 s of queue: within the server's 10 s, over a client's 0.1 s
-            assert batcher.refusal() is None
-            why = batcher.refusal(budget=0.1)
-            assert why is not None and "over the 100 ms budget" in why
-            with pytest.raises(OverloadedError, match="100 ms budget"):
-                await batcher.submit(99, budget=0.1)
-            await asyncio.gather(*queued)
+        futures = [b.put(i) for i in range(5) for b in batchers]
+        assert len(await asyncio.gather(*futures)) == 15
+        for batcher in batchers:
             await batcher.stop()
+
+    _run(main(threading.Semaphore(1)))
+    assert most[0] == 1
+    most[0] = 0
+    _run(main(None))  # without slots, the three models' calls do overlap
+    assert most[0] > 1
+
+
+def test_stop_answers_everything_queued_then_refuses_new_payloads() -> None:
+    def process(payloads: list[int]) -> list[int]:
+        time.sleep(0.01)
+        return [-p for p in payloads]
+
+    async def main() -> None:
+        batcher = MicroBatcher(process, max_batch=2)
+        with pytest.raises(RuntimeError, match="start"):
+            batcher.put(0)
+        batcher.start()
+        futures = [batcher.put(i) for i in range(7)]
+        await batcher.stop()
+        assert all(f.done() for f in futures)
+        assert [f.result() for f in futures] == [-i for i in range(7)]
+        with pytest.raises(RuntimeError, match="not running"):
+            batcher.put(8)
+
+    _run(main())
+
+
+def test_a_process_that_returns_too_few_results_fails_its_batch() -> None:
+    async def main() -> None:
+        batcher = MicroBatcher(lambda payloads: payloads[:-1], max_batch=4)
+        batcher.start()
+        futures = [batcher.put(i) for i in range(3)]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results), results
+        assert "gave" in str(results[0])
+        await batcher.stop()
 
     _run(main())

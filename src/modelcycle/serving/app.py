@@ -15,6 +15,7 @@ import hmac
 import itertools
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +62,8 @@ class ServeSettings:
             gets 429 at once instead.
         api_key: When set, /v1 routes need `Authorization: Bearer <key>` or `X-API-Key`.
         cors_origins: Origins allowed by CORS; none by default (closed).
-        threads: Worker threads that run model calls.
+        threads: Model calls that may run at once, over all served models (each model has
+            its own batching thread), and threads that load and warm up models.
         reload_seconds: How often to check whether a served alias moved (0: never).
     """
 
@@ -117,7 +119,8 @@ def create_app(
     the served models' drift and GET /v1/models/{name}/drift answers from its cache.
     """
     state, metrics = _State(), ServerMetrics.create()
-    executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="model")
+    executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="load")
+    slots = threading.Semaphore(settings.threads)  # model calls at once, over all models
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -125,7 +128,7 @@ def create_app(
             loaded = await asyncio.get_running_loop().run_in_executor(executor, load_models)
             for served in loaded:
                 await asyncio.get_running_loop().run_in_executor(executor, warm_up, served)
-                _add_model(state, metrics, served, settings, executor, capture)
+                _add_model(state, metrics, served, settings, slots, capture)
             # Everything loaded so far (torch, mlflow, the models) lives as long as the process:
             # move it out of the collector's view, or each full collection pauses ~300 ms.
             gc.collect()
@@ -166,7 +169,7 @@ def _add_model(
     metrics: ServerMetrics,
     served: ServedModel,
     settings: ServeSettings,
-    executor: ThreadPoolExecutor,
+    slots: threading.Semaphore,
     capture: CaptureStore | None,
 ) -> None:
     if served.name in state.models:
@@ -178,11 +181,12 @@ def _add_model(
     state.models[served.name] = served
     state.batchers[served.name] = batcher = MicroBatcher(
         process,
-        executor,
         settings.max_batch,
         settings.max_wait_ms / 1000,
         settings.queue_limit,
         wait_budget=settings.deadline_ms / 1000 * WAIT_SHARE,
+        slots=slots,
+        name=f"batch-{served.name}",
     )
     batcher.on_batch = metrics.batch_observer(served.name, batcher.depth)
     batcher.start()

@@ -1,18 +1,26 @@
 """Micro-batching: requests that wait together run together, bounded and shed when full.
 
-The worker takes every request already queued (up to `max_batch`) and, when `max_wait` is
-above zero, waits that long for more. With `max_wait=0` (the default) it never delays a
-request: a lone request runs at once, and batches form only from requests that queued
-while the previous batch ran — so batching is never worse than none.
+Each model has one batching thread that takes every request already queued (up to
+`max_batch`) and, when `max_wait` is above zero, waits that long for more. With `max_wait=0`
+(the default) it never delays a request: a lone request runs at once, and batches form only
+from requests that queued while the previous batch ran — so batching is never worse than
+none.
+
+The thread takes its next batch itself, the moment the last one is done. Had the event loop
+collected each batch and handed it to a thread pool, the model would sit idle while the
+loop, busy with HTTP, noticed the end of a batch and the pool's thread woke for the next
+one: about 2 ms between batches, measured (int8 resnet18, 8 clients, 2 cores), where the
+model was busy 93 % of the time, against 97 % with its own thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,59 +37,72 @@ class _Item:
 
 
 class MicroBatcher:
-    """Runs `process(payloads) -> results` in `executor` on batches of queued payloads.
+    """Runs `process(payloads) -> results` in its own thread on batches of queued payloads.
+
+    Payloads are queued from the event loop (`put`), and their results come back to it.
 
     Args:
-        process: Maps a list of payloads to a list of results, same order; runs in a thread.
-        executor: Where `process` runs (so the event loop never blocks).
+        process: Maps a list of payloads to a list of results, same order; runs in the
+            batcher's thread, never on the event loop.
         max_batch: Largest batch.
         max_wait: Seconds to wait for more payloads once one is queued (0: never wait).
         queue_limit: Payloads that may wait; one more raises `OverloadedError`.
-        on_batch: Called with each batch's size (metrics).
+        on_batch: Called with each batch's size (metrics), in the batcher's thread.
         wait_budget: Seconds a new payload may expect to wait; when the queue is so long that
             its expected wait (queued payloads ÷ the measured rate) is longer, it is refused
             at once (`OverloadedError`) rather than queued to miss its deadline. None: only
             `queue_limit` bounds the queue.
+        slots: Held around each `process` call; one semaphore shared by the batchers of a
+            server bounds how many model calls run at once. None: no bound.
+        name: The thread's name.
     """
 
     def __init__(
         self,
         process: Callable[[list[Any]], list[Any]],
-        executor: Executor,
         max_batch: int = 32,
         max_wait: float = 0.0,
         queue_limit: int = 256,
         on_batch: Callable[[int], None] = lambda size: None,
         wait_budget: float | None = None,
+        slots: threading.Semaphore | None = None,
+        name: str = "batch",
     ) -> None:
-        self.process, self.executor = process, executor
+        self.process = process
         self.max_batch, self.max_wait, self.on_batch = max_batch, max_wait, on_batch
-        self.wait_budget = wait_budget
-        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_limit)
-        self._worker: asyncio.Task[None] | None = None
+        self.queue_limit, self.wait_budget, self.name = queue_limit, wait_budget, name
+        self._slots: AbstractContextManager[Any] = slots if slots is not None else nullcontext()
+        self._items: deque[_Item] = deque()
+        self._ready = threading.Condition(threading.Lock())  # guards _items and _stopping
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._rate: float | None = None  # payloads per second while processing (EWMA)
 
     def start(self) -> None:
-        """Start the worker on the running loop."""
-        self._worker = asyncio.get_running_loop().create_task(self._run())
+        """Start the batching thread; results return to the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop the worker."""
-        await self.queue.join()
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        """Finish what is queued, then stop the thread."""
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        await asyncio.sleep(0)  # the last results, sent before the join ended, are delivered
 
     def depth(self) -> int:
         """Payloads waiting now."""
-        return self.queue.qsize()
+        return len(self._items)
 
     def expected_wait(self) -> float | None:
         """Seconds a payload queued now should wait, from the measured rate (None: not yet)."""
         if self._rate is None:
             return None
-        return (self.queue.qsize() + 1) / self._rate
+        return (len(self._items) + 1) / self._rate
 
     def refusal(self, budget: float | None = None) -> str | None:
         """Why one more payload would be refused now, or None (lets a server shed early).
@@ -89,12 +110,12 @@ class MicroBatcher:
         `budget`: seconds this payload may wait (e.g. from its own deadline), instead of
         `wait_budget`.
         """
-        if self.queue.full():
-            return f"queue full ({self.queue.maxsize} waiting)"
+        if len(self._items) >= self.queue_limit:
+            return f"queue full ({self.queue_limit} waiting)"
         wait, budget = self.expected_wait(), self.wait_budget if budget is None else budget
         if budget is not None and wait is not None and wait > budget:
             return (
-                f"expected wait {wait * 1000:.0f} ms with {self.queue.qsize()} queued is over "
+                f"expected wait {wait * 1000:.0f} ms with {len(self._items)} queued is over "
                 f"the {budget * 1000:.0f} ms budget"
             )
         return None
@@ -102,60 +123,82 @@ class MicroBatcher:
     def put(self, payload: Any, budget: float | None = None) -> asyncio.Future[Any]:
         """Queue one payload now; its result's future (cancel it to drop the payload).
 
+        Call it on the loop that started the batcher.
+
         Raises:
             OverloadedError: See `refusal` (`budget` too).
+            RuntimeError: The batcher was not started, or is stopping.
         """
+        if self._loop is None or self._stopping:
+            raise RuntimeError(f"{self.name}: batcher not running; start() it first.")
         why = self.refusal(budget)
         if why is not None:
             raise OverloadedError(why)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(_Item(payload, future))
+        future: asyncio.Future[Any] = self._loop.create_future()
+        with self._ready:
+            self._items.append(_Item(payload, future))
+            self._ready.notify()
         return future
 
     async def submit(self, payload: Any, budget: float | None = None) -> Any:
         """Queue one payload and wait for its result (`budget`: see `refusal`)."""
         return await self.put(payload, budget)
 
-    async def _run(self) -> None:
-        while True:
-            batch = await self._collect()
-            live = [item for item in batch if not item.future.done()]  # skip expired ones
+    def _work(self) -> None:
+        assert self._loop is not None
+        while (batch := self._take()) is not None:
+            # A future is done before its batch runs when its request gave up (deadline,
+            # disconnect): skip it. One given up after this check is computed, not answered.
+            live = [item for item in batch if not item.future.done()]
+            if not live:
+                continue
+            self.on_batch(len(live))
             try:
-                if live:
-                    self.on_batch(len(live))
-                    loop = asyncio.get_running_loop()
+                with self._slots:
                     started = time.perf_counter()
-                    results = await loop.run_in_executor(
-                        self.executor, self.process, [item.payload for item in live]
-                    )
+                    results = self.process([item.payload for item in live])
                     self._measure(len(live), time.perf_counter() - started)
-                    for item, result in zip(live, results, strict=True):
-                        if not item.future.done():
-                            item.future.set_result(result)
-            except Exception as err:  # one bad batch fails its own requests, not the worker
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(err)
-            finally:
-                for _ in batch:
-                    self.queue.task_done()
+                if len(results) != len(live):
+                    raise RuntimeError(f"{len(live)} payloads gave {len(results)} results")
+            except Exception as err:  # one bad batch fails its own requests, not the thread
+                outcome: list[Any] | Exception = err
+            else:
+                outcome = results
+            try:
+                self._loop.call_soon_threadsafe(_deliver, live, outcome)
+            except RuntimeError:  # the loop closed without stop(): nobody waits any more
+                return
+
+    def _take(self) -> list[_Item] | None:
+        """The next batch, waiting for its first payload; None once stopping and drained."""
+        with self._ready:
+            while not self._items:
+                if self._stopping:
+                    return None
+                self._ready.wait()
+            batch = [self._items.popleft() for _ in range(min(self.max_batch, len(self._items)))]
+            deadline = time.perf_counter() + self.max_wait
+            while len(batch) < self.max_batch and not self._stopping:
+                if self._items:
+                    batch.append(self._items.popleft())
+                    continue
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._ready.wait(remaining)
+            return batch
 
     def _measure(self, size: int, seconds: float) -> None:
         rate = size / max(seconds, 1e-6)
         self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
 
-    async def _collect(self) -> list[_Item]:
-        batch = [await self.queue.get()]
-        deadline = time.perf_counter() + self.max_wait
-        while len(batch) < self.max_batch:
-            if not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-                continue
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except TimeoutError:
-                break
-        return batch
+
+def _deliver(items: list[_Item], outcome: list[Any] | Exception) -> None:
+    """On the loop: each item's result, or the batch's error; given-up items are skipped."""
+    for n, item in enumerate(items):
+        if item.future.done():
+            continue
+        if isinstance(outcome, Exception):
+            item.future.set_exception(outcome)
+        else:
+            item.future.set_result(outcome[n])

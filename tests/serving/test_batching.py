@@ -199,25 +199,24 @@ def test_a_payloads_own_budget_replaces_the_wait_budget() -> None:
 
 def test_batches_run_back_to_back_while_the_event_loop_is_busy() -> None:
     """The thread takes its next batch itself: a loop busy with HTTP does not idle the model."""
-    ran: list[float] = []
+    ran = threading.Semaphore(0)
 
     def process(payloads: list[int]) -> list[int]:
-        ran.append(time.perf_counter())
-        time.sleep(0.02)
+        time.sleep(0.01)
+        ran.release()
         return payloads
 
-    async def main() -> float:
+    async def main() -> None:
         batcher = MicroBatcher(process, max_batch=1)
         batcher.start()
         futures = [batcher.put(i) for i in range(4)]
-        time.sleep(0.3)  # the loop is busy (blocked) for 0.3 s after queuing four batches
-        busy_until = time.perf_counter()
+        # The loop stays blocked in this coroutine until all four batches have run.
+        assert all(ran.acquire(timeout=5) for _ in range(4))
+        assert not any(f.done() for f in futures)  # their answers wait for the loop
         assert await asyncio.gather(*futures) == [0, 1, 2, 3]
         await batcher.stop()
-        return busy_until
 
-    busy_until = _run(main())
-    assert len(ran) == 4 and all(t < busy_until for t in ran)
+    _run(main())
 
 
 def test_shared_slots_bound_the_model_calls_running_at_once() -> None:

@@ -147,13 +147,13 @@ class MicroBatcher:
     def _work(self) -> None:
         assert self._loop is not None
         while (batch := self._take()) is not None:
-            # A future is done before its batch runs when its request gave up (deadline,
-            # disconnect): skip it. One given up after this check is computed, not answered.
+            # A future is done before its batch runs when its request gave up (its deadline
+            # passed): skip it. One that gives up after this check is computed, not answered.
             live = [item for item in batch if not item.future.done()]
             if not live:
                 continue
-            self.on_batch(len(live))
             try:
+                self.on_batch(len(live))
                 with self._slots:
                     started = time.perf_counter()
                     results = self.process([item.payload for item in live])

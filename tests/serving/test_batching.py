@@ -279,3 +279,23 @@ def test_a_process_that_returns_too_few_results_fails_its_batch() -> None:
         await batcher.stop()
 
     _run(main())
+
+
+def test_a_failing_batch_callback_fails_its_batch_not_the_thread() -> None:
+    calls: list[int] = []
+
+    def on_batch(size: int) -> None:
+        calls.append(size)
+        if len(calls) == 1:
+            raise ValueError("metrics broke")
+
+    async def main() -> None:
+        batcher = MicroBatcher(lambda payloads: payloads, max_batch=1, on_batch=on_batch)
+        batcher.start()
+        with pytest.raises(ValueError, match="metrics broke"):
+            await batcher.submit(1)
+        assert await batcher.submit(2) == 2
+        await batcher.stop()
+
+    _run(main())
+    assert calls == [1, 1]

@@ -9,6 +9,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -232,3 +233,51 @@ def test_images_decode_off_the_event_loop(
     assert seen == [False] * 3
     # the server's one decode thread, not asyncio's pool of up to 32 beside the model
     assert len(set(threads)) == 1 and threads[0].startswith("decode")
+
+
+def test_one_process_serves_twins_and_images_side_by_side(
+    served: ServedModel, served_image: ServedModel, store: CaptureStore
+) -> None:
+    """Two models in one app, sharing one model-call slot (serve.threads=1): each has its own
+    batching thread, stopped with the app, and every concurrent answer equals the model's
+    own answer to the same request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    png = encoded(grain(), "PNG")
+    settings = ServeSettings(threads=1)
+    with TestClient(create_app(lambda: [served, served_image], settings, store)) as c:
+        pair = c.get("/v1/models/twins/examples").json()["examples"][0]["request"]
+
+        def twins() -> Any:
+            return c.post("/v1/models/twins/predict", json=pair)
+
+        def image() -> Any:
+            return c.post(PREDICT, content=png, headers={"content-type": "image/png"})
+
+        alone = {"twins": twins().json(), "image": image().json()}
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: (twins if i % 2 else image)(), range(24)))
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        for answer in answers:  # the same answer, up to the float noise of batch sizes
+            body = answer.json()
+            assert close(body, alone[body["model"]]), (body, alone[body["model"]])
+        assert {m["name"] for m in c.get("/v1/models").json()["models"]} == {"twins", "image"}
+        batchers = {t.name for t in threading.enumerate() if t.name.startswith("batch-")}
+        assert batchers == {"batch-twins", "batch-image"}
+        text = c.get("/metrics").text
+        for name in ("twins", "image"):
+            assert f'modelcycle_batch_size_count{{model="{name}"}}' in text
+    assert not any(t.name.startswith("batch-") for t in threading.enumerate())  # stopped
+    captured = store.read()
+    assert {row.model for row in captured} == {"twins", "image"} and len(captured) == 26
+
+
+def close(a: Any, b: Any, tol: float = 1e-5) -> bool:
+    """Equal JSON values, numbers within `tol`."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(a - b) <= tol
+    return bool(a == b)

@@ -83,7 +83,9 @@ def test_a_full_queue_refuses_at_once() -> None:
         batcher = MicroBatcher(process, max_batch=1, queue_limit=2)
         batcher.start()
         first = asyncio.ensure_future(batcher.submit(0))
-        await asyncio.sleep(0.05)  # the worker took it; it now blocks in process
+        await asyncio.sleep(0)  # payload 0 is queued
+        while batcher.depth():  # until the thread takes it; it then blocks in process
+            await asyncio.sleep(0.001)
         queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
         await asyncio.sleep(0.01)
         started = time.perf_counter()

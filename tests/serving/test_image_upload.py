@@ -8,6 +8,7 @@ import io
 import threading
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +242,6 @@ def test_one_process_serves_twins_and_images_side_by_side(
     """Two models in one app, sharing one model-call slot (serve.threads=1): each has its own
     batching thread, stopped with the app, and every concurrent answer equals the model's
     own answer to the same request."""
-    from concurrent.futures import ThreadPoolExecutor
-
     png = encoded(grain(), "PNG")
     settings = ServeSettings(threads=1)
     with TestClient(create_app(lambda: [served, served_image], settings, store)) as c:

@@ -63,7 +63,7 @@ class ServeSettings:
         api_key: When set, /v1 routes need `Authorization: Bearer <key>` or `X-API-Key`.
         cors_origins: Origins allowed by CORS; none by default (closed).
         threads: Model calls that may run at once, over all served models (each model has
-            its own batching thread), and threads that load and warm up models.
+            its own batching thread).
         reload_seconds: How often to check whether a served alias moved (0: never).
     """
 
@@ -119,7 +119,8 @@ def create_app(
     the served models' drift and GET /v1/models/{name}/drift answers from its cache.
     """
     state, metrics = _State(), ServerMetrics.create()
-    executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="load")
+    # Loads, warm-ups and reloads run one after another, off the event loop.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
     slots = threading.Semaphore(settings.threads)  # model calls at once, over all models
 
     @asynccontextmanager

@@ -86,13 +86,16 @@ class MicroBatcher:
         self._thread.start()
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop the thread."""
+        """Finish what is queued, then stop the thread.
+
+        Every result is delivered when this returns: the thread sent each to the loop before
+        the join ended, so the loop ran them before it resumes this coroutine.
+        """
         with self._ready:
             self._stopping = True
             self._ready.notify_all()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
-        await asyncio.sleep(0)  # the last results, sent before the join ended, are delivered
 
     def depth(self) -> int:
         """Payloads waiting now."""

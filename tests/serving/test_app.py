@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -38,8 +42,10 @@ def client(served: ServedModel, tmp_path: Path) -> Iterator[TestClient]:
         yield c
 
 
-def _example(client: TestClient, n: int = 0) -> dict[str, Any]:
-    examples = client.get("/v1/models/twins/examples").json()["examples"]
+def _example(
+    client: TestClient, n: int = 0, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    examples = client.get("/v1/models/twins/examples", headers=headers).json()["examples"]
     return dict(examples[n]["request"])
 
 
@@ -426,35 +432,230 @@ class GatedSession:
         return self.inner.run(names, feeds)
 
 
-def test_a_full_queue_sheds_at_once_with_429_and_retry_after(served: ServedModel) -> None:
+@contextlib.contextmanager
+def _full_queue(
+    served: ServedModel, settings: ServeSettings, headers: dict[str, str] | None = None
+) -> Iterator[tuple[TestClient, dict[str, Any]]]:
+    """A client whose model holds one request and has one more queued, with a queue of one;
+    on leaving, the model is released and both held requests must have been answered."""
     gated = GatedSession(served.session)
-    settings = replace(ServeSettings(), max_batch=1, queue_limit=1)
+    settings = replace(settings, max_batch=1, queue_limit=1)
     with _client(replace(served, session=gated), settings) as c:
-        request = _example(c)
+        request = _example(c, headers=headers)
         gated.armed = True
         with ThreadPoolExecutor(2) as pool:
-            running = pool.submit(_post, c, request)  # taken by the model thread, held there
+            running = pool.submit(_post, c, request, headers)  # held by the model thread
             assert gated.entered.wait(10)
-            waiting = pool.submit(_post, c, request)  # fills the one queue place
+            waiting = pool.submit(_post, c, request, headers)  # fills the one queue place
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not _queue_depth(c):
+            while time.monotonic() < deadline and not _queue_depth(c, headers):
                 time.sleep(0.01)
-            started = time.perf_counter()
-            shed = _post(c, request)
-            shed_seconds = time.perf_counter() - started
-            # shed before the body is read: not even a broken body gets past the full queue
-            garbage = c.post(PREDICT, content=b"{not json", headers={"content-type": "x/y"})
-            gated.release.set()
+            try:
+                yield c, request
+            finally:
+                gated.release.set()
             answered = [running.result(10), waiting.result(10)]
+    assert [r.status_code for r in answered] == [200, 200]
+
+
+def test_a_full_queue_sheds_at_once_with_429_and_retry_after(served: ServedModel) -> None:
+    with _full_queue(served, ServeSettings()) as (c, request):
+        started = time.perf_counter()
+        shed = _post(c, request)
+        shed_seconds = time.perf_counter() - started
+        # shed before the body is read: not even a broken body gets past the full queue
+        garbage = c.post(PREDICT, content=b"{not json", headers={"content-type": "x/y"})
     assert shed.status_code == 429 and shed.headers["retry-after"] == "1"
     assert "twins is overloaded (queue full" in shed.json()["detail"]
     assert shed_seconds < 5  # answered while the model was still held, not after
     assert garbage.status_code == 429
-    assert [r.status_code for r in answered] == [200, 200]
 
 
-def _queue_depth(client: TestClient) -> float:
-    for line in client.get("/metrics").text.splitlines():
+def test_shedding_before_routing_still_checks_the_key_the_deadline_and_the_name(
+    served: ServedModel,
+) -> None:
+    """Refusals are answered before FastAPI routes the request; whatever the path and headers
+    alone do not settle is still answered by the routes, as without an overload."""
+    origin = "https://example.org"
+    settings = ServeSettings(api_key="s3cret", cors_origins=(origin,))
+    key = {"x-api-key": "s3cret"}
+    with _full_queue(served, settings, key) as (c, request):
+        shed = _post(c, request, {**key, "origin": origin})
+        bearer = _post(c, request, {"authorization": "Bearer s3cret"})
+        no_key = _post(c, request)
+        wrong_key = _post(c, request, {"x-api-key": "s3cret!"})
+        bad_deadlines = [
+            _post(c, request, {**key, "x-deadline-ms": v}) for v in ("soon", "-5", "0", "inf")
+        ]
+        unknown = c.post("/v1/models/nope/predict", json=request, headers=key)
+        metrics = c.get("/metrics", headers=key).text
+    assert shed.status_code == 429 and shed.headers["retry-after"] == "1"
+    assert shed.headers["access-control-allow-origin"] == origin
+    assert bearer.status_code == 429
+    assert [no_key.status_code, wrong_key.status_code] == [401, 401]
+    assert "API key" in no_key.json()["detail"]
+    assert [r.status_code for r in bad_deadlines] == [422] * 4
+    assert all("x-deadline-ms" in json.dumps(r.json()["detail"]) for r in bad_deadlines)
+    assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
+    # counted under the route's template and the model, like the routes' own answers
+    assert f'{PREDICT_SERIES},status="429"}} 2.0' in metrics
+    assert f'{PREDICT_SERIES},status="401"}} 2.0' in metrics
+
+
+def test_shedding_answers_only_refusals_and_passes_everything_else_on_untouched() -> None:
+    from modelcycle.serving.app import _Shed, _State
+    from modelcycle.serving.batching import MicroBatcher
+
+    state = _State(ready=True)
+    state.batchers["full"] = MicroBatcher(lambda p: p, queue_limit=0)  # refuses every put
+    state.batchers["idle"] = MicroBatcher(lambda p: p)
+    passed_on: list[str] = []
+
+    async def routes(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        passed_on.append(f"{scope['method']} {scope['path']}")
+
+    shed = _Shed(routes, state, ServeSettings())
+
+    def call(method: str, path: str) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            raise AssertionError("a refusal must not read the body")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "headers": []}
+        asyncio.run(shed(scope, receive, send))
+        return sent
+
+    refused = call("POST", "/v1/models/full/predict")
+    assert refused[0]["status"] == 429 and (b"retry-after", b"1") in refused[0]["headers"]
+    assert b"full is overloaded (queue full" in refused[1]["body"]
+    assert passed_on == []
+    others = [
+        ("POST", "/v1/models/idle/predict"),  # room in its queue
+        ("GET", "/v1/models/full/predict"),
+        ("POST", "/v1/models/nope/predict"),
+        ("POST", "/v1/models/full/predict/more"),
+        ("POST", "/v1/models/full/examples"),
+    ]
+    for method, path in others:
+        assert call(method, path) == []
+    state.ready = False  # stopping: the routes answer as they do then
+    assert call("POST", "/v1/models/full/predict") == []
+    assert passed_on == [f"{m} {p}" for m, p in others] + ["POST /v1/models/full/predict"]
+
+
+def test_a_refused_request_leaves_its_keep_alive_connection_usable_in_uvicorn(
+    served: ServedModel,
+) -> None:
+    """Refusals do not read the body: uvicorn must still skip it and keep the connection."""
+    import uvicorn
+
+    gated = GatedSession(served.session)
+    settings = ServeSettings(max_batch=1, queue_limit=1)
+    app = create_app(lambda: [replace(served, session=gated)], settings)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        request = json.dumps(
+            httpx.get(url + "/v1/models/twins/examples").json()["examples"][0]["request"]
+        )
+        gated.armed = True
+        held, queued, refused = (socket.create_connection(("127.0.0.1", port)) for _ in range(3))
+        with held, queued, refused:
+            held.sendall(_http_post(request))
+            assert gated.entered.wait(10)
+            queued.sendall(_http_post(request))
+            while (
+                'modelcycle_queue_depth{model="twins"} 1.0' not in httpx.get(url + "/metrics").text
+            ):
+                assert time.monotonic() < deadline, "the second request never queued"
+                time.sleep(0.01)
+            padded = request[:-1] + ', "padding": "' + "x" * 300_000 + '"}'  # 300 kB unread
+            answers = []
+            for body in (padded, padded):
+                refused.sendall(_http_post(body))
+                answers.append(_http_answer(refused))
+            gated.release.set()
+            answers += [_http_answer(held), _http_answer(queued)]
+            refused.sendall(_http_post(request))  # the same connection, after two refusals
+            answers.append(_http_answer(refused))
+        assert [status for status, _ in answers] == [429, 429, 200, 200, 200]
+        assert b"queue full" in answers[0][1]
+    finally:
+        gated.release.set()
+        server.should_exit = True
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def _http_post(body: str) -> bytes:
+    data = body.encode()
+    head = f"POST {PREDICT} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+    return head.encode() + f"content-length: {len(data)}\r\n\r\n".encode() + data
+
+
+def _http_answer(connection: socket.socket) -> tuple[int, bytes]:
+    """Status and body of one keep-alive answer (uvicorn sends a Content-Length)."""
+    connection.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    assert b"connection: close" not in head.lower()
+    return int(head.split(b" ")[1]), body
+
+
+class SlowSession:
+    """An ONNX session that takes at least `seconds` per call."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
+        time.sleep(self.seconds)
+        return self.inner.run(names, feeds)
+
+
+def test_a_client_deadline_the_queue_cannot_meet_is_refused_at_once(served: ServedModel) -> None:
+    slow = SlowSession(served.session, 0.1)  # at most 10 requests per second
+    with _client(replace(served, session=slow), ServeSettings(max_batch=1)) as c:
+        request = _example(c)
+        assert _post(c, request).status_code == 200  # the server measures its rate
+        started = time.perf_counter()
+        # half of a deadline may go to waiting: 30 ms, while one request takes 100 ms
+        refused = _post(c, request, {"x-deadline-ms": "60"})
+        refused_seconds = time.perf_counter() - started
+        patient = _post(c, request, {"x-deadline-ms": "2000"})
+    assert refused.status_code == 429, refused.text
+    assert "over the 30 ms budget" in refused.json()["detail"]
+    assert refused_seconds < 0.1  # refused without running the model
+    assert patient.status_code == 200
+
+
+def _queue_depth(client: TestClient, headers: dict[str, str] | None = None) -> float:
+    for line in client.get("/metrics", headers=headers).text.splitlines():
         if line.startswith('modelcycle_queue_depth{model="twins"}'):
             return float(line.split()[-1])
     return 0.0

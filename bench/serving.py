@@ -17,7 +17,9 @@ about a tenth of httpx's CPU per request):
   1. served ÷ bare ONNX Runtime (session.run in this process, on batches of the size the
      server formed), closed loop;
   2. served ÷ naive, closed loop;
-  3. batching on ÷ off: throughput and p99, closed loop;
+  3. batching on ÷ off (ours ÷ ours-b1): throughput and p99 in the closed loop, p50 with one
+     client (a lone request, which batching must never delay) and p99 in an open loop at
+     70 % of ours' peak; batching stays on only if it is never worse (aims ≥ 1 and ≤ 1);
   4. p99 ÷ p50 in an open loop at 70 % of the peak (the served closed-loop rate);
   5. goodput ÷ peak in an open loop at 4× the peak (goodput: 200s within the deadline per
      second, counted while the load lasts, not in the drain after it; 429s and timeouts are
@@ -937,7 +939,8 @@ def measure(
 ) -> list[Row]:
     """The five measurements; returns the table rows."""
     slice_seconds = args.seconds / args.rounds
-    labels = ("ours", "bare", "inproc", "ours-b1", "ours-w2", "naive", "litserve", "floor")
+    labels = ["ours", "bare", "inproc", "ours-b1", "ours-w2", "naive", "litserve", "floor"]
+    labels += ["ours-1", "ours-b1-1"]  # one client: lone requests, batching on and off
     rounds: dict[str, list[Tally]] = {k: [] for k in labels}  # each round's slice, kept apart
     bare_batch: list[int] = []  # the mean batch `ours` formed in its first slice
     say(
@@ -946,11 +949,12 @@ def measure(
         f"{args.overload_connections} in overload; deadline {deadline * 1000:.0f} ms"
     )
 
-    def served(label: str) -> Callable[[], Tally]:
+    def served(label: str, clients: int | None = None) -> Callable[[], Tally]:
         def go() -> Tally:
             server = servers[label]
             before = batch_stats(server, name) if label.startswith("ours") else np.zeros(2)
-            tally = closed_loop(server, bodies, args.clients, slice_seconds, args.max_requests)
+            n = clients or args.clients
+            tally = closed_loop(server, bodies, n, slice_seconds, args.max_requests)
             if label.startswith("ours"):
                 tally.batches = batch_stats(server, name) - before
             return tally
@@ -975,6 +979,8 @@ def measure(
         ("naive", served("naive")),
         ("litserve", served("litserve")),
         ("inproc", in_process(True)),
+        ("ours-1", served("ours", clients=1)),
+        ("ours-b1-1", served("ours-b1", clients=1)),
     ]
 
     def alone(label: str) -> contextlib.AbstractContextManager[None]:
@@ -993,9 +999,11 @@ def measure(
     peak = tallies["ours"].rate
     say(f"peak (ours, closed loop, {args.clients} clients) {peak:.0f} req/s")
 
-    def open_run(rate: float, connections: int, send_deadline: bool = True) -> OpenLoop:
-        with collector_paused(), alone("ours"):
-            server = servers["ours"]
+    def open_run(
+        rate: float, connections: int, send_deadline: bool = True, label: str = "ours"
+    ) -> OpenLoop:
+        with collector_paused(), alone(label):
+            server = servers[label]
             return asyncio.run(
                 open_loop(server, bodies, rate, args.seconds, deadline, connections, send_deadline)
             )
@@ -1005,6 +1013,10 @@ def measure(
     steady = open_run(rate, args.connections)
     say(f"  {describe(steady.tally)}")
     say(f"  {steady.sent_line()}; {steady.tally.cpu_line()}")
+    say(f"the same for ours-b1 (serve.max_batch=1): {rate:.0f} req/s for {args.seconds:g} s")
+    steady_b1 = open_run(rate, args.connections, label="ours-b1")
+    say(f"  {describe(steady_b1.tally)}")
+    say(f"  {steady_b1.sent_line()}; {steady_b1.tally.cpu_line()}")
 
     rate = args.overload * peak
     overloads: dict[bool, list[OpenLoop]] = {True: [], False: []}
@@ -1025,7 +1037,7 @@ def measure(
             )
             overloads[send_deadline].append(over)
 
-    runs = [("70 %", steady)] + [
+    runs = [("70 %", steady), ("70 % (ours-b1)", steady_b1)] + [
         (f"{args.overload:g}× {'with' if k else 'without'} X-Deadline-Ms", o)
         for k, results in overloads.items()
         for o in results
@@ -1051,14 +1063,15 @@ def measure(
     per_s = "{:.0f} req/s".format
     in_ms = "{:.1f} ms".format
 
-    def compare(title: str, subject: str, base: str, aim: str, p99: bool = False) -> Row:
-        """A closed-loop row: both subjects' rate (or p99), their ratio and its range over
-        the rounds (each round's slices ran back to back: the load moved them alike)."""
+    def compare(title: str, subject: str, base: str, aim: str, q: float | None = None) -> Row:
+        """A closed-loop row: both subjects' rate (or latency percentile `q`), their ratio
+        and its range over the rounds (each round's slices ran back to back: the load moved
+        them alike)."""
 
         def value(tally: Tally) -> float:
-            return tally.ms(99) if p99 else tally.rate
+            return tally.ms(q) if q is not None else tally.rate
 
-        show = in_ms if p99 else per_s
+        show = in_ms if q is not None else per_s
         whole = value(tallies[subject]) / value(tallies[base])
         each = [value(a) / value(b) for a, b in zip(rounds[subject], rounds[base], strict=True)]
         return (
@@ -1087,8 +1100,16 @@ def measure(
         compare("   (info) served ÷ uvicorn answering a constant", "ours", "floor", "-"),
         compare("2. served ÷ naive FastAPI + PyTorch", "ours", "naive", "≥ 3"),
         compare("   (info) serve.workers=2 ÷ naive", "ours-w2", "naive", "-"),
-        compare("3. batching on ÷ off: throughput", "ours", "ours-b1", "-"),
-        compare("3. batching on ÷ off: p99 (closed loop)", "ours", "ours-b1", "-", p99=True),
+        compare("3. batching on ÷ off: throughput", "ours", "ours-b1", "≥ 1.0"),
+        compare("3. batching on ÷ off: p99 (closed loop)", "ours", "ours-b1", "≤ 1.0", q=99),
+        compare("3. batching on ÷ off: p50, one client", "ours-1", "ours-b1-1", "≤ 1.0", q=50),
+        (
+            "3. batching on ÷ off: p99 at 70 % of peak",
+            in_ms(steady_p99),
+            in_ms(steady_b1.tally.ms(99)),
+            f"{steady_p99 / steady_b1.tally.ms(99):.2f}",
+            "≤ 1.0",
+        ),
         (
             f"4. p99 ÷ p50 at 70 % peak ({0.7 * peak:.0f} req/s)",
             in_ms(steady_p99),
@@ -1099,7 +1120,7 @@ def measure(
         goodput(True, f"5. goodput at {overload} (clients send X-Deadline-Ms)"),
         goodput(False, f"5. goodput at {overload} (clients send no deadline)"),
         compare("6. served ÷ LitServe: throughput (closed loop)", "ours", "litserve", "≥ 1.0"),
-        compare("6. served ÷ LitServe: p99 (closed loop)", "ours", "litserve", "≤ 1.0", p99=True),
+        compare("6. served ÷ LitServe: p99 (closed loop)", "ours", "litserve", "≤ 1.0", q=99),
     ]
 
 

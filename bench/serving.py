@@ -1021,14 +1021,16 @@ def measure(
             )
 
     rate = 0.7 * peak
+    # Twice a closed-loop slice: a p99 needs a few hundred answers even for a slow model.
+    steady_seconds = 2 * slice_seconds
     say(
         f"open loop at 70 % of peak: {rate:.0f} req/s, ours and ours-b1 in {args.rounds} "
-        f"interleaved rounds of {slice_seconds:g} s"
+        f"interleaved rounds of {steady_seconds:g} s"
     )
     steady_slices: dict[str, list[OpenLoop]] = {"ours": [], "ours-b1": []}
     for r in range(args.rounds):
         for label, slices in steady_slices.items():
-            slices.append(open_run(rate, args.connections, label=label, seconds=slice_seconds))
+            slices.append(open_run(rate, args.connections, label=label, seconds=steady_seconds))
             say(f"round {r + 1}/{args.rounds} {label:<8} {describe(slices[-1].tally)}")
             say(f"  {slices[-1].sent_line()}")
     steady, steady_b1 = (summed([o.tally for o in steady_slices[k]]) for k in steady_slices)

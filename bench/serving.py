@@ -1029,7 +1029,9 @@ def measure(
     )
     steady_slices: dict[str, list[OpenLoop]] = {"ours": [], "ours-b1": []}
     for r in range(args.rounds):
-        for label, slices in steady_slices.items():
+        turns = list(steady_slices) if r % 2 == 0 else list(reversed(steady_slices))
+        for label in turns:  # each goes first in half the rounds
+            slices = steady_slices[label]
             slices.append(open_run(rate, args.connections, label=label, seconds=steady_seconds))
             say(f"round {r + 1}/{args.rounds} {label:<8} {describe(slices[-1].tally)}")
             say(f"  {slices[-1].sent_line()}")

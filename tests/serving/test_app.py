@@ -24,6 +24,7 @@ from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.serving.app import ServeSettings, create_app
 from modelcycle.serving.loading import ModelLoadError, ServedModel, load_served
 from modelcycle.tracking import git_state
+from server_process import free_port
 from serving_fixtures import ServedWorkspace
 
 PREDICT = "/v1/models/twins/predict"
@@ -556,9 +557,7 @@ def test_a_refused_request_leaves_its_keep_alive_connection_usable_in_uvicorn(
     gated = GatedSession(served.session)
     settings = ServeSettings(max_batch=1, queue_limit=1)
     app = create_app(lambda: [replace(served, session=gated)], settings)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

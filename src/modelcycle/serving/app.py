@@ -187,7 +187,7 @@ def _add_model(
         settings.max_batch,
         settings.max_wait_ms / 1000,
         settings.queue_limit,
-        wait_budget=settings.deadline_ms / 1000 * WAIT_SHARE,
+        wait_budget=_wait_budget(settings.deadline_ms),
         slots=slots,
         name=f"batch-{served.name}",
     )
@@ -330,7 +330,7 @@ class _Shed:
             return None
         if wanted is not None and not 0 < wanted < float("inf"):
             return None
-        return batcher.refusal(_wait_budget(self.settings, wanted))
+        return batcher.refusal(_wait_budget(_deadline_ms(self.settings, wanted)))
 
 
 class _Measure:
@@ -429,10 +429,8 @@ def _add_routes(
         if name not in state.models:
             return _unknown_model(name, state)
         served, batcher = state.models[name], state.batchers[name]
-        deadline_ms = settings.deadline_ms
-        if x_deadline_ms is not None and x_deadline_ms < deadline_ms:
-            deadline_ms = x_deadline_ms
-        budget = _wait_budget(settings, x_deadline_ms)
+        deadline_ms = _deadline_ms(settings, x_deadline_ms)
+        budget = _wait_budget(deadline_ms)
         refusal = batcher.refusal(budget)  # _Shed answers nearly all refusals before this
         if refusal is not None:  # shed before reading or decoding the body: overload stays cheap
             return _overloaded(name, refusal)
@@ -585,13 +583,15 @@ def _key_matches(given: str, expected: bytes) -> bool:
     return hmac.compare_digest(given.removeprefix("Bearer ").strip().encode(), expected)
 
 
-def _wait_budget(settings: ServeSettings, deadline_ms: float | None) -> float:
-    """Seconds a request may wait in the queue: a share of its deadline.
+def _deadline_ms(settings: ServeSettings, asked_ms: float | None) -> float:
+    """A request's deadline: X-Deadline-Ms (`asked_ms`) when shorter than serve.deadline_ms."""
+    if asked_ms is None or asked_ms > settings.deadline_ms:
+        return settings.deadline_ms
+    return asked_ms
 
-    The deadline is X-Deadline-Ms when that is shorter than serve.deadline_ms.
-    """
-    if deadline_ms is None or deadline_ms > settings.deadline_ms:
-        deadline_ms = settings.deadline_ms
+
+def _wait_budget(deadline_ms: float) -> float:
+    """Seconds a request with this deadline may wait in the queue: a share of it."""
     return deadline_ms / 1000 * WAIT_SHARE
 
 

@@ -15,8 +15,11 @@ and measures, with bounded load generators on loopback (keep-alive HTTP/1.1 on r
 about a tenth of httpx's CPU per request):
 
   1. served ÷ bare ONNX Runtime (session.run in this process, on batches of the size the
-     server formed), closed loop;
-  2. served ÷ naive, closed loop;
+     server formed), closed loop; for information, bare ONNX Runtime with a single-thread
+     session per core, each run from a thread of its own, against ours-w2 (a process per
+     core) and against the bare session as the server loads it;
+  2. served ÷ naive, closed loop; for information, bare ÷ naive, the most that any server
+     running ONNX Runtime could reach here;
   3. batching on ÷ off (ours ÷ ours-b1): throughput and p99 in the closed loop, p50 with one
      client (a lone request, which batching must never delay) and p99 in an open loop at
      70 % of ours' peak (the two in interleaved rounds, like the closed loops); batching
@@ -59,6 +62,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -721,6 +725,30 @@ class Bare:
     served: Any  # modelcycle.serving.loading.ServedModel
     rows: list[list[np.ndarray]]  # per request: one array per input, batch axis 1
     bodies: list[bytes]
+    per_core: list[Any] = field(default_factory=list)  # one single-thread session per core
+
+    def run_per_core(self, batch: int, seconds: float, max_batches: int) -> Tally:
+        """Each `per_core` session in a thread of its own (ONNX Runtime releases the GIL),
+        on batches of `batch` requests: ONNX Runtime's own best layout on this machine."""
+        inputs = [np.concatenate(column) for column in zip(*self.rows[:batch], strict=True)]
+        inputs = [np.concatenate([x] * -(-batch // len(x)))[:batch] for x in inputs]
+        counts = [0] * len(self.per_core)
+        started = time.perf_counter()
+        stop_at = started + seconds
+
+        def loop(k: int) -> None:
+            while time.perf_counter() < stop_at and counts[k] < max_batches:
+                self.per_core[k].run(inputs)
+                counts[k] += 1
+
+        threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(counts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        tally = Tally(seconds=time.perf_counter() - started)
+        tally.statuses[200] = sum(counts) * batch
+        return tally
 
     def run(self, batch: int, seconds: float, max_batches: int, full_path: bool) -> Tally:
         """Batches of `batch` requests, each concatenated, run, and split as the server
@@ -904,6 +932,13 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
         threads = serve.settings.threads
         served = load_served(registry, args.model, tmp / "bare", threads, serve.variant)
         warm_up(served)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        per_core = [
+            load_served(registry, args.model, tmp / f"bare-core{k}", 1, serve.variant)
+            for k in range(cores)
+        ]
+        for one in per_core:
+            warm_up(one)
         wait_ready(list(servers.values()))
         # After `ours` has filled the workspace's model cache, so the two never write it at once.
         servers["ours-b1"] = ours("ours-b1", 1)
@@ -920,7 +955,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
         bodies = [json.dumps(e["request"]).encode() for e in response.json()["examples"]]
         adapter = served.adapter
         rows = [adapter.decode(validate_json(adapter.request_type, b)) for b in bodies]
-        bare = Bare(served, rows, bodies)
+        bare = Bare(served, rows, bodies, per_core)
         say(f"{len(bodies)} example requests of {len(bodies[0])} bytes; warming up")
         for server in servers.values():
             closed_loop(server, bodies, args.clients, 1.0, args.max_requests)
@@ -940,7 +975,8 @@ def measure(
 ) -> list[Row]:
     """The five measurements; returns the table rows."""
     slice_seconds = args.seconds / args.rounds
-    labels = ["ours", "bare", "inproc", "ours-b1", "ours-w2", "naive", "litserve", "floor"]
+    labels = ["ours", "bare", "bare-cores", "inproc", "ours-b1", "ours-w2", "naive", "litserve"]
+    labels += ["floor"]
     labels += ["ours-1", "ours-b1-1"]  # one client: lone requests, batching on and off
     rounds: dict[str, list[Tally]] = {k: [] for k in labels}  # each round's slice, kept apart
     bare_batch: list[int] = []  # the mean batch `ours` formed in its first slice
@@ -971,9 +1007,13 @@ def measure(
 
         return go
 
+    def per_core() -> Tally:
+        return bare.run_per_core(bare_batch[0], slice_seconds, args.max_requests)
+
     order: list[tuple[str, Callable[[], Tally]]] = [
         ("ours", served("ours")),
         ("bare", in_process(False)),
+        ("bare-cores", per_core),
         ("ours-b1", served("ours-b1")),
         ("ours-w2", served("ours-w2")),
         ("floor", served("floor")),
@@ -1124,10 +1164,22 @@ def measure(
             f"1. served ÷ bare ORT session.run (batch {bare_batch[0]})", "ours", "bare", "≥ 0.85"
         ),
         compare("   (info) served ÷ in-process path, no HTTP", "ours", "inproc", "-"),
+        compare(
+            "   (info) bare ORT, a 1-thread session per core ÷ one session",
+            "bare-cores",
+            "bare",
+            "-",
+        ),
         compare("   (info) uvicorn answering a constant ÷ bare ORT", "floor", "bare", "-"),
         compare("   (info) served ÷ uvicorn answering a constant", "ours", "floor", "-"),
         compare("2. served ÷ naive FastAPI + PyTorch", "ours", "naive", "≥ 3"),
+        compare(
+            "   (info) bare ORT ÷ naive: the most any ORT server reaches", "bare", "naive", "-"
+        ),
         compare("   (info) serve.workers=2 ÷ naive", "ours-w2", "naive", "-"),
+        compare(
+            "   (info) serve.workers=2 ÷ bare ORT, a session per core", "ours-w2", "bare-cores", "-"
+        ),
         compare("3. batching on ÷ off: throughput", "ours", "ours-b1", "≥ 1.0"),
         compare("3. batching on ÷ off: p99 (closed loop)", "ours", "ours-b1", "≤ 1.0", q=99),
         compare("3. batching on ÷ off: p50, one client", "ours-1", "ours-b1-1", "≤ 1.0", q=50),

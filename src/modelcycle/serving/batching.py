@@ -3,8 +3,10 @@
 Each model has one batching thread that takes every request already queued (up to
 `max_batch`) and, when `max_wait` is above zero, waits that long for more. With `max_wait=0`
 (the default) it never delays a request: a lone request runs at once, and batches form only
-from requests that queued while the previous batch ran — so batching is never worse than
-none.
+from requests that queued while the previous batch ran. A batch answers its requests when
+its last one is computed, so for a model whose per-item cost dwarfs its per-call cost
+(a CNN on CPU) batching pays in throughput, not in the latency of a lightly loaded server
+(README, Benchmarks).
 
 The thread takes its next batch itself, the moment the last one is done. Had the event loop
 collected each batch and handed it to a thread pool, the model would sit idle while the

@@ -975,8 +975,8 @@ def measure(
 ) -> list[Row]:
     """The five measurements; returns the table rows."""
     slice_seconds = args.seconds / args.rounds
-    labels = ["ours", "bare", "bare-cores", "inproc", "ours-b1", "ours-w2", "naive", "litserve"]
-    labels += ["floor"]
+    labels = ["ours", "bare", "bare-cores", "inproc", "ours-b1", "ours-w2"]
+    labels += ["naive", "litserve", "floor"]  # the baseline servers
     labels += ["ours-1", "ours-b1-1"]  # one client: lone requests, batching on and off
     rounds: dict[str, list[Tally]] = {k: [] for k in labels}  # each round's slice, kept apart
     bare_batch: list[int] = []  # the mean batch `ours` formed in its first slice

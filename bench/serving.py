@@ -730,8 +730,7 @@ class Bare:
     def run_per_core(self, batch: int, seconds: float, max_batches: int) -> Tally:
         """Each `per_core` session in a thread of its own (ONNX Runtime releases the GIL),
         on batches of `batch` requests: ONNX Runtime's own best layout on this machine."""
-        inputs = [np.concatenate(column) for column in zip(*self.rows[:batch], strict=True)]
-        inputs = [np.concatenate([x] * -(-batch // len(x)))[:batch] for x in inputs]
+        inputs = stacked([self.rows[k % len(self.rows)] for k in range(batch)])
         counts = [0] * len(self.per_core)
         started = time.perf_counter()
         stop_at = started + seconds
@@ -767,8 +766,7 @@ class Bare:
                     adapter.drift_features(rows[-1])
             else:
                 rows = [self.rows[p] for p in picks]
-            inputs = [np.concatenate(column) for column in zip(*rows, strict=True)]
-            outputs = served.run(inputs)
+            outputs = served.run(stacked(rows))
             answers = [
                 {n: out[k : k + 1] for n, out in zip(served.output_names, outputs, strict=True)}
                 for k in range(batch)
@@ -780,6 +778,11 @@ class Bare:
         tally.seconds = time.perf_counter() - started
         tally.statuses[200] = done * batch
         return tally
+
+
+def stacked(rows: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Requests' rows (one array per input each) as one batch per input, as the server runs."""
+    return [np.concatenate(column) for column in zip(*rows, strict=True)]
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -873,7 +876,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
     """Build or open the workspace, start the servers, measure; returns the table rows."""
     from modelcycle.config import build_registry, compose_config, serve_config
     from modelcycle.serving.app import validate_json
-    from modelcycle.serving.loading import load_served, warm_up
+    from modelcycle.serving.loading import default_threads, load_served, warm_up
 
     if args.workspace is None and args.task == "image":
         say(f"building a throwaway workspace: untrained {args.backbone} at {args.image_size} px")
@@ -932,10 +935,10 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
         threads = serve.settings.threads
         served = load_served(registry, args.model, tmp / "bare", threads, serve.variant)
         warm_up(served)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        # The same cache directory: the model's files are copied once, each session opens them.
         per_core = [
-            load_served(registry, args.model, tmp / f"bare-core{k}", 1, serve.variant)
-            for k in range(cores)
+            load_served(registry, args.model, tmp / "bare", 1, serve.variant)
+            for _ in range(default_threads())
         ]
         for one in per_core:
             warm_up(one)

@@ -839,6 +839,12 @@ def main() -> None:
         default="auto",
         help="serve.capture; auto: on in a throwaway workspace, off in a given one",
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(".modelcycle/reports/bench-serving"),
+        help="where the table (MODEL-VARIANT.txt) and the plot of the ratios (.png) go",
+    )
     parser.add_argument("--naive-server", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--litserve-workspace", type=Path, help=argparse.SUPPRESS)
@@ -868,7 +874,12 @@ def main() -> None:
     say(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores before the run")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         rows = run(args, Path(tmp))
-    print_table(rows)
+    table = print_table(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{args.model.split('@', 1)[0]}-{args.variant}"
+    stem.with_suffix(".txt").write_text(table)
+    plot_rows(rows, stem.with_suffix(".png"), f"bench/serving.py: {args.model} ({args.variant})")
+    say(f"table and plot in {stem}.txt and {stem}.png")
     say(f"done; load average {os.getloadavg()[0]:.2f} at the end")
 
 
@@ -965,7 +976,32 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
         return measure(args, servers, bare, bodies, name, deadline_ms / 1000)
 
 
-Row = tuple[str, str, str, str, str]  # measurement | ours | baseline | ratio | aim
+@dataclass
+class Row:
+    """One line of the table: the two subjects' values as printed, their ratio (each round's
+    too, when there were rounds) and the aim ("≥ x", "≤ x" or "-")."""
+
+    title: str
+    ours: str
+    base: str
+    ratio: float
+    each: list[float]
+    aim: str
+
+    def cells(self) -> tuple[str, str, str, str, str]:
+        """measurement | ours | baseline | ratio (rounds) | aim."""
+        return self.title, self.ours, self.base, spread(self.ratio, self.each), self.aim
+
+    def target(self) -> tuple[str, float] | None:
+        """The aim as (comparison, value), or None for an information row."""
+        return None if self.aim == "-" else (self.aim[0], float(self.aim[1:]))
+
+    def met(self) -> bool | None:
+        """Whether the ratio meets the aim (None: no aim)."""
+        aim = self.target()
+        if aim is None:
+            return None
+        return self.ratio >= aim[1] if aim[0] == "≥" else self.ratio <= aim[1]
 
 
 def measure(
@@ -1141,12 +1177,8 @@ def measure(
         show = in_ms if q is not None else per_s
         whole = value(tallies[subject]) / value(tallies[base])
         each = [value(a) / value(b) for a, b in zip(rounds[subject], rounds[base], strict=True)]
-        return (
-            title,
-            show(value(tallies[subject])),
-            show(value(tallies[base])),
-            spread(whole, each),
-            aim,
+        return Row(
+            title, show(value(tallies[subject])), show(value(tallies[base])), whole, each, aim
         )
 
     def goodput(send_deadline: bool, title: str) -> Row:
@@ -1154,7 +1186,7 @@ def measure(
         goods = [o.goodput for o in overloads[send_deadline]]
         each = [g / peak for g in goods]
         mean = float(np.mean(goods))
-        return title, per_s(mean), per_s(peak), spread(mean / peak, each), "≥ 0.9"
+        return Row(title, per_s(mean), per_s(peak), mean / peak, each, "≥ 0.9")
 
     steady_p99, steady_p50 = steady.ms(99), steady.ms(50)
     steady_each = [
@@ -1186,18 +1218,20 @@ def measure(
         compare("3. batching on ÷ off: throughput", "ours", "ours-b1", "≥ 1.0"),
         compare("3. batching on ÷ off: p99 (closed loop)", "ours", "ours-b1", "≤ 1.0", q=99),
         compare("3. batching on ÷ off: p50, one client", "ours-1", "ours-b1-1", "≤ 1.0", q=50),
-        (
+        Row(
             "3. batching on ÷ off: p99 at 70 % of peak",
             in_ms(steady_p99),
             in_ms(steady_b1.ms(99)),
-            spread(steady_p99 / steady_b1.ms(99), steady_each),
+            steady_p99 / steady_b1.ms(99),
+            steady_each,
             "≤ 1.0",
         ),
-        (
+        Row(
             f"4. p99 ÷ p50 at 70 % peak ({0.7 * peak:.0f} req/s)",
             in_ms(steady_p99),
             in_ms(steady_p50),
-            f"{steady_p99 / steady_p50:.2f}",
+            steady_p99 / steady_p50,
+            [],
             "-",
         ),
         goodput(True, f"5. goodput at {overload} (clients send X-Deadline-Ms)"),
@@ -1236,19 +1270,48 @@ def describe(tally: Tally) -> str:
     return text
 
 
-def print_table(rows: list[Row]) -> None:
-    """measurement | ours | baseline | ratio | aim."""
+def print_table(rows: list[Row]) -> str:
+    """Print measurement | ours | baseline | ratio | aim; returns the table's text."""
     header = ("measurement", "ours", "baseline", "ratio (rounds)", "aim")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    cells = [header, *(row.cells() for row in rows)]
+    widths = [max(len(r[i]) for r in cells) for i in range(5)]
     line = " | ".join(
         f"{{:<{widths[0]}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths)
     )
-    print()
-    print(line.format(*header))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(line.format(*row))
-    print()
+    lines = [line.format(*header), "-+-".join("-" * w for w in widths)]
+    lines += [line.format(*row) for row in cells[1:]]
+    text = "\n".join(lines) + "\n"
+    print(f"\n{text}")
+    return text
+
+
+def plot_rows(rows: list[Row], path: Path, title: str) -> None:
+    """Each ratio as a bar on a log axis (its range over the rounds as a whisker), the aim as
+    a tick: green where it is met, red where not, grey for information rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y = np.arange(len(rows))[::-1]
+    colours = {True: "tab:green", False: "tab:red", None: "tab:gray"}
+    fig, ax = plt.subplots(figsize=(10, 0.38 * len(rows) + 1.4))
+    for yi, row in zip(y, rows, strict=True):
+        low, high = (min(row.each), max(row.each)) if len(row.each) > 1 else (row.ratio,) * 2
+        ax.barh(yi, row.ratio, color=colours[row.met()], alpha=0.75, height=0.6)
+        ax.plot([low, high], [yi, yi], color="black", linewidth=1.2)
+        aim = row.target()
+        if aim is not None:
+            ax.plot([aim[1]] * 2, [yi - 0.4, yi + 0.4], color="black", linewidth=2.5)
+        ax.annotate(f" {row.ratio:.3g}", (max(row.ratio, high), yi), va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_yticks(y, [row.title.strip() for row in rows], fontsize=8)
+    ax.set(xlabel="ratio, log scale (black tick: the aim; whisker: range over the rounds)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

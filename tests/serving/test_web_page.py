@@ -88,6 +88,9 @@ def test_web_page_predicts_and_shows_errors(
                 expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
                 expect(page.locator("#version")).to_contain_text("version 1")
                 expect(page.locator("#result")).not_to_have_class("error")
+                first = page.locator("#example option").first.inner_text()
+                expect(page.locator("#for")).to_have_text(f"for example: {first}")
+                expect(page.locator("#preview")).to_be_hidden()  # no image in a twins request
                 page.screenshot(path=ARTIFACTS / "web_page.png", full_page=True)
 
                 check_error_shown(page, server, "{not json")
@@ -100,6 +103,13 @@ def test_web_page_predicts_and_shows_errors(
                 assert json.loads(page.input_value("#request"))
                 page.click("#predict")
                 expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
+                second = page.locator("#example option").nth(1).inner_text()
+                expect(page.locator("#for")).to_have_text(f"for example: {second}")
+
+                # Edited, the request is no longer the example, and the answer says so.
+                page.fill("#request", json.dumps(json.loads(page.input_value("#request"))))
+                page.click("#predict")
+                expect(page.locator("#for")).to_have_text("for the request above")
                 assert not script_errors, f"the page raised: {script_errors}"
             except BaseException:
                 page.screenshot(path=ARTIFACTS / "web_page_failure.png", full_page=True)

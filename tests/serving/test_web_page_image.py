@@ -50,6 +50,7 @@ def test_drop_an_image_and_see_top_k(tmp_path: Path) -> None:
             expect(page.locator("#prediction")).to_have_text(re.compile(r"^\w+: \d+\.\d%$"))
             expect(page.locator("#version")).to_contain_text("version 1")
             expect(page.locator("#preview")).to_be_visible()
+            expect(page.locator("#for")).to_have_text("for your file grain.png")
             page.screenshot(path=ARTIFACTS / "web_page_image.png", full_page=True)
 
             # dropping a file: the same request, the same answer
@@ -65,6 +66,12 @@ def test_drop_an_image_and_see_top_k(tmp_path: Path) -> None:
             page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
             expect(page.locator("#topk li")).to_have_text(first)
 
+            # Predict sends the file again, not the example still in the text box
+            page.evaluate("() => { document.getElementById('result').textContent = ''; }")
+            page.click("#predict")
+            expect(page.locator("#topk li")).to_have_text(first)
+            expect(page.locator("#for")).to_have_text("for your file grain.png")
+
             # a text file dropped: the server's 415 is shown in red
             text = page.evaluate_handle(
                 """() => { const t = new DataTransfer();
@@ -74,6 +81,22 @@ def test_drop_an_image_and_see_top_k(tmp_path: Path) -> None:
             page.dispatch_event("#drop", "drop", {"dataTransfer": text})
             expect(page.locator("#result")).to_have_class("error")
             expect(page.locator("#result")).to_contain_text("Error 415")
+
+            # an example: its image is shown, and the answer says it is for that example
+            page.select_option("#example", index=1)
+            label = page.locator("#example option").nth(1).inner_text()
+            expect(page.locator("#preview")).to_have_attribute(
+                "src", re.compile(r"^data:image/png;base64,iVBOR")
+            )
+            assert page.input_value("#image") == "", "the chosen file is still selected"
+            page.click("#predict")
+            expect(page.locator("#topk li")).to_have_count(5)
+            expect(page.locator("#for")).to_have_text(f"for example: {label}")
+            shown = page.evaluate(
+                "() => { const p = document.getElementById('preview');"
+                " return [p.complete, p.naturalWidth]; }"
+            )
+            assert shown[0] and shown[1] > 0, f"the example's image did not render: {shown}"
             assert not errors, f"the page raised: {errors}"
         finally:
             browser.close()

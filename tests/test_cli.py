@@ -181,13 +181,19 @@ def test_serve_refuses_unknown_and_unexported_models_in_one_line(
     root = f"workspace={served_workspace.root}"
     unknown = runner.invoke(app, ["serve", "nope@champion", root])
     assert unknown.exit_code == 2 and "No registered model 'nope'" in unknown.stdout
+    assert "registered: twins." in unknown.stdout
     no_alias = runner.invoke(app, ["serve", "twins@prod", root])
     assert no_alias.exit_code == 2 and "has no alias 'prod'" in no_alias.stdout
     by_version = runner.invoke(app, ["serve", "twins/1", root])
     assert by_version.exit_code == 2 and "serve NAME@ALIAS" in by_version.stdout
     variant = runner.invoke(app, ["serve", "twins@champion", root, "serve.variant=fp16"])
     assert variant.exit_code == 2 and "choose one of fp32, int8" in variant.stdout
+    batch = runner.invoke(app, ["serve", "twins@champion", root, "serve.max_batch=0"])
+    assert batch.exit_code == 2 and "max_batch=0: give a whole number >= 1" in batch.stdout
+    port = runner.invoke(app, ["serve", "twins@champion", root, "serve.port=99999"])
+    assert port.exit_code == 2 and "serve.port=99999: give a TCP port" in port.stdout
     outputs = unknown.stdout + no_alias.stdout + by_version.stdout + variant.stdout
+    outputs += batch.stdout + port.stdout
     assert "Traceback" not in outputs
 
 

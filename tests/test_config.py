@@ -43,3 +43,40 @@ def test_serve_variant_is_fp32_or_int8_with_a_numeric_drop_limit() -> None:
         serve_config(compose_config(["serve.variant=fp16"]))
     with pytest.raises(ConfigError, match=r"serve.int8_max_drop='lots': give a number"):
         serve_config(compose_config(["serve.int8_max_drop=lots"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("serve.max_batch=0", r"max_batch=0: give a whole number >= 1 \(1: no batching\)"),
+        ("serve.max_batch=2.5", r"max_batch=2.5: give a whole number >= 1"),
+        ("serve.queue_limit=0", r"queue_limit=0: give a whole number >= 1"),
+        ("serve.body_limit=-5", r"body_limit=-5: give a whole number >= 1 \(bytes\)"),
+        ("serve.threads=-1", r"threads=-1: give a whole number >= 1 \(null in the config"),
+        ("serve.max_wait_ms=-1", r"max_wait_ms=-1: give a finite number >= 0 \(0: never"),
+        ("serve.max_wait_ms=soon", r"max_wait_ms='soon': give a finite number >= 0"),
+        ("serve.reload_seconds=-3", r"reload_seconds=-3: give a finite number >= 0"),
+        ("serve.deadline_ms=0", r"deadline_ms=0: give the milliseconds a request may take"),
+        ("serve.deadline_ms=inf", r"deadline_ms=inf: give the milliseconds"),
+        ("serve.api_key=''", r"api_key is empty \(MODELCYCLE_API_KEY set to nothing\?\)"),
+        ("serve.port=99999", r"serve.port=99999: give a TCP port number from 1 to 65535"),
+        ("serve.port=0", r"serve.port=0: give a TCP port number"),
+        ("serve.port=http", r"serve.port='http': give a TCP port number"),
+    ],
+)
+def test_a_serve_setting_no_server_could_run_with_names_the_key(
+    override: str, message: str
+) -> None:
+    # Each of these used to start a server that never answered (max_batch=0), refused every
+    # request (queue_limit=0, deadline_ms=0, body_limit=-5), took any key as the empty one,
+    # or listened on another port than it said (99999 is 34463 modulo 65536).
+    with pytest.raises(ConfigError, match=message):
+        serve_config(compose_config([override]))
+
+
+def test_the_smallest_valid_serve_settings_pass() -> None:
+    overrides = ["serve.max_batch=1", "serve.queue_limit=1", "serve.body_limit=1"]
+    overrides += ["serve.max_wait_ms=0", "serve.reload_seconds=0", "serve.deadline_ms=0.5"]
+    overrides += ["serve.port=1", "serve.threads=1", "serve.api_key=k"]
+    config = serve_config(compose_config(overrides))
+    assert (config.port, config.settings.max_batch, config.settings.deadline_ms) == (1, 1, 0.5)

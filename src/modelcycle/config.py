@@ -165,8 +165,10 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
     values["cors_origins"] = tuple(values["cors_origins"])
     values["threads"] = values["threads"] or default_threads()
     settings = _build(ServeSettings, "serve", **values)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"serve.port={port!r}: give a TCP port number from 1 to 65535.")
     capture_path = workspace_of(cfg) / "capture.db" if capture else None
-    return ServeConfig(host, int(port), settings, capture_path, workers, connections, variant)
+    return ServeConfig(host, port, settings, capture_path, workers, connections, variant)
 
 
 @dataclass(frozen=True)

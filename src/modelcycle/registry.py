@@ -256,7 +256,11 @@ class Registry:
         try:
             model = self.client.get_registered_model(name)
         except MlflowException as err:
-            raise RegistryError(f"No registered model {name!r}: {err.message}") from err
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise RegistryError(f"Registered model {name!r}: {err.message}") from err
+            names = sorted(m.name for m in self.client.search_registered_models(max_results=20))
+            known = ", ".join(names) or "none yet (`modelcycle register` makes one)"
+            raise RegistryError(f"No registered model {name!r}; registered: {known}.") from err
         return model
 
     def _exists(self, name: str) -> bool:

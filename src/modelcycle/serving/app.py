@@ -79,6 +79,36 @@ class ServeSettings:
     threads: int = 2
     reload_seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        whole = {
+            "max_batch": " (1: no batching)",
+            "queue_limit": "",
+            "body_limit": " (bytes)",
+            "threads": " (null in the config: one per core)",
+        }
+        for key, hint in whole.items():
+            value = getattr(self, key)
+            if not _number(value) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key}={value!r}: give a whole number >= 1{hint}.")
+        spans = {"max_wait_ms": "0: never wait", "reload_seconds": "0: no hot reload"}
+        for key, hint in spans.items():
+            value = getattr(self, key)
+            if not _number(value) or not 0 <= value < float("inf"):
+                raise ValueError(f"{key}={value!r}: give a finite number >= 0 ({hint}).")
+        if not _number(self.deadline_ms) or not 0 < self.deadline_ms < float("inf"):
+            raise ValueError(
+                f"deadline_ms={self.deadline_ms!r}: give the milliseconds a request may take, > 0."
+            )
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError(
+                "api_key is empty (MODELCYCLE_API_KEY set to nothing?): set a non-empty key, or "
+                "unset it to serve without one."
+            )
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
 
 Reloader = Callable[[ServedModel], "ServedModel | None"]
 

@@ -168,6 +168,31 @@ def test_clear_errors_for_bad_references_and_runs(store: Tracker, tmp_path: Path
     assert latest_pipeline_run(store.uri, "reg") == registry.resolve("twins@challenger").run_id
 
 
+@pytest.mark.parametrize(
+    ("alias", "message"),
+    [
+        ("", "use 1-255 letters, digits, _ or -"),
+        ("Champion!", "use 1-255 letters, digits, _ or -"),
+        ("x" * 256, "use 1-255 letters"),
+        ("latest", "reserved by MLflow"),
+        ("V3", "reserved by MLflow"),
+    ],
+)
+def test_a_bad_alias_is_refused_before_anything_is_written(
+    store: Tracker, tmp_path: Path, alias: str, message: str
+) -> None:
+    registry = Registry(store.uri)
+    run_id = _run(store, 0.94, 0.91, tmp_path)
+    with pytest.raises(RegistryError, match=message):
+        registry.register(run_id, "twins", alias=alias)
+    with pytest.raises(RegistryError, match="No registered model 'twins'"):
+        registry.history("twins")  # no version was created without its alias
+    registry.register(run_id, "twins")
+    with pytest.raises(RegistryError, match=message):
+        registry.promote("twins", alias=alias)
+    assert [(e.alias, e.version) for e in registry.history("twins")] == [("challenger", "1")]
+
+
 def test_promote_without_a_challenger_says_what_to_do(store: Tracker, tmp_path: Path) -> None:
     registry = Registry(store.uri)
     registry.register(_run(store, 0.94, 0.91, tmp_path), "twins", alias="candidate")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 AUDIT_PREFIX = "audit."
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+_ALIAS = re.compile(r"[\w-]{1,255}")  # MLflow's rule for alias names
 
 
 class RegistryError(ValueError):
@@ -103,6 +105,7 @@ class Registry:
         Raises:
             GateError: With both numbers, when it does not; nothing is registered then.
         """
+        check_alias(alias)
         candidate = self.candidate(run_id)
         self._gate(candidate, name)
         run = self._run(run_id)
@@ -125,6 +128,7 @@ class Registry:
 
     def move_alias(self, name: str, alias: str, version: str, reason: str) -> list[HookResult]:
         """Point `alias` at `version`, append the move to the audit trail, run the hooks."""
+        check_alias(alias)
         self.get(name, version)  # a missing version is an error before anything moves
         previous = self.alias_version(name, alias)
         self.client.set_registered_model_alias(name, alias, version)
@@ -280,6 +284,19 @@ class Registry:
 
     def _has_model(self, run_id: str) -> bool:
         return any(a.path == "model" for a in self.client.list_artifacts(run_id))
+
+
+def check_alias(alias: str) -> None:
+    """Raise RegistryError unless MLflow takes `alias` as an alias name."""
+    if not _ALIAS.fullmatch(alias):
+        raise RegistryError(
+            f"alias {alias!r}: use 1-255 letters, digits, _ or -, e.g. champion or staging."
+        )
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise RegistryError(
+            f"alias {alias!r} is reserved by MLflow (it names the latest or a numbered "
+            "version); choose another, e.g. champion or staging."
+        )
 
 
 def latest_pipeline_run(tracking_uri: str, experiment: str) -> str:

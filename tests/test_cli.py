@@ -192,8 +192,10 @@ def test_serve_refuses_unknown_and_unexported_models_in_one_line(
     assert batch.exit_code == 2 and "max_batch=0: give a whole number >= 1" in batch.stdout
     port = runner.invoke(app, ["serve", "twins@champion", root, "serve.port=99999"])
     assert port.exit_code == 2 and "serve.port=99999: give a TCP port" in port.stdout
+    twice = runner.invoke(app, ["serve", "twins@champion", "twins@challenger", root])
+    assert twice.exit_code == 2 and "twins named more than once" in twice.stdout
     outputs = unknown.stdout + no_alias.stdout + by_version.stdout + variant.stdout
-    outputs += batch.stdout + port.stdout
+    outputs += batch.stdout + port.stdout + twice.stdout
     assert "Traceback" not in outputs
 
 

@@ -65,6 +65,13 @@ def check_references(cfg: DictConfig, references: list[str]) -> Registry:
     registry, variant = build_registry(cfg), serve_config(cfg).variant
     for reference in references:  # fail here, in one clear line, not in the server's start-up
         check_servable(registry, reference, variant)
+    names = [reference.split("@", 1)[0] for reference in references]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ModelLoadError(
+            f"{', '.join(twice)} named more than once ({' '.join(references)}): a server answers "
+            "one alias per model name; serve the other alias from a second server."
+        )
     return registry
 
 

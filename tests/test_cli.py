@@ -199,6 +199,18 @@ def test_serve_refuses_unknown_and_unexported_models_in_one_line(
     assert "Traceback" not in outputs
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_line(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    root = f"workspace={served_workspace.root}"
+    result = runner.invoke(app, ["export", "twins@champion", root, "--out", str(blocker / "x")])
+    assert result.exit_code == 2, result.stdout
+    assert f"{blocker / 'x'}" in result.stdout and "check the path" in result.stdout
+    assert "Traceback" not in result.stdout
+
+
 def test_data_stats_describes_the_configured_data(tiny_qtim: Path, workspace: Path) -> None:
     out = workspace / "stats" / "stats.json"
     args = ["data", "stats", f"data.root={tiny_qtim}", "--markdown", "--out", str(out)]

@@ -762,6 +762,15 @@ def _clear_errors() -> Iterator[None]:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         console.print(f"[red]error:[/red] {message}", soft_wrap=True)
         raise typer.Exit(code=2) from err
+    except OSError as err:  # a path given or configured that cannot be read or written
+        logging.getLogger(__name__).debug("where it failed", exc_info=True)
+        where = f"{err.filename}: " if err.filename is not None else ""
+        console.print(
+            f"[red]error:[/red] {where}{err.strerror or err}; check the path and its "
+            "permissions (--verbose shows where it failed).",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=2) from err
 
 
 def summary_table(report: CVReport) -> Table:

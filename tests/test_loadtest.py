@@ -27,6 +27,13 @@ def test_an_unreachable_server_exits_2_saying_so(tmp_path: Path) -> None:
     assert "Cannot reach" in output and "modelcycle serve" in output
 
 
+@pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://127.0.0.1", "localhost"])
+def test_an_address_without_http_is_refused_naming_the_form(tmp_path: Path, url: str) -> None:
+    code, output = _loadtest(url, tmp_path, "--duration", "1s")
+    assert code == 2
+    assert f"{url!r} is not an HTTP URL" in output and "http://127.0.0.1:8000" in output
+
+
 @pytest.mark.parametrize("plan", [{"users": 0}, {"spawn_rate": 0.0}, {"duration_s": -1.0}], ids=str)
 def test_a_plan_without_load_is_refused(plan: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="at least one user"):

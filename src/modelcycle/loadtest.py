@@ -131,6 +131,11 @@ def run_loadtest(
         LoadTestError: The server cannot be reached, serves no such model, or Locust failed
             or overran its deadline.
     """
+    if not url.startswith(("http://", "https://")):
+        raise LoadTestError(
+            f"{url!r} is not an HTTP URL: give the server's address with its scheme, e.g. "
+            "http://127.0.0.1:8000."
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     url = url.rstrip("/")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -150,7 +155,10 @@ def _get(url: str, headers: dict[str, str]) -> Any:
     try:
         response = httpx.get(url, headers=headers, timeout=10)
     except httpx.TransportError as err:
-        raise LoadTestError(f"Cannot reach {url}: {err}. Is `modelcycle serve` running?") from err
+        reason = str(err).rstrip(".")
+        raise LoadTestError(
+            f"Cannot reach {url}: {reason}. Is `modelcycle serve` running?"
+        ) from err
     if response.status_code != 200:
         raise LoadTestError(f"GET {url} answered {response.status_code}: {response.text[:200]}")
     return response.json()

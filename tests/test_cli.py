@@ -211,6 +211,14 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(
     assert "Traceback" not in result.stdout
 
 
+def test_pipeline_given_an_override_first_names_the_experiments(workspace: Path) -> None:
+    result = runner.invoke(app, ["pipeline", "data.root=/x", f"workspace={workspace}"])
+    assert result.exit_code == 2
+    assert "'data.root=/x' is an override, not an experiment" in result.stdout
+    assert "modelcycle pipeline twins data.root=/x" in result.stdout
+    assert "image_rice" in result.stdout and "twins_functional" in result.stdout
+
+
 def test_data_stats_describes_the_configured_data(tiny_qtim: Path, workspace: Path) -> None:
     out = workspace / "stats" / "stats.json"
     args = ["data", "stats", f"data.root={tiny_qtim}", "--markdown", "--out", str(out)]

@@ -82,6 +82,19 @@ def test_examples_hold_twin_and_unrelated_pairs_with_known_labels(client: TestCl
     assert labels.count("unrelated pair (held out)") == 2
 
 
+def test_examples_describe_each_person_so_two_can_be_picked_apart(client: TestClient) -> None:
+    (model,) = client.get("/v1/models").json()["models"]
+    assert model["request_parts"] == ["a", "b"]
+    examples = client.get("/v1/models/twins/examples").json()["examples"]
+    for example in examples:
+        for part in ("a", "b"):
+            person = example["request"][part]
+            assert example["parts"][part] == f"{person['sex']}, {person['age']:.0f} y"
+    # a of one pair with b of another is a request the model answers
+    mixed = {"a": examples[0]["request"]["a"], "b": examples[-1]["request"]["b"]}
+    assert _post(client, mixed).status_code == 200
+
+
 def test_missing_measures_are_imputed_up_to_the_limit(client: TestClient) -> None:
     request = _example(client)
     names = list(request["a"]["measures"])

@@ -105,6 +105,8 @@ def test_examples_are_held_out_images_that_predict(client: TestClient) -> None:
     }
     response = client.post(PREDICT, json=examples[0]["request"])
     assert response.status_code == 200, response.text
+    (model,) = client.get("/v1/models").json()["models"]
+    assert model["request_parts"] == []  # an image is one whole: nothing to pick apart
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,28 @@ def check_error_shown(page: Page, server: Server, body: str) -> None:
     expect(page.locator("#prediction")).to_have_count(0)
 
 
+def check_people_picked_apart(page: Page, server: Server) -> None:
+    """Choose a and b from different examples: the request and the answer follow."""
+    examples = httpx.get(f"{server.url}/v1/models/twins/examples", timeout=10).json()["examples"]
+    expect(page.locator("#parts")).to_be_visible()
+    page.select_option("#example", index=1)  # the part choices follow the example
+    assert page.input_value("#part-a") == "1:a" and page.input_value("#part-b") == "1:b"
+    last = len(examples) - 1
+    page.select_option("#part-a", "0:a")
+    page.select_option("#part-b", f"{last}:b")
+    request = json.loads(page.input_value("#request"))
+    assert request == {"a": examples[0]["request"]["a"], "b": examples[last]["request"]["b"]}
+    page.click("#predict")
+    direct = httpx.post(f"{server.url}/v1/models/twins/predict", json=request, timeout=10)
+    probability = direct.json()["outputs"]["probability"]
+    expect(page.locator("#prediction")).to_have_text(f"probability: {probability:.4f}")
+    a_about, b_about = examples[0]["parts"]["a"], examples[last]["parts"]["b"]
+    expect(page.locator("#for")).to_have_text(
+        f"for a: a of example 1 ({a_about}), {examples[0]['label']}; "
+        f"b: b of example {last + 1} ({b_about}), {examples[last]['label']}"
+    )
+
+
 def test_web_page_predicts_and_shows_errors(
     served_workspace: ServedWorkspace, tmp_path: Path
 ) -> None:
@@ -89,7 +111,7 @@ def test_web_page_predicts_and_shows_errors(
                 expect(page.locator("#version")).to_contain_text("version 1")
                 expect(page.locator("#result")).not_to_have_class("error")
                 first = page.locator("#example option").first.inner_text()
-                expect(page.locator("#for")).to_have_text(f"for example: {first}")
+                expect(page.locator("#for")).to_have_text(f"for example {first}")
                 expect(page.locator("#preview")).to_be_hidden()  # no image in a twins request
                 page.screenshot(path=ARTIFACTS / "web_page.png", full_page=True)
 
@@ -104,12 +126,15 @@ def test_web_page_predicts_and_shows_errors(
                 page.click("#predict")
                 expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
                 second = page.locator("#example option").nth(1).inner_text()
-                expect(page.locator("#for")).to_have_text(f"for example: {second}")
+                expect(page.locator("#for")).to_have_text(f"for example {second}")
 
                 # Edited, the request is no longer the example, and the answer says so.
                 page.fill("#request", json.dumps(json.loads(page.input_value("#request"))))
                 page.click("#predict")
                 expect(page.locator("#for")).to_have_text("for the request above")
+
+                # Two people picked apart: a of the first example, b of the last.
+                check_people_picked_apart(page, server)
                 assert not script_errors, f"the page raised: {script_errors}"
             except BaseException:
                 page.screenshot(path=ARTIFACTS / "web_page_failure.png", full_page=True)

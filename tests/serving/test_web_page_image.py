@@ -44,6 +44,7 @@ def test_drop_an_image_and_see_top_k(tmp_path: Path) -> None:
             page.goto(f"{server.url}/")
             expect(page.locator("#model option")).to_have_text(["image@champion (version 1)"])
             expect(page.locator("#drop")).to_be_visible()
+            expect(page.locator("#parts")).to_be_hidden()  # an image is not picked apart
 
             page.set_input_files("#image", str(photo))  # choosing a file
             expect(page.locator("#topk li")).to_have_count(5)
@@ -91,7 +92,7 @@ def test_drop_an_image_and_see_top_k(tmp_path: Path) -> None:
             assert page.input_value("#image") == "", "the chosen file is still selected"
             page.click("#predict")
             expect(page.locator("#topk li")).to_have_count(5)
-            expect(page.locator("#for")).to_have_text(f"for example: {label}")
+            expect(page.locator("#for")).to_have_text(f"for example {label}")
             shown = page.evaluate(
                 "() => { const p = document.getElementById('preview');"
                 " return [p.complete, p.naturalWidth]; }"

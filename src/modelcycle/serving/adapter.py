@@ -34,6 +34,10 @@ class ServingAdapter(ABC):
     shift_sizes: ClassVar[dict[str, tuple[float, ...]]] = {}
     #: What `held_out_metric` measures, as tables and plots name it.
     held_out_metric_name: ClassVar[str] = ""
+    #: Top-level fields of a request that each describe one thing and may come from different
+    #: examples (twins: the two people, "a" and "b"); the web page then offers a choice per
+    #: field. Empty when a request is one whole (an image).
+    request_parts: ClassVar[tuple[str, ...]] = ()
     #: Decode requests (and compute their drift features) in a worker thread, not on the
     #: server's event loop: for decoding that takes milliseconds, such as images.
     decode_in_thread: ClassVar[bool] = False
@@ -93,7 +97,11 @@ class ServingAdapter(ABC):
     def examples(
         self, held_out: list[np.ndarray], target: np.ndarray | None
     ) -> list[dict[str, Any]]:
-        """Ready-made requests from held-out rows: [{"label": ..., "request": {...}}, ...]."""
+        """Ready-made requests from held-out rows: [{"label": ..., "request": {...}}, ...].
+
+        With `request_parts`, each example may also say in a few words what each part is:
+        "parts": {"a": "F, 25 y", ...}.
+        """
 
 
 def _plain(value: np.ndarray) -> float | list[float]:

@@ -94,6 +94,7 @@ class ServedModel:
             "lineage": self.lineage,
             "schema": self.adapter.request_type.model_json_schema(),
             "media_types": ["application/json", *self.adapter.byte_types],
+            "request_parts": list(self.adapter.request_parts),
         }
 
 

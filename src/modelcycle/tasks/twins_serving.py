@@ -61,6 +61,7 @@ class PairServing(ServingAdapter):
     """
 
     held_out_metric_name = "ROC-AUC twin-like vs unrelated"
+    request_parts = ("a", "b")
 
     def decode(self, request: BaseModel) -> list[np.ndarray]:
         """Rows a, a_covariates, b, b_covariates."""
@@ -95,8 +96,14 @@ class PairServing(ServingAdapter):
         for n, i in enumerate(picks):
             kind = "twin-like pair" if labels[i] == 1 else "unrelated pair"
             request = self.request_of(held_out, i)
+            parts = {k: person_summary(request[k]) for k in self.request_parts}
             examples.append(
-                {"id": f"example-{n + 1}", "label": f"{kind} (held out)", "request": request}
+                {
+                    "id": f"example-{n + 1}",
+                    "label": f"{kind} (held out)",
+                    "request": request,
+                    "parts": parts,
+                }
             )
         return examples
 
@@ -106,6 +113,11 @@ class PairServing(ServingAdapter):
             "a": self._brain_data(inputs[0][i]) | person_fields(inputs[1][i]),
             "b": self._brain_data(inputs[2][i]) | person_fields(inputs[3][i]),
         }
+
+
+def person_summary(person: dict[str, Any]) -> str:
+    """A person in a few words, for choosing among examples: "F, 25 y"."""
+    return f"{person['sex']}, {person['age']:.0f} y"
 
 
 def person_fields(covariates: np.ndarray) -> dict[str, Any]:

@@ -323,6 +323,11 @@ def test_a_registered_functional_model_exports_and_serves_connectome_pairs(
         answer = client.post("/v1/models/twins_functional/predict", json=body)
         assert answer.status_code == 200, answer.text
         assert 0.0 <= answer.json()["outputs"]["probability"] <= 1.0
+        # the page may take a and b from different pairs (GET /v1/models names the parts)
+        assert client.get("/v1/models").json()["models"][0]["request_parts"] == ["a", "b"]
+        assert examples[0]["parts"]["a"] == f"{body['a']['sex']}, {body['a']['age']:.0f} y"
+        mixed = {"a": body["a"], "b": examples[-1]["request"]["b"]}
+        assert client.post("/v1/models/twins_functional/predict", json=mixed).status_code == 200
         body["a"]["connectome"] = body["a"]["connectome"][:3]
         refused = client.post("/v1/models/twins_functional/predict", json=body)
         assert refused.status_code == 422 and "12×12" in refused.text

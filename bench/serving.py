@@ -22,7 +22,8 @@ about a tenth of httpx's CPU per request):
      running ONNX Runtime could reach here;
   3. batching on ÷ off (ours ÷ ours-b1): throughput and p99 in the closed loop, p50 with one
      client (a lone request, which batching must never delay) and p99 in an open loop at
-     70 % of ours' peak (the two in interleaved rounds, like the closed loops); batching
+     70 % of ours' peak (the two in interleaved rounds of at least `--steady-answers`
+     answers each, so that a slow model's p99 rests on as many as a fast one's); batching
      stays on only if it is never worse (aims ≥ 1 and ≤ 1);
   4. p99 ÷ p50 of ours in that open loop at 70 % of the peak (the closed-loop rate);
   5. goodput ÷ peak in an open loop at 4× the peak (goodput: 200s within the deadline per
@@ -820,6 +821,12 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=200_000, help="per loop")
     parser.add_argument("--connections", type=int, default=64, help="open loop at 70 %%")
     parser.add_argument(
+        "--steady-answers",
+        type=int,
+        default=1000,
+        help="answers per subject and round at 70 %% (slow models run longer for their p99)",
+    )
+    parser.add_argument(
         "--overload-connections",
         type=int,
         default=512,
@@ -1100,8 +1107,10 @@ def measure(
             )
 
     rate = 0.7 * peak
-    # Twice a closed-loop slice: a p99 needs a few hundred answers even for a slow model.
-    steady_seconds = 2 * slice_seconds
+    # At least twice a closed-loop slice, and long enough for `--steady-answers` answers per
+    # round: at 37 req/s (fp32 resnet18) 5 s gave 185, and a p99 of 185 swung 0.97-1.52
+    # between runs.
+    steady_seconds = max(2 * slice_seconds, args.steady_answers / rate)
     say(
         f"open loop at 70 % of peak: {rate:.0f} req/s, ours and ours-b1 in {args.rounds} "
         f"interleaved rounds of {steady_seconds:g} s"

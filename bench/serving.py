@@ -1113,7 +1113,7 @@ def measure(
     steady_seconds = max(2 * slice_seconds, args.steady_answers / rate)
     say(
         f"open loop at 70 % of peak: {rate:.0f} req/s, ours and ours-b1 in {args.rounds} "
-        f"interleaved rounds of {steady_seconds:g} s"
+        f"interleaved rounds of {steady_seconds:.3g} s"
     )
     steady_slices: dict[str, list[OpenLoop]] = {"ours": [], "ours-b1": []}
     for r in range(args.rounds):

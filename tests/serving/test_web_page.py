@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -33,6 +35,26 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TIMEOUT_MS = 15_000
+
+
+@contextmanager
+def chromium_page(height: int = 800) -> Iterator[tuple[Page, list[str]]]:
+    """A page in Debian's headless Chromium, and the script errors it raises."""
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(f"{CHROMIUM} not found: run `make browser` to install Debian's chromium.")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": height})
+            page.set_default_timeout(TIMEOUT_MS)
+            expect.set_options(timeout=TIMEOUT_MS)
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            yield page, errors
+        finally:
+            browser.close()
 
 
 def server_error(server: Server, body: str) -> str:
@@ -81,63 +103,72 @@ def check_people_picked_apart(page: Page, server: Server) -> None:
 def test_web_page_predicts_and_shows_errors(
     served_workspace: ServedWorkspace, tmp_path: Path
 ) -> None:
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(f"{CHROMIUM} not found: run `make browser` to install Debian's chromium.")
     ARTIFACTS.mkdir(exist_ok=True)
     with (
         running_server(served_workspace.root, tmp_path / "server.log") as server,
-        sync_playwright() as playwright,
+        chromium_page() as (page, script_errors),
     ):
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
         try:
-            page = browser.new_page(viewport={"width": 1000, "height": 800})
-            page.set_default_timeout(TIMEOUT_MS)
-            expect.set_options(timeout=TIMEOUT_MS)
-            script_errors: list[str] = []
-            page.on("pageerror", lambda err: script_errors.append(str(err)))
-            try:
-                page.goto(f"{server.url}/")
-                expect(page).to_have_title("modelcycle")
-                expect(page.locator("#model option")).to_have_text(["twins@champion (version 1)"])
-                expect(page.locator("#example option").first).to_be_attached()
-                assert page.locator("#example option").count() >= 2
-                example = json.loads(page.input_value("#request"))  # the first example, as JSON
-                assert example, "the textarea holds no example request"
+            page.goto(f"{server.url}/")
+            expect(page).to_have_title("modelcycle")
+            expect(page.locator("#model option")).to_have_text(["twins@champion (version 1)"])
+            expect(page.locator("#example option").first).to_be_attached()
+            assert page.locator("#example option").count() >= 2
+            example = json.loads(page.input_value("#request"))  # the first example, as JSON
+            assert example, "the textarea holds no example request"
 
-                page.click("#predict")
-                expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
-                expect(page.locator("#version")).to_contain_text("version 1")
-                expect(page.locator("#result")).not_to_have_class("error")
-                first = page.locator("#example option").first.inner_text()
-                expect(page.locator("#for")).to_have_text(f"for example {first}")
-                expect(page.locator("#preview")).to_be_hidden()  # no image in a twins request
-                page.screenshot(path=ARTIFACTS / "web_page.png", full_page=True)
+            page.click("#predict")
+            expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
+            expect(page.locator("#version")).to_contain_text("version 1")
+            expect(page.locator("#result")).not_to_have_class("error")
+            first = page.locator("#example option").first.inner_text()
+            expect(page.locator("#for")).to_have_text(f"for example {first}")
+            expect(page.locator("#preview")).to_be_hidden()  # no image in a twins request
+            page.screenshot(path=ARTIFACTS / "web_page.png", full_page=True)
 
-                check_error_shown(page, server, "{not json")
-                nan = re.sub(r"-?\d+\.\d+(e-?\d+)?", "NaN", json.dumps(example), count=1)
-                assert "NaN" in nan, "the example holds no number to replace"
-                check_error_shown(page, server, nan)
+            check_error_shown(page, server, "{not json")
+            nan = re.sub(r"-?\d+\.\d+(e-?\d+)?", "NaN", json.dumps(example), count=1)
+            assert "NaN" in nan, "the example holds no number to replace"
+            check_error_shown(page, server, nan)
 
-                # An example picked from the list replaces the edited request and predicts again.
-                page.select_option("#example", index=1)
-                assert json.loads(page.input_value("#request"))
-                page.click("#predict")
-                expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
-                second = page.locator("#example option").nth(1).inner_text()
-                expect(page.locator("#for")).to_have_text(f"for example {second}")
+            # An example picked from the list replaces the edited request and predicts again.
+            page.select_option("#example", index=1)
+            assert json.loads(page.input_value("#request"))
+            page.click("#predict")
+            expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
+            second = page.locator("#example option").nth(1).inner_text()
+            expect(page.locator("#for")).to_have_text(f"for example {second}")
 
-                # Edited, the request is no longer the example, and the answer says so.
-                page.fill("#request", json.dumps(json.loads(page.input_value("#request"))))
-                page.click("#predict")
-                expect(page.locator("#for")).to_have_text("for the request above")
+            # Edited, the request is no longer the example, and the answer says so.
+            page.fill("#request", json.dumps(json.loads(page.input_value("#request"))))
+            page.click("#predict")
+            expect(page.locator("#for")).to_have_text("for the request above")
 
-                # Two people picked apart: a of the first example, b of the last.
-                check_people_picked_apart(page, server)
-                assert not script_errors, f"the page raised: {script_errors}"
-            except BaseException:
-                page.screenshot(path=ARTIFACTS / "web_page_failure.png", full_page=True)
-                raise
-        finally:
-            browser.close()
+            # Two people picked apart: a of the first example, b of the last.
+            check_people_picked_apart(page, server)
+            assert not script_errors, f"the page raised: {script_errors}"
+        except BaseException:
+            page.screenshot(path=ARTIFACTS / "web_page_failure.png", full_page=True)
+            raise
+
+
+def test_web_page_with_an_api_key_asks_for_it_then_predicts(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    extra = ("serve.api_key=s3cret",)
+    with (
+        running_server(served_workspace.root, tmp_path / "server.log", extra=extra) as server,
+        chromium_page() as (page, script_errors),
+    ):
+        page.goto(f"{server.url}/")
+        # Without the key the page cannot list the models, and says where the key goes.
+        expect(page.locator("#result")).to_have_class("error")
+        expect(page.locator("#result")).to_contain_text("Missing or wrong API key")
+        expect(page.locator("#result")).to_contain_text("enter it below")
+        expect(page.locator("#model option")).to_have_count(0)
+        page.fill("#key", "s3cret")
+        page.click("#predict")  # lists the models with the key, then predicts
+        expect(page.locator("#model option")).to_have_text(["twins@champion (version 1)"])
+        expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
+        expect(page.locator("#for")).to_contain_text("for example 1.")
+        assert not script_errors, f"the page raised: {script_errors}"

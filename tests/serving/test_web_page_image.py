@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 from test_server_process import running_server
-from test_web_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
+from test_web_page import ARTIFACTS, chromium_page
 
 from image_fixtures import publish_image
 from modelcycle.tracking import Tracker, TrackingSettings
@@ -20,8 +19,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_drop_an_image_and_see_top_k(tmp_path: Path) -> None:
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(f"{CHROMIUM} not found: run `make browser` to install Debian's chromium.")
     published = publish_image(tmp_path, Tracker(TrackingSettings(), tmp_path / "ws"))
     photo = tmp_path / "grain.png"
     pixels = np.zeros((80, 80, 3), np.uint8)
@@ -30,74 +27,63 @@ def test_drop_an_image_and_see_top_k(tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     with (
         running_server(published.root, tmp_path / "server.log", "image@champion") as server,
-        sync_playwright() as playwright,
+        chromium_page(height=900) as (page, errors),
     ):
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        page.goto(f"{server.url}/")
+        expect(page.locator("#model option")).to_have_text(["image@champion (version 1)"])
+        expect(page.locator("#drop")).to_be_visible()
+        expect(page.locator("#parts")).to_be_hidden()  # an image is not picked apart
+
+        page.set_input_files("#image", str(photo))  # choosing a file
+        expect(page.locator("#topk li")).to_have_count(5)
+        expect(page.locator("#prediction")).to_have_text(re.compile(r"^\w+: \d+\.\d%$"))
+        expect(page.locator("#version")).to_contain_text("version 1")
+        expect(page.locator("#preview")).to_be_visible()
+        expect(page.locator("#for")).to_have_text("for your file grain.png")
+        page.screenshot(path=ARTIFACTS / "web_page_image.png", full_page=True)
+
+        # dropping a file: the same request, the same answer
+        first = page.locator("#topk li").all_inner_texts()
+        page.evaluate("() => { document.getElementById('result').textContent = ''; }")
+        data = photo.read_bytes()
+        transfer = page.evaluate_handle(
+            """(bytes) => { const t = new DataTransfer();
+               t.items.add(new File([new Uint8Array(bytes)], 'grain.png', {type: 'image/png'}));
+               return t; }""",
+            list(data),
         )
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            page.set_default_timeout(TIMEOUT_MS)
-            expect.set_options(timeout=TIMEOUT_MS)
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(f"{server.url}/")
-            expect(page.locator("#model option")).to_have_text(["image@champion (version 1)"])
-            expect(page.locator("#drop")).to_be_visible()
-            expect(page.locator("#parts")).to_be_hidden()  # an image is not picked apart
+        page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+        expect(page.locator("#topk li")).to_have_text(first)
 
-            page.set_input_files("#image", str(photo))  # choosing a file
-            expect(page.locator("#topk li")).to_have_count(5)
-            expect(page.locator("#prediction")).to_have_text(re.compile(r"^\w+: \d+\.\d%$"))
-            expect(page.locator("#version")).to_contain_text("version 1")
-            expect(page.locator("#preview")).to_be_visible()
-            expect(page.locator("#for")).to_have_text("for your file grain.png")
-            page.screenshot(path=ARTIFACTS / "web_page_image.png", full_page=True)
+        # Predict sends the file again, not the example still in the text box
+        page.evaluate("() => { document.getElementById('result').textContent = ''; }")
+        page.click("#predict")
+        expect(page.locator("#topk li")).to_have_text(first)
+        expect(page.locator("#for")).to_have_text("for your file grain.png")
 
-            # dropping a file: the same request, the same answer
-            first = page.locator("#topk li").all_inner_texts()
-            page.evaluate("() => { document.getElementById('result').textContent = ''; }")
-            data = photo.read_bytes()
-            transfer = page.evaluate_handle(
-                """(bytes) => { const t = new DataTransfer();
-                   t.items.add(new File([new Uint8Array(bytes)], 'grain.png', {type: 'image/png'}));
-                   return t; }""",
-                list(data),
-            )
-            page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
-            expect(page.locator("#topk li")).to_have_text(first)
+        # a text file dropped: the server's 415 is shown in red
+        text = page.evaluate_handle(
+            """() => { const t = new DataTransfer();
+               t.items.add(new File(['hello'], 'notes.txt', {type: 'text/plain'}));
+               return t; }"""
+        )
+        page.dispatch_event("#drop", "drop", {"dataTransfer": text})
+        expect(page.locator("#result")).to_have_class("error")
+        expect(page.locator("#result")).to_contain_text("Error 415")
 
-            # Predict sends the file again, not the example still in the text box
-            page.evaluate("() => { document.getElementById('result').textContent = ''; }")
-            page.click("#predict")
-            expect(page.locator("#topk li")).to_have_text(first)
-            expect(page.locator("#for")).to_have_text("for your file grain.png")
-
-            # a text file dropped: the server's 415 is shown in red
-            text = page.evaluate_handle(
-                """() => { const t = new DataTransfer();
-                   t.items.add(new File(['hello'], 'notes.txt', {type: 'text/plain'}));
-                   return t; }"""
-            )
-            page.dispatch_event("#drop", "drop", {"dataTransfer": text})
-            expect(page.locator("#result")).to_have_class("error")
-            expect(page.locator("#result")).to_contain_text("Error 415")
-
-            # an example: its image is shown, and the answer says it is for that example
-            page.select_option("#example", index=1)
-            label = page.locator("#example option").nth(1).inner_text()
-            expect(page.locator("#preview")).to_have_attribute(
-                "src", re.compile(r"^data:image/png;base64,iVBOR")
-            )
-            assert page.input_value("#image") == "", "the chosen file is still selected"
-            page.click("#predict")
-            expect(page.locator("#topk li")).to_have_count(5)
-            expect(page.locator("#for")).to_have_text(f"for example {label}")
-            shown = page.evaluate(
-                "() => { const p = document.getElementById('preview');"
-                " return [p.complete, p.naturalWidth]; }"
-            )
-            assert shown[0] and shown[1] > 0, f"the example's image did not render: {shown}"
-            assert not errors, f"the page raised: {errors}"
-        finally:
-            browser.close()
+        # an example: its image is shown, and the answer says it is for that example
+        page.select_option("#example", index=1)
+        label = page.locator("#example option").nth(1).inner_text()
+        expect(page.locator("#preview")).to_have_attribute(
+            "src", re.compile(r"^data:image/png;base64,iVBOR")
+        )
+        assert page.input_value("#image") == "", "the chosen file is still selected"
+        page.click("#predict")
+        expect(page.locator("#topk li")).to_have_count(5)
+        expect(page.locator("#for")).to_have_text(f"for example {label}")
+        shown = page.evaluate(
+            "() => { const p = document.getElementById('preview');"
+            " return [p.complete, p.naturalWidth]; }"
+        )
+        assert shown[0] and shown[1] > 0, f"the example's image did not render: {shown}"
+        assert not errors, f"the page raised: {errors}"

@@ -243,7 +243,26 @@ def test_data_stats_on_a_missing_root_is_one_clear_line(tmp_path: Path, workspac
 def test_release_without_a_train_run_is_one_clear_line(workspace: Path) -> None:
     result = runner.invoke(app, ["release"])
     assert result.exit_code == 2
+    assert "holds no tracking store (mlflow.db): nothing was trained there" in result.stdout
+    assert "Traceback" not in result.stdout
+    workspace.mkdir(parents=True)  # a store with no pipeline run in it
+    Registry(f"sqlite:///{workspace / 'mlflow.db'}").client.search_experiments()
+    result = runner.invoke(app, ["release"])
+    assert result.exit_code == 2
     assert "No finished pipeline run" in result.stdout and "Traceback" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command", [["history", "twins"], ["serve", "twins@champion"], ["promote", "twins"]]
+)
+def test_registry_commands_in_a_mistyped_workspace_create_nothing(
+    tmp_path: Path, command: list[str]
+) -> None:
+    typo = tmp_path / "wrokspace"
+    result = runner.invoke(app, [*command, f"workspace={typo}"])
+    assert result.exit_code == 2, result.stdout
+    assert f"workspace={typo} holds no tracking store" in result.stdout
+    assert not (typo / "mlflow.db").exists()
 
 
 def test_data_fetch_from_a_mirror_records_hashes(tiny_qtim: Path, tmp_path: Path) -> None:

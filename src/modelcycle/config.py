@@ -116,7 +116,16 @@ def build_registry(cfg: DictConfig) -> Registry:
         hooks = hooks_from_config(items)  # type: ignore[arg-type]
     except HookError as err:
         raise ConfigError(f"registry.hooks: {err}") from err
-    return Registry(tracking_uri(tracking_settings(cfg), workspace_of(cfg)), hooks)
+    settings, workspace = tracking_settings(cfg), workspace_of(cfg)
+    if not settings.uri and not (workspace / "mlflow.db").is_file():
+        # Every registry command reads what training wrote; do not create an empty store in
+        # a mistyped workspace.
+        raise ConfigError(
+            f"workspace={workspace} holds no tracking store (mlflow.db): nothing was trained "
+            "there. Point workspace= at the one you trained in, or run `modelcycle pipeline "
+            "twins` there first."
+        )
+    return Registry(tracking_uri(settings, workspace), hooks)
 
 
 def tracking_settings(cfg: DictConfig) -> TrackingSettings:

@@ -141,6 +141,11 @@ def test_api_entrypoint_serves_the_configured_model_and_stops_cleanly(
 
 @pytest.mark.slow  # imports the whole stack in a subprocess (~20 s on 2 busy cores)
 def test_api_entrypoint_fails_clearly_for_an_unknown_model(tmp_path: Path) -> None:
+    from modelcycle.registry import Registry
+
+    workspace = tmp_path / "ws"  # a tracking store with no such model in it
+    workspace.mkdir()
+    Registry(f"sqlite:///{workspace / 'mlflow.db'}").client.search_experiments()
     env = {
         "PATH": f"{BIN}:/usr/bin:/bin",
         "MODELCYCLE_HOME": str(tmp_path / "ws"),
@@ -157,4 +162,4 @@ def test_api_entrypoint_fails_clearly_for_an_unknown_model(tmp_path: Path) -> No
         check=False,
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "nosuchmodel" in result.stdout + result.stderr
+    assert "No registered model 'nosuchmodel'" in result.stdout + result.stderr

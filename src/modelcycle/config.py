@@ -25,7 +25,7 @@ from modelcycle.serving.app import ServeSettings
 from modelcycle.serving.loading import VariantChoice, default_threads
 from modelcycle.sweep import StudySettings, SweepError
 from modelcycle.tasks import Task, get_task
-from modelcycle.tracking import TrackingSettings, tracking_uri
+from modelcycle.tracking import TrackingSettings, tracking_uri, workspace_store
 from modelcycle.training import LaunchError, TrainerSettings, check_launch
 
 CONFIG_MODULE = "modelcycle.conf"
@@ -117,7 +117,7 @@ def build_registry(cfg: DictConfig) -> Registry:
     except HookError as err:
         raise ConfigError(f"registry.hooks: {err}") from err
     settings, workspace = tracking_settings(cfg), workspace_of(cfg)
-    if not settings.uri and not (workspace / "mlflow.db").is_file():
+    if not settings.uri and not workspace_store(workspace).is_file():
         # Every registry command reads what training wrote; do not create an empty store in
         # a mistyped workspace.
         raise ConfigError(

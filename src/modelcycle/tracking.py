@@ -32,9 +32,14 @@ class TrackingSettings:
     wandb_project: str | None = None
 
 
+def workspace_store(workspace: Path) -> Path:
+    """The SQLite file that tracks runs and the registry when no URI is configured."""
+    return workspace / "mlflow.db"
+
+
 def tracking_uri(settings: TrackingSettings, workspace: Path) -> str:
     """The MLflow URI: the configured one, else SQLite in the workspace."""
-    return settings.uri or f"sqlite:///{workspace / 'mlflow.db'}"
+    return settings.uri or f"sqlite:///{workspace_store(workspace)}"
 
 
 class Tracker:

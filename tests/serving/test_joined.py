@@ -15,9 +15,10 @@ from modelcycle.serving.app import joined
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64, np.int64, np.bool_])
-def test_joined_equals_numpy_concatenate(dtype: type) -> None:
+@pytest.mark.parametrize("row", [(96, 96), (5, 3)], ids=["images", "measures"])
+def test_joined_equals_numpy_concatenate(dtype: type, row: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
-    arrays: list[np.ndarray] = [(rng.random((n, 5, 3)) * 100).astype(dtype) for n in (1, 2, 0, 3)]
+    arrays: list[np.ndarray] = [(rng.random((n, *row)) * 100).astype(dtype) for n in (1, 2, 0, 3)]
     out = joined(arrays)
     expected = np.concatenate(arrays)
     assert out.dtype == expected.dtype
@@ -26,18 +27,18 @@ def test_joined_equals_numpy_concatenate(dtype: type) -> None:
 
 
 def test_joined_reads_non_contiguous_arrays_and_one_array() -> None:
-    strided = np.arange(48, dtype=np.float32).reshape(2, 3, 8)[:, :, ::2]
-    plain = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    strided = np.arange(2 * 96 * 192, dtype=np.float32).reshape(2, 96, 192)[:, :, ::2]
+    plain = np.arange(96 * 96, dtype=np.float32).reshape(1, 96, 96)
     assert np.array_equal(joined([strided, plain]), np.concatenate([strided, plain]))
     assert np.array_equal(joined([plain]), plain)
 
 
 def test_arrays_numpy_would_not_join_get_numpys_error_or_result() -> None:
-    with pytest.raises(ValueError, match="dimension 1"):
-        joined([np.zeros((1, 3)), np.zeros((1, 4))])
-    mixed = joined([np.ones((1, 3), np.float32), np.ones((2, 3), np.float64)])
+    with pytest.raises(ValueError, match="dimension 2"):
+        joined([np.zeros((1, 96, 96)), np.zeros((1, 96, 95))])
+    mixed = joined([np.ones((1, 96, 96), np.float32), np.ones((2, 96, 96), np.float64)])
     assert mixed.dtype == np.float64
-    assert mixed.shape == (3, 3)
+    assert mixed.shape == (3, 96, 96)
 
 
 @contextmanager

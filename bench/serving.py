@@ -782,8 +782,11 @@ class Bare:
 
 
 def stacked(rows: list[list[np.ndarray]]) -> list[np.ndarray]:
-    """Requests' rows (one array per input each) as one batch per input, as the server runs."""
-    return [np.concatenate(column) for column in zip(*rows, strict=True)]
+    """Requests' rows (one array per input each) as one batch per input, as the server joins
+    them."""
+    from modelcycle.serving.app import joined
+
+    return [joined(column) for column in zip(*rows, strict=True)]
 
 
 # --- the run -------------------------------------------------------------------------------

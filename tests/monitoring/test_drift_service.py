@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -124,3 +126,84 @@ def test_the_drift_route_needs_the_api_key_when_one_is_set(
     with TestClient(app) as client:
         assert client.get(DRIFT).status_code == 401
         assert client.get(DRIFT, headers={"Authorization": "Bearer k"}).status_code == 200
+
+
+def _count_references(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[str]:
+    """Record each version whose reference is computed (or make computing it fail)."""
+    from modelcycle.monitoring import drift_service
+
+    computed: list[str] = []
+    real = drift_service.served_reference
+
+    def counted(served: ServedModel) -> pd.DataFrame:
+        computed.append(served.version)
+        if fail:
+            raise RuntimeError("reference sample unreadable")
+        return real(served)
+
+    monkeypatch.setattr(drift_service, "served_reference", counted)
+    return computed
+
+
+def test_the_reference_is_computed_while_the_model_loads_not_in_a_check(
+    served: ServedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    computed = _count_references(monkeypatch)
+    client, service = _app(served, tmp_path, interval=0)  # no check runs on its own
+    with client:
+        assert computed == ["1"]  # before the first request, the first check, or readiness
+        _post_reference_rows(client, served, 30, scale=1.0)
+        service.check_now()
+        assert client.get(DRIFT).json()["status"] == "no_drift"
+    assert computed == ["1"]
+
+
+def test_a_reference_that_fails_leaves_the_model_serving_and_the_checks_retry(
+    served: ServedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    computed = _count_references(monkeypatch, fail=True)
+    client, service = _app(served, tmp_path, interval=0)
+    with client, caplog.at_level("ERROR"):
+        assert client.get("/readyz").status_code == 200
+        _post_reference_rows(client, served, 3, scale=1.0)
+        assert "Drift reference of twins v1 failed" in caplog.text
+        with pytest.raises(RuntimeError, match="unreadable"):
+            service.check_now()
+    assert computed == ["1", "1"]
+
+
+def test_a_hot_reload_computes_the_new_versions_reference_before_the_swap(
+    served: ServedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    computed = _count_references(monkeypatch)
+    v2 = replace(served, version="2")
+
+    def reload(current: ServedModel) -> ServedModel | None:
+        return v2 if current.version == "1" else None
+
+    store = CaptureStore(tmp_path / "capture.db")
+    service = DriftService(store, DriftSettings(min_captures=30), 0, window=30)
+    prepared: list[tuple[str, dict[str, str]]] = []  # (version, what was served meanwhile)
+    real_prepare = service.prepare
+
+    def prepare(model: ServedModel) -> None:
+        real_prepare(model)
+        prepared.append((model.version, {n: m.version for n, m in service._models().items()}))
+
+    monkeypatch.setattr(service, "prepare", prepare)
+    settings = ServeSettings(reload_seconds=0.05)
+    with TestClient(create_app(lambda: [served], settings, store, reload, service)) as client:
+        deadline = time.monotonic() + WAIT_SECONDS
+        version = "1"
+        while time.monotonic() < deadline and version != "2":
+            time.sleep(0.05)
+            version = client.get("/v1/models").json()["models"][0]["version"]
+        assert version == "2"
+        assert prepared == [("1", {}), ("2", {"twins": "1"})]  # v2's before it was served
+        _post_reference_rows(client, v2, 30, scale=1.0)
+        service.check_now()
+        assert client.get(DRIFT).json()["version"] == "2"
+    assert computed == ["1", "2"]  # the check of version 2 used the reference made on loading

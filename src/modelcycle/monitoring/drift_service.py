@@ -115,6 +115,18 @@ class DriftService:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
+    def prepare(self, served: ServedModel) -> None:
+        """Compute `served`'s reference now, while it loads, not in its first check.
+
+        The reference runs the model over the version's reference sample (400 images for an
+        image model): in a check, that ran beside live traffic right after the server became
+        ready, or after a hot reload. A failure is logged, and the checks try again.
+        """
+        try:
+            self._reference(served)
+        except Exception:  # drift monitoring must never stop a model from serving
+            log.exception("Drift reference of %s v%s failed", served.name, served.version)
+
     def check_now(self) -> None:
         """Check every served model once and cache the results."""
         for name, served in list(self._models().items()):
@@ -165,11 +177,18 @@ class DriftService:
                 log.exception("Drift check failed")
             self._stop.wait(self.interval_seconds)
 
-    def _check(self, served: ServedModel) -> DriftSummary:
+    def _reference(self, served: ServedModel) -> pd.DataFrame:
+        """The version's reference, computed once (other versions of it not served are dropped)."""
         key = (served.name, served.version)
         if key not in self._references:
             self._references[key] = served_reference(served)
-        reference = self._references[key]
+            live = {(m.name, m.version) for m in self._models().values()} | {key}
+            for old in [k for k in self._references if k[0] == served.name and k not in live]:
+                self._references.pop(old, None)
+        return self._references[key]
+
+    def _check(self, served: ServedModel) -> DriftSummary:
+        reference = self._reference(served)
         captures = version_captures(self.capture, served, None, self.window)
         try:
             return check_drift(served, reference, captures, self.settings).summary

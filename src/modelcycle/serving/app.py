@@ -161,6 +161,10 @@ def create_app(
             loaded = await asyncio.get_running_loop().run_in_executor(executor, load_models)
             for served in loaded:
                 await asyncio.get_running_loop().run_in_executor(executor, warm_up, served)
+                if drift is not None:
+                    await asyncio.get_running_loop().run_in_executor(
+                        executor, drift.prepare, served
+                    )
                 _add_model(state, metrics, served, settings, slots, capture)
             # Everything loaded so far (torch, mlflow, the models) lives as long as the process:
             # move it out of the collector's view, or each full collection pauses ~300 ms.
@@ -171,7 +175,9 @@ def create_app(
             log.info("Ready: %s", ", ".join(f"{m.name} v{m.version}" for m in loaded))
             watcher = None
             if reload is not None and settings.reload_seconds > 0:
-                watcher = asyncio.create_task(_watch(state, metrics, reload, executor, settings))
+                watcher = asyncio.create_task(
+                    _watch(state, metrics, reload, executor, settings, drift)
+                )
             if drift is not None:
                 drift.start(lambda: state.models, metrics.registry)
             yield
@@ -232,8 +238,12 @@ async def _watch(
     reload: Reloader,
     executor: ThreadPoolExecutor,
     settings: ServeSettings,
+    drift: DriftService | None,
 ) -> None:
-    """Swap in a model whose alias moved; a failed reload keeps the current version."""
+    """Swap in a model whose alias moved; a failed reload keeps the current version.
+
+    The new version's drift reference is computed before the swap, as part of its loading.
+    """
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(settings.reload_seconds)
@@ -245,6 +255,8 @@ async def _watch(
                 continue
             if fresh is None:
                 continue
+            if drift is not None:
+                await loop.run_in_executor(executor, drift.prepare, fresh)
             state.models[name] = fresh  # one assignment: the next request sees the new one
             metrics.model_info.labels(name, current.alias, current.version).set(0)
             metrics.model_info.labels(name, fresh.alias, fresh.version).set(1)

@@ -120,8 +120,11 @@ class DriftService:
 
         The reference runs the model over the version's reference sample (400 images for an
         image model): in a check, that ran beside live traffic right after the server became
-        ready, or after a hot reload. A failure is logged, and the checks try again.
+        ready, or after a hot reload. A failure is logged, and the checks try again. With no
+        background checks (`interval_seconds` 0) nothing is computed until `check_now`.
         """
+        if self.interval_seconds <= 0:
+            return
         try:
             self._reference(served)
         except Exception:  # drift monitoring must never stop a model from serving

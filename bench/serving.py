@@ -89,9 +89,12 @@ def say(message: str) -> None:
 # --- the model: a throwaway workspace, or the one given ------------------------------------
 
 
-def build_image_workspace(tmp: Path, backbone: str, size: int) -> Path:
+def build_image_workspace(
+    tmp: Path, backbone: str, size: int, reference_rows: int = 60, per_class: int = 24
+) -> Path:
     """image_rice@champion version 1 in `tmp/ws`: an untrained timm `backbone` at `size` px on
-    the rice stand-in (the model's compute, not its accuracy, is what serving measures)."""
+    the rice stand-in (the model's compute, not its accuracy, is what serving measures), with
+    `per_class` images of each of its 5 classes and a drift reference of `reference_rows`."""
     from functools import partial
 
     from modelcycle.data.rice import RiceSource
@@ -99,10 +102,11 @@ def build_image_workspace(tmp: Path, backbone: str, size: int) -> Path:
     from modelcycle.tasks.image import ImageTask
 
     source = RiceSource(
-        download_dir=tmp / "rice", synthetic=True, image_size=size, per_class_synthetic=24
+        download_dir=tmp / "rice", synthetic=True, image_size=size, per_class_synthetic=per_class
     )
     encoder = partial(timm_backbone, name=backbone, pretrained=False)
-    return publish(ImageTask(source, encoder, held_out_rows=12, reference_rows=60), tmp)
+    task = ImageTask(source, encoder, held_out_rows=12, reference_rows=reference_rows)
+    return publish(task, tmp)
 
 
 def build_workspace(data: Path, tmp: Path) -> Path:

@@ -230,10 +230,11 @@ def paused(server: Server) -> Iterator[None]:
         os.killpg(group, signal.SIGCONT)
 
 
-def wait_ready(servers: list[Server]) -> None:
-    """Poll each server's readiness route until all answer 200 (bounded by READY_TIMEOUT)."""
+def wait_ready(servers: list[Server], poll: float = 0.2) -> dict[str, float]:
+    """Poll each server's readiness route every `poll` seconds until all answer 200 (bounded
+    by READY_TIMEOUT); returns when each did (`time.monotonic()`), by server name."""
     deadline = time.monotonic() + READY_TIMEOUT
-    pending = list(servers)
+    pending, ready = list(servers), {}
     with httpx.Client(timeout=2.0) as client:
         while pending:
             for server in list(pending):
@@ -243,13 +244,15 @@ def wait_ready(servers: list[Server]) -> None:
                     )
                 with contextlib.suppress(httpx.TransportError):
                     if client.get(server.url + server.ready).status_code == 200:
+                        ready[server.name] = time.monotonic()
                         pending.remove(server)
                         say(f"{server.name} ready on {server.url}")
             if time.monotonic() > deadline:
                 names = ", ".join(s.name for s in pending)
                 raise RuntimeError(f"not ready within {READY_TIMEOUT:.0f} s: {names}")
             if pending:
-                time.sleep(0.2)
+                time.sleep(poll)
+    return ready
 
 
 async def floor_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

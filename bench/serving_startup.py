@@ -28,28 +28,14 @@ from pathlib import Path
 import httpx
 
 from serving import (
-    READY_TIMEOUT,
-    Server,
     Tally,
     build_image_workspace,
     free_port,
     open_loop,
     say,
     start,
+    wait_ready,
 )
-
-
-def ready_after(server: Server, started: float) -> float:
-    """Seconds from `started` until `server` answers its readiness route (polled every 20 ms)."""
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() - started < READY_TIMEOUT:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"{server.name} exited:\n{server.tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if client.get(server.url + server.ready).status_code == 200:
-                    return time.monotonic() - started
-            time.sleep(0.02)
-    raise RuntimeError(f"{server.name} not ready within {READY_TIMEOUT:.0f} s")
 
 
 def main() -> None:
@@ -87,7 +73,7 @@ def main() -> None:
                     routes = ("/v1/models/image_rice/predict", "/readyz")
                     started = time.monotonic()
                     server = start(stack, f"{label}-{round_}", command, port, routes, logs)
-                    ready = ready_after(server, started)
+                    ready = wait_ready([server], poll=0.02)[server.name] - started
                     if not bodies:  # the held-out examples, fetched after the first start-up
                         examples = httpx.get(f"{server.url}/v1/models/image_rice/examples")
                         bodies = [

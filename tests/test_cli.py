@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from modelcycle.cli import app
 from modelcycle.registry import Registry
+from modelcycle.tracking import TrackingSettings, tracking_uri
 from run_tree import one_run_tree
 from serving_fixtures import ServedWorkspace
 
@@ -246,7 +247,7 @@ def test_release_without_a_train_run_is_one_clear_line(workspace: Path) -> None:
     assert "holds no tracking store (mlflow.db): nothing was trained there" in result.stdout
     assert "Traceback" not in result.stdout
     workspace.mkdir(parents=True)  # a store with no pipeline run in it
-    Registry(f"sqlite:///{workspace / 'mlflow.db'}").client.search_experiments()
+    Registry(tracking_uri(TrackingSettings(), workspace)).client.search_experiments()
     result = runner.invoke(app, ["release"])
     assert result.exit_code == 2
     assert "No finished pipeline run" in result.stdout and "Traceback" not in result.stdout

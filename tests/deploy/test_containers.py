@@ -142,10 +142,11 @@ def test_api_entrypoint_serves_the_configured_model_and_stops_cleanly(
 @pytest.mark.slow  # imports the whole stack in a subprocess (~20 s on 2 busy cores)
 def test_api_entrypoint_fails_clearly_for_an_unknown_model(tmp_path: Path) -> None:
     from modelcycle.registry import Registry
+    from modelcycle.tracking import TrackingSettings, tracking_uri
 
     workspace = tmp_path / "ws"  # a tracking store with no such model in it
     workspace.mkdir()
-    Registry(f"sqlite:///{workspace / 'mlflow.db'}").client.search_experiments()
+    Registry(tracking_uri(TrackingSettings(), workspace)).client.search_experiments()
     env = {
         "PATH": f"{BIN}:/usr/bin:/bin",
         "MODELCYCLE_HOME": str(tmp_path / "ws"),

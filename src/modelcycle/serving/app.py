@@ -158,13 +158,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with refusals_counted(metrics.refused):  # uvicorn's 503s over serve.max_connections
-            loaded = await asyncio.get_running_loop().run_in_executor(executor, load_models)
+            loop = asyncio.get_running_loop()
+            loaded = await loop.run_in_executor(executor, load_models)
             for served in loaded:
-                await asyncio.get_running_loop().run_in_executor(executor, warm_up, served)
+                await loop.run_in_executor(executor, warm_up, served)
                 if drift is not None:
-                    await asyncio.get_running_loop().run_in_executor(
-                        executor, drift.prepare, served
-                    )
+                    await loop.run_in_executor(executor, drift.prepare, served)
                 _add_model(state, metrics, served, settings, slots, capture)
             # Everything loaded so far (torch, mlflow, the models) lives as long as the process:
             # move it out of the collector's view, or each full collection pauses ~300 ms.

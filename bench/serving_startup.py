@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="start-ups of each server")
     parser.add_argument("--reference-rows", type=int, default=400)
     args = parser.parse_args()
+    for name in ("rate", "seconds", "rounds", "reference_rows"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be above 0")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         say(f"building an untrained resnet18 with a {args.reference_rows}-image reference")

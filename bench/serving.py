@@ -90,11 +90,18 @@ def say(message: str) -> None:
 
 
 def build_image_workspace(
-    tmp: Path, backbone: str, size: int, reference_rows: int = 60, per_class: int = 24
+    tmp: Path,
+    backbone: str,
+    size: int,
+    reference_rows: int = 60,
+    per_class: int = 24,
+    versions: int = 1,
 ) -> Path:
     """image_rice@champion version 1 in `tmp/ws`: an untrained timm `backbone` at `size` px on
     the rice stand-in (the model's compute, not its accuracy, is what serving measures), with
-    `per_class` images of each of its 5 classes and a drift reference of `reference_rows`."""
+    `per_class` images of each of its 5 classes and a drift reference of `reference_rows`;
+    `versions` above 1 registers and exports that many versions of the same model (see
+    `publish`)."""
     from functools import partial
 
     from modelcycle.data.rice import RiceSource
@@ -106,7 +113,7 @@ def build_image_workspace(
     )
     encoder = partial(timm_backbone, name=backbone, pretrained=False)
     task = ImageTask(source, encoder, held_out_rows=12, reference_rows=reference_rows)
-    return publish(task, tmp)
+    return publish(task, tmp, versions)
 
 
 def build_workspace(data: Path, tmp: Path) -> Path:
@@ -119,9 +126,13 @@ def build_workspace(data: Path, tmp: Path) -> Path:
     return publish(TwinsTask(QTIMSource(root=data), encoder=MLPEncoder), tmp)
 
 
-def publish(task: Any, tmp: Path) -> Path:
+def publish(task: Any, tmp: Path, versions: int = 1) -> Path:
     """Register `task`'s untrained model from a pipeline-shaped run, promote it to champion
-    and export it to ONNX, in `tmp/ws`; returns the workspace root."""
+    and export it to ONNX, in `tmp/ws`; returns the workspace root.
+
+    With `versions` above 1, the same model is registered again from as many more runs, each
+    scoring a little higher (the gate), and each version is exported; champion stays at
+    version 1, so moving it is a hot reload to an equal model."""
     from modelcycle.export import export_version
     from modelcycle.pipeline import run_tags
     from modelcycle.registry import Registry
@@ -131,17 +142,19 @@ def publish(task: Any, tmp: Path) -> Path:
     fold = task.final_fold(cohort, seed=0)
     servable = task.servable(task.model(cohort, fold), cohort, fold)
     tracker = Tracker(TrackingSettings(), tmp / "ws")
-    name = task.model_name
-    with tracker.run(name) as run_id:
-        metric = task.primary_metric
-        tracker.set_tags(run_tags(task, summary.data_hash))
-        tracker.log_metrics({f"model_{metric}_mean": 0.95, f"baseline_{metric}_mean": 0.90})
-        servable.save(tmp / "model")
-        tracker.log_directory(tmp / "model", "model")
+    name, metric = task.model_name, task.primary_metric
+    servable.save(tmp / "model")
     registry = Registry(tracker.uri)
-    registry.register(run_id, name)
-    registry.promote(name)
-    export_version(registry, f"{name}@champion", tmp / "ws" / "exports")
+    for k in range(versions):
+        with tracker.run(name) as run_id:
+            tracker.set_tags(run_tags(task, summary.data_hash))
+            score = 0.95 + 0.001 * k
+            tracker.log_metrics({f"model_{metric}_mean": score, f"baseline_{metric}_mean": 0.9})
+            tracker.log_directory(tmp / "model", "model")
+        version, _ = registry.register(run_id, name)
+        if k == 0:
+            registry.promote(name)
+        export_version(registry, f"{name}/{version.version}", tmp / "ws" / "exports")
     return tmp / "ws"
 
 
@@ -631,6 +644,10 @@ class OpenLoop:
     service: Tally  # latency from the actual send (what the server takes)
     waits: list[float]  # seconds each sent request waited for a free connection
     good: int  # 200s within the deadline that arrived while sending went on (not the drain)
+    # (scheduled send, latency from it, status) of each request, in order of the answers:
+    # seconds from the first scheduled send, `origin` (`time.monotonic()`, the loop's clock)
+    timeline: list[tuple[float, float, int]] = field(default_factory=list)
+    origin: float = 0.0
 
     @property
     def goodput(self) -> float:
@@ -672,17 +689,20 @@ async def open_loop(
     is not sent (EXPIRED).
     """
     loop = asyncio.get_running_loop()
-    tally, service, waits = Tally(seconds=seconds), Tally(seconds=seconds), []
+    tally, service = Tally(seconds=seconds), Tally(seconds=seconds)
+    waits: list[float] = []
     queue: asyncio.Queue[tuple[float, int] | None] = asyncio.Queue()
     total = max(1, int(rate * seconds))
     clients = [Connection.to(server, bodies) for _ in range(connections)]
     window_end, good = [float("inf")], [0]  # set when the clock starts
+    timeline: list[tuple[float, float, int]] = []
 
     async def worker(connection: Connection) -> None:
         while (item := await queue.get()) is not None:
             scheduled, i = item
             if loop.time() >= scheduled + deadline:
                 tally.record(EXPIRED, loop.time() - scheduled)
+                timeline.append((scheduled - first, loop.time() - scheduled, EXPIRED))
                 continue
             sent = loop.time()
             waits.append(sent - scheduled)
@@ -697,6 +717,7 @@ async def open_loop(
             done = loop.time()
             tally.record(status, done - scheduled)
             service.record(status, done - sent)
+            timeline.append((scheduled - first, done - scheduled, status))
             if status == 200 and done - scheduled <= deadline and done <= window_end[0]:
                 good[0] += 1
 
@@ -707,7 +728,7 @@ async def open_loop(
         with cpu_meter(server, tally):
             began = loop.time()
             workers = [asyncio.create_task(worker(c)) for c in clients]
-            start = loop.time() + 0.05
+            start = first = loop.time() + 0.05
             window_end[0] = start + seconds
             for i in range(total):
                 scheduled = start + i / rate
@@ -723,7 +744,7 @@ async def open_loop(
         await asyncio.gather(*workers, return_exceptions=True)
         for client in clients:
             client.close()
-    return OpenLoop(tally, service, waits, good[0])
+    return OpenLoop(tally, service, waits, good[0], timeline, first)
 
 
 @dataclass

@@ -1,17 +1,27 @@
-"""The first seconds after /readyz: a server with drift checks ÷ one without, side by side.
+"""A version's first seconds: drift checks ÷ none, at start-up and across a hot reload.
 
 A version's drift reference is the model run over the version's reference sample (400 images
-for an image model). The server computes it while the version loads, before /readyz turns
-true; before that change the first drift check computed it right after /readyz, on the
-serving session, beside the first requests. This bench builds an untrained resnet18 image
-model with a 400-image reference, then starts its server with drift checks (the default,
-every 60 s) and without (`monitor.interval_seconds=0`: no reference at all), one server at a
-time, alternating, `--rounds` times each. From the moment a server answers /readyz, an open
-loop sends `--rate` requests per second for `--seconds`; the table gives the time to
-readiness and the p50 and p99 of those first answers (from the scheduled send), and the
-ratio with checks ÷ without.
+for an image model). The server computes it while the version loads: before /readyz turns
+true at start-up, and before the swap in a hot reload. This bench builds an untrained
+resnet18 image model with a 400-image reference, registered twice (versions 1 and 2, the same
+weights), and serves it with drift checks (the default, every 60 s) and without
+(`monitor.interval_seconds=0`: no reference at all), one server at a time, alternating,
+`--rounds` times each:
+
+- start-up: from the moment a server answers /readyz, an open loop sends `--rate` requests
+  per second for `--seconds`. The table gives the time to readiness, and the p50 and p99 of
+  those first answers (from the scheduled send).
+- reload: a server of version 1 polls its alias every 0.5 s under the same open loop (for
+  `--seconds` plus 8 s); 2 s in, champion moves to version 2, and the server loads it beside
+  the traffic and swaps. The table gives the time from the move to the swap (seen on
+  /v1/models, polled every 0.1 s) and the p50, p99 and maximum of the requests sent from the
+  move until 1 s after the swap, beside the p99 of those sent before the move.
+
+Every request's latency over time goes into a plot (`--out`), with the moves and swaps
+marked.
 
     python bench/serving_startup.py [--variant int8] [--rate 60] [--seconds 8] [--rounds 2]
+                                    [--scenario both] [--out .modelcycle/reports/...]
 """
 
 from __future__ import annotations
@@ -20,15 +30,21 @@ import argparse
 import asyncio
 import contextlib
 import json
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 
+from modelcycle.tracking import TrackingSettings, tracking_uri
 from serving import (
-    Tally,
+    OpenLoop,
+    Server,
     build_image_workspace,
     free_port,
     open_loop,
@@ -37,74 +53,309 @@ from serving import (
     wait_ready,
 )
 
+LABELS = ("checks", "none")  # drift checks every 60 s (the default), or none
+MODEL = "image_rice"
+MOVE_AFTER = 2.0  # seconds into the reload scenario's load when champion moves
+RELOAD_EXTRA = 8.0  # seconds of load the reload scenario adds to --seconds
+AFTER_SWAP = 1.0  # seconds after the swap a request still counts as overlapping the reload
+
+
+@dataclass
+class Round:
+    """One server's run: its load, and when things happened (seconds on the load's clock)."""
+
+    label: str
+    run: OpenLoop
+    ready: float = 0.0  # start-up: seconds from the process start to /readyz
+    moved: float = float("nan")  # reload: when champion moved
+    swapped: float = float("nan")  # reload: when /v1/models first showed version 2
+
+    def latencies(self, since: float = -np.inf, until: float = np.inf) -> np.ndarray:
+        """Latencies (seconds) of the 200s scheduled in [since, until)."""
+        return np.array(
+            [lat for t, lat, status in self.run.timeline if status == 200 and since <= t < until]
+        )
+
+    @property
+    def failed(self) -> int:
+        """Requests answered anything but 200."""
+        return sum(status != 200 for _, _, status in self.run.timeline)
+
+
+@dataclass
+class Scenario:
+    """Rounds of both labels for one scenario."""
+
+    name: str
+    rounds: dict[str, list[Round]] = field(default_factory=lambda: {k: [] for k in LABELS})
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--variant", default="int8", choices=["fp32", "int8"])
     parser.add_argument("--rate", type=float, default=60.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=8.0, help="of load after /readyz")
-    parser.add_argument("--rounds", type=int, default=2, help="start-ups of each server")
+    parser.add_argument("--rounds", type=int, default=2, help="servers of each label")
     parser.add_argument("--reference-rows", type=int, default=400)
+    parser.add_argument("--scenario", default="both", choices=["start", "reload", "both"])
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(".modelcycle/reports/bench-serving-startup"),
+        help="where the table (.txt) and the latency-over-time plot (.png) go",
+    )
     args = parser.parse_args()
     for name in ("rate", "seconds", "rounds", "reference_rows"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be above 0")
+    scenarios = ["start", "reload"] if args.scenario == "both" else [args.scenario]
+    done: list[Scenario] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         say(f"building an untrained resnet18 with a {args.reference_rows}-image reference")
         per_class = (args.reference_rows + 12) // 5 + 2  # the reference and held-out rows
-        workspace = build_image_workspace(tmp, "resnet18", 224, args.reference_rows, per_class)
-        logs = tmp / "logs"
-        logs.mkdir()
-        bodies: list[bytes] = []
-        results: dict[str, tuple[list[float], Tally]] = {
-            "checks": ([], Tally()),
-            "none": ([], Tally()),
-        }
-        for round_ in range(args.rounds):
-            order = ["checks", "none"] if round_ % 2 == 0 else ["none", "checks"]
-            for label in order:
-                interval = 60.0 if label == "checks" else 0.0
-                with contextlib.ExitStack() as stack:
-                    port = free_port()
-                    command = [
-                        sys.executable, "-m", "modelcycle", "serve", "image_rice@champion",
-                        f"workspace={workspace}", f"serve.port={port}",
-                        f"serve.variant={args.variant}", "serve.int8_max_drop=1.0",
-                        "serve.reload_seconds=0", f"monitor.interval_seconds={interval}",
-                    ]  # fmt: skip
-                    routes = ("/v1/models/image_rice/predict", "/readyz")
-                    started = time.monotonic()
-                    server = start(stack, f"{label}-{round_}", command, port, routes, logs)
-                    ready = wait_ready([server], poll=0.02)[server.name] - started
-                    if not bodies:  # the held-out examples, fetched after the first start-up
-                        examples = httpx.get(f"{server.url}/v1/models/image_rice/examples")
-                        bodies = [
-                            json.dumps(e["request"]).encode() for e in examples.json()["examples"]
-                        ]
-                    run = asyncio.run(
-                        open_loop(server, bodies, args.rate, args.seconds, 5.0, connections=8)
-                    )
-                    results[label][0].append(ready)
-                    results[label][1].add(run.tally)
-                    say(
-                        f"round {round_ + 1}/{args.rounds} {label:<6} ready after {ready:.1f} s; "
-                        f"then p50 {run.tally.ms(50):.1f} ms, p99 {run.tally.ms(99):.1f} ms, "
-                        f"{run.tally.ok} of {sum(run.tally.statuses.values())} answered 200"
-                    )
-    (ready_on, on), (ready_off, off) = results["checks"], results["none"]
-    print(
-        f"\n{args.variant}, {args.rate:g} req/s for {args.seconds:g} s from /readyz, "
-        f"{args.rounds} start-ups each"
+        versions = 2 if "reload" in scenarios else 1
+        workspace = build_image_workspace(
+            tmp, "resnet18", 224, args.reference_rows, per_class, versions
+        )
+        bench = Bench(args, workspace, tmp / "logs")
+        for scenario in scenarios:
+            done.append(bench.start_up() if scenario == "start" else bench.reload())
+    header = (
+        f"{args.variant}, {args.rate:g} req/s, {args.rounds} servers of each; "
+        "latency from the scheduled send"
     )
-    print(f"{'':<22}{'drift checks':>14}{'none':>10}{'ratio':>8}")
-    mean_on, mean_off = sum(ready_on) / len(ready_on), sum(ready_off) / len(ready_off)
-    for label, a, b in (
-        ("ready after (s, mean)", mean_on, mean_off),
-        ("p50 ms", on.ms(50), off.ms(50)),
-        ("p99 ms", on.ms(99), off.ms(99)),
-    ):
-        print(f"{label:<22}{a:>14.1f}{b:>10.1f}{a / b:>8.2f}")
+    table = "\n".join([header, *(line for s in done for line in report(s))])
+    print("\n" + table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".txt").write_text(table + "\n")
+    plot(done, args.out.with_suffix(".png"), header)
+    say(f"table and plot in {args.out}.txt and {args.out}.png")
+
+
+class Bench:
+    """Starts the servers of each scenario and runs their load."""
+
+    def __init__(self, args: argparse.Namespace, workspace: Path, logs: Path) -> None:
+        self.args, self.workspace, self.logs = args, workspace, logs
+        logs.mkdir(exist_ok=True)
+        self.bodies: list[bytes] = []
+
+    def start_up(self) -> Scenario:
+        """From /readyz: the first `--seconds` of load on a freshly started server."""
+        scenario = Scenario("start")
+        for round_, label in self._turns():
+            with contextlib.ExitStack() as stack:
+                began = time.monotonic()
+                server = self._server(stack, f"start-{label}-{round_}", label, reload=False)
+                ready = wait_ready([server], poll=0.02)[server.name] - began
+                run = asyncio.run(self._load(server, self.args.seconds))
+            done = Round(label, run, ready=ready)
+            scenario.rounds[label].append(done)
+            lat = done.latencies() * 1000
+            say(
+                f"start-up {label:<6} ready after {ready:.1f} s; then p50 "
+                f"{np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, "
+                f"{done.failed} not 200"
+            )
+        return scenario
+
+    def reload(self) -> Scenario:
+        """Champion moves from version 1 to 2 under load; the server reloads and swaps."""
+        scenario = Scenario("reload")
+        with Promoter(self.workspace) as promoter:
+            for round_, label in self._turns():
+                promoter.move("1")
+                with contextlib.ExitStack() as stack:
+                    server = self._server(stack, f"reload-{label}-{round_}", label, reload=True)
+                    wait_ready([server])
+                    done = asyncio.run(self._reload_round(server, label, promoter))
+                scenario.rounds[label].append(done)
+                during = done.latencies(done.moved, done.swapped + AFTER_SWAP) * 1000
+                say(
+                    f"reload {label:<6} swapped {done.swapped - done.moved:.1f} s after the "
+                    f"move; meanwhile p50 {np.percentile(during, 50):.1f} ms, p99 "
+                    f"{np.percentile(during, 99):.1f} ms, max {during.max():.1f} ms; "
+                    f"{done.failed} not 200"
+                )
+        return scenario
+
+    async def _reload_round(self, server: Server, label: str, promoter: Promoter) -> Round:
+        seconds = self.args.seconds + RELOAD_EXTRA
+        load = asyncio.create_task(self._load(server, seconds))
+        await asyncio.sleep(MOVE_AFTER + 0.05)  # the load's clock starts 0.05 s in
+        moved = time.monotonic()
+        await asyncio.to_thread(promoter.move, "2")
+        swapped = float("nan")
+        async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as client:
+            while not load.done():
+                models = (await client.get("/v1/models")).json()
+                if any(m["version"] == "2" for m in models.get("models", [])):
+                    swapped = time.monotonic()
+                    break
+                await asyncio.sleep(0.1)
+        run = await load
+        if swapped != swapped:
+            raise RuntimeError(f"{server.name} did not swap within the load:\n{server.tail()}")
+        return Round(label, run, moved=moved - run.origin, swapped=swapped - run.origin)
+
+    def _turns(self) -> list[tuple[int, str]]:
+        """(round, label) in order: each label goes first in every other round."""
+        turns = []
+        for round_ in range(self.args.rounds):
+            order = LABELS if round_ % 2 == 0 else LABELS[::-1]
+            turns += [(round_, label) for label in order]
+        return turns
+
+    def _server(self, stack: contextlib.ExitStack, name: str, label: str, reload: bool) -> Server:
+        port = free_port()
+        interval = 60.0 if label == "checks" else 0.0
+        command = [
+            sys.executable, "-m", "modelcycle", "serve", f"{MODEL}@champion",
+            f"workspace={self.workspace}", f"serve.port={port}",
+            f"serve.variant={self.args.variant}", "serve.int8_max_drop=1.0",
+            f"serve.reload_seconds={0.5 if reload else 0}", f"monitor.interval_seconds={interval}",
+        ]  # fmt: skip
+        routes = (f"/v1/models/{MODEL}/predict", "/readyz")
+        return start(stack, name, command, port, routes, self.logs)
+
+    async def _load(self, server: Server, seconds: float) -> OpenLoop:
+        if not self.bodies:  # the held-out examples, fetched from the first server
+            async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as client:
+                examples = (await client.get(f"/v1/models/{MODEL}/examples")).json()
+            self.bodies = [json.dumps(e["request"]).encode() for e in examples["examples"]]
+        return await open_loop(server, self.bodies, self.args.rate, seconds, 5.0, connections=8)
+
+
+class Promoter:
+    """A process that moves champion when told: the move's own cost, without an interpreter's
+    start-up (seconds of CPU importing MLflow) or this process's GIL, beside the load."""
+
+    SCRIPT = (
+        "import sys\n"
+        "from modelcycle.registry import Registry\n"
+        "registry = Registry(sys.argv[1])\n"
+        "print('ready', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    registry.promote(sys.argv[2], version=line.strip(), reason='bench: reload')\n"
+        "    print('moved', flush=True)\n"
+    )
+
+    def __init__(self, workspace: Path) -> None:
+        uri = tracking_uri(TrackingSettings(), workspace)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", self.SCRIPT, uri, MODEL],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._expect("ready")
+
+    def move(self, version: str) -> None:
+        """Point champion at `version`; returns once it is committed."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(version + "\n")
+        self.process.stdin.flush()
+        self._expect("moved")
+
+    def _expect(self, word: str) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:  # skipping whatever else it prints
+            if line.strip() == word:
+                return
+        raise RuntimeError(f"the promoting process ended ({self.process.wait()}) before {word!r}")
+
+    def __enter__(self) -> Promoter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def report(scenario: Scenario) -> list[str]:
+    """The scenario's table: each label's figures over its rounds, and checks ÷ none."""
+    on, off = (scenario.rounds[k] for k in LABELS)
+    rows: list[tuple[str, float, float]] = []
+    if scenario.name == "start":
+        title = "start-up: the first answers after /readyz"
+        ready = [_mean(r.ready for r in rs) for rs in (on, off)]
+        rows.append(("ready after (s, mean)", ready[0], ready[1]))
+        for q in (50, 99):
+            a, b = (np.concatenate([r.latencies() for r in rs]) for rs in (on, off))
+            rows.append((f"p{q} ms", _ms(a, q), _ms(b, q)))
+    else:
+        title = f"reload: requests sent from the move to {AFTER_SWAP:g} s after the swap"
+        rows.append(
+            ("move to swap (s, mean)", _mean(r.swapped - r.moved for r in on),
+             _mean(r.swapped - r.moved for r in off))
+        )  # fmt: skip
+        before = [np.concatenate([r.latencies(until=r.moved) for r in rs]) for rs in (on, off)]
+        during = [
+            np.concatenate([r.latencies(r.moved, r.swapped + AFTER_SWAP) for r in rs])
+            for rs in (on, off)
+        ]
+        rows.append(("p99 ms before the move", _ms(before[0], 99), _ms(before[1], 99)))
+        for q in (50, 99, 100):
+            name = "max ms" if q == 100 else f"p{q} ms"
+            rows.append((name, _ms(during[0], q), _ms(during[1], q)))
+    failed = [sum(r.failed for r in rs) for rs in (on, off)]
+    lines = ["", title, f"{'':<26}{'drift checks':>14}{'none':>10}{'ratio':>8}"]
+    lines += [f"{n:<26}{a:>14.1f}{b:>10.1f}{a / b:>8.2f}" for n, a, b in rows]
+    lines.append(f"{'answers not 200':<26}{failed[0]:>14}{failed[1]:>10}")
+    return lines
+
+
+def _mean(values: Iterable[float]) -> float:
+    return float(np.mean(list(values)))
+
+
+def _ms(seconds: np.ndarray, q: float) -> float:
+    return float(np.percentile(seconds, q) * 1000) if len(seconds) else float("nan")
+
+
+def plot(scenarios: list[Scenario], path: Path, title: str) -> None:
+    """Latency of every request over time, a panel per scenario, moves and swaps marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    colors = {"checks": "tab:red", "none": "tab:blue"}
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(10, 4 * len(scenarios)), squeeze=False)
+    for ax, scenario in zip(axes[:, 0], scenarios, strict=True):
+        for label in LABELS:
+            for n, r in enumerate(scenario.rounds[label]):
+                shift = r.moved if scenario.name == "reload" else 0.0
+                t = np.array([p[0] for p in r.run.timeline]) - shift
+                lat = np.array([p[1] for p in r.run.timeline]) * 1000
+                ok = np.array([p[2] == 200 for p in r.run.timeline], dtype=bool)
+                name = "drift checks" if label == "checks" else "no drift checks"
+                ax.scatter(
+                    t[ok], lat[ok], s=4, alpha=0.5, color=colors[label],
+                    label=name if n == 0 else None,
+                )  # fmt: skip
+                ax.scatter(t[~ok], lat[~ok], s=12, marker="x", color="black")
+                if scenario.name == "reload":
+                    ax.axvline(r.swapped - shift, color=colors[label], linestyle="--", lw=1)
+        ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.set_ylabel("latency (ms)")
+        if scenario.name == "reload":
+            ax.axvline(0.0, color="black", lw=1)
+            ax.set_xlabel("seconds from the alias move (dashed: each server's swap)")
+            ax.set_title("hot reload, version 1 → 2")
+        else:
+            ax.set_xlabel("seconds from /readyz")
+            ax.set_title("start-up")
+        ax.legend(loc="upper right")
+    fig.suptitle(f"bench/serving_startup.py: {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from modelcycle.monitoring.drift import DriftSettings, DriftSummary
 from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.servable import read_manifest, read_reference
 from modelcycle.serving.app import ServeSettings, create_app
-from modelcycle.serving.loading import ServedModel
+from modelcycle.serving.loading import Runner, ServedModel
 
 DRIFT = "/v1/models/twins/drift"
 WAIT_SECONDS = 20.0
@@ -135,11 +136,11 @@ def _count_references(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> li
     computed: list[str] = []
     real = drift_service.served_reference
 
-    def counted(served: ServedModel) -> pd.DataFrame:
+    def counted(served: ServedModel, run: Runner | None = None) -> pd.DataFrame:
         computed.append(served.version)
         if fail:
             raise RuntimeError("reference sample unreadable")
-        return real(served)
+        return real(served, run)
 
     monkeypatch.setattr(drift_service, "served_reference", counted)
     return computed
@@ -200,8 +201,8 @@ def test_a_hot_reload_computes_the_new_versions_reference_before_the_swap(
     prepared: list[tuple[str, dict[str, str]]] = []  # (version, what was served meanwhile)
     real_prepare = service.prepare
 
-    def prepare(model: ServedModel) -> None:
-        real_prepare(model)
+    def prepare(model: ServedModel, run: Runner | None = None) -> None:
+        real_prepare(model, run)
         prepared.append((model.version, {n: m.version for n, m in service._models().items()}))
 
     monkeypatch.setattr(service, "prepare", prepare)
@@ -218,3 +219,45 @@ def test_a_hot_reload_computes_the_new_versions_reference_before_the_swap(
         service.check_now()
         assert client.get(DRIFT).json()["version"] == "2"
     assert computed == ["1", "2"]  # the check of version 2 used the reference made on loading
+
+
+class _Recorded:
+    """A session that takes `per_row` seconds more a row and records when each run ran."""
+
+    def __init__(self, session: Any, tag: str, calls: list[tuple[str, float, float]]) -> None:
+        self.session, self.tag, self.calls = session, tag, calls
+        self.per_row = 0.001 if tag == "2" else 0.0
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        began = time.perf_counter()
+        time.sleep(self.per_row * len(next(iter(feeds.values()))))
+        outputs = self.session.run(names, feeds)
+        self.calls.append((self.tag, began, time.perf_counter()))
+        return list(outputs)
+
+
+def test_a_hot_reload_warms_and_prepares_between_the_live_batches(
+    served: ServedModel, tmp_path: Path
+) -> None:
+    calls: list[tuple[str, float, float]] = []  # (version, start, end) of every model call
+    v1 = replace(served, session=_Recorded(served.session, "1", calls))
+    v2 = replace(served, version="2", session=_Recorded(served.session, "2", calls))
+
+    def reload(current: ServedModel) -> ServedModel | None:
+        return v2 if current.version == "1" else None
+
+    store = CaptureStore(tmp_path / "capture.db")
+    service = DriftService(store, DriftSettings(min_captures=30), 3600, window=30)
+    settings = ServeSettings(reload_seconds=0.05, threads=2)
+    with TestClient(create_app(lambda: [v1], settings, store, reload, service)) as client:
+        deadline, version = time.monotonic() + WAIT_SECONDS, "1"
+        while time.monotonic() < deadline and version != "2":  # live traffic all along
+            _post_reference_rows(client, served, 1, scale=1.0)
+            version = client.get("/v1/models").json()["models"][0]["version"]
+        assert version == "2"
+    pieces = [(a, b) for tag, a, b in calls if tag == "2"]
+    live = [(a, b) for tag, a, b in calls if tag == "1"]
+    for a, b in pieces:
+        assert all(end <= a or start >= b for start, end in live), "v1 ran beside a v2 call"
+    assert len(pieces) > 5  # the warm-up and the reference, each in pieces
+    assert any(pieces[0][0] < start < pieces[-1][1] for start, _ in live)  # served meanwhile

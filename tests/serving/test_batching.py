@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 
-from modelcycle.serving.batching import MicroBatcher, OverloadedError
+from modelcycle.serving.batching import Interleaved, MicroBatcher, OverloadedError
 
 T = TypeVar("T")
 
@@ -301,3 +303,65 @@ def test_a_failing_batch_callback_fails_its_batch_not_the_thread() -> None:
 
     _run(main())
     assert calls == [1, 1]
+
+
+class _Timed:
+    """A model call that takes `per_row` seconds a row and records when each call ran."""
+
+    def __init__(self, per_row: float) -> None:
+        self.per_row = per_row
+        self.calls: list[tuple[float, float, int]] = []  # (start, end, rows)
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        began = time.perf_counter()
+        time.sleep(self.per_row * len(inputs[0]))
+        self.calls.append((began, time.perf_counter(), len(inputs[0])))
+        return [inputs[0] * 2, inputs[1].sum(axis=1)]
+
+
+def test_interleaved_runs_in_pieces_of_about_the_asked_time_and_joins_them() -> None:
+    model = _Timed(per_row=0.002)
+    between = Interleaved(model, threading.Semaphore(2), permits=2, piece_seconds=0.01)
+    x, y = np.arange(60.0).reshape(30, 2), np.arange(90).reshape(30, 3)
+    doubled, sums = between([x, y])
+    np.testing.assert_array_equal(doubled, x * 2)
+    np.testing.assert_array_equal(sums, y.sum(axis=1))
+    rows = [n for _, _, n in model.calls]
+    assert sum(rows) == 30 and rows[0] == 1  # the first piece measures the rate
+    assert max(rows) <= 6 and len(rows) >= 6  # about 10 ms of 2 ms rows each
+    for (_, end, _), (start, _, _) in itertools.pairwise(model.calls):
+        assert start - end >= 0.9 * 0.002  # then waits at least as long as a piece ran
+
+
+def test_interleaved_pieces_never_overlap_a_live_batch_and_let_batches_run_between() -> None:
+    slots = threading.Semaphore(2)  # a server with two model-call slots
+    live: list[tuple[float, float]] = []
+
+    def process(payloads: list[int]) -> list[int]:
+        began = time.perf_counter()
+        time.sleep(0.003)
+        live.append((began, time.perf_counter()))
+        return payloads
+
+    model = _Timed(per_row=0.002)
+    between = Interleaved(model, slots, permits=2, piece_seconds=0.006)
+
+    async def main() -> None:
+        batcher = MicroBatcher(process, max_batch=1, slots=slots)
+        batcher.start()
+        job = asyncio.create_task(
+            asyncio.to_thread(between, [np.zeros((40, 1)), np.zeros((40, 1))])
+        )
+        while not job.done():  # live traffic all along the job
+            await batcher.submit(0)
+        await job
+        await batcher.stop()
+
+    _run(main())
+    pieces = [(a, b) for a, b, _ in model.calls]
+    assert len(pieces) > 5
+    for a, b in pieces:
+        assert all(end <= a or start >= b for start, end in live), "a batch ran beside a piece"
+    first, last = pieces[0][0], pieces[-1][1]
+    between_pieces = [s for s, _ in live if first < s < last]
+    assert len(between_pieces) >= len(pieces) // 2  # live batches ran in the pauses

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift import DriftSettings, DriftSummary, TooFewCapturesError
 from modelcycle.monitoring.monitor import check_drift, served_reference, version_captures
-from modelcycle.serving.loading import ServedModel
+from modelcycle.serving.loading import Runner, ServedModel
 
 log = logging.getLogger(__name__)
 Models = Callable[[], dict[str, ServedModel]]
@@ -115,18 +115,19 @@ class DriftService:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def prepare(self, served: ServedModel) -> None:
+    def prepare(self, served: ServedModel, run: Runner | None = None) -> None:
         """Compute `served`'s reference now, while it loads, not in its first check.
 
         The reference runs the model over the version's reference sample (400 images for an
         image model): in a check, that ran beside live traffic right after the server became
         ready, or after a hot reload. A failure is logged, and the checks try again. With no
         background checks (`interval_seconds` 0) nothing is computed until `check_now`.
+        `run`: how to call the model (default `served.run`), e.g. between live batches.
         """
         if self.interval_seconds <= 0:
             return
         try:
-            self._reference(served)
+            self._reference(served, run)
         except Exception:  # drift monitoring must never stop a model from serving
             log.exception("Drift reference of %s v%s failed", served.name, served.version)
 
@@ -180,11 +181,11 @@ class DriftService:
                 log.exception("Drift check failed")
             self._stop.wait(self.interval_seconds)
 
-    def _reference(self, served: ServedModel) -> pd.DataFrame:
+    def _reference(self, served: ServedModel, run: Runner | None = None) -> pd.DataFrame:
         """The version's reference, computed once (other versions of it not served are dropped)."""
         key = (served.name, served.version)
         if key not in self._references:
-            self._references[key] = served_reference(served)
+            self._references[key] = served_reference(served, run)
             live = {(m.name, m.version) for m in self._models().values()} | {key}
             for old in [k for k in self._references if k[0] == served.name and k not in live]:
                 self._references.pop(old, None)

@@ -31,7 +31,7 @@ from modelcycle.servable import (
     read_manifest,
     read_reference,
 )
-from modelcycle.serving.loading import ServedModel, VariantChoice, load_served
+from modelcycle.serving.loading import Runner, ServedModel, VariantChoice, load_served
 
 BATCH = 256  # reference rows per model call
 
@@ -45,15 +45,15 @@ class DriftCheck:
     current: pd.DataFrame
 
 
-def served_reference(served: ServedModel) -> pd.DataFrame:
+def served_reference(served: ServedModel, run: Runner | None = None) -> pd.DataFrame:
     """The version's reference sample as drift features plus its outputs on those rows.
 
     The sample is `reference.npz` of the saved model (hash-checked); a model saved without one
-    falls back to its held-out rows.
+    falls back to its held-out rows. `run`: how to call the model (see `run_batched`).
     """
     inputs = served_reference_inputs(served)
     return reference_frame(
-        served.adapter, inputs, run_batched(served, inputs), served.monitor_outputs
+        served.adapter, inputs, run_batched(served, inputs, run), served.monitor_outputs
     )
 
 
@@ -91,11 +91,16 @@ def held_out_rows(served: ServedModel) -> tuple[list[np.ndarray], np.ndarray | N
     return inputs, labels
 
 
-def run_batched(served: ServedModel, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """The served model's outputs on `inputs`, run in batches of BATCH rows."""
-    parts = [
-        served.run([x[lo : lo + BATCH] for x in inputs]) for lo in range(0, len(inputs[0]), BATCH)
-    ]
+def run_batched(
+    served: ServedModel, inputs: list[np.ndarray], run: Runner | None = None
+) -> dict[str, np.ndarray]:
+    """The served model's outputs on `inputs`, run in batches of BATCH rows.
+
+    `run`: how to call the model, `served.run` by default (a server passes one that runs
+    between its live batches).
+    """
+    call = run or served.run
+    parts = [call([x[lo : lo + BATCH] for x in inputs]) for lo in range(0, len(inputs[0]), BATCH)]
     return {
         name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(served.output_names)
     }

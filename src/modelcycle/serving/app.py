@@ -34,7 +34,7 @@ from modelcycle.embeddings import monitor_columns
 from modelcycle.monitoring.capture import Capture, CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.serving.adapter import RequestError, ServingAdapter, UnsupportedMediaError
-from modelcycle.serving.batching import MicroBatcher, OverloadedError
+from modelcycle.serving.batching import Interleaved, MicroBatcher, OverloadedError
 from modelcycle.serving.loading import ServedModel, warm_up
 from modelcycle.serving.metrics import ServerMetrics, refusals_counted
 from modelcycle.serving.uploads import accepted_types, file_bytes, takes_bytes
@@ -110,6 +110,7 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+#: Given the served model, its alias's newer version loaded (not yet warmed), or None.
 Reloader = Callable[[ServedModel], "ServedModel | None"]
 
 
@@ -145,10 +146,11 @@ def create_app(
     """Build the app; `load_models` runs in the lifespan, off the event loop.
 
     With `reload` and `settings.reload_seconds`, a background task asks `reload(current)`
-    for each model; a new model it returns (loaded and warmed off the event loop) replaces
-    the current one in one assignment. Requests already decoded finish on the version that
-    decoded them, and a batch never mixes versions. With `drift`, a background thread checks
-    the served models' drift and GET /v1/models/{name}/drift answers from its cache.
+    for each model; a new model it returns (loaded off the event loop, then warmed between
+    the live batches) replaces the current one in one assignment. Requests already decoded
+    finish on the version that decoded them, and a batch never mixes versions. With `drift`,
+    a background thread checks the served models' drift and GET /v1/models/{name}/drift
+    answers from its cache.
     """
     state, metrics = _State(), ServerMetrics.create()
     # Loads, warm-ups and reloads run one after another, off the event loop.
@@ -175,7 +177,7 @@ def create_app(
             watcher = None
             if reload is not None and settings.reload_seconds > 0:
                 watcher = asyncio.create_task(
-                    _watch(state, metrics, reload, executor, settings, drift)
+                    _watch(state, metrics, reload, executor, settings, drift, slots)
                 )
             if drift is not None:
                 drift.start(lambda: state.models, metrics.registry)
@@ -238,10 +240,12 @@ async def _watch(
     executor: ThreadPoolExecutor,
     settings: ServeSettings,
     drift: DriftService | None,
+    slots: threading.Semaphore,
 ) -> None:
     """Swap in a model whose alias moved; a failed reload keeps the current version.
 
-    The new version's drift reference is computed before the swap, as part of its loading.
+    The new version is warmed and its drift reference computed before the swap, in small
+    pieces between the live batches (`Interleaved`), not beside them.
     """
     loop = asyncio.get_running_loop()
     while True:
@@ -249,13 +253,15 @@ async def _watch(
         for name, current in list(state.models.items()):
             try:
                 fresh = await loop.run_in_executor(executor, reload, current)
+                if fresh is None:
+                    continue
+                between = Interleaved(fresh.run, slots, settings.threads)
+                await loop.run_in_executor(executor, warm_up, fresh, (1, 8), between)
             except Exception as err:  # keep serving what works; try again next time
                 log.warning("Reloading %s@%s failed: %s", name, current.alias, err)
                 continue
-            if fresh is None:
-                continue
             if drift is not None:
-                await loop.run_in_executor(executor, drift.prepare, fresh)
+                await loop.run_in_executor(executor, drift.prepare, fresh, between)
             state.models[name] = fresh  # one assignment: the next request sees the new one
             metrics.model_info.labels(name, current.alias, current.version).set(0)
             metrics.model_info.labels(name, fresh.alias, fresh.version).set(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 class ModelLoadError(RuntimeError):
     """A model that must not or cannot be served; the message says what to do."""
 
+
+#: A model call: batched inputs in, batched outputs out (`ServedModel.run`, or a wrapper).
+Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 #: Exported ONNX file of each servable variant, in the version's `onnx/` directory.
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
@@ -182,15 +186,20 @@ def _check_int8_drop(tags: dict[str, str], where: str, max_drop: float) -> None:
         )
 
 
-def warm_up(served: ServedModel, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
-    """Run the session once per batch size so the first request pays no start-up cost."""
+def warm_up(
+    served: ServedModel, batch_sizes: tuple[int, ...] = (1, 8), run: Runner | None = None
+) -> None:
+    """Run the session once per batch size so the first request pays no start-up cost.
+
+    `run`: how to call the model (default `served.run`), e.g. between a server's batches.
+    """
     if not served.examples:
         return
     rows = served.adapter.decode(
         served.adapter.request_type.model_validate(served.examples[0]["request"])
     )
     for size in batch_sizes:
-        served.run([np.repeat(row, size, axis=0) for row in rows])
+        (run or served.run)([np.repeat(row, size, axis=0) for row in rows])
 
 
 def _session(path: Path, threads: int) -> Any:

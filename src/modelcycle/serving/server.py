@@ -28,7 +28,6 @@ from modelcycle.serving.loading import (
     VariantChoice,
     expected_sha256,
     load_served,
-    warm_up,
 )
 
 
@@ -46,9 +45,7 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
         version = registry.alias_version(current.name, current.alias)
         if version is None or version == current.version:
             return None
-        fresh = load_served(registry, f"{current.name}@{current.alias}", cache, threads, variant)
-        warm_up(fresh)
-        return fresh
+        return load_served(registry, f"{current.name}@{current.alias}", cache, threads, variant)
 
     capture = CaptureStore(config.capture_path) if config.capture_path else None
     watch = monitor_config(cfg)

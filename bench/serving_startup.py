@@ -1,27 +1,28 @@
 """A version's first seconds: drift checks ÷ none, at start-up and across a hot reload.
 
 A version's drift reference is the model run over the version's reference sample (400 images
-for an image model). The server computes it while the version loads: before /readyz turns
-true at start-up, and before the swap in a hot reload. This bench builds an untrained
-resnet18 image model with a 400-image reference, registered twice (versions 1 and 2, the same
-weights), and serves it with drift checks (the default, every 60 s) and without
-(`monitor.interval_seconds=0`: no reference at all), one server at a time, alternating,
-`--rounds` times each:
+for an image model). A server computes it at full speed while it starts, before /readyz turns
+true; after a hot reload, once the new version serves, between the live batches. This bench
+builds an untrained resnet18 image model with a 400-image reference, registered twice
+(versions 1 and 2, the same weights), and serves it with drift checks (the default, every
+60 s) and without (`monitor.interval_seconds=0`: no reference at all), one server at a time,
+alternating, `--rounds` times each:
 
 - start-up: from the moment a server answers /readyz, an open loop sends `--rate` requests
   per second for `--seconds`. The table gives the time to readiness, and the p50 and p99 of
   those first answers (from the scheduled send).
-- reload: a server of version 1 polls its alias every 0.5 s under the same open loop (for
-  `--seconds` plus 8 s); 2 s in, champion moves to version 2, and the server loads it beside
-  the traffic and swaps. The table gives the time from the move to the swap (seen on
-  /v1/models, polled every 0.1 s) and the p50, p99 and maximum of the requests sent from the
-  move until 1 s after the swap, beside the p99 of those sent before the move.
+- reload: a server of version 1 polls its alias every 0.5 s under the same open loop; 2 s
+  in, champion moves to version 2 and the load goes on for `--reload-seconds`. The server
+  loads and warms version 2, swaps, and (with checks) computes its reference. The table
+  gives the time from the move to the swap (seen on /v1/models, polled every 0.1 s) and to
+  the reference (its log line), and the p50, p99 and maximum of the requests sent from the
+  move until 1 s after the last of them, beside the p99 of those sent before the move.
 
-Every request's latency over time goes into a plot (`--out`), with the moves and swaps
-marked.
+Every request's latency over time goes into a plot (`--out`), with the moves, swaps and
+references marked.
 
     python bench/serving_startup.py [--variant int8] [--rate 60] [--seconds 8] [--rounds 2]
-                                    [--scenario both] [--out .modelcycle/reports/...]
+                                    [--scenario both] [--reload-seconds 25] [--out PATH]
 """
 
 from __future__ import annotations
@@ -56,8 +57,7 @@ from serving import (
 LABELS = ("checks", "none")  # drift checks every 60 s (the default), or none
 MODEL = "image_rice"
 MOVE_AFTER = 2.0  # seconds into the reload scenario's load when champion moves
-RELOAD_EXTRA = 8.0  # seconds of load the reload scenario adds to --seconds
-AFTER_SWAP = 1.0  # seconds after the swap a request still counts as overlapping the reload
+AFTER_WORK = 1.0  # seconds after a reload's work a request still counts as overlapping it
 
 
 @dataclass
@@ -69,6 +69,7 @@ class Round:
     ready: float = 0.0  # start-up: seconds from the process start to /readyz
     moved: float = float("nan")  # reload: when champion moved
     swapped: float = float("nan")  # reload: when /v1/models first showed version 2
+    settled: float = float("nan")  # reload: the swap, or when the new reference was ready
 
     def latencies(self, since: float = -np.inf, until: float = np.inf) -> np.ndarray:
         """Latencies (seconds) of the 200s scheduled in [since, until)."""
@@ -99,13 +100,16 @@ def main() -> None:
     parser.add_argument("--reference-rows", type=int, default=400)
     parser.add_argument("--scenario", default="both", choices=["start", "reload", "both"])
     parser.add_argument(
+        "--reload-seconds", type=float, default=25.0, help="of load after the alias moves"
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path(".modelcycle/reports/bench-serving-startup"),
         help="where the table (.txt) and the latency-over-time plot (.png) go",
     )
     args = parser.parse_args()
-    for name in ("rate", "seconds", "rounds", "reference_rows"):
+    for name in ("rate", "seconds", "rounds", "reference_rows", "reload_seconds"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be above 0")
     scenarios = ["start", "reload"] if args.scenario == "both" else [args.scenario]
@@ -171,33 +175,48 @@ class Bench:
                     wait_ready([server])
                     done = asyncio.run(self._reload_round(server, label, promoter))
                 scenario.rounds[label].append(done)
-                during = done.latencies(done.moved, done.swapped + AFTER_SWAP) * 1000
+                during = done.latencies(done.moved, done.settled + AFTER_WORK) * 1000
                 say(
                     f"reload {label:<6} swapped {done.swapped - done.moved:.1f} s after the "
-                    f"move; meanwhile p50 {np.percentile(during, 50):.1f} ms, p99 "
+                    f"move, done {done.settled - done.moved:.1f} s after; meanwhile p50 "
+                    f"{np.percentile(during, 50):.1f} ms, p99 "
                     f"{np.percentile(during, 99):.1f} ms, max {during.max():.1f} ms; "
                     f"{done.failed} not 200"
                 )
         return scenario
 
     async def _reload_round(self, server: Server, label: str, promoter: Promoter) -> Round:
-        seconds = self.args.seconds + RELOAD_EXTRA
-        load = asyncio.create_task(self._load(server, seconds))
+        load = asyncio.create_task(self._load(server, MOVE_AFTER + self.args.reload_seconds))
         await asyncio.sleep(MOVE_AFTER + 0.05)  # the load's clock starts 0.05 s in
         moved = time.monotonic()
         await asyncio.to_thread(promoter.move, "2")
-        swapped = float("nan")
+        swapped = settled = float("nan")
         async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as client:
             while not load.done():
                 models = (await client.get("/v1/models")).json()
                 if any(m["version"] == "2" for m in models.get("models", [])):
-                    swapped = time.monotonic()
+                    swapped = settled = time.monotonic()
                     break
                 await asyncio.sleep(0.1)
+        if label == "checks":  # the reference is computed after the swap: wait for its line
+            settled, seen = float("nan"), 0
+            while not load.done():
+                text = server.log.read_bytes()[seen:]
+                if f"Drift reference of {MODEL} v2 ready".encode() in text:
+                    settled = time.monotonic()
+                    break
+                seen += max(0, len(text) - 200)  # a line split across two reads is found
+                await asyncio.sleep(0.1)
         run = await load
-        if swapped != swapped:
-            raise RuntimeError(f"{server.name} did not swap within the load:\n{server.tail()}")
-        return Round(label, run, moved=moved - run.origin, swapped=swapped - run.origin)
+        if settled != settled:
+            raise RuntimeError(
+                f"{server.name} did not finish reloading within --reload-seconds "
+                f"{self.args.reload_seconds:g}:\n{server.tail()}"
+            )
+        return Round(
+            label, run, moved=moved - run.origin, swapped=swapped - run.origin,
+            settled=settled - run.origin,
+        )  # fmt: skip
 
     def _turns(self) -> list[tuple[int, str]]:
         """(round, label) in order: each label goes first in every other round."""
@@ -286,14 +305,16 @@ def report(scenario: Scenario) -> list[str]:
             a, b = (np.concatenate([r.latencies() for r in rs]) for rs in (on, off))
             rows.append((f"p{q} ms", _ms(a, q), _ms(b, q)))
     else:
-        title = f"reload: requests sent from the move to {AFTER_SWAP:g} s after the swap"
-        rows.append(
-            ("move to swap (s, mean)", _mean(r.swapped - r.moved for r in on),
-             _mean(r.swapped - r.moved for r in off))
-        )  # fmt: skip
+        title = (
+            f"reload: requests sent from the move until {AFTER_WORK:g} s after the swap, or "
+            "after the new reference"
+        )
+        for name, end in (("swap", "swapped"), ("reference", "settled")):
+            moved = [_mean(getattr(r, end) - r.moved for r in rs) for rs in (on, off)]
+            rows.append((f"move to {name} (s, mean)", moved[0], moved[1]))
         before = [np.concatenate([r.latencies(until=r.moved) for r in rs]) for rs in (on, off)]
         during = [
-            np.concatenate([r.latencies(r.moved, r.swapped + AFTER_SWAP) for r in rs])
+            np.concatenate([r.latencies(r.moved, r.settled + AFTER_WORK) for r in rs])
             for rs in (on, off)
         ]
         rows.append(("p99 ms before the move", _ms(before[0], 99), _ms(before[1], 99)))
@@ -340,13 +361,17 @@ def plot(scenarios: list[Scenario], path: Path, title: str) -> None:
                 ax.scatter(t[~ok], lat[~ok], s=12, marker="x", color="black")
                 if scenario.name == "reload":
                     ax.axvline(r.swapped - shift, color=colors[label], linestyle="--", lw=1)
+                    ax.axvline(r.settled - shift, color=colors[label], linestyle=":", lw=1)
         ax.set_yscale("log")
         for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.set_ylabel("latency (ms)")
         if scenario.name == "reload":
             ax.axvline(0.0, color="black", lw=1)
-            ax.set_xlabel("seconds from the alias move (dashed: each server's swap)")
+            ax.set_xlabel(
+                "seconds from the alias move (dashed: each server's swap; dotted: its new "
+                "drift reference ready)"
+            )
             ax.set_title("hot reload, version 1 → 2")
         else:
             ax.set_xlabel("seconds from /readyz")

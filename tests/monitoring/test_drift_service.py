@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -187,7 +188,7 @@ def test_with_no_background_checks_nothing_is_computed_on_loading(
         assert computed == ["1"]
 
 
-def test_a_hot_reload_computes_the_new_versions_reference_before_the_swap(
+def test_a_hot_reload_swaps_then_computes_the_new_versions_reference(
     served: ServedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     computed = _count_references(monkeypatch)
@@ -214,7 +215,9 @@ def test_a_hot_reload_computes_the_new_versions_reference_before_the_swap(
             time.sleep(0.05)
             version = client.get("/v1/models").json()["models"][0]["version"]
         assert version == "2"
-        assert prepared == [("1", {}), ("2", {"twins": "1"})]  # v2's before it was served
+        while time.monotonic() < deadline and len(prepared) < 2:
+            time.sleep(0.05)
+        assert prepared == [("1", {}), ("2", {"twins": "2"})]  # v2's once it served
         _post_reference_rows(client, v2, 30, scale=1.0)
         service.check_now()
         assert client.get(DRIFT).json()["version"] == "2"
@@ -222,9 +225,10 @@ def test_a_hot_reload_computes_the_new_versions_reference_before_the_swap(
 
 
 class _Recorded:
-    """A session that takes `per_row` seconds more a row and records when each run ran."""
+    """A session that takes `per_row` seconds more a row and records each run: its version,
+    start, end and thread (live batches run in a `batch-` thread)."""
 
-    def __init__(self, session: Any, tag: str, calls: list[tuple[str, float, float]]) -> None:
+    def __init__(self, session: Any, tag: str, calls: list[tuple[str, float, float, str]]) -> None:
         self.session, self.tag, self.calls = session, tag, calls
         self.per_row = 0.001 if tag == "2" else 0.0
 
@@ -232,14 +236,15 @@ class _Recorded:
         began = time.perf_counter()
         time.sleep(self.per_row * len(next(iter(feeds.values()))))
         outputs = self.session.run(names, feeds)
-        self.calls.append((self.tag, began, time.perf_counter()))
+        thread = threading.current_thread().name
+        self.calls.append((self.tag, began, time.perf_counter(), thread))
         return list(outputs)
 
 
 def test_a_hot_reload_warms_and_prepares_between_the_live_batches(
     served: ServedModel, tmp_path: Path
 ) -> None:
-    calls: list[tuple[str, float, float]] = []  # (version, start, end) of every model call
+    calls: list[tuple[str, float, float, str]] = []  # every model call
     v1 = replace(served, session=_Recorded(served.session, "1", calls))
     v2 = replace(served, version="2", session=_Recorded(served.session, "2", calls))
 
@@ -250,14 +255,15 @@ def test_a_hot_reload_warms_and_prepares_between_the_live_batches(
     service = DriftService(store, DriftSettings(min_captures=30), 3600, window=30)
     settings = ServeSettings(reload_seconds=0.05, threads=2)
     with TestClient(create_app(lambda: [v1], settings, store, reload, service)) as client:
-        deadline, version = time.monotonic() + WAIT_SECONDS, "1"
-        while time.monotonic() < deadline and version != "2":  # live traffic all along
-            _post_reference_rows(client, served, 1, scale=1.0)
-            version = client.get("/v1/models").json()["models"][0]["version"]
-        assert version == "2"
-    pieces = [(a, b) for tag, a, b in calls if tag == "2"]
-    live = [(a, b) for tag, a, b in calls if tag == "1"]
-    for a, b in pieces:
-        assert all(end <= a or start >= b for start, end in live), "v1 ran beside a v2 call"
-    assert len(pieces) > 5  # the warm-up and the reference, each in pieces
-    assert any(pieces[0][0] < start < pieces[-1][1] for start, _ in live)  # served meanwhile
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline and ("twins", "2") not in service._references:
+            _post_reference_rows(client, served, 1, scale=1.0)  # live traffic all along
+        assert client.get("/v1/models").json()["models"][0]["version"] == "2"
+        assert ("twins", "2") in service._references
+    live = [(a, b) for _, a, b, thread in calls if thread.startswith("batch")]
+    other = [(tag, a, b) for tag, a, b, thread in calls if not thread.startswith("batch")]
+    for _, a, b in other:
+        assert all(end <= a or start >= b for start, end in live), "a batch ran beside work"
+    v2_work = [(a, b) for tag, a, b in other if tag == "2"]
+    assert len(v2_work) > 5  # its warm-up and its reference, in pieces
+    assert any(v2_work[0][0] < start < v2_work[-1][1] for start, _ in live)  # served meanwhile

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from modelcycle.serving.batching import Interleaved, MicroBatcher, OverloadedError
+from modelcycle.serving.batching import Interleaved, MicroBatcher, OverloadedError, Slots
 
 T = TypeVar("T")
 
@@ -236,7 +236,7 @@ def test_shared_slots_bound_the_model_calls_running_at_once() -> None:
             running[0] -= 1
         return payloads
 
-    async def main(slots: threading.Semaphore | None) -> None:
+    async def main(slots: Slots | None) -> None:
         batchers = [MicroBatcher(process, max_batch=1, slots=slots) for _ in range(3)]
         for batcher in batchers:
             batcher.start()
@@ -245,7 +245,7 @@ def test_shared_slots_bound_the_model_calls_running_at_once() -> None:
         for batcher in batchers:
             await batcher.stop()
 
-    _run(main(threading.Semaphore(1)))
+    _run(main(Slots(1)))
     assert most[0] == 1
     most[0] = 0
     _run(main(None))  # without slots, the three models' calls do overlap
@@ -321,7 +321,7 @@ class _Timed:
 
 def test_interleaved_runs_in_pieces_of_about_the_asked_time_and_joins_them() -> None:
     model = _Timed(per_row=0.002)
-    between = Interleaved(model, threading.Semaphore(2), permits=2, piece_seconds=0.01)
+    between = Interleaved(model, Slots(2), piece_seconds=0.01)
     x, y = np.arange(60.0).reshape(30, 2), np.arange(90).reshape(30, 3)
     doubled, sums = between([x, y])
     np.testing.assert_array_equal(doubled, x * 2)
@@ -334,7 +334,7 @@ def test_interleaved_runs_in_pieces_of_about_the_asked_time_and_joins_them() -> 
 
 
 def test_interleaved_pieces_never_overlap_a_live_batch_and_let_batches_run_between() -> None:
-    slots = threading.Semaphore(2)  # a server with two model-call slots
+    slots = Slots(2)  # a server with two model-call slots
     live: list[tuple[float, float]] = []
 
     def process(payloads: list[int]) -> list[int]:
@@ -344,7 +344,7 @@ def test_interleaved_pieces_never_overlap_a_live_batch_and_let_batches_run_betwe
         return payloads
 
     model = _Timed(per_row=0.002)
-    between = Interleaved(model, slots, permits=2, piece_seconds=0.006)
+    between = Interleaved(model, slots, piece_seconds=0.006)
 
     async def main() -> None:
         batcher = MicroBatcher(process, max_batch=1, slots=slots)
@@ -365,3 +365,75 @@ def test_interleaved_pieces_never_overlap_a_live_batch_and_let_batches_run_betwe
     first, last = pieces[0][0], pieces[-1][1]
     between_pieces = [s for s, _ in live if first < s < last]
     assert len(between_pieces) >= len(pieces) // 2  # live batches ran in the pauses
+
+
+def test_slots_are_granted_in_the_order_asked_and_one_may_take_them_all() -> None:
+    slots, order = Slots(2), []
+    slots.acquire()  # one of two held
+
+    def take(name: str, n: int) -> None:
+        slots.acquire(n)
+        order.append(name)
+
+    everything = threading.Thread(target=take, args=("all", 2))
+    everything.start()
+    time.sleep(0.05)
+    one = threading.Thread(target=take, args=("one", 1))
+    one.start()  # a slot is free, but "all" asked first
+    time.sleep(0.05)
+    assert order == []
+    slots.release()
+    everything.join(timeout=5)
+    assert order == ["all"]
+    slots.release(2)
+    one.join(timeout=5)
+    assert order == ["all", "one"]
+    slots.release()
+    with slots:  # a context manager for one slot
+        assert slots._free == 1
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="between 1 and 2"):
+            slots.acquire(bad)
+    with pytest.raises(ValueError, match="at least 1"):
+        Slots(0)
+
+
+def test_a_busy_batcher_cannot_take_its_slot_back_ahead_of_an_interleaved_piece() -> None:
+    slots = Slots(1)
+    model = _Timed(per_row=0.002)
+    between = Interleaved(model, slots, piece_seconds=0.002)
+
+    def process(payloads: list[int]) -> list[int]:
+        time.sleep(0.002)
+        return payloads
+
+    async def main() -> float:
+        batcher = MicroBatcher(process, max_batch=1, slots=slots, queue_limit=1000)
+        batcher.start()
+        futures = [batcher.put(i) for i in range(500)]  # a queue that stays full: 1 s of work
+        began = time.perf_counter()
+        await asyncio.to_thread(between, [np.zeros((20, 1)), np.zeros((20, 1))])
+        took = time.perf_counter() - began
+        await asyncio.gather(*futures)
+        await batcher.stop()
+        return took
+
+    took = _run(main())
+    assert len(model.calls) == 20
+    assert took < 0.5  # 20 pieces, each behind one 2 ms batch, not behind the whole queue
+
+
+def test_interleaved_waits_for_an_empty_queue_but_no_longer_than_its_patience() -> None:
+    x = [np.zeros((3, 1)), np.zeros((3, 1))]
+    model = _Timed(per_row=0.001)
+    quiet_from = time.perf_counter() + 0.1
+    Interleaved(model, Slots(1), idle=lambda: time.perf_counter() >= quiet_from, patience=1.0)(x)
+    assert model.calls[0][0] >= quiet_from  # the queue emptied after 0.1 s: not before
+
+    model = _Timed(per_row=0.001)
+    began = time.perf_counter()
+    Interleaved(model, Slots(1), idle=lambda: False, piece_seconds=0.001, patience=0.03)(x)
+    starts = [began] + [start for start, _, _ in model.calls]
+    assert len(starts) == 4  # one row a piece
+    assert all(b - a >= 0.03 for a, b in itertools.pairwise(starts))  # each waited, then went
+    assert starts[-1] - began < 1.0

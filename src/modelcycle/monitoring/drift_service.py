@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -97,12 +98,23 @@ class DriftService:
         self._cache: dict[str, DriftSummary] = {}
         self._references: dict[tuple[str, str], pd.DataFrame] = {}
         self._gauges: DriftGauges | None = None
+        self._between: Callable[[ServedModel], Runner] | None = None
+        self._computing = threading.Lock()  # one reference at a time, each computed once
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self, models: Models, registry: CollectorRegistry) -> None:
-        """Begin checking the models `models()` returns; gauges go into `registry`."""
-        self._models = models
+    def start(
+        self,
+        models: Models,
+        registry: CollectorRegistry,
+        between: Callable[[ServedModel], Runner] | None = None,
+    ) -> None:
+        """Begin checking the models `models()` returns; gauges go into `registry`.
+
+        `between(served)`: how to call a served model from now on (a server passes one that
+        runs between its live batches) when a check needs a reference not yet computed.
+        """
+        self._models, self._between = models, between
         self._gauges = DriftGauges.create(registry)
         if self.interval_seconds > 0:
             self._stop.clear()
@@ -116,13 +128,13 @@ class DriftService:
             self._thread.join(timeout=30)
 
     def prepare(self, served: ServedModel, run: Runner | None = None) -> None:
-        """Compute `served`'s reference now, while it loads, not in its first check.
+        """Compute `served`'s reference now, not in its first check.
 
         The reference runs the model over the version's reference sample (400 images for an
-        image model): in a check, that ran beside live traffic right after the server became
-        ready, or after a hot reload. A failure is logged, and the checks try again. With no
-        background checks (`interval_seconds` 0) nothing is computed until `check_now`.
-        `run`: how to call the model (default `served.run`), e.g. between live batches.
+        image model). A server computes it at full speed while it starts, before /readyz;
+        after a hot reload, between the live batches (`run`). A failure is logged, and the
+        checks try again. With no background checks (`interval_seconds` 0) nothing is
+        computed until `check_now`.
         """
         if self.interval_seconds <= 0:
             return
@@ -182,14 +194,25 @@ class DriftService:
             self._stop.wait(self.interval_seconds)
 
     def _reference(self, served: ServedModel, run: Runner | None = None) -> pd.DataFrame:
-        """The version's reference, computed once (other versions of it not served are dropped)."""
+        """The version's reference, computed once (other versions of it not served are dropped).
+
+        A check that needs it while `prepare` computes it waits for that result.
+        """
         key = (served.name, served.version)
-        if key not in self._references:
-            self._references[key] = served_reference(served, run)
-            live = {(m.name, m.version) for m in self._models().values()} | {key}
-            for old in [k for k in self._references if k[0] == served.name and k not in live]:
-                self._references.pop(old, None)
-        return self._references[key]
+        with self._computing:
+            if key not in self._references:
+                if run is None and self._between is not None:
+                    run = self._between(served)
+                began = time.perf_counter()
+                self._references[key] = reference = served_reference(served, run)
+                log.info(
+                    "Drift reference of %s v%s ready: %d rows in %.1f s",
+                    served.name, served.version, len(reference), time.perf_counter() - began,
+                )  # fmt: skip
+                live = {(m.name, m.version) for m in self._models().values()} | {key}
+                for old in [k for k in self._references if k[0] == served.name and k not in live]:
+                    self._references.pop(old, None)
+            return self._references[key]
 
     def _check(self, served: ServedModel) -> DriftSummary:
         reference = self._reference(served)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import hmac
 import itertools
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +34,7 @@ from modelcycle.embeddings import monitor_columns
 from modelcycle.monitoring.capture import Capture, CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.serving.adapter import RequestError, ServingAdapter, UnsupportedMediaError
-from modelcycle.serving.batching import Interleaved, MicroBatcher, OverloadedError
+from modelcycle.serving.batching import Interleaved, MicroBatcher, OverloadedError, Slots
 from modelcycle.serving.loading import ServedModel, warm_up
 from modelcycle.serving.metrics import ServerMetrics, refusals_counted
 from modelcycle.serving.uploads import accepted_types, file_bytes, takes_bytes
@@ -155,7 +155,11 @@ def create_app(
     state, metrics = _State(), ServerMetrics.create()
     # Loads, warm-ups and reloads run one after another, off the event loop.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
-    slots = threading.Semaphore(settings.threads)  # model calls at once, over all models
+    slots = Slots(settings.threads)  # model calls at once, over all models
+
+    def between(served: ServedModel) -> Interleaved:
+        """Model calls of work beside serving (warm-ups, drift references) between batches."""
+        return Interleaved(served.run, slots, functools.partial(_no_queue, state))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -177,10 +181,10 @@ def create_app(
             watcher = None
             if reload is not None and settings.reload_seconds > 0:
                 watcher = asyncio.create_task(
-                    _watch(state, metrics, reload, executor, settings, drift, slots)
+                    _watch(state, metrics, reload, executor, settings, drift, between)
                 )
             if drift is not None:
-                drift.start(lambda: state.models, metrics.registry)
+                drift.start(lambda: state.models, metrics.registry, between)
             yield
             if drift is not None:
                 drift.stop()
@@ -209,7 +213,7 @@ def _add_model(
     metrics: ServerMetrics,
     served: ServedModel,
     settings: ServeSettings,
-    slots: threading.Semaphore,
+    slots: Slots,
     capture: CaptureStore | None,
 ) -> None:
     if served.name in state.models:
@@ -240,12 +244,14 @@ async def _watch(
     executor: ThreadPoolExecutor,
     settings: ServeSettings,
     drift: DriftService | None,
-    slots: threading.Semaphore,
+    between: Callable[[ServedModel], Interleaved],
 ) -> None:
     """Swap in a model whose alias moved; a failed reload keeps the current version.
 
-    The new version is warmed and its drift reference computed before the swap, in small
-    pieces between the live batches (`Interleaved`), not beside them.
+    The new version is warmed before the swap and its drift reference computed after it,
+    both in small pieces between the live batches (`between`), not beside them. Nothing
+    needs the reference before the next drift check, and the new version's captures have
+    only begun; computing it first would hold the swap back for seconds.
     """
     loop = asyncio.get_running_loop()
     while True:
@@ -255,17 +261,22 @@ async def _watch(
                 fresh = await loop.run_in_executor(executor, reload, current)
                 if fresh is None:
                     continue
-                between = Interleaved(fresh.run, slots, settings.threads)
-                await loop.run_in_executor(executor, warm_up, fresh, (1, 8), between)
+                run = between(fresh)
+                await loop.run_in_executor(executor, warm_up, fresh, (1, 8), run)
             except Exception as err:  # keep serving what works; try again next time
                 log.warning("Reloading %s@%s failed: %s", name, current.alias, err)
                 continue
-            if drift is not None:
-                await loop.run_in_executor(executor, drift.prepare, fresh, between)
             state.models[name] = fresh  # one assignment: the next request sees the new one
             metrics.model_info.labels(name, current.alias, current.version).set(0)
             metrics.model_info.labels(name, fresh.alias, fresh.version).set(1)
             log.info("%s@%s: version %s → %s", name, fresh.alias, current.version, fresh.version)
+            if drift is not None:
+                await loop.run_in_executor(executor, drift.prepare, fresh, run)
+
+
+def _no_queue(state: _State) -> bool:
+    """Whether no request waits for any model now."""
+    return not any(batcher.depth() for batcher in state.batchers.values())
 
 
 def _run_by_version(

@@ -21,12 +21,59 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+
+class Slots:
+    """How many model calls may run at once in a server, granted in the order asked.
+
+    A counting semaphore whose waiters are served first come, first served, and which one
+    caller may take whole (`acquire(capacity)`). `threading.Semaphore` lets a thread that
+    releases a permit take it straight back, ahead of one that has waited: a batcher under
+    steady load did so after every batch, and a reload waiting for every slot (`Interleaved`)
+    got in only when the queue ran dry. Here a release hands permits to the oldest waiter.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"Slots({capacity}): give at least 1.")
+        self.capacity = capacity
+        self._free = capacity
+        self._lock = threading.Lock()
+        self._waiting: deque[tuple[int, threading.Event]] = deque()
+
+    def acquire(self, n: int = 1) -> None:
+        """Take `n` slots, waiting behind every earlier caller still waiting."""
+        if not 1 <= n <= self.capacity:
+            raise ValueError(f"acquire({n}): between 1 and {self.capacity} slots.")
+        with self._lock:
+            if not self._waiting and self._free >= n:
+                self._free -= n
+                return
+            granted = threading.Event()
+            self._waiting.append((n, granted))
+        granted.wait()  # release() took our slots for us
+
+    def release(self, n: int = 1) -> None:
+        """Give back `n` slots; they go to the oldest waiters that they satisfy, in order."""
+        with self._lock:
+            self._free += n
+            while self._waiting and self._waiting[0][0] <= self._free:
+                taken, granted = self._waiting.popleft()
+                self._free -= taken
+                granted.set()
+
+    def __enter__(self) -> Slots:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class OverloadedError(RuntimeError):
@@ -56,7 +103,7 @@ class MicroBatcher:
             its expected wait (queued payloads ÷ the measured rate) is longer, it is refused
             at once (`OverloadedError`) rather than queued to miss its deadline. None: only
             `queue_limit` bounds the queue.
-        slots: Held around each `process` call; one semaphore shared by the batchers of a
+        slots: Held around each `process` call; one `Slots` shared by the batchers of a
             server bounds how many model calls run at once. None: no bound.
         name: The thread's name.
     """
@@ -69,7 +116,7 @@ class MicroBatcher:
         queue_limit: int = 256,
         on_batch: Callable[[int], None] = lambda size: None,
         wait_budget: float | None = None,
-        slots: threading.Semaphore | None = None,
+        slots: Slots | None = None,
         name: str = "batch",
     ) -> None:
         self.process = process
@@ -214,32 +261,40 @@ def _deliver(items: list[_Item], outcome: list[Any] | Exception) -> None:
 class Interleaved:
     """Runs a model's calls between a server's live batches, a small piece at a time.
 
-    A hot reload warms the new version and computes its drift reference (400 images for an
-    image model) while the current version serves. Called directly, those calls share the
-    cores with the live batches: requests sent during an int8 resnet18 reload at 60 req/s
-    waited 30 ms at p50 and 113 ms at p99 instead of 11 and 42, for 4.9 s
-    (`bench/serving_startup.py`). Here each piece holds every one of the server's model-call
-    slots, so no live batch runs beside it (a batch waits for one piece at most), and then
-    waits as long as it ran, so live batches keep at least half the model's time. Pieces are
-    sized from the rows per second measured so far to take about `piece_seconds`; the first
-    is one row.
+    Some model calls run while a server serves: a reloaded version's warm-up before its
+    swap, and its drift reference (400 images for an image model) after it. Called
+    directly, they share the cores with the live batches: requests sent during an int8
+    resnet18 reload at 60 req/s waited 30 ms at p50 and 113 ms at p99 instead of 11 and 42,
+    for 4.9 s, and at 100 req/s 998 ms and 1.43 s (`bench/serving_startup.py`, when the
+    reference was computed before the swap).
+
+    Here a piece waits until no live request is queued (`idle`), or `patience` seconds at
+    most, then takes every one of the server's model-call slots (`Slots`: in turn, behind a
+    batch already waiting), so no live batch runs beside it and a request that arrives
+    meanwhile waits for one piece at most. After each piece it pauses as long as the piece
+    ran, so live batches keep at least half the model's time even when the queue never
+    empties; the patience bounds how long the work can be held off then. Pieces are sized
+    from the rows per second measured so far to take about `piece_seconds`; the first is
+    one row.
 
     Args:
         run: The model call to interleave (the new version's `ServedModel.run`).
-        slots: The semaphore the server's batchers hold around each model call.
-        permits: Its size (every slot is taken for a piece).
+        slots: The server's model-call slots, which its batchers hold around each call.
+        idle: Whether no live request waits now (e.g. every batcher's queue is empty).
         piece_seconds: How long a piece should take.
+        patience: Longest wait for `idle` before a piece goes anyway.
     """
 
     def __init__(
         self,
         run: Callable[[list[np.ndarray]], list[np.ndarray]],
-        slots: threading.Semaphore,
-        permits: int,
+        slots: Slots,
+        idle: Callable[[], bool] = lambda: True,
         piece_seconds: float = 0.01,
+        patience: float = 0.05,
     ) -> None:
-        self.run, self.slots, self.permits = run, slots, permits
-        self.piece_seconds = piece_seconds
+        self.run, self.slots, self.idle = run, slots, idle
+        self.piece_seconds, self.patience = piece_seconds, patience
         self._rows = 1  # rows of the next piece
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -249,10 +304,14 @@ class Interleaved:
         start = 0
         while start < total or not parts:
             rows = max(1, min(self._rows, total - start))
-            with self._all_slots():
+            self._wait_for_idle()
+            self.slots.acquire(self.slots.capacity)
+            try:
                 began = time.perf_counter()
                 parts.append(self.run([x[start : start + rows] for x in inputs]))
                 took = time.perf_counter() - began
+            finally:
+                self.slots.release(self.slots.capacity)
             self._rows = max(1, int(rows * self.piece_seconds / max(took, 1e-6)))
             start += rows
             time.sleep(took)  # the live batches' turn
@@ -260,14 +319,7 @@ class Interleaved:
             return parts[0]
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
-    @contextmanager
-    def _all_slots(self) -> Iterator[None]:
-        taken = 0
-        try:
-            for _ in range(self.permits):
-                self.slots.acquire()
-                taken += 1
-            yield
-        finally:
-            for _ in range(taken):
-                self.slots.release()
+    def _wait_for_idle(self) -> None:
+        give_up = time.perf_counter() + self.patience
+        while not self.idle() and time.perf_counter() < give_up:
+            time.sleep(0.002)

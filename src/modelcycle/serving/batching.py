@@ -33,10 +33,11 @@ class Slots:
     """How many model calls may run at once in a server, granted in the order asked.
 
     A counting semaphore whose waiters are served first come, first served, and which one
-    caller may take whole (`acquire(capacity)`). `threading.Semaphore` lets a thread that
-    releases a permit take it straight back, ahead of one that has waited: a batcher under
-    steady load did so after every batch, and a reload waiting for every slot (`Interleaved`)
-    got in only when the queue ran dry. Here a release hands permits to the oldest waiter.
+    caller may take whole (`acquire(capacity)`). `threading.Semaphore` only wakes a waiter
+    on release: the releasing thread may take the permit straight back before the waiter
+    runs, so a piece of a reload waiting for every slot (`Interleaved`) could wait behind a
+    batcher that always has another batch. Here a release hands permits to the oldest
+    waiter.
     """
 
     def __init__(self, capacity: int) -> None:

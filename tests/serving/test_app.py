@@ -412,6 +412,8 @@ def test_hot_reload_swaps_versions_without_failing_a_request(served: ServedModel
     assert set(versions[:first_two]) == {"1"}
     assert 'modelcycle_model_info{alias="champion",model="twins",version="2"} 1.0' in metrics
     assert 'modelcycle_model_info{alias="champion",model="twins",version="1"} 0.0' in metrics
+    assert 'modelcycle_reloads_total{model="twins",outcome="failed"} 1.0' in metrics
+    assert 'modelcycle_reloads_total{model="twins",outcome="swapped"} 1.0' in metrics
 
 
 def test_a_stop_signal_turns_readiness_false_before_draining(served: ServedModel) -> None:

@@ -265,8 +265,10 @@ async def _watch(
                 await loop.run_in_executor(executor, warm_up, fresh, (1, 8), run)
             except Exception as err:  # keep serving what works; try again next time
                 log.warning("Reloading %s@%s failed: %s", name, current.alias, err)
+                metrics.reloads.labels(name, "failed").inc()
                 continue
             state.models[name] = fresh  # one assignment: the next request sees the new one
+            metrics.reloads.labels(name, "swapped").inc()
             metrics.model_info.labels(name, current.alias, current.version).set(0)
             metrics.model_info.labels(name, fresh.alias, fresh.version).set(1)
             log.info("%s@%s: version %s → %s", name, fresh.alias, current.version, fresh.version)

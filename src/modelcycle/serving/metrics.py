@@ -87,6 +87,7 @@ class ServerMetrics:
     model_info: Gauge
     ready: Gauge
     refused: Counter
+    reloads: Counter
 
     @classmethod
     def create(cls) -> ServerMetrics:
@@ -143,6 +144,13 @@ class ServerMetrics:
                 "modelcycle_refused_requests",
                 "Requests uvicorn answered 503 without running the app: serve.max_connections "
                 "open connections or requests in flight were reached",
+                registry=r,
+            ),
+            reloads=Counter(
+                "modelcycle_reloads",
+                "Hot reloads after an alias moved: swapped in, or failed (the served version "
+                "stays, and the next poll tries again)",
+                ["model", "outcome"],
                 registry=r,
             ),
         )

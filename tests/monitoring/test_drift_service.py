@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -228,9 +229,15 @@ class _Recorded:
     """A session that takes `per_row` seconds more a row and records each run: its version,
     start, end and thread (live batches run in a `batch-` thread)."""
 
-    def __init__(self, session: Any, tag: str, calls: list[tuple[str, float, float, str]]) -> None:
+    def __init__(
+        self,
+        session: Any,
+        tag: str,
+        calls: list[tuple[str, float, float, str]],
+        per_row: float | None = None,
+    ) -> None:
         self.session, self.tag, self.calls = session, tag, calls
-        self.per_row = 0.001 if tag == "2" else 0.0
+        self.per_row = per_row if per_row is not None else 0.001 if tag == "2" else 0.0
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         began = time.perf_counter()
@@ -267,3 +274,33 @@ def test_a_hot_reload_warms_and_prepares_between_the_live_batches(
     v2_work = [(a, b) for tag, a, b in other if tag == "2"]
     assert len(v2_work) > 5  # its warm-up and its reference, in pieces
     assert any(v2_work[0][0] < start < v2_work[-1][1] for start, _ in live)  # served meanwhile
+
+
+def test_a_stopping_server_does_not_wait_for_a_reload_reference(
+    served: ServedModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert served.directory is not None
+    reference = read_reference(served.directory, read_manifest(served.directory))
+    assert reference is not None and len(reference[0]) == 36
+    calls: list[tuple[str, float, float, str]] = []
+    caplog.set_level(logging.INFO, logger="modelcycle.monitoring.drift_service")
+    per_row = 0.15  # its warm-up (9 rows) takes 1.4 s, its reference (36 rows) 5.4 s
+    slow = replace(served, version="2", session=_Recorded(served.session, "2", calls, per_row))
+
+    def reload(current: ServedModel) -> ServedModel | None:
+        return slow if current.version == "1" else None
+
+    store = CaptureStore(tmp_path / "capture.db")
+    service = DriftService(store, DriftSettings(min_captures=30), 3600, window=30)
+    settings = ServeSettings(reload_seconds=0.05)
+    with TestClient(create_app(lambda: [served], settings, store, reload, service)) as client:
+        deadline, version = time.monotonic() + WAIT_SECONDS, "1"
+        while time.monotonic() < deadline and version != "2":
+            time.sleep(0.05)
+            version = client.get("/v1/models").json()["models"][0]["version"]
+        assert version == "2"
+        time.sleep(0.5)  # its reference is being computed
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 3.0  # not the 5 s or more the reference has left
+    assert ("twins", "2") not in service._references
+    assert "Drift reference of twins v2 left unfinished: stopping" in caplog.text

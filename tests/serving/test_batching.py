@@ -12,7 +12,13 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from modelcycle.serving.batching import Interleaved, MicroBatcher, OverloadedError, Slots
+from modelcycle.serving.batching import (
+    Interleaved,
+    MicroBatcher,
+    OverloadedError,
+    Slots,
+    StoppingError,
+)
 
 T = TypeVar("T")
 
@@ -441,3 +447,18 @@ def test_interleaved_waits_for_an_empty_queue_but_no_longer_than_its_patience() 
     assert len(starts) == 4  # one row a piece
     assert all(b - a >= 0.03 for a, b in itertools.pairwise(starts))  # each waited, then went
     assert starts[-1] - began < 1.0
+
+
+def test_interleaved_gives_up_before_its_next_piece_once_stopping() -> None:
+    stopping = threading.Event()
+    model = _Timed(per_row=0.002)
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if len(model.calls) == 2:
+            stopping.set()  # the server stops during the third piece
+        return model(inputs)
+
+    between = Interleaved(run, Slots(1), piece_seconds=0.002, stopping=stopping)
+    with pytest.raises(StoppingError, match="3 of 10 rows run"):
+        between([np.zeros((10, 1)), np.zeros((10, 1))])
+    assert len(model.calls) == 3

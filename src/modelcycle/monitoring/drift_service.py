@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift import DriftSettings, DriftSummary, TooFewCapturesError
 from modelcycle.monitoring.monitor import check_drift, served_reference, version_captures
+from modelcycle.serving.batching import StoppingError
 from modelcycle.serving.loading import Runner, ServedModel
 
 log = logging.getLogger(__name__)
@@ -138,10 +139,13 @@ class DriftService:
         """
         if self.interval_seconds <= 0:
             return
+        name, version = served.name, served.version
         try:
             self._reference(served, run)
+        except StoppingError:
+            log.info("Drift reference of %s v%s left unfinished: stopping", name, version)
         except Exception:  # drift monitoring must never stop a model from serving
-            log.exception("Drift reference of %s v%s failed", served.name, served.version)
+            log.exception("Drift reference of %s v%s failed", name, version)
 
     def check_now(self) -> None:
         """Check every served model once and cache the results."""
@@ -189,6 +193,8 @@ class DriftService:
         while not self._stop.is_set():
             try:
                 self.check_now()
+            except StoppingError:  # the server stops: a reference was left unfinished
+                return
             except Exception:  # a failed check must not end monitoring; the next one retries
                 log.exception("Drift check failed")
             self._stop.wait(self.interval_seconds)
@@ -205,10 +211,14 @@ class DriftService:
                     run = self._between(served)
                 began = time.perf_counter()
                 self._references[key] = reference = served_reference(served, run)
+                took, (name, version) = time.perf_counter() - began, key
                 log.info(
                     "Drift reference of %s v%s ready: %d rows in %.1f s",
-                    served.name, served.version, len(reference), time.perf_counter() - began,
-                )  # fmt: skip
+                    name,
+                    version,
+                    len(reference),
+                    took,
+                )
                 live = {(m.name, m.version) for m in self._models().values()} | {key}
                 for old in [k for k in self._references if k[0] == served.name and k not in live]:
                     self._references.pop(old, None)

@@ -16,6 +16,7 @@ import hmac
 import itertools
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,13 @@ from modelcycle.embeddings import monitor_columns
 from modelcycle.monitoring.capture import Capture, CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.serving.adapter import RequestError, ServingAdapter, UnsupportedMediaError
-from modelcycle.serving.batching import Interleaved, MicroBatcher, OverloadedError, Slots
+from modelcycle.serving.batching import (
+    Interleaved,
+    MicroBatcher,
+    OverloadedError,
+    Slots,
+    StoppingError,
+)
 from modelcycle.serving.loading import ServedModel, warm_up
 from modelcycle.serving.metrics import ServerMetrics, refusals_counted
 from modelcycle.serving.uploads import accepted_types, file_bytes, takes_bytes
@@ -156,10 +163,12 @@ def create_app(
     # Loads, warm-ups and reloads run one after another, off the event loop.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
     slots = Slots(settings.threads)  # model calls at once, over all models
+    stopping = threading.Event()  # set on shutdown: work between batches gives up
 
     def between(served: ServedModel) -> Interleaved:
         """Model calls of work beside serving (warm-ups, drift references) between batches."""
-        return Interleaved(served.run, slots, functools.partial(_no_queue, state))
+        no_queue = functools.partial(_no_queue, state)
+        return Interleaved(served.run, slots, no_queue, stopping=stopping)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -186,6 +195,7 @@ def create_app(
             if drift is not None:
                 drift.start(lambda: state.models, metrics.registry, between)
             yield
+            stopping.set()
             if drift is not None:
                 drift.stop()
             _not_ready(state, metrics)  # already false when a stop signal arrived
@@ -263,6 +273,8 @@ async def _watch(
                     continue
                 run = between(fresh)
                 await loop.run_in_executor(executor, warm_up, fresh, (1, 8), run)
+            except StoppingError:
+                return
             except Exception as err:  # keep serving what works; try again next time
                 log.warning("Reloading %s@%s failed: %s", name, current.alias, err)
                 metrics.reloads.labels(name, "failed").inc()

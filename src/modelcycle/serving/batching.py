@@ -77,6 +77,10 @@ class Slots:
         self.release()
 
 
+class StoppingError(RuntimeError):
+    """The server is stopping: work between its batches gives up before its next piece."""
+
+
 class OverloadedError(RuntimeError):
     """The queue is full: the request is refused at once (HTTP 429)."""
 
@@ -284,6 +288,8 @@ class Interleaved:
         idle: Whether no live request waits now (e.g. every batcher's queue is empty).
         piece_seconds: How long a piece should take.
         patience: Longest wait for `idle` before a piece goes anyway.
+        stopping: Once set, the next piece raises `StoppingError` instead of running (a server
+            that stops does not wait for a reference it will never use).
     """
 
     def __init__(
@@ -293,9 +299,11 @@ class Interleaved:
         idle: Callable[[], bool] = lambda: True,
         piece_seconds: float = 0.01,
         patience: float = 0.05,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.run, self.slots, self.idle = run, slots, idle
         self.piece_seconds, self.patience = piece_seconds, patience
+        self.stopping = stopping or threading.Event()
         self._rows = 1  # rows of the next piece
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -306,6 +314,8 @@ class Interleaved:
         while start < total or not parts:
             rows = max(1, min(self._rows, total - start))
             self._wait_for_idle()
+            if self.stopping.is_set():
+                raise StoppingError(f"stopping: {start} of {total} rows run, the rest left")
             self.slots.acquire(self.slots.capacity)
             try:
                 began = time.perf_counter()

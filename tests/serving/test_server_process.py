@@ -145,8 +145,10 @@ def test_alias_move_under_load_swaps_versions_with_no_failed_request(
         finally:
             stop.set()
             loader.join(30)
+        reloads = metric_samples(server)["modelcycle_reloads_total"]
     assert tally.errors == [] and set(tally.statuses) == {200}, (tally.statuses, tally.errors)
     assert tally.versions == {"1", "2"}
+    assert reloads == [({"model": "twins", "outcome": "swapped"}, 1.0)]
 
 
 def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:

@@ -6,7 +6,9 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,48 @@ def test_two_workers_count_every_request_whichever_answers_the_scrape(
         except subprocess.TimeoutExpired:
             pytest.fail(f"the workers did not stop within 30 s of SIGTERM; {server.output()}")
     assert code == 0, f"SIGTERM should stop every worker and exit 0; {server.output()}"
+
+
+def reloads_swapped(server: Server) -> float:
+    """modelcycle_reloads_total{outcome="swapped"} of twins, summed over the workers."""
+    samples = metric_samples(server).get("modelcycle_reloads_total", [])
+    return sum(v for labels, v in samples if labels == {"model": "twins", "outcome": "swapped"})
+
+
+@pytest.mark.slow
+def test_each_worker_hot_reloads_a_moved_alias_under_load(
+    two_versions: ServedWorkspace, tmp_path: Path
+) -> None:
+    port = free_port()
+    command = serve_command(two_versions.root, port, "serve.workers=2", "serve.reload_seconds=0.3")
+    url, unbuffered = f"http://127.0.0.1:{port}", {"PYTHONUNBUFFERED": "1"}
+    with started(command, tmp_path / "server.log", url, env=unbuffered) as server:
+        worker_pids(server, 2)
+        bodies, tally, stop = examples(server), Tally(), threading.Event()
+        loader = threading.Thread(target=load, args=(server, bodies, tally), kwargs={"stop": stop})
+        loader.start()
+        try:
+            _wait_for(lambda: tally.acks >= 50, "50 answers before the move", server)
+            assert reloads_swapped(server) == 0
+            two_versions.registry.promote("twins", reason="move under load, two workers")
+            _wait_for(lambda: reloads_swapped(server) == 2, "both workers to swap", server)
+            settled = tally.acks
+            _wait_for(lambda: tally.acks >= settled + 50, "50 answers after both swaps", server)
+        finally:
+            stop.set()
+            loader.join(30)
+        info = metric_samples(server)["modelcycle_model_info"]
+    assert tally.errors == [] and set(tally.statuses) == {200}, (tally.statuses, tally.errors)
+    assert tally.versions == {"1", "2"}
+    served = {labels["version"]: value for labels, value in info if labels["model"] == "twins"}
+    assert served == {"1": 0.0, "2": 1.0}, served
+
+
+def _wait_for(condition: Callable[[], bool], what: str, server: Server) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; {server.output()}"
+        time.sleep(0.1)
 
 
 def test_one_worker_is_still_the_default(served_workspace: ServedWorkspace) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -212,6 +212,33 @@ def load(
     with ThreadPoolExecutor(threads) as pool:
         for future in [pool.submit(worker, t) for t in range(threads)]:
             future.result()
+
+
+@contextmanager
+def loading(
+    server: Server, bodies: list[dict[str, Any]], tally: Tally
+) -> Iterator[threading.Thread]:
+    """`load` from a background thread while the block runs; then stopped and joined (30 s)."""
+    stop = threading.Event()
+    loader = threading.Thread(target=load, args=(server, bodies, tally), kwargs={"stop": stop})
+    loader.start()
+    try:
+        yield loader
+    finally:
+        stop.set()
+        loader.join(timeout=30)
+
+
+def wait_for(
+    condition: Callable[[], bool], seconds: float, what: str, server: Server | None = None
+) -> None:
+    """Poll `condition` every 0.05 s; fail naming `what` (and the server's output) after
+    `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        output = f"; {server.output()}" if server is not None else ""
+        assert time.monotonic() < deadline, f"timed out waiting for {what}{output}"
+        time.sleep(0.05)
 
 
 def metric_samples(server: Server) -> dict[str, list[tuple[dict[str, str], float]]]:

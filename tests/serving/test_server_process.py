@@ -9,9 +9,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,8 +22,10 @@ from server_process import (
     capture_count,
     examples,
     load,
+    loading,
     metric_samples,
     running_server,
+    wait_for,
 )
 from serving_fixtures import ServedWorkspace
 
@@ -77,10 +77,8 @@ def _load_then_signal(
 ) -> tuple[Server, Tally, int]:
     """Run a load loop, send `sig` once `min_acks` requests are answered, return the exit."""
     with running_server(root, log) as server:
-        bodies, tally, stop = examples(server), Tally(), threading.Event()
-        loader = threading.Thread(target=load, args=(server, bodies, tally), kwargs={"stop": stop})
-        loader.start()
-        try:
+        bodies, tally = examples(server), Tally()
+        with loading(server, bodies, tally) as loader:
             deadline = time.monotonic() + 30
             while tally.acks < min_acks and time.monotonic() < deadline and loader.is_alive():
                 time.sleep(0.01)
@@ -90,9 +88,6 @@ def _load_then_signal(
                 code = server.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 pytest.fail(f"the server did not exit within 20 s of {sig.name}; {server.output()}")
-        finally:
-            stop.set()
-            loader.join(timeout=30)
         assert not loader.is_alive(), "the load threads did not stop"
     return server, tally, code
 
@@ -132,30 +127,17 @@ def test_alias_move_under_load_swaps_versions_with_no_failed_request(
     """Promote version 2 while requests flow; the server hot-reloads it, nothing fails."""
     extra = ("serve.reload_seconds=0.3",)
     with running_server(two_versions.root, tmp_path / "serve.log", extra=extra) as server:
-        bodies = examples(server)
-        tally, stop = Tally(), threading.Event()
-        loader = threading.Thread(target=load, args=(server, bodies, tally), kwargs={"stop": stop})
-        loader.start()
-        try:
-            _wait_for(lambda: tally.acks >= 50, 20, "50 answers before the move")
+        bodies, tally = examples(server), Tally()
+        with loading(server, bodies, tally):
+            wait_for(lambda: tally.acks >= 50, 20, "50 answers before the move")
             two_versions.registry.promote("twins", reason="move under load")
-            _wait_for(lambda: "2" in tally.versions, 20, "an answer from version 2")
+            wait_for(lambda: "2" in tally.versions, 20, "an answer from version 2")
             settled = tally.acks
-            _wait_for(lambda: tally.acks >= settled + 50, 20, "50 answers after the move")
-        finally:
-            stop.set()
-            loader.join(30)
+            wait_for(lambda: tally.acks >= settled + 50, 20, "50 answers after the move")
         reloads = metric_samples(server)["modelcycle_reloads_total"]
     assert tally.errors == [] and set(tally.statuses) == {200}, (tally.statuses, tally.errors)
     assert tally.versions == {"1", "2"}
     assert reloads == [({"model": "twins", "outcome": "swapped"}, 1.0)]
-
-
-def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_connections_over_the_limit_get_503_at_once(

@@ -6,9 +6,7 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,9 +18,11 @@ from server_process import (
     examples,
     free_port,
     load,
+    loading,
     metric_samples,
     serve_command,
     started,
+    wait_for,
 )
 from serving_fixtures import ServedWorkspace
 
@@ -101,31 +101,19 @@ def test_each_worker_hot_reloads_a_moved_alias_under_load(
     url, unbuffered = f"http://127.0.0.1:{port}", {"PYTHONUNBUFFERED": "1"}
     with started(command, tmp_path / "server.log", url, env=unbuffered) as server:
         worker_pids(server, 2)
-        bodies, tally, stop = examples(server), Tally(), threading.Event()
-        loader = threading.Thread(target=load, args=(server, bodies, tally), kwargs={"stop": stop})
-        loader.start()
-        try:
-            _wait_for(lambda: tally.acks >= 50, "50 answers before the move", server)
+        bodies, tally = examples(server), Tally()
+        with loading(server, bodies, tally):
+            wait_for(lambda: tally.acks >= 50, 60, "50 answers before the move", server)
             assert reloads_swapped(server) == 0
             two_versions.registry.promote("twins", reason="move under load, two workers")
-            _wait_for(lambda: reloads_swapped(server) == 2, "both workers to swap", server)
+            wait_for(lambda: reloads_swapped(server) == 2, 60, "both workers to swap", server)
             settled = tally.acks
-            _wait_for(lambda: tally.acks >= settled + 50, "50 answers after both swaps", server)
-        finally:
-            stop.set()
-            loader.join(30)
+            wait_for(lambda: tally.acks >= settled + 50, 60, "50 answers after both swaps", server)
         info = metric_samples(server)["modelcycle_model_info"]
     assert tally.errors == [] and set(tally.statuses) == {200}, (tally.statuses, tally.errors)
     assert tally.versions == {"1", "2"}
     served = {labels["version"]: value for labels, value in info if labels["model"] == "twins"}
     assert served == {"1": 0.0, "2": 1.0}, served
-
-
-def _wait_for(condition: Callable[[], bool], what: str, server: Server) -> None:
-    deadline = time.monotonic() + 60
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}; {server.output()}"
-        time.sleep(0.1)
 
 
 def test_one_worker_is_still_the_default(served_workspace: ServedWorkspace) -> None:

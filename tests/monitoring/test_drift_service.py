@@ -203,8 +203,8 @@ def test_a_hot_reload_swaps_then_computes_the_new_versions_reference(
     prepared: list[tuple[str, dict[str, str]]] = []  # (version, what was served meanwhile)
     real_prepare = service.prepare
 
-    def prepare(model: ServedModel, run: Runner | None = None) -> None:
-        real_prepare(model, run)
+    def prepare(model: ServedModel) -> None:
+        real_prepare(model)
         prepared.append((model.version, {n: m.version for n, m in service._models().items()}))
 
     monkeypatch.setattr(service, "prepare", prepare)

@@ -128,24 +128,24 @@ class DriftService:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def prepare(self, served: ServedModel, run: Runner | None = None) -> None:
+    def prepare(self, served: ServedModel) -> None:
         """Compute `served`'s reference now, not in its first check.
 
         The reference runs the model over the version's reference sample (400 images for an
-        image model). A server computes it at full speed while it starts, before /readyz;
-        after a hot reload, between the live batches (`run`). A failure is logged, and the
-        checks try again. With no background checks (`interval_seconds` 0) nothing is
-        computed until `check_now`.
+        image model): at full speed before `start` (a server starting, before /readyz), and
+        through `start`'s `between` after it (a hot reload, between the live batches). A
+        failure is logged, and the checks try again. With no background checks
+        (`interval_seconds` 0) nothing is computed until `check_now`.
         """
         if self.interval_seconds <= 0:
             return
-        name, version = served.name, served.version
+        key = (served.name, served.version)
         try:
-            self._reference(served, run)
+            self._reference(served)
         except StoppingError:
-            log.info("Drift reference of %s v%s left unfinished: stopping", name, version)
+            log.info("Drift reference of %s v%s left unfinished: stopping", *key)
         except Exception:  # drift monitoring must never stop a model from serving
-            log.exception("Drift reference of %s v%s failed", name, version)
+            log.exception("Drift reference of %s v%s failed", *key)
 
     def check_now(self) -> None:
         """Check every served model once and cache the results."""
@@ -199,7 +199,7 @@ class DriftService:
                 log.exception("Drift check failed")
             self._stop.wait(self.interval_seconds)
 
-    def _reference(self, served: ServedModel, run: Runner | None = None) -> pd.DataFrame:
+    def _reference(self, served: ServedModel) -> pd.DataFrame:
         """The version's reference, computed once (other versions of it not served are dropped).
 
         A check that needs it while `prepare` computes it waits for that result.
@@ -207,17 +207,12 @@ class DriftService:
         key = (served.name, served.version)
         with self._computing:
             if key not in self._references:
-                if run is None and self._between is not None:
-                    run = self._between(served)
+                run = None if self._between is None else self._between(served)
                 began = time.perf_counter()
                 self._references[key] = reference = served_reference(served, run)
-                took, (name, version) = time.perf_counter() - began, key
+                took = time.perf_counter() - began
                 log.info(
-                    "Drift reference of %s v%s ready: %d rows in %.1f s",
-                    name,
-                    version,
-                    len(reference),
-                    took,
+                    "Drift reference of %s v%s ready: %d rows in %.1f s", *key, len(reference), took
                 )
                 live = {(m.name, m.version) for m in self._models().values()} | {key}
                 for old in [k for k in self._references if k[0] == served.name and k not in live]:

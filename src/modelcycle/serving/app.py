@@ -271,8 +271,8 @@ async def _watch(
                 fresh = await loop.run_in_executor(executor, reload, current)
                 if fresh is None:
                     continue
-                run = between(fresh)
-                await loop.run_in_executor(executor, warm_up, fresh, (1, 8), run)
+                warm = functools.partial(warm_up, fresh, run=between(fresh))
+                await loop.run_in_executor(executor, warm)
             except StoppingError:
                 return
             except Exception as err:  # keep serving what works; try again next time
@@ -285,7 +285,7 @@ async def _watch(
             metrics.model_info.labels(name, fresh.alias, fresh.version).set(1)
             log.info("%s@%s: version %s → %s", name, fresh.alias, current.version, fresh.version)
             if drift is not None:
-                await loop.run_in_executor(executor, drift.prepare, fresh, run)
+                await loop.run_in_executor(executor, drift.prepare, fresh)
 
 
 def _no_queue(state: _State) -> bool:

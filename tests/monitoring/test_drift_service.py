@@ -234,10 +234,9 @@ class _Recorded:
         session: Any,
         tag: str,
         calls: list[tuple[str, float, float, str]],
-        per_row: float | None = None,
+        per_row: float = 0.0,
     ) -> None:
-        self.session, self.tag, self.calls = session, tag, calls
-        self.per_row = per_row if per_row is not None else 0.001 if tag == "2" else 0.0
+        self.session, self.tag, self.calls, self.per_row = session, tag, calls, per_row
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         began = time.perf_counter()
@@ -253,7 +252,7 @@ def test_a_hot_reload_warms_and_prepares_between_the_live_batches(
 ) -> None:
     calls: list[tuple[str, float, float, str]] = []  # every model call
     v1 = replace(served, session=_Recorded(served.session, "1", calls))
-    v2 = replace(served, version="2", session=_Recorded(served.session, "2", calls))
+    v2 = replace(served, version="2", session=_Recorded(served.session, "2", calls, 0.001))
 
     def reload(current: ServedModel) -> ServedModel | None:
         return v2 if current.version == "1" else None

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.serving.app import ServeSettings, create_app
 from modelcycle.serving.loading import ModelLoadError, ServedModel, load_served
+from modelcycle.serving.loop_lag import LoopLag
 from modelcycle.tracking import git_state
 from server_process import free_port
 from serving_fixtures import ServedWorkspace
@@ -666,6 +667,54 @@ def test_a_client_deadline_the_queue_cannot_meet_is_refused_at_once(served: Serv
     assert "over the 30 ms budget" in refused.json()["detail"]
     assert refused_seconds < 0.1  # refused without running the model
     assert patient.status_code == 200
+
+
+class CountingSession:
+    """An ONNX session that counts its calls."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
+        self.calls += 1
+        return self.inner.run(names, feeds)
+
+
+def test_a_client_deadline_the_event_loops_lag_leaves_too_short_is_refused_at_once(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop reads as 300 ms late: a request that reached it then has already waited that.
+    monkeypatch.setattr(LoopLag, "seconds", property(lambda self: 0.3))
+    counting = CountingSession(served.session)
+    with _client(replace(served, session=counting), ServeSettings()) as c:
+        request = _example(c)
+        assert _post(c, request).status_code == 200  # the server learns how long answers take
+        calls = counting.calls
+        # 250 ms from the send: over before the app even saw it (the queue alone allows it)
+        refused = _post(c, request, {"x-deadline-ms": "250"})
+        refused_calls = counting.calls - calls
+        patient = _post(c, request, {"x-deadline-ms": "1000"})
+    assert refused.status_code == 429, refused.text
+    assert "about 300 ms went waiting for the event loop" in refused.json()["detail"]
+    assert refused_calls == 0  # refused without running the model
+    assert patient.status_code == 200
+
+
+def test_the_deadline_counts_from_the_arrival_the_loops_lag_implies(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(LoopLag, "seconds", property(lambda self: 0.4))
+    gated = GatedSession(served.session)
+    with _client(replace(served, session=gated), ServeSettings(deadline_ms=5000)) as c:
+        gated.armed = True  # every model call now waits until released
+        started = time.perf_counter()
+        response = _post(c, _example(c), headers={"x-deadline-ms": "800"})
+        elapsed = time.perf_counter() - started
+        gated.release.set()
+    assert response.status_code == 504, response.text
+    # 800 ms from the send, 400 of them spent before the app saw it: 504 after about 400 ms
+    # (sooner than the client's own timeout, so its connection stays open)
+    assert 0.3 < elapsed < 0.75
 
 
 def _queue_depth(client: TestClient, headers: dict[str, str] | None = None) -> float:

@@ -43,6 +43,7 @@ from modelcycle.serving.batching import (
     StoppingError,
 )
 from modelcycle.serving.loading import ServedModel, warm_up
+from modelcycle.serving.loop_lag import LoopLag, RecentTime
 from modelcycle.serving.metrics import ServerMetrics, refusals_counted
 from modelcycle.serving.uploads import accepted_types, file_bytes, takes_bytes
 
@@ -134,6 +135,10 @@ class _State:
     models: dict[str, ServedModel] = field(default_factory=dict)
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     ready: bool = False
+    # How late the event loop runs (a request's wait before the app sees it), and how long
+    # each model's answers took lately: together they tell a deadline that cannot be met.
+    lag: LoopLag = field(default_factory=LoopLag)
+    answer_times: dict[str, RecentTime] = field(default_factory=dict)
     # One thread decodes heavy bodies (images), in arrival order: asyncio's default pool
     # would run up to 32 decodes at once beside the model's intra-op threads. Measured on 2
     # cores (int8 resnet18 at 224 px, 8 clients): 126 req/s with one thread, 124 with the
@@ -194,7 +199,9 @@ def create_app(
                 )
             if drift is not None:
                 drift.start(lambda: state.models, metrics.registry, between)
+            lag = asyncio.create_task(state.lag.run())
             yield
+            lag.cancel()
             stopping.set()
             if drift is not None:
                 drift.stop()
@@ -233,6 +240,7 @@ def _add_model(
         return _run_by_version(payloads, capture)
 
     state.models[served.name] = served
+    state.answer_times[served.name] = RecentTime()
     state.batchers[served.name] = batcher = MicroBatcher(
         process,
         settings.max_batch,
@@ -416,14 +424,16 @@ class _Shed:
         ):
             name = path[len(self.prefix) : -len(self.suffix)]
             batcher = self.state.batchers.get(name)
-            why = None if batcher is None else self._refusal(batcher, scope["headers"])
+            why = None if batcher is None else self._refusal(name, batcher, scope["headers"])
             if why is not None:
                 scope[SHED_ROUTE], scope["path_params"] = PREDICT, {"name": name}
                 await _overloaded(name, why)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def _refusal(self, batcher: MicroBatcher, headers: list[tuple[bytes, bytes]]) -> str | None:
+    def _refusal(
+        self, name: str, batcher: MicroBatcher, headers: list[tuple[bytes, bytes]]
+    ) -> str | None:
         first: dict[bytes, bytes] = {}  # the first of each, as the routes read them
         for key, value in headers:
             if key in (b"x-deadline-ms", b"x-api-key", b"authorization"):
@@ -439,7 +449,10 @@ class _Shed:
             return None
         if wanted is not None and not 0 < wanted < float("inf"):
             return None
-        return batcher.refusal(_wait_budget(_deadline_ms(self.settings, wanted)))
+        deadline_ms = _deadline_ms(self.settings, wanted)
+        return batcher.refusal(_wait_budget(deadline_ms)) or _too_late(
+            self.state, name, deadline_ms
+        )
 
 
 class _Measure:
@@ -534,25 +547,28 @@ def _add_routes(
         ] = None,
     ) -> JSONResponse:
         """Predict with a served model; the response names the model version."""
-        arrived = time.perf_counter()
+        seen = time.perf_counter()
+        arrived = seen - state.lag.seconds  # about when it reached the server
         if name not in state.models:
             return _unknown_model(name, state)
         served, batcher = state.models[name], state.batchers[name]
         deadline_ms = _deadline_ms(settings, x_deadline_ms)
         budget = _wait_budget(deadline_ms)
-        refusal = batcher.refusal(budget)  # _Shed answers nearly all refusals before this
+        # _Shed answers nearly all refusals before this
+        refusal = batcher.refusal(budget) or _too_late(state, name, deadline_ms)
         if refusal is not None:  # shed before reading or decoding the body: overload stays cheap
             return _overloaded(name, refusal)
         payload = await _payload(request, served, settings, state.decoder)
         if isinstance(payload, JSONResponse):
             return payload
-        try:  # the deadline counts from arrival: reading and decoding spent some of it
+        try:  # the deadline counts from arrival: waiting, reading and decoding spent some of it
             left = deadline_ms / 1000 - (time.perf_counter() - arrived)
             result = await asyncio.wait_for(batcher.put(payload, budget), max(left, 0.0))
         except OverloadedError as err:
             return _overloaded(name, str(err))
         except TimeoutError:
             return _error(504, f"{name} did not answer within {deadline_ms:.0f} ms.")
+        state.answer_times[name].add(time.perf_counter() - seen)
         answered = payload.served
         outputs = {k: result[k] for k in answered.answer_outputs}
         body = {
@@ -697,6 +713,26 @@ def _deadline_ms(settings: ServeSettings, asked_ms: float | None) -> float:
     if asked_ms is None or asked_ms > settings.deadline_ms:
         return settings.deadline_ms
     return asked_ms
+
+
+def _too_late(state: _State, name: str, deadline_ms: float) -> str | None:
+    """Why a request with this deadline would be answered after it, or None.
+
+    The deadline counts from when the request reached the server, and the event loop's
+    lateness (`LoopLag`) is about how long ago that was; what is left must cover the time
+    this model's answers took lately (`RecentTime`), or the answer would come too late.
+    """
+    took = state.answer_times[name].estimate() if name in state.answer_times else None
+    if took is None:
+        return None
+    lag = state.lag.seconds
+    left = deadline_ms / 1000 - lag
+    if left >= took:
+        return None
+    return (
+        f"{deadline_ms:.0f} ms deadline: about {lag * 1000:.0f} ms went waiting for the event "
+        f"loop, and answers take about {took * 1000:.0f} ms now"
+    )
 
 
 def _wait_budget(deadline_ms: float) -> float:

@@ -718,6 +718,21 @@ def test_the_deadline_counts_from_the_arrival_the_loops_lag_implies(
     assert 0.45 < elapsed < 1.0
 
 
+def test_metrics_report_the_event_loops_lag(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(LoopLag, "seconds", property(lambda self: 0.25))
+    with _client(served, ServeSettings()) as c:
+        deadline, lines = time.monotonic() + 5, []
+        while time.monotonic() < deadline:
+            text = c.get("/metrics").text
+            lines = [x for x in text.splitlines() if x.startswith("modelcycle_event_loop_lag")]
+            if lines == ["modelcycle_event_loop_lag_seconds 0.25"]:
+                break
+            time.sleep(0.02)
+    assert lines == ["modelcycle_event_loop_lag_seconds 0.25"]
+
+
 def _queue_depth(client: TestClient, headers: dict[str, str] | None = None) -> float:
     for line in client.get("/metrics", headers=headers).text.splitlines():
         if line.startswith('modelcycle_queue_depth{model="twins"}'):

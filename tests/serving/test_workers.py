@@ -76,7 +76,11 @@ def test_two_workers_count_every_request_whichever_answers_the_scrape(
         assert more.statuses == {200: 50}, server.output()
         for _ in range(4):
             assert predictions_counted(server) == {"200": sent + 50}, server.output()
-            assert metric_samples(server)["modelcycle_ready"] == [({}, 1.0)]
+            samples = metric_samples(server)
+            assert samples["modelcycle_ready"] == [({}, 1.0)]
+            # the event loop's lag: one series, the most-behind live worker's
+            [(labels, lag)] = samples["modelcycle_event_loop_lag_seconds"]
+            assert labels == {} and 0 <= lag < 5, server.output()
 
         server.process.send_signal(signal.SIGTERM)
         try:

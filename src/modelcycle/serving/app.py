@@ -199,7 +199,7 @@ def create_app(
                 )
             if drift is not None:
                 drift.start(lambda: state.models, metrics.registry, between)
-            lag = asyncio.create_task(state.lag.run())
+            lag = asyncio.create_task(state.lag.run(metrics.loop_lag.set))
             yield
             lag.cancel()
             stopping.set()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 
 
 class LoopLag:
@@ -23,14 +24,14 @@ class LoopLag:
 
     `run()` (a task on the loop measured) wakes every `tick` seconds; each wake-up's delay
     beyond the tick is one sample. Idle, the samples are the timer's resolution (about 1 ms);
-    a loop busy for 50 ms reads about 0.05 for the next `window` ticks. 200 wake-ups a second
-    cost about 0.3 % of a core.
+    a loop busy for 50 ms reads about 0.05 for the next `window` ticks. On an idle server
+    the wake-ups cost 0.019-0.023 of a core (uvloop, asyncio); a busy loop is awake anyway.
     """
 
     def __init__(self, tick: float = 0.005, window: int = 8) -> None:
         if tick <= 0 or window < 1:
             raise ValueError(f"LoopLag(tick={tick}, window={window}): give tick > 0, window >= 1")
-        self.tick = tick
+        self.tick, self.window = tick, window
         self._samples: collections.deque[float] = collections.deque(maxlen=window)
 
     @property
@@ -38,12 +39,16 @@ class LoopLag:
         """Recent lateness (0.0 before the first tick)."""
         return max(self._samples, default=0.0)
 
-    async def run(self) -> None:
-        """Sample until cancelled."""
+    async def run(self, report: Callable[[float], None] | None = None) -> None:
+        """Sample until cancelled; `report(seconds)` after every `window` ticks (a gauge)."""
+        ticks = 0
         while True:
             due = time.perf_counter() + self.tick
             await asyncio.sleep(self.tick)
             self._samples.append(max(0.0, time.perf_counter() - due))
+            ticks += 1
+            if report is not None and ticks % self.window == 0:
+                report(self.seconds)
 
 
 class RecentTime:

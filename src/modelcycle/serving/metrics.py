@@ -88,6 +88,7 @@ class ServerMetrics:
     ready: Gauge
     refused: Counter
     reloads: Counter
+    loop_lag: Gauge
 
     @classmethod
     def create(cls) -> ServerMetrics:
@@ -145,6 +146,13 @@ class ServerMetrics:
                 "Requests uvicorn answered 503 without running the app: serve.max_connections "
                 "open connections or requests in flight were reached",
                 registry=r,
+            ),
+            loop_lag=Gauge(
+                "modelcycle_event_loop_lag_seconds",
+                "How late the event loop runs what is due (most over its last 8 ticks of 5 ms): "
+                "about how long a request waits before the app sees it; deadlines count it",
+                registry=r,
+                multiprocess_mode="livemax",  # the most-behind live worker
             ),
             reloads=Counter(
                 "modelcycle_reloads",

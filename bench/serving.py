@@ -193,9 +193,11 @@ def start(
     port: int,
     routes: tuple[str, str],
     logs: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> Server:
     """Start a server listening on `port`; it is stopped when `stack` closes."""
     env = {k: v for k, v in os.environ.items() if k != "MODELCYCLE_API_KEY"}
+    env.update(extra_env or {})
     log = logs / f"{name}.log"
     with log.open("wb") as out:
         # Its own process group: LitServe (and uvicorn workers) start children that must stop

@@ -140,7 +140,7 @@ def test_alias_move_under_load_swaps_versions_with_no_failed_request(
     assert reloads == [({"model": "twins", "outcome": "swapped"}, 1.0)]
 
 
-def test_connections_over_the_limit_get_503_at_once(
+def test_connections_over_the_limit_get_503_at_once_but_probes_and_scrapes_pass(
     served_workspace: ServedWorkspace, tmp_path: Path
 ) -> None:
     extra = ("serve.max_connections=2",)  # uvicorn counts the asking connection too
@@ -149,20 +149,27 @@ def test_connections_over_the_limit_get_503_at_once(
         with socket.create_connection((host, int(port)), timeout=5):  # holds the one place
             time.sleep(0.2)  # let the server accept it
             started = time.monotonic()
-            refused = httpx.get(server.url + "/healthz", timeout=10)
+            refused = httpx.get(server.url + "/v1/models", timeout=10)
             assert refused.status_code == 503, server.output()
             assert time.monotonic() - started < 5
             for _ in range(19):  # a small flood: counted one by one, logged once
-                assert httpx.get(server.url + "/healthz", timeout=10).status_code == 503
+                assert httpx.get(server.url + "/v1/models", timeout=10).status_code == 503
+            # An operator still sees the server while the limit holds: probes and a scrape.
+            assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+            assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+            scrape = httpx.get(server.url + "/metrics", timeout=10)
+            assert scrape.status_code == 200, scrape.text
+            assert "modelcycle_refused_requests_total 20.0" in scrape.text
+            assert httpx.post(server.url + "/healthz", timeout=10).status_code == 503
         deadline = time.monotonic() + 10
         status = 0
         while time.monotonic() < deadline and status != 200:  # the held connection closed
-            status = httpx.get(server.url + "/healthz", timeout=10).status_code
+            status = httpx.get(server.url + "/v1/models", timeout=10).status_code
             time.sleep(0.1)
         assert status == 200, server.output()
         counted = metric_samples(server)["modelcycle_refused_requests_total"]
     log = server.log.read_text()  # after a graceful stop, which sums what was not logged
-    assert counted == [({}, 20.0)]
+    assert counted == [({}, 21.0)]  # the 20 GETs and the POST
     assert log.count("Refusing requests with 503: serve.max_connections") == 1, log
-    assert "Refused 19 requests with 503" in log, log
+    assert "Refused 20 requests with 503" in log, log
     assert "Exceeded concurrency limit" not in log, log

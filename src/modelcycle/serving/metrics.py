@@ -144,7 +144,7 @@ class ServerMetrics:
             refused=Counter(
                 "modelcycle_refused_requests",
                 "Requests uvicorn answered 503 without running the app: serve.max_connections "
-                "open connections or requests in flight were reached",
+                "open connections or requests in flight were reached (probes and scrapes pass)",
                 registry=r,
             ),
             loop_lag=Gauge(

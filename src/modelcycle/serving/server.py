@@ -29,6 +29,7 @@ from modelcycle.serving.loading import (
     expected_sha256,
     load_served,
 )
+from modelcycle.serving.protocol import OpsFirstHttp
 
 
 def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, ServeConfig]:
@@ -102,6 +103,7 @@ def run_server(app: FastAPI, host: str, port: int, max_connections: int | None =
 
     Beyond `max_connections` open connections (or requests in flight), uvicorn answers 503 at
     once without running the app: overload the event loop cannot keep up with is shed there.
+    Health checks and scrapes still pass (`OpsFirstHttp`).
     """
     # uvicorn re-raises SIGTERM after its graceful shutdown, which would end a clean stop as
     # "killed by signal" (exit 143); the handler below is in place by then, so it exits 0.
@@ -114,5 +116,6 @@ def run_server(app: FastAPI, host: str, port: int, max_connections: int | None =
         timeout_graceful_shutdown=10,
         access_log=False,
         limit_concurrency=max_connections,
+        http=OpsFirstHttp,
     )
     GracefulServer(config, app.state.stop_accepting).run()

@@ -41,6 +41,8 @@ def run_workers(
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
+    from modelcycle.serving.protocol import OpsFirstHttp
+
     with tempfile.TemporaryDirectory(prefix="modelcycle-metrics-") as directory:
         # Workers are spawned (fresh interpreters), so they see this environment before
         # prometheus-client is imported, which is when it picks its multi-process mode.
@@ -57,6 +59,7 @@ def run_workers(
             timeout_graceful_shutdown=10,
             access_log=False,
             limit_concurrency=max_connections,  # per worker
+            http=OpsFirstHttp,  # health checks and scrapes pass it
         )
         supervisor = Multiprocess(config, sockets=[config.bind_socket()])
         supervisor.run()

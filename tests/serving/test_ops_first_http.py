@@ -1,0 +1,93 @@
+"""`OpsFirstHttp`: probes and scrapes pass serve.max_connections, within a bounded reserve.
+
+Each case serves a tiny ASGI app through the protocol on a real loopback socket (no uvicorn
+Server around it), with uvicorn's own server state, whose task set is padded to stand for
+requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from modelcycle.serving.protocol import OpsFirstHttp
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _status(
+    request_line: str, limit: int | None, in_flight: int, reserve: int = OpsFirstHttp.reserve
+) -> int:
+    """The status the protocol answers `request_line` with, `in_flight` requests busy."""
+    config = uvicorn.Config(_app, limit_concurrency=limit, lifespan="off", log_level="critical")
+    config.load()
+    state = ServerState()
+    stand_ins = [asyncio.ensure_future(asyncio.sleep(60)) for _ in range(in_flight)]
+    state.tasks.update(stand_ins)  # requests in flight, as uvicorn counts them
+
+    def protocol() -> OpsFirstHttp:
+        made = OpsFirstHttp(config=config, server_state=state, app_state={})
+        made.reserve = reserve
+        return made
+
+    server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"{request_line}\r\nHost: test\r\nContent-Length: 0\r\n\r\n".encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+        writer.close()
+        return int(status_line.split()[1])
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/metrics?name[]=x"])
+def test_probes_and_scrapes_pass_the_limit(path: str) -> None:
+    # limit 1: the asking connection alone reaches it, so uvicorn would answer 503
+    assert asyncio.run(_status(f"GET {path} HTTP/1.1", limit=1, in_flight=0)) == 200
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        "GET /v1/models HTTP/1.1",
+        "POST /v1/models/twins/predict HTTP/1.1",
+        "POST /metrics HTTP/1.1",
+        "GET /healthz/ HTTP/1.1",
+        "GET /metricsx HTTP/1.1",
+    ],
+)
+def test_everything_else_is_refused_as_uvicorn_refuses_it(request_line: str) -> None:
+    assert asyncio.run(_status(request_line, limit=1, in_flight=0)) == 503
+
+
+def test_the_reserve_bounds_how_many_probes_pass() -> None:
+    # a limit of 1 and a reserve of 2: probes run while fewer than 3 requests are in flight
+    assert asyncio.run(_status("GET /metrics HTTP/1.1", limit=1, in_flight=2, reserve=2)) == 200
+    assert asyncio.run(_status("GET /metrics HTTP/1.1", limit=1, in_flight=3, reserve=2)) == 503
+
+
+def test_no_limit_answers_everything() -> None:
+    assert asyncio.run(_status("GET /v1/models HTTP/1.1", limit=None, in_flight=10_000)) == 200
+
+
+def test_the_protocol_module_imports_nothing_heavy() -> None:
+    # Spawned workers import it before they answer their supervisor's pings (5 s).
+    heavy = ("torch", "mlflow", "onnxruntime", "fastapi", "modelcycle.config")
+    probe = (
+        "import sys, modelcycle.serving.protocol; "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -276,3 +276,15 @@ def test_data_fetch_from_a_mirror_records_hashes(tiny_qtim: Path, tmp_path: Path
     assert manifest["tag"] == f"mirror:{tiny_qtim.resolve()}"
     assert "participants.tsv" in manifest["files"]
     assert (dest / "participants.tsv").read_bytes() == (tiny_qtim / "participants.tsv").read_bytes()
+
+
+def test_a_key_error_of_a_bug_is_not_dressed_as_an_input_error(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(overrides: list[str]) -> None:
+        raise KeyError("fold_index")  # a bug's lookup, not something the user gave
+
+    monkeypatch.setattr("modelcycle.cli.compose_config", broken)
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code != 2 and "error:" not in result.stdout
+    assert isinstance(result.exception, KeyError)

@@ -48,7 +48,7 @@ from modelcycle.serving.loading import ModelLoadError
 from modelcycle.serving.server import build_server, check_references, run_server
 from modelcycle.serving.workers import run_workers
 from modelcycle.sweep import SweepResult, TrialRecord
-from modelcycle.tasks.base import DataSummary
+from modelcycle.tasks.base import DataSummary, UnknownTaskError
 from modelcycle.tracking import Tracker, tracking_uri
 
 app = typer.Typer(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
@@ -768,10 +768,9 @@ def _clear_errors() -> Iterator[None]:
         FetchError,
         RegistryError,
         ModelLoadError,
-        KeyError,
+        UnknownTaskError,
     ) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     except OSError as err:  # a path given or configured that cannot be read or written
         logging.getLogger(__name__).debug("where it failed", exc_info=True)

@@ -166,11 +166,18 @@ def available_tasks() -> list[str]:
     return sorted(_REGISTRY)
 
 
+class UnknownTaskError(KeyError):
+    """No task is registered under the name asked for; the message lists those that are."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else super().__str__()
+
+
 def get_task(name: str) -> type[Task[Any]]:
-    """Look a task class up by name; an unknown name lists the valid ones."""
+    """Look a task class up by name; an unknown name lists the valid ones (UnknownTaskError)."""
     _load_builtin_and_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
         valid = ", ".join(sorted(_REGISTRY)) or "(none)"
-        raise KeyError(f"Unknown task {name!r}. Registered tasks: {valid}.") from None
+        raise UnknownTaskError(f"Unknown task {name!r}. Registered tasks: {valid}.") from None

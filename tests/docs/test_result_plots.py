@@ -19,6 +19,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 # README row label → the metric a record names it by
 TWIN_ROWS = {
     "ROC-AUC twin-like vs unrelated": "auc_twin_vs_unrelated",
+    "ROC-AUC same-sex twin-like vs unrelated of the same sex and age": "auc_twin_vs_matched",
     "ROC-AUC MZ vs unrelated (hidden)": "auc_mz_vs_unrelated",
     "ROC-AUC DZ vs unrelated (hidden)": "auc_dz_vs_unrelated",
     "ROC-AUC sibling vs unrelated": "auc_sibling_vs_unrelated",

@@ -7,6 +7,7 @@ import pytest
 
 from modelcycle.data.relations import Relation, relation_matrix
 from modelcycle.evaluation.kinship import (
+    matched_auc,
     pair_auc,
     pair_scores,
     retrieval_curve,
@@ -168,3 +169,50 @@ def test_ties_count_against_the_query() -> None:
     S = (rel == Relation.TWIN).astype(float)
     S[0, 4] = S[4, 0] = 1.0
     np.testing.assert_allclose(retrieval_curve(S, rel, depth=2), [0.75, 1.0])
+
+
+def _cohort(families: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Twin families of whole-year ages 12-30 and random sex: family, age and sex per person."""
+    rng = np.random.default_rng(seed)
+    family = np.repeat(np.arange(families), 2).astype(str)
+    age = np.repeat(rng.integers(12, 31, families), 2).astype(float)
+    sex = np.repeat(rng.choice(["M", "F"], families), 2)
+    return family, age, sex
+
+
+def test_a_similarity_of_age_and_sex_alone_is_found_out_by_matching() -> None:
+    family, age, sex = _cohort(200, seed=0)
+    rel = relation_matrix(family, age)
+    S = -np.abs(age[:, None] - age[None, :]) - (sex[:, None] != sex[None, :])
+    evaluation = score_similarity(S, rel, sex, age)
+    assert evaluation.metrics["auc_twin_vs_unrelated"] > 0.9  # what age and sex give away
+    assert evaluation.metrics["auc_twin_vs_matched"] == pytest.approx(0.5)  # all ties
+
+
+def test_a_similarity_beyond_age_and_sex_keeps_its_matched_auc() -> None:
+    family, age, sex = _cohort(200, seed=1)
+    rel = relation_matrix(family, age)
+    rng = np.random.default_rng(2)
+    traits = np.repeat(rng.normal(size=(200, 8)), 2, axis=0) + rng.normal(size=(400, 8))
+    S = np.asarray(np.corrcoef(traits))  # shared family traits, nothing of age or sex
+    auc = matched_auc(S, rel, sex, age)
+    assert auc > 0.8
+    assert auc == pytest.approx(
+        score_similarity(S, rel, sex).metrics["auc_twin_vs_unrelated"], abs=0.05
+    )
+    assert "auc_twin_vs_matched" not in score_similarity(S, rel, sex).metrics  # no age, no metric
+
+
+def test_matched_pairs_are_same_sex_and_within_the_age_window() -> None:
+    family = np.array(list("AABCD"))
+    age = np.array([20.0, 20.0, 20.0, 20.4, 21.0])
+    sex = np.array(list("MMMFM"))
+    rel = relation_matrix(family, age)
+    # twins 0-1 score 0.5; the only matched unrelated pairs are 0-2 and 1-2 (C: 20, M);
+    # D is female and E a year older, so their high scores must not count
+    S = _symmetric({(0, 1): 0.5, (0, 2): 0.4, (1, 2): 0.6, (0, 3): 0.9, (0, 4): 0.9}, 5)
+    assert matched_auc(S, rel, sex, age) == 0.5
+    # a 1-year window adds 0-4 (0.9), 1-4 and 2-4 (0): the twins beat 3 of 5
+    assert matched_auc(S, rel, sex, age, within=1.0) == pytest.approx(0.6)
+    apart = np.array([20.0, 20.0, 22.0, 24.0, 26.0])  # no unrelated pair within the window
+    assert np.isnan(matched_auc(S, relation_matrix(family, apart), sex, apart))

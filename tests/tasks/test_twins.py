@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,5 +80,29 @@ def test_default_pipeline_beats_the_baseline_on_real_data(real_qtim: Path, works
     assert result.exit_code == 0, result.stdout
     report = next((workspace / "reports").glob("twins-*"))
     agg = json.loads((report / "summary.json").read_text())["aggregate"]
-    for metric in ("auc_twin_vs_unrelated", "top1"):
+    for metric in ("auc_twin_vs_unrelated", "auc_twin_vs_matched", "top1"):
         assert agg["model"][metric][0] > agg["baseline"][metric][0], metric
+
+
+def test_covariate_check_finds_age_and_sex_out_and_the_baseline_clear_of_them(
+    real_qtim: Path,
+) -> None:
+    """bench/twins_covariates.py on real QTIM: what the README says of age and sex."""
+    script = Path(__file__).resolve().parents[2] / "bench" / "twins_covariates.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--data", str(real_qtim)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    rows = {}
+    for line in out.splitlines():
+        cells = re.findall(r"(\d\.\d{3}) ± \d\.\d{3}", line)
+        if len(cells) == 3:
+            rows[line[:34].strip()] = [float(c) for c in cells]
+    alone, regressed = rows["age and sex alone"], rows["baseline (regressed, the task's)"]
+    raw = rows["baseline without regression"]
+    assert alone[0] > 0.9 and alone[2] == 0.5  # a giveaway, which matching takes away
+    assert abs(regressed[2] - regressed[1]) < 0.02  # matching costs the task's baseline nothing
+    assert raw[1] - raw[2] > 0.02  # without the regression, part of the score was age and sex

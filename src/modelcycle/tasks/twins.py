@@ -90,6 +90,7 @@ class TwinsTask(Task[TwinsData]):
     primary_metric = "auc_twin_vs_unrelated"
     summary_metrics: ClassVar[tuple[str, ...]] = (
         "auc_twin_vs_unrelated",
+        "auc_twin_vs_matched",
         "auc_sibling_vs_unrelated",
         "top1",
         "top5",
@@ -201,7 +202,8 @@ class TwinsTask(Task[TwinsData]):
 
     def score(self, S: np.ndarray, data: TwinsData, rows: np.ndarray) -> Evaluation:
         """Kinship metrics of a similarity matrix `S` over `rows` (model and baseline alike)."""
-        return score_similarity(S, data.relations[np.ix_(rows, rows)], data.sex[rows])
+        relations, sex = data.relations[np.ix_(rows, rows)], data.sex[rows]
+        return score_similarity(S, relations, sex, data.covariates[rows, 0])
 
     def servable(self, module: L.LightningModule, data: TwinsData, fold: Fold) -> ServableModel:
         """Raw measures + covariates of two people in, probability and similarity out.
@@ -244,7 +246,7 @@ class TwinsTask(Task[TwinsData]):
         """The baseline over the whole cohort (processing fitted on everyone), for orientation."""
         fitted = ResidualStandardizer.fit(data.X, data.covariates)
         S = np.corrcoef(fitted.transform(data.X, data.covariates))
-        return score_similarity(S, data.relations, data.sex).metrics
+        return score_similarity(S, data.relations, data.sex, data.covariates[:, 0]).metrics
 
     def plot(self, model: Evaluation, baseline: Evaluation, out_dir: Path, tag: str) -> list[Path]:
         """ROC curves, similarity histograms per relation and co-twin retrieval curves."""

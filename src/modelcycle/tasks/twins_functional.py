@@ -58,6 +58,7 @@ class TwinsFunctionalTask(TwinsTask):
     serving = FunctionalServing
     summary_metrics = (
         "auc_twin_vs_unrelated",
+        "auc_twin_vs_matched",
         "auc_mz_vs_unrelated",
         "auc_dz_vs_unrelated",
         "auc_sibling_vs_unrelated",

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    bench.stop_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -822,7 +822,17 @@ def stacked(rows: list[list[np.ndarray]]) -> list[np.ndarray]:
 # --- the run -------------------------------------------------------------------------------
 
 
+def stop_on_sigterm() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so every ExitStack stops the servers it started.
+
+    Python's default SIGTERM ends the process at once: a killed bench left its servers, and
+    a SIGSTOPped LitServe, running.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main() -> None:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -51,6 +51,7 @@ from serving import (
     open_loop,
     say,
     start,
+    stop_on_sigterm,
     wait_ready,
 )
 
@@ -92,6 +93,7 @@ class Scenario:
 
 
 def main() -> None:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--variant", default="int8", choices=["fp32", "int8"])
     parser.add_argument("--rate", type=float, default=60.0, help="requests per second")

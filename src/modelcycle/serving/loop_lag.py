@@ -25,7 +25,7 @@ class LoopLag:
     `run()` (a task on the loop measured) wakes every `tick` seconds; each wake-up's delay
     beyond the tick is one sample. Idle, the samples are the timer's resolution (about 1 ms);
     a loop busy for 50 ms reads about 0.05 for the next `window` ticks. On an idle server
-    the wake-ups cost 0.019-0.023 of a core (uvloop, asyncio); a busy loop is awake anyway.
+    the wake-ups cost 0.01-0.02 of a core (uvloop, asyncio); a busy loop is awake anyway.
     """
 
     def __init__(self, tick: float = 0.005, window: int = 8) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 from modelcycle.data.features import ResidualStandardizer
 from modelcycle.data.qtim import QTIMSource
 from modelcycle.data.relations import Relation, opposite_sex, pairs_of
-from modelcycle.evaluation.kinship import matched_auc, pair_auc
+from modelcycle.evaluation.kinship import matched_auc, pair_auc, pair_scores, scores_auc
 from modelcycle.tasks.base import Fold
 from modelcycle.tasks.twins import TwinsData, TwinsTask
 
@@ -77,12 +77,10 @@ def _aucs(S: np.ndarray, data: TwinsData, rows: np.ndarray) -> tuple[float, floa
     """The three AUCs of `COLUMNS` for a similarity `S` over `rows`."""
     rel, sex, age = data.relations[np.ix_(rows, rows)], data.sex[rows], data.covariates[rows, 0]
     twins = pairs_of(rel, Relation.TWIN)
-    mixed = twins[opposite_sex(twins, sex)]
-    same_sex = rel.copy()
-    same_sex[mixed[:, 0], mixed[:, 1]] = same_sex[mixed[:, 1], mixed[:, 0]] = Relation.SIBLING
+    same_sex = twins[~opposite_sex(twins, sex)]
     return (
         pair_auc(S, rel, Relation.TWIN),
-        pair_auc(S, same_sex, Relation.TWIN),  # opposite-sex twins set aside
+        scores_auc(S[same_sex[:, 0], same_sex[:, 1]], pair_scores(S, rel, Relation.UNRELATED)),
         matched_auc(S, rel, sex, age),
     )
 

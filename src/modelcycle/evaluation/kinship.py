@@ -18,13 +18,17 @@ def pair_scores(S: np.ndarray, rel: np.ndarray, relation: Relation) -> np.ndarra
     return S[pairs[:, 0], pairs[:, 1]]
 
 
-def pair_auc(S: np.ndarray, rel: np.ndarray, positive: Relation) -> float:
-    """ROC-AUC of `positive` pairs against unrelated pairs; NaN when either is absent."""
-    pos, neg = pair_scores(S, rel, positive), pair_scores(S, rel, Relation.UNRELATED)
+def scores_auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """ROC-AUC of positive pairs' scores against negative ones'; NaN when either is empty."""
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
     labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     return float(roc_auc_score(labels, np.r_[pos, neg]))
+
+
+def pair_auc(S: np.ndarray, rel: np.ndarray, positive: Relation) -> float:
+    """ROC-AUC of `positive` pairs against unrelated pairs; NaN when either is absent."""
+    return scores_auc(pair_scores(S, rel, positive), pair_scores(S, rel, Relation.UNRELATED))
 
 
 def retrieval_curve(S: np.ndarray, rel: np.ndarray, depth: int = RETRIEVAL_DEPTH) -> np.ndarray:
@@ -61,11 +65,7 @@ def matched_auc(
     unrelated = pairs_of(rel, Relation.UNRELATED)
     a, b = unrelated[:, 0], unrelated[:, 1]
     matched = unrelated[(sex[a] == sex[b]) & (np.abs(age[a] - age[b]) <= within)]
-    if len(twins) == 0 or len(matched) == 0:
-        return float("nan")
-    pos, neg = S[twins[:, 0], twins[:, 1]], S[matched[:, 0], matched[:, 1]]
-    labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    return float(roc_auc_score(labels, np.r_[pos, neg]))
+    return scores_auc(S[twins[:, 0], twins[:, 1]], S[matched[:, 0], matched[:, 1]])
 
 
 def score_similarity(

@@ -43,6 +43,13 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
+    if not (args.data / "participants.tsv").is_file():
+        parser.error(
+            f"--data {args.data}: no participants.tsv there; give a copy of QTIM (ds004169) "
+            "holding it and the FreeSurfer tables, e.g. ../shared/data/qtim"
+        )
+    if args.folds < 2:
+        parser.error(f"--folds {args.folds}: give at least 2")
     data = TwinsData.from_cohort(QTIMSource(root=args.data).load())
     task = TwinsTask(QTIMSource(root=args.data), encoder=nn.Identity)  # folds only: no model
     folds = task.folds(data, args.folds, args.seed)

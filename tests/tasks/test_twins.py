@@ -106,3 +106,15 @@ def test_covariate_check_finds_age_and_sex_out_and_the_baseline_clear_of_them(
     assert alone[0] > 0.9 and alone[2] == 0.5  # a giveaway, which matching takes away
     assert abs(regressed[2] - regressed[1]) < 0.02  # matching costs the task's baseline nothing
     assert raw[1] - raw[2] > 0.02  # without the regression, part of the score was age and sex
+
+
+def test_covariate_check_names_a_data_folder_without_qtim(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[2] / "bench" / "twins_covariates.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert f"--data {tmp_path}: no participants.tsv there" in run.stderr

@@ -19,12 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import sys
 import tempfile
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 import serving as bench  # bench/serving.py: a script's folder is on sys.path
@@ -64,20 +61,12 @@ def run(args: argparse.Namespace, baseline: Path, tmp: Path) -> None:
         servers = {}
         for label, src in trees.items():
             port = bench.free_port()
-            command = [
-                *(sys.executable, "-m", "modelcycle", "serve", "twins@champion"),
-                f"workspace={workspace}",
-                "serve.host=127.0.0.1",
-                "serve.capture=true",
-                f"serve.port={port}",
-            ]
+            command = bench.serve_command("twins@champion", workspace, port, "serve.capture=true")
             routes = ("/v1/models/twins/predict", "/readyz")
             env = {"PYTHONPATH": str(src)}
             servers[label] = bench.start(stack, label, command, port, routes, logs, env)
         bench.wait_ready(list(servers.values()))
-        first = servers["ours"]
-        examples = httpx.get(first.url + "/v1/models/twins/examples", timeout=10).json()
-        bodies = [json.dumps(e["request"]).encode() for e in examples["examples"]]
+        bodies = bench.example_bodies(servers["ours"], "twins")
         for server in servers.values():  # warm-up
             bench.closed_loop(server, bodies, 8, 1.0, 200_000)
         goodput: dict[tuple[str, bool], list[float]] = {}

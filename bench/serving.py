@@ -215,6 +215,23 @@ def start(
     return server
 
 
+def serve_command(model: str, workspace: Path, port: int, *overrides: str) -> list[str]:
+    """`modelcycle serve MODEL` on 127.0.0.1:`port` from `workspace`, with config overrides."""
+    return [
+        *(sys.executable, "-m", "modelcycle", "serve", model),
+        f"workspace={workspace}",
+        "serve.host=127.0.0.1",
+        f"serve.port={port}",
+        *overrides,
+    ]
+
+
+def example_bodies(server: Server, name: str) -> list[bytes]:
+    """The JSON bodies of model `name`'s example requests, as `server` lists them."""
+    response = httpx.get(server.url + f"/v1/models/{name}/examples", timeout=10)
+    return [json.dumps(e["request"]).encode() for e in response.json()["examples"]]
+
+
 def stop(server: Server) -> None:
     """SIGTERM to its whole process group, then SIGKILL to what is left after 15 s."""
     group = server.process.pid  # the leader of its own session and group
@@ -968,17 +985,16 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
 
         def ours(label: str, max_batch: int, *overrides: str) -> Server:
             port = free_port()
-            command = [
-                *(sys.executable, "-m", "modelcycle", "serve", args.model),
-                f"workspace={workspace}",
-                "serve.host=127.0.0.1",
+            command = serve_command(
+                args.model,
+                workspace,
+                port,
                 f"serve.max_batch={max_batch}",
                 f"serve.capture={str(capture).lower()}",
                 f"serve.deadline_ms={deadline_ms}",
-                f"serve.port={port}",
                 *variant,
                 *overrides,
-            ]
+            )
             routes = (f"/v1/models/{name}/predict", "/readyz")
             return start(stack, label, command, port, routes, logs)
 
@@ -1015,8 +1031,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[Row]:
         servers["floor"] = this_script("floor", ["--floor-server"], "/")
         say("starting floor (uvicorn answering a constant)")
         wait_ready([servers[k] for k in ("ours-b1", "ours-w2", "litserve", "floor")])
-        response = httpx.get(servers["ours"].url + f"/v1/models/{name}/examples", timeout=10)
-        bodies = [json.dumps(e["request"]).encode() for e in response.json()["examples"]]
+        bodies = example_bodies(servers["ours"], name)
         adapter = served.adapter
         rows = [adapter.decode(validate_json(adapter.request_type, b)) for b in bodies]
         bare = Bare(served, rows, bodies, per_core)

@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from modelcycle.cli import app
+from modelcycle.config import compose_config
 from modelcycle.registry import Registry
 from modelcycle.tracking import TrackingSettings, tracking_uri
 from run_tree import one_run_tree
@@ -218,6 +219,25 @@ def test_pipeline_given_an_override_first_names_the_experiments(workspace: Path)
     assert "'data.root=/x' is an override, not an experiment" in result.stdout
     assert "modelcycle pipeline twins data.root=/x" in result.stdout
     assert "image_rice" in result.stdout and "twins_functional" in result.stdout
+
+
+def test_train_given_an_experiment_name_alone_says_to_write_experiment_equals(
+    workspace: Path,
+) -> None:
+    result = runner.invoke(app, ["train", "twins_functional", f"workspace={workspace}"])
+    assert result.exit_code == 2
+    assert "'twins_functional' is not an override: give key=value" in result.stdout
+    assert "write experiment=twins_functional" in result.stdout
+    assert "Traceback" not in result.stdout
+    result = runner.invoke(app, ["evaluate", "latest", "twins_functionl"])  # a typo
+    assert result.exit_code == 2
+    assert "'twins_functionl' is not an override" in result.stdout
+    assert "experiments: image_flowers" in result.stdout and "twins_graph" in result.stdout
+
+
+def test_a_key_deletion_override_passes_the_bare_word_check() -> None:
+    cfg = compose_config(["~seed"])  # Hydra's `~key`: no `=`, still an override
+    assert "seed" not in cfg and "run_name" in cfg
 
 
 def test_data_stats_describes_the_configured_data(tiny_qtim: Path, workspace: Path) -> None:

@@ -11,7 +11,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
-from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +28,7 @@ from modelcycle.config import (
     assemble,
     build_registry,
     compose_config,
+    experiment_names,
     loadtest_config,
     monitor_config,
     serve_config,
@@ -152,14 +152,10 @@ def pipeline(
     """Run an experiment end to end: train and evaluate, register, promote the first, export."""
     with _clear_errors():
         if "=" in name:  # an override where the experiment's name belongs
-            experiments = sorted(
-                f.name.removesuffix(".yaml")
-                for f in files("modelcycle.conf").joinpath("experiment").iterdir()
-                if f.name.endswith(".yaml")
-            )
             raise ConfigError(
                 f"{name!r} is an override, not an experiment: name the experiment first, e.g. "
-                f"`modelcycle pipeline twins {name}`; experiments: {', '.join(experiments)}."
+                f"`modelcycle pipeline twins {name}`; experiments: "
+                f"{', '.join(experiment_names())}."
             )
         cfg = compose_config([f"experiment={name}", *(overrides or [])])
     result = _run(cfg)

@@ -7,6 +7,7 @@ import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,8 +36,25 @@ class ConfigError(ValueError):
     """An override or config value that cannot be used; the message says which and why."""
 
 
+def experiment_names() -> list[str]:
+    """The experiments a run can name (`experiment=NAME`): `conf/experiment/*.yaml`."""
+    folder = files(CONFIG_MODULE).joinpath("experiment")
+    return sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml"))
+
+
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose `conf/config.yaml` with command-line style overrides (`key=value`)."""
+    for override in overrides:
+        if "=" not in override and not override.startswith("~"):  # `~key` deletes a key
+            hint = (
+                f"to run that experiment, write experiment={override}"
+                if override in experiment_names()
+                else f"experiments: {', '.join(experiment_names())}"
+            )
+            raise ConfigError(
+                f"{override!r} is not an override: give key=value, e.g. trainer.max_epochs=5 "
+                f"or experiment=twins; {hint}."
+            )
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))

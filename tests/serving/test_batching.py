@@ -335,8 +335,44 @@ def test_interleaved_runs_in_pieces_of_about_the_asked_time_and_joins_them() -> 
     rows = [n for _, _, n in model.calls]
     assert sum(rows) == 30 and rows[0] == 1  # the first piece measures the rate
     assert max(rows) <= 6 and len(rows) >= 6  # about 10 ms of 2 ms rows each
-    for (_, end, _), (start, _, _) in itertools.pairwise(model.calls):
-        assert start - end >= 0.9 * 0.002  # then waits at least as long as a piece ran
+    assert between.pauses == 0  # nothing else took a slot: no live batch to give way to
+
+
+def test_interleaved_pauses_as_long_as_a_piece_ran_while_live_requests_wait() -> None:
+    model = _Timed(per_row=0.002)
+    between = Interleaved(model, Slots(2), idle=lambda: False, patience=0.0)
+    between([np.zeros((30, 1)), np.zeros((30, 1))])
+    assert between.pauses == len(model.calls) >= 6
+    for (began, end, _), (start, _, _) in itertools.pairwise(model.calls):
+        assert start - end >= 0.9 * (end - began)  # waits at least as long as the piece ran
+
+
+@pytest.mark.parametrize("quiet", [0.0, 10.0])
+def test_interleaved_pauses_for_quiet_seconds_after_a_live_batch_took_a_slot(quiet: float) -> None:
+    slots = Slots(2)
+    model = _Timed(per_row=0.002)
+    between = Interleaved(model, slots, piece_seconds=0.004, quiet=quiet)
+    calls = 0
+
+    def live_batch() -> None:
+        with slots:
+            pass
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        nonlocal calls
+        calls += 1
+        if calls == 4:  # a live batch comes and goes between the 4th and 5th pieces
+            threading.Thread(target=live_batch).start()
+        return model(inputs)
+
+    between.run = run
+    between([np.zeros((20, 1)), np.zeros((20, 1))])
+    pieces = len(model.calls)
+    assert pieces > 5
+    if quiet == 0:
+        assert between.pauses == 1  # after the piece the batch waited behind, and no other
+    else:
+        assert between.pauses == pieces - 3  # after that piece and every one since
 
 
 def test_interleaved_pieces_never_overlap_a_live_batch_and_let_batches_run_between() -> None:
@@ -371,6 +407,7 @@ def test_interleaved_pieces_never_overlap_a_live_batch_and_let_batches_run_betwe
     first, last = pieces[0][0], pieces[-1][1]
     between_pieces = [s for s, _ in live if first < s < last]
     assert len(between_pieces) >= len(pieces) // 2  # live batches ran in the pauses
+    assert between.pauses >= len(pieces) // 2
 
 
 def test_slots_are_granted_in_the_order_asked_and_one_may_take_them_all() -> None:

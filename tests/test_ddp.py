@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from modelcycle.config import assemble, compose_config
 from run_tree import one_run_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,13 +86,17 @@ def test_torchrun_ranks_return_the_same_result(tiny_qtim: Path, tmp_path: Path) 
 
 
 def test_image_training_on_two_processes(tmp_path: Path) -> None:
-    """The image task under DDP: validation accuracy from counts summed over both ranks."""
+    """The image task under DDP: validation accuracy from counts summed over both ranks.
+
+    Each validation part has an odd number of images, which Lightning's default sampler
+    would pad by repeating one; every logged accuracy must be a whole number of them.
+    """
     workspace = tmp_path / "ws"
-    command = [sys.executable, "-m", "modelcycle", "train", "experiment=image_rice"]
-    command += ["data.synthetic=true", "data.image_size=32", "data.per_class_synthetic=21"]
-    command += ["model.name=test_resnet", "trainer.max_epochs=2", "trainer.progress_bar=false"]
-    command += ["task.held_out_rows=5", "trainer.devices=2", "trainer.strategy=ddp"]
-    done = launch(command, workspace)
+    overrides = ["experiment=image_rice", "data.synthetic=true", "data.image_size=32"]
+    overrides += ["data.per_class_synthetic=21", "model.name=test_resnet"]
+    overrides += ["trainer.max_epochs=2", "trainer.progress_bar=false", "task.held_out_rows=5"]
+    command = [sys.executable, "-m", "modelcycle", "train", *overrides]
+    done = launch([*command, "trainer.devices=2", "trainer.strategy=ddp"], workspace)
     assert "sync_dist" not in done.stderr
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["modelcycle"], output_format="list")
@@ -101,3 +106,19 @@ def test_image_training_on_two_processes(tmp_path: Path) -> None:
     trained = [[m.value for m in h] for h in histories if h]  # the fold's run and the final
     assert trained and all(1 <= len(h) <= 2 for h in trained), trained  # one value an epoch
     assert all(0 <= v <= 1 for h in trained for v in h), trained
+    # The validation parts the run used, rebuilt in this process from the same config.
+    a = assemble(compose_config([*overrides, f"workspace={workspace}"]))
+    data, _ = a.task.load()
+    run_name, seed = a.pipeline.run_name, a.pipeline.seed
+    sizes = {
+        f"{run_name}-fold{f.index}": len(f.val)
+        for f in a.task.folds(data, a.pipeline.n_folds, seed)
+    }
+    sizes[f"{run_name}-final"] = len(a.task.final_fold(data, seed).val)
+    assert all(n % 2 == 1 for n in sizes.values()), sizes  # padding would repeat one image
+    checked = [
+        (sizes[r.info.run_name], m.value) for r, h in zip(runs, histories, strict=True) for m in h
+    ]
+    for images, accuracy in checked:  # correct / images, nothing counted twice or missed
+        assert abs(accuracy * images - round(accuracy * images)) < 1e-4, (images, accuracy)
+    assert any(0 < v < 1 for _, v in checked), checked  # 0 and 1 fit any count

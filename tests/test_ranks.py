@@ -6,14 +6,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 import torch.multiprocessing as mp
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch.utils.data import TensorDataset
 
 from modelcycle.config import assemble, compose_config
+from modelcycle.data.tables import DataError
 from modelcycle.pipeline import run_pipeline
-from modelcycle.ranks import global_rank, is_rank_zero, share_from_rank_zero
+from modelcycle.ranks import global_rank, is_rank_zero, share_from_rank_zero, validation_loader
 from modelcycle.tracking import Tracker, TrackingSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +121,25 @@ def test_pipeline_off_rank_zero_trains_but_writes_and_tracks_nothing(
     assert result.report.folds == [] and result.run_id == ""
     assert sorted(p.name for p in report_dir.iterdir()) == ["checkpoints"]
     assert not (tmp_path / "ws" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(("samples", "world"), [(7, 2), (10, 3), (2, 2), (6, 2)])
+def test_validation_shares_cover_every_sample_once(samples: int, world: int) -> None:
+    """Unpadded shares: no sample repeated (Lightning's default pads) and none left out."""
+    dataset = TensorDataset(torch.arange(samples))
+    seen: list[int] = []
+    for rank in range(world):
+        trainer = SimpleNamespace(world_size=world, global_rank=rank)
+        share = [int(i) for (batch,) in validation_loader(dataset, 2, 0, trainer) for i in batch]
+        assert share == list(range(rank, samples, world))  # in order, every n-th one
+        seen += share
+    assert sorted(seen) == list(range(samples))
+    for alone in (SimpleNamespace(world_size=1, global_rank=0), None):  # one process
+        loader = validation_loader(dataset, 4, 0, alone)
+        assert [int(i) for (batch,) in loader for i in batch] == list(range(samples))
+
+
+def test_fewer_validation_samples_than_processes_is_a_data_error() -> None:
+    trainer = SimpleNamespace(world_size=3, global_rank=0)
+    with pytest.raises(DataError, match=r"2 sample\(s\), fewer than the 3 .*task.val_fraction"):
+        validation_loader(TensorDataset(torch.arange(2)), 4, 0, trainer)

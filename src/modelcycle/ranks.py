@@ -51,12 +51,24 @@ def validation_loader(
     Unpadded, the shares differ by at most one sample, so the processes run the same number
     of batches or one fewer; validation logs reduce once per epoch, never per step, so no
     collective waits on the process with fewer. `trainer` is the datamodule's (or None).
+
+    Raises:
+        DataError: Fewer validation samples than processes, so one would validate nothing.
     """
     import torch
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
+    from modelcycle.data.tables import DataError
+
     sampler = None
     if trainer is not None and trainer.world_size > 1:
+        samples = len(dataset)  # type: ignore[arg-type]
+        if samples < trainer.world_size:
+            raise DataError(
+                f"The validation part has {samples} sample(s), fewer than the "
+                f"{trainer.world_size} training processes, and each must validate at least "
+                "one: give it more (task.val_fraction) or train on fewer (trainer.devices)."
+            )
         sampler = UnrepeatedDistributedSampler(
             dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )

@@ -19,6 +19,8 @@ from modelcycle.data.relations import Relation
 from modelcycle.models.encoders import MLPEncoder
 from modelcycle.tasks.twins import TwinsData, TwinsTask
 
+COVARIATES = Path(__file__).resolve().parents[2] / "bench" / "twins_covariates.py"
+
 
 @pytest.fixture(scope="module")
 def real_task(request: pytest.FixtureRequest) -> tuple[TwinsTask, TwinsData]:
@@ -82,15 +84,18 @@ def test_default_pipeline_beats_the_baseline_on_real_data(real_qtim: Path, works
     agg = json.loads((report / "summary.json").read_text())["aggregate"]
     for metric in ("auc_twin_vs_unrelated", "auc_twin_vs_matched", "top1"):
         assert agg["model"][metric][0] > agg["baseline"][metric][0], metric
+    # The covariate check re-scores the run's checkpoints (it fails unless they reproduce
+    # the run's AUCs): matching on age and sex costs the model little, as the README says.
+    rows = covariate_check(real_qtim, "--report", str(report))
+    model = rows["the run's model"]
+    assert model[0] == pytest.approx(agg["model"]["auc_twin_vs_unrelated"][0], abs=1e-3)
+    assert abs(model[1] - model[2]) < 0.02
 
 
-def test_covariate_check_finds_age_and_sex_out_and_the_baseline_clear_of_them(
-    real_qtim: Path,
-) -> None:
-    """bench/twins_covariates.py on real QTIM: what the README says of age and sex."""
-    script = Path(__file__).resolve().parents[2] / "bench" / "twins_covariates.py"
+def covariate_check(data: Path, *args: str) -> dict[str, list[float]]:
+    """bench/twins_covariates.py's rows: each similarity's three mean AUCs."""
     out = subprocess.run(
-        [sys.executable, str(script), "--data", str(real_qtim)],
+        [sys.executable, str(COVARIATES), "--data", str(data), *args],
         capture_output=True,
         text=True,
         check=True,
@@ -101,6 +106,14 @@ def test_covariate_check_finds_age_and_sex_out_and_the_baseline_clear_of_them(
         cells = re.findall(r"(\d\.\d{3}) ± \d\.\d{3}", line)
         if len(cells) == 3:
             rows[line[:34].strip()] = [float(c) for c in cells]
+    return rows
+
+
+def test_covariate_check_finds_age_and_sex_out_and_the_baseline_clear_of_them(
+    real_qtim: Path,
+) -> None:
+    """bench/twins_covariates.py on real QTIM: what the README says of age and sex."""
+    rows = covariate_check(real_qtim)
     alone, regressed = rows["age and sex alone"], rows["baseline (regressed, the task's)"]
     raw = rows["baseline without regression"]
     assert alone[0] > 0.9 and alone[2] == 0.5  # a giveaway, which matching takes away
@@ -109,12 +122,32 @@ def test_covariate_check_finds_age_and_sex_out_and_the_baseline_clear_of_them(
 
 
 def test_covariate_check_names_a_data_folder_without_qtim(tmp_path: Path) -> None:
-    script = Path(__file__).resolve().parents[2] / "bench" / "twins_covariates.py"
     run = subprocess.run(
-        [sys.executable, str(script), "--data", str(tmp_path)],
+        [sys.executable, str(COVARIATES), "--data", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 2
     assert f"--data {tmp_path}: no participants.tsv there" in run.stderr
+
+
+def test_covariate_check_names_a_report_folder_that_is_not_a_twins_run(
+    real_qtim: Path, tmp_path: Path
+) -> None:
+    functional = tmp_path / "functional"
+    functional.mkdir()
+    (functional / "summary.json").write_text('{"task": "twins_functional"}')
+    (functional / "config.yaml").write_text("seed: 42\n")
+    for folder, says in (
+        (tmp_path, "not a run's report folder"),
+        (functional, "a 'twins_functional' run"),
+    ):
+        run = subprocess.run(
+            [sys.executable, str(COVARIATES), "--data", str(real_qtim), "--report", str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 2
+        assert f"--report {folder}: {says}" in run.stderr

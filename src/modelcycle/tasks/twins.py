@@ -192,13 +192,16 @@ class TwinsTask(Task[TwinsData]):
 
     def evaluate(self, module: L.LightningModule, data: TwinsData, fold: Fold) -> Evaluation:
         """Cosine similarity of the model's embeddings of test subjects."""
+        return self.score(self.similarity(module, data, fold), data, fold.test)
+
+    def similarity(self, module: L.LightningModule, data: TwinsData, fold: Fold) -> np.ndarray:
+        """The model's cosine similarities of the test subjects, rows as `fold.test`."""
         assert isinstance(module, SiamesePairModel)
-        test = fold.test
-        X = torch.as_tensor(self.processed(data, fold)[test], dtype=torch.float32)
+        X = torch.as_tensor(self.processed(data, fold)[fold.test], dtype=torch.float32)
         module.eval()
         with torch.no_grad():
             E = module.embed(X).numpy()
-        return self.score(E @ E.T, data, test)
+        return np.asarray(E @ E.T)
 
     def score(self, S: np.ndarray, data: TwinsData, rows: np.ndarray) -> Evaluation:
         """Kinship metrics of a similarity matrix `S` over `rows` (model and baseline alike)."""

@@ -235,6 +235,12 @@ def test_train_given_an_experiment_name_alone_says_to_write_experiment_equals(
     assert "experiments: image_flowers" in result.stdout and "twins_graph" in result.stdout
 
 
+def test_promote_given_a_bare_version_says_to_use_the_option(workspace: Path) -> None:
+    result = runner.invoke(app, ["promote", "twins", "3", f"workspace={workspace}"])
+    assert result.exit_code == 2
+    assert "`modelcycle promote twins --version 3`" in result.stdout
+
+
 def test_a_key_deletion_override_passes_the_bare_word_check() -> None:
     cfg = compose_config(["~seed"])  # Hydra's `~key`: no `=`, still an override
     assert "seed" not in cfg and "run_name" in cfg

@@ -104,12 +104,24 @@ def slurm_env(mp: pytest.MonkeyPatch, per_node: int, nodes: int, procid: int = 0
         ({"devices": 0}, "trainer.devices=0"),
         ({"devices": "two"}, "trainer.devices='two'"),
         ({"num_nodes": 0}, "trainer.num_nodes=0"),
+        ({"max_epochs": "abc"}, "trainer.max_epochs='abc': give a whole number >= 1"),
+        ({"max_epochs": 0}, "trainer.max_epochs=0"),
+        ({"min_epochs": -1}, "trainer.min_epochs=-1"),
+        ({"patience": 2.5}, "trainer.patience=2.5"),
+        ({"limit_train_batches": 1.5}, "trainer.limit_train_batches=1.5"),
+        ({"limit_train_batches": 0}, "trainer.limit_train_batches=0"),
+        ({"deterministic": "yes"}, "trainer.deterministic='yes': give true or false"),
     ],
 )
 def test_invalid_settings_name_the_key(values: dict[str, object], named: str) -> None:
     with pytest.raises(ConfigError, match="trainer") as err:
         trainer_settings(values)
     assert named in str(err.value)
+
+
+def test_a_quick_run_below_min_epochs_is_allowed() -> None:
+    """`trainer.max_epochs=2` with the default min_epochs (5): max_epochs wins, no error."""
+    assert trainer_settings({"max_epochs": 2}).max_epochs == 2
 
 
 def test_one_process_needs_no_launcher(no_launcher: pytest.MonkeyPatch) -> None:

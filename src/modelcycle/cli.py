@@ -233,6 +233,11 @@ def promote(
 ) -> None:
     """Move an alias (default: champion) to a version; audited, hooks run."""
     with _clear_errors():
+        if overrides and overrides[0].isdigit():  # `promote twins 3`: a version, not an override
+            raise ConfigError(
+                f"{overrides[0]!r}: give the version as an option, e.g. "
+                f"`modelcycle promote {name} --version {overrides[0]}`."
+            )
         registry = build_registry(compose_config(overrides or []))
         hooks = registry.promote(name, alias, version, reason)
         target = registry.resolve(f"{name}@{alias}")

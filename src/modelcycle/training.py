@@ -62,6 +62,24 @@ class TrainerSettings:
             raise ValueError(f"trainer.devices={self.devices!r}: give a whole number or 'auto'.")
         if not isinstance(self.num_nodes, int) or self.num_nodes < 1:
             raise ValueError(f"trainer.num_nodes={self.num_nodes!r}: give a whole number >= 1.")
+        for key, least in (("max_epochs", 1), ("min_epochs", 0), ("patience", 1)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"trainer.{key}={value!r}: give a whole number >= {least}.")
+        batches = self.limit_train_batches
+        if (
+            isinstance(batches, bool)
+            or not isinstance(batches, int | float)
+            or batches <= 0
+            or (isinstance(batches, float) and batches > 1)
+        ):
+            raise ValueError(
+                f"trainer.limit_train_batches={batches!r}: give a share in (0, 1] or a whole "
+                "number of batches >= 1."
+            )
+        for key in ("deterministic", "progress_bar"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"trainer.{key}={getattr(self, key)!r}: give true or false.")
 
 
 def fit(

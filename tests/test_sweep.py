@@ -249,6 +249,22 @@ def test_cli_refuses_a_bad_space_by_name(workspace: Path, override: str, message
     assert "Traceback" not in result.stdout and not (workspace / "optuna.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sweep.trials=abc", "sweep.trials='abc': give a whole number"),
+        ("sweep.trials=0", "at least 1"),
+    ],
+)
+def test_cli_refuses_a_bad_trial_count_by_name(
+    workspace: Path, override: str, message: str
+) -> None:
+    result = runner.invoke(app, ["sweep", override])
+    assert result.exit_code == 2, result.stdout
+    assert message in result.stdout and "sweep.trials=" in result.stdout
+    assert not (workspace / "optuna.db").exists()
+
+
 def test_cli_refuses_an_unknown_override_by_name(workspace: Path) -> None:
     result = runner.invoke(app, ["sweep", "trainer.max_epoch=3"])
     assert result.exit_code == 2 and "trainer.max_epoch" in result.stdout

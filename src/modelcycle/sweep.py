@@ -61,8 +61,11 @@ class StudySettings:
     pruner: str = "none"
 
     def __post_init__(self) -> None:
+        for key, value in (("trials", self.trials), ("seed", self.seed)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SweepError(f"sweep.{key}={value!r}: give a whole number.")
         if self.trials < 1:
-            raise SweepError(f"trials={self.trials}: a sweep needs at least 1 trial.")
+            raise SweepError(f"sweep.trials={self.trials}: a sweep needs at least 1 trial.")
         if self.pruner not in PRUNERS:
             raise SweepError(f"sweep.pruner={self.pruner!r}: use one of {', '.join(PRUNERS)}.")
 

@@ -1,8 +1,16 @@
 import os
+from pathlib import Path
 
 import pytest
 
-from modelcycle.config import ConfigError, compose_config, serve_config
+from modelcycle.config import (
+    ConfigError,
+    assemble,
+    compose_config,
+    experiment_names,
+    serve_config,
+)
+from modelcycle.data.tables import DataError
 from modelcycle.serving.loading import VariantChoice
 
 
@@ -80,3 +88,50 @@ def test_the_smallest_valid_serve_settings_pass() -> None:
     overrides += ["serve.port=1", "serve.threads=1", "serve.api_key=k"]
     config = serve_config(compose_config(overrides))
     assert (config.port, config.settings.max_batch, config.settings.deadline_ms) == (1, 1, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["seed=abc"], r"seed='abc': give a whole number >= 0"),
+        (["cv.n_folds=abc"], r"cv.n_folds='abc': give a whole number >= 1"),
+        (["cv.n_folds=0"], r"cv.n_folds=0: give a whole number >= 1"),
+        (["task.lr=abc"], r"task.lr='abc': give a number\."),
+        (["task.lr=0"], r"lr=0: give a number above 0"),
+        (["task.val_fraction=2"], r"val_fraction=2: give a share strictly between 0 and 1"),
+        (["task.batch_size=0"], r"batch_size=0: give a whole number >= 1"),
+        (["task.weight_decay=-1"], r"weight_decay=-1: give a number >= 0"),
+        (["model.hidden=abc"], r"model.hidden='abc': give a list of whole numbers"),
+        (["model.hidden=[64,x]"], r"model.hidden=\[64, 'x'\]: give a list of whole numbers"),
+        (["model.dropout=lots"], r"model.dropout='lots': give a number"),
+        (["trainer.max_epochs=x"], r"trainer.max_epochs='x': give a whole number >= 1"),
+        (["trainer.progress_bar=maybe"], r"trainer.progress_bar='maybe': give true or false"),
+        (["experiment=twins_functional", "task.lr=x"], r"task.lr='x': give a number"),
+        (["experiment=twins_functional", "task.regress_covariates=no"], "give true or false"),
+        (["experiment=twins_functional", "model.top_k=x"], r"model.top_k='x': give a whole"),
+        (["experiment=image_rice", "model.drop_rate=x"], r"model.drop_rate='x': give a number"),
+        (["experiment=image_rice", "task.test_fraction=1"], r"test_fraction=1: give a share"),
+        (["experiment=image_rice", "task.hflip=3"], r"task.hflip=3: give true or false"),
+    ],
+)
+def test_a_run_setting_of_the_wrong_kind_or_range_is_named_before_any_work(
+    overrides: list[str], message: str
+) -> None:
+    # Each of these ended in a TypeError or ValueError deep in data loading or training
+    # (after a download when data.root was unset), with a traceback and no key named.
+    with pytest.raises(ConfigError, match=message):
+        assemble(compose_config(overrides))
+
+
+def test_every_experiment_passes_the_kind_checks_as_shipped() -> None:
+    for name in experiment_names():
+        assert assemble(compose_config([f"experiment={name}"])).task.name
+    kinds = assemble(compose_config(["model.hidden=[64,32]", "trainer.limit_train_batches=3"]))
+    assert kinds.trainer.limit_train_batches == 3  # a whole number of batches is a number too
+
+
+def test_too_many_folds_for_the_families_is_a_data_error(tiny_qtim: Path) -> None:
+    a = assemble(compose_config([f"data.root={tiny_qtim}", "cv.n_folds=1"]))
+    data, _ = a.task.load()
+    with pytest.raises(DataError, match=r"cv.n_folds=1: give between 2 and the number of fam"):
+        a.task.folds(data, 1, 42)

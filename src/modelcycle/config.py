@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import inspect
 import time
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -13,7 +16,7 @@ from typing import Any, TypeVar
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from modelcycle.loadtest import Budgets, LoadPlan
@@ -82,6 +85,18 @@ def assemble(cfg: DictConfig) -> Assembled:
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     task_params = {k: v for k, v in resolved["task"].items() if k != "name"}
     task_cls = get_task(cfg.task.name)
+    counts = (("seed", resolved["seed"], 0), ("cv.n_folds", resolved["cv"]["n_folds"], 1))
+    for name, value, least in counts:
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{name}={value!r}: give a whole number >= {least}.")
+    check_kinds(task_cls, "task", task_params)  # the task's constructor checks the ranges
+    for group in ("data", "model"):
+        values = {k: v for k, v in resolved[group].items() if not k.startswith("_")}
+        try:
+            target = get_object(resolved[group]["_target_"])
+        except (KeyError, ImportError, ValueError):
+            continue  # instantiate below names a target that does not load
+        check_kinds(target, group, values)
     try:
         source, encoder = instantiate(cfg.data), instantiate(cfg.model)
     except HydraException as err:
@@ -125,6 +140,83 @@ def _build(cls: Callable[..., T], group: str, **values: Any) -> T:
         raise ConfigError(f"{group} config: {err}. Valid keys: {known}.") from err
     except ValueError as err:  # a key it takes, with a value it refuses; the message names both
         raise ConfigError(f"{group} config: {err}") from err
+
+
+def check_kinds(target: Any, group: str, values: dict[str, Any]) -> None:
+    """Name a value whose kind `target`'s signature rules out: text for a number, say.
+
+    Only numbers and switches are checked (the values a wrong kind turns into a crash deep
+    in training, not a message); every other annotation is left to the target. A class's
+    hints are gathered over its bases, so a subclass passing `**kwargs` on is covered.
+
+    Raises:
+        ConfigError: Naming `group.key`, the value and the kind to give.
+    """
+    hints: dict[str, Any] = {}
+    for owner in reversed(getattr(target, "__mro__", (target,))):
+        init = vars(owner).get("__init__") if isinstance(owner, type) else owner
+        if owner is object or init is None:
+            continue
+        try:
+            hints |= typing.get_type_hints(init)
+        except (NameError, TypeError):  # a name only the type checker sees: nothing to check
+            continue
+    for key, value in values.items():
+        kind = _kind_of(hints.get(key))
+        if kind is not None and not _fits(value, hints[key]):
+            raise ConfigError(f"{group}.{key}={value!r}: give {kind}.")
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number"}
+
+
+def _members(hint: Any) -> tuple[list[Any], bool]:
+    """The types a hint allows besides None, and whether it allows None."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+        return [a for a in args if a is not type(None)], type(None) in args
+    return [hint], False
+
+
+def _kind_of(hint: Any) -> str | None:
+    """What to ask for when `hint` is a number, a switch or a list of numbers; else None."""
+    element = _element(hint)
+    if element is not None:
+        kind = _kind_of(element)
+        return None if kind is None else f"a list of {kind.removeprefix('a ')}s, e.g. [64, 32]"
+    members, optional = _members(hint)
+    if hint is None or not members or not all(m in _KINDS for m in members):
+        return None
+    if float in members:  # a whole number is a number
+        members = [m for m in members if m is not int]
+    either = " or ".join(dict.fromkeys(_KINDS[m] for m in members))
+    return either + (" or null" if optional else "")
+
+
+def _element(hint: Any) -> Any:
+    """The element type of `list[X]`, `tuple[X, ...]` or `Sequence[X]`; else None."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (list, collections.abc.Sequence) and len(args) == 1:
+        return args[0]
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return args[0]
+    return None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    element = _element(hint)
+    if element is not None:
+        return isinstance(value, list | tuple) and all(_fits(v, element) for v in value)
+    members, optional = _members(hint)
+    if value is None:
+        return optional
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return any(
+        (m is bool and isinstance(value, bool))
+        or (m is int and number and isinstance(value, int))
+        or (m is float and number)
+        for m in members
+    )
 
 
 def build_registry(cfg: DictConfig) -> Registry:

@@ -146,7 +146,7 @@ def test_stratified_splits_are_disjoint_and_cover_every_class() -> None:
         assert set(labels[part]) == {0, 1, 2, 3}
     kept, held = stratified_holdout(labels, np.arange(len(labels)), 0.2, seed=1)
     assert not set(kept) & set(held) and set(labels[held]) == set(labels[kept]) == {0, 1, 2, 3}
-    with pytest.raises(ValueError, match=r"smallest class size \(3\); use cv.n_folds=1"):
+    with pytest.raises(ValueError, match=r"smallest class size \(3\), or cv.n_folds=1"):
         stratified_kfold(labels, 4, seed=0)
 
 

@@ -184,9 +184,9 @@ def stratified_kfold(labels: np.ndarray, n_folds: int, seed: int) -> list[np.nda
     """`n_folds` disjoint test parts, each class dealt round-robin after a seeded shuffle."""
     counts = np.bincount(labels)
     if n_folds < 2 or n_folds > counts[counts > 0].min():
-        raise ValueError(
-            f"n_folds={n_folds} must be between 2 and the smallest class size "
-            f"({counts[counts > 0].min()}); use cv.n_folds=1 for one stratified holdout."
+        raise DataError(
+            f"cv.n_folds={n_folds}: give between 2 and the smallest class size "
+            f"({counts[counts > 0].min()}), or cv.n_folds=1 for one stratified holdout."
         )
     rng = np.random.default_rng(seed)
     fold_of = np.empty(len(labels), dtype=int)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from modelcycle.data.tables import DataError
+
 
 def group_kfold(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
     """Assign whole groups to `n_folds` folds of near-equal size, seeded.
@@ -16,8 +18,9 @@ def group_kfold(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]
     """
     names, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     if n_folds < 2 or n_folds > len(names):
-        raise ValueError(
-            f"n_folds={n_folds} must be between 2 and the number of groups ({len(names)})."
+        raise DataError(
+            f"cv.n_folds={n_folds}: give between 2 and the number of families ({len(names)}); "
+            "every fold holds out whole families."
         )
     order = np.random.default_rng(seed).permutation(len(names))
     order = order[np.argsort(-sizes[order], kind="stable")]

@@ -166,6 +166,35 @@ def available_tasks() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_settings(
+    positive: dict[str, float] | None = None,
+    whole: dict[str, int] | None = None,
+    shares: dict[str, float] | None = None,
+    non_negative: dict[str, float] | None = None,
+) -> None:
+    """Refuse task settings out of range, naming the first: the checks a constructor makes.
+
+    Args:
+        positive: Numbers that must be above 0 (a learning rate, a temperature).
+        whole: Counts that must be at least 1 (a batch size).
+        shares: Fractions that must lie strictly between 0 and 1.
+        non_negative: Numbers that must be at least 0 (a weight decay).
+
+    Raises:
+        ValueError: `key=value` and what to give.
+    """
+    rules = (
+        (positive, lambda v: v > 0, "a number above 0"),
+        (whole, lambda v: v >= 1, "a whole number >= 1"),
+        (shares, lambda v: 0 < v < 1, "a share strictly between 0 and 1"),
+        (non_negative, lambda v: v >= 0, "a number >= 0"),
+    )
+    for values, fits, kind in rules:
+        for key, value in (values or {}).items():
+            if not fits(value):
+                raise ValueError(f"{key}={value!r}: give {kind}.")
+
+
 class UnknownTaskError(KeyError):
     """No task is registered under the name asked for; the message lists those that are."""
 

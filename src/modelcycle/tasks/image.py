@@ -36,7 +36,14 @@ from modelcycle.evaluation.classification_plots import plot_classification
 from modelcycle.models.image_classifier import ImageClassifier, PixelClassifier, normalizer_for
 from modelcycle.ranks import validation_loader
 from modelcycle.servable import ServableModel
-from modelcycle.tasks.base import DataSummary, Evaluation, Fold, Task, register_task
+from modelcycle.tasks.base import (
+    DataSummary,
+    Evaluation,
+    Fold,
+    Task,
+    check_settings,
+    register_task,
+)
 from modelcycle.tasks.image_serving import ImageServing, image_features
 
 log = logging.getLogger(__name__)
@@ -88,6 +95,21 @@ class ImageTask(Task[ImageSet]):
         reference_rows: int = 400,
         top_k: int = 5,
     ) -> None:
+        check_settings(
+            positive={"lr": lr},
+            whole={"batch_size": batch_size, "top_k": top_k},
+            shares={"val_fraction": val_fraction, "test_fraction": test_fraction},
+            non_negative={
+                "weight_decay": weight_decay,
+                "label_smoothing": label_smoothing,
+                "shift": shift,
+                "num_workers": num_workers,
+                "held_out_rows": held_out_rows,
+                "reference_rows": reference_rows,
+            },
+        )
+        if label_smoothing > 1:
+            raise ValueError(f"label_smoothing={label_smoothing!r}: give a number from 0 to 1.")
         self.source, self.encoder = source, encoder
         self.lr, self.weight_decay, self.label_smoothing = lr, weight_decay, label_smoothing
         self.hflip, self.shift = hflip, shift

@@ -30,7 +30,14 @@ from modelcycle.models.pair_scoring import RawPairScorer
 from modelcycle.models.siamese import SiamesePairModel
 from modelcycle.servable import ServableModel
 from modelcycle.serving.adapter import ServingAdapter
-from modelcycle.tasks.base import DataSummary, Evaluation, Fold, Task, register_task
+from modelcycle.tasks.base import (
+    DataSummary,
+    Evaluation,
+    Fold,
+    Task,
+    check_settings,
+    register_task,
+)
 from modelcycle.tasks.twins_serving import TwinsServing
 
 FINAL = -1  # index of the final (deployable) fit, apart from the CV folds
@@ -109,6 +116,12 @@ class TwinsTask(Task[TwinsData]):
         val_fraction: float = 0.15,
         batch_size: int = 128,
     ) -> None:
+        check_settings(
+            positive={"lr": lr, "temperature": temperature},
+            whole={"negatives_per_positive": negatives_per_positive, "batch_size": batch_size},
+            shares={"val_fraction": val_fraction},
+            non_negative={"weight_decay": weight_decay, "margin": margin},
+        )
         self.source, self.encoder = source, encoder
         self.objective, self.lr, self.weight_decay = objective, lr, weight_decay
         self.margin, self.temperature = margin, temperature

@@ -241,6 +241,31 @@ def test_promote_given_a_bare_version_says_to_use_the_option(workspace: Path) ->
     assert "`modelcycle promote twins --version 3`" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--families", "0"], "data.families=0: give a whole number >= 1"),
+        (["--volumes", "3"], "data.n_volumes=3: synthetic runs that short would all be skipped"),
+        (["--families", "100000"], "data.families=100000 (--families): give between 1 and"),
+    ],
+)
+def test_synthetic_cohort_sizes_that_cannot_work_are_named_not_ignored(
+    real_qtim: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    option: list[str],
+    message: str,
+) -> None:
+    # --families 0 and --volumes 0 were taken as "not given" and wrote the default cohort;
+    # --volumes 3 wrote runs that preparation then skipped, every one.
+    monkeypatch.setenv("QTIM_ROOT", str(real_qtim))  # the families are drawn from its table
+    dest = tmp_path / "cohort"
+    result = runner.invoke(app, ["data", "fetch", "qtim-synthetic", "--dest", str(dest), *option])
+    assert result.exit_code == 2, result.stdout
+    assert message in result.stdout.replace("\n", "")
+    assert not dest.exists()
+
+
 def test_a_key_deletion_override_passes_the_bare_word_check() -> None:
     cfg = compose_config(["~seed"])  # Hydra's `~key`: no `=`, still an override
     assert "seed" not in cfg and "run_name" in cfg

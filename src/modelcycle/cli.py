@@ -667,8 +667,8 @@ def _fetch_synthetic(dest: Path | None, families: int | None, volumes: int | Non
 
     overrides = ["data=qtim_func"]
     overrides += [f"data.synthetic_dir={dest}"] if dest else []
-    overrides += [f"data.families={families}"] if families else []
-    overrides += [f"data.n_volumes={volumes}"] if volumes else []
+    overrides += [f"data.families={families}"] if families is not None else []
+    overrides += [f"data.n_volumes={volumes}"] if volumes is not None else []
     with _clear_errors():
         source = FunctionalSource(**_data_settings(compose_config(overrides)))
         root = source.resolve_root()

@@ -149,7 +149,10 @@ def sample_families(
     """Every row of `n_families` real families drawn without replacement, in id order."""
     families = np.unique(participants["family_id"])
     if not 1 <= n_families <= len(families):
-        raise DataError(f"n_families={n_families} must be between 1 and {len(families)}.")
+        raise DataError(
+            f"data.families={n_families} (--families): give between 1 and {len(families)}, "
+            "the families of QTIM's participants.tsv."
+        )
     chosen = set(rng.choice(families, size=n_families, replace=False))
     rows = participants[participants["family_id"].isin(chosen)]
     return rows.sort_values("participant_id").reset_index(drop=True)

@@ -245,7 +245,7 @@ def test_promote_given_a_bare_version_says_to_use_the_option(workspace: Path) ->
     ("option", "message"),
     [
         (["--families", "0"], "data.families=0: give a whole number >= 1"),
-        (["--volumes", "3"], "data.n_volumes=3: synthetic runs that short would all be skipped"),
+        (["--volumes", "0"], "data.n_volumes=0: give a whole number >= 1"),
         (["--families", "100000"], "data.families=100000 (--families): give between 1 and"),
     ],
 )
@@ -256,8 +256,7 @@ def test_synthetic_cohort_sizes_that_cannot_work_are_named_not_ignored(
     option: list[str],
     message: str,
 ) -> None:
-    # --families 0 and --volumes 0 were taken as "not given" and wrote the default cohort;
-    # --volumes 3 wrote runs that preparation then skipped, every one.
+    # --families 0 and --volumes 0 were taken as "not given" and wrote the default cohort.
     monkeypatch.setenv("QTIM_ROOT", str(real_qtim))  # the families are drawn from its table
     dest = tmp_path / "cohort"
     result = runner.invoke(app, ["data", "fetch", "qtim-synthetic", "--dest", str(dest), *option])

@@ -117,15 +117,9 @@ class FunctionalSource:
             values = dict(self.masker)
             values["confounds"] = tuple(values.get("confounds", ()))
             self.masker = MaskerSettings(**values)
-        for key in ("families", "resolution_mm", "n_parcels", "n_jobs"):
+        for key in ("families", "n_volumes", "resolution_mm", "n_parcels", "n_jobs"):
             if getattr(self, key) < 1:
                 raise DataError(f"data.{key}={getattr(self, key)}: give a whole number >= 1.")
-        if self.root is None and self.n_volumes < self.masker.min_volumes:
-            raise DataError(
-                f"data.n_volumes={self.n_volumes}: synthetic runs that short would all be "
-                f"skipped (data.masker.min_volumes={self.masker.min_volumes}); give at least "
-                f"{self.masker.min_volumes}."
-            )
 
     def resolve_root(self) -> Path:
         """The BIDS root: `root`, or the synthetic cohort (written when missing)."""

@@ -127,6 +127,11 @@ def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
     assert history.stdout.count("challenger") == 1 and history.stdout.count("champion") >= 1
     again = runner.invoke(app, ["register"])  # the latest run again, by hand: refused, exit 1
     assert again.exit_code == 1 and "does not beat the champion" in again.stdout
+    for named in (["register", champion.run_id], ["register", "--run", champion.run_id]):
+        again = runner.invoke(app, named)  # the champion's own run, named either way
+        assert again.exit_code == 1 and "does not beat the champion" in again.stdout, named
+    twice = runner.invoke(app, ["register", champion.run_id, "--run", "abc"])
+    assert twice.exit_code == 2 and "Two runs given" in twice.stdout
 
 
 def test_same_seed_same_numbers(tiny_qtim: Path, tmp_path: Path) -> None:
@@ -301,6 +306,8 @@ def test_release_without_a_train_run_is_one_clear_line(workspace: Path) -> None:
     result = runner.invoke(app, ["release"])
     assert result.exit_code == 2
     assert "No finished pipeline run" in result.stdout and "Traceback" not in result.stdout
+    result = runner.invoke(app, ["release", "abc123"])  # a run named first, as with --run
+    assert result.exit_code == 2 and "No run 'abc123'" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -175,9 +175,13 @@ def release_command(
         Path | None, typer.Option(help="Folder for the ONNX files (default: <workspace>/exports)")
     ] = None,
 ) -> None:
-    """Register a train run if it passes the gate, make a first version champion, export it."""
+    """Register a train run if it passes the gate, make a first version champion, export it.
+
+    The run comes first (`modelcycle release RUN [OVERRIDES]`) or as --run; default latest.
+    """
     with _clear_errors():
-        cfg = compose_config(overrides or [])
+        overrides, run = _leading_run(overrides, run)
+        cfg = compose_config(overrides)
         run_id = run
         if run == "latest":
             run_id = latest_pipeline_run(build_registry(cfg).uri, cfg.logger.experiment)
@@ -186,6 +190,16 @@ def release_command(
     code = _release(cfg, run_id, out or workspace_of(cfg) / "exports")
     if code:
         raise typer.Exit(code=code)
+
+
+def _leading_run(overrides: list[str] | None, run: str) -> tuple[list[str], str]:
+    """`register RUN [OVERRIDES]`: a first word that is no override is the run, like --run."""
+    rest = list(overrides or [])
+    if not rest or "=" in rest[0] or rest[0].startswith("~"):
+        return rest, run
+    if run != "latest":
+        raise ConfigError(f"Two runs given, {rest[0]!r} and --run {run}: give one.")
+    return rest[1:], rest[0]
 
 
 def _release(cfg: DictConfig, run_id: str, exports: Path) -> int:
@@ -210,9 +224,13 @@ def register(
     alias: Annotated[str, typer.Option(help="Alias to give the new version")] = "challenger",
     reason: Annotated[str, typer.Option(help="Why, for the audit trail")] = "registered",
 ) -> None:
-    """Register a pipeline run's model if it beats the baseline and the champion."""
+    """Register a pipeline run's model if it beats the baseline and the champion.
+
+    The run comes first (`modelcycle register RUN [OVERRIDES]`) or as --run; default latest.
+    """
     with _clear_errors():
-        cfg = compose_config(overrides or [])
+        overrides, run = _leading_run(overrides, run)
+        cfg = compose_config(overrides)
         registry = build_registry(cfg)
         run_id = (
             latest_pipeline_run(registry.uri, cfg.logger.experiment) if run == "latest" else run

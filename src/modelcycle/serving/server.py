@@ -20,7 +20,7 @@ from modelcycle.config import (
 )
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
-from modelcycle.registry import Registry
+from modelcycle.registry import Registry, StoreWatch
 from modelcycle.serving.app import create_app
 from modelcycle.serving.loading import (
     ModelLoadError,
@@ -42,7 +42,11 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
     def load() -> list[ServedModel]:
         return [load_served(registry, ref, cache, threads, variant) for ref in references]
 
+    store = StoreWatch(registry.uri)
+
     def reload(current: ServedModel) -> ServedModel | None:
+        if not store.may_have_changed(current.name):  # nothing written: the alias stayed
+            return None
         version = registry.alias_version(current.name, current.alias)
         if version is None or version == current.version:
             return None

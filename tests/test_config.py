@@ -130,8 +130,9 @@ def test_every_experiment_passes_the_kind_checks_as_shipped() -> None:
     assert kinds.trainer.limit_train_batches == 3  # a whole number of batches is a number too
 
 
-def test_too_many_folds_for_the_families_is_a_data_error(tiny_qtim: Path) -> None:
-    a = assemble(compose_config([f"data.root={tiny_qtim}", "cv.n_folds=1"]))
+def test_a_fold_count_the_families_cannot_fill_is_a_data_error(tiny_qtim: Path) -> None:
+    a = assemble(compose_config([f"data.root={tiny_qtim}"]))
     data, _ = a.task.load()
-    with pytest.raises(DataError, match=r"cv.n_folds=1: give between 2 and the number of fam"):
-        a.task.folds(data, 1, 42)
+    for n_folds in (1, 25):  # the tiny cohort has 24 families
+        with pytest.raises(DataError, match=rf"cv.n_folds={n_folds}: give between 2 and .*\(24\)"):
+            a.task.folds(data, n_folds, 42)

@@ -123,6 +123,18 @@ def test_a_run_setting_of_the_wrong_kind_or_range_is_named_before_any_work(
         assemble(compose_config(overrides))
 
 
+def test_a_fold_count_below_the_tasks_minimum_is_named_before_any_data_is_read(
+    tmp_path: Path,
+) -> None:
+    absent = f"data.root={tmp_path / 'absent'}"  # loading would fail: nothing is read
+    pairs = [("twins", "twins"), ("twins_graph", "twins"), ("twins_functional",) * 2]
+    for experiment, task in pairs:
+        with pytest.raises(ConfigError, match=rf"cv.n_folds=1: the {task} task needs at least 2"):
+            assemble(compose_config([f"experiment={experiment}", absent, "cv.n_folds=1"]))
+    image = assemble(compose_config(["experiment=image_rice", "cv.n_folds=1"]))
+    assert image.pipeline.n_folds == 1  # one stratified holdout
+
+
 def test_every_experiment_passes_the_kind_checks_as_shipped() -> None:
     for name in experiment_names():
         assert assemble(compose_config([f"experiment={name}"])).task.name

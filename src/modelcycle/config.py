@@ -89,6 +89,11 @@ def assemble(cfg: DictConfig) -> Assembled:
     for name, value, least in counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"{name}={value!r}: give a whole number >= {least}.")
+    if resolved["cv"]["n_folds"] < task_cls.min_folds:
+        raise ConfigError(
+            f"cv.n_folds={resolved['cv']['n_folds']}: the {cfg.task.name} task needs at least "
+            f"{task_cls.min_folds} folds."
+        )
     check_kinds(task_cls, "task", task_params)  # the task's constructor checks the ranges
     for group in ("data", "model"):
         values = {k: v for k, v in resolved[group].items() if not k.startswith("_")}

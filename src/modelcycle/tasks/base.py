@@ -73,6 +73,8 @@ class Task(ABC, Generic[D]):
     monitor: ClassVar[str] = "val_auc"
     #: Metrics shown in the summary table, in order.
     summary_metrics: ClassVar[tuple[str, ...]]
+    #: Fewest `cv.n_folds` the task's `folds` takes, checked before anything loads.
+    min_folds: ClassVar[int] = 1
 
     @abstractmethod
     def load(self) -> tuple[D, DataSummary]:

@@ -102,6 +102,7 @@ class TwinsTask(Task[TwinsData]):
         "top1",
         "top5",
     )
+    min_folds = 2  # family-grouped k-fold: a test part needs a training part beside it
 
     def __init__(
         self,

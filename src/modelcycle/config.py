@@ -19,6 +19,7 @@ from hydra.errors import HydraException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from modelcycle.kinds import is_number, is_whole
 from modelcycle.loadtest import Budgets, LoadPlan
 from modelcycle.monitoring.drift import DriftSettings
 from modelcycle.pipeline import PipelineSettings
@@ -49,10 +50,11 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose `conf/config.yaml` with command-line style overrides (`key=value`)."""
     for override in overrides:
         if "=" not in override and not override.startswith("~"):  # `~key` deletes a key
+            experiments = experiment_names()
             hint = (
                 f"to run that experiment, write experiment={override}"
-                if override in experiment_names()
-                else f"experiments: {', '.join(experiment_names())}"
+                if override in experiments
+                else f"experiments: {', '.join(experiments)}"
             )
             raise ConfigError(
                 f"{override!r} is not an override: give key=value, e.g. trainer.max_epochs=5 "
@@ -87,7 +89,7 @@ def assemble(cfg: DictConfig) -> Assembled:
     task_cls = get_task(cfg.task.name)
     counts = (("seed", resolved["seed"], 0), ("cv.n_folds", resolved["cv"]["n_folds"], 1))
     for name, value, least in counts:
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        if not is_whole(value) or value < least:
             raise ConfigError(f"{name}={value!r}: give a whole number >= {least}.")
     if resolved["cv"]["n_folds"] < task_cls.min_folds:
         raise ConfigError(
@@ -215,11 +217,10 @@ def _fits(value: Any, hint: Any) -> bool:
     members, optional = _members(hint)
     if value is None:
         return optional
-    number = isinstance(value, int | float) and not isinstance(value, bool)
     return any(
         (m is bool and isinstance(value, bool))
-        or (m is int and number and isinstance(value, int))
-        or (m is float and number)
+        or (m is int and is_whole(value))
+        or (m is float and is_number(value))
         for m in members
     )
 
@@ -289,7 +290,7 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
     values["cors_origins"] = tuple(values["cors_origins"])
     values["threads"] = values["threads"] or default_threads()
     settings = _build(ServeSettings, "serve", **values)
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+    if not is_whole(port) or not 1 <= port <= 65535:
         raise ConfigError(f"serve.port={port!r}: give a TCP port number from 1 to 65535.")
     capture_path = workspace_of(cfg) / "capture.db" if capture else None
     return ServeConfig(host, port, settings, capture_path, workers, connections, variant)

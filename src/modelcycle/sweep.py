@@ -30,6 +30,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from modelcycle.evaluation.report import CVReport, FoldResult
+from modelcycle.kinds import is_whole
 from modelcycle.pipeline import TrainingContext, cross_validate
 from modelcycle.search_space import Param
 from modelcycle.tracking import Tracker
@@ -62,7 +63,7 @@ class StudySettings:
 
     def __post_init__(self) -> None:
         for key, value in (("trials", self.trials), ("seed", self.seed)):
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_whole(value):
                 raise SweepError(f"sweep.{key}={value!r}: give a whole number.")
         if self.trials < 1:
             raise SweepError(f"sweep.trials={self.trials}: a sweep needs at least 1 trial.")

@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
+from modelcycle.kinds import is_number, is_whole
+
 log = logging.getLogger(__name__)
 
 #: Lightning precisions that keep the weights in fp32 (so exports stay fp32): full fp32, or
@@ -64,15 +66,10 @@ class TrainerSettings:
             raise ValueError(f"trainer.num_nodes={self.num_nodes!r}: give a whole number >= 1.")
         for key, least in (("max_epochs", 1), ("min_epochs", 0), ("patience", 1)):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if not is_whole(value) or value < least:
                 raise ValueError(f"trainer.{key}={value!r}: give a whole number >= {least}.")
         batches = self.limit_train_batches
-        if (
-            isinstance(batches, bool)
-            or not isinstance(batches, int | float)
-            or batches <= 0
-            or (isinstance(batches, float) and batches > 1)
-        ):
+        if not is_number(batches) or batches <= 0 or (isinstance(batches, float) and batches > 1):
             raise ValueError(
                 f"trainer.limit_train_batches={batches!r}: give a share in (0, 1] or a whole "
                 "number of batches >= 1."

@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from modelcycle.embeddings import monitor_columns
+from modelcycle.kinds import is_number, is_whole
 from modelcycle.monitoring.capture import Capture, CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.serving.adapter import RequestError, ServingAdapter, UnsupportedMediaError
@@ -97,14 +98,14 @@ class ServeSettings:
         }
         for key, hint in whole.items():
             value = getattr(self, key)
-            if not _number(value) or not isinstance(value, int) or value < 1:
+            if not is_whole(value) or value < 1:
                 raise ValueError(f"{key}={value!r}: give a whole number >= 1{hint}.")
         spans = {"max_wait_ms": "0: never wait", "reload_seconds": "0: no hot reload"}
         for key, hint in spans.items():
             value = getattr(self, key)
-            if not _number(value) or not 0 <= value < float("inf"):
+            if not is_number(value) or not 0 <= value < float("inf"):
                 raise ValueError(f"{key}={value!r}: give a finite number >= 0 ({hint}).")
-        if not _number(self.deadline_ms) or not 0 < self.deadline_ms < float("inf"):
+        if not is_number(self.deadline_ms) or not 0 < self.deadline_ms < float("inf"):
             raise ValueError(
                 f"deadline_ms={self.deadline_ms!r}: give the milliseconds a request may take, > 0."
             )
@@ -113,10 +114,6 @@ class ServeSettings:
                 "api_key is empty (MODELCYCLE_API_KEY set to nothing?): set a non-empty key, or "
                 "unset it to serve without one."
             )
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 #: Given the served model, its alias's newer version loaded (not yet warmed), or None.

@@ -1,13 +1,17 @@
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig
 
 from modelcycle.config import (
     ConfigError,
     assemble,
     compose_config,
     experiment_names,
+    loadtest_config,
+    monitor_config,
     serve_config,
 )
 from modelcycle.data.tables import DataError
@@ -121,6 +125,37 @@ def test_a_run_setting_of_the_wrong_kind_or_range_is_named_before_any_work(
     # (after a download when data.root was unset), with a traceback and no key named.
     with pytest.raises(ConfigError, match=message):
         assemble(compose_config(overrides))
+
+
+@pytest.mark.parametrize(
+    ("build", "override", "message"),
+    [
+        (monitor_config, "monitor.window=abc", r"monitor.window='abc': give a whole number"),
+        (
+            monitor_config,
+            "monitor.window=1",
+            r"monitor.window=1: give a whole number of captures >= 2",
+        ),
+        (monitor_config, "monitor.interval_seconds=abc", r"interval_seconds='abc': give the"),
+        (monitor_config, "monitor.interval_seconds=-1", r"interval_seconds=-1: give the seconds"),
+        (monitor_config, "monitor.alpha=abc", r"monitor.alpha='abc': give a number\."),
+        (monitor_config, "monitor.min_captures=x", r"monitor.min_captures='x': give a whole"),
+        (loadtest_config, "loadtest.duration_s=x", r"loadtest.duration_s='x': give a number"),
+        (loadtest_config, "loadtest.p99_ms=0", r"p99_ms=0: give the milliseconds, above 0"),
+        (serve_config, "serve.capture=abc", r"serve.capture='abc': give true or false"),
+        (serve_config, "serve.workers=true", r"serve.workers=True: give a whole number"),
+        (serve_config, "workspace=5", r"workspace=5: give a folder path"),
+        (assemble, "report_dir=5", r"report_dir=5: give a folder path"),
+    ],
+)
+def test_a_command_setting_of_the_wrong_kind_or_range_is_named(
+    build: Callable[[DictConfig], object], override: str, message: str
+) -> None:
+    # monitor.window=abc and monitor.interval_seconds=abc ended in a traceback; monitor.alpha
+    # and loadtest.users read "'<' not supported between instances ..."; text budgets and
+    # serve.capture=abc were taken as given, and report_dir=5 ended in a TypeError.
+    with pytest.raises(ConfigError, match=message):
+        build(compose_config([override]))
 
 
 def test_a_fold_count_below_the_tasks_minimum_is_named_before_any_data_is_read(

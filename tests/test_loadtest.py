@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,26 @@ def test_an_address_without_http_is_refused_naming_the_form(tmp_path: Path, url:
 def test_a_plan_without_load_is_refused(plan: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="at least one user"):
         LoadPlan(**plan)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--spawn-rate", "0"], "a positive spawn rate"),  # 0 was taken as "not given"
+        (["loadtest.p99_ms=abc"], r"loadtest.p99_ms='abc': give a number"),
+        (["loadtest.max_error_rate=2"], r"max_error_rate=2: give a share from 0 to 1"),
+        (["loadtest.min_rps=-1"], r"min_rps=-1: give requests per second"),
+        (["loadtest.users=many"], r"loadtest.users='many': give a whole number"),
+    ],
+)
+def test_a_bad_plan_or_budget_is_refused_before_any_load(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    # Before, text budgets were taken and the run crashed comparing them after its load.
+    code, output = _loadtest(f"http://127.0.0.1:{free_port()}", tmp_path, *args)
+    assert code == 2, output
+    assert re.search(message, " ".join(output.split())), output
+    assert "Locust:" not in output  # nothing was started
 
 
 @pytest.mark.slow

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from logging import StreamHandler
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +58,13 @@ def sweep(
     pruner: str = "none",
     space: Mapping[str, Any] | None = None,
     metric: str = "score",
+    reported: tuple[type[BaseException], ...] = (),
 ) -> SweepResult:
     workspace.mkdir(parents=True, exist_ok=True)
     settings = StudySettings("s", f"sqlite:///{workspace / 'optuna.db'}", trials, seed, pruner)
     params = parse_space(space or SPACE)
-    return run_sweep(settings, params, objective, tracker, metric, workspace / "report")
+    report = workspace / "report"
+    return run_sweep(settings, params, objective, tracker, metric, report, reported=reported)
 
 
 def stored(workspace: Path) -> optuna.Study:
@@ -140,17 +145,46 @@ def test_pruned_trials_count_toward_the_target(tracker: Tracker, tmp_path: Path)
     assert ended[f"s-trial{pruned[0]}"] == ("FINISHED", "pruned")
 
 
+@pytest.fixture
+def optuna_log() -> Iterator[io.StringIO]:
+    """What Optuna's own log handler writes (to stderr) while the test runs."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # as run_sweep does; sets it up
+    handlers = [h for h in logging.getLogger("optuna").handlers if isinstance(h, StreamHandler)]
+    assert handlers, "Optuna logs through its own handler"
+    written = io.StringIO()
+    streams = [h.setStream(written) for h in handlers]
+    yield written
+    for handler, stream in zip(handlers, streams, strict=True):
+        handler.setStream(stream)
+
+
 def test_a_failing_trial_stops_the_sweep_and_does_not_count(
-    tracker: Tracker, tmp_path: Path
+    tracker: Tracker, tmp_path: Path, optuna_log: io.StringIO
 ) -> None:
     def broken(overrides: list[str], report: Callable[[int, float], None]) -> float:
         raise ConfigError("task.lr=-1: the learning rate must be positive")
 
     with pytest.raises(ConfigError, match="learning rate"):
-        sweep(tracker, tmp_path, 3, objective=broken)
+        sweep(tracker, tmp_path, 3, objective=broken, reported=(ConfigError,))
     trials = stored(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.FAIL]
+    # Optuna notes the failed trial; the caller states the error, so no traceback is logged
+    noted = optuna_log.getvalue()
+    assert "Trial 0 failed" in noted and "learning rate" in noted
+    assert "Traceback" not in noted
     assert sweep(tracker, tmp_path, 2).ran == 2  # the failed trial leaves the target where it was
+
+
+def test_an_unexpected_trial_error_keeps_its_traceback(
+    tracker: Tracker, tmp_path: Path, optuna_log: io.StringIO
+) -> None:
+    def buggy(overrides: list[str], report: Callable[[int, float], None]) -> float:
+        raise KeyError("a bug, not the user's input")
+
+    with pytest.raises(KeyError):
+        sweep(tracker, tmp_path, 1, objective=buggy, reported=(ConfigError,))
+    noted = optuna_log.getvalue()
+    assert "Trial 0 failed" in noted and "Traceback" in noted
 
 
 def test_resuming_with_other_choices_or_metric_is_refused(tracker: Tracker, tmp_path: Path) -> None:
@@ -263,6 +297,17 @@ def test_cli_refuses_a_bad_trial_count_by_name(
     assert result.exit_code == 2, result.stdout
     assert message in result.stdout and "sweep.trials=" in result.stdout
     assert not (workspace / "optuna.db").exists()
+
+
+def test_cli_reads_the_data_before_the_first_trial(workspace: Path, tmp_path: Path) -> None:
+    # Before, each trial found the data missing (after a download attempt when data.root was
+    # unset): Optuna logged the failed trial with a traceback, and the study kept it.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["sweep", f"data.root={empty}", "--trials", "1"])
+    assert result.exit_code == 2, result.stdout
+    assert "participants.tsv: file not found" in result.stdout.replace("\n", "")
+    assert "Traceback" not in result.stdout and not (workspace / "optuna.db").exists()
 
 
 def test_cli_refuses_an_unknown_override_by_name(workspace: Path) -> None:

@@ -447,8 +447,8 @@ def loadtest(
     try:
         plan = replace(
             plan,
-            users=users or plan.users,
-            spawn_rate=spawn_rate or plan.spawn_rate,
+            users=plan.users if users is None else users,
+            spawn_rate=plan.spawn_rate if spawn_rate is None else spawn_rate,
             duration_s=parse_duration(duration) if duration else plan.duration_s,
         )
     except ValueError as err:
@@ -498,6 +498,8 @@ def sweep(
         cfg = compose_config(base)
         plan = sweep_config(cfg, trials, study, storage)
         assembled = assemble(cfg)
+        # Data that cannot be fetched or read fails every trial: find out before the first.
+        assembled.task.load()
         assembled.workspace.mkdir(parents=True, exist_ok=True)
         tracker = Tracker(assembled.tracking, assembled.workspace)
         objective = CrossValidation(
@@ -519,6 +521,7 @@ def sweep(
                 plan.report_dir,
                 _print_trial,
                 assembled.resolved,
+                REPORTED,
             )
         except SweepError as err:
             raise ConfigError(str(err)) from err
@@ -772,6 +775,18 @@ def _run(cfg: DictConfig) -> PipelineResult:
         )
 
 
+#: Errors of the user's input or setup, reported in one line each: their messages name the fix.
+REPORTED = (
+    ConfigError,
+    DataError,
+    EvaluationError,
+    FetchError,
+    RegistryError,
+    ModelLoadError,
+    UnknownTaskError,
+)
+
+
 @contextmanager
 def _clear_errors() -> Iterator[None]:
     """Turn expected input errors into one red line and exit code 2, not a stack trace."""
@@ -780,15 +795,7 @@ def _clear_errors() -> Iterator[None]:
     except GateError as err:  # a refusal, not a mistake: exit 1 with both numbers
         console.print(f"[yellow]refused:[/yellow] {err}", soft_wrap=True)
         raise typer.Exit(code=1) from err
-    except (
-        ConfigError,
-        DataError,
-        EvaluationError,
-        FetchError,
-        RegistryError,
-        ModelLoadError,
-        UnknownTaskError,
-    ) as err:
+    except REPORTED as err:
         console.print(f"[red]error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     except OSError as err:  # a path given or configured that cannot be read or written

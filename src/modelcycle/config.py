@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc
 import difflib
 import inspect
+import math
 import time
 import types
 import typing
@@ -96,6 +97,11 @@ def assemble(cfg: DictConfig) -> Assembled:
             f"cv.n_folds={resolved['cv']['n_folds']}: the {cfg.task.name} task needs at least "
             f"{task_cls.min_folds} folds."
         )
+    report_dir = resolved.get("report_dir")
+    if report_dir is not None and not isinstance(report_dir, str):
+        raise ConfigError(
+            f"report_dir={report_dir!r}: give a folder path, or null for one per run."
+        )
     check_kinds(task_cls, "task", task_params)  # the task's constructor checks the ranges
     for group in ("data", "model"):
         values = {k: v for k, v in resolved[group].items() if not k.startswith("_")}
@@ -109,12 +115,14 @@ def assemble(cfg: DictConfig) -> Assembled:
     except HydraException as err:
         raise ConfigError(f"Cannot build the data source or the model: {err}") from err
     return Assembled(
-        task=_build(task_cls, "task", source=source, encoder=encoder, **task_params),
+        task=_build(  # kinds checked above, before the data source was built
+            task_cls, "task", kinds=False, source=source, encoder=encoder, **task_params
+        ),
         pipeline=PipelineSettings(
             resolved["run_name"],
             resolved["cv"]["n_folds"],
             resolved["seed"],
-            Path(resolved["report_dir"]) if resolved.get("report_dir") else None,
+            Path(report_dir) if report_dir else None,
         ),
         trainer=trainer_settings(resolved["trainer"]),
         tracking=_build(TrackingSettings, "logger", **resolved["logger"]),
@@ -125,7 +133,7 @@ def assemble(cfg: DictConfig) -> Assembled:
 
 def trainer_settings(values: dict[str, Any]) -> TrainerSettings:
     """The `trainer` group as settings, checked against the launcher of this process."""
-    settings = _build(TrainerSettings, "trainer", **values)
+    settings = _build(TrainerSettings, "trainer", kinds=False, **values)
     try:
         check_launch(settings)
     except LaunchError as err:
@@ -136,8 +144,14 @@ def trainer_settings(values: dict[str, Any]) -> TrainerSettings:
 T = TypeVar("T")
 
 
-def _build(cls: Callable[..., T], group: str, **values: Any) -> T:
-    """Call `cls(**values)`; a key it does not take becomes a ConfigError naming the group."""
+def _build(cls: Callable[..., T], group: str, kinds: bool = True, **values: Any) -> T:
+    """Call `cls(**values)`; a key it does not take becomes a ConfigError naming the group.
+
+    With `kinds`, a value of the wrong kind (text for a number) is named first; without, `cls`
+    names wrong kinds itself, with its ranges in the message.
+    """
+    if kinds:
+        check_kinds(cls, group, values)
     try:
         return cls(**values)
     except TypeError as err:
@@ -252,6 +266,8 @@ def tracking_settings(cfg: DictConfig) -> TrackingSettings:
 
 def workspace_of(cfg: DictConfig) -> Path:
     """The workspace root as an absolute path."""
+    if not isinstance(cfg.workspace, str) or not cfg.workspace:
+        raise ConfigError(f"workspace={cfg.workspace!r}: give a folder path, e.g. workspace=runs.")
     return Path(cfg.workspace).expanduser().resolve()
 
 
@@ -272,11 +288,13 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
     """The server's settings from the `serve` config group."""
     values: dict[str, Any] = OmegaConf.to_container(cfg.serve, resolve=True)  # type: ignore[assignment]
     host, port, capture = values.pop("host"), values.pop("port"), values.pop("capture")
+    if not isinstance(capture, bool):
+        raise ConfigError(f"serve.capture={capture!r}: give true or false.")
     workers = values.pop("workers", 1)
-    if not isinstance(workers, int) or workers < 1:
+    if not is_whole(workers) or workers < 1:
         raise ConfigError(f"serve.workers={workers!r}: give a whole number of processes, >= 1.")
     connections = values.pop("max_connections", None)
-    if connections is not None and (not isinstance(connections, int) or connections < 1):
+    if connections is not None and (not is_whole(connections) or connections < 1):
         raise ConfigError(
             f"serve.max_connections={connections!r}: give a whole number >= 1, or null for "
             "no limit."
@@ -289,7 +307,7 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
     )
     values["cors_origins"] = tuple(values["cors_origins"])
     values["threads"] = values["threads"] or default_threads()
-    settings = _build(ServeSettings, "serve", **values)
+    settings = _build(ServeSettings, "serve", kinds=False, **values)
     if not is_whole(port) or not 1 <= port <= 65535:
         raise ConfigError(f"serve.port={port!r}: give a TCP port number from 1 to 65535.")
     capture_path = workspace_of(cfg) / "capture.db" if capture else None
@@ -315,12 +333,17 @@ def monitor_config(cfg: DictConfig) -> MonitorConfig:
         raise
     except ValueError as err:
         raise ConfigError(f"monitor config: {err}") from err
-    if float(interval) < 0 or int(window) < 2:
+    if not is_number(interval) or not 0 <= interval < math.inf:
         raise ConfigError(
-            f"monitor config: interval_seconds={interval} must be >= 0 (0: off) and "
-            f"window={window} at least 2."
+            f"monitor.interval_seconds={interval!r}: give the seconds between the server's "
+            "drift checks, >= 0 (0: never)."
         )
-    return MonitorConfig(drift, float(interval), int(window))
+    if not is_whole(window) or window < 2:
+        raise ConfigError(
+            f"monitor.window={window!r}: give a whole number of captures >= 2, the newest the "
+            "server tests."
+        )
+    return MonitorConfig(drift, float(interval), window)
 
 
 def loadtest_config(cfg: DictConfig) -> tuple[LoadPlan, Budgets]:

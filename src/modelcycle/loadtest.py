@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -69,6 +70,14 @@ class Budgets:
     p99_ms: float = 250.0
     max_error_rate: float = 0.01
     min_rps: float = 50.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.p99_ms < math.inf:
+            raise ValueError(f"p99_ms={self.p99_ms}: give the milliseconds, above 0.")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ValueError(f"max_error_rate={self.max_error_rate}: give a share from 0 to 1.")
+        if not 0 <= self.min_rps < math.inf:
+            raise ValueError(f"min_rps={self.min_rps}: give requests per second, >= 0.")
 
 
 @dataclass(frozen=True)

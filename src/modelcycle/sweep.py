@@ -15,7 +15,8 @@ import os
 import socket
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -288,13 +289,16 @@ def run_sweep(
     report_dir: Path,
     progress: Progress | None = None,
     config: Mapping[str, Any] | None = None,
+    reported: tuple[type[BaseException], ...] = (),
 ) -> SweepResult:
     """Run trials until the study has `settings.trials` finished (complete or pruned) trials.
 
     Trials already in the study count, so rerunning resumes; trials other workers are running
     count too, so workers sharing a study stop together. Each trial is a nested run of one
     tracked sweep run, with its parameters and value; `config`, the resolved config the trials
-    start from, is logged as the sweep run's parameters.
+    start from, is logged as the sweep run's parameters. A trial's error stops the sweep and
+    reaches the caller; for the `reported` kinds, which the caller states in one line (a data
+    or config error), Optuna's note of the failed trial leaves out the traceback.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(settings, metric, space)
@@ -310,7 +314,8 @@ def run_sweep(
                 break
             numbers: list[int] = []
             trial = _trial_function(settings, space, objective, tracker, numbers)
-            study.optimize(trial, n_trials=1)
+            with _without_tracebacks(reported):
+                study.optimize(trial, n_trials=1)
             ran += 1
             if progress is not None:
                 mine = study.get_trials(deepcopy=False)[numbers[0]]
@@ -322,6 +327,25 @@ def run_sweep(
             tracker.log_metrics({"best_value": result.best.value})
         tracker.log_artifacts(result.files)
     return result
+
+
+@contextmanager
+def _without_tracebacks(kinds: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Drop the traceback from Optuna's log records of an error of one of `kinds`."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], kinds):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    handlers = list(logging.getLogger("optuna").handlers)  # Optuna's own, set up above
+    for handler in handlers:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop)
 
 
 def _trial_function(

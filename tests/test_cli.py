@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import mlflow
@@ -204,6 +205,33 @@ def test_serve_refuses_unknown_and_unexported_models_in_one_line(
     outputs = unknown.stdout + no_alias.stdout + by_version.stdout + variant.stdout
     outputs += batch.stdout + port.stdout + twice.stdout
     assert "Traceback" not in outputs
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_names_an_address_it_cannot_listen_on_before_loading(
+    served_workspace: ServedWorkspace, workers: str
+) -> None:
+    # uvicorn said so only after the models had loaded and warmed (one worker), in its own
+    # words: "[Errno 98] error while attempting to bind ...", "Name or service not known".
+    root, processes = f"workspace={served_workspace.root}", f"serve.workers={workers}"
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        taken = runner.invoke(
+            app, ["serve", "twins@champion", root, processes, f"serve.port={port}"]
+        )
+    assert taken.exit_code == 2, taken.stdout
+    said = " ".join(taken.stdout.split())
+    assert f"serve.port={port}: cannot listen on 127.0.0.1:{port} (Address already in use)" in said
+    assert f"serve.port={port + 1}" in said and "Serving" not in said
+    unknown = runner.invoke(
+        app, ["serve", "twins@champion", root, processes, "serve.host=no.invalid"]
+    )
+    assert unknown.exit_code == 2, unknown.stdout
+    said = " ".join(unknown.stdout.split())
+    assert "serve.host='no.invalid': cannot listen on no.invalid:8000" in said
+    assert "127.0.0.1 for this machine only" in said and "Serving" not in said
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_line(

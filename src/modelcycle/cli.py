@@ -45,7 +45,12 @@ from modelcycle.ranks import is_rank_zero
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
 from modelcycle.serving.loading import ModelLoadError
-from modelcycle.serving.server import build_server, check_references, run_server
+from modelcycle.serving.server import (
+    build_server,
+    check_address,
+    check_references,
+    run_server,
+)
 from modelcycle.serving.workers import run_workers
 from modelcycle.sweep import SweepResult, TrialRecord
 from modelcycle.tasks.base import DataSummary, UnknownTaskError
@@ -330,6 +335,7 @@ def serve(
     with _clear_errors():
         cfg = compose_config(overrides)
         config = serve_config(cfg)
+        check_address(config.host, config.port)
         if config.workers > 1:
             check_references(cfg, references)
         else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -12,6 +14,7 @@ from fastapi import FastAPI
 from omegaconf import DictConfig
 
 from modelcycle.config import (
+    ConfigError,
     ServeConfig,
     build_registry,
     monitor_config,
@@ -100,6 +103,41 @@ class GracefulServer(uvicorn.Server):
         """Mark the app not ready, then let uvicorn stop accepting and finish what it has."""
         self.on_stop()
         super().handle_exit(sig, frame)
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind `host:port` as uvicorn will, and let go, so a bad address is named early.
+
+    A name that does not resolve, or a port another process holds, is named before any model
+    loads; uvicorn would say so after, in its own words.
+
+    Raises:
+        ConfigError: Naming serve.host or serve.port and what to give instead.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise ConfigError(_bind_error(host, port, err)) from err
+
+
+def _bind_error(host: str, port: int, err: OSError) -> str:
+    where = f"cannot listen on {host}:{port} ({err.strerror})"
+    if err.errno == errno.EADDRINUSE:
+        return (
+            f"serve.port={port}: {where}. Stop what holds it, or choose another port, e.g. "
+            f"serve.port={port + 1 if port < 65535 else 8000}."
+        )
+    if err.errno == errno.EACCES:
+        return (
+            f"serve.port={port}: {where}. Ports below 1024 need privileges; e.g. serve.port=8000."
+        )
+    return (
+        f"serve.host={host!r}: {where}. Give an address of this machine: 127.0.0.1 for this "
+        "machine only, 0.0.0.0 for every interface."
+    )
 
 
 def run_server(app: FastAPI, host: str, port: int, max_connections: int | None = None) -> None:

@@ -133,6 +133,10 @@ def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
         assert again.exit_code == 1 and "does not beat the champion" in again.stdout, named
     twice = runner.invoke(app, ["register", champion.run_id, "--run", "abc"])
     assert twice.exit_code == 2 and "Two runs given" in twice.stdout
+    same = runner.invoke(app, ["promote", "twins"])  # the challenger is the champion already
+    assert same.exit_code == 0, same.stdout
+    assert "twins@champion is already version 1: nothing moved" in same.stdout
+    assert len(registry.history("twins")) == 2
 
 
 def test_same_seed_same_numbers(tiny_qtim: Path, tmp_path: Path) -> None:

@@ -193,6 +193,28 @@ def test_a_bad_alias_is_refused_before_anything_is_written(
     assert [(e.alias, e.version) for e in registry.history("twins")] == [("challenger", "1")]
 
 
+def test_promoting_to_the_version_an_alias_holds_moves_nothing(
+    store: Tracker, tmp_path: Path
+) -> None:
+    # Before, `promote twins` run twice appended "champion 1 → 1" to the history and ran the
+    # hooks again (a CI deploy triggered for no change).
+    calls = tmp_path / "calls"
+    script = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
+    hook = CommandHook([sys.executable, "-c", script, str(calls), "{alias}={version}"])
+    registry = Registry(store.uri, [hook])
+    registry.register(_run(store, 0.94, 0.91, tmp_path), "twins")
+    assert registry.promote("twins") is not None
+    assert registry.promote("twins") is None  # the challenger, v1, is already champion
+    assert registry.promote("twins", version="1", reason="again") is None
+    assert calls.read_text().split() == ["challenger=1", "champion=1"]
+    assert [(m.alias, m.version) for m in registry.history("twins")] == [
+        ("challenger", "1"),
+        ("champion", "1"),
+    ]
+    staging = registry.promote("twins", alias="staging", version="1")  # another alias moves
+    assert staging is not None and registry.resolve("twins@staging").version == "1"
+
+
 def test_promote_without_a_challenger_says_what_to_do(store: Tracker, tmp_path: Path) -> None:
     registry = Registry(store.uri)
     registry.register(_run(store, 0.94, 0.91, tmp_path), "twins", alias="candidate")

@@ -264,6 +264,12 @@ def promote(
         registry = build_registry(compose_config(overrides or []))
         hooks = registry.promote(name, alias, version, reason)
         target = registry.resolve(f"{name}@{alias}")
+    if hooks is None:
+        console.print(
+            f"{name}@{alias} is already version {target.version}: nothing moved, nothing "
+            "added to the history, no hooks run."
+        )
+        return
     console.print(f"{name}@{alias} → version {target.version}")
     _print_hooks(hooks)
 

@@ -198,13 +198,21 @@ class Registry:
 
     def promote(
         self, name: str, alias: str = CHAMPION, version: str | None = None, reason: str = ""
-    ) -> list[HookResult]:
-        """Move `alias` (default champion) to `version` (default: the current challenger)."""
+    ) -> list[HookResult] | None:
+        """Move `alias` (default champion) to `version` (default: the current challenger).
+
+        Returns:
+            The hooks' results; None when `alias` already points at that version, in which
+            case nothing is moved, audited or announced to the hooks.
+        """
         target = version or self.alias_version(name, CHALLENGER)
         if target is None:
             raise RegistryError(
                 f"{name} has no {CHALLENGER} to promote; pass --version or register a run first."
             )
+        if self.alias_version(name, alias) == str(target):
+            log.info("%s@%s is already version %s: nothing moved", name, alias, target)
+            return None
         return self.move_alias(name, alias, target, reason or f"promoted to {alias}")
 
     def history(self, name: str) -> list[AliasMoved]:

@@ -343,7 +343,14 @@ def test_release_without_a_train_run_is_one_clear_line(workspace: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["history", "twins"], ["serve", "twins@champion"], ["promote", "twins"]]
+    "command",
+    [
+        ["history", "twins"],
+        ["serve", "twins@champion"],
+        ["promote", "twins"],
+        ["evaluate", "latest"],  # created an empty store, then said the run was not in it
+        ["evaluate", "0123abcd"],
+    ],
 )
 def test_registry_commands_in_a_mistyped_workspace_create_nothing(
     tmp_path: Path, command: list[str]

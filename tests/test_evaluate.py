@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from modelcycle.cli import app
+from modelcycle.tracking import Tracker, TrackingSettings
 
 runner = CliRunner()
 TINY = ["debug=tiny", "trainer.max_epochs=2"]
@@ -72,7 +73,8 @@ def test_evaluate_rescores_a_train_run_to_the_numbers_train_wrote(
 
 
 def test_evaluate_names_a_bad_run_and_how_to_find_run_ids(workspace: Path, tmp_path: Path) -> None:
-    workspace.mkdir()
+    Tracker(TrackingSettings(), workspace)  # a store with no train run in it
+    assert (workspace / "mlflow.db").is_file()
     unknown = runner.invoke(app, ["evaluate", "no-such-run"])
     assert unknown.exit_code == 2, unknown.stdout
     assert "No run 'no-such-run'" in unknown.stdout

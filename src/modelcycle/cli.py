@@ -33,6 +33,7 @@ from modelcycle.config import (
     monitor_config,
     serve_config,
     tracking_settings,
+    trained_store,
     workspace_of,
 )
 from modelcycle.data.openneuro import FetchError
@@ -54,7 +55,7 @@ from modelcycle.serving.server import (
 from modelcycle.serving.workers import run_workers
 from modelcycle.sweep import SweepResult, TrialRecord
 from modelcycle.tasks.base import DataSummary, UnknownTaskError
-from modelcycle.tracking import Tracker, tracking_uri
+from modelcycle.tracking import Tracker
 
 app = typer.Typer(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
@@ -137,8 +138,7 @@ def _evaluate(cfg: DictConfig, run: str, out: Path | None) -> PipelineResult:
     """Find the run in the configured store, rebuild its task from its own config, re-score."""
     from omegaconf import OmegaConf
 
-    tracking, workspace = tracking_settings(cfg), workspace_of(cfg)
-    uri = tracking_uri(tracking, workspace)
+    tracking, workspace, uri = tracking_settings(cfg), workspace_of(cfg), trained_store(cfg)
     found = locate_run(run, uri, tracking.experiment)
     recorded = assemble(OmegaConf.create(found.config))
     settings = recorded.pipeline

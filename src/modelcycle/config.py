@@ -246,16 +246,24 @@ def build_registry(cfg: DictConfig) -> Registry:
         hooks = hooks_from_config(items)  # type: ignore[arg-type]
     except HookError as err:
         raise ConfigError(f"registry.hooks: {err}") from err
+    return Registry(trained_store(cfg), hooks)
+
+
+def trained_store(cfg: DictConfig) -> str:
+    """The tracking URI of a store that training has written to, for commands that read it.
+
+    Raises:
+        ConfigError: The workspace's own store does not exist: creating an empty one in a
+            mistyped workspace would only hide the mistake.
+    """
     settings, workspace = tracking_settings(cfg), workspace_of(cfg)
     if not settings.uri and not workspace_store(workspace).is_file():
-        # Every registry command reads what training wrote; do not create an empty store in
-        # a mistyped workspace.
         raise ConfigError(
             f"workspace={workspace} holds no tracking store (mlflow.db): nothing was trained "
             "there. Point workspace= at the one you trained in, or run `modelcycle pipeline "
             "twins` there first."
         )
-    return Registry(tracking_uri(settings, workspace), hooks)
+    return tracking_uri(settings, workspace)
 
 
 def tracking_settings(cfg: DictConfig) -> TrackingSettings:

@@ -302,6 +302,36 @@ def test_synthetic_cohort_sizes_that_cannot_work_are_named_not_ignored(
     assert not dest.exists()
 
 
+def test_synthetic_cohort_draws_from_a_mirror_or_names_how_when_the_download_fails(
+    real_qtim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The command took no way to give the real metadata but QTIM_ROOT, and a failed download
+    # said to set data.root, which for rest-fMRI names the BIDS runs, not the metadata.
+    monkeypatch.delenv("QTIM_ROOT", raising=False)
+
+    def no_network(**kwargs: object) -> None:
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(openneuro, "download", no_network)
+    failed = tmp_path / "failed"
+    args = ["data", "fetch", "qtim-synthetic", "--families", "2", "--volumes", "20"]
+    result = runner.invoke(app, [*args, "--dest", str(failed)])
+    assert result.exit_code == 2, result.stdout
+    said = " ".join(result.stdout.split())
+    assert "Could not download QTIM's participants.tsv and FILES.txt" in said
+    assert "Name or service not known" in said and "data.qtim_root" in said
+    assert "--mirror" in said and "data.root" not in said and "Traceback" not in said
+    mirrored = tmp_path / "mirrored"
+    result = runner.invoke(app, [*args, "--dest", str(mirrored), "--mirror", str(real_qtim)])
+    assert result.exit_code == 0, result.stdout
+
+    def rows(path: Path) -> list[tuple[str, ...]]:  # without the participant id
+        return [tuple(r.split("\t")[1:]) for r in path.read_text().splitlines()[1:]]
+
+    drawn = rows(mirrored / "participants.tsv")
+    assert drawn and set(drawn) <= set(rows(real_qtim / "participants.tsv"))
+
+
 def test_a_key_deletion_override_passes_the_bare_word_check() -> None:
     cfg = compose_config(["~seed"])  # Hydra's `~key`: no `=`, still an override
     assert "seed" not in cfg and "run_name" in cfg

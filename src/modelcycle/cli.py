@@ -655,7 +655,11 @@ def data_fetch(
         bool, typer.Option(help="Write the offline stand-in (image datasets)")
     ] = False,
     mirror: Annotated[
-        str, typer.Option(help="qtim: copy from this local copy instead of downloading")
+        str,
+        typer.Option(
+            help="qtim: copy from this local copy instead of downloading; qtim-synthetic: "
+            "draw families from this copy's participants.tsv"
+        ),
     ] = "",
     modality: Annotated[str, typer.Option(help="qtim: structural or func")] = "structural",
     families: Annotated[int | None, typer.Option(help="qtim-synthetic: families")] = None,
@@ -668,7 +672,7 @@ def data_fetch(
 
     downloads = {"structural": fetch_structural, "func": fetch_functional}
     if dataset == "qtim-synthetic":
-        _fetch_synthetic(dest, families, volumes)
+        _fetch_synthetic(dest, families, volumes, mirror)
         return
     if dataset in IMAGE_SOURCES:
         with _clear_errors():
@@ -695,11 +699,14 @@ def data_fetch(
     console.print(f"{len(record.files)} files in {record.root} (digest {record.digest()[:12]})")
 
 
-def _fetch_synthetic(dest: Path | None, families: int | None, volumes: int | None) -> None:
+def _fetch_synthetic(
+    dest: Path | None, families: int | None, volumes: int | None, mirror: str
+) -> None:
     from modelcycle.data.qtim_functional import FunctionalSource
 
     overrides = ["data=qtim_func"]
     overrides += [f"data.synthetic_dir={dest}"] if dest else []
+    overrides += [f"data.qtim_root={mirror}"] if mirror else []
     overrides += [f"data.families={families}"] if families is not None else []
     overrides += [f"data.n_volumes={volumes}"] if volumes is not None else []
     with _clear_errors():

@@ -21,7 +21,7 @@ import pandas as pd
 
 from modelcycle.data.bids_index import RestRun, index_rest_runs, pick_runs
 from modelcycle.data.connectomes import MaskerSettings, Prepared, connectomes, prepare_timeseries
-from modelcycle.data.openneuro import FetchRecord, copy_mirror, fetch_openneuro
+from modelcycle.data.openneuro import FetchError, FetchRecord, copy_mirror, fetch_openneuro
 from modelcycle.data.parcellations import Parcellation, load_parcellation
 from modelcycle.data.qtim import DATASET_ID, Cohort, fetch_structural, read_participants
 from modelcycle.data.qtim_synthetic import (
@@ -69,10 +69,24 @@ def ensure_synthetic(
                 "or set data.synthetic_dir to another folder."
             )
         return dest
-    source = Path(qtim_root) if qtim_root else fetch_structural(dest.parent / "qtim").root
+    source = Path(qtim_root) if qtim_root else _real_metadata(dest.parent / "qtim")
     write_synthetic_cohort(dest, source, spec, progress)
     manifest.write_text(json.dumps(wanted, indent=2))
     return dest
+
+
+def _real_metadata(target: Path) -> Path:
+    """QTIM's real participants and file list, downloaded into `target`."""
+    try:
+        return fetch_structural(target).root
+    except FetchError as err:
+        raise FetchError(
+            f"Could not download QTIM's participants.tsv and FILES.txt (ds004169, about 2 MB) "
+            f"into {target}, which the synthetic cohort draws its families from: "
+            f"{err.__cause__ or err} Check the network connection, or point data.qtim_root "
+            "(QTIM_ROOT in the environment; --mirror for `modelcycle data fetch "
+            "qtim-synthetic`) at a folder holding them."
+        ) from err
 
 
 @dataclass

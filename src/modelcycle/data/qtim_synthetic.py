@@ -133,7 +133,8 @@ def _read_real_participants(qtim_root: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(
             f"{path}: not found. The synthetic cohort samples families from QTIM's real "
-            "participants.tsv: point --qtim-root (data.qtim_root) at a QTIM copy, or run "
+            "participants.tsv: point data.qtim_root (QTIM_ROOT in the environment; --mirror for "
+            "`modelcycle data fetch qtim-synthetic`) at a QTIM copy, or run "
             "`modelcycle data fetch qtim` first."
         )
     table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)

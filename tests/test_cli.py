@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -414,3 +418,41 @@ def test_a_key_error_of_a_bug_is_not_dressed_as_an_input_error(
     result = runner.invoke(app, ["config"])
     assert result.exit_code != 2 and "error:" not in result.stdout
     assert isinstance(result.exception, KeyError)
+
+
+def test_ctrl_c_during_training_says_so_exits_130_and_marks_the_runs_killed(
+    tiny_qtim: Path, workspace: Path
+) -> None:
+    # Lightning turned Ctrl-C into a silent exit(1), and the runs read FAILED.
+    command = [sys.executable, "-m", "modelcycle", "train", f"data.root={tiny_qtim}", "debug=tiny"]
+    command += [
+        "trainer.max_epochs=100000",
+        "trainer.patience=100000",
+        "trainer.progress_bar=false",
+    ]
+    log = workspace.parent / "train.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a shell
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "Training precision" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.2)
+        time.sleep(1.0)  # well into fit
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    said = " ".join(log.read_text().split())
+    assert code == 130, said
+    assert "interrupted: stopped at Ctrl-C" in said and "Traceback" not in said
+    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    status = {r.info.run_name: r.info.status for r in runs}
+    assert status["twins"] == "KILLED" and status["twins-fold0"] == "KILLED", status

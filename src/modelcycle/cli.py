@@ -533,7 +533,7 @@ def sweep(
                 plan.report_dir,
                 _print_trial,
                 assembled.resolved,
-                REPORTED,
+                (*REPORTED, KeyboardInterrupt),
             )
         except SweepError as err:
             raise ConfigError(str(err)) from err
@@ -817,6 +817,13 @@ def _clear_errors() -> Iterator[None]:
     except REPORTED as err:
         console.print(f"[red]error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(code=2) from err
+    except KeyboardInterrupt as err:
+        console.print(
+            "[yellow]interrupted:[/yellow] stopped at Ctrl-C; the tracked runs it had open are "
+            "marked KILLED.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=130) from err  # 128 + SIGINT, as shells report it
     except OSError as err:  # a path given or configured that cannot be read or written
         logging.getLogger(__name__).debug("where it failed", exc_info=True)
         where = f"{err.filename}: " if err.filename is not None else ""

@@ -80,7 +80,11 @@ class Tracker:
         with mlflow.start_run(
             experiment_id=self.experiment_id, run_name=name, nested=nested
         ) as active:
-            yield active.info.run_id
+            try:
+                yield active.info.run_id
+            except KeyboardInterrupt:
+                mlflow.end_run("KILLED")  # stopped by the user, not failed
+                raise
 
     @contextmanager
     def resume(self, run_id: str, nested: bool = False) -> Iterator[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +127,15 @@ def fit(
     )
     # Lightning may substitute one (16-mixed on a CPU runs as bf16-mixed): log what it runs.
     log.info("Training precision: %s (trainer.precision=%s)", trainer.precision, settings.precision)
-    trainer.fit(module, datamodule=datamodule)
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        # Lightning ends a Ctrl-C with exit(1) after its teardown, ignoring SIGINT from then
+        # on; the caller should see the interruption itself, and a second Ctrl-C should work.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
     best = Path(checkpoint.best_model_path)
     if not trainer.is_global_zero:
         return best

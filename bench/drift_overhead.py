@@ -14,13 +14,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import httpx
 
-from serving import Tally, build_workspace, closed_loop, free_port, say, start, wait_ready
+from serving import (
+    Tally,
+    build_workspace,
+    closed_loop,
+    free_port,
+    say,
+    serve_command,
+    start,
+    wait_ready,
+)
 
 
 def main() -> None:
@@ -41,12 +49,11 @@ def main() -> None:
             servers = {}
             for name, interval in (("off", 0.0), ("on", args.interval)):
                 port = free_port()
-                command = [
-                    sys.executable, "-m", "modelcycle", "serve", "twins@champion",
-                    f"workspace={workspace}", f"serve.port={port}", "serve.threads=1",
+                command = serve_command(
+                    "twins@champion", workspace, port, "serve.threads=1",
                     f"monitor.interval_seconds={interval}", f"monitor.window={args.window}",
                     "monitor.min_captures=30",
-                ]  # fmt: skip
+                )  # fmt: skip
                 routes = ("/v1/models/twins/predict", "/readyz")
                 servers[name] = start(stack, name, command, port, routes, logs)
             wait_ready(list(servers.values()))

@@ -50,6 +50,7 @@ from serving import (
     free_port,
     open_loop,
     say,
+    serve_command,
     start,
     stop_on_sigterm,
     wait_ready,
@@ -232,12 +233,11 @@ class Bench:
     def _server(self, stack: contextlib.ExitStack, name: str, label: str, reload: bool) -> Server:
         port = free_port()
         interval = 60.0 if label == "checks" else 0.0
-        command = [
-            sys.executable, "-m", "modelcycle", "serve", f"{MODEL}@champion",
-            f"workspace={self.workspace}", f"serve.port={port}",
+        command = serve_command(
+            f"{MODEL}@champion", self.workspace, port,
             f"serve.variant={self.args.variant}", "serve.int8_max_drop=1.0",
             f"serve.reload_seconds={0.5 if reload else 0}", f"monitor.interval_seconds={interval}",
-        ]  # fmt: skip
+        )  # fmt: skip
         routes = (f"/v1/models/{MODEL}/predict", "/readyz")
         return start(stack, name, command, port, routes, self.logs)
 

@@ -432,6 +432,13 @@ def robustness(
     for p in run.points:
         table.add_row(p.shift, f"{p.size:g}", f"{p.metric:.3f}", f"{p.flagged:.0%}", str(p.pool))
     console.print(table)
+    if run.window < window:
+        console.print(
+            f"[yellow]note:[/yellow] windows of {run.window} rows, all the shifted rows there "
+            f"are, not --window {window}: each window holds the same rows, so a shift reads "
+            "0 % or 100 % flagged.",
+            soft_wrap=True,
+        )
     console.print(f"Plot and JSON: {run.out}", soft_wrap=True)
 
 

@@ -45,6 +45,28 @@ def test_robustness_writes_auc_and_detection_per_shift_size(
     assert "ROC-AUC" in result.output
 
 
+def test_a_window_larger_than_the_rows_it_is_drawn_from_is_said(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    # It was cut to the rows there are without a word: every window then held the same rows,
+    # and the table read 0 % or 100 % flagged.
+    uri = f"sqlite:///{served_workspace.root / 'mlflow.db'}"
+    args = ["robustness", "twins@champion", f"workspace={tmp_path}", f"logger.uri={uri}"]
+    result = runner.invoke(app, [*args, "--window", "100000", "--windows", "2"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    (out,) = (tmp_path / "reports").glob("robustness-twins-v1-*")
+    document = json.loads((out / "robustness.json").read_text())
+    pool = document["points"][0]["pool"]
+    assert document["window"] == pool < 100000
+    assert (
+        f"note: windows of {pool} rows, all the shifted rows there are, not --window 100000" in said
+    )
+    assert {p["flagged"] for p in document["points"]} <= {0.0, 1.0}
+    asked = runner.invoke(app, [*args, "--window", str(pool), "--windows", "2"])
+    assert asked.exit_code == 0 and "note:" not in asked.output
+
+
 def test_an_unknown_reference_names_it(served_workspace: ServedWorkspace, tmp_path: Path) -> None:
     uri = f"sqlite:///{served_workspace.root / 'mlflow.db'}"
     result = runner.invoke(

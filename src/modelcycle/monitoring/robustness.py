@@ -73,6 +73,8 @@ class RobustnessRun:
     points: list[ShiftPoint]
     out: Path
     metric: str
+    #: Rows per window: the one asked for, or the rows they are drawn from when fewer.
+    window: int
 
 
 def robustness(
@@ -131,7 +133,7 @@ def robustness(
     title = f"{served.name} v{served.version}: drift detection and model metric vs injected shift"
     table = pd.DataFrame([asdict(p) for p in points])
     plot_robustness(table, out / "robustness.png", title, adapter.held_out_metric_name)
-    return RobustnessRun(points, out, adapter.held_out_metric_name)
+    return RobustnessRun(points, out, adapter.held_out_metric_name, window)
 
 
 def served_frame(served: ServedModel, inputs: list[np.ndarray]) -> pd.DataFrame:

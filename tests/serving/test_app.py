@@ -171,6 +171,15 @@ def test_listing_health_readiness_metrics_page_and_openapi(client: TestClient) -
     assert body["content"]["application/json"]["schema"]["oneOf"][0]["title"] == "PairRequest"
 
 
+def test_drift_on_a_server_that_captures_nothing_says_why(served: ServedModel) -> None:
+    # The route did not exist without capture: GET .../drift read {"detail": "Not Found"}.
+    with _client(served, ServeSettings()) as client:
+        response = client.get("/v1/models/twins/drift")
+        assert response.status_code == 404
+        assert "serve.capture=false" in response.json()["detail"]
+        assert "/v1/models/{name}/drift" not in client.get("/openapi.json").json()["paths"]
+
+
 def test_not_ready_until_the_models_are_loaded(served: ServedModel) -> None:
     client = TestClient(create_app(lambda: [served], ServeSettings()))  # lifespan not run
     assert client.get("/readyz").status_code == 503

@@ -570,6 +570,16 @@ def _add_routes(
         }
         return JSONResponse(body)
 
+    if drift is None:
+
+        @v1.get("/models/{name}/drift", include_in_schema=False)
+        async def no_drift(name: str) -> JSONResponse:
+            return _error(
+                404,
+                "This server checks no drift: it captures no requests (serve.capture=false). "
+                "Start it with serve.capture=true to check drift.",
+            )
+
     app.include_router(v1)
     if drift is not None:
         app.include_router(drift.router("/v1", key_check))

@@ -113,6 +113,13 @@ def test_the_smallest_valid_serve_settings_pass() -> None:
         (["experiment=twins_functional", "task.lr=x"], r"task.lr='x': give a number"),
         (["experiment=twins_functional", "task.regress_covariates=no"], "give true or false"),
         (["experiment=twins_functional", "model.top_k=x"], r"model.top_k='x': give a whole"),
+        (["model.hidden=[0]"], r"model.hidden=\[0\]: give each value >= 1"),  # trained, width 0
+        (["model.hidden=[64,-3]"], r"model.hidden=\[64, -3\]: give each value >= 1"),
+        (["model.dropout=1"], r"model.dropout=1: give a value from 0 to below 1"),
+        (["experiment=twins_graph", "model.layers=0"], r"model.layers=0: give a value >= 1"),
+        (["experiment=twins_graph", "model.top_k=0"], r"model.top_k=0: give a value >= 1"),
+        (["experiment=twins_functional", "model.hidden=0"], r"model.hidden=0: give a value"),
+        (["experiment=twins_functional", "model.denoise_rank=-1"], r"denoise_rank=-1: give"),
         (["experiment=image_rice", "model.drop_rate=x"], r"model.drop_rate='x': give a number"),
         (["experiment=image_rice", "task.test_fraction=1"], r"test_fraction=1: give a share"),
         (["experiment=image_rice", "task.hflip=3"], r"task.hflip=3: give true or false"),
@@ -156,6 +163,24 @@ def test_a_command_setting_of_the_wrong_kind_or_range_is_named(
     # serve.capture=abc were taken as given, and report_dir=5 ended in a TypeError.
     with pytest.raises(ConfigError, match=message):
         build(compose_config([override]))
+
+
+def test_an_accelerator_the_machine_lacks_is_named_before_any_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Lightning raised MisconfigurationException("No supported gpu backend found!") once the
+    # first fit started, after the data had loaded, with a traceback.
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    for name in ("cuda", "mps"):  # as on a machine without either, whatever this one has
+        accelerator = AcceleratorRegistry[name]["accelerator"]
+        monkeypatch.setattr(accelerator, "is_available", staticmethod(lambda: False))
+    for asked in ("gpu", "cuda"):
+        with pytest.raises(ConfigError, match=rf"trainer.accelerator={asked}: this machine has"):
+            assemble(compose_config([f"trainer.accelerator={asked}"]))
+    with pytest.raises(ConfigError, match=r"accelerator='abc': use one of auto, cpu, cuda, gpu"):
+        assemble(compose_config(["trainer.accelerator=abc"]))
+    assert assemble(compose_config(["trainer.accelerator=auto"])).trainer.accelerator == "auto"
 
 
 def test_a_fold_count_below_the_tasks_minimum_is_named_before_any_data_is_read(

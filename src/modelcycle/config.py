@@ -20,7 +20,7 @@ from hydra.errors import HydraException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from modelcycle.kinds import is_number, is_whole
+from modelcycle.kinds import describe_range, in_range, is_number, is_whole
 from modelcycle.loadtest import Budgets, LoadPlan
 from modelcycle.monitoring.drift import DriftSettings
 from modelcycle.pipeline import PipelineSettings
@@ -110,6 +110,7 @@ def assemble(cfg: DictConfig) -> Assembled:
         except (KeyError, ImportError, ValueError):
             continue  # instantiate below names a target that does not load
         check_kinds(target, group, values)
+        check_ranges(target, group, values)
     try:
         source, encoder = instantiate(cfg.data), instantiate(cfg.model)
     except HydraException as err:
@@ -186,6 +187,28 @@ def check_kinds(target: Any, group: str, values: dict[str, Any]) -> None:
         kind = _kind_of(hints.get(key))
         if kind is not None and not _fits(value, hints[key]):
             raise ConfigError(f"{group}.{key}={value!r}: give {kind}.")
+
+
+def check_ranges(target: Any, group: str, values: dict[str, Any]) -> None:
+    """Name a value outside the range `target` declares in its `RANGES` (key → `Range`).
+
+    A model is built only once the data is read (its input width comes from the data); its
+    declared ranges let a width of 0 or a dropout of 2 be named before that. A list (hidden
+    widths) is checked item by item.
+
+    Raises:
+        ConfigError: Naming `group.key`, the value and the range.
+    """
+    for key, bounds in getattr(target, "RANGES", {}).items():
+        value = values.get(key)
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        if not all(in_range(v, bounds) for v in items):
+            each = "each " if isinstance(value, list) else "a "
+            raise ConfigError(
+                f"{group}.{key}={value!r}: give {each}value {describe_range(bounds)}."
+            )
 
 
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number"}

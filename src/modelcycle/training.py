@@ -155,6 +155,24 @@ class LaunchError(ValueError):
     """The trainer settings do not match the processes the launcher started."""
 
 
+def _check_accelerator(accelerator: str) -> None:
+    """An accelerator this machine has; Lightning said so only once the first fit started."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    if accelerator == "auto":
+        return
+    known = AcceleratorRegistry.available_accelerators()
+    names = ("cuda", "mps") if accelerator == "gpu" else (accelerator,)  # Lightning's alias
+    if not set(names) <= known:
+        choices = ", ".join(sorted(known | {"auto", "gpu"}))
+        raise LaunchError(f"trainer.accelerator={accelerator!r}: use one of {choices}.")
+    if not any(AcceleratorRegistry[n]["accelerator"].is_available() for n in names):
+        raise LaunchError(
+            f"trainer.accelerator={accelerator}: this machine has none. Use cpu, or auto for "
+            "the best it has."
+        )
+
+
 def check_launch(settings: TrainerSettings) -> str:
     """Check the settings against the launcher that started this process, before any work.
 
@@ -174,6 +192,7 @@ def check_launch(settings: TrainerSettings) -> str:
         TorchElasticEnvironment,
     )
 
+    _check_accelerator(settings.accelerator)
     launchers: dict[str, type[ClusterEnvironment]] = {
         "torchrun": TorchElasticEnvironment,
         "slurm": SLURMEnvironment,

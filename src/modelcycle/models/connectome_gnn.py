@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from modelcycle.kinds import Range
 from modelcycle.models.encoders import CorrelationSkip, FeatureSpace
 
 
@@ -191,6 +193,17 @@ class ConnectomeGraphEncoder(nn.Module):
     """
 
     cell: torch.Tensor  # (N*N,) gather index from padded edges to the square matrix
+
+    #: Checked when the config is assembled, before the data is read (top_k's upper
+    #: bound, the nodes less one, is checked here).
+    RANGES: ClassVar[dict[str, Range]] = {
+        "hidden": (1, None),
+        "layers": (1, None),
+        "top_k": (1, None),
+        "dropout": (0, 1),
+        "dim": (1, None),
+        "denoise_rank": (0, None),
+    }
 
     def __init__(
         self,

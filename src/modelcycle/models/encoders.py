@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from modelcycle.data.freesurfer import N_SLOTS, RegionLayout
+from modelcycle.kinds import Range
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class MLPEncoder(nn.Module):
         residual: Add the MLP's output (last layer zero-initialized) to `CorrelationSkip`.
     """
 
+    #: Checked when the config is assembled, before the data is read.
+    RANGES: ClassVar[dict[str, Range]] = {"hidden": (1, None), "dim": (1, None), "dropout": (0, 1)}
+
     def __init__(
         self,
         space: FeatureSpace,
@@ -102,6 +107,15 @@ class RegionGraphEncoder(nn.Module):
     present: torch.Tensor  # (nodes, slots) 1 where the node has that measure
     select_global: torch.Tensor  # (n_features, n_global) one-hot of the non-regional columns
     A_hat: torch.Tensor  # (nodes, nodes) normalized adjacency with self-loops
+
+    #: Checked when the config is assembled, before the data is read.
+    RANGES: ClassVar[dict[str, Range]] = {
+        "hidden": (1, None),
+        "layers": (1, None),
+        "dim": (1, None),
+        "top_k": (1, None),
+        "dropout": (0, 1),
+    }
 
     def __init__(
         self,

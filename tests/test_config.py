@@ -183,6 +183,15 @@ def test_an_accelerator_the_machine_lacks_is_named_before_any_work(
     assert assemble(compose_config(["trainer.accelerator=auto"])).trainer.accelerator == "auto"
 
 
+def test_an_unknown_group_option_lists_the_options_not_hydras_search_path() -> None:
+    for override, option in (("experiment=nosuch", "twins_graph"), ("logger=nosuch", "wandb")):
+        with pytest.raises(ConfigError) as caught:
+            compose_config([override])
+        said = str(caught.value)
+        assert f"Could not find '{override.replace('=', '/')}'" in said and option in said
+        assert "search path" not in said and "pkg://" not in said
+
+
 def test_a_fold_count_below_the_tasks_minimum_is_named_before_any_data_is_read(
     tmp_path: Path,
 ) -> None:

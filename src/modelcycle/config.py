@@ -65,8 +65,10 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))
     except HydraException as err:
+        # Hydra appends where it searched (its own package among them): not the user's to fix.
+        said = str(err).split("\nConfig search path:")[0].rstrip()
         raise ConfigError(
-            f"Cannot compose the config with overrides {list(overrides)}: {err}"
+            f"Cannot compose the config with overrides {list(overrides)}: {said}"
         ) from err
     return cfg
 

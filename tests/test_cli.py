@@ -113,6 +113,7 @@ def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
     args = ["pipeline", "twins", f"data.root={real_qtim}", *TINY]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.stdout
+    assert "Downloading artifacts" not in first.output  # MLflow's bar per local copy
     assert "registered twins version 1 as @challenger" in first.stdout
     assert "promoted version 1 to @champion" in first.stdout
     registry = Registry(f"sqlite:///{workspace / 'mlflow.db'}")

@@ -86,7 +86,12 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
     # request (loadtest) say nothing about this run.
     for name in ("lightning.pytorch", "lightning.fabric", "httpx"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=DeprecationWarning)
+    # Lightning's own use of a torch class torch now deprecates (a DeprecationWarning in
+    # older torch, a FutureWarning since), printed at every fit: nothing a user can change.
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # MLflow draws a progress bar for each local artifact copy (a model, a report): many
+    # lines of bars in a log for copies that take milliseconds.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @app.command()

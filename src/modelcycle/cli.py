@@ -40,6 +40,7 @@ from modelcycle.data.openneuro import FetchError
 from modelcycle.data.tables import DataError
 from modelcycle.evaluate import EvaluationError, evaluate_run, locate_run
 from modelcycle.evaluation.report import CVReport, mean_std
+from modelcycle.logs import configure as configure_logging
 from modelcycle.monitoring.drift import DriftSummary
 from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.ranks import is_rank_zero
@@ -73,19 +74,8 @@ Overrides = Annotated[
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Configure logging for every command."""
-    from rich.logging import RichHandler
-
     # The other ranks of a DDP run share the terminal: only their warnings are news.
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO if is_rank_zero() else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-        force=True,
-    )
-    # Lightning's start-up banners (accelerators, tips) and the HTTP client's line per
-    # request (loadtest) say nothing about this run.
-    for name in ("lightning.pytorch", "lightning.fabric", "httpx"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    configure_logging(logging.INFO if is_rank_zero() else logging.WARNING, verbose)
     # Lightning's own use of a torch class torch now deprecates (a DeprecationWarning in
     # older torch, a FutureWarning since), printed at every fit: nothing a user can change.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")

@@ -104,7 +104,7 @@ def test_each_worker_hot_reloads_a_moved_alias_under_load(
     command = serve_command(two_versions.root, port, "serve.workers=2", "serve.reload_seconds=0.3")
     url, unbuffered = f"http://127.0.0.1:{port}", {"PYTHONUNBUFFERED": "1"}
     with started(command, tmp_path / "server.log", url, env=unbuffered) as server:
-        worker_pids(server, 2)
+        pids = worker_pids(server, 2)
         bodies, tally = examples(server), Tally()
         with loading(server, bodies, tally):
             wait_for(lambda: tally.acks >= 50, 60, "50 answers before the move", server)
@@ -118,6 +118,12 @@ def test_each_worker_hot_reloads_a_moved_alias_under_load(
     assert tally.versions == {"1", "2"}
     served = {labels["version"]: value for labels, value in info if labels["model"] == "twins"}
     assert served == {"1": 0.0, "2": 1.0}, served
+    # Each worker says what it does, as one process does: spawned workers logged nothing
+    # but warnings, so no line told when (or whether) a worker had swapped.
+    said = " ".join(server.log.read_text(errors="replace").split())
+    for pid in pids:
+        assert f"worker {pid}: Ready: twins v1" in said, server.output()
+        assert f"worker {pid}: twins@champion: version 1 → 2" in said, server.output()
 
 
 def test_one_worker_is_still_the_default(served_workspace: ServedWorkspace) -> None:

@@ -10,6 +10,7 @@ The series of every worker live in a fresh directory (`PROMETHEUS_MULTIPROC_DIR`
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -19,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from modelcycle.logs import configure as configure_logging
 from modelcycle.serving.metrics import MULTIPROC_ENV
 
 SPEC_ENV = "MODELCYCLE_SERVE_SPEC"  # what to serve, handed from the parent to its workers
@@ -47,8 +49,9 @@ def run_workers(
         # Workers are spawned (fresh interpreters), so they see this environment before
         # prometheus-client is imported, which is when it picks its multi-process mode.
         os.environ[MULTIPROC_ENV] = directory
+        verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # as this process logs
         os.environ[SPEC_ENV] = json.dumps(
-            {"references": list(references), "overrides": list(overrides)}
+            {"references": list(references), "overrides": list(overrides), "verbose": verbose}
         )
         config = uvicorn.Config(
             f"{__name__}:create_worker_app",
@@ -73,6 +76,9 @@ def create_worker_app() -> FastAPI:
     from modelcycle.serving.server import build_server
 
     spec = json.loads(os.environ[SPEC_ENV])
+    # A spawned worker starts with logging unset: without this its INFO lines (ready, a
+    # reload's swap, a drift reference) were lost, and only warnings reached the terminal.
+    configure_logging(logging.INFO, spec.get("verbose", False), f"worker {os.getpid()}: ")
     app, _ = build_server(compose_config(spec["overrides"]), spec["references"])
     _before_stop_signals(app.state.stop_accepting)
     return app

@@ -14,15 +14,19 @@ alternating, `--rounds` times each:
 - reload: a server of version 1 polls its alias every 0.5 s under the same open loop; 2 s
   in, champion moves to version 2 and the load goes on for `--reload-seconds`. The server
   loads and warms version 2, swaps, and (with checks) computes its reference. The table
-  gives the time from the move to the swap (seen on /v1/models, polled every 0.1 s) and to
-  the reference (its log line), and the p50, p99 and maximum of the requests sent from the
-  move until 1 s after the last of them, beside the p99 of those sent before the move.
+  gives the time from the move to the swap and to the reference (their log lines, read
+  every 0.1 s), and the p50, p99 and maximum of the requests sent from the move until 1 s
+  after the last of them, beside the p99 of those sent before the move. With `--workers N`
+  (`serve.workers=N serve.threads=1`) each worker reloads on its own: the round lasts until
+  every one has swapped and computed its reference, and the table adds when the last one
+  swapped.
 
 Every request's latency over time goes into a plot (`--out`), with the moves, swaps and
 references marked.
 
     python bench/serving_startup.py [--variant int8] [--rate 60] [--seconds 8] [--rounds 2]
-                                    [--scenario both] [--reload-seconds 25] [--out PATH]
+                                    [--scenario both] [--reload-seconds 25] [--workers 1]
+                                    [--out PATH]
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ LABELS = ("checks", "none")  # drift checks every 60 s (the default), or none
 MODEL = "image_rice"
 MOVE_AFTER = 2.0  # seconds into the reload scenario's load when champion moves
 AFTER_WORK = 1.0  # seconds after a reload's work a request still counts as overlapping it
+REFERENCE = f"Drift reference of {MODEL} v2 ready"  # a worker's log line
 
 
 @dataclass
@@ -70,8 +75,9 @@ class Round:
     run: OpenLoop
     ready: float = 0.0  # start-up: seconds from the process start to /readyz
     moved: float = float("nan")  # reload: when champion moved
-    swapped: float = float("nan")  # reload: when /v1/models first showed version 2
-    settled: float = float("nan")  # reload: the swap, or when the new reference was ready
+    swapped: float = float("nan")  # reload: when the first worker swapped to version 2
+    all_swapped: float = float("nan")  # reload: when every worker had
+    settled: float = float("nan")  # reload: that, or when every new reference was ready
 
     def latencies(self, since: float = -np.inf, until: float = np.inf) -> np.ndarray:
         """Latencies (seconds) of the 200s scheduled in [since, until)."""
@@ -103,6 +109,12 @@ def main() -> None:
     parser.add_argument("--reference-rows", type=int, default=400)
     parser.add_argument("--scenario", default="both", choices=["start", "reload", "both"])
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (serve.workers; with more than one, serve.threads=1 each)",
+    )
+    parser.add_argument(
         "--reload-seconds", type=float, default=25.0, help="of load after the alias moves"
     )
     parser.add_argument(
@@ -112,7 +124,7 @@ def main() -> None:
         help="where the table (.txt) and the latency-over-time plot (.png) go",
     )
     args = parser.parse_args()
-    for name in ("rate", "seconds", "rounds", "reference_rows", "reload_seconds"):
+    for name in ("rate", "seconds", "rounds", "reference_rows", "reload_seconds", "workers"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be above 0")
     scenarios = ["start", "reload"] if args.scenario == "both" else [args.scenario]
@@ -128,8 +140,9 @@ def main() -> None:
         bench = Bench(args, workspace, tmp / "logs")
         for scenario in scenarios:
             done.append(bench.start_up() if scenario == "start" else bench.reload())
+    processes = f", {args.workers} workers of 1 thread each" if args.workers > 1 else ""
     header = (
-        f"{args.variant}, {args.rate:g} req/s, {args.rounds} servers of each; "
+        f"{args.variant}, {args.rate:g} req/s, {args.rounds} servers of each{processes}; "
         "latency from the scheduled send"
     )
     table = "\n".join([header, *(line for s in done for line in report(s))])
@@ -193,24 +206,20 @@ class Bench:
         await asyncio.sleep(MOVE_AFTER + 0.05)  # the load's clock starts 0.05 s in
         moved = time.monotonic()
         await asyncio.to_thread(promoter.move, "2")
-        swapped = settled = float("nan")
-        async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as client:
-            while not load.done():
-                models = (await client.get("/v1/models")).json()
-                if any(m["version"] == "2" for m in models.get("models", [])):
-                    swapped = settled = time.monotonic()
-                    break
-                await asyncio.sleep(0.1)
-        if label == "checks":  # the reference is computed after the swap: wait for its line
-            settled, seen = float("nan"), 0
-            line = f"Drift reference of {MODEL} v2 ready"
-            while not load.done():
-                raw = server.log.read_bytes()[seen:]
-                if line in " ".join(raw.decode(errors="replace").split()):  # wrapped or not
-                    settled = time.monotonic()
-                    break
-                seen += max(0, len(raw) - 400)  # a line split across two reads is found
-                await asyncio.sleep(0.1)
+        # Each worker logs its swap, then (with checks) its reference: the round is settled
+        # once every worker has done both.
+        workers, lines = self.args.workers, (f"{MODEL}@champion: version 1 → 2", REFERENCE)
+        swapped = all_swapped = settled = float("nan")
+        while not load.done():
+            text = " ".join(server.log.read_bytes().decode(errors="replace").split())  # wraps
+            now = time.monotonic()
+            swaps, references = (text.count(line) for line in lines)
+            swapped = now if swaps and swapped != swapped else swapped
+            all_swapped = now if swaps >= workers and all_swapped != all_swapped else all_swapped
+            if (swaps if label == "none" else references) >= workers:
+                settled = now
+                break
+            await asyncio.sleep(0.1)
         run = await load
         if settled != settled:
             raise RuntimeError(
@@ -219,7 +228,7 @@ class Bench:
             )
         return Round(
             label, run, moved=moved - run.origin, swapped=swapped - run.origin,
-            settled=settled - run.origin,
+            all_swapped=all_swapped - run.origin, settled=settled - run.origin,
         )  # fmt: skip
 
     def _turns(self) -> list[tuple[int, str]]:
@@ -237,6 +246,8 @@ class Bench:
             f"{MODEL}@champion", self.workspace, port,
             f"serve.variant={self.args.variant}", "serve.int8_max_drop=1.0",
             f"serve.reload_seconds={0.5 if reload else 0}", f"monitor.interval_seconds={interval}",
+            f"serve.workers={self.args.workers}",
+            *(["serve.threads=1"] if self.args.workers > 1 else []),
         )  # fmt: skip
         routes = (f"/v1/models/{MODEL}/predict", "/readyz")
         return start(stack, name, command, port, routes, self.logs)
@@ -314,6 +325,9 @@ def report(scenario: Scenario) -> list[str]:
         )
         swap = [_mean(r.swapped - r.moved for r in rs) for rs in (on, off)]
         rows.append(("move to swap (s, mean)", swap[0], swap[1]))
+        if any(r.all_swapped != r.swapped for rs in (on, off) for r in rs):  # several workers
+            every = [_mean(r.all_swapped - r.moved for r in rs) for rs in (on, off)]
+            rows.append(("move to every worker's swap", every[0], every[1]))
         reference = _mean(r.settled - r.moved for r in on)
         rows.append(("move to reference (s, mean)", reference, float("nan")))  # none: no reference
         before = [np.concatenate([r.latencies(until=r.moved) for r in rs]) for rs in (on, off)]

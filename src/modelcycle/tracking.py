@@ -92,7 +92,11 @@ class Tracker:
         import mlflow
 
         with mlflow.start_run(run_id=run_id, nested=nested):
-            yield run_id
+            try:
+                yield run_id
+            except KeyboardInterrupt:
+                mlflow.end_run("KILLED")  # as `run` ends an interrupted run
+                raise
 
     def children(self, run_id: str) -> dict[str, str]:
         """Name → id of the runs nested in `run_id` (a pipeline run's folds and final fit)."""

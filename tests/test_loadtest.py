@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from modelcycle.cli import app
 from modelcycle.loadtest import LoadPlan
+from modelcycle.monitoring.capture import CaptureStore
 from server_process import free_port, serve_command, started
 from serving_fixtures import ServedWorkspace
 
@@ -77,6 +78,10 @@ def test_a_short_run_meets_loose_budgets_and_misses_an_impossible_one(
         summary = json.loads((report / "summary.json").read_text())
         assert summary["passed"] and summary["model"] == "twins"
         assert summary["requests"] > 10 and summary["failures"] == 0
+        # captured as the load test's own traffic, which drift tests leave out
+        with CaptureStore(served_workspace.root / "capture.db") as store:
+            marked = store.read(model="twins", source="loadtest")
+        assert len(marked) >= summary["requests"]
         assert 0 < summary["p50_ms"] <= summary["p99_ms"] <= 5000
         assert summary["plan"] == {"users": 2, "spawn_rate": 2.0, "duration_s": 4.0}
         assert (report / "report.html").stat().st_size > 1000

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 DEADLINE_SLACK_S = 60.0  # start-up and shutdown on top of the run's duration
+CAPTURE_SOURCE = "loadtest"  # X-Capture-Source of the load test's requests
 
 LOCUSTFILE = '''"""Written by `modelcycle loadtest`: the served model's examples, in turn."""
 
@@ -153,7 +154,10 @@ def run_loadtest(
     (out_dir / "examples.json").write_text(json.dumps(examples))
     locustfile = out_dir / "locustfile.py"
     path = f"/v1/models/{name}/predict"
-    locustfile.write_text(LOCUSTFILE.format(path=path, headers=headers))
+    # Marked as the load test's own traffic: captured, but kept out of the drift tests (the
+    # examples replayed over and over read as drift).
+    predict_headers = headers | {"X-Capture-Source": CAPTURE_SOURCE}
+    locustfile.write_text(LOCUSTFILE.format(path=path, headers=predict_headers))
     _run_locust(url, plan, locustfile, out_dir)
     result = _read_stats(out_dir / "locust_stats.csv", url, name, plan, budgets)
     (out_dir / "summary.json").write_text(json.dumps(result.to_json(), indent=2))

@@ -154,6 +154,15 @@ def test_a_store_from_before_variants_is_upgraded_its_rows_read_as_fp32(tmp_path
             store.write([replace(capture(at=2.0), variant="int8")])
     with CaptureStore(path) as store:
         assert [c.variant for c in store.read()] == ["fp32", "int8", "int8"]
+        assert [c.source for c in store.read()] == ["live"] * 3  # upgraded for sources too
+
+
+def test_the_source_is_kept_and_filters(store: CaptureStore) -> None:
+    live, test = capture(at=1.0), replace(capture(at=2.0), source="loadtest")
+    store.write([live, test])
+    assert store.read() == [live, test]
+    assert store.read(source="live") == [live]
+    assert store.read(source="loadtest", last=5) == [test]
 
 
 def test_wal_mode_and_durability_pragmas(store: CaptureStore) -> None:

@@ -146,6 +146,26 @@ def test_every_prediction_is_captured_with_version_and_features(
     assert all(r.latency_ms >= 0 for r in rows)
 
 
+def test_traffic_a_client_marks_is_captured_as_its_own_and_kept_from_drift(
+    served: ServedModel, tmp_path: Path
+) -> None:
+    # A load test replays the examples: captured as live traffic, it read as drift (11 of 11
+    # columns after `modelcycle loadtest`), on `monitor` and on the server's own checks.
+    from modelcycle.monitoring.monitor import version_captures
+
+    store = CaptureStore(tmp_path / "c.db")
+    with _client(served, ServeSettings(), store) as c:
+        body = _example(c)
+        assert _post(c, body).status_code == 200
+        assert _post(c, body, {"X-Capture-Source": "loadtest"}).status_code == 200
+        for bad in ("", "a b", "../x", "x" * 33):
+            refused = _post(c, body, {"X-Capture-Source": bad})
+            assert refused.status_code == 422, (bad, refused.text)
+            assert "x-capture-source" in refused.text.lower()
+    assert [r.source for r in store.read(model="twins")] == ["live", "loadtest"]
+    assert [r.source for r in version_captures(store, served, None, None)] == ["live"]
+
+
 def test_listing_health_readiness_metrics_page_and_openapi(client: TestClient) -> None:
     models = client.get("/v1/models").json()["models"]
     assert [(m["name"], m["alias"], m["version"]) for m in models] == [("twins", "champion", "1")]

@@ -40,6 +40,9 @@ CHECKPOINT_SECONDS = 1.0  # how often the background thread checkpoints the WAL
 log = logging.getLogger(__name__)
 
 _VARIANT = "variant TEXT NOT NULL DEFAULT 'fp32'"  # the column; see _ADD_VARIANT
+_SOURCE = "source TEXT NOT NULL DEFAULT 'live'"  # the column; see _ADD_SOURCE
+#: Traffic that clients do not mark (`X-Capture-Source`): what drift is tested on.
+LIVE = "live"
 _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS captures (
         id INTEGER PRIMARY KEY,
@@ -49,19 +52,22 @@ _SCHEMA = (
         latency_ms REAL,
         features TEXT NOT NULL,
         outputs TEXT NOT NULL,
-        {_VARIANT}
+        {_VARIANT},
+        {_SOURCE}
     )""",
     "CREATE INDEX IF NOT EXISTS captures_model_at ON captures (model, at)",
 )
 # Stores written before captures named the exported file that answered: all fp32 then.
 _ADD_VARIANT = f"ALTER TABLE captures ADD COLUMN {_VARIANT}"
+# Stores written before clients could mark test traffic: all live then.
+_ADD_SOURCE = f"ALTER TABLE captures ADD COLUMN {_SOURCE}"
 _INSERT = (
-    "INSERT INTO captures (at, model, version, latency_ms, features, outputs, variant) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO captures (at, model, version, latency_ms, features, outputs, variant, source) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_COLUMNS = "at, model, version, latency_ms, features, outputs, variant"
+_COLUMNS = "at, model, version, latency_ms, features, outputs, variant, source"
 
-_Row = tuple[float, str, str, float, str, str, str]
+_Row = tuple[float, str, str, float, str, str, str, str]
 
 
 class CaptureError(RuntimeError):
@@ -80,6 +86,8 @@ class Capture:
         latency_ms: Time to answer, in milliseconds.
         at: When the prediction was served, in unix seconds.
         variant: The exported file that answered (`serve.variant`: fp32 or int8).
+        source: Whose traffic: `live` unless the client marked it (`X-Capture-Source`, e.g.
+            `loadtest`); drift is tested on live traffic only.
     """
 
     model: str
@@ -89,6 +97,7 @@ class Capture:
     latency_ms: float
     at: float
     variant: str = "fp32"
+    source: str = LIVE
 
 
 class CaptureStore:
@@ -162,6 +171,7 @@ class CaptureStore:
         last: int | None = None,
         version: str | None = None,
         variant: str | None = None,
+        source: str | None = None,
     ) -> list[Capture]:
         """Captured predictions, oldest first (by `Capture.at`, then by insertion).
 
@@ -171,6 +181,7 @@ class CaptureStore:
             last: Only the newest `last` captures (still returned oldest first).
             version: Only captures answered by this model version.
             variant: Only captures answered by this exported file (fp32 or int8).
+            source: Only captures of this traffic (`LIVE`, or what a client marked).
 
         Returns:
             The matching captures.
@@ -180,7 +191,7 @@ class CaptureStore:
         """
         if last is not None and last < 0:
             raise ValueError(f"last must be >= 0 (the number of newest captures), got {last}")
-        where, params = _where(model, since, version, variant)
+        where, params = _where(model, since, version, variant, source)
         if last is None:
             sql = f"SELECT {_COLUMNS} FROM captures{where} ORDER BY at, id"
         else:
@@ -229,8 +240,9 @@ class CaptureStore:
             for statement in _SCHEMA:
                 conn.execute(statement)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(captures)")}
-            if "variant" not in columns:
-                _add_variant_column(conn)
+            for column, add in (("variant", _ADD_VARIANT), ("source", _ADD_SOURCE)):
+                if column not in columns:
+                    _add_column(conn, add)
         except (OSError, sqlite3.Error) as err:
             self.close()
             raise CaptureError(
@@ -309,10 +321,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _add_variant_column(conn: sqlite3.Connection) -> None:
-    """Upgrade a store from before captures named their variant (another process may too)."""
+def _add_column(conn: sqlite3.Connection, statement: str) -> None:
+    """Upgrade a store from before a column existed (another process may upgrade it too)."""
     try:
-        conn.execute(_ADD_VARIANT)
+        conn.execute(statement)
     except sqlite3.OperationalError as err:
         if "duplicate column" not in str(err):
             raise
@@ -323,6 +335,7 @@ def _where(
     since: float | None,
     version: str | None = None,
     variant: str | None = None,
+    source: str | None = None,
 ) -> tuple[str, list[object]]:
     """The WHERE clause and its parameters for the optional filters."""
     clauses: list[str] = []
@@ -336,6 +349,9 @@ def _where(
     if variant is not None:
         clauses.append("variant = ?")
         params.append(variant)
+    if source is not None:
+        clauses.append("source = ?")
+        params.append(source)
     if since is not None:
         clauses.append("at >= ?")
         params.append(float(since))
@@ -355,6 +371,7 @@ def _encode(row: Capture) -> _Row:
         _dump(row.features, row, "features"),
         _dump(row.outputs, row, "outputs"),
         str(row.variant),
+        str(row.source),
     )
 
 
@@ -384,9 +401,9 @@ def _load(text: str) -> dict[str, float]:
     }
 
 
-def _decode(row: tuple[float, str, str, float | None, str, str, str]) -> Capture:
+def _decode(row: tuple[float, str, str, float | None, str, str, str, str]) -> Capture:
     """A selected row as a Capture (SQLite stores a NaN latency as NULL: read back as NaN)."""
-    at, model, version, latency_ms, features, outputs, variant = row
+    at, model, version, latency_ms, features, outputs, variant, source = row
     return Capture(
         model=model,
         version=version,
@@ -395,4 +412,5 @@ def _decode(row: tuple[float, str, str, float | None, str, str, str]) -> Capture
         latency_ms=math.nan if latency_ms is None else latency_ms,
         at=at,
         variant=variant,
+        source=source,
     )

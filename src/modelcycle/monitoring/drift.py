@@ -139,7 +139,8 @@ def compare(
     if len(current) < settings.min_captures:
         raise TooFewCapturesError(
             f"{model} version {version}: {len(current)} captured requests, at least "
-            f"{settings.min_captures} are needed to test for drift. Send more requests, "
+            f"{settings.min_captures} are needed to test for drift (traffic marked with "
+            "X-Capture-Source, such as a load test's, does not count). Send more requests, "
             "widen --since or --last, or lower monitor.min_captures."
         )
     columns = [c for c in reference.columns if c in current.columns]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from modelcycle.digests import sha256_file
-from modelcycle.monitoring.capture import Capture, CaptureStore
+from modelcycle.monitoring.capture import LIVE, Capture, CaptureStore
 from modelcycle.monitoring.drift import (
     DriftSettings,
     DriftSummary,
@@ -109,8 +109,14 @@ def run_batched(
 def version_captures(
     store: CaptureStore, served: ServedModel, since: float | None, last: int | None
 ) -> list[Capture]:
-    """Captures of `served`'s version and variant, oldest first; `last` keeps the newest N."""
-    return store.read(served.name, since, last, version=served.version, variant=served.variant)
+    """Live captures of `served`'s version and variant, oldest first; `last` keeps the newest N.
+
+    Traffic a client marked as its own (`X-Capture-Source`: a load test replaying the
+    examples) is left out: it would read as drift.
+    """
+    return store.read(
+        served.name, since, last, version=served.version, variant=served.variant, source=LIVE
+    )
 
 
 def check_drift(

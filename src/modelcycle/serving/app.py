@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from modelcycle.embeddings import monitor_columns
 from modelcycle.kinds import is_number, is_whole
-from modelcycle.monitoring.capture import Capture, CaptureStore
+from modelcycle.monitoring.capture import LIVE, Capture, CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.serving.adapter import RequestError, ServingAdapter, UnsupportedMediaError
 from modelcycle.serving.batching import (
@@ -126,6 +126,7 @@ class _Payload:
     rows: list[np.ndarray]
     features: dict[str, float]
     queued_at: float = field(default_factory=time.perf_counter)
+    source: str = LIVE  # X-Capture-Source: whose traffic, for the capture row
 
 
 @dataclass
@@ -337,6 +338,7 @@ def _run_batch(
                     (done - p.queued_at) * 1000,
                     now,
                     served.variant,
+                    p.source,
                 )
                 for p, r in zip(payloads, results, strict=True)
             ]
@@ -538,6 +540,17 @@ def _add_routes(
                 ),
             ),
         ] = None,
+        x_capture_source: Annotated[
+            str | None,
+            Header(
+                pattern=r"^[A-Za-z0-9_-]{1,32}$",
+                description=(
+                    "Whose traffic this is, when not live users' (e.g. `loadtest`, which "
+                    "`modelcycle loadtest` sends): captured with the request, and left out of "
+                    "the drift tests, which a replay of the examples would set off."
+                ),
+            ),
+        ] = None,
     ) -> JSONResponse:
         """Predict with a served model; the response names the model version."""
         seen = time.perf_counter()
@@ -552,6 +565,7 @@ def _add_routes(
         payload = await _payload(request, served, settings, state.decoder)
         if isinstance(payload, JSONResponse):
             return payload
+        payload.source = x_capture_source or LIVE
         try:  # the deadline counts from arrival: waiting, reading and decoding spent some of it
             left = deadline_ms / 1000 - (time.perf_counter() - arrived)
             put = batcher.put(payload, _wait_budget(deadline_ms))

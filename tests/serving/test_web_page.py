@@ -168,7 +168,13 @@ def test_web_page_with_an_api_key_asks_for_it_then_predicts(
         expect(page.locator("#model option")).to_have_count(0)
         page.fill("#key", "s3cret")
         page.click("#predict")  # lists the models with the key, then predicts
-        expect(page.locator("#model option")).to_have_text(["twins@champion (version 1)"])
-        expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
-        expect(page.locator("#for")).to_contain_text("for example 1.")
+        try:
+            expect(page.locator("#model option")).to_have_text(["twins@champion (version 1)"])
+            expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))
+            expect(page.locator("#for")).to_contain_text("for example 1.")
+        except BaseException:  # once seen in CI with the result left empty: keep the evidence
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=ARTIFACTS / "web_page_key_failure.png", full_page=True)
+            print(f"script errors: {script_errors}\n{server.output(40)}")
+            raise
         assert not script_errors, f"the page raised: {script_errors}"

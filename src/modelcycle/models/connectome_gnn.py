@@ -194,8 +194,8 @@ class ConnectomeGraphEncoder(nn.Module):
 
     cell: torch.Tensor  # (N*N,) gather index from padded edges to the square matrix
 
-    #: Checked when the config is assembled, before the data is read (top_k's upper
-    #: bound, the nodes less one, is checked here).
+    #: Checked when the config is assembled, before the data is read; top_k's upper bound
+    #: (the nodes less one) depends on the data, so the constructor checks it.
     RANGES: ClassVar[dict[str, Range]] = {
         "hidden": (1, None),
         "layers": (1, None),

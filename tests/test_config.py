@@ -8,11 +8,13 @@ from omegaconf import DictConfig
 from modelcycle.config import (
     ConfigError,
     assemble,
+    build_registry,
     compose_config,
     experiment_names,
     loadtest_config,
     monitor_config,
     serve_config,
+    sweep_config,
 )
 from modelcycle.data.tables import DataError
 from modelcycle.serving.loading import VariantChoice
@@ -153,6 +155,12 @@ def test_a_run_setting_of_the_wrong_kind_or_range_is_named_before_any_work(
         (serve_config, "serve.workers=true", r"serve.workers=True: give a whole number"),
         (serve_config, "workspace=5", r"workspace=5: give a folder path"),
         (assemble, "report_dir=5", r"report_dir=5: give a folder path"),
+        # 'abc' served CORS to the origins 'a', 'b' and 'c'
+        (serve_config, "serve.cors_origins=abc", r"cors_origins='abc': give a list of origins"),
+        (serve_config, "serve.cors_origins=[1]", r"cors_origins=\[1\]: give a list of origins"),
+        (build_registry, "registry.hooks=abc", r"registry.hooks='abc': give a list of hooks"),
+        (build_registry, "registry.hooks=5", r"registry.hooks=5: give a list of hooks"),
+        (sweep_config, "sweep.space=abc", r"sweep.space='abc': give a mapping of config keys"),
     ],
 )
 def test_a_command_setting_of_the_wrong_kind_or_range_is_named(
@@ -160,7 +168,8 @@ def test_a_command_setting_of_the_wrong_kind_or_range_is_named(
 ) -> None:
     # monitor.window=abc and monitor.interval_seconds=abc ended in a traceback; monitor.alpha
     # and loadtest.users read "'<' not supported between instances ..."; text budgets and
-    # serve.capture=abc were taken as given, and report_dir=5 ended in a TypeError.
+    # serve.capture=abc were taken as given, and report_dir=5 ended in a TypeError, as did
+    # registry.hooks=abc and sweep.space=abc.
     with pytest.raises(ConfigError, match=message):
         build(compose_config([override]))
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from modelcycle.kinds import describe_range, in_range, is_number, is_whole
 from modelcycle.loadtest import Budgets, LoadPlan
@@ -266,7 +266,14 @@ def _fits(value: Any, hint: Any) -> bool:
 
 def build_registry(cfg: DictConfig) -> Registry:
     """The registry in the configured tracking store, with the configured alias-move hooks."""
-    items = OmegaConf.to_container(cfg.registry.hooks, resolve=True)
+    hooks_config = cfg.registry.hooks
+    if not isinstance(hooks_config, ListConfig):
+        raise ConfigError(
+            f"registry.hooks={hooks_config!r}: give a list of hooks, e.g. "
+            '[{command: ["./notify.sh", "{model}", "{alias}", "{version}"]}] or '
+            "[{github: owner/name}]; [] for none."
+        )
+    items = OmegaConf.to_container(hooks_config, resolve=True)
     try:
         hooks = hooks_from_config(items)  # type: ignore[arg-type]
     except HookError as err:
@@ -338,7 +345,13 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
         name=values.pop("variant", "fp32"),
         int8_max_drop=values.pop("int8_max_drop", 0.01),
     )
-    values["cors_origins"] = tuple(values["cors_origins"])
+    origins = values["cors_origins"]
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise ConfigError(
+            f"serve.cors_origins={origins!r}: give a list of origins, e.g. "
+            '["https://example.org"], or [] to keep CORS closed.'
+        )
+    values["cors_origins"] = tuple(origins)
     values["threads"] = values["threads"] or default_threads()
     settings = _build(ServeSettings, "serve", kinds=False, **values)
     if not is_whole(port) or not 1 <= port <= 65535:

@@ -101,6 +101,11 @@ def parse_space(space: Mapping[str, Any], prefix: str = "sweep.space") -> list[P
     Raises:
         SpaceError: An entry that is not a valid distribution, naming its key and the fix.
     """
+    if not isinstance(space, Mapping):
+        raise SpaceError(
+            f"{prefix}={space!r}: give a mapping of config keys to distributions, e.g. "
+            "{task: {lr: {type: float, low: 0.0001, high: 0.01, log: true}}}."
+        )
     params: list[Param] = []
     for key, value in space.items():
         name = f"{prefix}.{key}"

@@ -122,6 +122,18 @@ def test_the_smallest_valid_serve_settings_pass() -> None:
         (["experiment=twins_graph", "model.top_k=0"], r"model.top_k=0: give a value >= 1"),
         (["experiment=twins_functional", "model.hidden=0"], r"model.hidden=0: give a value"),
         (["experiment=twins_functional", "model.denoise_rank=-1"], r"denoise_rank=-1: give"),
+        # choices and text: each ended in a traceback once the data had loaded
+        (["task.objective=abc"], r"task.objective='abc': give one of bce, contrastive, infonce"),
+        (["experiment=twins_graph", "model.edges=x"], r"model.edges='x': give one of covariance"),
+        (["experiment=twins_functional", "model.readout=x"], r"readout='x': give one of pool"),
+        (["experiment=twins_functional", "data.kind=x"], r"data.kind='x': give one of correlation"),
+        (
+            ["experiment=twins_functional", "data.atlas=x"],
+            r"data.atlas='x': give one of mni-kmeans",
+        ),
+        (["experiment=image_rice", "model.name=5"], r"model.name=5: give text"),
+        (["data.download_dir=[1]"], r"data.download_dir=\[1\]: give a path"),
+        (["trainer.accelerator=[1]"], r"trainer.accelerator=\[1\]: use one of"),
         (["experiment=image_rice", "model.drop_rate=x"], r"model.drop_rate='x': give a number"),
         (["experiment=image_rice", "task.test_fraction=1"], r"test_fraction=1: give a share"),
         (["experiment=image_rice", "task.hflip=3"], r"task.hflip=3: give true or false"),

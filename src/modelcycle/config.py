@@ -105,6 +105,7 @@ def assemble(cfg: DictConfig) -> Assembled:
             f"report_dir={report_dir!r}: give a folder path, or null for one per run."
         )
     check_kinds(task_cls, "task", task_params)  # the task's constructor checks the ranges
+    check_ranges(task_cls, "task", task_params)  # its choices: the ones the model takes
     for group in ("data", "model"):
         values = {k: v for k, v in resolved[group].items() if not k.startswith("_")}
         try:
@@ -192,15 +193,20 @@ def check_kinds(target: Any, group: str, values: dict[str, Any]) -> None:
 
 
 def check_ranges(target: Any, group: str, values: dict[str, Any]) -> None:
-    """Name a value outside the range `target` declares in its `RANGES` (key → `Range`).
+    """Name a value outside what `target` declares in `RANGES` or `CHOICES`.
 
-    A model is built only once the data is read (its input width comes from the data); its
-    declared ranges let a width of 0 or a dropout of 2 be named before that. A list (hidden
+    `RANGES` maps a key to its `Range`, `CHOICES` to the values it takes. A model is built
+    only once the data is read (its input width comes from the data); what it declares lets
+    a width of 0, a dropout of 2 or an unknown readout be named before that. A list (hidden
     widths) is checked item by item.
 
     Raises:
-        ConfigError: Naming `group.key`, the value and the range.
+        ConfigError: Naming `group.key`, the value and the range or the choices.
     """
+    for key, choices in getattr(target, "CHOICES", {}).items():
+        if key in values and values[key] not in choices:
+            listed = ", ".join(map(str, choices))
+            raise ConfigError(f"{group}.{key}={values[key]!r}: give one of {listed}.")
     for key, bounds in getattr(target, "RANGES", {}).items():
         value = values.get(key)
         if value is None:
@@ -213,7 +219,13 @@ def check_ranges(target: Any, group: str, values: dict[str, Any]) -> None:
             )
 
 
-_KINDS = {bool: "true or false", int: "a whole number", float: "a number"}
+_KINDS = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "text",
+    Path: "a path",
+}
 
 
 def _members(hint: Any) -> tuple[list[Any], bool]:
@@ -225,7 +237,7 @@ def _members(hint: Any) -> tuple[list[Any], bool]:
 
 
 def _kind_of(hint: Any) -> str | None:
-    """What to ask for when `hint` is a number, a switch or a list of numbers; else None."""
+    """What to ask for when `hint` is a number, switch, text, path or list of numbers; or None."""
     element = _element(hint)
     if element is not None:
         kind = _kind_of(element)
@@ -260,6 +272,7 @@ def _fits(value: Any, hint: Any) -> bool:
         (m is bool and isinstance(value, bool))
         or (m is int and is_whole(value))
         or (m is float and is_number(value))
+        or (m in (str, Path) and isinstance(value, str))
         for m in members
     )
 

@@ -162,6 +162,11 @@ def _check_accelerator(accelerator: str) -> None:
     if accelerator == "auto":
         return
     known = AcceleratorRegistry.available_accelerators()
+    if not isinstance(accelerator, str):
+        raise LaunchError(
+            f"trainer.accelerator={accelerator!r}: use one of {', '.join(sorted(known))}, gpu "
+            "or auto."
+        )
     names = ("cuda", "mps") if accelerator == "gpu" else (accelerator,)  # Lightning's alias
     if not set(names) <= known:
         choices = ", ".join(sorted(known | {"auto", "gpu"}))

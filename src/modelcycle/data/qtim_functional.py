@@ -15,14 +15,21 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from modelcycle.data.bids_index import RestRun, index_rest_runs, pick_runs
-from modelcycle.data.connectomes import MaskerSettings, Prepared, connectomes, prepare_timeseries
+from modelcycle.data.connectomes import (
+    CONNECTIVITY_KINDS,
+    MaskerSettings,
+    Prepared,
+    connectomes,
+    prepare_timeseries,
+)
 from modelcycle.data.openneuro import FetchError, FetchRecord, copy_mirror, fetch_openneuro
-from modelcycle.data.parcellations import Parcellation, load_parcellation
+from modelcycle.data.parcellations import ATLASES, Parcellation, load_parcellation
 from modelcycle.data.qtim import DATASET_ID, Cohort, fetch_structural, read_participants
 from modelcycle.data.qtim_synthetic import (
     SYNTHETIC_MANIFEST,
@@ -110,6 +117,12 @@ class FunctionalSource:
         n_jobs: Worker processes for extraction.
         progress: Show progress bars.
     """
+
+    #: Checked when the config is assembled, before anything is fetched or read.
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "kind": CONNECTIVITY_KINDS,
+        "atlas": tuple(ATLASES),
+    }
 
     root: Path | None = None
     synthetic_dir: Path = Path(".modelcycle/data/qtim-synthetic")

@@ -196,6 +196,7 @@ class ConnectomeGraphEncoder(nn.Module):
 
     #: Checked when the config is assembled, before the data is read; top_k's upper bound
     #: (the nodes less one) depends on the data, so the constructor checks it.
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"readout": ("pool", "nodes")}
     RANGES: ClassVar[dict[str, Range]] = {
         "hidden": (1, None),
         "layers": (1, None),
@@ -218,8 +219,8 @@ class ConnectomeGraphEncoder(nn.Module):
         denoise_rank: int = 7,
     ) -> None:
         super().__init__()
-        if readout not in ("pool", "nodes"):
-            raise ValueError(f"readout={readout!r} is not one of ['nodes', 'pool'].")
+        if readout not in self.CHOICES["readout"]:
+            raise ValueError(f"readout={readout!r} is not one of {list(self.CHOICES['readout'])}.")
         self.n_nodes, self.readout = n_nodes_of(space.n_features), readout
         if not 1 <= top_k < self.n_nodes:
             raise ValueError(f"top_k={top_k} must be between 1 and {self.n_nodes - 1} (nodes - 1).")

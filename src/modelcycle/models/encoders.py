@@ -108,6 +108,8 @@ class RegionGraphEncoder(nn.Module):
     select_global: torch.Tensor  # (n_features, n_global) one-hot of the non-regional columns
     A_hat: torch.Tensor  # (nodes, nodes) normalized adjacency with self-loops
 
+    #: Checked when the config is assembled, before the data is read (set below).
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]]
     #: Checked when the config is assembled, before the data is read.
     RANGES: ClassVar[dict[str, Range]] = {
         "hidden": (1, None),
@@ -171,6 +173,7 @@ _EDGE_BUILDERS = {
     "covariance": lambda layout, train, k: layout.covariance_adjacency(train, k),
     "lobe": lambda layout, train, k: layout.lobe_adjacency(),
 }
+RegionGraphEncoder.CHOICES = {"edges": tuple(_EDGE_BUILDERS)}
 
 
 def _adjacency(layout: RegionLayout, train: np.ndarray, edges: str, top_k: int) -> np.ndarray:

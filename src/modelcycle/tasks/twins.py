@@ -27,7 +27,7 @@ from modelcycle.evaluation.kinship import score_similarity
 from modelcycle.evaluation.kinship_plots import plot_kinship
 from modelcycle.models.encoders import FeatureSpace
 from modelcycle.models.pair_scoring import RawPairScorer
-from modelcycle.models.siamese import SiamesePairModel
+from modelcycle.models.siamese import OBJECTIVES, SiamesePairModel
 from modelcycle.servable import ServableModel
 from modelcycle.serving.adapter import ServingAdapter
 from modelcycle.tasks.base import (
@@ -103,6 +103,8 @@ class TwinsTask(Task[TwinsData]):
         "top5",
     )
     min_folds = 2  # family-grouped k-fold: a test part needs a training part beside it
+    #: Checked when the config is assembled, before the data is read.
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"objective": tuple(OBJECTIVES)}
 
     def __init__(
         self,

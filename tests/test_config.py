@@ -132,7 +132,11 @@ def test_the_smallest_valid_serve_settings_pass() -> None:
             r"data.atlas='x': give one of mni-kmeans",
         ),
         (["experiment=image_rice", "model.name=5"], r"model.name=5: give text"),
-        (["data.download_dir=[1]"], r"data.download_dir=\[1\]: give a path"),
+        (["data.download_dir=[1]"], r"data.download_dir=\[1\]: give a path\."),
+        (
+            ["data.root=123"],
+            r"""data.root=123: give a path or null \(quote a name of digits: data.root="'123'"\)""",
+        ),
         (["trainer.accelerator=[1]"], r"trainer.accelerator=\[1\]: use one of"),
         (["experiment=image_rice", "model.drop_rate=x"], r"model.drop_rate='x': give a number"),
         (["experiment=image_rice", "task.test_fraction=1"], r"test_fraction=1: give a share"),

@@ -189,7 +189,13 @@ def check_kinds(target: Any, group: str, values: dict[str, Any]) -> None:
     for key, value in values.items():
         kind = _kind_of(hints.get(key))
         if kind is not None and not _fits(value, hints[key]):
-            raise ConfigError(f"{group}.{key}={value!r}: give {kind}.")
+            # Hydra reads a name made of digits as a number: say how to keep it text
+            quote = (
+                f" (quote a name of digits: {group}.{key}=\"'{value}'\")"
+                if is_number(value) and kind.startswith(("text", "a path"))
+                else ""
+            )
+            raise ConfigError(f"{group}.{key}={value!r}: give {kind}{quote}.")
 
 
 def check_ranges(target: Any, group: str, values: dict[str, Any]) -> None:

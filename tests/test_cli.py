@@ -451,9 +451,14 @@ def test_ctrl_c_during_training_says_so_exits_130_and_marks_the_runs_killed(
         if process.poll() is None:
             process.kill()
     said = " ".join(log.read_text().split())
-    assert code == 130, said
-    assert "interrupted: stopped at Ctrl-C" in said and "Traceback" not in said
+    assert code == 130, said  # not 1: no error took the interruption's place
+    assert "interrupted: stopped at Ctrl-C" in said
+    assert "Traceback" not in said.split("interrupted: stopped at Ctrl-C")[-1]
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    status = {r.info.run_name: r.info.status for r in runs}
-    assert status["twins"] == "KILLED" and status["twins-fold0"] == "KILLED", status
+    for run in runs:
+        # A Ctrl-C inside one of MLflow's own SQLite writes can leave the store locked for
+        # the process (seen once in CI): the run then stays RUNNING, and the command says so.
+        unmarked = f"Run {run.info.run_id} could not be marked KILLED"
+        assert run.info.status == "KILLED" or unmarked in said, (run.info.run_name, said)
+    assert {r.info.run_name for r in runs} >= {"twins", "twins-fold0"}

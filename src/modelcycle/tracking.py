@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -15,6 +16,8 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from modelcycle.ranks import is_rank_zero
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class Tracker:
             try:
                 yield active.info.run_id
             except KeyboardInterrupt:
-                mlflow.end_run("KILLED")  # stopped by the user, not failed
+                _end_killed(active.info.run_id)  # stopped by the user, not failed
                 raise
 
     @contextmanager
@@ -95,7 +98,7 @@ class Tracker:
             try:
                 yield run_id
             except KeyboardInterrupt:
-                mlflow.end_run("KILLED")  # as `run` ends an interrupted run
+                _end_killed(run_id)  # as `run` ends an interrupted run
                 raise
 
     def children(self, run_id: str) -> dict[str, str]:
@@ -235,3 +238,21 @@ def package_versions(names: tuple[str, ...] = LINEAGE_PACKAGES) -> dict[str, str
         except PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+def _end_killed(run_id: str) -> None:
+    """End the active run as KILLED; a store that cannot take the write is said, not raised.
+
+    A Ctrl-C can land inside one of MLflow's own SQLite writes, and the store may then stay
+    locked for this process: the interruption must still reach the user as itself.
+    """
+    import mlflow
+
+    try:
+        mlflow.end_run("KILLED")  # leaves the active-run stack even when the write fails
+    except Exception as err:
+        log.warning(
+            "Run %s could not be marked KILLED (%s); the tracking store shows it RUNNING.",
+            run_id,
+            str(err).splitlines()[0][:200],
+        )

@@ -129,11 +129,12 @@ def fit(
     log.info("Training precision: %s (trainer.precision=%s)", trainer.precision, settings.precision)
     try:
         trainer.fit(module, datamodule=datamodule)
-    except SystemExit:
+    except BaseException:
         if not trainer.interrupted:
             raise
         # Lightning ends a Ctrl-C with exit(1) after its teardown, ignoring SIGINT from then
-        # on; the caller should see the interruption itself, and a second Ctrl-C should work.
+        # on (or with its loggers' error, when the teardown's write fails); the caller should
+        # see the interruption itself, and a second Ctrl-C should work.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from None
     best = Path(checkpoint.best_model_path)

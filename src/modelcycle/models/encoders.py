@@ -93,6 +93,12 @@ class MLPEncoder(nn.Module):
         return out if self.skip is None else self.skip(x) + out
 
 
+_EDGE_BUILDERS = {
+    "covariance": lambda layout, train, k: layout.covariance_adjacency(train, k),
+    "lobe": lambda layout, train, k: layout.lobe_adjacency(),
+}
+
+
 class RegionGraphEncoder(nn.Module):
     """A dense graph network over FreeSurfer regions, with global measures beside it.
 
@@ -108,8 +114,8 @@ class RegionGraphEncoder(nn.Module):
     select_global: torch.Tensor  # (n_features, n_global) one-hot of the non-regional columns
     A_hat: torch.Tensor  # (nodes, nodes) normalized adjacency with self-loops
 
-    #: Checked when the config is assembled, before the data is read (set below).
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]]
+    #: Checked when the config is assembled, before the data is read.
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"edges": tuple(_EDGE_BUILDERS)}
     #: Checked when the config is assembled, before the data is read.
     RANGES: ClassVar[dict[str, Range]] = {
         "hidden": (1, None),
@@ -167,13 +173,6 @@ class RegionGraphEncoder(nn.Module):
             parts.append(torch.relu(self.global_net(x @ self.select_global)))
         out = self.head(torch.cat(parts, dim=1))
         return out if self.skip is None else self.skip(x) + out
-
-
-_EDGE_BUILDERS = {
-    "covariance": lambda layout, train, k: layout.covariance_adjacency(train, k),
-    "lobe": lambda layout, train, k: layout.lobe_adjacency(),
-}
-RegionGraphEncoder.CHOICES = {"edges": tuple(_EDGE_BUILDERS)}
 
 
 def _adjacency(layout: RegionLayout, train: np.ndarray, edges: str, top_k: int) -> np.ndarray:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader, TensorDataset
 
 from modelcycle.config import ConfigError, assemble, compose_config, trainer_settings
 from modelcycle.ranks import is_rank_zero
@@ -18,6 +22,7 @@ from modelcycle.training import (
     LaunchError,
     TrainerSettings,
     check_launch,
+    fit,
 )
 
 
@@ -176,3 +181,44 @@ def test_lightning_takes_rank_and_world_from_the_launcher(
     assert isinstance(trainer.strategy.cluster_environment, environment)  # type: ignore[attr-defined]
     assert (trainer.global_rank, trainer.world_size) == (1, 4)
     assert not is_rank_zero()
+
+
+class _Failing(L.LightningModule):
+    """A one-weight model whose first training step raises `error`."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.error = error
+
+    def training_step(self, batch: object, batch_idx: int) -> torch.Tensor:
+        raise self.error
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2)
+
+
+@pytest.mark.parametrize(
+    ("error", "seen"),
+    [
+        (ValueError("dropout probability has to be between 0 and 1"), ValueError),
+        (KeyboardInterrupt(), KeyboardInterrupt),
+    ],
+)
+def test_fit_lets_an_error_through_and_reports_ctrl_c_as_one(
+    tmp_path: Path, error: BaseException, seen: type[BaseException]
+) -> None:
+    """Lightning marks the trainer interrupted on any error; only Ctrl-C may read as one."""
+    settings = TrainerSettings(max_epochs=1, min_epochs=0, progress_bar=False)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(seen) as raised:
+            fit(_Failing(error), None, settings, "val_auc", tmp_path, [])  # type: ignore[arg-type]
+        assert raised.type is seen  # not a KeyboardInterrupt standing in for the error
+        if seen is KeyboardInterrupt:  # a second Ctrl-C stops the command again
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, handler)

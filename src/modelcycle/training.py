@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from modelcycle.kinds import is_number, is_whole
@@ -105,6 +105,7 @@ def fit(
         save_top_k=1,
         save_weights_only=True,
     )
+    ctrl_c = _CtrlC()
     trainer = L.Trainer(
         max_epochs=settings.max_epochs,
         min_epochs=settings.min_epochs,
@@ -123,6 +124,7 @@ def fit(
         callbacks=[
             checkpoint,
             EarlyStopping(monitor=monitor, mode="max", patience=settings.patience),
+            ctrl_c,
         ],
     )
     # Lightning may substitute one (16-mixed on a CPU runs as bf16-mixed): log what it runs.
@@ -130,7 +132,8 @@ def fit(
     try:
         trainer.fit(module, datamodule=datamodule)
     except BaseException:
-        if not trainer.interrupted:
+        # Lightning marks the trainer "interrupted" on any error, so ask what it caught.
+        if not ctrl_c.pressed:
             raise
         # Lightning ends a Ctrl-C with exit(1) after its teardown, ignoring SIGINT from then
         # on (or with its loggers' error, when the teardown's write fails); the caller should
@@ -143,6 +146,18 @@ def fit(
     restore(module, best)
     log.info("Best %s=%.4f at %s", monitor, float(checkpoint.best_model_score or 0), best)
     return best
+
+
+class _CtrlC(Callback):
+    """Remember whether the exception that ended a fit was a KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.pressed = self.pressed or isinstance(exception, KeyboardInterrupt)
 
 
 def restore(module: L.LightningModule, checkpoint: Path) -> L.LightningModule:

@@ -82,6 +82,19 @@ def test_data_fetch_names_every_dataset_and_refuses_a_qtim_stand_in() -> None:
     assert qtim.exit_code != 0 and "no synthetic stand-in" in qtim.output
 
 
+def test_a_backbone_that_cannot_take_the_images_is_one_line_that_says_the_way_out(
+    workspace: Path,
+) -> None:
+    # A vision transformer built for 224 px ended the run in an AssertionError traceback.
+    result = runner.invoke(
+        app,
+        ["train", "experiment=image_rice", *TINY_RICE[:3], "model.name=vit_tiny_patch16_224"],
+    )
+    assert result.exit_code == 2, result.output
+    assert "cannot take the data's 32×32 images (it is built for 224×224)" in result.output
+    assert "data.image_size" in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.slow
 def test_pipeline_image_rice_end_to_end(workspace: Path) -> None:
     result = runner.invoke(app, ["pipeline", "image_rice", *TINY_RICE])

@@ -139,6 +139,11 @@ def test_the_smallest_valid_serve_settings_pass() -> None:
         ),
         (["trainer.accelerator=[1]"], r"trainer.accelerator=\[1\]: use one of"),
         (["experiment=image_rice", "model.drop_rate=x"], r"model.drop_rate='x': give a number"),
+        (["experiment=image_rice", "model.drop_rate=2"], r"drop_rate=2: give a value from 0"),
+        (
+            ["experiment=image_rice", "model.name=resnet999"],
+            r"model.name='resnet999': timm has no such model; close: resnet50, .*resnet18",
+        ),
         (["experiment=image_rice", "task.test_fraction=1"], r"test_fraction=1: give a share"),
         (["experiment=image_rice", "task.hflip=3"], r"task.hflip=3: give true or false"),
     ],

@@ -41,6 +41,7 @@ from modelcycle.data.tables import DataError
 from modelcycle.evaluate import EvaluationError, evaluate_run, locate_run
 from modelcycle.evaluation.report import CVReport, mean_std
 from modelcycle.logs import configure as configure_logging
+from modelcycle.models.image_classifier import BackboneError
 from modelcycle.monitoring.drift import DriftSummary
 from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.ranks import is_rank_zero
@@ -798,6 +799,7 @@ def _run(cfg: DictConfig) -> PipelineResult:
 
 #: Errors of the user's input or setup, reported in one line each: their messages name the fix.
 REPORTED = (
+    BackboneError,
     ConfigError,
     DataError,
     EvaluationError,

@@ -201,7 +201,9 @@ def check_kinds(target: Any, group: str, values: dict[str, Any]) -> None:
 def check_ranges(target: Any, group: str, values: dict[str, Any]) -> None:
     """Name a value outside what `target` declares in `RANGES` or `CHOICES`.
 
-    `RANGES` maps a key to its `Range`, `CHOICES` to the values it takes. A model is built
+    `RANGES` maps a key to its `Range`, `CHOICES` to the values it takes, and `CHECK` (if
+    any) is called with `values` and raises ValueError("key=value: ...") for one it refuses
+    (a name looked up in a library, say). A model is built
     only once the data is read (its input width comes from the data); what it declares lets
     a width of 0, a dropout of 2 or an unknown readout be named before that. A list (hidden
     widths) is checked item by item.
@@ -213,6 +215,12 @@ def check_ranges(target: Any, group: str, values: dict[str, Any]) -> None:
         if key in values and values[key] not in choices:
             listed = ", ".join(map(str, choices))
             raise ConfigError(f"{group}.{key}={values[key]!r}: give one of {listed}.")
+    check = getattr(target, "CHECK", None)
+    if check is not None:
+        try:
+            check(values)
+        except ValueError as err:
+            raise ConfigError(f"{group}.{err}") from err
     for key, bounds in getattr(target, "RANGES", {}).items():
         value = values.get(key)
         if value is None:

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from modelcycle.models.image_classifier import (
+    BackboneError,
     PretrainedWeightsError,
+    check_image_size,
     normalizer_for,
     timm_backbone,
 )
@@ -33,6 +35,20 @@ def test_pretrained_weights_offline_say_how_to_go_on(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(PretrainedWeightsError, match=r"'resnet18'.*model.pretrained=false"):
         timm_backbone(num_classes=3, name="resnet18", pretrained=True)
+
+
+def test_a_backbone_that_takes_one_size_is_named_with_the_way_out() -> None:
+    vit = timm_backbone(num_classes=3, name="vit_tiny_patch16_224")
+    with pytest.raises(
+        BackboneError,
+        match=r"32×32 images \(it is built for 224×224\).*"
+        r"data.image_size",
+    ):
+        check_image_size(vit, 32)
+    check_image_size(vit, 224)
+    resnet = timm_backbone(num_classes=3, name="resnet10t").train()
+    check_image_size(resnet, 32)
+    assert resnet.training  # left in the mode it came in
 
 
 def test_normalisation_uses_timms_mean_and_std_on_raw_pixels() -> None:

@@ -6,6 +6,7 @@ exported ONNX needs no preprocessing outside it: a served image is decoded, resi
 
 from __future__ import annotations
 
+import difflib
 import logging
 from typing import Any
 
@@ -14,13 +15,39 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from modelcycle.kinds import declares
+
 log = logging.getLogger(__name__)
 
 
-class PretrainedWeightsError(RuntimeError):
+class BackboneError(ValueError):
+    """The backbone asked for cannot be built or cannot take the data; the message says why."""
+
+
+class PretrainedWeightsError(BackboneError):
     """Pretrained weights were asked for but could not be loaded; the message says the fix."""
 
 
+def check_timm_name(values: dict[str, Any]) -> None:
+    """Refuse a `name` timm does not know, suggesting the closest it does.
+
+    Raises:
+        ValueError: `name=...`, the close names and where to list them all.
+    """
+    import timm
+
+    name = values.get("name")
+    if not isinstance(name, str) or timm.is_model(name):
+        return  # a name that is not text is named by the kind check
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; close: {', '.join(close)}" if close else ""
+    raise ValueError(
+        f"name={name!r}: timm has no such model{hint} (timm.list_models() lists all "
+        f"{len(timm.list_models())})."
+    )
+
+
+@declares(ranges={"drop_rate": (0, 1)}, check=check_timm_name)
 def timm_backbone(
     num_classes: int, name: str = "resnet18", pretrained: bool = False, drop_rate: float = 0.0
 ) -> nn.Module:
@@ -38,13 +65,39 @@ def timm_backbone(
         )
     except Exception as err:  # hub downloads raise many kinds: network, HTTP, missing tag
         raise PretrainedWeightsError(
-            f"Could not load pretrained weights of timm model {name!r}: {err}. Offline, set "
+            f"Could not load pretrained weights of timm model {name!r}: "
+            f"{str(err).rstrip('.')}. Offline, set "
             "model.pretrained=false (random initialisation)."
         ) from err
     log.info(
         "%s: pretrained weights from the Hugging Face hub, new %d-class head", name, num_classes
     )
     return model
+
+
+def check_image_size(backbone: nn.Module, size: int) -> None:
+    """Run one blank `size`×`size` image through `backbone`, so a misfit is named at once.
+
+    Some backbones (vision transformers) take only the size they were built for.
+
+    Raises:
+        BackboneError: The size, what the backbone says and the two ways out.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            backbone(torch.zeros(1, 3, size, size))
+    except Exception as err:  # timm models assert, or fail in a reshape or a convolution
+        built = getattr(backbone, "pretrained_cfg", {}).get("input_size")
+        takes = f" (it is built for {built[1]}×{built[2]})" if built else ""
+        raise BackboneError(
+            f"The backbone of model.name cannot take the data's {size}×{size} images{takes}: "
+            f"{str(err).rstrip('.')}. Set data.image_size to a size it takes, or choose a "
+            "backbone that takes any size (resnet18, efficientnet_b0, ...)."
+        ) from err
+    finally:
+        backbone.train(was_training)
 
 
 class PixelNormalize(nn.Module):

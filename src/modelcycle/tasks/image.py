@@ -33,7 +33,12 @@ from modelcycle.data.image_set import (
 from modelcycle.embeddings import EMBEDDING
 from modelcycle.evaluation.classification import score_classifier
 from modelcycle.evaluation.classification_plots import plot_classification
-from modelcycle.models.image_classifier import ImageClassifier, PixelClassifier, normalizer_for
+from modelcycle.models.image_classifier import (
+    ImageClassifier,
+    PixelClassifier,
+    check_image_size,
+    normalizer_for,
+)
 from modelcycle.ranks import validation_loader
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import (
@@ -184,6 +189,7 @@ class ImageTask(Task[ImageSet]):
     def model(self, data: ImageSet, fold: Fold) -> L.LightningModule:
         """A fresh timm backbone with a `len(classes)`-way head and its normalisation."""
         backbone = self.encoder(num_classes=len(data.classes))
+        check_image_size(backbone, data.images.shape[1])
         return ImageClassifier(
             backbone,
             normalizer_for(backbone),

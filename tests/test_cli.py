@@ -14,8 +14,10 @@ import mlflow
 import openneuro
 import pytest
 import yaml
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typer.testing import CliRunner
 
+from modelcycle import cli
 from modelcycle.cli import app
 from modelcycle.config import compose_config
 from modelcycle.registry import Registry
@@ -419,6 +421,21 @@ def test_a_key_error_of_a_bug_is_not_dressed_as_an_input_error(
     result = runner.invoke(app, ["config"])
     assert result.exit_code != 2 and "error:" not in result.stdout
     assert isinstance(result.exception, KeyError)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ctrl_c_is_said_once_under_ddp_by_rank_zero(
+    rank: int, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every rank of a DDP run gets the Ctrl-C, and every one printed the line.
+    def pressed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_pipeline", pressed)
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
+    result = runner.invoke(app, ["train", "debug=tiny"])
+    assert result.exit_code == 130
+    assert ("interrupted: stopped at Ctrl-C" in result.output) is (rank == 0), result.output
 
 
 def test_ctrl_c_during_training_says_so_exits_130_and_marks_the_runs_killed(

@@ -822,11 +822,12 @@ def _clear_errors() -> Iterator[None]:
         console.print(f"[red]error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(code=2) from err
     except KeyboardInterrupt as err:
-        console.print(
-            "[yellow]interrupted:[/yellow] stopped at Ctrl-C; the tracked runs it had open are "
-            "marked KILLED.",
-            soft_wrap=True,
-        )
+        if is_rank_zero():  # under DDP every rank gets the Ctrl-C; one says so
+            console.print(
+                "[yellow]interrupted:[/yellow] stopped at Ctrl-C; the tracked runs it had open "
+                "are marked KILLED.",
+                soft_wrap=True,
+            )
         raise typer.Exit(code=130) from err  # 128 + SIGINT, as shells report it
     except OSError as err:  # a path given or configured that cannot be read or written
         logging.getLogger(__name__).debug("where it failed", exc_info=True)

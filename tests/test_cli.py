@@ -15,11 +15,13 @@ import openneuro
 import pytest
 import yaml
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from rich.console import Console
 from typer.testing import CliRunner
 
 from modelcycle import cli
 from modelcycle.cli import app
 from modelcycle.config import compose_config
+from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.registry import Registry
 from modelcycle.tracking import TrackingSettings, tracking_uri
 from run_tree import one_run_tree
@@ -479,3 +481,32 @@ def test_ctrl_c_during_training_says_so_exits_130_and_marks_the_runs_killed(
         unmarked = f"Run {run.info.run_id} could not be marked KILLED"
         assert run.info.status == "KILLED" or unmarked in said, (run.info.run_name, said)
     assert {r.info.run_name for r in runs} >= {"twins", "twins-fold0"}
+
+
+@pytest.mark.parametrize(("folds", "width", "by_fold"), [(5, 160, True), (5, 80, False)])
+def test_the_summary_keeps_metric_names_whole_and_shows_folds_only_when_they_fit(
+    folds: int, width: int, by_fold: bool
+) -> None:
+    # At 80 columns five folds squeezed the names to "auc_twin…", the same for two metrics.
+    metrics = ("auc_twin_vs_unrelated", "auc_twin_vs_matched")
+    report = CVReport(
+        "twins",
+        "twins",
+        metrics,
+        metrics[0],
+        [
+            FoldResult(i, 40, {m: 0.5 + i / 10 for m in metrics}, {m: 0.9 for m in metrics})
+            for i in range(folds)
+        ],
+    )
+    report.folds[0].model[metrics[1]] = float("nan")
+    out = Console(width=width, record=True)
+    out.print(cli.summary_table(report, width))
+    text = out.export_text()
+    assert all(len(line) <= width for line in text.splitlines())
+    assert all(name in text for name in metrics) and "…" not in text
+    assert ("fold 4" in text) is by_fold
+    assert ("0.500 - 0.900" in text) is not by_fold  # the model's range over the folds
+    assert ("0.600 - 0.900" in text) is not by_fold  # NaN left out of the range
+    assert ("summary.md and metrics.json" in text) is not by_fold
+    assert "5 folds" in text

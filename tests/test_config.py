@@ -100,6 +100,7 @@ def test_the_smallest_valid_serve_settings_pass() -> None:
     ("overrides", "message"),
     [
         (["seed=abc"], r"seed='abc': give a whole number >= 0"),
+        (["seed=4294967296"], r"seed=4294967296: give a whole number from 0 to 4294967295"),
         (["cv.n_folds=abc"], r"cv.n_folds='abc': give a whole number >= 1"),
         (["cv.n_folds=0"], r"cv.n_folds=0: give a whole number >= 1"),
         (["task.lr=abc"], r"task.lr='abc': give a number\."),

@@ -288,14 +288,15 @@ def test_cli_refuses_a_bad_space_by_name(workspace: Path, override: str, message
     [
         ("sweep.trials=abc", "sweep.trials='abc': give a whole number"),
         ("sweep.trials=0", "at least 1"),
+        ("sweep.seed=-1", "sweep.seed=-1: give a whole number >= 0"),  # was numpy's traceback
     ],
 )
-def test_cli_refuses_a_bad_trial_count_by_name(
+def test_cli_refuses_a_bad_trial_count_or_seed_by_name(
     workspace: Path, override: str, message: str
 ) -> None:
     result = runner.invoke(app, ["sweep", override])
     assert result.exit_code == 2, result.stdout
-    assert message in result.stdout and "sweep.trials=" in result.stdout
+    assert message in result.stdout and override.split("=")[0] + "=" in result.stdout
     assert not (workspace / "optuna.db").exists()
 
 

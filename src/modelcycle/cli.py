@@ -840,27 +840,50 @@ def _clear_errors() -> Iterator[None]:
         raise typer.Exit(code=2) from err
 
 
-def summary_table(report: CVReport) -> Table:
-    """The report as a rich table: a row per metric and scorer, a column per fold."""
-    table = Table(title=f"{report.task}: model vs baseline, {len(report.folds)} folds")
-    table.add_column("metric")
-    table.add_column("scorer")
-    for fold in report.folds:
-        table.add_column(f"fold {fold.fold}", justify="right")
-    table.add_column("mean ± std", justify="right", style="bold")
+def summary_table(report: CVReport, width: int = 80) -> Table:
+    """The report as a rich table: a row per metric and scorer, then mean ± std.
+
+    A column per fold when they all fit in `width` characters with the metric names whole;
+    otherwise the folds' range (min to max), and the caption says where each fold's values
+    are (summary.md and metrics.json keep them all).
+    """
     agg = report.aggregate()
+    name_width = max((len(m) for m in report.metrics), default=6)
+    cell = 3 + max(len(f"fold {f.fold}") for f in report.folds) if report.folds else 0
+    # metric, scorer ("baseline") and "mean ± std" columns, each with padding and a border
+    fixed = 1 + (name_width + 3) + (8 + 3) + (13 + 3)
+    by_fold = fixed + cell * len(report.folds) <= width
+    caption = None if by_fold else "each fold's values: summary.md and metrics.json"
+    folds = f"{len(report.folds)} fold{'s' if len(report.folds) != 1 else ''}"
+    table = Table(title=f"{report.task}: model vs baseline, {folds}")
+    table.caption = caption
+    table.add_column("metric", no_wrap=True, min_width=name_width)
+    table.add_column("scorer", no_wrap=True)
+    if by_fold:
+        for fold in report.folds:
+            table.add_column(f"fold {fold.fold}", justify="right", no_wrap=True)
+    else:
+        table.add_column("folds: min - max", justify="right", no_wrap=True)
+    table.add_column("mean ± std", justify="right", style="bold", no_wrap=True)
     for metric in report.metrics:
         for scorer in ("model", "baseline"):
-            cells = [f"{getattr(f, scorer)[metric]:.3f}" for f in report.folds]
+            values = [getattr(f, scorer)[metric] for f in report.folds]
+            cells = [f"{v:.3f}" for v in values] if by_fold else [_span(values)]
             label = metric if scorer == "model" else ""
             table.add_row(label, scorer, *cells, mean_std(*agg[scorer][metric]))
     return table
 
 
+def _span(values: list[float]) -> str:
+    """The lowest and highest of `values` that are numbers, as "0.812 - 0.951"."""
+    kept = [v for v in values if v == v]  # NaN is the one value not equal to itself
+    return f"{min(kept):.3f} - {max(kept):.3f}" if kept else "nan"
+
+
 def _print_result(result: PipelineResult) -> None:
     if not is_rank_zero():  # every rank holds the result; one prints it
         return
-    console.print(summary_table(result.report))
+    console.print(summary_table(result.report, console.width))
     if result.report.reference:
         ref = ", ".join(f"{k} {v:.3f}" for k, v in result.report.reference.items())
         console.print(f"Baseline over the whole dataset (no folds): {ref}", soft_wrap=True)

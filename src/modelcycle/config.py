@@ -94,6 +94,8 @@ def assemble(cfg: DictConfig) -> Assembled:
     for name, value, least in counts:
         if not is_whole(value) or value < least:
             raise ConfigError(f"{name}={value!r}: give a whole number >= {least}.")
+    if resolved["seed"] >= 2**32:  # numpy's generators take 32-bit seeds
+        raise ConfigError(f"seed={resolved['seed']}: give a whole number from 0 to {2**32 - 1}.")
     if resolved["cv"]["n_folds"] < task_cls.min_folds:
         raise ConfigError(
             f"cv.n_folds={resolved['cv']['n_folds']}: the {cfg.task.name} task needs at least "

@@ -64,8 +64,8 @@ class StudySettings:
 
     def __post_init__(self) -> None:
         for key, value in (("trials", self.trials), ("seed", self.seed)):
-            if not is_whole(value):
-                raise SweepError(f"sweep.{key}={value!r}: give a whole number.")
+            if not is_whole(value) or value < 0:
+                raise SweepError(f"sweep.{key}={value!r}: give a whole number >= 0.")
         if self.trials < 1:
             raise SweepError(f"sweep.trials={self.trials}: a sweep needs at least 1 trial.")
         if self.pruner not in PRUNERS:

@@ -99,6 +99,33 @@ def test_the_smallest_valid_serve_settings_pass() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        (["trainer.max_epoch=5"], r"^trainer.max_epoch \(did you mean trainer.max_epochs, "),
+        (["max_epochs=5"], r"^max_epochs \(did you mean trainer.max_epochs\?\) is not a key"),
+        (
+            ["experiment=twins_functional", "data.synthetic=true"],
+            r"^data.synthetic \(did you mean data.synthetic_dir\?\) is not a key",
+        ),
+        (
+            ["trainer.max_epoch=5", "seed=1", "model.dropuot=3"],
+            r"max_epochs, .*\) and model.dropuot \(did you mean model.dropout\?\) are not keys",
+        ),
+        (["trainer.nothing_like_it=1"], r"^trainer.nothing_like_it is not a key of the composed"),
+        (["model=nope"], r"Cannot compose .*Could not find 'model/nope'"),  # Hydra's words
+    ],
+)
+def test_a_key_the_config_lacks_is_named_with_the_keys_it_has(
+    overrides: list[str], message: str
+) -> None:
+    # Hydra's own answer ended "To append to your config use +trainer.max_epoch=5": taking
+    # it led to a second error at the constructor, and no close key was named.
+    with pytest.raises(ConfigError, match=message) as raised:
+        compose_config(overrides)
+    assert "To append" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
         (["seed=abc"], r"seed='abc': give a whole number >= 0"),
         (["seed=4294967296"], r"seed=4294967296: give a whole number from 0 to 4294967295"),
         (["cv.n_folds=abc"], r"cv.n_folds='abc': give a whole number >= 1"),

@@ -77,6 +77,6 @@ def test_every_shipped_space_names_real_keys(experiment: str) -> None:
 def test_unknown_path_suggests_the_close_key() -> None:
     cfg = compose_config(["+sweep.space.model.dropuot={type:float,low:0,high:1}"])
     with pytest.raises(
-        ConfigError, match=r"model.dropuot is not a key.*did you mean model.dropout"
+        ConfigError, match=r"model.dropuot \(did you mean model.dropout\?\) is not a key"
     ):
         sweep_config(cfg)

@@ -6,6 +6,7 @@ import collections.abc
 import difflib
 import inspect
 import math
+import re
 import time
 import types
 import typing
@@ -62,15 +63,77 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
                 f"or experiment=twins; {hint}."
             )
     try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
+        return _compose(overrides)
     except HydraException as err:
         # Hydra appends where it searched (its own package among them): not the user's to fix.
         said = str(err).split("\nConfig search path:")[0].rstrip()
+        unknown = _unknown_keys(overrides, said)
+        if unknown:  # misspelt keys: Hydra's hint (append them with +) leads nowhere
+            raise ConfigError(unknown) from err
         raise ConfigError(
             f"Cannot compose the config with overrides {list(overrides)}: {said}"
         ) from err
-    return cfg
+
+
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _unknown_keys(overrides: Sequence[str], said: str) -> str | None:
+    """What to say when the overrides name keys the config lacks; None for other failures."""
+    paths: list[str] = []
+    rest = list(overrides)
+    while match := re.match(r"Could not override '([^']+)'", said):
+        paths.append(match.group(1))
+        rest = [o for o in rest if o.lstrip("+~").split("=")[0] not in paths]
+        try:
+            cfg = _compose(rest)
+        except HydraException as err:
+            said = str(err)
+            continue
+        return not_a_key(cfg, *paths)
+    return None
+
+
+def not_a_key(cfg: DictConfig, *paths: str) -> str:
+    """Say that each of `paths` is not a key of `cfg`, with the closest keys beside it."""
+    said = []
+    for path in paths:
+        parent, _, key = path.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        keys = [str(k) for k in node] if isinstance(node, DictConfig) else []
+        close = [
+            ".".join(filter(None, (parent, k))) for k in difflib.get_close_matches(key, keys, 3)
+        ]
+        # the same name in another section (max_epochs=5 for trainer.max_epochs=5)
+        # (not the same dotted path inside a section: a sweep's space holds model.dropuot)
+        close += [
+            p
+            for p in _key_paths(cfg)
+            if p.rpartition(".")[2] == key
+            and p not in close
+            and not (parent and p.endswith(f".{path}"))
+        ]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        said.append(f"{path}{hint}")
+    what = "is not a key" if len(paths) == 1 else "are not keys"
+    return (
+        f"{' and '.join(said)} {what} of the composed config; `modelcycle config` prints the "
+        "valid keys."
+    )
+
+
+def _key_paths(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every key of `node` and its sections, as dotted paths."""
+    paths: list[str] = []
+    for key in node:
+        path = f"{prefix}{key!s}"
+        paths.append(path)
+        child = node._get_node(key)  # not resolved: ${...} values need not resolve here
+        if isinstance(child, DictConfig):
+            paths += _key_paths(child, f"{path}.")
+    return paths
 
 
 @dataclass(frozen=True)
@@ -502,15 +565,7 @@ def _check_sweepable(cfg: DictConfig, path: str) -> None:
     missing = object()
     value = OmegaConf.select(cfg, path, default=missing)
     if value is missing:
-        parent = path.rpartition(".")[0]
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        keys = [str(k) for k in node] if isinstance(node, DictConfig) else []
-        close = difflib.get_close_matches(path.rpartition(".")[2], keys, 3)
-        hint = f"did you mean {', '.join(f'{parent}.{k}' for k in close)}? " if close else ""
-        raise ConfigError(
-            f"{where}: {path} is not a key of the composed config; {hint}"
-            "`modelcycle config` prints the valid keys."
-        )
+        raise ConfigError(f"{where}: {not_a_key(cfg, path)}")
     if isinstance(value, DictConfig):
         raise ConfigError(
             f"{where}: {path} is a whole config section; search one of its values, "

@@ -266,7 +266,10 @@ def test_cli_sweeps_the_tiny_twins_config_and_resumes(tiny_qtim: Path, workspace
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("+sweep.space.task.lrr={type:float,low:0.1,high:1}", "task.lrr is not a key.*task.lr"),
+        (
+            "+sweep.space.task.lrr={type:float,low:0.1,high:1}",
+            r"task.lrr \(did you mean task.lr\?\) is not a key",
+        ),
         ("+sweep.space.seed={type:int,low:1,high:9}", "seed cannot be searched"),
         ("+sweep.space.trainer={type:int,low:1,high:9}", "trainer is a whole config section"),
         ("sweep.space.task.lr.low=0.1", r"sweep.space.task.lr: low=0.1 must be below high"),

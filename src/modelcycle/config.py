@@ -86,7 +86,10 @@ def _unknown_keys(overrides: Sequence[str], said: str) -> str | None:
     rest = list(overrides)
     while match := re.match(r"Could not override '([^']+)'", said):
         paths.append(match.group(1))
-        rest = [o for o in rest if o.lstrip("+~").split("=")[0] not in paths]
+        kept = [o for o in rest if o.lstrip("+~").split("=")[0] not in paths]
+        if len(kept) == len(rest):  # not a key given on the command line
+            return None
+        rest = kept
         try:
             cfg = _compose(rest)
         except HydraException as err:

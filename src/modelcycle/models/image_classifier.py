@@ -89,10 +89,13 @@ def check_image_size(backbone: nn.Module, size: int) -> None:
         with torch.no_grad():
             backbone(torch.zeros(1, 3, size, size))
     except Exception as err:  # timm models assert, or fail in a reshape or a convolution
-        built = getattr(backbone, "pretrained_cfg", {}).get("input_size")
+        timm_cfg = getattr(backbone, "pretrained_cfg", None) or {}
+        name = f"={timm_cfg['architecture']!r}" if "architecture" in timm_cfg else ""
+        built = timm_cfg.get("input_size")
         takes = f" (it is built for {built[1]}×{built[2]})" if built else ""
         raise BackboneError(
-            f"The backbone of model.name cannot take the data's {size}×{size} images{takes}: "
+            f"The backbone (model.name{name}) cannot take the data's {size}×{size} "
+            f"images{takes}: "
             f"{str(err).rstrip('.')}. Set data.image_size to a size it takes, or choose a "
             "backbone that takes any size (resnet18, efficientnet_b0, ...)."
         ) from err

@@ -724,7 +724,13 @@ def data_prepare(overrides: Overrides = None) -> None:
     from modelcycle.data.qtim_functional import FunctionalSource, prepare_dataset
 
     with _clear_errors():
-        cfg = compose_config(["data=qtim_func", *(overrides or [])])
+        cfg = compose_config(["experiment=twins_functional", *(overrides or [])])
+        if cfg.data.get("_target_") != f"{FunctionalSource.__module__}.FunctionalSource":
+            raise ConfigError(
+                f"`modelcycle data prepare` computes the connectomes of experiment="
+                f"twins_functional; the {cfg.task.name} task reads its data as it trains, so "
+                "there is nothing to prepare for it (`modelcycle data stats` describes it)."
+            )
         source = FunctionalSource(**_data_settings(cfg))
         result = prepare_dataset(source, workspace_of(cfg) / "prepared" / "qtim-func")
     p = result.prepared

@@ -220,6 +220,18 @@ def test_cli_writes_the_synthetic_cohort_then_prepares_it_reporting_a_broken_run
     assert f"{len(bold) - 1} from cache, 0 computed" in again.stdout
 
 
+@pytest.mark.parametrize("experiment", ["twins", "image_rice"])
+def test_cli_prepare_refuses_an_experiment_with_nothing_to_prepare(
+    experiment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It prepared the functional cohort anyway, whatever experiment was named.
+    monkeypatch.setenv("MODELCYCLE_HOME", str(tmp_path / "ws"))
+    done = runner.invoke(app, ["data", "prepare", f"experiment={experiment}"])
+    assert done.exit_code == 2, done.stdout
+    assert "nothing to prepare" in done.stdout and "experiment=twins_functional" in done.stdout
+    assert not (tmp_path / "ws").exists()
+
+
 def test_fetch_func_asks_openneuro_for_the_rest_runs(
     real_qtim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

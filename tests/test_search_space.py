@@ -80,3 +80,52 @@ def test_unknown_path_suggests_the_close_key() -> None:
         ConfigError, match=r"model.dropuot \(did you mean model.dropout\?\) is not a key"
     ):
         sweep_config(cfg)
+
+
+def test_ends_are_the_extremes_a_trial_may_draw() -> None:
+    (lr, layers, widths, share) = parse_space(
+        {
+            "task": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+            "model": {
+                "layers": {"type": "int", "low": 1, "high": 10, "step": 4},  # 1, 5, 9
+                "hidden": {"type": "categorical", "choices": [[32], [64, 32]]},
+                "dropout": {"type": "float", "low": 0.0, "high": 0.55, "step": 0.1},
+            },
+        }
+    )
+    assert lr.ends() == [("low", 1e-4), ("high", 1e-2)]
+    assert layers.ends() == [("low", 1), ("high", 9)]
+    assert widths.ends() == [("choice", [32]), ("choice", [64, 32])]
+    assert share.ends() == [("low", 0.0), ("high", pytest.approx(0.5))]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["sweep.space.model.dropout.high=2"],
+            r"sweep.space.model.dropout: a trial that draws high 2.0 could not start "
+            r"\(model.dropout=2.0: give a value from 0 to below 1\); narrow the range",
+        ),
+        (
+            ["+sweep.space.task.batch_size={type:int,low:0,high:4}"],  # the task's own check
+            r"sweep.space.task.batch_size: a trial that draws low 0 could not start \(.*"
+            r"batch_size=0: give a whole number >= 1",
+        ),
+        (
+            ["+sweep.space.task.objective={type:categorical,choices:[bce,hinge]}"],
+            r"sweep.space.task.objective: a trial that draws choice 'hinge' could not start",
+        ),
+    ],
+)
+def test_a_space_whose_trials_could_not_start_is_refused_before_the_study(
+    overrides: list[str], message: str
+) -> None:
+    # A trial drawing dropout 1.3 failed after the data loaded, and the study kept it.
+    with pytest.raises(ConfigError, match=message):
+        sweep_config(compose_config(overrides))
+
+
+def test_the_shipped_spaces_pass_the_check_unchanged() -> None:
+    for experiment in ("twins", "image_rice"):
+        assert sweep_config(compose_config([f"experiment={experiment}"])).space

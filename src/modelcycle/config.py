@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import copy
 import difflib
 import inspect
 import math
@@ -537,8 +538,30 @@ def sweep_config(
     for param in space:
         _check_sweepable(cfg, param.path)
     _check_one_process(cfg)
+    _check_space_ends(cfg, space)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return SweepConfig(settings, space, workspace / "reports" / f"sweep-{settings.name}-{stamp}")
+
+
+def _check_space_ends(cfg: DictConfig, space: list[Param]) -> None:
+    """Refuse a space some of whose trials could not even start (a dropout range up to 2).
+
+    The config is assembled (no data read) with each end of every range and with every
+    choice, each alone on top of `cfg`, so a value the task or model refuses is named before
+    the study begins, not as a failed trial after the data loaded.
+    """
+    assemble(cfg)  # the base fails on its own words, not as a space entry's
+    for param in space:
+        for end, value in param.ends():
+            trial = copy.deepcopy(cfg)
+            OmegaConf.update(trial, param.path, value, merge=False)
+            try:
+                assemble(trial)
+            except ConfigError as err:
+                raise ConfigError(
+                    f"sweep.space.{param.path}: a trial that draws {end} {value!r} could not "
+                    f"start ({str(err).rstrip('.')}); narrow the range or drop the choice."
+                ) from err
 
 
 def _check_one_process(cfg: DictConfig) -> None:

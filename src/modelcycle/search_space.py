@@ -7,6 +7,7 @@ for an Optuna trial and writes it back as a Hydra override.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,20 @@ class Param:
         return trial.suggest_float(
             self.path, float(self.low or 0), float(self.high or 0), step=self.step, log=self.log
         )
+
+    def ends(self) -> list[tuple[str, Any]]:
+        """What a trial may draw at the edges: ("low", v) and ("high", v), or each choice.
+
+        With a step, "high" is the highest value on the step grid from `low`.
+        """
+        if self.kind == "categorical":
+            return [("choice", v) for v in self.values]
+        low, high = float(self.low or 0), float(self.high or 0)
+        if self.step:
+            high = low + self.step * math.floor((high - low) / self.step + 1e-9)
+        if self.kind == "int":
+            return [("low", int(low)), ("high", int(high))]
+        return [("low", low), ("high", high)]
 
     def override(self, value: Any) -> str:
         """The Hydra override that sets this parameter to `value` (as Optuna stores it)."""

@@ -23,6 +23,7 @@ from modelcycle.cli import app
 from modelcycle.config import compose_config
 from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.registry import Registry
+from modelcycle.sweep import SweepResult, TrialRecord
 from modelcycle.tracking import TrackingSettings, tracking_uri
 from run_tree import one_run_tree
 from serving_fixtures import ServedWorkspace
@@ -510,3 +511,21 @@ def test_the_summary_keeps_metric_names_whole_and_shows_folds_only_when_they_fit
     assert ("0.600 - 0.900" in text) is not by_fold  # NaN left out of the range
     assert ("summary.md and metrics.json" in text) is not by_fold
     assert "5 folds" in text
+
+
+@pytest.mark.parametrize(("width", "by_column"), [(160, True), (80, False)])
+def test_the_sweep_table_cuts_no_value_short(width: int, by_column: bool) -> None:
+    # At 80 columns the values read "0.000…" and "[64,3…".
+    params = {"task.lr": 0.00079064, "model.hidden": "[64,32]", "model.dropout": 0.30537}
+    params |= {"task.weight_decay": 0.0002275, "task.temperature": 0.2583}
+    trials = [TrialRecord(n, "complete", 0.9, params, 1.0) for n in range(2)]
+    result = SweepResult(
+        "twins", "sqlite://", "auc_twin_vs_unrelated", trials, trials[0], 2, Path()
+    )
+    out = Console(width=width, record=True)
+    out.print(cli.sweep_table(result, width))
+    text = out.export_text()
+    assert "…" not in text and all(len(line) <= width for line in text.splitlines())
+    for value in ("0.0007906", "[64,32]", "0.3054", "0.0002275", "auc_twin_vs_unrelated"):
+        assert value in text
+    assert ("lr=0.0007906" in text) is not by_column

@@ -540,7 +540,7 @@ def sweep(
             )
         except SweepError as err:
             raise ConfigError(str(err)) from err
-    console.print(sweep_table(result))
+    console.print(sweep_table(result, console.width))
     if result.best is not None:
         best = result.best
         console.print(f"Best: trial {best.number}, {metric} {best.value:.4f}")
@@ -562,21 +562,43 @@ def _print_trial(trial: TrialRecord, finished: int, target: int, best: TrialReco
     )
 
 
-def sweep_table(result: SweepResult) -> Table:
-    """Every trial of the study: state, value and parameters, the best marked."""
+def sweep_table(result: SweepResult, width: int = 120) -> Table:
+    """Every trial of the study: state, value and parameters, the best marked.
+
+    A column per parameter when they all fit in `width` characters; otherwise one column
+    of `name=value` pairs, wrapped, so no value is cut short.
+    """
     table = Table(title=f"{result.study}: {len(result.trials)} trials ({result.ran} run now)")
     paths = sorted({k for t in result.trials for k in t.params})
     # The last part of each path is the header when that names it alone (lr, dropout).
     names = [p.rpartition(".")[2] for p in paths]
     headers = [n if names.count(n) == 1 else p for n, p in zip(names, paths, strict=True)]
-    for column in ("trial", "state", result.metric, *headers):
-        table.add_column(column, justify="right")
+    rows = [
+        (
+            str(t.number),
+            t.state,
+            "-" if t.value is None else f"{t.value:.4f}",
+            [_short(t.params.get(p)) for p in paths],
+        )
+        for t in result.trials
+    ]
+    fixed = ("trial", "state", result.metric)
+    columns = [*fixed, *headers]
+    cells = [[number, state, value, *params] for number, state, value, params in rows]
+    widest = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    by_column = 1 + sum(w + 3 for w in widest) <= width
+    for column in fixed if not by_column else columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    if not by_column:
+        table.add_column("parameters", overflow="fold")
     best = result.best.number if result.best else None
-    for t in result.trials:
-        cells = [_short(t.params.get(p)) for p in paths]
-        value = "-" if t.value is None else f"{t.value:.4f}"
+    for t, (number, state, value, params) in zip(result.trials, rows, strict=True):
         style = "bold green" if t.number == best else None
-        table.add_row(str(t.number), t.state, value, *cells, style=style)
+        if by_column:
+            table.add_row(number, state, value, *params, style=style)
+        else:
+            pairs = "  ".join(f"{h}={v}" for h, v in zip(headers, params, strict=True))
+            table.add_row(number, state, value, pairs, style=style)
     return table
 
 

@@ -22,7 +22,9 @@ from modelcycle import cli
 from modelcycle.cli import app
 from modelcycle.config import compose_config
 from modelcycle.evaluation.report import CVReport, FoldResult
+from modelcycle.monitoring.drift import DriftSummary, FeatureDrift
 from modelcycle.registry import Registry
+from modelcycle.registry_hooks import AliasMoved
 from modelcycle.sweep import SweepResult, TrialRecord
 from modelcycle.tracking import TrackingSettings, tracking_uri
 from run_tree import one_run_tree
@@ -529,3 +531,49 @@ def test_the_sweep_table_cuts_no_value_short(width: int, by_column: bool) -> Non
     for value in ("0.0007906", "[64,32]", "0.3054", "0.0002275", "auc_twin_vs_unrelated"):
         assert value in text
     assert ("lr=0.0007906" in text) is not by_column
+
+
+def test_drift_and_history_tables_keep_names_whole_at_80_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "probabilit…", "embedding_…" and a timestamp without its time zone, before.
+    names = [("embedding_distance", "embedding"), ("probabilities", "output")]
+    summary = DriftSummary(
+        model="image",
+        version="1",
+        status="drift",
+        features=[
+            FeatureDrift(
+                name=n,
+                kind=k,  # type: ignore[arg-type]
+                statistic=0.431,
+                p_value=4.6e-29,
+                drifted=True,
+                reference_mean=2.993,
+                current_mean=2.965,
+            )
+            for n, k in names
+        ],
+    )
+    out = Console(width=80, record=True)
+    out.print(cli.drift_table(summary))
+    text = out.export_text()
+    assert "…" not in text and "embedding_distance" in text and "embedding " in text
+    moves = [
+        AliasMoved(
+            model="twins",
+            alias="champion",
+            version="2",
+            previous_version="1",
+            reason="beats version 1 on the held-out folds by a clear margin",
+            actor="someone@a-build-machine",
+            at="2026-12-01T01:51:42+00:00",
+        )
+    ]
+    monkeypatch.setattr(Registry, "history", lambda self, name: moves)
+    monkeypatch.setattr(cli, "build_registry", lambda cfg: Registry(f"sqlite:///{tmp_path}/r.db"))
+    monkeypatch.setattr(cli, "console", Console(width=80, record=True))
+    result = runner.invoke(app, ["history", "twins"])
+    assert result.exit_code == 0, result.output
+    text = cli.console.export_text()
+    assert "2026-12-01T01:51:42+00:00" in text and "…" not in text

@@ -280,7 +280,7 @@ def history(
         moves = build_registry(compose_config(overrides or [])).history(name)
     table = Table(title=f"{name}: alias moves")
     for column in ("when", "alias", "from", "to", "reason", "who"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "reason")  # the reason wraps, if any
     for m in moves:
         table.add_row(m.at, m.alias, m.previous_version or "-", m.version, m.reason, m.actor)
     console.print(table)
@@ -645,8 +645,12 @@ def drift_table(summary: DriftSummary) -> Table:
         title=f"{summary.model} v{summary.version}: {summary.n_current} requests vs "
         f"{summary.n_reference} reference rows (p < {summary.threshold or 0:.3g} drifts)"
     )
-    for column in ("column", "kind", "KS", "p-value", "reference mean", "current mean", ""):
-        table.add_column(column, justify="left" if column in ("column", "kind") else "right")
+    for column in ("column", "kind", "KS", "p-value", "mean (ref.)", "mean (now)", ""):
+        table.add_column(
+            column,
+            justify="left" if column in ("column", "kind") else "right",
+            no_wrap=column in ("column", "kind"),  # names whole; the headers may wrap
+        )
     for f in summary.features:
         table.add_row(
             f.name,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from modelcycle.models.image_classifier import (
     BackboneError,
     PretrainedWeightsError,
     check_image_size,
+    hub_reachable,
     normalizer_for,
     timm_backbone,
 )
@@ -49,6 +52,40 @@ def test_a_backbone_that_takes_one_size_is_named_with_the_way_out() -> None:
     resnet = timm_backbone(num_classes=3, name="resnet10t").train()
     check_image_size(resnet, 32)
     assert resnet.training  # left in the mode it came in
+
+
+def test_offline_pretrained_weights_come_from_the_local_cache_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Offline, the hub's client retried each weights file for about 25 s before failing,
+    # even for weights it could have read from its cache.
+    import safetensors.torch
+    import timm
+    from huggingface_hub import constants
+
+    def no_dns(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert not hub_reachable()
+    with pytest.raises(PretrainedWeightsError, match=r"huggingface.co does not resolve"):
+        timm_backbone(num_classes=3, name="test_resnet", pretrained=True)
+
+    # The same weights, put where the hub's client caches them, load without the network.
+    trained = timm.create_model("test_resnet", pretrained=False)
+    repo = tmp_path / "models--timm--test_resnet.r160_in1k"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    weights = {k: v.contiguous() for k, v in trained.state_dict().items()}
+    safetensors.torch.save_file(weights, repo / "snapshots" / commit / "model.safetensors")
+    model = timm_backbone(num_classes=3, name="test_resnet", pretrained=True)
+    first = next(k for k in weights if k.endswith("weight"))
+    assert torch.equal(model.state_dict()[first], weights[first])
+    assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3)  # a new 3-class head
+    assert not constants.HF_HUB_OFFLINE  # offline only while loading
 
 
 def test_normalisation_uses_timms_mean_and_std_on_raw_pixels() -> None:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import difflib
 import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlparse
 
 import lightning as L
 import torch
@@ -59,20 +63,67 @@ def timm_backbone(
         return timm.create_model(
             name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate
         )
+    reachable = hub_reachable()
     try:
-        model = timm.create_model(
-            name, pretrained=True, num_classes=num_classes, drop_rate=drop_rate
-        )
+        with _hub_offline(not reachable):
+            model = timm.create_model(
+                name, pretrained=True, num_classes=num_classes, drop_rate=drop_rate
+            )
     except Exception as err:  # hub downloads raise many kinds: network, HTTP, missing tag
+        why = (
+            str(err).rstrip(".")
+            if reachable
+            else f"{hub_host()} does not resolve (no network?) and they are not in the local "
+            "Hugging Face cache"
+        )
         raise PretrainedWeightsError(
-            f"Could not load pretrained weights of timm model {name!r}: "
-            f"{str(err).rstrip('.')}. Offline, set "
+            f"Could not load pretrained weights of timm model {name!r}: {why}. Offline, set "
             "model.pretrained=false (random initialisation)."
         ) from err
     log.info(
-        "%s: pretrained weights from the Hugging Face hub, new %d-class head", name, num_classes
+        "%s: pretrained weights from the Hugging Face hub%s, new %d-class head",
+        name,
+        "" if reachable else " (its local cache)",
+        num_classes,
     )
     return model
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub's host resolves (HF_ENDPOINT if set).
+
+    Without a network the hub's client retries each file for about 25 s; a host that does
+    not resolve is known at once.
+    """
+    try:
+        socket.getaddrinfo(hub_host(), 443)
+    except OSError:
+        return False
+    return True
+
+
+def hub_host() -> str:
+    """The Hugging Face hub's host name: huggingface.co, or HF_ENDPOINT's."""
+    from huggingface_hub import constants
+
+    return urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """The hub's client in offline mode (local cache only) while `offline` holds.
+
+    The client reads `HF_HUB_OFFLINE` once, at import, into `constants.HF_HUB_OFFLINE`, and
+    consults that at each call.
+    """
+    from huggingface_hub import constants
+
+    was = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = was or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = was
 
 
 def check_image_size(backbone: nn.Module, size: int) -> None:

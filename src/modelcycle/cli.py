@@ -73,7 +73,17 @@ Overrides = Annotated[
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Log at DEBUG, with the libraries' own lines (Lightning, MLflow, HTTP) and "
+            "where an error came from",
+        ),
+    ] = False,
+) -> None:
     """Configure logging for every command."""
     # The other ranks of a DDP run share the terminal: only their warnings are news.
     configure_logging(logging.INFO if is_rank_zero() else logging.WARNING, verbose)

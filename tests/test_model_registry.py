@@ -239,3 +239,27 @@ def test_gate_compares_full_precision_not_rounded_tags(store: Tracker, tmp_path:
     registry.promote("twins")
     with pytest.raises(GateError, match="does not beat the champion"):
         registry.register(_run(store, 0.94000049, 0.91, tmp_path), "twins")
+
+
+def test_a_run_already_registered_is_not_registered_again(store: Tracker, tmp_path: Path) -> None:
+    # The refusal read "0.9400 does not beat the champion (version 1) at 0.9400": true, but
+    # version 1 was that very run; and once the champion moved to a weaker version, the
+    # same run would have become a second version.
+    registry = Registry(store.uri)
+    first = _run(store, 0.94, 0.91, tmp_path)
+    registry.register(first, "twins")
+    registry.promote("twins", reason="first release")
+    with pytest.raises(
+        GateError,
+        match=rf"run {first} is already twins version 1 "
+        r"\(@challenger, @champion\)",
+    ):
+        registry.register(first, "twins")
+    weaker = _run(store, 0.92, 0.91, tmp_path)
+    registry.client.create_model_version(  # a weaker version, made champion by hand
+        "twins", source=registry.get("twins", "1").source, run_id=weaker
+    )
+    registry.promote("twins", version="2", reason="rollback drill")
+    with pytest.raises(GateError, match=rf"run {first} is already twins version 1 \(@challenger\)"):
+        registry.register(first, "twins")
+    assert len(registry.client.search_model_versions("name = 'twins'")) == 2  # no third

@@ -158,6 +158,7 @@ class Registry:
         """
         check_alias(alias)
         candidate = self.candidate(run_id)
+        self._once(run_id, name)
         self._gate(candidate, name)
         run = self._run(run_id)
         if not self._has_model(run_id):
@@ -285,6 +286,21 @@ class Registry:
         """Attach more facts (e.g. export results) to a version."""
         for key, value in tags.items():
             self.client.set_model_version_tag(registered.name, registered.version, key, value)
+
+    def _once(self, run_id: str, name: str) -> None:
+        """Refuse a run that is already a version of `name`: it would be registered twice."""
+        if not self._exists(name):
+            return
+        found = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if found:
+            version = str(found[0].version)
+            aliases = sorted(
+                a for a, v in (self._model(name).aliases or {}).items() if str(v) == version
+            )
+            held = f" (@{', @'.join(aliases)})" if aliases else ""
+            raise GateError(
+                f"Not registered: run {run_id} is already {name} version {version}{held}."
+            )
 
     def _gate(self, candidate: Candidate, name: str) -> None:
         m = candidate.metric

@@ -577,3 +577,19 @@ def test_drift_and_history_tables_keep_names_whole_at_80_columns(
     assert result.exit_code == 0, result.output
     text = cli.console.export_text()
     assert "2026-12-01T01:51:42+00:00" in text and "…" not in text
+
+
+def test_command_help_breaks_no_sentence_mid_line() -> None:
+    # Typer keeps a docstring's single line breaks: `robustness --help` broke after
+    # "detection rate" because the source wrapped there.
+    import typer
+
+    def leaves(command: object) -> list[object]:
+        subs = getattr(command, "commands", None)
+        return [c for s in subs.values() for c in leaves(s)] if subs else [command]
+
+    commands = leaves(typer.main.get_command(app))
+    assert len(commands) > 15
+    for command in commands:
+        paragraphs = (getattr(command, "help", "") or "").split("\n\n")
+        assert all("\n" not in p.strip() for p in paragraphs), command

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -935,3 +936,18 @@ def _print_result(result: PipelineResult) -> None:
         f"Browse runs: mlflow ui --backend-store-uri {result.tracking_uri}", soft_wrap=True
     )
     console.print(f"Wall time: {result.report.seconds:.0f} s")
+
+
+def _unwrapped(doc: str) -> str:
+    """A docstring with each paragraph on one line.
+
+    Typer's help keeps single line breaks, so a paragraph wrapped in the source would break
+    mid-sentence on the screen.
+    """
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
+for _commands in (app, data_app, report_app):
+    for _info in _commands.registered_commands:
+        if _info.help is None and _info.callback is not None and _info.callback.__doc__:
+            _info.help = _unwrapped(_info.callback.__doc__)

@@ -142,7 +142,8 @@ def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
     assert again.exit_code == 1 and "does not beat the champion" in again.stdout
     for named in (["register", champion.run_id], ["register", "--run", champion.run_id]):
         again = runner.invoke(app, named)  # the champion's own run, named either way
-        assert again.exit_code == 1 and "does not beat the champion" in again.stdout, named
+        assert again.exit_code == 1, named
+        assert f"run {champion.run_id} is already twins version 1" in again.stdout, named
     twice = runner.invoke(app, ["register", champion.run_id, "--run", "abc"])
     assert twice.exit_code == 2 and "Two runs given" in twice.stdout
     same = runner.invoke(app, ["promote", "twins"])  # the challenger is the champion already

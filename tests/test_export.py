@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -379,3 +380,17 @@ def test_a_graph_the_static_quantizer_refuses_falls_back_to_dynamic_naming_why(
     )
     int8 = ort.InferenceSession(str(tmp_path / "m.int8.onnx"), providers=["CPUExecutionProvider"])
     assert int8.run(None, {"x": images})[0].shape == (4, 8)
+
+
+def test_dynamic_int8_logs_no_advice_to_pre_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every twins export warned "Please consider to run pre-processing before quantization",
+    # a step skipped on purpose for these graphs.
+    path = export_onnx(PairScorer(), example(8), NAMES_IN, NAMES_OUT, tmp_path / "m.onnx")
+    with caplog.at_level(logging.INFO):
+        assert quantize_int8(path, tmp_path / "m.int8.onnx", None) == "dynamic"
+    assert "pre-processing" not in caplog.text
+    assert "Quantizing" in caplog.text  # the export's own line still shows
+    logging.getLogger().warning("Please consider to run pre-processing: after the export")
+    assert "after the export" in caplog.text  # the filter is gone with the quantizer

@@ -435,7 +435,7 @@ def _quantize_dynamic(path: Path, out: Path, method: str) -> str:
     """int8 weights, activations quantized at run time; returns `method`.
 
     Pre-processing (`quant_pre_process`) is skipped: it costs seconds and changes nothing for
-    MatMul/Gemm models, so onnxruntime logs a warning suggesting it.
+    MatMul/Gemm models (onnxruntime's warning suggesting it is filtered out).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -491,12 +491,25 @@ class _Calibration:
 
 @contextmanager
 def _quiet_quantizer() -> Iterator[None]:
-    """The quantizer logs one INFO line per unquantized tensor to the root logger."""
+    """Quiet the quantizer's root-logger lines: INFO per unquantized tensor, and its advice.
+
+    The advice (a WARNING to run pre-processing first) comes with every dynamic export,
+    where pre-processing is skipped on purpose (see `_quantize_dynamic`).
+    """
+    root = logging.getLogger()
+    advice = _NoPreprocessingAdvice()
     logging.disable(logging.INFO)
+    root.addFilter(advice)
     try:
         yield
     finally:
+        root.removeFilter(advice)
         logging.disable(logging.NOTSET)
+
+
+class _NoPreprocessingAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing")
 
 
 def _take_rows(array: np.ndarray, n: int) -> np.ndarray:

@@ -291,7 +291,10 @@ class Registry:
         """Refuse a run that is already a version of `name`: it would be registered twice."""
         if not self._exists(name):
             return
-        found = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        # by run id alone (MLflow's hex ids need no quoting); the name is compared here
+        found = [
+            v for v in self.client.search_model_versions(f"run_id = '{run_id}'") if v.name == name
+        ]
         if found:
             version = str(found[0].version)
             aliases = sorted(

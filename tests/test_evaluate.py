@@ -85,3 +85,19 @@ def test_evaluate_names_a_bad_run_and_how_to_find_run_ids(workspace: Path, tmp_p
     latest = runner.invoke(app, ["evaluate", "latest"])
     assert latest.exit_code == 2 and "No finished pipeline run" in latest.stdout
     assert "Traceback" not in unknown.stdout + not_a_report.stdout + latest.stdout
+
+
+def test_evaluate_says_what_a_fold_or_a_sweep_run_is(workspace: Path) -> None:
+    # A sweep's run was answered "evaluate the parent run, not a fold's": it has no parent
+    # train run, and its trials keep no checkpoints to evaluate.
+    tracker = Tracker(TrackingSettings(), workspace)
+    with tracker.run("sweep-twins") as sweep_run:
+        tracker.set_tags({"sweep.study": "twins"})
+    with tracker.run("twins-fold0") as fold_run:
+        pass
+    sweep = runner.invoke(app, ["evaluate", sweep_run])
+    assert sweep.exit_code == 2, sweep.stdout
+    said = " ".join(sweep.stdout.split())
+    assert "a run of sweep 'twins'" in said and "train the best parameters" in said
+    fold = runner.invoke(app, ["evaluate", fold_run])
+    assert fold.exit_code == 2 and "not a fold's" in " ".join(fold.stdout.split())

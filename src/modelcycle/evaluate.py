@@ -129,9 +129,14 @@ def locate_run(reference: str, tracking_uri: str, experiment: str) -> TrainRun:
         ) from err
     if not folder.is_dir():
         if not tags.get("report_dir"):
+            what = (
+                f"a run of sweep {tags['sweep.study']!r} (its trials keep no checkpoints; "
+                "train the best parameters, as the sweep prints them, and evaluate that run)"
+                if "sweep.study" in tags
+                else "evaluate the parent run, not a fold's"
+            )
             raise EvaluationError(
-                f"Run {run_id} is not a train run (no report folder recorded): evaluate the "
-                f"parent run, not a fold's. {hint}."
+                f"Run {run_id} is not a train run (no report folder recorded): {what}. {hint}."
             )
         folder = Path(tags["report_dir"])
         summary, config = _read_report(folder)

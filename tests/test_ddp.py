@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -122,3 +124,48 @@ def test_image_training_on_two_processes(tmp_path: Path) -> None:
     for images, accuracy in checked:  # correct / images, nothing counted twice or missed
         assert abs(accuracy * images - round(accuracy * images)) < 1e-4, (images, accuracy)
     assert any(0 < v < 1 for _, v in checked), checked  # 0 and 1 fit any count
+
+
+def test_ctrl_c_stops_both_processes_and_rank_zero_says_so(real_qtim: Path, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C (SIGINT to the process group) once both ranks are fitting.
+
+    Both ranks get it; rank 0 says so once, marks the runs KILLED and exits 130. (Earlier,
+    while Lightning's second process is still importing, a Ctrl-C ends that process with a
+    traceback and Lightning's watcher then SIGKILLs rank 0, which says nothing: not handled.)
+    """
+    workspace = tmp_path / "ws"
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+    env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("SLURM")}
+    env |= {"PYTHONPATH": str(REPO / "src"), "MODELCYCLE_HOME": str(workspace)}
+    command = [sys.executable, "-m", "modelcycle", "--verbose", "train", f"data.root={real_qtim}"]
+    command += ["trainer.devices=2", "trainer.max_epochs=100000", "trainer.patience=100000"]
+    command += ["trainer.progress_bar=false"]
+    log = tmp_path / "train.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, as a shell's foreground job
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        deadline = time.monotonic() + 300
+        # (--verbose shows Lightning's line for rank 1 joining: both are then in fit)
+        while "MEMBER: 2/2" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(3.0)  # well into the first epochs
+        os.killpg(process.pid, signal.SIGINT)
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    said = log.read_text()
+    assert code == 130, said[-3000:]
+    assert said.count("interrupted: stopped at Ctrl-C") == 1
+    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert runs and all(r.info.status == "KILLED" for r in runs), [r.info.status for r in runs]

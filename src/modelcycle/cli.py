@@ -596,8 +596,7 @@ def sweep_table(result: SweepResult, width: int = 120) -> Table:
     fixed = ("trial", "state", result.metric)
     columns = [*fixed, *headers]
     cells = [[number, state, value, *params] for number, state, value, params in rows]
-    widest = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    by_column = 1 + sum(w + 3 for w in widest) <= width
+    by_column = _fits([[c, *(r[i] for r in cells)] for i, c in enumerate(columns)], width)
     for column in fixed if not by_column else columns:
         table.add_column(column, justify="right", no_wrap=True)
     if not by_column:
@@ -891,30 +890,49 @@ def summary_table(report: CVReport, width: int = 80) -> Table:
     are (summary.md and metrics.json keep them all).
     """
     agg = report.aggregate()
-    name_width = max((len(m) for m in report.metrics), default=6)
-    cell = 3 + max(len(f"fold {f.fold}") for f in report.folds) if report.folds else 0
-    # metric, scorer ("baseline") and "mean ± std" columns, each with padding and a border
-    fixed = 1 + (name_width + 3) + (8 + 3) + (13 + 3)
-    by_fold = fixed + cell * len(report.folds) <= width
-    caption = None if by_fold else "each fold's values: summary.md and metrics.json"
+    rows = [  # label, scorer, each fold's value, mean ± std
+        (
+            metric if scorer == "model" else "",
+            scorer,
+            [getattr(f, scorer)[metric] for f in report.folds],
+            mean_std(*agg[scorer][metric]),
+        )
+        for metric in report.metrics
+        for scorer in ("model", "baseline")
+    ]
+    per_fold = [
+        [f"fold {fold.fold}", *(f"{values[i]:.3f}" for _, _, values, _ in rows)]
+        for i, fold in enumerate(report.folds)
+    ]
+    by_fold = _fits(
+        [
+            ["metric", *report.metrics],
+            ["scorer", *(scorer for _, scorer, _, _ in rows)],
+            *per_fold,
+            ["mean ± std", *(spread for *_, spread in rows)],
+        ],
+        width,
+    )
     folds = f"{len(report.folds)} fold{'s' if len(report.folds) != 1 else ''}"
     table = Table(title=f"{report.task}: model vs baseline, {folds}")
-    table.caption = caption
-    table.add_column("metric", no_wrap=True, min_width=name_width)
+    table.caption = None if by_fold else "each fold's values: summary.md and metrics.json"
+    table.add_column("metric", no_wrap=True, min_width=max(map(len, report.metrics), default=6))
     table.add_column("scorer", no_wrap=True)
-    if by_fold:
-        for fold in report.folds:
-            table.add_column(f"fold {fold.fold}", justify="right", no_wrap=True)
-    else:
-        table.add_column("folds: min - max", justify="right", no_wrap=True)
+    for header in [column[0] for column in per_fold] if by_fold else ["folds: min - max"]:
+        table.add_column(header, justify="right", no_wrap=True)
     table.add_column("mean ± std", justify="right", style="bold", no_wrap=True)
-    for metric in report.metrics:
-        for scorer in ("model", "baseline"):
-            values = [getattr(f, scorer)[metric] for f in report.folds]
-            cells = [f"{v:.3f}" for v in values] if by_fold else [_span(values)]
-            label = metric if scorer == "model" else ""
-            table.add_row(label, scorer, *cells, mean_std(*agg[scorer][metric]))
+    for i, (label, scorer, values, spread) in enumerate(rows):
+        cells = [column[i + 1] for column in per_fold] if by_fold else [_span(values)]
+        table.add_row(label, scorer, *cells, spread)
     return table
+
+
+def _fits(columns: list[list[str]], width: int) -> bool:
+    """Whether a table of these columns (each its header, then its cells) fits `width`.
+
+    With no cell wrapped: the widest text of each column, its padding and the borders.
+    """
+    return 1 + sum(3 + max(map(len, column)) for column in columns) <= width
 
 
 def _span(values: list[float]) -> str:

@@ -43,11 +43,11 @@ def check_timm_name(values: dict[str, Any]) -> None:
     name = values.get("name")
     if not isinstance(name, str) or timm.is_model(name):
         return  # a name that is not text is named by the kind check
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    known = timm.list_models()
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
     hint = f"; close: {', '.join(close)}" if close else ""
     raise ValueError(
-        f"name={name!r}: timm has no such model{hint} (timm.list_models() lists all "
-        f"{len(timm.list_models())})."
+        f"name={name!r}: timm has no such model{hint} (timm.list_models() lists all {len(known)})."
     )
 
 

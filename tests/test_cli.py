@@ -365,6 +365,15 @@ def test_data_stats_describes_the_configured_data(tiny_qtim: Path, workspace: Pa
     assert written["counts"]["subjects"] == 48 and isinstance(written["notes"], list)
 
 
+def test_data_stats_says_each_exclusion_once(real_qtim: Path, workspace: Path) -> None:
+    result = runner.invoke(app, ["data", "stats", f"data.root={real_qtim}"])
+    assert result.exit_code == 0, result.output
+    notes = [line[2:] for line in result.stdout.splitlines() if line.startswith("- excluded ")]
+    assert len(notes) >= 3  # subjects without ses-01 measures, sparse and constant measures
+    said = " ".join(result.output.lower().split())  # the log lines wrap on a narrow terminal
+    assert [n for n in notes if said.count(" ".join(n.lower().split()[2:])) != 1] == []
+
+
 def test_data_stats_on_a_missing_root_is_one_clear_line(tmp_path: Path, workspace: Path) -> None:
     result = runner.invoke(app, ["data", "stats", f"data.root={tmp_path / 'absent'}"])
     assert result.exit_code == 2

@@ -86,7 +86,8 @@ class BlobsTask(Task[Blobs]):
     def load(self) -> tuple[Blobs, DataSummary]:
         X = np.random.default_rng(0).normal(size=(self.rows, 4)).astype(np.float32)
         y = (X[:, 0] + X[:, 1] > 0).astype(np.float32)
-        return (X, y), DataSummary(f"blobs-{self.rows}", {"rows": self.rows})
+        notes = [f"positives: {y.mean():.0%}"]  # logged by `train`, printed by `data stats`
+        return (X, y), DataSummary(f"blobs-{self.rows}", {"rows": self.rows}, notes)
 
     def folds(self, data: Blobs, n_folds: int, seed: int) -> list[Fold]:
         rows = np.random.default_rng(seed).permutation(len(data[0]))

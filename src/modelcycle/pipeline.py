@@ -65,6 +65,8 @@ def run_pipeline(
     report_dir = settings.report_dir or workspace / "reports" / f"{settings.run_name}-{stamp}"
     data, summary = task.load()
     log.info("Loaded %s: %s", task.name, summary.counts)
+    for note in summary.notes:  # exclusions, class balance: `data stats` prints the same
+        log.info("Data: %s", note)
     report = CVReport(
         task=task.name,
         run_name=settings.run_name,

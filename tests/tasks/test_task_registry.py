@@ -4,6 +4,7 @@ a task that shares nothing with twins."""
 from __future__ import annotations
 
 import json
+import logging
 from importlib.metadata import EntryPoint
 from pathlib import Path
 from types import ModuleType
@@ -53,16 +54,20 @@ def test_outside_packages_register_through_entry_points(
     assert get_task("blobs_plugin") is blobs.BlobsTask
 
 
-def test_generic_pipeline_runs_a_task_it_has_never_seen(blobs: ModuleType, tmp_path: Path) -> None:
+def test_generic_pipeline_runs_a_task_it_has_never_seen(
+    blobs: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     tracker = Tracker(TrackingSettings(experiment="blobs"), tmp_path)
-    result = run_pipeline(
-        blobs.BlobsTask(rows=120),
-        PipelineSettings("blobs-run", n_folds=3, seed=1),
-        TrainerSettings(max_epochs=15, min_epochs=1, patience=15, progress_bar=False),
-        tracker,
-        tmp_path,
-        {"task": {"name": "blobs"}},
-    )
+    with caplog.at_level(logging.INFO, logger="modelcycle.pipeline"):
+        result = run_pipeline(
+            blobs.BlobsTask(rows=120),
+            PipelineSettings("blobs-run", n_folds=3, seed=1),
+            TrainerSettings(max_epochs=15, min_epochs=1, patience=15, progress_bar=False),
+            tracker,
+            tmp_path,
+            {"task": {"name": "blobs"}},
+        )
+    assert "Data: positives: " in caplog.text  # the task's data notes, said as it starts
     assert [f.fold for f in result.report.folds] == [0, 1, 2]
     # the learned model sees both informative features; the baseline only one
     mean = result.report.aggregate()

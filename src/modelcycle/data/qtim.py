@@ -208,7 +208,7 @@ def build_cohort(
 def _exclude(exclusions: dict[str, list[str]], reason: str, names: pd.Index) -> None:
     if len(names):
         exclusions[reason] = [str(n) for n in names]
-        log.info("Excluded %d: %s", len(names), reason)
+        log.debug("Excluded %d: %s", len(names), reason)
 
 
 def _hash_files(paths: list[Path]) -> str:

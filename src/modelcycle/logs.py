@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 #: Libraries whose INFO lines (Lightning's start-up banners and tips, the HTTP client's line
-#: per request, MLflow creating its tables in a new workspace, in a format of its own) say
-#: nothing about the run.
-CHATTY = ("lightning.pytorch", "lightning.fabric", "httpx", "mlflow.store.db.utils")
+#: per request, MLflow creating its tables in a new workspace, in a format of its own, timm's
+#: three lines per pretrained load where the image task logs one) say nothing about the run.
+CHATTY = ("lightning.pytorch", "lightning.fabric", "httpx", "mlflow.store.db.utils", "timm")
 
 
 def configure(level: int, verbose: bool = False, prefix: str = "") -> None:

@@ -55,7 +55,7 @@ def test_a_backbone_that_takes_one_size_is_named_with_the_way_out() -> None:
 
 
 def test_offline_pretrained_weights_come_from_the_local_cache_without_waiting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Offline, the hub's client retried each weights file for about 25 s before failing,
     # even for weights it could have read from its cache.
@@ -81,7 +81,12 @@ def test_offline_pretrained_weights_come_from_the_local_cache_without_waiting(
     (repo / "snapshots" / commit).mkdir(parents=True)
     weights = {k: v.contiguous() for k, v in trained.state_dict().items()}
     safetensors.torch.save_file(weights, repo / "snapshots" / commit / "model.safetensors")
-    model = timm_backbone(num_classes=3, name="test_resnet", pretrained=True)
+    with caplog.at_level(logging.INFO):
+        model = timm_backbone(num_classes=3, name="test_resnet", pretrained=True)
+    assert "test_resnet: loading pretrained weights from the local Hugging Face cache" in (
+        caplog.text
+    )
+    assert "test_resnet: pretrained weights loaded, new 3-class head" in caplog.text
     first = next(k for k in weights if k.endswith("weight"))
     assert torch.equal(model.state_dict()[first], weights[first])
     assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3)  # a new 3-class head

@@ -32,11 +32,20 @@ def test_registered_by_name_with_one_model_name_per_dataset(sources: dict[str, o
     assert tiny_task(sources["signmnist"]).model_name == "image_signmnist"  # type: ignore[arg-type]
 
 
+def test_class_balance_names_the_smallest_and_largest_class(tmp_path: Path) -> None:
+    source = tiny_sources(tmp_path)["rice"]
+    source.load()  # writes the stand-in: 16 images per class
+    for image in sorted((tmp_path / "rice" / "Rice_Image_Dataset" / "Jasmine").iterdir())[:5]:
+        image.unlink()
+    summary = tiny_task(tiny_sources(tmp_path)["rice"]).load()[1]
+    assert summary.notes[-1].startswith("class balance: smallest Jasmine (11), largest ")
+
+
 def test_rice_folds_are_stratified_and_disjoint(sources: dict[str, object]) -> None:
     task = tiny_task(sources["rice"])  # type: ignore[arg-type]
     data, summary = task.load()
     assert summary.counts == {"images": 80, "classes": 5}
-    assert any("class balance" in note for note in summary.notes)
+    assert "class balance: every class 16" in summary.notes
     folds = task.folds(data, 3, seed=0)
     tests = np.concatenate([f.test for f in folds])
     assert sorted(tests.tolist()) == list(range(80))

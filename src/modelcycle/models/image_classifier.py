@@ -64,6 +64,8 @@ def timm_backbone(
             name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate
         )
     reachable = hub_reachable()
+    where = "the Hugging Face hub" if reachable else "the local Hugging Face cache (offline)"
+    log.info("%s: loading pretrained weights from %s", name, where)
     try:
         with _hub_offline(not reachable):
             model = timm.create_model(
@@ -80,12 +82,7 @@ def timm_backbone(
             f"Could not load pretrained weights of timm model {name!r}: {why}. Offline, set "
             "model.pretrained=false (random initialisation)."
         ) from err
-    log.info(
-        "%s: pretrained weights from the Hugging Face hub%s, new %d-class head",
-        name,
-        "" if reachable else " (its local cache)",
-        num_classes,
-    )
+    log.info("%s: pretrained weights loaded, new %d-class head", name, num_classes)
     return model
 
 

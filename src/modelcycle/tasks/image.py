@@ -130,11 +130,13 @@ class ImageTask(Task[ImageSet]):
             counts |= {part: int((data.split == part).sum()) for part in np.unique(data.split)}
         per_class = data.class_counts()
         smallest, largest = min(per_class, key=per_class.get), max(per_class, key=per_class.get)  # type: ignore[arg-type]
-        notes = [
-            *data.notes,
-            f"class balance: smallest {smallest} ({per_class[smallest]}), "
-            f"largest {largest} ({per_class[largest]})",
-        ]
+        balance = (
+            f"class balance: every class {per_class[smallest]}"
+            if per_class[smallest] == per_class[largest]
+            else f"class balance: smallest {smallest} ({per_class[smallest]}), "
+            f"largest {largest} ({per_class[largest]})"
+        )
+        notes = [*data.notes, balance]
         log.info("Images per class: %s", per_class)
         return data, DataSummary(data.data_hash, counts, notes)
 

@@ -126,12 +126,30 @@ def test_image_training_on_two_processes(tmp_path: Path) -> None:
     assert any(0 < v < 1 for _, v in checked), checked  # 0 and 1 fit any count
 
 
-def test_ctrl_c_stops_both_processes_and_rank_zero_says_so(real_qtim: Path, tmp_path: Path) -> None:
-    """A terminal's Ctrl-C (SIGINT to the process group) once both ranks are fitting.
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")"
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == pid:
+            found.append(int(stat.parent.name))
+    return found
 
-    Both ranks get it; rank 0 says so once, marks the runs KILLED and exits 130. (Earlier,
-    while Lightning's second process is still importing, a Ctrl-C ends that process with a
-    traceback and Lightning's watcher then SIGKILLs rank 0, which says nothing: not handled.)
+
+@pytest.mark.parametrize("when", ["rank 1 is starting", "both ranks are fitting"])
+def test_ctrl_c_stops_both_processes_and_rank_zero_says_so(
+    when: str, real_qtim: Path, tmp_path: Path
+) -> None:
+    """A terminal's Ctrl-C (SIGINT to the process group), early and late.
+
+    Every process gets it; rank 0 says so once, marks the runs KILLED and exits 130. Early,
+    Lightning's second process is still importing: it died of the Ctrl-C with a traceback,
+    and Lightning's watcher then SIGKILLed rank 0 (exit -9, runs left RUNNING). It now
+    starts deaf to Ctrl-C until the ranks have met, and rank 0 ends it.
     """
     workspace = tmp_path / "ws"
     launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
@@ -153,11 +171,17 @@ def test_ctrl_c_stops_both_processes_and_rank_zero_says_so(real_qtim: Path, tmp_
         )
     try:
         deadline = time.monotonic() + 300
-        # (--verbose shows Lightning's line for rank 1 joining: both are then in fit)
-        while "MEMBER: 2/2" not in log.read_text() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             assert process.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.5)
-        time.sleep(3.0)  # well into the first epochs
+            if when == "rank 1 is starting" and children_of(process.pid):
+                time.sleep(1.0)  # importing torch, for several seconds on 2 cores
+                assert "MEMBER: 2/2" not in log.read_text()
+                break
+            # (--verbose shows Lightning's line for rank 1 joining: both are then in fit)
+            if when == "both ranks are fitting" and "MEMBER: 2/2" in log.read_text():
+                time.sleep(3.0)  # well into the first epochs
+                break
+            time.sleep(0.05)
         os.killpg(process.pid, signal.SIGINT)
         code = process.wait(timeout=120)
     finally:
@@ -166,6 +190,7 @@ def test_ctrl_c_stops_both_processes_and_rank_zero_says_so(real_qtim: Path, tmp_
     said = log.read_text()
     assert code == 130, said[-3000:]
     assert said.count("interrupted: stopped at Ctrl-C") == 1
+    assert "Traceback" not in said and "frame #" not in said, said[-3000:]  # nor C++ traces
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert runs and all(r.info.status == "KILLED" for r in runs), [r.info.status for r in runs]

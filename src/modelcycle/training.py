@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import lightning as L
 import torch
@@ -129,6 +134,7 @@ def fit(
     )
     # Lightning may substitute one (16-mixed on a CPU runs as bf16-mixed): log what it runs.
     log.info("Training precision: %s (trainer.precision=%s)", trainer.precision, settings.precision)
+    _start_ranks_deaf_to_ctrl_c(trainer)
     try:
         trainer.fit(module, datamodule=datamodule)
     except BaseException:
@@ -148,16 +154,72 @@ def fit(
     return best
 
 
+#: Set in the environment of the ranks Lightning starts while this process ignores SIGINT.
+DEAF_TO_CTRL_C = "MODELCYCLE_RANK_STARTS_DEAF_TO_CTRL_C"
+
+
 class _CtrlC(Callback):
-    """Remember whether the exception that ended a fit was a KeyboardInterrupt."""
+    """Remember whether the exception that ended a fit was a KeyboardInterrupt.
+
+    In a rank started deaf to Ctrl-C, hear it again once the ranks have met.
+    """
 
     def __init__(self) -> None:
         self.pressed = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning calls this after the process group is up: the rank can leave now.
+        deaf = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        if os.environ.pop(DEAF_TO_CTRL_C, None) and deaf:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self.pressed = self.pressed or isinstance(exception, KeyboardInterrupt)
+
+
+def _start_ranks_deaf_to_ctrl_c(trainer: L.Trainer) -> None:
+    """Have Lightning's launcher start ranks 1.. ignoring SIGINT until they join (`_CtrlC`).
+
+    A terminal's Ctrl-C reaches every process of the group. A rank still importing died of
+    it with a traceback, and Lightning's watcher thread then SIGKILLed rank zero, which left
+    its tracked runs RUNNING. A signal ignored at exec stays ignored in the new process, so
+    the new ranks start deaf; rank zero, which hears the Ctrl-C, ends them (Lightning does
+    after its teardown; this does it first, since a rank still meeting the others printed a
+    page of C++ trace when rank zero's unwinding closed their store under it).
+    """
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    launcher = trainer.strategy.launcher
+    spawn = getattr(launcher, "_call_children_scripts", None)
+    if (
+        not isinstance(launcher, _SubprocessScriptLauncher)
+        or spawn is None
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # deaf already: left as it is
+    ):
+        return
+
+    def spawn_deaf() -> None:
+        heard = signal.signal(signal.SIGINT, signal.SIG_IGN)  # for the few ms of the starts
+        os.environ[DEAF_TO_CTRL_C] = "1"
+        try:
+            spawn()
+        finally:
+            del os.environ[DEAF_TO_CTRL_C]
+            signal.signal(signal.SIGINT, end_ranks_then(heard))
+
+    def end_ranks_then(heard: Any) -> Callable[[int, FrameType | None], Any]:
+        def on_ctrl_c(signum: int, frame: FrameType | None) -> Any:
+            launcher.kill(signal.SIGKILL)
+            if callable(heard):
+                return heard(signum, frame)
+            raise KeyboardInterrupt
+
+        return on_ctrl_c
+
+    launcher._call_children_scripts = spawn_deaf  # type: ignore[method-assign]
 
 
 def restore(module: L.LightningModule, checkpoint: Path) -> L.LightningModule:

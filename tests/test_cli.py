@@ -149,7 +149,12 @@ def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
     same = runner.invoke(app, ["promote", "twins"])  # the challenger is the champion already
     assert same.exit_code == 0, same.stdout
     assert "twins@champion is already version 1: nothing moved" in same.stdout
+    assert same.output.count("nothing moved") == 1  # said, not also logged
     assert len(registry.history("twins")) == 2
+    for command in (["promote", "twins@1"], ["history", "twins@champion"]):
+        wrong = runner.invoke(app, command)  # the NAME@ALIAS of export and serve
+        assert wrong.exit_code == 2, wrong.output
+        assert "takes the model's name alone (twins)" in wrong.stdout, command
 
 
 def test_same_seed_same_numbers(tiny_qtim: Path, tmp_path: Path) -> None:

@@ -212,7 +212,7 @@ class Registry:
                 f"{name} has no {CHALLENGER} to promote; pass --version or register a run first."
             )
         if self.alias_version(name, alias) == str(target):
-            log.info("%s@%s is already version %s: nothing moved", name, alias, target)
+            log.debug("%s@%s is already version %s: nothing moved", name, alias, target)
             return None
         return self.move_alias(name, alias, target, reason or f"promoted to {alias}")
 
@@ -341,6 +341,12 @@ class Registry:
             if err.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise RegistryError(f"Registered model {name!r}: {err.message}") from err
             names = sorted(m.name for m in self.client.search_registered_models(max_results=20))
+            bare = re.split(r"[@/]", name, maxsplit=1)[0]
+            if bare != name and bare in names:  # `promote twins@3`, `history twins@champion`
+                raise RegistryError(
+                    f"{name!r}: this command takes the model's name alone ({bare}); a version "
+                    "or alias goes in its options (see --help)."
+                ) from err
             known = ", ".join(names) or "none yet (`modelcycle register` makes one)"
             raise RegistryError(f"No registered model {name!r}; registered: {known}.") from err
         return model

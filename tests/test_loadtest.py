@@ -27,6 +27,8 @@ def test_an_unreachable_server_exits_2_saying_so(tmp_path: Path) -> None:
     code, output = _loadtest(f"http://127.0.0.1:{free_port()}", tmp_path, "--duration", "1s")
     assert code == 2
     assert "Cannot reach" in output and "modelcycle serve" in output
+    assert "Locust:" not in output  # no load was started
+    assert not (tmp_path / "reports").exists()  # nor an empty report folder left
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://127.0.0.1", "localhost"])
@@ -74,6 +76,7 @@ def test_a_short_run_meets_loose_budgets_and_misses_an_impossible_one(
         args = ("--users", "2", "--spawn-rate", "2", "--duration", "4s")
         code, output = _loadtest(url, tmp_path / "ws", *args, *loose)
         assert code == 0, f"{output}\n{server.output(10)}"
+        assert f"Locust: 2 users for 4 s against {url} (twins) ..." in output
         (report,) = (tmp_path / "ws" / "reports").glob("loadtest-*")
         summary = json.loads((report / "summary.json").read_text())
         assert summary["passed"] and summary["model"] == "twins"

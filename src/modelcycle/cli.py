@@ -480,9 +480,14 @@ def loadtest(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
     out = out or workspace_of(cfg) / "reports" / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}"
-    console.print(f"Locust: {plan.users} users for {plan.duration_s:g} s against {url} ...")
+
+    def starting(name: str) -> None:
+        console.print(
+            f"Locust: {plan.users} users for {plan.duration_s:g} s against {url} ({name}) ..."
+        )
+
     try:
-        result = run_loadtest(url, plan, budgets, out, model, cfg.serve.api_key)
+        result = run_loadtest(url, plan, budgets, out, model, cfg.serve.api_key, starting)
     except LoadTestError as err:
         console.print(f"[red]error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(code=2) from err

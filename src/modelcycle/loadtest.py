@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,12 @@ def run_loadtest(
     out_dir: Path,
     model: str | None = None,
     api_key: str | None = None,
+    starting: Callable[[str], None] | None = None,
 ) -> LoadResult:
     """Run Locust against `url`'s model; write CSV, HTML and summary.json into `out_dir`.
+
+    `starting` is called with the model's name once the server has answered, as Locust
+    starts.
 
     Raises:
         LoadTestError: The server cannot be reached, serves no such model, or Locust failed
@@ -146,11 +151,11 @@ def run_loadtest(
             f"{url!r} is not an HTTP URL: give the server's address with its scheme, e.g. "
             "http://127.0.0.1:8000."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
     url = url.rstrip("/")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     name = _pick_model(url, model, headers)
     examples = _examples(url, name, headers)
+    out_dir.mkdir(parents=True, exist_ok=True)  # once there is something to report
     (out_dir / "examples.json").write_text(json.dumps(examples))
     locustfile = out_dir / "locustfile.py"
     path = f"/v1/models/{name}/predict"
@@ -158,6 +163,8 @@ def run_loadtest(
     # examples replayed over and over read as drift).
     predict_headers = headers | {"X-Capture-Source": CAPTURE_SOURCE}
     locustfile.write_text(LOCUSTFILE.format(path=path, headers=predict_headers))
+    if starting is not None:
+        starting(name)
     _run_locust(url, plan, locustfile, out_dir)
     result = _read_stats(out_dir / "locust_stats.csv", url, name, plan, budgets)
     (out_dir / "summary.json").write_text(json.dumps(result.to_json(), indent=2))

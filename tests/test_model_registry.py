@@ -161,7 +161,9 @@ def test_clear_errors_for_bad_references_and_runs(store: Tracker, tmp_path: Path
     registry.register(_run(store, 0.94, 0.91, tmp_path), "twins")
     with pytest.raises(RegistryError, match="write NAME@ALIAS"):
         registry.resolve("twins")
-    with pytest.raises(RegistryError, match="has no alias 'prod'"):
+    with pytest.raises(
+        RegistryError, match=r"has no alias 'prod'; it has @challenger \(version 1\)"
+    ):
         registry.resolve("twins@prod")
     with pytest.raises(RegistryError, match="has no version '9'"):
         registry.promote("twins", version="9")

@@ -236,11 +236,14 @@ class Registry:
         """A version from `NAME@ALIAS` or `NAME/VERSION`."""
         if "@" in reference:
             name, alias = reference.split("@", 1)
-            version = self.alias_version(name, alias)
-            if version is None:
+            aliases = dict(self._model(name).aliases or {})
+            if alias not in aliases:
+                held = ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items()))
                 raise RegistryError(
-                    f"{name} has no alias {alias!r}; see `modelcycle history {name}`."
+                    f"{name} has no alias {alias!r}; it has {held or 'none yet'} (moves: "
+                    f"`modelcycle history {name}`)."
                 )
+            version = str(aliases[alias])
             return self.get(name, version)
         if "/" in reference:
             name, version = reference.rsplit("/", 1)

@@ -237,7 +237,8 @@ def open_study(settings: StudySettings, metric: str, space: list[Param]) -> Stud
         )
     except (SQLAlchemyError, ImportError, ValueError) as err:
         raise SweepError(
-            f"Cannot open the study storage {redact(settings.storage)}: {err}. Give a SQLAlchemy "
+            f"Cannot open the study storage {redact(settings.storage)}: "
+            f"{str(err).rstrip('.')}. Give a SQLAlchemy "
             "URL such as sqlite:///optuna.db or postgresql://user:password@host/db (PostgreSQL "
             "needs its driver installed, e.g. pip install psycopg2-binary)."
         ) from err

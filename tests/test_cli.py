@@ -205,6 +205,30 @@ def test_data_fetch_unknown_dataset() -> None:
     assert result.exit_code != 0 and "qtim" in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["rice", "--modality", "func"],
+            "--modality: not an option of rice, which takes --dest and --synthetic.",
+        ),
+        (
+            ["qtim", "--families", "3", "--volumes", "9"],
+            "--families, --volumes: not options "
+            "of qtim, which takes --dest, --mirror and --modality.",
+        ),
+        (["qtim-synthetic", "--synthetic"], "--synthetic: not an option of qtim-synthetic"),
+    ],
+)
+def test_data_fetch_refuses_an_option_its_dataset_does_not_take(
+    args: list[str], said: str, workspace: Path
+) -> None:
+    result = runner.invoke(app, ["data", "fetch", *args], terminal_width=200)
+    assert result.exit_code == 2
+    assert said in " ".join(result.output.replace("│", " ").split())
+    assert not workspace.exists()  # refused before anything was fetched
+
+
 def test_serve_refuses_unknown_and_unexported_models_in_one_line(
     served_workspace: ServedWorkspace, workspace: Path
 ) -> None:

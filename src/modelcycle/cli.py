@@ -705,7 +705,7 @@ def data_fetch(
             "draw families from this copy's participants.tsv"
         ),
     ] = "",
-    modality: Annotated[str, typer.Option(help="qtim: structural or func")] = "structural",
+    modality: Annotated[str | None, typer.Option(help="qtim: structural (default) or func")] = None,
     families: Annotated[int | None, typer.Option(help="qtim-synthetic: families")] = None,
     volumes: Annotated[int | None, typer.Option(help="qtim-synthetic: volumes per run")] = None,
 ) -> None:
@@ -715,6 +715,15 @@ def data_fetch(
     from modelcycle.data.qtim_functional import fetch_functional
 
     downloads = {"structural": fetch_structural, "func": fetch_functional}
+    given = {
+        "--synthetic": synthetic,
+        "--mirror": bool(mirror),
+        "--modality": modality is not None,
+        "--families": families is not None,
+        "--volumes": volumes is not None,
+    }
+    _options_apply(dataset, [option for option, set_ in given.items() if set_])
+    modality = modality or "structural"
     if dataset == "qtim-synthetic":
         _fetch_synthetic(dest, families, volumes, mirror)
         return
@@ -741,6 +750,29 @@ def data_fetch(
         target = dest or Path(cfg.workspace) / "data" / "qtim"
         record = downloads[modality](target, Path(mirror) if mirror else None)
     console.print(f"{len(record.files)} files in {record.root} (digest {record.digest()[:12]})")
+
+
+#: The options of `data fetch` each dataset takes, beside --dest (qtim refuses --synthetic
+#: with a line of its own).
+FETCH_OPTIONS = {
+    "qtim": ("--mirror", "--modality", "--synthetic"),
+    "qtim-synthetic": ("--mirror", "--families", "--volumes"),
+}
+
+
+def _options_apply(dataset: str, given: list[str]) -> None:
+    """Refuse a `data fetch` option the dataset does not take, rather than ignore it."""
+    from modelcycle.data.image_datasets import IMAGE_SOURCES
+
+    takes = FETCH_OPTIONS.get(dataset, ("--synthetic",) if dataset in IMAGE_SOURCES else None)
+    if takes is None:
+        return  # an unknown dataset: said below, with the names
+    if extra := [option for option in given if option not in takes]:
+        options = ["--dest", *(o for o in takes if o != "--synthetic" or dataset != "qtim")]
+        raise typer.BadParameter(
+            f"{', '.join(extra)}: not {'an option' if len(extra) == 1 else 'options'} of "
+            f"{dataset}, which takes {', '.join(options[:-1])} and {options[-1]}."
+        )
 
 
 def _fetch_synthetic(

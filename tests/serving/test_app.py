@@ -377,7 +377,7 @@ def test_models_load_only_as_hash_checked_onnx(
             load_served(registry, "twins@champion", tmp_path, threads=1)
     finally:
         registry.set_tags(version, {"export.fp32.sha256": version.tags["export.fp32.sha256"]})
-    with pytest.raises(ModelLoadError, match="serve NAME@ALIAS"):
+    with pytest.raises(ModelLoadError, match=r"give NAME@ALIAS, e\.g\. twins@champion"):
         load_served(registry, "twins/1", tmp_path, threads=1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,18 @@ class ServedModel:
         }
 
 
+def split_alias(reference: str) -> tuple[str, str]:
+    """NAME and ALIAS of `NAME@ALIAS`: served models go by an alias, which can move."""
+    if "@" not in reference:
+        name = re.split(r"[/:]", reference, maxsplit=1)[0] or "twins"
+        raise ModelLoadError(
+            f"{reference!r}: give NAME@ALIAS, e.g. {name}@champion (a served model is named "
+            "by its alias, which promote moves)."
+        )
+    name, alias = reference.split("@", 1)
+    return name, alias
+
+
 def load_served(
     registry: Registry,
     reference: str,
@@ -114,9 +127,7 @@ def load_served(
     The variant is fp32 unless `variant` says int8, which must also pass its metric check.
     """
     choice = variant or VariantChoice()
-    if "@" not in reference:
-        raise ModelLoadError(f"{reference!r}: serve NAME@ALIAS, e.g. twins@champion.")
-    name, alias = reference.split("@", 1)
+    name, alias = split_alias(reference)
     version = registry.resolve(reference)
     expected = expected_sha256(version, reference, choice)
     local = registry.download(version, cache / f"{name}-v{version.version}")

@@ -31,6 +31,7 @@ from modelcycle.serving.loading import (
     VariantChoice,
     expected_sha256,
     load_served,
+    split_alias,
 )
 from modelcycle.serving.protocol import OpsFirstHttp
 
@@ -87,8 +88,7 @@ def check_servable(
 
     The variant is fp32 unless `variant` says int8, which must also pass its metric check.
     """
-    if "@" not in reference:
-        raise ModelLoadError(f"{reference!r}: serve NAME@ALIAS, e.g. twins@champion.")
+    split_alias(reference)
     expected_sha256(registry.resolve(reference), reference, variant or VariantChoice())
 
 

@@ -62,11 +62,23 @@ def require_program(name: str) -> str:
 
 
 def serve_command(
-    root: Path, port: int, *extra: str, reference: str = "twins@champion"
+    root: Path,
+    port: int,
+    *extra: str,
+    reference: str = "twins@champion",
+    console_script: bool = False,
 ) -> list[str]:
-    """`modelcycle serve REFERENCE` on loopback `port` with the workspace `root`."""
+    """`modelcycle serve REFERENCE` on loopback `port` with the workspace `root`.
+
+    As `python -m modelcycle`, or with `console_script` as the installed `modelcycle`
+    command, as users run it (spawned workers import a different main module then).
+    """
+    script = Path(sys.executable).with_name("modelcycle")
+    start = (str(script),) if console_script else (sys.executable, "-m", "modelcycle")
     return [
-        *(sys.executable, "-m", "modelcycle", "serve", reference),
+        *start,
+        "serve",
+        reference,
         f"workspace={root}",
         f"serve.port={port}",
         "serve.host=127.0.0.1",

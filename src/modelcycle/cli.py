@@ -354,7 +354,8 @@ def serve(
         else:
             app_, config = build_server(cfg, references)
     where = f"http://{config.host}:{config.port}/"
-    console.print(f"Serving {', '.join(references)} on {where} ({config.workers} worker(s))")
+    workers = f"{config.workers} worker{'s' if config.workers > 1 else ''}"
+    console.print(f"Serving {', '.join(references)} on {where} ({workers})")
     if config.workers > 1:
         run_workers(
             references,

@@ -54,7 +54,8 @@ def test_two_workers_count_every_request_whichever_answers_the_scrape(
     served_workspace: ServedWorkspace, tmp_path: Path
 ) -> None:
     port = free_port()
-    command = serve_command(served_workspace.root, port, "serve.workers=2")
+    # The installed command: its workers once died, unanswered, while importing the CLI.
+    command = serve_command(served_workspace.root, port, "serve.workers=2", console_script=True)
     url, unbuffered = f"http://127.0.0.1:{port}", {"PYTHONUNBUFFERED": "1"}  # log lines now
     with started(command, tmp_path / "server.log", url, env=unbuffered) as server:
         first = worker_pids(server, 2)

@@ -151,12 +151,14 @@ def run_server(app: FastAPI, host: str, port: int, max_connections: int | None =
     # "killed by signal" (exit 143); the handler below is in place by then, so it exits 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     # No access-log line per request: Prometheus counts requests, and the line costs CPU.
+    # log_config=None: uvicorn's lines go through this process's handler, in its format.
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         timeout_graceful_shutdown=10,
         access_log=False,
+        log_config=None,
         limit_concurrency=max_connections,
         http=OpsFirstHttp,
     )

@@ -174,6 +174,10 @@ def test_a_key_the_config_lacks_is_named_with_the_keys_it_has(
         ),
         (["experiment=image_rice", "task.test_fraction=1"], r"test_fraction=1: give a share"),
         (["experiment=image_rice", "task.hflip=3"], r"task.hflip=3: give true or false"),
+        # image sizes and counts: a traceback from the image reader, after the stand-in
+        (["experiment=image_rice", "data.image_size=0"], r"data.image_size=0: give a value >= 1"),
+        (["experiment=image_flowers", "data.max_per_class=0"], r"max_per_class=0: give a value"),
+        (["experiment=image_rice", "data.per_class_synthetic=-1"], r"synthetic=-1: give a value"),
     ],
 )
 def test_a_run_setting_of_the_wrong_kind_or_range_is_named_before_any_work(

@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from modelcycle.data.tables import DataError
+from modelcycle.kinds import Range
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class ImageSource(ABC):
 
     #: Short dataset name used in messages and in `modelcycle data fetch`.
     dataset: ClassVar[str] = "images"
+    #: Checked when the config is assembled, before anything is read or written.
+    RANGES: ClassVar[dict[str, Range]] = {"image_size": (1, None), "max_per_class": (1, None)}
 
     def resolve_root(self) -> Path:
         """The local copy: `root`, else the stand-in (written once), else a download."""

@@ -24,6 +24,7 @@ from modelcycle.data.image_set import (
 )
 from modelcycle.data.kaggle import fetch_kaggle
 from modelcycle.data.tables import DataError
+from modelcycle.kinds import Range
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class RiceSource(ImageSource):
     """The rice images: a local copy, a kagglehub download, or the synthetic stand-in."""
 
     dataset: ClassVar[str] = "rice"
+    RANGES: ClassVar[dict[str, Range]] = {**ImageSource.RANGES, "per_class_synthetic": (1, None)}
     per_class_synthetic: int = 60
 
     def present(self, target: Path) -> bool:

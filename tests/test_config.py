@@ -174,6 +174,9 @@ def test_a_key_the_config_lacks_is_named_with_the_keys_it_has(
         ),
         (["experiment=image_rice", "task.test_fraction=1"], r"test_fraction=1: give a share"),
         (["experiment=image_rice", "task.hflip=3"], r"task.hflip=3: give true or false"),
+        # shares: -1 excluded every measure, and the error listed all 271 by name
+        (["data.max_missing_measure=-1"], r"data.max_missing_measure=-1: give a share from 0"),
+        (["data.max_missing_subject=5"], r"data.max_missing_subject=5: give a share from 0"),
         # image sizes and counts: a traceback from the image reader, after the stand-in
         (["experiment=image_rice", "data.image_size=0"], r"data.image_size=0: give a value >= 1"),
         (["experiment=image_flowers", "data.max_per_class=0"], r"max_per_class=0: give a value"),

@@ -85,6 +85,19 @@ def test_unknown_subjects_and_gaps_are_counted_exclusions(tiny_qtim: Path) -> No
     assert len(cohort) == 47
 
 
+def test_exclusions_that_leave_nothing_are_counted_not_listed(tiny_qtim: Path) -> None:
+    def gaps(t: pd.DataFrame) -> pd.DataFrame:
+        t.loc[2, t.columns[1:]] = "n/a"  # one subject without measures: none is complete
+        return t
+
+    _edit(tiny_qtim, FREESURFER_SES01, gaps)
+    with pytest.raises(DataError, match=r"nothing is left after the exclusions \(") as err:
+        QTIMSource(root=tiny_qtim, max_missing_measure=0).load()
+    assert "measure missing in >0% of subjects: " in str(err.value)
+    assert "'CSF'" not in str(err.value)  # counts, not hundreds of names
+    assert "data.max_missing_measure" in str(err.value)
+
+
 def test_missing_root_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data\.root=.*leave it empty to download"):
         QTIMSource(root=tmp_path / "nowhere").load()

@@ -17,12 +17,14 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from modelcycle.data.openneuro import FetchRecord, copy_mirror, fetch_openneuro, read_manifest
 from modelcycle.data.tables import DataError, read_bids_tsv
+from modelcycle.kinds import is_number
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,14 @@ class QTIMSource:
     download_dir: Path = Path(".modelcycle/data/qtim")
     max_missing_measure: float = 0.5
     max_missing_subject: float = 0.2
+
+    @staticmethod
+    def CHECK(values: dict[str, Any]) -> None:  # noqa: N802 - the name config checks look up
+        """Refuse a missing-share setting outside 0 to 1, before anything is read."""
+        for key in ("max_missing_measure", "max_missing_subject"):
+            value = values.get(key)
+            if value is not None and not (is_number(value) and 0 <= value <= 1):
+                raise ValueError(f"{key}={value!r}: give a share from 0 to 1.")
 
     def resolve_root(self) -> Path:
         """The local root, downloading the structural files first when there is none."""
@@ -200,7 +210,11 @@ def build_cohort(
     _exclude(exclusions, f"subject missing >{max_missing_subject:.0%} of measures", gappy)
     numeric = numeric.drop(index=gappy)
     if numeric.empty or numeric.shape[1] == 0:
-        raise DataError(f"{source}: nothing is left after the exclusions {exclusions}.")
+        counts = "; ".join(f"{reason}: {len(names)}" for reason, names in exclusions.items())
+        raise DataError(
+            f"{source}: nothing is left after the exclusions ({counts}); check "
+            "data.max_missing_measure and data.max_missing_subject."
+        )
     subjects = participants.loc[numeric.index]
     return Cohort(subjects=subjects, measures=numeric.astype(float), exclusions=exclusions)
 

@@ -177,6 +177,14 @@ def test_a_key_the_config_lacks_is_named_with_the_keys_it_has(
         # shares: -1 excluded every measure, and the error listed all 271 by name
         (["data.max_missing_measure=-1"], r"data.max_missing_measure=-1: give a share from 0"),
         (["data.max_missing_subject=5"], r"data.max_missing_subject=5: give a share from 0"),
+        # band-pass and counts of the rest-fMRI cohort: tracebacks from nilearn, or Hydra's
+        # wrapping of the source's own message
+        (["experiment=twins_functional", "data.masker.low_pass=-1"], r"low_pass=-1: give a freq"),
+        (
+            ["experiment=twins_functional", "data.masker.high_pass=0.5"],
+            r"masker.high_pass=0.5: give a frequency below masker.low_pass=0.1",
+        ),
+        (["experiment=twins_functional", "data.n_volumes=0"], r"^data.n_volumes=0: give a value"),
         # image sizes and counts: a traceback from the image reader, after the stand-in
         (["experiment=image_rice", "data.image_size=0"], r"data.image_size=0: give a value >= 1"),
         (["experiment=image_flowers", "data.max_per_class=0"], r"max_per_class=0: give a value"),
@@ -190,6 +198,20 @@ def test_a_run_setting_of_the_wrong_kind_or_range_is_named_before_any_work(
     # (after a download when data.root was unset), with a traceback and no key named.
     with pytest.raises(ConfigError, match=message):
         assemble(compose_config(overrides))
+
+
+class RefusingSource:
+    """A data source whose constructor refuses its settings, in its own words."""
+
+    def __init__(self, **settings: object) -> None:
+        raise DataError("data.thing=1: give two.")
+
+
+def test_a_source_refusing_its_settings_is_quoted_without_hydras_wrapping() -> None:
+    cfg = compose_config([f"data._target_={__name__}.RefusingSource"])
+    with pytest.raises(ConfigError) as err:
+        assemble(cfg)
+    assert str(err.value) == "data.thing=1: give two."  # not "Error in call to target ..."
 
 
 @pytest.mark.parametrize(

@@ -186,6 +186,8 @@ def assemble(cfg: DictConfig) -> Assembled:
     try:
         source, encoder = instantiate(cfg.data), instantiate(cfg.model)
     except HydraException as err:
+        if isinstance(err.__cause__, ValueError):  # the target's own words (DataError too)
+            raise ConfigError(str(err.__cause__)) from err
         raise ConfigError(f"Cannot build the data source or the model: {err}") from err
     return Assembled(
         task=_build(  # kinds checked above, before the data source was built

@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,7 @@ from modelcycle.data.qtim_synthetic import (
     write_synthetic_cohort,
 )
 from modelcycle.data.tables import DataError
+from modelcycle.kinds import Range, is_number, is_whole
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,33 @@ class FunctionalSource:
         "kind": CONNECTIVITY_KINDS,
         "atlas": tuple(ATLASES),
     }
+    RANGES: ClassVar[dict[str, Range]] = {
+        "families": (1, None),
+        "n_volumes": (1, None),
+        "resolution_mm": (1, None),
+        "n_parcels": (1, None),
+        "n_jobs": (1, None),
+        "seed": (0, None),
+    }
+
+    @staticmethod
+    def CHECK(values: dict[str, Any]) -> None:  # noqa: N802 - the name config checks look up
+        """Refuse a band-pass nilearn cannot apply, before any run is read."""
+        masker = values.get("masker") or {}
+        low, high = masker.get("low_pass"), masker.get("high_pass")
+        for key, value in (("low_pass", low), ("high_pass", high)):
+            if value is not None and not (is_number(value) and value > 0):
+                raise ValueError(
+                    f"masker.{key}={value!r}: give a frequency in Hz > 0, or null for none."
+                )
+        if low is not None and high is not None and high >= low:
+            raise ValueError(
+                f"masker.high_pass={high!r}: give a frequency below masker.low_pass={low!r} "
+                "(the band kept runs from high_pass to low_pass Hz)."
+            )
+        volumes = masker.get("min_volumes", 1)
+        if not (is_whole(volumes) and volumes >= 1):
+            raise ValueError(f"masker.min_volumes={volumes!r}: give a whole number >= 1.")
 
     root: Path | None = None
     synthetic_dir: Path = Path(".modelcycle/data/qtim-synthetic")

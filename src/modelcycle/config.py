@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from modelcycle.kinds import describe_range, in_range, is_number, is_whole
 from modelcycle.loadtest import Budgets, LoadPlan
+from modelcycle.messages import clause
 from modelcycle.monitoring.drift import DriftSettings
 from modelcycle.pipeline import PipelineSettings
 from modelcycle.registry import Registry
@@ -233,7 +234,7 @@ def _build(cls: Callable[..., T], group: str, kinds: bool = True, **values: Any)
         known = ", ".join(
             p for p in inspect.signature(cls).parameters if p not in ("source", "encoder")
         )
-        raise ConfigError(f"{group} config: {err}. Valid keys: {known}.") from err
+        raise ConfigError(f"{group} config: {clause(err)}. Valid keys: {known}.") from err
     except ValueError as err:  # a key it takes, with a value it refuses; the message names both
         raise ConfigError(f"{group} config: {err}") from err
 

@@ -175,13 +175,14 @@ def test_kaggle_failure_names_the_dataset_and_the_offline_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def offline(handle: str, **kwargs: Any) -> str:
-        raise ConnectionError("Name or service not known")
+        raise ConnectionError("Name or service not known.")
 
     import kagglehub
 
     monkeypatch.setattr(kagglehub, "dataset_download", offline)
-    with pytest.raises(FetchError, match=r"datamunge/sign-language-mnist.*--synthetic"):
+    with pytest.raises(FetchError, match=r"datamunge/sign-language-mnist.*--synthetic") as err:
         SignMNISTSource(download_dir=tmp_path).load()
+    assert "not known. Check the network" in str(err.value)  # one full stop, not two
 
 
 @pytest.mark.parametrize(

@@ -156,11 +156,12 @@ def _raise(error: Exception) -> Callable[..., None]:
 def test_network_error_names_dataset_and_fix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    error = ConnectionError("Name or service not known")
+    error = ConnectionError("Name or service not known.")  # a library's own full stop
     monkeypatch.setattr(openneuro, "download", _raise(error))
     with pytest.raises(FetchError) as info:
         fetch_openneuro("ds004169", tmp_path / "qtim", INCLUDE)
     message = str(info.value)
+    assert "Name or service not known. Check" in message  # one full stop, not two
     assert "ds004169" in message
     assert str(tmp_path / "qtim") in message
     assert "Name or service not known" in message

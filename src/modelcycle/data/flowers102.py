@@ -20,6 +20,7 @@ from modelcycle.data.image_set import ImageSet, ImageSource, hash_files, read_im
 from modelcycle.data.image_set import subsample as subsample_rows
 from modelcycle.data.openneuro import FetchError, FetchRecord, hash_tree, write_manifest
 from modelcycle.data.tables import DataError
+from modelcycle.messages import clause
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ def local_flowers102(root: Path, split: str) -> Any:
         return LocalFlowers102(str(root), split=split)
     except RuntimeError as err:
         raise DataError(
-            f"{root / BASE}: {err}. A Flowers-102 copy has jpg/, imagelabels.mat and setid.mat."
+            f"{root / BASE}: {clause(err)}. A Flowers-102 copy has jpg/, imagelabels.mat and "
+            "setid.mat."
         ) from err
 
 
@@ -115,7 +117,7 @@ def fetch_flowers102(target: Path) -> FetchRecord:
         _flowers102()(str(target), split="train", download=True)
     except Exception as err:  # urllib and torchvision raise many kinds
         raise FetchError(
-            f"Could not download Flowers-102 into {target}: {err}. Check the network, or "
+            f"Could not download Flowers-102 into {target}: {clause(err)}. Check the network, or "
             "pass --synthetic (data.synthetic=true) for the offline stand-in."
         ) from err
     files = hash_tree(target, [f"{BASE}/*.mat", f"{BASE}/jpg/*"])

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from modelcycle.data.openneuro import FetchError, FetchRecord, hash_tree, write_manifest
+from modelcycle.messages import clause
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def fetch_kaggle(handle: str, target: Path) -> FetchRecord:
         kagglehub.dataset_download(handle, output_dir=str(target))
     except Exception as err:  # kagglehub raises many kinds: network, HTTP, auth
         raise FetchError(
-            f"Could not download Kaggle dataset {handle} into {target}: {err}. Check the "
+            f"Could not download Kaggle dataset {handle} into {target}: {clause(err)}. Check the "
             "network and Kaggle credentials (~/.kaggle/kaggle.json), or pass --synthetic "
             "(data.synthetic=true) for the offline stand-in."
         ) from err

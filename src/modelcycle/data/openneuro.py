@@ -19,6 +19,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from modelcycle.digests import sha256_file
+from modelcycle.messages import clause
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def _download(
         )
     except Exception as err:
         raise FetchError(
-            f"Could not download OpenNeuro dataset {dataset} into {target}: {err}. "
+            f"Could not download OpenNeuro dataset {dataset} into {target}: {clause(err)}. "
             "Check the network connection, or point to a local copy of the dataset "
             f"(e.g. `data.root=/path/to/{dataset}`)."
         ) from err

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from modelcycle.data.tables import DataError
+from modelcycle.messages import clause
 
 if TYPE_CHECKING:
     import nibabel as nib
@@ -133,6 +134,6 @@ def load_parcellation(
         if isinstance(err, DataError):
             raise
         raise DataError(
-            f"Could not load atlas {name!r}: {err}. Real atlases download on first use; "
+            f"Could not load atlas {name!r}: {clause(err)}. Real atlases download on first use; "
             "offline, use the bundled default (data.atlas=mni-kmeans)."
         ) from err

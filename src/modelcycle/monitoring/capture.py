@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from modelcycle.messages import clause
+
 BUSY_TIMEOUT_MS = 5000
 CHECKPOINT_SECONDS = 1.0  # how often the background thread checkpoints the WAL
 
@@ -159,7 +161,7 @@ class CaptureStore:
                 raise
         except sqlite3.Error as err:
             raise CaptureError(
-                f"Could not record {len(rows)} captures in {self.path}: {err}. Nothing was "
+                f"Could not record {len(rows)} captures in {self.path}: {clause(err)}. Nothing was "
                 "written; check the disk has free space and that no other process holds a "
                 f"write lock on the file for more than {BUSY_TIMEOUT_MS} ms."
             ) from err
@@ -246,9 +248,9 @@ class CaptureStore:
         except (OSError, sqlite3.Error) as err:
             self.close()
             raise CaptureError(
-                f"Cannot open the capture store {self.path}: {err}. Give the path of a SQLite "
-                "file (or of a new file) in a writable directory, not a directory or another "
-                "kind of file."
+                f"Cannot open the capture store {self.path}: {clause(err)}. Give the path of a "
+                "SQLite file (or of a new file) in a writable directory, not a directory or "
+                "another kind of file."
             ) from err
         if str(mode).lower() != "wal":
             self.close()

@@ -48,7 +48,7 @@ from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.ranks import is_rank_zero
 from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
 from modelcycle.registry_hooks import HookResult
-from modelcycle.serving.loading import ModelLoadError, split_alias
+from modelcycle.serving.loading import ModelLoadError
 from modelcycle.serving.server import (
     build_server,
     check_address,
@@ -387,7 +387,6 @@ def monitor(
 
     started = None if since is None else time.time() - parse_duration(since)
     with _clear_errors():
-        split_alias(reference)  # the form first, before the capture store is looked for
         cfg = compose_config(overrides or [])
         settings = monitor_config(cfg).drift
         registry = build_registry(cfg)
@@ -422,7 +421,6 @@ def robustness(
     from modelcycle.monitoring.robustness import robustness as study
 
     with _clear_errors():
-        split_alias(reference)
         cfg = compose_config(overrides or [])
         settings = monitor_config(cfg).drift
         try:

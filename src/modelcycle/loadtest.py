@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from modelcycle.messages import clause
+
 DEADLINE_SLACK_S = 60.0  # start-up and shutdown on top of the run's duration
 CAPTURE_SOURCE = "loadtest"  # X-Capture-Source of the load test's requests
 
@@ -175,9 +177,8 @@ def _get(url: str, headers: dict[str, str]) -> Any:
     try:
         response = httpx.get(url, headers=headers, timeout=10)
     except httpx.TransportError as err:
-        reason = str(err).rstrip(".")
         raise LoadTestError(
-            f"Cannot reach {url}: {reason}. Is `modelcycle serve` running?"
+            f"Cannot reach {url}: {clause(err)}. Is `modelcycle serve` running?"
         ) from err
     if response.status_code != 200:
         raise LoadTestError(f"GET {url} answered {response.status_code}: {response.text[:200]}")

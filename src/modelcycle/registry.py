@@ -236,15 +236,14 @@ class Registry:
         """A version from `NAME@ALIAS` or `NAME/VERSION`."""
         if "@" in reference:
             name, alias = reference.split("@", 1)
-            aliases = dict(self._model(name).aliases or {})
+            aliases = self.aliases(name)
             if alias not in aliases:
                 held = ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items()))
                 raise RegistryError(
                     f"{name} has no alias {alias!r}; it has {held or 'none yet'} (moves: "
                     f"`modelcycle history {name}`)."
                 )
-            version = str(aliases[alias])
-            return self.get(name, version)
+            return self.get(name, aliases[alias])
         if "/" in reference:
             name, version = reference.rsplit("/", 1)
             return self.get(name, version)
@@ -300,9 +299,7 @@ class Registry:
         ]
         if found:
             version = str(found[0].version)
-            aliases = sorted(
-                a for a, v in (self._model(name).aliases or {}).items() if str(v) == version
-            )
+            aliases = sorted(a for a, v in self.aliases(name).items() if v == version)
             held = f" (@{', @'.join(aliases)})" if aliases else ""
             raise GateError(
                 f"Not registered: run {run_id} is already {name} version {version}{held}."
@@ -332,8 +329,11 @@ class Registry:
 
     def alias_version(self, name: str, alias: str) -> str | None:
         """The version `alias` points at, or None."""
-        version = dict(self._model(name).aliases or {}).get(alias)
-        return None if version is None else str(version)
+        return self.aliases(name).get(alias)
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """Each alias of `name` and the version it points at."""
+        return {alias: str(v) for alias, v in (self._model(name).aliases or {}).items()}
 
     def _model(self, name: str) -> Any:
         from mlflow.exceptions import MlflowException

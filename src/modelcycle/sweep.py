@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.kinds import is_whole
+from modelcycle.messages import clause
 from modelcycle.pipeline import TrainingContext, cross_validate
 from modelcycle.search_space import Param
 from modelcycle.tracking import Tracker
@@ -237,8 +238,8 @@ def open_study(settings: StudySettings, metric: str, space: list[Param]) -> Stud
         )
     except (SQLAlchemyError, ImportError, ValueError) as err:
         raise SweepError(
-            f"Cannot open the study storage {redact(settings.storage)}: "
-            f"{str(err).rstrip('.')}. Give a SQLAlchemy "
+            f"Cannot open the study storage {redact(settings.storage)}: {clause(err)}. Give a "
+            "SQLAlchemy "
             "URL such as sqlite:///optuna.db or postgresql://user:password@host/db (PostgreSQL "
             "needs its driver installed, e.g. pip install psycopg2-binary)."
         ) from err

@@ -38,7 +38,7 @@ from modelcycle.data.qtim_synthetic import (
     write_synthetic_cohort,
 )
 from modelcycle.data.tables import DataError
-from modelcycle.kinds import Range, is_number, is_whole
+from modelcycle.kinds import Range, describe_range, in_range, is_number, is_whole
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +172,12 @@ class FunctionalSource:
             values = dict(self.masker)
             values["confounds"] = tuple(values.get("confounds", ()))
             self.masker = MaskerSettings(**values)
-        for key in ("families", "n_volumes", "resolution_mm", "n_parcels", "n_jobs"):
-            if getattr(self, key) < 1:
-                raise DataError(f"data.{key}={getattr(self, key)}: give a whole number >= 1.")
+        for key, bounds in self.RANGES.items():  # as the config check, for direct use too
+            value = getattr(self, key)
+            if not in_range(value, bounds):
+                raise DataError(
+                    f"data.{key}={value}: give a whole number {describe_range(bounds)}."
+                )
 
     def resolve_root(self) -> Path:
         """The BIDS root: `root`, or the synthetic cohort (written when missing)."""

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from modelcycle.kinds import declares
+from modelcycle.messages import clause
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def timm_backbone(
             )
     except Exception as err:  # hub downloads raise many kinds: network, HTTP, missing tag
         why = (
-            str(err).rstrip(".")
+            clause(err)
             if reachable
             else f"{hub_host()} does not resolve (no network?) and they are not in the local "
             "Hugging Face cache"

@@ -31,7 +31,13 @@ from modelcycle.servable import (
     read_manifest,
     read_reference,
 )
-from modelcycle.serving.loading import Runner, ServedModel, VariantChoice, load_served
+from modelcycle.serving.loading import (
+    Runner,
+    ServedModel,
+    VariantChoice,
+    load_served,
+    split_alias,
+)
 
 BATCH = 256  # reference rows per model call
 
@@ -170,6 +176,7 @@ def monitor(
     """
     from modelcycle.monitoring.drift_report import write_drift_report
 
+    split_alias(reference)  # the form first, before the capture store is looked for
     store_path = workspace / "capture.db"
     if not store_path.is_file():
         raise FileNotFoundError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -32,6 +33,50 @@ from serving_fixtures import ServedWorkspace
 
 runner = CliRunner()
 TINY = ["debug=tiny", "trainer.max_epochs=2"]
+
+
+HEAVY = ("torch", "lightning", "mlflow", "fastapi", "onnxruntime", "hydra", "optuna", "pandas")
+
+
+#: Bash's completion script at `modelcycle se<Tab>`: the program runs with these variables.
+COMPLETING = {
+    "_MODELCYCLE_COMPLETE": "complete_bash",
+    "COMP_WORDS": "modelcycle se",
+    "COMP_CWORD": "1",
+}
+
+
+@pytest.mark.parametrize(
+    ("words", "env", "said"),
+    [
+        (["--help"], {}, "Usage: modelcycle"),
+        (["serve", "--help"], {}, "Usage: modelcycle serve"),
+        (["data", "fetch", "--help"], {}, "Usage: modelcycle data fetch"),
+        ([], COMPLETING, "serve"),
+    ],
+    ids=["--help", "serve --help", "data fetch --help", "completion"],
+)
+def test_help_and_completion_import_no_subsystem(
+    words: list[str], env: dict[str, str], said: str
+) -> None:
+    # Help and shell completion (which runs the program at every Tab) imported torch,
+    # Lightning, MLflow and FastAPI first: 5-10 s before a line of help.
+    probe = (
+        "import sys; from modelcycle.__main__ import main\n"
+        "sys.argv = ['modelcycle', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as end:\n    code = end.code\n"
+        f"print('loaded:', *[m for m in {HEAVY!r} if m in sys.modules], 'exit:', code)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe, *words],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    *output, last = run.stdout.rstrip().splitlines()
+    assert said in "\n".join(output), run.stderr
+    assert last == "loaded: exit: 0"
 
 
 def test_tasks_lists_twins() -> None:
@@ -463,7 +508,7 @@ def test_a_key_error_of_a_bug_is_not_dressed_as_an_input_error(
     def broken(overrides: list[str]) -> None:
         raise KeyError("fold_index")  # a bug's lookup, not something the user gave
 
-    monkeypatch.setattr("modelcycle.cli.compose_config", broken)
+    monkeypatch.setattr("modelcycle.config.compose_config", broken)
     result = runner.invoke(app, ["config"])
     assert result.exit_code != 2 and "error:" not in result.stdout
     assert isinstance(result.exception, KeyError)
@@ -477,7 +522,7 @@ def test_ctrl_c_is_said_once_under_ddp_by_rank_zero(
     def pressed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_pipeline", pressed)
+    monkeypatch.setattr("modelcycle.pipeline.run_pipeline", pressed)
     monkeypatch.setattr(rank_zero_only, "rank", rank)
     result = runner.invoke(app, ["train", "debug=tiny"])
     assert result.exit_code == 130
@@ -612,7 +657,9 @@ def test_drift_and_history_tables_keep_names_whole_at_80_columns(
         )
     ]
     monkeypatch.setattr(Registry, "history", lambda self, name: moves)
-    monkeypatch.setattr(cli, "build_registry", lambda cfg: Registry(f"sqlite:///{tmp_path}/r.db"))
+    monkeypatch.setattr(
+        "modelcycle.config.build_registry", lambda cfg: Registry(f"sqlite:///{tmp_path}/r.db")
+    )
     monkeypatch.setattr(cli, "console", Console(width=80, record=True))
     result = runner.invoke(app, ["history", "twins"])
     assert result.exit_code == 0, result.output

@@ -29,20 +29,31 @@ def rank_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rank_zero_only, "rank", 1)
 
 
+@pytest.mark.parametrize("lightning", ["before Lightning loads", "Lightning loaded"])
 @pytest.mark.parametrize(
     ("env", "rank"),
     [
         ({"SLURM_PROCID": "3", "SLURM_NTASKS": "4"}, 3),  # srun
         ({"RANK": "1", "LOCAL_RANK": "1"}, 1),  # torchrun
         ({"LOCAL_RANK": "1"}, 1),  # a child of Lightning's own launcher
+        ({"LOCAL_RANK": "0", "SLURM_PROCID": "2"}, 0),  # SLURM_PROCID of an outer allocation
     ],
 )
 @pytest.mark.slow  # a fresh interpreter importing Lightning each
-def test_rank_comes_from_the_launcher_environment(env: dict[str, str], rank: int) -> None:
-    """The rank is known at import, before any Trainer: the pipeline's guards rely on it."""
+def test_rank_comes_from_the_launcher_environment(
+    env: dict[str, str], rank: int, lightning: str
+) -> None:
+    """The rank is known at import, before any Trainer: the pipeline's guards rely on it.
+
+    Before Lightning loads (a command that never trains) it is read as Lightning reads it.
+    """
     launcher_keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS")
     clean = {k: v for k, v in os.environ.items() if k not in launcher_keys}
-    code = "from modelcycle.ranks import global_rank; print(global_rank())"
+    load = "import lightning.pytorch; " if lightning == "Lightning loaded" else ""
+    code = (
+        f"import sys; {load}from modelcycle.ranks import global_rank; "
+        "print(global_rank(), 'lightning' in sys.modules)"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code],
         env={**clean, **env, "PYTHONPATH": str(REPO / "src")},
@@ -51,7 +62,7 @@ def test_rank_comes_from_the_launcher_environment(env: dict[str, str], rank: int
         timeout=120,
         check=True,
     )
-    assert done.stdout.strip() == str(rank)
+    assert done.stdout.split() == [str(rank), str(bool(load))]
 
 
 def test_rank_one_is_not_rank_zero(rank_one: None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import logging
@@ -13,52 +14,31 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 # Before torch loads OpenMP, which reads it once: idle threads sleep instead of spinning. On a
 # machine shared with other jobs, spinning threads made training 4-5x slower (README, images).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from modelcycle.config import (
-    ConfigError,
-    assemble,
-    build_registry,
-    compose_config,
-    experiment_names,
-    loadtest_config,
-    monitor_config,
-    serve_config,
-    tracking_settings,
-    trained_store,
-    workspace_of,
-)
-from modelcycle.data.openneuro import FetchError
-from modelcycle.data.tables import DataError
-from modelcycle.evaluate import EvaluationError, evaluate_run, locate_run
-from modelcycle.evaluation.report import CVReport, mean_std
 from modelcycle.logs import configure as configure_logging
-from modelcycle.models.image_classifier import BackboneError
-from modelcycle.monitoring.drift import DriftSummary
-from modelcycle.pipeline import PipelineResult, release, run_pipeline
 from modelcycle.ranks import is_rank_zero
-from modelcycle.registry import GateError, RegistryError, latest_pipeline_run
-from modelcycle.registry_hooks import HookResult
-from modelcycle.serving.loading import ModelLoadError
-from modelcycle.serving.server import (
-    build_server,
-    check_address,
-    check_references,
-    run_server,
-)
-from modelcycle.serving.workers import run_workers
-from modelcycle.sweep import SweepResult, TrialRecord
-from modelcycle.tasks.base import DataSummary, UnknownTaskError
-from modelcycle.tracking import Tracker
+
+# The command imports each subsystem where a command needs it: `modelcycle --help`, a
+# command's --help and shell completion (which runs the program at every Tab) would
+# otherwise first import torch, Lightning, MLflow and FastAPI, 5-10 s on a 2-core machine.
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from modelcycle.evaluation.report import CVReport
+    from modelcycle.monitoring.drift import DriftSummary
+    from modelcycle.pipeline import PipelineResult
+    from modelcycle.registry_hooks import HookResult
+    from modelcycle.sweep import SweepResult, TrialRecord
+    from modelcycle.tasks.base import DataSummary
 
 app = typer.Typer(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
@@ -110,6 +90,8 @@ def show_config(overrides: Overrides = None) -> None:
     """Print the composed config for the given overrides."""
     from omegaconf import OmegaConf
 
+    from modelcycle.config import compose_config
+
     with _clear_errors():
         console.print(OmegaConf.to_yaml(compose_config(overrides or [])), end="")
 
@@ -117,6 +99,8 @@ def show_config(overrides: Overrides = None) -> None:
 @app.command()
 def train(overrides: Overrides = None) -> None:
     """Cross-validate the configured experiment: model and baseline on the same folds."""
+    from modelcycle.config import compose_config
+
     with _clear_errors():
         cfg = compose_config(overrides or [])
     _print_result(_run(cfg))
@@ -136,6 +120,8 @@ def evaluate(
 
     Writes the report (summary, metrics.json, plots) and logs it to the same MLflow run.
     """
+    from modelcycle.config import compose_config
+
     with _clear_errors():
         result = _evaluate(compose_config(overrides or []), run, out)
     _print_result(result)
@@ -144,6 +130,11 @@ def evaluate(
 def _evaluate(cfg: DictConfig, run: str, out: Path | None) -> PipelineResult:
     """Find the run in the configured store, rebuild its task from its own config, re-score."""
     from omegaconf import OmegaConf
+
+    from modelcycle.config import assemble, tracking_settings, trained_store, workspace_of
+    from modelcycle.evaluate import evaluate_run, locate_run
+    from modelcycle.pipeline import PipelineResult
+    from modelcycle.tracking import Tracker
 
     tracking, workspace, uri = tracking_settings(cfg), workspace_of(cfg), trained_store(cfg)
     found = locate_run(run, uri, tracking.experiment)
@@ -162,6 +153,8 @@ def pipeline(
     overrides: Overrides = None,
 ) -> None:
     """Run an experiment end to end: train and evaluate, register, promote the first, export."""
+    from modelcycle.config import ConfigError, compose_config, experiment_names, workspace_of
+
     with _clear_errors():
         if "=" in name:  # an override where the experiment's name belongs
             raise ConfigError(
@@ -191,6 +184,10 @@ def release_command(
 
     The run comes first (`modelcycle release RUN [OVERRIDES]`) or as --run; default latest.
     """
+    from modelcycle.config import build_registry, compose_config, workspace_of
+    from modelcycle.evaluate import locate_run
+    from modelcycle.registry import latest_pipeline_run
+
     with _clear_errors():
         overrides, run = _leading_run(overrides, run)
         cfg = compose_config(overrides)
@@ -206,6 +203,8 @@ def release_command(
 
 def _leading_run(overrides: list[str] | None, run: str) -> tuple[list[str], str]:
     """`register RUN [OVERRIDES]`: a first word that is no override is the run, like --run."""
+    from modelcycle.config import ConfigError
+
     rest = list(overrides or [])
     if not rest or "=" in rest[0] or rest[0].startswith("~"):
         return rest, run
@@ -216,6 +215,9 @@ def _leading_run(overrides: list[str] | None, run: str) -> tuple[list[str], str]
 
 def _release(cfg: DictConfig, run_id: str, exports: Path) -> int:
     """Release one run (see `pipeline.release`); 1 when the gate refused it, else 0."""
+    from modelcycle.config import build_registry
+    from modelcycle.pipeline import release
+
     with _clear_errors():
         registry = build_registry(cfg)
         model = registry.task_of(run_id)
@@ -240,6 +242,9 @@ def register(
 
     The run comes first (`modelcycle register RUN [OVERRIDES]`) or as --run; default latest.
     """
+    from modelcycle.config import build_registry, compose_config
+    from modelcycle.registry import latest_pipeline_run
+
     with _clear_errors():
         overrides, run = _leading_run(overrides, run)
         cfg = compose_config(overrides)
@@ -262,6 +267,8 @@ def promote(
     overrides: Overrides = None,
 ) -> None:
     """Move an alias (default: champion) to a version; audited, hooks run."""
+    from modelcycle.config import ConfigError, build_registry, compose_config
+
     with _clear_errors():
         if overrides and overrides[0].isdigit():  # `promote twins 3`: a version, not an override
             raise ConfigError(
@@ -287,6 +294,8 @@ def history(
     overrides: Overrides = None,
 ) -> None:
     """Show every alias move of a registered model: when, from, to, why, who."""
+    from modelcycle.config import build_registry, compose_config
+
     with _clear_errors():
         moves = build_registry(compose_config(overrides or [])).history(name)
     table = Table(title=f"{name}: alias moves")
@@ -306,6 +315,7 @@ def export_command(
     ] = None,
 ) -> None:
     """Export a registered version to ONNX: parity gate, int8 variant, latency; attached to it."""
+    from modelcycle.config import build_registry, compose_config, workspace_of
     from modelcycle.export import ParityError, export_version
 
     with _clear_errors():
@@ -341,6 +351,10 @@ def serve(
     ],
 ) -> None:
     """Serve registered models over HTTP (FastAPI + ONNX Runtime) with a web page at /."""
+    from modelcycle.config import compose_config, serve_config
+    from modelcycle.serving.server import build_server, check_address, check_references, run_server
+    from modelcycle.serving.workers import run_workers
+
     references = [a for a in models_and_overrides if "=" not in a]
     overrides = [a for a in models_and_overrides if "=" in a]
     if not references:
@@ -382,6 +396,13 @@ def monitor(
 
     Exit codes: 0 no drift, 1 drift, 2 too few captures or bad input.
     """
+    from modelcycle.config import (
+        build_registry,
+        compose_config,
+        monitor_config,
+        serve_config,
+        workspace_of,
+    )
     from modelcycle.monitoring.drift import TooFewCapturesError
     from modelcycle.monitoring.monitor import monitor as check
 
@@ -418,6 +439,13 @@ def robustness(
 
     Writes robustness.json and robustness.png under <workspace>/reports/.
     """
+    from modelcycle.config import (
+        build_registry,
+        compose_config,
+        monitor_config,
+        serve_config,
+        workspace_of,
+    )
     from modelcycle.monitoring.robustness import robustness as study
 
     with _clear_errors():
@@ -466,6 +494,7 @@ def loadtest(
 
     Budgets and defaults come from the `loadtest` config group (loadtest.p99_ms=100 ...).
     """
+    from modelcycle.config import compose_config, loadtest_config, workspace_of
     from modelcycle.loadtest import LoadTestError, run_loadtest
 
     with _clear_errors():
@@ -522,8 +551,9 @@ def sweep(
     Each trial cross-validates the experiment with sampled values from `sweep.space` and
     scores the task's primary metric (mean over folds); every trial is a tracked run.
     """
-    from modelcycle.config import sweep_config
+    from modelcycle.config import ConfigError, assemble, compose_config, sweep_config
     from modelcycle.sweep import CrossValidation, SweepError, redact, run_sweep
+    from modelcycle.tracking import Tracker
 
     base = overrides or []
     with _clear_errors():
@@ -553,7 +583,7 @@ def sweep(
                 plan.report_dir,
                 _print_trial,
                 assembled.resolved,
-                (*REPORTED, KeyboardInterrupt),
+                (*reported_errors(), KeyboardInterrupt),
             )
         except SweepError as err:
             raise ConfigError(str(err)) from err
@@ -711,6 +741,7 @@ def data_fetch(
     volumes: Annotated[int | None, typer.Option(help="qtim-synthetic: volumes per run")] = None,
 ) -> None:
     """Download a dataset (hashes recorded), or write its offline stand-in."""
+    from modelcycle.config import compose_config, workspace_of
     from modelcycle.data.image_datasets import IMAGE_SOURCES, fetch_images
     from modelcycle.data.qtim import fetch_structural
     from modelcycle.data.qtim_functional import fetch_functional
@@ -779,6 +810,7 @@ def _options_apply(dataset: str, given: list[str]) -> None:
 def _fetch_synthetic(
     dest: Path | None, families: int | None, volumes: int | None, mirror: str
 ) -> None:
+    from modelcycle.config import compose_config
     from modelcycle.data.qtim_functional import FunctionalSource
 
     overrides = ["data=qtim_func"]
@@ -795,6 +827,7 @@ def _fetch_synthetic(
 @data_app.command("prepare")
 def data_prepare(overrides: Overrides = None) -> None:
     """Rest runs → parcel series (cached, parallel) → connectomes; skipped runs reported."""
+    from modelcycle.config import ConfigError, compose_config, workspace_of
     from modelcycle.data.qtim_functional import FunctionalSource, prepare_dataset
 
     with _clear_errors():
@@ -839,6 +872,8 @@ def data_stats(
     ] = None,
 ) -> None:
     """Describe the configured task's data: content hash, counts, exclusions."""
+    from modelcycle.config import assemble, compose_config
+
     with _clear_errors():
         summary = assemble(compose_config(overrides or [])).task.load()[1]
     if out:
@@ -863,6 +898,10 @@ def data_markdown(summary: DataSummary) -> str:
 
 
 def _run(cfg: DictConfig) -> PipelineResult:
+    from modelcycle.config import assemble
+    from modelcycle.pipeline import run_pipeline
+    from modelcycle.tracking import Tracker
+
     with _clear_errors():
         assembled = assemble(cfg)
         assembled.workspace.mkdir(parents=True, exist_ok=True)
@@ -878,16 +917,30 @@ def _run(cfg: DictConfig) -> PipelineResult:
 
 
 #: Errors of the user's input or setup, reported in one line each: their messages name the fix.
+#: By module and name, so that a command imports only the subsystems it uses.
 REPORTED = (
-    BackboneError,
-    ConfigError,
-    DataError,
-    EvaluationError,
-    FetchError,
-    RegistryError,
-    ModelLoadError,
-    UnknownTaskError,
+    ("modelcycle.models.image_classifier", "BackboneError"),
+    ("modelcycle.config", "ConfigError"),
+    ("modelcycle.data.tables", "DataError"),
+    ("modelcycle.evaluate", "EvaluationError"),
+    ("modelcycle.data.openneuro", "FetchError"),
+    ("modelcycle.registry", "RegistryError"),
+    ("modelcycle.serving.loading", "ModelLoadError"),
+    ("modelcycle.tasks.base", "UnknownTaskError"),
 )
+
+
+def reported_errors(loaded_only: bool = False) -> tuple[type[Exception], ...]:
+    """The classes of `REPORTED`; with `loaded_only`, those of modules imported so far.
+
+    An error can only have been raised by a module that is loaded, so an error being
+    reported needs no more: a bad `promote` does not import torch to say so.
+    """
+    return tuple(
+        getattr(sys.modules[module] if loaded_only else importlib.import_module(module), name)
+        for module, name in REPORTED
+        if not loaded_only or module in sys.modules
+    )
 
 
 @contextmanager
@@ -895,11 +948,25 @@ def _clear_errors() -> Iterator[None]:
     """Turn expected input errors into one red line and exit code 2, not a stack trace."""
     try:
         yield
-    except GateError as err:  # a refusal, not a mistake: exit 1 with both numbers
-        console.print(f"[yellow]refused:[/yellow] {err}", soft_wrap=True)
-        raise typer.Exit(code=1) from err
-    except REPORTED as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+    except Exception as err:
+        gate = sys.modules.get("modelcycle.registry")
+        if gate is not None and isinstance(err, gate.GateError):
+            # A refusal, not a mistake: exit 1 with both numbers.
+            console.print(f"[yellow]refused:[/yellow] {err}", soft_wrap=True)
+            raise typer.Exit(code=1) from err
+        if isinstance(err, reported_errors(loaded_only=True)):
+            console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+            raise typer.Exit(code=2) from err
+        if not isinstance(err, OSError):
+            raise
+        # A path given or configured that cannot be read or written.
+        logging.getLogger(__name__).debug("where it failed", exc_info=True)
+        where = f"{err.filename}: " if err.filename is not None else ""
+        console.print(
+            f"[red]error:[/red] {where}{err.strerror or err}; check the path and its "
+            "permissions (--verbose shows where it failed).",
+            soft_wrap=True,
+        )
         raise typer.Exit(code=2) from err
     except KeyboardInterrupt as err:
         if is_rank_zero():  # under DDP every rank gets the Ctrl-C; one says so
@@ -909,15 +976,6 @@ def _clear_errors() -> Iterator[None]:
                 soft_wrap=True,
             )
         raise typer.Exit(code=130) from err  # 128 + SIGINT, as shells report it
-    except OSError as err:  # a path given or configured that cannot be read or written
-        logging.getLogger(__name__).debug("where it failed", exc_info=True)
-        where = f"{err.filename}: " if err.filename is not None else ""
-        console.print(
-            f"[red]error:[/red] {where}{err.strerror or err}; check the path and its "
-            "permissions (--verbose shows where it failed).",
-            soft_wrap=True,
-        )
-        raise typer.Exit(code=2) from err
 
 
 def summary_table(report: CVReport, width: int = 80) -> Table:
@@ -927,6 +985,8 @@ def summary_table(report: CVReport, width: int = 80) -> Table:
     otherwise the folds' range (min to max), and the caption says where each fold's values
     are (summary.md and metrics.json keep them all).
     """
+    from modelcycle.evaluation.report import mean_std
+
     agg = report.aggregate()
     rows = [  # label, scorer, each fold's value, mean ± std
         (
@@ -980,6 +1040,7 @@ def _span(values: list[float]) -> str:
 
 
 def _print_result(result: PipelineResult) -> None:
+
     if not is_rank_zero():  # every rank holds the result; one prints it
         return
     console.print(summary_table(result.report, console.width))

@@ -9,17 +9,31 @@ own launcher), which Lightning reads at import into `rank_zero_only.rank`.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import os
+import sys
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from torch.utils.data import DataLoader, Dataset
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader, Dataset
 
 T = TypeVar("T")
 
+#: Where launchers put the rank, in the order Lightning reads them (LOCAL_RANK before
+#: SLURM_PROCID, which SLURM sets even when it does not start the processes).
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
 
 def global_rank() -> int:
-    """This process's rank among all processes of the run (0 when there is only one)."""
-    return int(getattr(rank_zero_only, "rank", 0))
+    """This process's rank among all processes of the run (0 when there is only one).
+
+    Lightning's record of it once Lightning is loaded (a Trainer corrects it, e.g. on a
+    second node); before, what Lightning would read at import. Importing Lightning to know
+    costs seconds, which a command that never trains (`--help`, `promote`) need not pay.
+    """
+    lightning = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    if lightning is not None:
+        return int(getattr(lightning.rank_zero_only, "rank", 0))
+    return next((int(os.environ[key]) for key in RANK_VARIABLES if key in os.environ), 0)
 
 
 def is_rank_zero() -> bool:
@@ -57,6 +71,7 @@ def validation_loader(
     """
     import torch
     from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+    from torch.utils.data import DataLoader
 
     from modelcycle.data.tables import DataError
 

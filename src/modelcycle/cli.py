@@ -737,8 +737,10 @@ def data_fetch(
         ),
     ] = "",
     modality: Annotated[str | None, typer.Option(help="qtim: structural (default) or func")] = None,
-    families: Annotated[int | None, typer.Option(help="qtim-synthetic: families")] = None,
-    volumes: Annotated[int | None, typer.Option(help="qtim-synthetic: volumes per run")] = None,
+    families: Annotated[int | None, typer.Option(help="qtim-synthetic: families", min=1)] = None,
+    volumes: Annotated[
+        int | None, typer.Option(help="qtim-synthetic: volumes per run", min=1)
+    ] = None,
 ) -> None:
     """Download a dataset (hashes recorded), or write its offline stand-in."""
     from modelcycle.config import compose_config, workspace_of

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from modelcycle.logs import CHATTY, configure
+from modelcycle.logs import CHATTY, configure, handler
 
 
 @pytest.fixture
@@ -43,3 +44,30 @@ def test_verbose_lets_the_chatty_libraries_speak(restored_logging: None) -> None
     assert all(logging.getLogger(name).isEnabledFor(logging.INFO) for name in CHATTY)
     configure(logging.INFO)
     assert not any(logging.getLogger(name).isEnabledFor(logging.INFO) for name in CHATTY)
+
+
+def test_workers_lines_are_marked_with_their_pid_and_the_supervisors_are_not() -> None:
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "Started", None, None)
+    alone = handler(supervisor=None).format(record)
+    supervisor = handler(supervisor=os.getpid()).format(record)
+    worker = handler(supervisor=os.getpid() + 1).format(record)  # started by another process
+    assert alone == supervisor == "Started"
+    assert worker == f"worker {os.getpid()}: Started"
+
+
+def test_a_library_that_set_up_its_own_handler_speaks_through_ours(
+    restored_logging: None,
+) -> None:
+    # Lightning gives its logger a plain handler and stops it propagating when it is imported
+    # before logging is set up: its warnings then came in a format of their own.
+    lightning = logging.getLogger("lightning.pytorch")
+    own = logging.StreamHandler()
+    handlers, propagate = lightning.handlers[:], lightning.propagate
+    lightning.addHandler(own)
+    lightning.propagate = False
+    try:
+        configure(logging.INFO)
+        assert own not in lightning.handlers and lightning.propagate
+        assert lightning.isEnabledFor(logging.WARNING) and not lightning.isEnabledFor(logging.INFO)
+    finally:
+        lightning.handlers[:], lightning.propagate = handlers, propagate

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import logging.config
+import os
+from typing import Any
 
 #: Libraries whose INFO lines (Lightning's start-up banners and tips, the HTTP client's line
 #: per request, MLflow creating its tables in a new workspace, in a format of its own, timm's
@@ -10,23 +13,45 @@ import logging
 CHATTY = ("lightning.pytorch", "lightning.fabric", "httpx", "mlflow.store.db.utils", "timm")
 
 
-def configure(level: int, verbose: bool = False, prefix: str = "") -> None:
-    """Log records at `level` and above to stderr; `prefix` starts each message.
+def configure(level: int, verbose: bool = False) -> None:
+    """Log records at `level` and above to stderr.
 
     Args:
         level: The root level (DDP ranks other than zero pass WARNING: only their warnings
             are news on a shared terminal).
         verbose: DEBUG, the chatty libraries' INFO lines included.
-        prefix: Tells processes apart that share a terminal, e.g. a server's workers.
     """
+    logging.config.dictConfig(settings(level, verbose))
+
+
+def settings(level: int, verbose: bool = False, supervisor: int | None = None) -> dict[str, Any]:
+    """`configure`'s set-up as a `logging.config.dictConfig` dict.
+
+    uvicorn applies such a dict in each worker process it starts before the worker logs
+    its first line ("Started server process"). With `supervisor`, the pid of the process
+    that starts the workers, the lines of every other process begin `worker PID: `: they
+    share one terminal.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"rich": {"()": f"{__name__}.handler", "supervisor": supervisor}},
+        "root": {"level": logging.DEBUG if verbose else level, "handlers": ["rich"]},
+        # Through the root's handler: Lightning gives its logger a plain handler of its own
+        # (and stops it propagating) when it is imported before logging is set up.
+        "loggers": {
+            name: {"level": logging.DEBUG if verbose else logging.WARNING, "propagate": True}
+            for name in CHATTY
+        },
+    }
+
+
+def handler(supervisor: int | None = None) -> logging.Handler:
+    """A rich handler on stderr; `worker PID: ` starts each line unless this is `supervisor`."""
     from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else level,
-        format=f"{prefix}%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-        force=True,
-    )
-    for name in CHATTY:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    worker = supervisor is not None and os.getpid() != supervisor
+    rich = RichHandler(console=Console(stderr=True), show_path=False)
+    rich.setFormatter(logging.Formatter(f"worker {os.getpid()}: %(message)s" if worker else None))
+    return rich

@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from modelcycle.logs import configure as configure_logging
+from modelcycle.logs import settings as log_settings
 from modelcycle.serving.metrics import MULTIPROC_ENV
 
 SPEC_ENV = "MODELCYCLE_SERVE_SPEC"  # what to serve, handed from the parent to its workers
@@ -51,7 +51,7 @@ def run_workers(
         os.environ[MULTIPROC_ENV] = directory
         verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # as this process logs
         os.environ[SPEC_ENV] = json.dumps(
-            {"references": list(references), "overrides": list(overrides), "verbose": verbose}
+            {"references": list(references), "overrides": list(overrides)}
         )
         config = uvicorn.Config(
             f"{__name__}:create_worker_app",
@@ -63,6 +63,9 @@ def run_workers(
             access_log=False,
             limit_concurrency=max_connections,  # per worker
             http=OpsFirstHttp,  # health checks and scrapes pass it
+            # Set up in each worker before its first line, so uvicorn's lines too read as
+            # this project's, each worker's marked with its pid.
+            log_config=log_settings(logging.INFO, verbose, supervisor=os.getpid()),
         )
         supervisor = Multiprocess(config, sockets=[config.bind_socket()])
         supervisor.run()
@@ -76,9 +79,6 @@ def create_worker_app() -> FastAPI:
     from modelcycle.serving.server import build_server
 
     spec = json.loads(os.environ[SPEC_ENV])
-    # A spawned worker starts with logging unset: without this its INFO lines (ready, a
-    # reload's swap, a drift reference) were lost, and only warnings reached the terminal.
-    configure_logging(logging.INFO, spec.get("verbose", False), f"worker {os.getpid()}: ")
     app, _ = build_server(compose_config(spec["overrides"]), spec["references"])
     _before_stop_signals(app.state.stop_accepting)
     return app

@@ -37,13 +37,34 @@ TINY = ["debug=tiny", "trainer.max_epochs=2"]
 
 HEAVY = ("torch", "lightning", "mlflow", "fastapi", "onnxruntime", "hydra", "optuna", "pandas")
 
-
 #: Bash's completion script at `modelcycle se<Tab>`: the program runs with these variables.
 COMPLETING = {
     "_MODELCYCLE_COMPLETE": "complete_bash",
     "COMP_WORDS": "modelcycle se",
     "COMP_CWORD": "1",
 }
+
+
+def run_loading(words: list[str], env: dict[str, str] | None = None) -> tuple[str, int, list[str]]:
+    """Run `modelcycle WORDS` in a fresh interpreter: its output, exit code, and which of
+    `HEAVY` it imported."""
+    probe = (
+        "import sys; from modelcycle.__main__ import main\n"
+        "sys.argv = ['modelcycle', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as end:\n    code = end.code\n"
+        f"print('loaded:', *[m for m in {HEAVY!r} if m in sys.modules], 'exit:', code)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe, *words],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    *output, last = run.stdout.rstrip().splitlines() or [run.stderr]
+    assert last.startswith("loaded:"), run.stderr
+    loaded, _, code = last.removeprefix("loaded:").partition("exit:")
+    return "\n".join(output), int(code), loaded.split()
 
 
 @pytest.mark.parametrize(
@@ -61,22 +82,15 @@ def test_help_and_completion_import_no_subsystem(
 ) -> None:
     # Help and shell completion (which runs the program at every Tab) imported torch,
     # Lightning, MLflow and FastAPI first: 5-10 s before a line of help.
-    probe = (
-        "import sys; from modelcycle.__main__ import main\n"
-        "sys.argv = ['modelcycle', *sys.argv[1:]]\n"
-        "try:\n    main()\nexcept SystemExit as end:\n    code = end.code\n"
-        f"print('loaded:', *[m for m in {HEAVY!r} if m in sys.modules], 'exit:', code)"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", probe, *words],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    *output, last = run.stdout.rstrip().splitlines()
-    assert said in "\n".join(output), run.stderr
-    assert last == "loaded: exit: 0"
+    output, code, loaded = run_loading(words, env)
+    assert said in output and code == 0
+    assert loaded == []
+
+
+def test_printing_the_config_needs_no_subsystem() -> None:
+    output, code, loaded = run_loading(["config", "serve.port=8123"])
+    assert code == 0 and "port: 8123" in output
+    assert loaded == ["hydra"]  # the settings classes of torch's subsystems come later
 
 
 def test_tasks_lists_twins() -> None:
@@ -183,6 +197,10 @@ def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
     history = runner.invoke(app, ["history", "twins"])
     assert history.exit_code == 0
     assert history.stdout.count("challenger") == 1 and history.stdout.count("champion") >= 1
+    # Reading the registry needs MLflow (which brings FastAPI and pandas), not torch.
+    output, code, loaded = run_loading(["history", "twins"])
+    assert code == 0 and output.count("challenger") == 1, output
+    assert "mlflow" in loaded and not {"torch", "lightning", "onnxruntime", "optuna"} & {*loaded}
     again = runner.invoke(app, ["register"])  # the latest run again, by hand: refused, exit 1
     assert again.exit_code == 1 and "does not beat the champion" in again.stdout
     for named in (["register", champion.run_id], ["register", "--run", champion.run_id]):

@@ -12,10 +12,10 @@ import time
 import types
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
@@ -23,19 +23,23 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from modelcycle.kinds import describe_range, in_range, is_number, is_whole
-from modelcycle.loadtest import Budgets, LoadPlan
 from modelcycle.messages import clause
-from modelcycle.monitoring.drift import DriftSettings
-from modelcycle.pipeline import PipelineSettings
 from modelcycle.registry import Registry
 from modelcycle.registry_hooks import HookError, hooks_from_config
-from modelcycle.search_space import Param, SpaceError, parse_space
-from modelcycle.serving.app import ServeSettings
-from modelcycle.serving.loading import VariantChoice, default_threads
-from modelcycle.sweep import StudySettings, SweepError
-from modelcycle.tasks import Task, get_task
 from modelcycle.tracking import TrackingSettings, tracking_uri, workspace_store
-from modelcycle.training import LaunchError, TrainerSettings, check_launch
+
+# Each group's settings class is imported where the group is read: reading the registry
+# (`history`, `promote`) or printing the config need neither torch nor Lightning nor FastAPI.
+if TYPE_CHECKING:
+    from modelcycle.loadtest import Budgets, LoadPlan
+    from modelcycle.monitoring.drift import DriftSettings
+    from modelcycle.pipeline import PipelineSettings
+    from modelcycle.search_space import Param
+    from modelcycle.serving.app import ServeSettings
+    from modelcycle.serving.loading import VariantChoice
+    from modelcycle.sweep import StudySettings
+    from modelcycle.tasks import Task
+    from modelcycle.training import TrainerSettings
 
 CONFIG_MODULE = "modelcycle.conf"
 
@@ -155,6 +159,9 @@ class Assembled:
 
 def assemble(cfg: DictConfig) -> Assembled:
     """Build the task (registry lookup + instantiated data source and encoder) and settings."""
+    from modelcycle.pipeline import PipelineSettings
+    from modelcycle.tasks import get_task
+
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     task_params = {k: v for k, v in resolved["task"].items() if k != "name"}
     task_cls = get_task(cfg.task.name)
@@ -209,6 +216,8 @@ def assemble(cfg: DictConfig) -> Assembled:
 
 def trainer_settings(values: dict[str, Any]) -> TrainerSettings:
     """The `trainer` group as settings, checked against the launcher of this process."""
+    from modelcycle.training import LaunchError, TrainerSettings, check_launch
+
     settings = _build(TrainerSettings, "trainer", kinds=False, **values)
     try:
         check_launch(settings)
@@ -418,13 +427,16 @@ class ServeConfig:
     port: int
     settings: ServeSettings
     capture_path: Path | None
-    workers: int = 1
-    max_connections: int | None = None
-    variant: VariantChoice = field(default_factory=VariantChoice)
+    workers: int
+    max_connections: int | None
+    variant: VariantChoice
 
 
 def serve_config(cfg: DictConfig) -> ServeConfig:
     """The server's settings from the `serve` config group."""
+    from modelcycle.serving.app import ServeSettings
+    from modelcycle.serving.loading import VariantChoice, default_threads
+
     values: dict[str, Any] = OmegaConf.to_container(cfg.serve, resolve=True)  # type: ignore[assignment]
     host, port, capture = values.pop("host"), values.pop("port"), values.pop("capture")
     if not isinstance(capture, bool):
@@ -470,6 +482,8 @@ class MonitorConfig:
 
 def monitor_config(cfg: DictConfig) -> MonitorConfig:
     """The `monitor` config group as typed settings; a bad value names the key."""
+    from modelcycle.monitoring.drift import DriftSettings
+
     values: dict[str, Any] = OmegaConf.to_container(cfg.monitor, resolve=True)  # type: ignore[assignment]
     interval, window = values.pop("interval_seconds"), values.pop("window")
     try:
@@ -493,6 +507,8 @@ def monitor_config(cfg: DictConfig) -> MonitorConfig:
 
 def loadtest_config(cfg: DictConfig) -> tuple[LoadPlan, Budgets]:
     """The `loadtest` config group: how hard and how long, and the budgets."""
+    from modelcycle.loadtest import Budgets, LoadPlan
+
     values: dict[str, Any] = OmegaConf.to_container(cfg.loadtest, resolve=True)  # type: ignore[assignment]
     plan_keys = ("users", "spawn_rate", "duration_s")
     plan = {k: values.pop(k) for k in plan_keys if k in values}
@@ -525,6 +541,9 @@ def sweep_config(
     Raises:
         ConfigError: A search-space entry that is malformed or names no config key.
     """
+    from modelcycle.search_space import SpaceError, parse_space
+    from modelcycle.sweep import StudySettings, SweepError
+
     values: dict[str, Any] = OmegaConf.to_container(cfg.sweep, resolve=True)  # type: ignore[assignment]
     workspace = workspace_of(cfg)
     try:

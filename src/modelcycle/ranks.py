@@ -9,14 +9,17 @@ own launcher), which Lightning reads at import into `rank_zero_only.rank`.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader, Dataset
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: Where launchers put the rank, in the order Lightning reads them (LOCAL_RANK before
 #: SLURM_PROCID, which SLURM sets even when it does not start the processes).
@@ -39,6 +42,20 @@ def global_rank() -> int:
 def is_rank_zero() -> bool:
     """True in the process that evaluates, writes and tracks (the only one without DDP)."""
     return global_rank() == 0
+
+
+def rank_zero_only(method: Callable[P, None]) -> Callable[P, None]:
+    """Run `method` on global rank zero only (elsewhere a call does nothing).
+
+    Lightning's decorator of the same name, without importing Lightning to define it.
+    """
+
+    @functools.wraps(method)
+    def on_rank_zero(*args: P.args, **kwargs: P.kwargs) -> None:
+        if is_rank_zero():
+            method(*args, **kwargs)
+
+    return on_rank_zero
 
 
 def share_from_rank_zero(value: T) -> T:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,3 +73,23 @@ def test_a_library_that_set_up_its_own_handler_speaks_through_ours(
         assert lightning.isEnabledFor(logging.WARNING) and not lightning.isEnabledFor(logging.INFO)
     finally:
         lightning.handlers[:], lightning.propagate = handlers, propagate
+
+
+@pytest.mark.slow  # two tiny trainings in fresh interpreters: about 30 s
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "--verbose"])
+def test_lightning_loaded_after_logging_is_set_up_keeps_to_its_level(
+    verbose: bool, tiny_qtim: Path, tmp_path: Path
+) -> None:
+    # The command imports Lightning only when it trains, after setting up logging; Lightning
+    # then set its loggers to INFO with a handler of its own: every banner and tip came out,
+    # twice, once as "INFO: ...".
+    command = [sys.executable, "-m", "modelcycle", *(["--verbose"] if verbose else [])]
+    command += ["train", f"data.root={tiny_qtim}", f"workspace={tmp_path}", "debug=tiny"]
+    command += ["trainer.max_epochs=1", "trainer.progress_bar=false"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    said = run.stderr
+    assert "Best val_auc" in said  # the run's own lines
+    assert not [line for line in said.splitlines() if line.startswith(("INFO:", "WARNING:"))]
+    # one Trainer per fold and one for the final model: each banner once per Trainer
+    assert said.count("GPU available") == (3 if verbose else 0), said

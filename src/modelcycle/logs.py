@@ -10,7 +10,14 @@ from typing import Any
 #: Libraries whose INFO lines (Lightning's start-up banners and tips, the HTTP client's line
 #: per request, MLflow creating its tables in a new workspace, in a format of its own, timm's
 #: three lines per pretrained load where the image task logs one) say nothing about the run.
-CHATTY = ("lightning.pytorch", "lightning.fabric", "httpx", "mlflow.store.db.utils", "timm")
+CHATTY = (
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "httpx",
+    "mlflow.store.db.utils",
+    "timm",
+)
 
 
 def configure(level: int, verbose: bool = False) -> None:
@@ -37,13 +44,29 @@ def settings(level: int, verbose: bool = False, supervisor: int | None = None) -
         "disable_existing_loggers": False,
         "handlers": {"rich": {"()": f"{__name__}.handler", "supervisor": supervisor}},
         "root": {"level": logging.DEBUG if verbose else level, "handlers": ["rich"]},
-        # Through the root's handler: Lightning gives its logger a plain handler of its own
-        # (and stops it propagating) when it is imported before logging is set up.
-        "loggers": {
-            name: {"level": logging.DEBUG if verbose else logging.WARNING, "propagate": True}
-            for name in CHATTY
-        },
+        # Through the root's handler: Lightning gives its loggers plain handlers of its own.
+        "loggers": {name: {"level": _chatty_level(verbose), "propagate": True} for name in CHATTY},
     }
+
+
+def quiet_libraries() -> None:
+    """Apply the chatty libraries' levels again, after one of them set its own at import.
+
+    Each command imports Lightning only if it trains, so after logging is set up; importing
+    it sets its loggers to INFO and gives `lightning` a plain handler: without this its
+    banners and tips printed twice, once in its own format. Verbose when the root logs DEBUG.
+    """
+    level = _chatty_level(logging.getLogger().isEnabledFor(logging.DEBUG))
+    for name in CHATTY:
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.propagate = True
+        for own in logger.handlers[:]:
+            logger.removeHandler(own)
+
+
+def _chatty_level(verbose: bool) -> int:
+    return logging.DEBUG if verbose else logging.WARNING
 
 
 def handler(supervisor: int | None = None) -> logging.Handler:

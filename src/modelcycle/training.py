@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from modelcycle.kinds import is_number, is_whole
+from modelcycle.logs import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def fit(
         save_weights_only=True,
     )
     ctrl_c = _CtrlC()
+    quiet_libraries()  # Lightning, imported after logging was set up, set levels of its own
     trainer = L.Trainer(
         max_epochs=settings.max_epochs,
         min_epochs=settings.min_epochs,

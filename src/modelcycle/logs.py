@@ -28,16 +28,19 @@ def configure(level: int, verbose: bool = False) -> None:
             are news on a shared terminal).
         verbose: DEBUG, the chatty libraries' INFO lines included.
     """
-    logging.config.dictConfig(settings(level, verbose))
+    # Not dictConfig: besides the loggers it is given, it re-enables every logger a library
+    # disabled and resets the children of those it configures (CPython bpo-44607).
+    logging.basicConfig(level=logging.DEBUG if verbose else level, handlers=[handler()], force=True)
+    quiet_libraries()
 
 
 def settings(level: int, verbose: bool = False, supervisor: int | None = None) -> dict[str, Any]:
-    """`configure`'s set-up as a `logging.config.dictConfig` dict.
+    """`configure`'s set-up as a `logging.config.dictConfig` dict, for uvicorn's workers.
 
-    uvicorn applies such a dict in each worker process it starts before the worker logs
-    its first line ("Started server process"). With `supervisor`, the pid of the process
-    that starts the workers, the lines of every other process begin `worker PID: `: they
-    share one terminal.
+    uvicorn applies it in each worker process it starts, before the worker logs its first
+    line ("Started server process"), and in the process that starts them. With `supervisor`,
+    that process's pid, the lines of every other process begin `worker PID: `: they share
+    one terminal.
     """
     return {
         "version": 1,
@@ -54,7 +57,8 @@ def quiet_libraries() -> None:
 
     Each command imports Lightning only if it trains, so after logging is set up; importing
     it sets its loggers to INFO and gives `lightning` a plain handler: without this its
-    banners and tips printed twice, once in its own format. Verbose when the root logs DEBUG.
+    banners and tips printed twice, once in its own format. Verbose (their INFO and DEBUG
+    lines kept) when the root logs DEBUG.
     """
     level = _chatty_level(logging.getLogger().isEnabledFor(logging.DEBUG))
     for name in CHATTY:

@@ -9,12 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from modelcycle.embeddings import (
-    EMBEDDING_DISTANCE,
-    EmbeddingProjection,
-    monitor_columns,
-    project_embeddings,
-)
+from modelcycle.embedding_columns import EMBEDDING_DISTANCE, monitor_columns
+from modelcycle.embeddings import EmbeddingProjection, project_embeddings
 from modelcycle.export import export_onnx
 from modelcycle.servable import ServableModel
 

@@ -17,20 +17,20 @@ shift more often (bench/drift_calibration.py); the distance kept them at 4.9 %.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from modelcycle.embedding_columns import EMBEDDING, EMBEDDING_DISTANCE
+
 if TYPE_CHECKING:
     from modelcycle.servable import ServableModel
 
 log = logging.getLogger(__name__)
 
-EMBEDDING = "embedding"
-EMBEDDING_DISTANCE = "embedding_distance"
 BATCH = 256
 
 
@@ -101,25 +101,6 @@ def project_embeddings(servable: ServableModel, k: int = 3) -> ServableModel:
     servable.output_names = names
     servable.monitor_outputs = [EMBEDDING_DISTANCE]
     return servable
-
-
-def monitor_columns(
-    outputs: Mapping[str, np.ndarray], monitored: Sequence[str]
-) -> dict[str, float]:
-    """One request's monitoring-only outputs as named numbers (`name`, or `name1`… if several)."""
-    columns: dict[str, float] = {}
-    for name in monitored:
-        values = np.asarray(outputs[name], dtype=float).reshape(-1)
-        if len(values) == 1:
-            columns[name] = float(values[0])
-        else:
-            columns.update({f"{name}{i + 1}": float(v) for i, v in enumerate(values)})
-    return columns
-
-
-def is_embedding_column(column: str) -> bool:
-    """Whether a drift column comes from the model's embedding."""
-    return column.startswith(EMBEDDING + "_")
 
 
 def _embed(module: nn.Module, rows: Sequence[np.ndarray], index: int) -> np.ndarray:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from modelcycle.digests import sha256_file
+
+# torch is imported where a module is saved, loaded or traced: a server reads manifests only.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 MANIFEST = "manifest.json"
 FORMAT = "modelcycle.servable/1"
@@ -64,6 +67,8 @@ class ServableModel:
         An `embedding` output is saved as its first principal components (see
         `modelcycle.embeddings`), an output for monitoring only.
         """
+        import torch
+
         from modelcycle.embeddings import project_embeddings
 
         project_embeddings(self)
@@ -104,6 +109,8 @@ class ServableModel:
                     f"{directory / name}: sha256 {actual[:12]}… does not match the manifest "
                     f"({digest[:12]}…); the file was changed after it was saved. Re-register."
                 )
+        import torch
+
         # Our own artifact, hash-checked above: the full module is unpickled.
         module = torch.load(directory / "model.pt", map_location="cpu", weights_only=False)
         with np.load(directory / "held_out.npz") as arrays:
@@ -123,6 +130,8 @@ class ServableModel:
 
     def example(self) -> tuple[torch.Tensor, ...]:
         """Two held-out rows per input as tensors, for tracing an export."""
+        import torch
+
         return tuple(torch.as_tensor(a[:2]) for a in self.held_out)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from modelcycle.embeddings import is_embedding_column
+from modelcycle.embedding_columns import is_embedding_column
 from modelcycle.monitoring.capture import Capture
 from modelcycle.serving.adapter import ServingAdapter
 

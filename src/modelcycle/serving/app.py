@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from modelcycle.embeddings import monitor_columns
+from modelcycle.embedding_columns import monitor_columns
 from modelcycle.kinds import is_number, is_whole
 from modelcycle.monitoring.capture import LIVE, Capture, CaptureStore
 from modelcycle.monitoring.drift_service import DriftService

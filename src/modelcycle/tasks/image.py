@@ -30,7 +30,7 @@ from modelcycle.data.image_set import (
     stratified_holdout,
     stratified_kfold,
 )
-from modelcycle.embeddings import EMBEDDING
+from modelcycle.embedding_columns import EMBEDDING
 from modelcycle.evaluation.classification import score_classifier
 from modelcycle.evaluation.classification_plots import plot_classification
 from modelcycle.models.image_classifier import (

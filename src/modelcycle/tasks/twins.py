@@ -22,7 +22,7 @@ from modelcycle.data.pair_loader import PairDataModule
 from modelcycle.data.qtim import Cohort
 from modelcycle.data.relations import Relation, pairs_of, relation_matrix, sample_unrelated
 from modelcycle.data.splits import group_holdout, group_kfold
-from modelcycle.embeddings import EMBEDDING
+from modelcycle.embedding_columns import EMBEDDING
 from modelcycle.evaluation.kinship import score_similarity
 from modelcycle.evaluation.kinship_plots import plot_kinship
 from modelcycle.models.encoders import FeatureSpace

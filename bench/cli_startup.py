@@ -15,18 +15,26 @@ measures, side by side in alternating rounds, fresh interpreters running
 It prints each one's median wall time and its ratio to the floor and to the eager import,
 with the range over the rounds in brackets. Aim: help and completion ≤ 2× the floor.
 
-    python bench/cli_startup.py [--rounds 5]
+With `--workspace DIR` (one holding an exported twins@champion, e.g. after `modelcycle
+pipeline twins`), it also times `modelcycle serve twins@champion` from its start until
+/readyz answers 200, beside the same server started with torch, Lightning and the tasks'
+training code imported first (what a server imported before it used ONNX Runtime alone).
+
+    python bench/cli_startup.py [--rounds 5] [--workspace DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 #: What the command imported at its top before each command imported its own subsystems.
 EAGER = (
@@ -40,7 +48,6 @@ EAGER = (
     "modelcycle.sweep",
 )
 
-#: The installed console script, as people run it (and completion calls it).
 BARE = (
     "import typer\n"
     "app = typer.Typer()\n"
@@ -48,6 +55,7 @@ BARE = (
     "app.command('two')(lambda: None)\n"
     "app()"
 )
+#: The installed console script, as people run it (and completion calls it).
 COMMAND = [str(Path(sys.executable).parent / "modelcycle")]
 CASES: dict[str, tuple[list[str], dict[str, str]]] = {
     "floor: a bare Typer app's help": ([sys.executable, "-c", BARE, "--help"], {}),
@@ -80,14 +88,56 @@ def wall(command: list[str], extra: dict[str, str]) -> float:
     return seconds
 
 
+#: The server of the old import graph: the training code loaded before the command runs.
+SERVE_EAGER = (
+    "import sys\n"
+    "import lightning, torch, modelcycle.tasks.base, modelcycle.tasks.twins\n"
+    "sys.argv = ['modelcycle', *sys.argv[1:]]\n"
+    "from modelcycle.__main__ import main\n"
+    "main()\n"
+)
+SERVED = "serve: until /readyz"
+SERVED_EAGER = "serve, training code imported first"
+
+
+def until_ready(start: list[str], workspace: Path) -> float:
+    """Seconds from starting `start + serve twins@champion` until /readyz is 200."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = ["serve", "twins@champion", f"workspace={workspace}", f"serve.port={port}"]
+    began = time.perf_counter()
+    server = subprocess.Popen([*start, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - began < 120:
+            if server.poll() is not None:
+                raise SystemExit(f"the server exited {server.returncode}: {' '.join(args)}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    return time.perf_counter() - began
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        raise SystemExit("the server was not ready within 120 s")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="runs of each case, alternating")
+    parser.add_argument("--workspace", type=Path, help="holds twins@champion: time serving")
     args = parser.parse_args()
     times: dict[str, list[float]] = {name: [] for name in CASES}
+    serving: dict[str, list[float]] = {SERVED: [], SERVED_EAGER: []}
     for number in range(1, args.rounds + 1):
         for name, (command, extra) in CASES.items():
             times[name].append(wall(command, extra))
+        if args.workspace:
+            serving[SERVED].append(until_ready(COMMAND, args.workspace.resolve()))
+            first = [sys.executable, "-c", SERVE_EAGER]
+            serving[SERVED_EAGER].append(until_ready(first, args.workspace.resolve()))
         print(f"round {number}/{args.rounds} done", file=sys.stderr, flush=True)
     floor = times["floor: a bare Typer app's help"]
     eager = times["eager import (the old top)"]
@@ -97,6 +147,13 @@ def main() -> None:
             f"{name:34} {statistics.median(seconds):9.2f} "
             f"{ratio(seconds, floor):>20} {ratio(seconds, eager):>20}"
         )
+    if args.workspace:
+        print(f"\n{'case':36} {'median s':>9} {'÷ training code first':>22}")
+        for name, seconds in serving.items():
+            print(
+                f"{name:36} {statistics.median(seconds):9.2f} "
+                f"{ratio(seconds, serving[SERVED_EAGER]):>22}"
+            )
 
 
 def ratio(seconds: list[float], base: list[float]) -> str:

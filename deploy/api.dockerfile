@@ -8,13 +8,13 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# CPU-only torch from PyTorch's CPU index: PyPI's default build carries CUDA (several GB).
-# The pins match pyproject.toml; constraints.txt then pins everything else.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu \
-        torch==2.14.1 torchvision==0.29.1
-COPY pyproject.toml constraints.txt README.md ./
+# The server runs ONNX Runtime only: what it imports, pinned by constraints.txt, then the
+# project without its training dependencies (torch, Lightning, timm ... stay out).
+COPY constraints.txt deploy/api-requirements.txt ./
+RUN pip install -c constraints.txt -r api-requirements.txt
+COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install -c constraints.txt .
+RUN pip install --no-deps .
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 RUN useradd --create-home --uid 10001 modelcycle \

@@ -59,16 +59,39 @@ def test_images_are_slim_multi_stage_and_non_root(dockerfile: Path) -> None:
     assert users and users[-1] not in {"root", "0"}
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_images_pin_the_torch_of_the_project(dockerfile: Path) -> None:
+def test_the_training_image_pins_the_torch_of_the_project() -> None:
     """The CPU-only torch the image installs first is the version pyproject pins."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     pins = dict(d.split("==") for d in project["dependencies"] if "==" in d)
-    text = dockerfile.read_text()
+    text = (REPO / "deploy" / "train.dockerfile").read_text()
     assert f"torch=={pins['torch']}" in text
     assert f"torchvision=={pins['torchvision']}" in text
     assert "download.pytorch.org/whl/cpu" in text
     assert "pip install -c constraints.txt ." in text
+
+
+def test_the_api_image_installs_the_server_without_torch() -> None:
+    text = (REPO / "deploy" / "api.dockerfile").read_text()
+    assert "torch==" not in text and "download.pytorch.org" not in text
+    assert "pip install -c constraints.txt -r api-requirements.txt" in text
+    assert "pip install --no-deps ." in text
+
+    # Every requirement the image installs is one constraints.txt pins.
+    def normal(name: str) -> str:  # as package indexes compare names (PEP 503)
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pinned = {
+        normal(line.split("==")[0])
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line
+    }
+    for requirement in api_requirements():
+        assert normal(re.split(r"[\[=<>]", requirement)[0]) in pinned, requirement
+
+
+def api_requirements() -> list[str]:
+    text = (REPO / "deploy" / "api-requirements.txt").read_text()
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def test_dockerignore_keeps_everything_the_images_copy() -> None:
@@ -137,6 +160,48 @@ def test_api_entrypoint_serves_the_configured_model_and_stops_cleanly(
         server.process.send_signal(signal.SIGTERM)
         code = server.process.wait(timeout=30)
     assert code == 0, server.output()
+
+
+@pytest.mark.slow  # a new environment from PyPI (or pip's cache): about 1-3 min
+def test_the_api_images_environment_serves_without_torch(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    """The API image's install step, run for real in a fresh venv: the server it installs
+    has no torch, and serves a model trained in the full environment."""
+    env_dir = tmp_path / "api-env"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=120)
+    python = env_dir / "bin" / "python"
+    pip = ["-m", "pip", "install", "--quiet"]
+    steps = [  # as deploy/api.dockerfile runs them
+        [*pip, "-c", "constraints.txt", "-r", "deploy/api-requirements.txt"],
+        [*pip, "--no-deps", "."],
+    ]
+    for step in steps:
+        done = subprocess.run(
+            [str(python), *step], cwd=REPO, capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    probe = "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('lightning'))"
+    found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)
+    assert found.stdout.split() == ["None", "None"], found.stdout + found.stderr
+    port = free_port()
+    env = {
+        "PATH": f"{env_dir / 'bin'}:/usr/bin:/bin",
+        "MODELCYCLE_HOME": str(served_workspace.root),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+    }
+    script = REPO / "deploy" / "api-entrypoint.sh"
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "api.log"
+    with started(["sh", str(script)], log, url, env=env) as server:
+        import httpx
+
+        example = httpx.get(f"{url}/v1/models/twins/examples", timeout=10).json()["examples"][0]
+        answer = httpx.post(f"{url}/v1/models/twins/predict", json=example["request"], timeout=10)
+        assert answer.status_code == 200, answer.text + server.output()
+        assert answer.json()["version"] == "1"
+        page = httpx.get(f"{url}/", timeout=10)  # the web page: package data installed too
+        assert page.status_code == 200 and "<html" in page.text.lower()
 
 
 @pytest.mark.slow  # imports the whole stack in a subprocess (~20 s on 2 busy cores)

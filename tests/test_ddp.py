@@ -126,16 +126,21 @@ def test_image_training_on_two_processes(tmp_path: Path) -> None:
     assert any(0 < v < 1 for _, v in checked), checked  # 0 and 1 fit any count
 
 
-def children_of(pid: int) -> list[int]:
-    """The processes whose parent is `pid`, from /proc."""
+def ranks_started_by(pid: int) -> list[int]:
+    """The processes whose parent is `pid` and that run modelcycle, from /proc.
+
+    Not any child: imports and set-up start short-lived helpers too (seen: one caught in the
+    first seconds, long before Lightning started rank 1).
+    """
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")"
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile
-        if ppid == pid:
+        if ppid == pid and b"modelcycle" in command:
             found.append(int(stat.parent.name))
     return found
 
@@ -178,7 +183,7 @@ def test_ctrl_c_stops_both_processes_and_rank_zero_says_so(
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             assert process.poll() is None, log.read_text()[-3000:]
-            if when == "rank 1 is starting" and children_of(process.pid):
+            if when == "rank 1 is starting" and ranks_started_by(process.pid):
                 time.sleep(1.0)  # importing torch, for several seconds on 2 cores
                 assert "MEMBER: 2/2" not in said_so_far(log)
                 break

@@ -26,15 +26,16 @@ training code imported first (what a server imported before it used ONNX Runtime
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from serving import free_port, start, wait_ready
 
 #: What the command imported at its top before each command imported its own subsystems.
 EAGER = (
@@ -100,28 +101,15 @@ SERVED = "serve: until /readyz"
 SERVED_EAGER = "serve, training code imported first"
 
 
-def until_ready(start: list[str], workspace: Path) -> float:
-    """Seconds from starting `start + serve twins@champion` until /readyz is 200."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def until_ready(command: list[str], workspace: Path) -> float:
+    """Seconds from starting `command + serve twins@champion` until /readyz is 200."""
+    port = free_port()
     args = ["serve", "twins@champion", f"workspace={workspace}", f"serve.port={port}"]
-    began = time.perf_counter()
-    server = subprocess.Popen([*start, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while time.perf_counter() - began < 120:
-            if server.poll() is not None:
-                raise SystemExit(f"the server exited {server.returncode}: {' '.join(args)}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    return time.perf_counter() - began
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
-        raise SystemExit("the server was not ready within 120 s")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    routes = ("/v1/models/twins/predict", "/readyz")
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as logs:
+        began = time.monotonic()
+        server = start(stack, "serve", [*command, *args], port, routes, Path(logs))
+        return wait_ready([server], poll=0.02)["serve"] - began  # stopped as the stack closes
 
 
 def main() -> None:

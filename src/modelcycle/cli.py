@@ -723,7 +723,7 @@ def _print_hooks(results: list[HookResult]) -> None:
 @data_app.command("fetch")
 def data_fetch(
     dataset: Annotated[
-        str, typer.Argument(help="qtim, qtim-synthetic, rice, flowers102 or signmnist")
+        str, typer.Argument(help="qtim, qtim-synthetic, rice, flowers102, signmnist or bcss")
     ],
     dest: Annotated[Path | None, typer.Option(help="Target folder")] = None,
     synthetic: Annotated[

@@ -45,6 +45,7 @@ _LEGACY_EXPORTER_WARNINGS = (
     r"You are using the legacy TorchScript-based ONNX export",
     r"The feature will be removed",
 )
+_INSTANCE_NORM_WARNING = r".*operator 'instance_norm' is set to train=True"
 
 
 class ParityError(RuntimeError):
@@ -224,6 +225,10 @@ def export_onnx(
     with warnings.catch_warnings():
         for message in _LEGACY_EXPORTER_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+        # Instance norm without running statistics (MONAI's U-Nets) normalises by the input's
+        # own statistics in eval mode too, which is what the exporter writes; the warning that
+        # it exports "train=True" is about running statistics such a layer does not keep.
+        warnings.filterwarnings("ignore", message=_INSTANCE_NORM_WARNING, category=UserWarning)
         torch.onnx.export(
             module,
             tuple(example),
@@ -508,8 +513,18 @@ def _quiet_quantizer() -> Iterator[None]:
 
 
 class _NoPreprocessingAdvice(logging.Filter):
+    """Drops the quantizer's advice to pre-process, and its per-tensor notes on 1-D weights.
+
+    The note comes as one WARNING per norm layer: its 1-D scale has no channel axis, so it is
+    quantized per tensor, the only way it can be.
+    """
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Please consider to run pre-processing")
+        message = record.getMessage()
+        return not (
+            message.startswith("Please consider to run pre-processing")
+            or (message.startswith("Axis ") and "is out-of-range for weight" in message)
+        )
 
 
 def _take_rows(array: np.ndarray, n: int) -> np.ndarray:

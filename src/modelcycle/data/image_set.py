@@ -23,6 +23,8 @@ from modelcycle.kinds import Range
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+#: Mask value of a pixel that belongs to no class (outside the annotated region): not scored.
+IGNORE = 255
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class ImageSet:
         split: (n,) "train"/"val"/"test" when the dataset has an official split, else None.
         data_hash: sha256 over the files read.
         notes: What was skipped or subsampled, for the report.
+        masks: (n, size, size) uint8 class index per pixel (`IGNORE`: no class), for
+            segmentation; `labels` then holds each image's most frequent class.
+        groups: (n,) what images must stay together in one split part (the slide a tile
+            was cut from), or None when images are independent.
     """
 
     images: np.ndarray
@@ -44,6 +50,8 @@ class ImageSet:
     split: np.ndarray | None = None
     data_hash: str = ""
     notes: list[str] = field(default_factory=list)
+    masks: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -1,4 +1,4 @@
-"""Splits grouped by family: no family ever appears in two parts."""
+"""Grouped splits: no group (a family, a slide) ever appears in two parts."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import numpy as np
 from modelcycle.data.tables import DataError
 
 
-def group_kfold(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+def group_kfold(
+    groups: np.ndarray, n_folds: int, seed: int, what: str = "families"
+) -> list[np.ndarray]:
     """Assign whole groups to `n_folds` folds of near-equal size, seeded.
 
     Groups are shuffled, then placed largest first into the currently smallest fold, so
-    fold sizes differ by at most the size of the largest group.
+    fold sizes differ by at most the size of the largest group. `what` names the groups in
+    the error message (families, slides).
 
     Returns:
         For each fold, the sorted row indices of its members.
@@ -19,8 +22,8 @@ def group_kfold(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]
     names, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     if n_folds < 2 or n_folds > len(names):
         raise DataError(
-            f"cv.n_folds={n_folds}: give between 2 and the number of families ({len(names)}); "
-            "every fold holds out whole families."
+            f"cv.n_folds={n_folds}: give between 2 and the number of {what} ({len(names)}); "
+            f"every fold holds out whole {what}."
         )
     order = np.random.default_rng(seed).permutation(len(names))
     order = order[np.argsort(-sizes[order], kind="stable")]

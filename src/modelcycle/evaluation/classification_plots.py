@@ -19,13 +19,14 @@ def plot_classification(scorers: dict[str, Evaluation], out_dir: Path, tag: str)
     """`<tag>_confusion.png`, `<tag>_recall.png` and `<tag>_reliability.png` in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
-        _confusion(scorers, out_dir / f"{tag}_confusion.png"),
+        plot_confusion(scorers, out_dir / f"{tag}_confusion.png"),
         _recall(scorers, out_dir / f"{tag}_recall.png"),
         _reliability(scorers, out_dir / f"{tag}_reliability.png"),
     ]
 
 
-def _confusion(scorers: dict[str, Evaluation], path: Path) -> Path:
+def plot_confusion(scorers: dict[str, Evaluation], path: Path, metric: str = "accuracy") -> Path:
+    """Each scorer's confusion matrix (`details["confusion"]`), rows scaled to recall."""
     fig, axes = plt.subplots(1, len(scorers), figsize=(5.5 * len(scorers), 5), squeeze=False)
     for ax, (name, ev) in zip(axes[0], scorers.items(), strict=True):
         matrix = np.array(ev.details["confusion"], float)
@@ -35,8 +36,9 @@ def _confusion(scorers: dict[str, Evaluation], path: Path) -> Path:
         if len(classes) <= MAX_TICK_LABELS:
             ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
             ax.set_yticks(range(len(classes)), classes, fontsize=7)
-        acc = ev.metrics["accuracy"]
-        ax.set(xlabel="predicted", ylabel="true", title=f"{name} (accuracy {acc:.3f})")
+        score = ev.metrics[metric]
+        label = metric.replace("_", " ")
+        ax.set(xlabel="predicted", ylabel="true", title=f"{name} ({label} {score:.3f})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

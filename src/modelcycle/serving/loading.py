@@ -39,6 +39,7 @@ ADAPTERS = {
     "twins": "modelcycle.tasks.twins_serving:TwinsServing",
     "twins_functional": "modelcycle.tasks.twins_functional_serving:FunctionalServing",
     "image": "modelcycle.tasks.image_serving:ImageServing",
+    "segmentation": "modelcycle.tasks.segmentation_serving:SegmentationServing",
 }
 
 

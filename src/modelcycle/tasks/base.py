@@ -144,6 +144,7 @@ def register_task(name: str) -> Callable[[type[Task[Any]]], type[Task[Any]]]:
 def _load_builtin_and_plugins() -> None:
     # Built-in tasks register on import; outside packages through the entry-point group.
     import modelcycle.tasks.image
+    import modelcycle.tasks.segmentation
     import modelcycle.tasks.twins
     import modelcycle.tasks.twins_functional  # noqa: F401
 

@@ -184,7 +184,7 @@ class ImageTask(Task[ImageSet]):
 
     def datamodule(self, data: ImageSet, fold: Fold, seed: int) -> L.LightningDataModule:
         """uint8 pixels and labels of the fold's train and validation rows."""
-        return _ImageData(
+        return TensorData(
             _dataset(data, fold.train), _dataset(data, fold.val), self.batch_size, self.num_workers
         )
 
@@ -253,8 +253,11 @@ class ImageTask(Task[ImageSet]):
         return plot_classification({"model": model, "baseline": baseline}, out_dir, tag)
 
 
-class _ImageData(L.LightningDataModule):
-    """Shuffled training images; validation images in order, each validated once under DDP."""
+class TensorData(L.LightningDataModule):
+    """Shuffled training rows; validation rows in order, each validated once under DDP.
+
+    Any pair of tensor datasets: images and labels, images and masks.
+    """
 
     def __init__(
         self, train: TensorDataset, val: TensorDataset, batch_size: int, num_workers: int

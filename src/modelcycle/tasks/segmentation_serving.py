@@ -1,0 +1,113 @@
+"""Serving segmentation models: a JPEG or PNG tile in, a mask and each class's share out.
+
+Requests arrive as for image classifiers (raw body, multipart upload or base64 in JSON) and
+are decoded, checked and described for drift the same way. The answer's `mask` is a PNG in
+palette mode: each pixel's value is its class index (read it with any PNG reader), and the
+palette draws the classes in `PALETTE`'s colours. The mask has the model's input size
+(`size`); a larger tile is resized to it first.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+
+from modelcycle.tasks.image_serving import ImageServing, png_bytes
+
+#: Colours of the classes in masks drawn for people (the served mask, plots), in class order.
+PALETTE = (
+    (0xE6, 0xE6, 0xE6),  # light grey
+    (0xC2, 0x18, 0x5B),  # magenta
+    (0xF5, 0xA6, 0x23),  # orange
+    (0x2E, 0x7D, 0x32),  # green
+    (0x1E, 0x88, 0xE5),  # blue
+    (0x6A, 0x1B, 0x9A),  # purple
+    (0x00, 0x89, 0x7B),  # teal
+    (0x79, 0x55, 0x48),  # brown
+)
+#: Mask value of a pixel that belongs to no class (as `modelcycle.data.image_set.IGNORE`).
+IGNORE = 255
+
+
+class SegmentationServing(ImageServing):
+    """Adapter of the segmentation task; `info` holds `classes` and `image_size`.
+
+    Robustness shifts are the image task's (darkening, blur); the held-out metric is the
+    mean Dice over classes on the saved held-out tiles and their masks.
+    """
+
+    held_out_metric_name = "mean Dice"
+
+    def encode(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The mask as a palette PNG, each class's share of the pixels, the mean confidence."""
+        mask = outputs["probabilities"][0].argmax(axis=0).astype(np.uint8)
+        shares = np.bincount(mask.reshape(-1), minlength=len(self.classes)) / mask.size
+        order = np.argsort(-shares, kind="stable")
+        return {
+            "class_shares": [{"class": self.classes[i], "share": float(shares[i])} for i in order],
+            "confidence": float(outputs["confidence"].reshape(-1)[0]),
+            "mask": base64.b64encode(mask_png(mask)).decode(),
+            "size": list(mask.shape),
+            "classes": self.classes,
+            "colours": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in palette(len(self.classes))],
+        }
+
+    def held_out_metric(self, outputs: dict[str, np.ndarray], target: np.ndarray | None) -> float:
+        """Mean Dice over classes of the argmax masks against the held-out masks (`target`)."""
+        if target is None or target.ndim != 3:
+            raise ValueError("the model was saved without held-out masks; re-register it.")
+        predicted = outputs["probabilities"].argmax(axis=1)
+        return mean_dice(predicted, target, len(self.classes))
+
+    def examples(
+        self, held_out: list[np.ndarray], target: np.ndarray | None
+    ) -> list[dict[str, Any]]:
+        """Held-out tiles as base64 PNG requests, labelled with their true class shares."""
+        examples = []
+        for n, pixels in enumerate(held_out[0][:6]):
+            label = "held out"
+            if target is not None and target.ndim == 3:
+                truth = target[n][target[n] != IGNORE]
+                shares = np.bincount(truth, minlength=len(self.classes)) / max(truth.size, 1)
+                top = np.argsort(-shares, kind="stable")[:2]
+                label = ", ".join(f"{self.classes[i]} {shares[i]:.0%}" for i in top)
+                label += " (held out)"
+            examples.append(
+                {
+                    "id": f"example-{n + 1}",
+                    "label": label,
+                    "request": {"image": base64.b64encode(png_bytes(pixels)).decode()},
+                }
+            )
+        return examples
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """The colours of `n` classes: `PALETTE`, repeated when there are more classes."""
+    return [PALETTE[i % len(PALETTE)] for i in range(n)]
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """(h, w) uint8 class indices as a palette-mode PNG whose pixel values are the indices."""
+    from PIL import Image
+
+    image = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
+    colours = palette(256)
+    colours[IGNORE] = (0, 0, 0)
+    image.putpalette([channel for colour in colours for channel in colour])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mean_dice(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> float:
+    """Mean over classes of Dice, every pixel pooled; `IGNORE` pixels, absent classes left out."""
+    keep = truth != IGNORE
+    t, p = truth[keep].astype(np.int64), predicted[keep].astype(np.int64)
+    hits = np.bincount(t[t == p], minlength=n_classes)
+    union = np.bincount(t, minlength=n_classes) + np.bincount(p, minlength=n_classes)
+    present = union > 0
+    return float((2 * hits[present] / union[present]).mean()) if present.any() else float("nan")

@@ -20,7 +20,7 @@ from modelcycle.tracking import Tracker, TrackingSettings
 from server_process import free_port, started
 from serving_fixtures import ServedWorkspace
 
-BLOCKED = ("torch", "lightning", "timm", "torchvision", "torch_geometric")
+BLOCKED = ("torch", "lightning", "timm", "torchvision", "torch_geometric", "monai")
 
 #: `modelcycle ARGS` with the training libraries unimportable, as if not installed (an entry
 #: of None in sys.modules would also block them, but libraries that look there would break).

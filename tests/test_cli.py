@@ -534,6 +534,41 @@ def test_a_key_error_of_a_bug_is_not_dressed_as_an_input_error(
     assert isinstance(result.exception, KeyError)
 
 
+#: `modelcycle ARGS` where importing the named module is interrupted as by a Ctrl-C: the first
+#: seconds of a command, while it imports what it uses.
+CTRL_C_AT_IMPORT = (
+    "import sys\n"
+    "pressed_at = sys.argv[1]\n"
+    "class Pressed:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == pressed_at:\n"
+    "            raise KeyboardInterrupt\n"
+    "sys.meta_path.insert(0, Pressed())\n"
+    "sys.argv = ['modelcycle', *sys.argv[2:]]\n"
+    "from modelcycle.__main__ import main\n"
+    "main()\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("module", "words"),
+    [("modelcycle.config", ["config"]), ("modelcycle.data.image_datasets", ["data", "fetch", "x"])],
+)
+def test_ctrl_c_while_a_command_imports_says_so(
+    module: str, words: list[str], workspace: Path
+) -> None:
+    # Typer turns a KeyboardInterrupt it catches into a silent exit 130.
+    run = subprocess.run(
+        [sys.executable, "-c", CTRL_C_AT_IMPORT, module, *words],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 130, run.stdout + run.stderr
+    assert "interrupted: stopped at Ctrl-C." in run.stdout, run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_ctrl_c_is_said_once_under_ddp_by_rank_zero(
     rank: int, workspace: Path, monkeypatch: pytest.MonkeyPatch

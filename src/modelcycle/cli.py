@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -10,11 +11,11 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 # Before torch loads OpenMP, which reads it once: idle threads sleep instead of spinning. On a
 # machine shared with other jobs, spinning threads made training 4-5x slower (README, images).
@@ -40,10 +41,44 @@ if TYPE_CHECKING:
     from modelcycle.sweep import SweepResult, TrialRecord
     from modelcycle.tasks.base import DataSummary
 
-app = typer.Typer(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
-data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
+CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
+
+
+class _Commands(typer.Typer):
+    """Typer whose commands say so and exit 130 at a Ctrl-C that nothing inside handled.
+
+    Each command imports what it uses first, outside its `_clear_errors` block; a Ctrl-C
+    there (the first seconds of a command) otherwise reached Typer, which exits 130 silently.
+    """
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[CommandFunction], CommandFunction]:
+        """Register the decorated function wrapped by `_interruptible`; return it unchanged."""
+        register = super().command(*args, **kwargs)
+
+        def decorate(function: CommandFunction) -> CommandFunction:
+            register(_interruptible(function))
+            return function
+
+        return decorate
+
+
+def _interruptible(command: CommandFunction) -> CommandFunction:
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt as err:
+            if is_rank_zero():
+                console.print("[yellow]interrupted:[/yellow] stopped at Ctrl-C.", soft_wrap=True)
+            raise typer.Exit(code=130) from err
+
+    return cast("CommandFunction", run)
+
+
+app = _Commands(help="A deep-learning model's whole life on one machine.", no_args_is_help=True)
+data_app = _Commands(help="Download and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-report_app = typer.Typer(help="Turn run reports into other forms.", no_args_is_help=True)
+report_app = _Commands(help="Turn run reports into other forms.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 # Off a terminal (logs, CI, tests) rich would assume 80 columns and fold the summary table.
 console = Console(width=None if sys.stdout.isatty() else 120)

@@ -46,16 +46,32 @@ def plot_confusion(scorers: dict[str, Evaluation], path: Path, metric: str = "ac
 
 
 def _recall(scorers: dict[str, Evaluation], path: Path) -> Path:
-    first = next(iter(scorers.values()))
-    classes = first.details["classes"]
+    return plot_per_class(scorers, path, "recall", "Recall per class")
+
+
+def plot_per_class(
+    scorers: dict[str, Evaluation], path: Path, key: str, title: str, mean: str | None = None
+) -> Path:
+    """Bars of each scorer's `details[key]` per class (None: no bar), side by side.
+
+    With `mean`, each scorer's legend entry shows that metric.
+    """
+    classes = next(iter(scorers.values())).details["classes"]
     x = np.arange(len(classes))
     width = 0.8 / len(scorers)
-    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(classes) + 3), 3.8))
+    few = len(classes) <= 8
+    fig, ax = plt.subplots(
+        figsize=(max(5 if few else 6, (0.9 if few else 0.25) * len(classes) + 3), 3.8)
+    )
     for k, (name, ev) in enumerate(scorers.items()):
-        ax.bar(x + (k - (len(scorers) - 1) / 2) * width, ev.details["recall"], width, label=name)
-    if len(classes) <= MAX_TICK_LABELS:
+        values = [np.nan if v is None else v for v in ev.details[key]]
+        label = f"{name} (mean {ev.metrics[mean]:.3f})" if mean else name
+        ax.bar(x + (k - (len(scorers) - 1) / 2) * width, values, width, label=label)
+    if few:
+        ax.set_xticks(x, classes)
+    elif len(classes) <= MAX_TICK_LABELS:
         ax.set_xticks(x, classes, rotation=90, fontsize=7)
-    ax.set(ylim=(0, 1.05), ylabel="recall", title="Recall per class")
+    ax.set(ylim=(0, 1.05), ylabel=key, title=title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

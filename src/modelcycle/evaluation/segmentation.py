@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from modelcycle.data.image_set import IGNORE
-from modelcycle.evaluation.classification_plots import plot_confusion
+from modelcycle.evaluation.classification_plots import plot_confusion, plot_per_class
 from modelcycle.tasks.base import Evaluation
 from modelcycle.tasks.segmentation_serving import palette
 
@@ -89,30 +89,11 @@ def plot_segmentation(scorers: dict[str, Evaluation], out_dir: Path, tag: str) -
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [
         plot_confusion(scorers, out_dir / f"{tag}_confusion.png", "pixel_accuracy"),
-        _dice(scorers, out_dir / f"{tag}_dice.png"),
+        plot_per_class(scorers, out_dir / f"{tag}_dice.png", "dice", "Dice per class", "mean_dice"),
     ]
     if all("examples" in ev.details for ev in scorers.values()):
         paths.append(_examples(scorers, out_dir / f"{tag}_examples.png"))
     return paths
-
-
-def _dice(scorers: dict[str, Evaluation], path: Path) -> Path:
-    classes = next(iter(scorers.values())).details["classes"]
-    assert isinstance(classes, list)
-    x = np.arange(len(classes))
-    width = 0.8 / len(scorers)
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(classes) + 2), 3.8))
-    for k, (name, ev) in enumerate(scorers.items()):
-        dice = [np.nan if d is None else d for d in ev.details["dice"]]
-        label = f"{name} (mean {ev.metrics['mean_dice']:.3f})"
-        ax.bar(x + (k - (len(scorers) - 1) / 2) * width, dice, width, label=label)
-    ax.set_xticks(x, classes)
-    ax.set(ylim=(0, 1.05), ylabel="Dice", title="Dice per class")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _examples(scorers: dict[str, Evaluation], path: Path) -> Path:

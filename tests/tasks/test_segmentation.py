@@ -169,3 +169,13 @@ def test_the_experiment_composes_and_refuses_what_it_cannot_build(workspace: Pat
     for override, message in refused.items():
         with pytest.raises(ConfigError, match=message):
             assemble(compose_config(["experiment=segmentation_bcss", override]))
+
+
+def test_a_dataset_without_masks_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    from modelcycle.data.rice import RiceSource
+    from modelcycle.data.tables import DataError
+
+    rice = RiceSource(download_dir=tmp_path, synthetic=True, image_size=16, per_class_synthetic=2)
+    task = SegmentationTask(rice, partial(monai_unet, width=4, depth=3))
+    with pytest.raises(DataError, match=r"rice has no masks.*data=bcss.*task=image"):
+        task.load()

@@ -233,17 +233,29 @@ def _reliability(record: Record) -> Figure:
 
 
 def _recall(record: Record) -> Figure:
-    curves = _scorer_curves(record, "recall")
+    return _per_class(record, "recall", "recall")
+
+
+def _dice(record: Record) -> Figure:
+    return _per_class(record, "dice", "Dice")
+
+
+def _per_class(record: Record, key: str, name: str) -> Figure:
+    """Bars of a per-class detail (recall, Dice), mean over folds; a class never scored has none."""
+    curves = _scorer_curves(record, key)
     classes = record["folds"][0]["curves"]["model"]["classes"]
     x = np.arange(len(classes))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.3 * len(classes) + 2.5), 3.6))
     for k, (scorer, folds) in enumerate(curves.items()):
-        mean = np.nanmean([points(f) for f in folds], axis=0)
+        rows = np.array([points(f) for f in folds])
+        mean = np.array(
+            [np.nanmean(c) if np.isfinite(c).any() else np.nan for c in rows.T], dtype=float
+        )
         ax.bar(x + (k - 0.5) * 0.4, mean, 0.4, color=COLOURS[scorer], label=scorer)
     if len(classes) <= 30:  # more names would overprint each other
         ax.set_xticks(x, classes, rotation=90 if len(classes) > 8 else 0, fontsize=8)
-    ax.set(ylim=(0, 1.05), ylabel="recall")
-    ax.set_title("Recall per class (mean over folds)", fontsize=10)
+    ax.set(ylim=(0, 1.05), ylabel=name)
+    ax.set_title(f"{name[0].upper()}{name[1:]} per class (mean over folds)", fontsize=10)
     ax.legend()
     return fig
 
@@ -275,4 +287,5 @@ CURVE_PLOTS: dict[str, tuple[str, str, Drawing]] = {
     "reliability": ("reliability", "Reliability diagram over every fold's test rows", _reliability),
     "confusion": ("confusion", "Confusion matrices, rows normalized to recall", _confusion),
     "recall": ("recall", "Recall per class", _recall),
+    "dice": ("dice", "Dice per class", _dice),
 }

@@ -76,9 +76,26 @@ def test_image_record_is_the_run_the_readme_quotes() -> None:
     assert split is not None and record["folds"][0]["n_test"] == int(split[3])
 
 
+def test_segmentation_record_is_the_run_the_readme_quotes() -> None:
+    record = records(DOCS)["segmentation-bcss"]
+    section = README.split("## Histology segmentation (BCSS)")[1].split("\n## ")[0]
+    model, baseline = (record["aggregate"][s] for s in ("model", "baseline"))
+    quoted = (
+        f"mean Dice {model['mean_dice'][0]:.3f} (IoU {model['mean_iou'][0]:.3f}, pixel "
+        f"accuracy {model['pixel_accuracy'][0]:.3f}) against the colour baseline's\n"
+        f"{baseline['mean_dice'][0]:.3f} ({baseline['mean_iou'][0]:.3f}, "
+        f"{baseline['pixel_accuracy'][0]:.3f})"
+    )
+    assert quoted in section
+    assert f"{record['data']['tiles']} tiles with masks from {record['data']['groups']} slides" in (
+        " ".join(section.split())
+    )
+
+
 def test_every_record_is_shown_on_a_page_and_every_marker_has_a_record() -> None:
     shown = {m for page in DOCS.rglob("*.md") for m in MARKER.findall(page.read_text())}
-    assert shown == set(records(DOCS)) and {"twins", "twins-functional", "image-rice"} <= shown
+    assert shown == set(records(DOCS))
+    assert {"twins", "twins-functional", "image-rice", "segmentation-bcss"} <= shown
 
 
 def test_each_record_draws_its_task_plots_and_a_fold_table() -> None:
@@ -86,6 +103,7 @@ def test_each_record_draws_its_task_plots_and_a_fold_table() -> None:
         "twins": {"folds", "roc", "retrieval", "similarity"},
         "twins-functional": {"folds", "roc", "retrieval", "similarity"},
         "image-rice": {"folds", "reliability", "confusion", "recall"},
+        "segmentation-bcss": {"folds", "confusion", "dice"},
     }
     for name, record in records(DOCS).items():
         plots = figures(record)

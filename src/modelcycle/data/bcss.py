@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from modelcycle.data.cache import array_key
 from modelcycle.data.image_set import (
     IGNORE,
     ImageSet,
@@ -164,7 +165,13 @@ class BCSSSource(ImageSource):
                 notes.append(f"skipped {n} tiles of {part}/ (no masks)")
         if not images:
             raise DataError(f"{folder}: no tiles in {', '.join(layout.parts)}/.")
-        label_maps = read_masks(masks, self.image_size, layout)
+        mask_digest = hash_files(masks)
+        label_maps = self.decoded(
+            masks,
+            mask_digest,
+            lambda: read_masks(masks, self.image_size, layout),
+            f"masks of the {self.tile} tiling",
+        )
         majority = majority_class(label_maps, len(layout.classes))
         keep = subsample(majority, self.max_per_class, self.seed)
         if len(keep) < len(images):
@@ -173,14 +180,18 @@ class BCSSSource(ImageSource):
         groups, unnamed = slides_of(kept)
         if unnamed:
             notes.append(f"{unnamed} tile name(s) name no TCGA slide: each is its own group")
-        pixels = read_image_files(kept, self.image_size, "bcss")
+        image_digest = hash_files(kept)
+        pixels = self.decoded(
+            kept, image_digest, lambda: read_image_files(kept, self.image_size, "bcss"), "tiles"
+        )
         notes.append(f"{len(set(groups))} slides; folds keep each slide's tiles together")
         return ImageSet(
             pixels,
             majority[keep],
             list(layout.classes),
             None,
-            hash_files([*kept, *(masks[i] for i in keep)]),
+            # the kept tiles, and every mask: the masks chose which tiles were kept
+            array_key(image_digest, mask_digest),
             notes,
             masks=label_maps[keep],
             groups=groups,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from modelcycle.data.bids_index import RestRun
+from modelcycle.data.cache import save_array
 from modelcycle.data.parcellations import Parcellation
 from modelcycle.digests import sha256_file
 
@@ -201,7 +201,7 @@ def prepare_timeseries(
             failures.append(result)
             log.warning("Skipped %s (%s): %s", subject, result.path, result.reason)
             continue
-        _save(cache_dir / f"{keys[subject]}.npy", result)
+        save_array(cache_dir / f"{keys[subject]}.npy", result)
         found[subject] = result
     subjects = sorted(found)
     log.info(
@@ -237,13 +237,6 @@ def _run_parallel(
     parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
     results = parallel(jobs)
     return iter(tqdm(results, total=len(todo), desc="parcel series", disable=not progress))
-
-
-def _save(path: Path, series: np.ndarray) -> None:
-    """Write then rename, so a cache entry is never half written."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-    np.save(tmp, series)
-    tmp.replace(path)
 
 
 def connectomes(timeseries: list[np.ndarray], kind: str = "correlation") -> np.ndarray:

@@ -106,9 +106,12 @@ class Flowers102Source(ImageSource):
             split += [name] * len(keep)
         n_classes = max(labels) + 1
         classes = list(_flowers102().classes[:n_classes])
-        images = read_image_files(paths, self.image_size, "flowers102")
         files = [*paths, root / BASE / "imagelabels.mat", root / BASE / "setid.mat"]
-        return ImageSet(images, np.array(labels), classes, np.array(split), hash_files(files))
+        digest = hash_files(files)  # the labels too: an entry serves only this exact copy
+        images = self.decoded(
+            paths, digest, lambda: read_image_files(paths, self.image_size, "flowers102"), "images"
+        )
+        return ImageSet(images, np.array(labels), classes, np.array(split), digest)
 
 
 def fetch_flowers102(target: Path) -> FetchRecord:

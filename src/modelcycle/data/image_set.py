@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
+from modelcycle.data.cache import array_key, cached_array
 from modelcycle.data.tables import DataError
 from modelcycle.kinds import Range
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 #: Mask value of a pixel that belongs to no class (outside the annotated region): not scored.
 IGNORE = 255
+#: Part of every decoded-image cache key: change it when decoding or resizing changes.
+DECODE_VERSION = "decode-1"
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class ImageSource(ABC):
         image_size: Side in pixels every image is resized to.
         max_per_class: Keep at most this many images per class and split (seeded), or all.
         seed: Seed of the subsampling and of the stand-in.
+        cache_dir: Where decoded images are kept by content address (the files' sha256 and
+            the size), so that a second run decodes nothing; None decodes every time.
     """
 
     root: Path | None = None
@@ -81,6 +86,7 @@ class ImageSource(ABC):
     image_size: int = 64
     max_per_class: int | None = None
     seed: int = 0
+    cache_dir: Path | None = None
 
     #: Short dataset name used in messages and in `modelcycle data fetch`.
     dataset: ClassVar[str] = "images"
@@ -110,6 +116,22 @@ class ImageSource(ABC):
     def load(self) -> ImageSet:
         """Read the dataset, resized, subsampled as configured."""
         return self.read(self.resolve_root())
+
+    def decoded(
+        self, paths: Sequence[Path], digest: str, decode: Callable[[], np.ndarray], what: str
+    ) -> np.ndarray:
+        """`decode()`'s array for files whose bytes hash to `digest`, through the cache.
+
+        Args:
+            paths: The files decoded (counted in the log).
+            digest: sha256 over their bytes (the data hash, or a part of it).
+            decode: Reads and resizes them.
+            what: What they are ("images", "masks"); with the size it keys the entry.
+        """
+        key = array_key(DECODE_VERSION, self.dataset, what, str(self.image_size), digest)
+        label = f"{len(paths)} {self.dataset} {what} at {self.image_size} px"
+        cache = Path(self.cache_dir) if self.cache_dir is not None else None
+        return cached_array(cache, key, decode, label)
 
     @abstractmethod
     def present(self, target: Path) -> bool:

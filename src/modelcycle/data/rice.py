@@ -87,8 +87,11 @@ class RiceSource(ImageSource):
         y = np.array(labels)
         keep = subsample(y, self.max_per_class, self.seed)
         kept = [paths[i] for i in keep]
-        images = read_image_files(kept, self.image_size, "rice")
-        return ImageSet(images, y[keep], classes, None, hash_files(kept), notes)
+        digest = hash_files(kept)
+        images = self.decoded(
+            kept, digest, lambda: read_image_files(kept, self.image_size, "rice"), "images"
+        )
+        return ImageSet(images, y[keep], classes, None, digest, notes)
 
 
 def write_rice_standin(root: Path, per_class: int, seed: int) -> Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from modelcycle.embedding_columns import EMBEDDING_DISTANCE, monitor_columns
+from modelcycle.embedding_columns import EMBEDDING_DISTANCE, answer_columns, monitor_columns
 from modelcycle.embeddings import EmbeddingProjection, project_embeddings
 from modelcycle.export import export_onnx
 from modelcycle.servable import ServableModel
@@ -107,3 +107,22 @@ def test_monitor_columns_name_each_value() -> None:
     assert monitor_columns(outputs, ["d"]) == {"d": 2.5}
     assert monitor_columns(outputs, ["v"]) == {"v1": 1.0, "v2": -2.0}
     assert monitor_columns(outputs, []) == {}
+
+
+def test_answer_columns_take_each_outputs_first_value_but_none_of_a_map() -> None:
+    from modelcycle.monitoring.drift import reference_frame
+    from modelcycle.tasks.segmentation_serving import SegmentationServing
+
+    one = {
+        "confidence": np.array([0.9]),
+        "class_probability": np.array([[0.2, 0.8]]),
+        "probabilities": np.full((1, 2, 4, 4), 0.5),  # a map per request: one pixel says nothing
+    }
+    assert answer_columns(one, list(one)) == {"confidence": 0.9, "class_probability": 0.2}
+    # a reference frame has the same columns as a server's captures
+    adapter = SegmentationServing({"classes": ["a", "b"], "image_size": 4})
+    pixels = np.zeros((3, 4, 4, 3), np.uint8)
+    rows = {k: np.repeat(v, 3, axis=0) for k, v in one.items()}
+    frame = reference_frame(adapter, [pixels], rows)
+    assert {"confidence", "class_probability"} <= set(frame.columns)
+    assert "probabilities" not in frame.columns

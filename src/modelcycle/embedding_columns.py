@@ -1,4 +1,4 @@
-"""The names of the embedding's drift columns, and reading them from a model's outputs.
+"""The names of the drift columns a model's outputs give, and reading them from its outputs.
 
 Apart from `embeddings` (which computes the column, and needs torch): a server records the
 column with each request and drift monitoring tests it, neither with torch loaded.
@@ -26,6 +26,19 @@ def monitor_columns(
         else:
             columns.update({f"{name}{i + 1}": float(v) for i, v in enumerate(values)})
     return columns
+
+
+def answer_columns(outputs: Mapping[str, np.ndarray], answered: Sequence[str]) -> dict[str, float]:
+    """One request's answered outputs as drift columns: each output's first value.
+
+    An output with more than one axis per request (a segmentation's probability maps) gives
+    none: its first value would be one pixel's, which describes nothing.
+    """
+    return {
+        name: float(np.asarray(outputs[name]).reshape(-1)[0])
+        for name in answered
+        if np.ndim(outputs[name]) <= 2
+    }
 
 
 def is_embedding_column(column: str) -> bool:

@@ -179,4 +179,5 @@ def test_the_server_needs_neither_torch_nor_monai_and_checks_drift(
             time.sleep(0.25)
     assert summary["status"] in ("no_drift", "drift"), summary
     columns = {feature["name"] for feature in summary["features"]}
-    assert columns >= {"brightness", "sharpness", "red", "confidence"}, summary
+    assert columns >= {"brightness", "sharpness", "red", "confidence", "class_probability"}
+    assert "probabilities" not in columns  # one pixel's probability describes nothing

@@ -104,11 +104,14 @@ def reference_frame(
         inputs: One array per model input, rows along axis 0.
         outputs: Each model output on those rows (first axis: rows).
         monitored: Monitoring-only outputs (the embedding distance): every value of a row is a
-            column, named as the server records them; other outputs give their first value.
+            column, named as the server records them; other outputs give their first value,
+            and maps (more than one axis per row) none, as `answer_columns` says.
     """
     rows = [adapter.drift_features([x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))]
     frame = pd.DataFrame(rows, dtype=float)
     for name, values in outputs.items():
+        if name not in monitored and np.ndim(values) > 2:
+            continue  # a map per row: the server records no column of it either
         table = np.asarray(values, dtype=float).reshape(len(frame), -1)
         if name in monitored and table.shape[1] > 1:
             for k in range(table.shape[1]):

@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from modelcycle.embedding_columns import monitor_columns
+from modelcycle.embedding_columns import answer_columns, monitor_columns
 from modelcycle.kinds import is_number, is_whole
 from modelcycle.monitoring.capture import LIVE, Capture, CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
@@ -334,7 +334,7 @@ def _run_batch(
                     served.name,
                     served.version,
                     p.features | monitor_columns(r, served.monitor_outputs),
-                    {k: float(r[k].reshape(-1)[0]) for k in served.answer_outputs},
+                    answer_columns(r, served.answer_outputs),
                     (done - p.queued_at) * 1000,
                     now,
                     served.variant,

@@ -92,6 +92,14 @@ def test_a_tile_without_its_mask_is_named(standin: Path, tmp_path: Path) -> None
         BCSSSource(root=copy, image_size=32).load()
 
 
+def test_a_copy_unpacked_one_folder_down_is_found(standin: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(standin / "BCSS", tmp_path / "archive" / "BCSS")
+    source = BCSSSource(root=tmp_path, image_size=32)
+    assert source.present(tmp_path) and len(source.load()) > 0
+
+
 def test_a_copy_without_the_folder_says_what_it_needs(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"BCSS not found.*Point data.root"):
         BCSSSource(root=tmp_path, image_size=32).load()

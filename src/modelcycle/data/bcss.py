@@ -126,8 +126,8 @@ class BCSSSource(ImageSource):
         return VARIANTS[self.tile]
 
     def present(self, target: Path) -> bool:
-        """Whether `target` holds this variant's folder."""
-        return (target / self.layout.folder).is_dir()
+        """Whether `target` holds this tiling's folder (or one folder down)."""
+        return find_folder(target, self.layout.folder) is not None
 
     def fetch(self, target: Path) -> Path:
         """Download with kagglehub (about 8.3 GB: both variants)."""
@@ -140,10 +140,10 @@ class BCSSSource(ImageSource):
     def read(self, root: Path) -> ImageSet:
         """Every tile that has a mask; masks mapped to class indices, resized (nearest)."""
         layout = self.layout
-        folder = root / layout.folder
-        if not folder.is_dir():
+        folder = find_folder(root, layout.folder)
+        if folder is None:
             raise DataError(
-                f"{folder} not found: a BCSS copy has {layout.folder}/"
+                f"{root / layout.folder} not found: a BCSS copy has {layout.folder}/"
                 f"{'/, '.join(layout.parts)}/ and their mask folders. Point data.root at the "
                 "folder that contains it."
             )
@@ -196,6 +196,14 @@ class BCSSSource(ImageSource):
             masks=label_maps[keep],
             groups=groups,
         )
+
+
+def find_folder(root: Path, name: str) -> Path | None:
+    """`root/name`, or the one `root/*/name` (an archive unpacked into a folder of its own)."""
+    if (root / name).is_dir():
+        return root / name
+    nested = [p for p in sorted(root.glob(f"*/{name}")) if p.is_dir()]
+    return nested[0] if len(nested) == 1 else None
 
 
 def read_masks(paths: list[Path], size: int, layout: Variant) -> np.ndarray:

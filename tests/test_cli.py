@@ -93,9 +93,15 @@ def test_printing_the_config_needs_no_subsystem() -> None:
     assert loaded == ["hydra"]  # the settings classes of torch's subsystems come later
 
 
-def test_tasks_lists_twins() -> None:
-    result = runner.invoke(app, ["tasks"])
-    assert result.exit_code == 0 and "twins" in result.stdout.split()
+def test_tasks_lists_each_task_with_its_experiments_and_imports_no_subsystem() -> None:
+    output, code, loaded = run_loading(["tasks"])
+    # it imported torch and Lightning to list the names; hydra comes with modelcycle.config
+    assert code == 0 and loaded == ["hydra"], loaded
+    rows = {line.split()[0]: line.split(maxsplit=1)[1] for line in output.splitlines()}
+    assert set(rows) == {"twins", "twins_functional", "image", "segmentation"}
+    assert rows["twins"] == "experiment=twins, experiment=twins_graph"
+    assert "experiment=image_rice" in rows["image"]
+    assert rows["segmentation"] == "experiment=segmentation_bcss"
 
 
 def test_config_applies_overrides() -> None:

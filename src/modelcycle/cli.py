@@ -113,11 +113,14 @@ def main(
 
 @app.command()
 def tasks() -> None:
-    """List the registered tasks."""
-    from modelcycle.tasks import available_tasks
+    """List the registered tasks, each with the experiments that run it."""
+    from modelcycle.config import experiments_by_task
+    from modelcycle.tasks import task_names
 
-    for name in available_tasks():
-        console.print(name)
+    runs = experiments_by_task()
+    for name in task_names():
+        listed = ", ".join(f"experiment={e}" for e in runs.get(name, [])) or f"task={name}"
+        console.print(f"{name:<18} {listed}", soft_wrap=True)
 
 
 @app.command("config")

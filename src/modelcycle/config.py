@@ -54,6 +54,31 @@ def experiment_names() -> list[str]:
     return sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml"))
 
 
+def experiments_by_task() -> dict[str, list[str]]:
+    """Each task's experiments: which `conf/experiment/*.yaml` overrides `/task` with it.
+
+    An experiment that overrides no task runs the root config's default task.
+    """
+    import yaml
+
+    root = files(CONFIG_MODULE)
+    default = next(
+        d["task"]
+        for d in yaml.safe_load(root.joinpath("config.yaml").read_text())["defaults"]
+        if isinstance(d, dict) and "task" in d
+    )
+    runs: dict[str, list[str]] = {}
+    for name in experiment_names():
+        text = root.joinpath("experiment", f"{name}.yaml").read_text()
+        entries = yaml.safe_load(text).get("defaults", [])
+        task = next(
+            (d["override /task"] for d in entries if isinstance(d, dict) and "override /task" in d),
+            default,
+        )
+        runs.setdefault(task, []).append(name)
+    return runs
+
+
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose `conf/config.yaml` with command-line style overrides (`key=value`)."""
     for override in overrides:

@@ -54,6 +54,32 @@ def test_outside_packages_register_through_entry_points(
     assert get_task("blobs_plugin") is blobs.BlobsTask
 
 
+def test_task_names_load_plugins_only_when_there_are_some(
+    blobs: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata
+
+    from modelcycle.tasks import BUILTIN, task_names
+
+    assert task_names() == sorted(BUILTIN)  # no plugin installed: nothing is loaded
+    plugin = EntryPoint("blobs_plugin", "blobs_task_example:BlobsTask", base.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [plugin])
+    monkeypatch.setattr(base, "entry_points", lambda group: [plugin])
+    assert "blobs_plugin" in task_names() and set(BUILTIN) <= set(task_names())
+
+
+def test_the_built_in_table_names_each_built_in_task_and_its_module() -> None:
+    from modelcycle.tasks import BUILTIN
+
+    base.available_tasks()
+    built_in = {
+        name: cls.__module__
+        for name, cls in base._REGISTRY.items()
+        if cls.__module__.startswith("modelcycle.tasks.")
+    }
+    assert built_in == BUILTIN
+
+
 def test_generic_pipeline_runs_a_task_it_has_never_seen(
     blobs: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -19,6 +19,16 @@ if TYPE_CHECKING:
         register_task,
     )
 
+#: The built-in tasks by name, and the module that registers each on import.
+BUILTIN = {
+    "twins": "modelcycle.tasks.twins",
+    "twins_functional": "modelcycle.tasks.twins_functional",
+    "image": "modelcycle.tasks.image",
+    "segmentation": "modelcycle.tasks.segmentation",
+}
+#: The entry-point group through which outside packages register tasks.
+ENTRY_POINT_GROUP = "modelcycle.tasks"
+
 __all__ = [
     "DataSummary",
     "Evaluation",
@@ -28,6 +38,20 @@ __all__ = [
     "get_task",
     "register_task",
 ]
+
+
+def task_names() -> list[str]:
+    """Names of the tasks a run can use; plugins are loaded (and checked) only if any exist.
+
+    Without plugins this imports nothing: the built-in names are known.
+    """
+    from importlib.metadata import entry_points
+
+    if not entry_points(group=ENTRY_POINT_GROUP):
+        return sorted(BUILTIN)
+    from modelcycle.tasks.base import available_tasks
+
+    return available_tasks()
 
 
 def __getattr__(name: str) -> object:

@@ -7,6 +7,7 @@ the CLI and tracking only ever talk to this contract.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -20,10 +21,9 @@ import numpy as np
 
 from modelcycle.servable import ServableModel
 from modelcycle.serving.adapter import ServingAdapter
+from modelcycle.tasks import BUILTIN, ENTRY_POINT_GROUP
 
 log = logging.getLogger(__name__)
-
-ENTRY_POINT_GROUP = "modelcycle.tasks"
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,10 +143,8 @@ def register_task(name: str) -> Callable[[type[Task[Any]]], type[Task[Any]]]:
 
 def _load_builtin_and_plugins() -> None:
     # Built-in tasks register on import; outside packages through the entry-point group.
-    import modelcycle.tasks.image
-    import modelcycle.tasks.segmentation
-    import modelcycle.tasks.twins
-    import modelcycle.tasks.twins_functional  # noqa: F401
+    for module in BUILTIN.values():
+        importlib.import_module(module)
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _REGISTRY:

@@ -6,10 +6,13 @@ set (the experiments' default) the decoded arrays are kept by content address, a
 read hashes the bytes but decodes nothing. This bench writes a stand-in, then times, in
 alternating rounds in this process,
 
-- a cold read: `cache_dir=None`, every file decoded (what each run did before the cache);
+- a cold read in one thread: `cache_dir=None`, every file decoded one after another (what
+  each run did before the cache and the reading threads);
+- a cold read: `cache_dir=None`, every file decoded, a thread per core;
 - a warm read: the cache filled by one earlier read.
 
-It prints the medians, the warm ÷ cold ratio and its range over the rounds.
+It prints the medians and the ratios to the one-thread cold read, with their range over the
+rounds.
 
     python bench/image_cache.py [--dataset rice|bcss] [--images 5000] [--size 64] [--rounds 3]
 """
@@ -22,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import modelcycle.data.image_set as image_set
 from modelcycle.data.bcss import BCSSSource
 from modelcycle.data.image_set import ImageSource
 from modelcycle.data.rice import RiceSource
@@ -47,10 +51,14 @@ def source(dataset: str, root: Path, images: int, size: int, cache: Path | None)
     )
 
 
-def timed(make: ImageSource) -> float:
-    start = time.perf_counter()
-    make.load()
-    return time.perf_counter() - start
+def timed(make: ImageSource, threads: int | None = None) -> float:
+    image_set.READ_THREADS = threads
+    try:
+        start = time.perf_counter()
+        make.load()
+        return time.perf_counter() - start
+    finally:
+        image_set.READ_THREADS = None
 
 
 def main() -> None:
@@ -64,18 +72,21 @@ def main() -> None:
         root, cache = Path(tmp) / "data", Path(tmp) / "cache"
         print(f"writing the {args.dataset} stand-in ({args.images} images) ...", flush=True)
         n = len(source(args.dataset, root, args.images, args.size, cache).load())  # fills it
-        cold, warm = [], []
+        times: dict[str, list[float]] = {"cold, one thread": [], "cold": [], "warm": []}
         for r in range(args.rounds):
-            cold.append(timed(source(args.dataset, root, args.images, args.size, None)))
-            warm.append(timed(source(args.dataset, root, args.images, args.size, cache)))
-            print(f"round {r + 1}: cold {cold[-1]:.2f} s, warm {warm[-1]:.2f} s", flush=True)
-        ratios = [w / c for w, c in zip(warm, cold, strict=True)]
-        cold_s, warm_s = statistics.median(cold), statistics.median(warm)
-        print(
-            f"{args.dataset}, {n} images read at {args.size} px: cold {cold_s:.2f} s, warm "
-            f"{warm_s:.2f} s; warm ÷ cold {statistics.median(ratios):.3f} "
-            f"({min(ratios):.3f}-{max(ratios):.3f})"
-        )
+            uncached = source(args.dataset, root, args.images, args.size, None)
+            times["cold, one thread"].append(timed(uncached, threads=1))
+            times["cold"].append(timed(uncached))
+            times["warm"].append(timed(source(args.dataset, root, args.images, args.size, cache)))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
+        base = times["cold, one thread"]
+        print(f"{args.dataset}, {n} images read at {args.size} px:")
+        for name, values in times.items():
+            ratios = [v / b for v, b in zip(values, base, strict=True)]
+            print(
+                f"  {name:<17} {statistics.median(values):6.2f} s   ÷ cold, one thread "
+                f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+            )
 
 
 if __name__ == "__main__":

@@ -117,3 +117,21 @@ def test_experiments_cache_decoded_images_in_the_workspace(
 ) -> None:
     source = assemble(compose_config([f"experiment={experiment}"])).task.source  # type: ignore[attr-defined]
     assert Path(source.cache_dir) == workspace.resolve() / "cache" / "decoded"
+
+
+def test_threaded_decoding_keeps_the_files_order_and_stops_at_a_bad_file(tmp_path: Path) -> None:
+    from modelcycle.data.image_set import read_image_files, resize_rgb
+    from modelcycle.data.tables import DataError
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(40):
+        path = tmp_path / f"{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    order = [paths[i] for i in rng.permutation(40)]
+    one_by_one = np.stack([resize_rgb(Image.open(p), 8) for p in order])
+    assert np.array_equal(read_image_files(order, 8, "test"), one_by_one)
+    order[7].write_bytes(b"not a png")
+    with pytest.raises(DataError, match=rf"{order[7].name}: not a readable image"):
+        read_image_files(order, 8, "test")

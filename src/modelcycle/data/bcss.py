@@ -35,6 +35,7 @@ from modelcycle.data.image_set import (
     ImageSet,
     ImageSource,
     hash_files,
+    map_files,
     read_image_files,
     subsample,
 )
@@ -213,13 +214,12 @@ def read_masks(paths: list[Path], size: int, layout: Variant) -> np.ndarray:
         DataError: A file that is not an image, or a value the variant does not define.
     """
     from PIL import Image, UnidentifiedImageError
-    from tqdm import tqdm
 
     lookup = np.full(256, 254, dtype=np.uint8)  # 254: a value the variant does not define
     for code, index in layout.codes.items():
         lookup[code] = index
-    out = np.empty((len(paths), size, size), dtype=np.uint8)
-    for i, path in enumerate(tqdm(paths, desc="bcss masks", unit="mask", disable=len(paths) < 500)):
+
+    def decode(path: Path) -> np.ndarray:
         try:
             with Image.open(path) as image:
                 values = np.asarray(image)
@@ -234,7 +234,11 @@ def read_masks(paths: list[Path], size: int, layout: Variant) -> np.ndarray:
                 f"{path}: mask values {bad[:8]} are not codes of the {layout.folder} variant "
                 f"({sorted(layout.codes)}); is data.tile right?"
             )
-        out[i] = np.asarray(Image.fromarray(mapped).resize((size, size), Image.Resampling.NEAREST))
+        return np.asarray(Image.fromarray(mapped).resize((size, size), Image.Resampling.NEAREST))
+
+    out = np.empty((len(paths), size, size), dtype=np.uint8)
+    for i, mask in enumerate(map_files(decode, paths, "bcss masks", "mask")):
+        out[i] = mask
     return out
 
 

@@ -32,19 +32,13 @@ Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 
-#: The built-in tasks' serving adapters, each in a module of its own that imports neither
-#: torch nor Lightning: a server loads only these (seconds less to start). Another task's
-#: adapter comes from its class (`Task.serving`), which imports the task's training code.
-ADAPTERS = {
-    "twins": "modelcycle.tasks.twins_serving:TwinsServing",
-    "twins_functional": "modelcycle.tasks.twins_functional_serving:FunctionalServing",
-    "image": "modelcycle.tasks.image_serving:ImageServing",
-    "segmentation": "modelcycle.tasks.segmentation_serving:SegmentationServing",
-}
-
-
 def adapter_class(task: str) -> type[ServingAdapter]:
-    """The serving adapter of the task named `task` (UnknownTaskError when there is none)."""
+    """The serving adapter of the task named `task` (UnknownTaskError when there is none).
+
+    A built-in task's comes from `modelcycle.tasks.ADAPTERS`, without its training code.
+    """
+    from modelcycle.tasks import ADAPTERS
+
     if task not in ADAPTERS:
         from modelcycle.tasks import get_task
 

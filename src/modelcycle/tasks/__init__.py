@@ -26,6 +26,15 @@ BUILTIN = {
     "image": "modelcycle.tasks.image",
     "segmentation": "modelcycle.tasks.segmentation",
 }
+#: The built-in tasks' serving adapters ("module:Class"), each in a module of its own that
+#: imports neither torch nor Lightning: a server imports only these (seconds less to start).
+#: Another task's adapter comes from its class (`Task.serving`), with its training code.
+ADAPTERS = {
+    "twins": "modelcycle.tasks.twins_serving:TwinsServing",
+    "twins_functional": "modelcycle.tasks.twins_functional_serving:FunctionalServing",
+    "image": "modelcycle.tasks.image_serving:ImageServing",
+    "segmentation": "modelcycle.tasks.segmentation_serving:SegmentationServing",
+}
 #: The entry-point group through which outside packages register tasks.
 ENTRY_POINT_GROUP = "modelcycle.tasks"
 

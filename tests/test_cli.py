@@ -98,10 +98,11 @@ def test_tasks_lists_each_task_with_its_experiments_and_imports_no_subsystem() -
     # it imported torch and Lightning to list the names; hydra comes with modelcycle.config
     assert code == 0 and loaded == ["hydra"], loaded
     rows = {line.split()[0]: line.split(maxsplit=1)[1] for line in output.splitlines()}
-    assert set(rows) == {"twins", "twins_functional", "image", "segmentation"}
+    assert set(rows) == {"twins", "twins_functional", "image", "segmentation", "node"}
     assert rows["twins"] == "experiment=twins, experiment=twins_graph"
     assert "experiment=image_rice" in rows["image"]
     assert rows["segmentation"] == "experiment=segmentation_bcss"
+    assert rows["node"] == "experiment=node_wikics"
 
 
 def test_config_applies_overrides() -> None:

@@ -106,6 +106,8 @@ def main(
     # Lightning's own use of a torch class torch now deprecates (a DeprecationWarning in
     # older torch, a FutureWarning since), printed at every fit: nothing a user can change.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # PyG's own use of torch.jit.script, which torch now deprecates, printed at its import.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     # MLflow draws a progress bar for each local artifact copy (a model, a report): many
     # lines of bars in a log for copies that take milliseconds.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -761,7 +763,8 @@ def _print_hooks(results: list[HookResult]) -> None:
 @data_app.command("fetch")
 def data_fetch(
     dataset: Annotated[
-        str, typer.Argument(help="qtim, qtim-synthetic, rice, flowers102, signmnist or bcss")
+        str,
+        typer.Argument(help="qtim, qtim-synthetic, rice, flowers102, signmnist, bcss or wikics"),
     ],
     dest: Annotated[Path | None, typer.Option(help="Target folder")] = None,
     synthetic: Annotated[
@@ -799,6 +802,14 @@ def data_fetch(
     if dataset == "qtim-synthetic":
         _fetch_synthetic(dest, families, volumes, mirror)
         return
+    if dataset == "wikics":
+        from modelcycle.data.wikics import WikiCSSource
+
+        with _clear_errors():
+            target = dest or workspace_of(compose_config([])) / "data" / dataset
+            root = WikiCSSource(download_dir=target, synthetic=synthetic).resolve_root()
+        console.print(f"{dataset} {'stand-in' if synthetic else 'data'} in {root}")
+        return
     if dataset in IMAGE_SOURCES:
         with _clear_errors():
             target = dest or workspace_of(compose_config([])) / "data" / dataset
@@ -807,7 +818,7 @@ def data_fetch(
         return
     if dataset != "qtim" or modality not in downloads:
         names = ", ".join(
-            ["qtim (--modality structural or func)", "qtim-synthetic", *IMAGE_SOURCES]
+            ["qtim (--modality structural or func)", "qtim-synthetic", *IMAGE_SOURCES, "wikics"]
         )
         raise typer.BadParameter(
             f"Unknown dataset {dataset!r} or modality {modality!r}; available: {names}."
@@ -829,6 +840,7 @@ def data_fetch(
 FETCH_OPTIONS = {
     "qtim": ("--mirror", "--modality", "--synthetic"),
     "qtim-synthetic": ("--mirror", "--families", "--volumes"),
+    "wikics": ("--synthetic",),
 }
 
 

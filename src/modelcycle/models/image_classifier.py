@@ -236,20 +236,8 @@ class ImageClassifier(L.LightningModule):
         self._val.append((self(pixels).argmax(1), labels))
 
     def on_validation_epoch_end(self) -> None:
-        """Log validation accuracy, the early-stopping metric.
-
-        Correct and validated images are each summed over DDP ranks before dividing, as
-        their shares may differ by one image.
-        """
-        predicted = torch.cat([p for p, _ in self._val])
-        labels = torch.cat([y for _, y in self._val])
-        self._val.clear()
-        validated = torch.tensor(len(labels), device=labels.device)  # NCCL reduces on the GPU
-        counts = torch.stack([(predicted == labels).sum(), validated]).float()
-        correct, total = self.trainer.strategy.reduce(counts, reduce_op="sum")
-        # Every rank holds the same value now; sync_dist (a mean of equals) only tells
-        # Lightning so, which otherwise warns about an unreduced epoch-level metric.
-        self.log("val_accuracy", correct / total, prog_bar=True, sync_dist=True)
+        """Log validation accuracy, the early-stopping metric."""
+        log_accuracy(self, self._val)
 
     def configure_optimizers(self) -> Any:
         """AdamW with a cosine schedule over the trainer's epochs."""
@@ -257,6 +245,23 @@ class ImageClassifier(L.LightningModule):
         epochs = max(1, int(self.trainer.max_epochs or 1))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+def log_accuracy(module: L.LightningModule, kept: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Log `val_accuracy` of the epoch's (predicted, true) batches in `kept`, then clear it.
+
+    Correct and validated rows are each summed over DDP ranks before dividing, as their
+    shares may differ by one row.
+    """
+    predicted = torch.cat([p for p, _ in kept])
+    labels = torch.cat([y for _, y in kept])
+    kept.clear()
+    validated = torch.tensor(len(labels), device=labels.device)  # NCCL reduces on the GPU
+    counts = torch.stack([(predicted == labels).sum(), validated]).float()
+    correct, total = module.trainer.strategy.reduce(counts, reduce_op="sum")
+    # Every rank holds the same value now; sync_dist (a mean of equals) only tells
+    # Lightning so, which otherwise warns about an unreduced epoch-level metric.
+    module.log("val_accuracy", correct / total, prog_bar=True, sync_dist=True)
 
 
 class PixelClassifier(nn.Module):

@@ -104,6 +104,38 @@ class ServingAdapter(ABC):
         """
 
 
+class ClassifierAdapter(ServingAdapter):
+    """An adapter whose model gives `probabilities` over `info["classes"]`.
+
+    It answers the top-k classes and scores top-1 accuracy on the held-out rows
+    (`info["held_out_labels"]`).
+    """
+
+    held_out_metric_name = "top-1 accuracy"
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        super().__init__(info)
+        self.classes: list[str] = list(info["classes"])
+        self.top_k = int(info.get("top_k", 5))
+
+    def encode(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The top-k classes with their probabilities, most probable first."""
+        probabilities = outputs["probabilities"].reshape(-1)
+        order = np.argsort(-probabilities, kind="stable")[: self.top_k]
+        top = [{"class": self.classes[i], "probability": float(probabilities[i])} for i in order]
+        return {"class": top[0]["class"], "confidence": top[0]["probability"], "top_k": top}
+
+    def held_out_metric(self, outputs: dict[str, np.ndarray], target: np.ndarray | None) -> float:
+        """Top-1 accuracy against the held-out rows' classes (`info["held_out_labels"]`)."""
+        labels = self.info.get("held_out_labels")
+        if not labels:
+            raise ValueError("the model was saved without held-out labels; re-register it.")
+        index = {name: i for i, name in enumerate(self.classes)}
+        truth = np.array([index[name] for name in labels])
+        predicted = outputs["probabilities"].argmax(axis=1)
+        return float((predicted == truth).mean())
+
+
 def _plain(value: np.ndarray) -> float | list[float]:
     flat = value.reshape(-1).astype(float).tolist()
     return flat[0] if len(flat) == 1 else flat

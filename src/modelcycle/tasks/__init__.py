@@ -25,6 +25,7 @@ BUILTIN = {
     "twins_functional": "modelcycle.tasks.twins_functional",
     "image": "modelcycle.tasks.image",
     "segmentation": "modelcycle.tasks.segmentation",
+    "node": "modelcycle.tasks.node",
 }
 #: The built-in tasks' serving adapters ("module:Class"), each in a module of its own that
 #: imports neither torch nor Lightning: a server imports only these (seconds less to start).
@@ -34,6 +35,7 @@ ADAPTERS = {
     "twins_functional": "modelcycle.tasks.twins_functional_serving:FunctionalServing",
     "image": "modelcycle.tasks.image_serving:ImageServing",
     "segmentation": "modelcycle.tasks.segmentation_serving:SegmentationServing",
+    "node": "modelcycle.tasks.node_serving:NodeServing",
 }
 #: The entry-point group through which outside packages register tasks.
 ENTRY_POINT_GROUP = "modelcycle.tasks"

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelcycle.serving.adapter import RequestError, ServingAdapter, UnsupportedMediaError
+from modelcycle.serving.adapter import ClassifierAdapter, RequestError, UnsupportedMediaError
 
 MAX_PIXELS = 25_000_000  # 5000 × 5000; real rice and flower photos are well under 1 Mpx
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32) / np.float32(255.0)  # ITU-R 601
@@ -31,7 +31,7 @@ class ImageRequest(BaseModel):
     image: str = Field(description="Base64 of a JPEG or PNG file", max_length=2_000_000)
 
 
-class ImageServing(ServingAdapter):
+class ImageServing(ClassifierAdapter):
     """Adapter of the image task; `info` holds `classes`, `image_size` and `top_k`.
 
     Robustness shifts: darkening (every pixel times 1-s) and Gaussian blur (sigma s pixels);
@@ -44,14 +44,11 @@ class ImageServing(ServingAdapter):
         "darken": (0.1, 0.2, 0.4),
         "blur": (0.5, 1.0, 2.0),
     }
-    held_out_metric_name = "top-1 accuracy"
     decode_in_thread = True  # decoding and resizing a photo takes milliseconds
 
     def __init__(self, info: dict[str, Any]) -> None:
         super().__init__(info)
-        self.classes: list[str] = list(info["classes"])
         self.size = int(info["image_size"])
-        self.top_k = int(info.get("top_k", 5))
 
     def decode(self, request: BaseModel) -> list[np.ndarray]:
         """The base64 image, decoded and resized: [(1, size, size, 3) uint8]."""
@@ -68,13 +65,6 @@ class ImageServing(ServingAdapter):
         """A JPEG or PNG file's bytes, decoded and resized: [(1, size, size, 3) uint8]."""
         return [decode_image(data, self.size)[None]]
 
-    def encode(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-        """The top-k classes with their probabilities, most probable first."""
-        probabilities = outputs["probabilities"].reshape(-1)
-        order = np.argsort(-probabilities, kind="stable")[: self.top_k]
-        top = [{"class": self.classes[i], "probability": float(probabilities[i])} for i in order]
-        return {"class": top[0]["class"], "confidence": top[0]["probability"], "top_k": top}
-
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
         """Brightness, contrast, sharpness and colour means of the decoded image."""
         return image_features(inputs[0])
@@ -85,16 +75,6 @@ class ImageServing(ServingAdapter):
         """The (n, h, w, 3) uint8 images darkened by a share `size` or blurred by sigma `size`."""
         self.check_shift(kind)
         return [shift_images(inputs[0], kind, size)]
-
-    def held_out_metric(self, outputs: dict[str, np.ndarray], target: np.ndarray | None) -> float:
-        """Top-1 accuracy against the held-out images' classes (`info["held_out_labels"]`)."""
-        labels = self.info.get("held_out_labels")
-        if not labels:
-            raise ValueError("the model was saved without held-out labels; re-register it.")
-        index = {name: i for i, name in enumerate(self.classes)}
-        truth = np.array([index[name] for name in labels])
-        predicted = outputs["probabilities"].argmax(axis=1)
-        return float((predicted == truth).mean())
 
     def examples(
         self, held_out: list[np.ndarray], target: np.ndarray | None

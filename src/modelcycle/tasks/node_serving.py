@@ -1,0 +1,108 @@
+"""Serving node classifiers: an article's ego graph in, its top-k classes out.
+
+A request carries what the model sees of a node, so the server needs no copy of the graph:
+`features`, the node's own feature vector first and then each linked article's, and
+`links`, pairs of indices into `features` that are linked (the node to its neighbours, and
+neighbours among themselves). A brand-new article is classified the same way as one of the
+graph's: give its features, its neighbours' and their links.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelcycle.data.ego_graphs import ego_arrays
+from modelcycle.serving.adapter import ClassifierAdapter, RequestError
+
+#: Decimals the example requests keep of each feature (the JSON stays small).
+EXAMPLE_DECIMALS = 4
+
+
+class NodeRequest(BaseModel):
+    """One node as its ego graph: feature vectors (the node's first) and the links among them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: list[list[float]] = Field(
+        min_length=1,
+        max_length=257,
+        description="The node's feature vector, then one per linked node",
+    )
+    links: list[tuple[int, int]] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="Pairs of indices into `features` that are linked (row 0: the node)",
+    )
+
+
+class NodeServing(ClassifierAdapter):
+    """Adapter of the node task; `info` holds `classes`, `feature_dim`, `max_links`, `top_k`."""
+
+    request_type = NodeRequest
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        super().__init__(info)
+        self.dim = int(info["feature_dim"])
+        self.max_links = int(info["max_links"])
+
+    def decode(self, request: BaseModel) -> list[np.ndarray]:
+        """The ego graph as padded arrays: [(1, K+1, d) features, (1, K+1, K+1) links, mask]."""
+        assert isinstance(request, NodeRequest)
+        rows = request.features
+        if len(rows) > self.max_links + 1:
+            raise RequestError(
+                f"features: {len(rows)} vectors, but this model takes the node and at most "
+                f"{self.max_links} linked nodes ({self.max_links + 1}); send fewer neighbours."
+            )
+        wrong = [i for i, row in enumerate(rows) if len(row) != self.dim]
+        if wrong:
+            raise RequestError(
+                f"features[{wrong[0]}]: {len(rows[wrong[0]])} numbers; every vector has {self.dim}."
+            )
+        features = np.asarray(rows, dtype=np.float32)
+        if not np.isfinite(features).all():
+            raise RequestError("features: NaN or infinite values; send finite numbers.")
+        for pair in request.links:
+            if not all(0 <= k < len(rows) for k in pair):
+                raise RequestError(
+                    f"links: {list(pair)} names a vector that does not exist; indices go from 0 "
+                    f"to {len(rows) - 1}."
+                )
+        x, adj, mask = ego_arrays(features, request.links, self.max_links)
+        return [x[None], adj[None], mask[None]]
+
+    def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
+        """The node's neighbours and links, and the mean and spread of its features."""
+        x, adj, mask = (a[0] for a in inputs)
+        return {
+            "neighbours": float(mask.sum() - 1),
+            "links_among": float(adj.sum() / 2),
+            "feature_mean": float(x[0].mean()),
+            "feature_spread": float(x[0].std()),
+        }
+
+    def examples(
+        self, held_out: list[np.ndarray], target: np.ndarray | None
+    ) -> list[dict[str, Any]]:
+        """Held-out nodes' ego graphs as requests, labelled with their classes."""
+        x, adj, mask = held_out
+        labels = self.info.get("held_out_labels") or [""] * len(x)
+        examples = []
+        for n, label in zip(range(min(6, len(x))), labels, strict=False):
+            m = int(mask[n].sum())
+            linked = np.nonzero(np.triu(adj[n][:m, :m]))
+            pairs = [(int(i), int(j)) for i, j in zip(*linked, strict=True)]
+            examples.append(
+                {
+                    "id": f"example-{n + 1}",
+                    "label": f"{label}, {m - 1} links (held out)",
+                    "request": {
+                        "features": np.round(x[n][:m], EXAMPLE_DECIMALS).tolist(),
+                        "links": pairs,
+                    },
+                }
+            )
+        return examples

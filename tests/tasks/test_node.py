@@ -1,0 +1,154 @@
+"""The node task: ego graphs, the official splits, the baseline, the adapter's requests."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelcycle.config import ConfigError, assemble, compose_config
+from modelcycle.data.ego_graphs import ego_graphs, ego_members
+from modelcycle.data.tables import DataError
+from modelcycle.data.wikics import GraphSet, WikiCSSource, write_wikics_standin
+from modelcycle.evaluation.classification import score_classifier
+from modelcycle.models.ego_gnn import ego_gnn
+from modelcycle.serving.adapter import RequestError
+from modelcycle.tasks.node import NodeTask, label_propagation
+from modelcycle.tasks.node_serving import NodeRequest, NodeServing
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory: pytest.TempPathFactory) -> GraphSet:
+    root = write_wikics_standin(tmp_path_factory.mktemp("wikics"), nodes=600, seed=2)
+    return WikiCSSource(root=root).load()
+
+
+def task(max_links: int = 8) -> NodeTask:
+    return NodeTask(WikiCSSource(), partial(ego_gnn, hidden=8), max_links=max_links)
+
+
+def test_an_ego_graph_holds_the_node_its_links_and_the_links_among_them(graph: GraphSet) -> None:
+    node = next(i for i, n in enumerate(graph.neighbors) if 3 <= len(n) <= 8)
+    x, adj, mask = (a[0] for a in ego_graphs(graph.features, graph.neighbors, np.array([node]), 8))
+    members = [node, *graph.neighbors[node].tolist()]
+    assert mask.sum() == len(members) and (mask[len(members) :] == 0).all()
+    assert (
+        np.array_equal(x[: len(members)], graph.features[members]) and not x[len(members) :].any()
+    )
+    assert (adj == adj.T).all() and not np.diag(adj).any()
+    assert adj[0, 1 : len(members)].all()  # the node is linked to each neighbour
+    for a in range(1, len(members)):
+        for b in range(1, len(members)):
+            linked = members[b] in graph.neighbors[members[a]]
+            assert adj[a, b] == float(linked and a != b)
+
+
+def test_a_node_with_more_links_keeps_the_same_seeded_draw(graph: GraphSet) -> None:
+    node = int(np.argmax([len(n) for n in graph.neighbors]))
+    assert len(graph.neighbors[node]) > 4
+    first = ego_members(graph.neighbors, node, 4, seed=0)
+    assert first == ego_members(graph.neighbors, node, 4, seed=0) and len(first) == 5
+    assert set(first[1:]) <= set(graph.neighbors[node].tolist())
+    others = {tuple(ego_members(graph.neighbors, node, 4, seed=s)) for s in range(5)}
+    assert len(others) > 1
+
+
+def test_folds_are_the_official_splits_and_more_are_refused(graph: GraphSet) -> None:
+    folds = task().folds(graph, 3, seed=0)
+    for k, fold in enumerate(folds):
+        assert np.array_equal(fold.train, np.flatnonzero(graph.train_masks[k]))
+        assert np.array_equal(fold.val, np.flatnonzero(graph.stopping_masks[k]))
+        assert np.array_equal(fold.test, np.flatnonzero(graph.test_mask))
+    with pytest.raises(DataError, match=r"cv.n_folds=21: .* has 20 official splits"):
+        task().folds(graph, 21, seed=0)
+    final = task().final_fold(graph, seed=0)
+    assert not set(final.train) & set(final.val) and len(final.train) + len(final.val) == 600
+
+
+def test_label_propagation_beats_the_majority_class(graph: GraphSet) -> None:
+    fold = task().folds(graph, 1, seed=0)[0]
+    scores = label_propagation(graph, fold.train, layers=10, alpha=0.9)
+    assert scores.shape == (600, 10) and np.allclose(scores.sum(axis=1), 1)
+    accuracy = score_classifier(scores[fold.test], graph.labels[fold.test], graph.classes)
+    majority = np.bincount(graph.labels[fold.test]).max() / len(fold.test)
+    assert accuracy.metrics["accuracy"] > majority + 0.2
+
+
+def test_a_request_decodes_to_the_arrays_the_model_was_trained_on(graph: GraphSet) -> None:
+    rows = np.array([5, 17, 42])
+    arrays = ego_graphs(graph.features, graph.neighbors, rows, 8)
+    adapter = NodeServing(
+        {"classes": graph.classes, "feature_dim": 300, "max_links": 8, "held_out_labels": ["a"] * 3}
+    )
+    for n, example in enumerate(adapter.examples(list(arrays), None)):
+        decoded = adapter.decode(NodeRequest.model_validate(example["request"]))
+        assert np.allclose(decoded[0][0], arrays[0][n], atol=1e-4)  # features kept to 4 decimals
+        assert np.array_equal(decoded[1][0], arrays[1][n]) and np.array_equal(
+            decoded[2][0], arrays[2][n]
+        )
+        features = adapter.drift_features(decoded)
+        assert features["neighbours"] == arrays[2][n].sum() - 1
+        assert features["links_among"] == arrays[1][n].sum() / 2
+
+
+@pytest.mark.parametrize(
+    ("request_body", "message"),
+    [
+        ({"features": [[0.0] * 3]}, r"features\[0\]: 3 numbers; every vector has 300"),
+        (
+            {"features": [[0.0] * 300] * 10},
+            r"10 vectors, but this model takes the node and at most 8",
+        ),
+        (
+            {"features": [[0.0] * 300] * 2, "links": [[0, 2]]},
+            r"links: \[0, 2\] names a vector that does not exist; indices go from 0 to 1",
+        ),
+        ({"features": [[float("nan")] * 300]}, r"NaN or infinite values"),
+    ],
+)
+def test_bad_requests_say_what_is_wrong(request_body: dict[str, object], message: str) -> None:
+    adapter = NodeServing({"classes": ["a", "b"], "feature_dim": 300, "max_links": 8})
+    with pytest.raises(RequestError, match=message):
+        adapter.decode(NodeRequest.model_validate(request_body))
+
+
+def test_the_experiment_composes_and_refuses_what_it_cannot_build(workspace: Path) -> None:
+    assembled = assemble(compose_config(["experiment=node_wikics"]))
+    node_task = assembled.task
+    assert isinstance(node_task, NodeTask) and isinstance(node_task.source, WikiCSSource)
+    assert node_task.model_name == "node_wikics" and assembled.pipeline.n_folds == 5
+    refused = {
+        "model.name=gin": r"model.name='gin': give one of gcn, sage, gat",
+        "model.layers=0": r"model.layers=0: give a value from 1 to below 5",
+        "task.max_links=0": r"max_links=0: give a whole number >= 1",
+        "task.propagation_alpha=1": r"propagation_alpha=1",
+    }
+    for override, message in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            assemble(compose_config(["experiment=node_wikics", override]))
+
+
+@pytest.mark.parametrize("name", ["gcn", "sage", "gat"])
+def test_each_network_exports_to_onnx_with_parity(
+    name: str, graph: GraphSet, tmp_path: Path
+) -> None:
+    import torch
+
+    from modelcycle.export import check_parity, export_onnx
+    from modelcycle.models.ego_gnn import EgoClassifier, NodeClassifier
+
+    torch.manual_seed(0)
+    network = ego_gnn(300, 10, name=name, hidden=8, heads=2)
+    module = EgoClassifier(NodeClassifier(network)).eval()
+    arrays = ego_graphs(graph.features, graph.neighbors, np.arange(6), 8)
+    path = export_onnx(
+        module,
+        tuple(torch.from_numpy(a[:2]) for a in arrays),
+        ["features", "links", "mask"],
+        ["confidence", "probabilities", "embedding"],
+        tmp_path / "model.onnx",
+    )
+    parity = check_parity(module, path, list(arrays))
+    assert parity.passed, parity

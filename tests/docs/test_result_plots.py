@@ -92,10 +92,26 @@ def test_segmentation_record_is_the_run_the_readme_quotes() -> None:
     )
 
 
+def test_node_record_is_the_run_the_readme_quotes() -> None:
+    record = records(DOCS)["node-wikics"]
+    section = " ".join(
+        README.split("## Node classification (Wiki-CS)")[1].split("\n## ")[0].split()
+    )
+    model, baseline = (record["aggregate"][s] for s in ("model", "baseline"))
+    quoted = (
+        f"accuracy {model['accuracy'][0]:.3f} ± {model['accuracy'][1]:.3f} and macro-F1 "
+        f"{model['macro_f1'][0]:.3f} ± {model['macro_f1'][1]:.3f} against label propagation's "
+        f"{baseline['accuracy'][0]:.3f} ± {baseline['accuracy'][1]:.3f} and "
+        f"{baseline['macro_f1'][0]:.3f} ± {baseline['macro_f1'][1]:.3f}"
+    )
+    assert quoted in section
+    assert len(record["folds"]) == 5
+
+
 def test_every_record_is_shown_on_a_page_and_every_marker_has_a_record() -> None:
     shown = {m for page in DOCS.rglob("*.md") for m in MARKER.findall(page.read_text())}
     assert shown == set(records(DOCS))
-    assert {"twins", "twins-functional", "image-rice", "segmentation-bcss"} <= shown
+    assert {"twins", "twins-functional", "image-rice", "segmentation-bcss", "node-wikics"} <= shown
 
 
 def test_each_record_draws_its_task_plots_and_a_fold_table() -> None:
@@ -104,6 +120,7 @@ def test_each_record_draws_its_task_plots_and_a_fold_table() -> None:
         "twins-functional": {"folds", "roc", "retrieval", "similarity"},
         "image-rice": {"folds", "reliability", "confusion", "recall"},
         "segmentation-bcss": {"folds", "confusion", "dice"},
+        "node-wikics": {"folds", "reliability", "confusion", "recall"},
     }
     for name, record in records(DOCS).items():
         plots = figures(record)

@@ -152,3 +152,18 @@ def test_each_network_exports_to_onnx_with_parity(
     )
     parity = check_parity(module, path, list(arrays))
     assert parity.passed, parity
+
+
+def test_robustness_shifts_add_noise_or_drop_links_and_nothing_else(graph: GraphSet) -> None:
+    adapter = NodeServing({"classes": graph.classes, "feature_dim": 300, "max_links": 8})
+    arrays = list(ego_graphs(graph.features, graph.neighbors, np.arange(20), 8))
+    x, adj, mask = adapter.shift(arrays, "noise", 0.5, seed=0)
+    assert not np.array_equal(x, arrays[0]) and not x[arrays[2] == 0].any()  # padding stays 0
+    assert np.array_equal(adj, arrays[1]) and np.array_equal(mask, arrays[2])
+    x, adj, mask = adapter.shift(arrays, "drop links", 1.0, seed=0)
+    assert (mask.sum(axis=1) == 1).all() and not adj.any()  # only the centres are left
+    assert np.array_equal(x[:, 0], arrays[0][:, 0]) and not x[:, 1:].any()
+    unchanged = adapter.shift(arrays, "drop links", 0.0, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(unchanged, arrays, strict=True))
+    with pytest.raises(ValueError, match=r"unknown shift 'blur'; choose from noise, drop links"):
+        adapter.shift(arrays, "blur", 1.0, seed=0)

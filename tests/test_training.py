@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -222,3 +223,53 @@ def test_fit_lets_an_error_through_and_reports_ctrl_c_as_one(
             assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, handler)
+
+
+class _DroppedCtrlC(L.LightningModule):
+    """A one-weight model whose third step gets a Ctrl-C whose KeyboardInterrupt is dropped,
+    as Python drops one raised inside a garbage-collection callback ("Exception ignored")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.steps = 0
+
+    def training_step(self, batch: object, batch_idx: int) -> torch.Tensor:
+        self.steps += 1
+        if self.steps == 3:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(100):  # the handler runs between these bytecodes
+                    time.sleep(0.01)
+            except KeyboardInterrupt:
+                pass  # dropped, as in a weakref callback
+        loss = (self.weight - 1).pow(2).sum()
+        self.log("train_loss", loss)  # what early stopping watches here
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2)
+
+
+def test_a_ctrl_c_whose_interrupt_was_dropped_still_stops_the_fit(tmp_path: Path) -> None:
+    # Seen in the Ctrl-C test: "Exception ignored in: <...InstanceState._cleanup...>
+    # KeyboardInterrupt", and the command trained on to its last epoch.
+    settings = TrainerSettings(max_epochs=50, min_epochs=50, patience=50, progress_bar=False)
+    module = _DroppedCtrlC()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(module, None, settings, "train_loss", tmp_path, [])  # type: ignore[arg-type]
+        assert module.steps == 3  # stopped at the next batch, not after 50 epochs
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def test_after_a_fit_ctrl_c_is_pythons_own_again(tmp_path: Path) -> None:
+    settings = TrainerSettings(max_epochs=1, min_epochs=1, progress_bar=False)
+    fit(_DroppedCtrlC(), None, settings, "train_loss", tmp_path, [])  # type: ignore[arg-type]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

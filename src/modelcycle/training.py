@@ -136,6 +136,7 @@ def fit(
     )
     # Lightning may substitute one (16-mixed on a CPU runs as bf16-mixed): log what it runs.
     log.info("Training precision: %s (trainer.precision=%s)", trainer.precision, settings.precision)
+    listening = ctrl_c.listen()
     _start_ranks_deaf_to_ctrl_c(trainer)
     try:
         trainer.fit(module, datamodule=datamodule)
@@ -148,6 +149,9 @@ def fit(
         # see the interruption itself, and a second Ctrl-C should work.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from None
+    finally:
+        if listening and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     best = Path(checkpoint.best_model_path)
     if not trainer.is_global_zero:
         return best
@@ -163,11 +167,48 @@ DEAF_TO_CTRL_C = "MODELCYCLE_RANK_STARTS_DEAF_TO_CTRL_C"
 class _CtrlC(Callback):
     """Remember whether the exception that ended a fit was a KeyboardInterrupt.
 
-    In a rank started deaf to Ctrl-C, hear it again once the ranks have met.
+    In a rank started deaf to Ctrl-C, hear it again once the ranks have met. And hear each
+    Ctrl-C itself (`listen`): Python raises the KeyboardInterrupt wherever the main thread
+    is, and when that is a garbage-collection callback (SQLAlchemy's, for one) the
+    exception is printed as "Exception ignored in ..." and dropped, and training went on to
+    its last epoch. A Ctrl-C heard but not seen by Lightning is raised again at the next
+    batch.
     """
 
     def __init__(self) -> None:
         self.pressed = False
+        self.heard = False
+
+    def listen(self) -> bool:
+        """Hear Ctrl-C through `hear` (main thread, default handler only); whether it does."""
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            return False
+        signal.signal(signal.SIGINT, self.hear)
+        return True
+
+    def hear(self, signum: int, frame: FrameType | None) -> Any:
+        """The SIGINT handler during a fit: remember the press, then raise as Python does."""
+        self.heard = True
+        raise KeyboardInterrupt
+
+    def _raise_if_dropped(self) -> None:
+        if self.heard and not self.pressed:
+            raise KeyboardInterrupt
+
+    def on_train_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        """Raise a Ctrl-C heard whose KeyboardInterrupt never reached Lightning."""
+        self._raise_if_dropped()
+
+    def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        """Raise a Ctrl-C heard whose KeyboardInterrupt never reached Lightning."""
+        self._raise_if_dropped()
+
+    def on_train_epoch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Raise a Ctrl-C heard whose KeyboardInterrupt never reached Lightning."""
+        self._raise_if_dropped()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Lightning calls this after the process group is up: the rank can leave now.

@@ -50,6 +50,17 @@ def test_pyg_reads_it_into_an_undirected_graph_with_the_official_splits(standin:
     assert graph.data_hash and "20 official splits" in graph.notes[0]
 
 
+def test_a_changed_file_is_read_again_not_pyg_s_processed_copy(tmp_path: Path) -> None:
+    root = write_wikics_standin(tmp_path, nodes=100, seed=0)
+    before = WikiCSSource(root=root).load()
+    raw = json.loads((root / RAW).read_text())
+    raw["labels"] = [(label + 1) % 10 for label in raw["labels"]]
+    (root / RAW).write_text(json.dumps(raw))
+    after = WikiCSSource(root=root).load()
+    assert after.data_hash != before.data_hash
+    assert np.array_equal(after.labels, (before.labels + 1) % 10)
+
+
 def test_a_root_without_the_file_says_which_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"holds no raw/data.json"):
         WikiCSSource(root=tmp_path).load()

@@ -12,6 +12,8 @@ indices), 20 `train_masks`, 20 `stopping_masks` (early stopping), 20 `val_masks`
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -136,7 +138,10 @@ def read_wikics(root: Path) -> GraphSet:
         DataError: A file PyG cannot read, or masks of the wrong shape.
     """
     try:
-        data = _wikics()(str(root), is_undirected=True)[0]
+        # PyG reuses processed/ even when raw/data.json changed since; the data hash is the
+        # raw file's, so the graph is processed from it at every read (seconds).
+        with contextlib.redirect_stderr(io.StringIO()):  # PyG's "Processing... Done!"
+            data = _wikics()(str(root), is_undirected=True, force_reload=True)[0]
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as err:
         raise DataError(f"{root / RAW}: not a Wiki-CS data.json ({clause(err)}).") from err
     n = int(data.num_nodes)

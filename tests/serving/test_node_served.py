@@ -9,16 +9,15 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import expect
-from test_serve_without_torch import serve_without_torch
+from test_serve_without_torch import drift_without_torch
 from test_web_page import ARTIFACTS, chromium_page
 
-from server_process import free_port, running_server, started
+from server_process import running_server
 
 pytestmark = pytest.mark.slow
 
@@ -76,23 +75,7 @@ def test_the_served_model_classifies_an_ego_graph_and_names_bad_requests(
 
 
 def test_the_server_needs_no_torch_and_checks_drift(workspace: Path, tmp_path: Path) -> None:
-    port = free_port()
-    command = serve_without_torch(workspace, port, f"{MODEL}@champion")
-    with (
-        started(command, tmp_path / "server.log", f"http://127.0.0.1:{port}") as server,
-        httpx.Client(base_url=server.url, timeout=30) as client,
-    ):
-        bodies = [
-            e["request"] for e in client.get(f"/v1/models/{MODEL}/examples").json()["examples"]
-        ]
-        for i in range(40):
-            answer = client.post(f"/v1/models/{MODEL}/predict", json=bodies[i % len(bodies)])
-            assert answer.status_code == 200, answer.text
-        deadline = time.monotonic() + 30
-        while (summary := client.get(f"/v1/models/{MODEL}/drift").json())["n_current"] < 30:
-            assert time.monotonic() < deadline, f"no drift check; {server.output()}"
-            time.sleep(0.25)
-    assert summary["status"] in ("no_drift", "drift"), summary
+    summary = drift_without_torch(workspace, MODEL, tmp_path / "server.log")
     columns = {feature["name"] for feature in summary["features"]}
     assert {"neighbours", "links_among", "feature_mean", "embedding_distance"} <= columns
 

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -155,29 +154,10 @@ def test_the_page_draws_the_mask_of_an_example_and_of_a_file(
 def test_the_server_needs_neither_torch_nor_monai_and_checks_drift(
     workspace: Path, tmp_path: Path
 ) -> None:
-    from test_serve_without_torch import BLOCKED, serve_without_torch
-
-    from server_process import free_port, started
+    from test_serve_without_torch import BLOCKED, drift_without_torch
 
     assert "monai" in BLOCKED and "torch" in BLOCKED
-    port = free_port()
-    command = serve_without_torch(workspace, port, f"{MODEL}@champion")
-    with (
-        started(command, tmp_path / "server.log", f"http://127.0.0.1:{port}") as server,
-        httpx.Client(base_url=server.url, timeout=30) as client,
-    ):
-        bodies = [
-            e["request"] for e in client.get(f"/v1/models/{MODEL}/examples").json()["examples"]
-        ]
-        assert bodies, server.output()
-        for i in range(40):
-            answer = client.post(f"/v1/models/{MODEL}/predict", json=bodies[i % len(bodies)])
-            assert answer.status_code == 200, answer.text
-        deadline = time.monotonic() + 30
-        while (summary := client.get(f"/v1/models/{MODEL}/drift").json())["n_current"] < 30:
-            assert time.monotonic() < deadline, f"no drift check; {server.output()}"
-            time.sleep(0.25)
-    assert summary["status"] in ("no_drift", "drift"), summary
+    summary = drift_without_torch(workspace, MODEL, tmp_path / "server.log")
     columns = {feature["name"] for feature in summary["features"]}
     assert columns >= {"brightness", "sharpness", "red", "confidence", "class_probability"}
     assert "probabilities" not in columns  # one pixel's probability describes nothing

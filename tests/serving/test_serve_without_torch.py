@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -53,6 +54,33 @@ def serve_without_torch(root: Path, port: int, reference: str) -> list[str]:
     ]
 
 
+def drift_without_torch(root: Path, model: str, log: Path) -> dict[str, Any]:
+    """Serve `model@champion` from `root` where torch cannot be imported, answer 40 of its
+    examples (the web page too), and return its first drift check's summary."""
+    port = free_port()
+    command = serve_without_torch(root, port, f"{model}@champion")
+    with (
+        started(command, log, f"http://127.0.0.1:{port}") as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        assert client.get("/").status_code == 200  # the web page
+        listed = client.get(f"/v1/models/{model}/examples").json()["examples"]
+        bodies = [e["request"] for e in listed]
+        assert bodies, server.output()
+        for i in range(40):
+            answer = client.post(f"/v1/models/{model}/predict", json=bodies[i % len(bodies)])
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["version"] == "1"
+        deadline = time.monotonic() + 30
+        while (summary := client.get(f"/v1/models/{model}/drift").json())["n_current"] < 30:
+            assert time.monotonic() < deadline, f"no drift check; {server.output()}"
+            time.sleep(0.25)
+    assert summary["status"] in ("no_drift", "drift"), summary
+    assert "Traceback" not in log.read_text()
+    result: dict[str, Any] = summary
+    return result
+
+
 @pytest.mark.slow  # the image model: a tiny rice task trained and exported first
 @pytest.mark.parametrize("task", ["twins", "image"])
 def test_a_server_predicts_and_checks_drift_without_torch(
@@ -62,26 +90,7 @@ def test_a_server_predicts_and_checks_drift_without_torch(
         root = served_workspace.root
     else:
         root = publish_image(tmp_path, Tracker(TrackingSettings(), tmp_path / "ws")).root
-    port = free_port()
-    command = serve_without_torch(root, port, f"{task}@champion")
-    with (
-        started(command, tmp_path / "server.log", f"http://127.0.0.1:{port}") as server,
-        httpx.Client(base_url=server.url, timeout=30) as client,
-    ):
-        assert client.get("/").status_code == 200  # the web page
-        listed = client.get(f"/v1/models/{task}/examples").json()["examples"]
-        bodies = [e["request"] for e in listed]
-        assert bodies, server.output()
-        for i in range(40):
-            answer = client.post(f"/v1/models/{task}/predict", json=bodies[i % len(bodies)])
-            assert answer.status_code == 200, answer.text
-            assert answer.json()["version"] == "1"
-        deadline = time.monotonic() + 30
-        while (summary := client.get(f"/v1/models/{task}/drift").json())["n_current"] < 30:
-            assert time.monotonic() < deadline, f"no drift check; {server.output()}"
-            time.sleep(0.25)
-    assert summary["status"] in ("no_drift", "drift"), summary
-    assert "Traceback" not in server.log.read_text()
+    drift_without_torch(root, task, tmp_path / "server.log")
 
 
 def test_each_built_in_adapter_is_the_one_its_task_names() -> None:

@@ -85,6 +85,8 @@ def test_a_request_decodes_to_the_arrays_the_model_was_trained_on(graph: GraphSe
     for n, example in enumerate(adapter.examples(list(arrays), None)):
         decoded = adapter.decode(NodeRequest.model_validate(example["request"]))
         assert np.allclose(decoded[0][0], arrays[0][n], atol=1e-4)  # features kept to 4 decimals
+        written = [repr(v) for row in example["request"]["features"] for v in row]
+        assert max(len(text.lstrip("-")) for text in written) <= len("0.0000") + 2  # e.g. 12.3456
         assert np.array_equal(decoded[1][0], arrays[1][n]) and np.array_equal(
             decoded[2][0], arrays[2][n]
         )

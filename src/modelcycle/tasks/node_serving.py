@@ -129,7 +129,10 @@ class NodeServing(ClassifierAdapter):
                     "id": f"example-{n + 1}",
                     "label": f"{label}, {m - 1} links (held out)",
                     "request": {
-                        "features": np.round(x[n][:m], EXAMPLE_DECIMALS).tolist(),
+                        # float64 first: float32 0.0768 prints as 0.07680000364780426
+                        "features": np.round(
+                            x[n][:m].astype(np.float64), EXAMPLE_DECIMALS
+                        ).tolist(),
                         "links": pairs,
                     },
                 }

@@ -28,7 +28,8 @@ class NodeRequest(BaseModel):
 
     features: list[list[float]] = Field(
         min_length=1,
-        max_length=257,
+        max_length=4097,  # a bound for the parser; the model's own (task.max_links + 1) is
+        # checked in `decode`, with a message that says it
         description="The node's feature vector, then one per linked node",
     )
     links: list[tuple[int, int]] = Field(

@@ -162,7 +162,7 @@ def test_the_experiment_composes_and_refuses_what_it_cannot_build(workspace: Pat
     assert Path(task.source.download_dir) == workspace.resolve() / "data" / "bcss"
     refused = {
         "data.tile=300": r"data.tile=300: give one of 224, 512",
-        "model.name=segnet": r"model.name='segnet': give one of unet, attention_unet",
+        "model.name=segnet": r"model.name='segnet': give one of unet, attention_unet, flexible",
         "model.depth=1": r"model.depth=1: give a value from 2 to below 8",
         "task.dice_weight=-1": r"dice_weight=-1",
     }
@@ -179,3 +179,19 @@ def test_a_dataset_without_masks_is_refused_with_the_way_out(tmp_path: Path) -> 
     task = SegmentationTask(rice, partial(monai_unet, width=4, depth=3))
     with pytest.raises(DataError, match=r"rice has no masks.*data=bcss.*task=image"):
         task.load()
+
+
+@pytest.mark.parametrize("name", ["unet", "attention_unet", "flexible_unet"])
+def test_each_network_segments_and_exports_with_parity(name: str, tmp_path: Path) -> None:
+    from modelcycle.export import check_parity, export_onnx
+
+    torch.manual_seed(0)
+    network = monai_unet(num_classes=3, name=name, width=4, depth=3)
+    out = network(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 3, 32, 32)
+    network.eval()
+    path = export_onnx(network, (torch.rand(2, 3, 32, 32),), ["x"], ["y"], tmp_path / "m.onnx")
+    parity = check_parity(
+        network, path, [np.random.default_rng(0).random((3, 3, 32, 32), np.float32)]
+    )
+    assert parity.passed, parity

@@ -18,7 +18,7 @@ from modelcycle.kinds import declares
 from modelcycle.models.image_classifier import PixelNormalize
 
 #: The U-Nets `model.name` chooses from, by MONAI class.
-NETWORKS = ("unet", "attention_unet")
+NETWORKS = ("unet", "attention_unet", "flexible_unet")
 
 
 class SegmentationSizeError(ValueError):
@@ -41,16 +41,21 @@ def monai_unet(
 
     Args:
         num_classes: Output channels, one per class.
-        name: "unet" (MONAI `UNet`, residual units) or "attention_unet" (`AttentionUnet`:
-            attention gates on the skip connections; `res_units` does not apply).
+        name: "unet" (MONAI `UNet`, residual units), "attention_unet" (`AttentionUnet`:
+            attention gates on the skip connections; `res_units` does not apply) or
+            "flexible_unet" (`FlexibleUNet`: an EfficientNet-B0 encoder, randomly
+            initialised (no weights are downloaded), with a U-Net decoder; 7 M parameters;
+            `width`, `depth` and `res_units` do not apply).
         width: Channels of the first level.
         depth: Levels; the image side must divide by 2 ** (depth - 1).
         res_units: Residual units per level of `UNet`.
         dropout: Dropout share inside the network's blocks.
     """
-    from monai.networks.nets import AttentionUnet, UNet
+    from monai.networks.nets import AttentionUnet, FlexibleUNet, UNet
 
     _check_name(name)
+    if name == "flexible_unet":
+        return FlexibleUNet(3, num_classes, "efficientnet-b0", pretrained=False, dropout=dropout)
     channels = tuple(width * 2**level for level in range(depth))
     strides = (2,) * (depth - 1)
     if name == "attention_unet":
@@ -79,8 +84,8 @@ def check_segmentation_size(network: nn.Module, size: int) -> None:
     except Exception as err:  # a convolution or a skip connection of mismatched sizes
         raise SegmentationSizeError(
             f"The U-Net cannot segment the data's {size}×{size} images ({str(err).rstrip('.')}). "
-            "Set data.image_size to a multiple of 2 ** (model.depth - 1), e.g. 64, or lower "
-            "model.depth."
+            "Set data.image_size to a multiple of 2 ** (model.depth - 1), e.g. 64 (of 32 for "
+            "flexible_unet), or lower model.depth."
         ) from err
     finally:
         network.train(was_training)

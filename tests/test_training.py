@@ -259,7 +259,9 @@ def test_a_ctrl_c_whose_interrupt_was_dropped_still_stops_the_fit(tmp_path: Path
     # KeyboardInterrupt", and the command trained on to its last epoch.
     settings = TrainerSettings(max_epochs=50, min_epochs=50, patience=50, progress_bar=False)
     module = _DroppedCtrlC()
-    handler = signal.getsignal(signal.SIGINT)
+    # Python's own handler, as in a terminal: a process started in the background (CI under
+    # nohup, `cmd &`) inherits SIGINT ignored, and then a fit has nothing to listen for.
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             fit(module, None, settings, "train_loss", tmp_path, [])  # type: ignore[arg-type]
@@ -271,5 +273,19 @@ def test_a_ctrl_c_whose_interrupt_was_dropped_still_stops_the_fit(tmp_path: Path
 
 def test_after_a_fit_ctrl_c_is_pythons_own_again(tmp_path: Path) -> None:
     settings = TrainerSettings(max_epochs=1, min_epochs=1, progress_bar=False)
-    fit(_DroppedCtrlC(), None, settings, "train_loss", tmp_path, [])  # type: ignore[arg-type]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        fit(_DroppedCtrlC(), None, settings, "train_loss", tmp_path, [])  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def test_a_fit_started_deaf_to_ctrl_c_stays_so(tmp_path: Path) -> None:
+    settings = TrainerSettings(max_epochs=1, min_epochs=1, progress_bar=False)
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # `cmd &`, nohup
+    try:
+        fit(_DroppedCtrlC(), None, settings, "train_loss", tmp_path, [])  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, handler)

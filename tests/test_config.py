@@ -304,3 +304,22 @@ def test_a_fold_count_the_families_cannot_fill_is_a_data_error(tiny_qtim: Path) 
     for n_folds in (1, 25):  # the tiny cohort has 24 families
         with pytest.raises(DataError, match=rf"cv.n_folds={n_folds}: give between 2 and .*\(24\)"):
             a.task.folds(data, n_folds, 42)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "data", "reads", "given"),
+    [
+        ("node_wikics", "bcss", "WikiCSSource", "BCSSSource"),
+        ("segmentation_bcss", "wikics", "BCSSSource", "WikiCSSource"),
+        ("segmentation_bcss", "rice", "BCSSSource", "RiceSource"),
+        ("image_rice", "wikics", "ImageSource", "WikiCSSource"),
+    ],
+)
+def test_a_task_refuses_data_it_cannot_read_before_anything_loads(
+    experiment: str, data: str, reads: str, given: str, workspace: Path
+) -> None:
+    # It failed with an AttributeError traceback once the data had loaded.
+    with pytest.raises(
+        ConfigError, match=rf"the \w+ task reads {reads} data, and the config gives {given}"
+    ):
+        assemble(compose_config([f"experiment={experiment}", f"data={data}"]))

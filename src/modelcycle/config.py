@@ -214,6 +214,8 @@ def assemble(cfg: DictConfig) -> Assembled:
             target = get_object(resolved[group]["_target_"])
         except (KeyError, ImportError, ValueError):
             continue  # instantiate below names a target that does not load
+        if group == "data":
+            check_source(task_cls, cfg.task.name, target)
         check_kinds(target, group, values)
         check_ranges(target, group, values)
     try:
@@ -236,6 +238,23 @@ def assemble(cfg: DictConfig) -> Assembled:
         tracking=_build(TrackingSettings, "logger", **resolved["logger"]),
         workspace=workspace_of(cfg),
         resolved=resolved,
+    )
+
+
+def check_source(task_cls: Any, task: str, target: Any) -> None:
+    """Refuse a data source the task cannot read (`Task.data_sources`), naming both.
+
+    Raises:
+        ConfigError: The task, what it reads, what the config gives, and the way out.
+    """
+    takes = getattr(task_cls, "data_sources", ())
+    if not takes or (isinstance(target, type) and issubclass(target, takes)):
+        return
+    names = " or ".join(c.__name__ for c in takes)
+    given = getattr(target, "__name__", str(target))
+    raise ConfigError(
+        f"data: the {task} task reads {names} data, and the config gives {given}. Choose an "
+        f"experiment of the task (`modelcycle tasks` lists them) or its own data group."
     )
 
 

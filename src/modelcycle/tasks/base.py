@@ -75,6 +75,8 @@ class Task(ABC, Generic[D]):
     summary_metrics: ClassVar[tuple[str, ...]]
     #: Fewest `cv.n_folds` the task's `folds` takes, checked before anything loads.
     min_folds: ClassVar[int] = 1
+    #: Data source classes the task reads (empty: any), checked before anything is built.
+    data_sources: ClassVar[tuple[type, ...]] = ()
 
     @abstractmethod
     def load(self) -> tuple[D, DataSummary]:

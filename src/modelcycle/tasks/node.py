@@ -68,6 +68,7 @@ class NodeTask(Task[GraphSet]):
     """
 
     serving = NodeServing
+    data_sources = (WikiCSSource,)
     primary_metric = "macro_f1"
     monitor = "val_accuracy"
     summary_metrics = ("accuracy", "macro_f1", "min_class_recall", "ece")

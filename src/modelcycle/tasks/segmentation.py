@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from modelcycle.data.bcss import BCSSSource
 from modelcycle.data.image_set import IGNORE, ImageSet, ImageSource
 from modelcycle.data.splits import group_holdout, group_kfold
 from modelcycle.data.tables import DataError
@@ -67,6 +68,7 @@ class SegmentationTask(Task[ImageSet]):
     """
 
     serving = SegmentationServing
+    data_sources = (BCSSSource,)
     primary_metric = "mean_dice"
     monitor = "val_mean_dice"
     summary_metrics = ("mean_dice", "mean_iou", "pixel_accuracy")

@@ -289,3 +289,34 @@ def test_a_fit_started_deaf_to_ctrl_c_stays_so(tmp_path: Path) -> None:
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, handler)
+
+
+def test_a_retired_process_observer_does_not_kill_rank_zero_when_ranks_end() -> None:
+    # Rank zero ends the ranks itself at a Ctrl-C; Lightning's observer then SIGKILLed rank
+    # zero (here a stand-in process) at its next poll, before it had marked its runs KILLED.
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    from modelcycle.training import retire_process_observers
+
+    def observed(retire: bool) -> int | None:
+        main = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        observer = _ChildProcessObserver(main.pid, [rank], sleep_period=1)
+        observer.start()
+        try:
+            if retire:
+                retire_process_observers()
+            rank.kill()  # as rank zero's Ctrl-C handler ends the ranks
+            rank.wait()
+            observer.join(timeout=5)
+            assert not observer.is_alive()
+            try:
+                return main.wait(timeout=3)  # a SIGKILL takes a moment to be reaped
+            except subprocess.TimeoutExpired:
+                return None
+        finally:
+            main.kill()
+            main.wait()
+
+    assert observed(retire=False) == -signal.SIGKILL  # what happened without it
+    assert observed(retire=True) is None  # rank zero lives on to say so and mark its runs

@@ -255,6 +255,7 @@ def _start_ranks_deaf_to_ctrl_c(trainer: L.Trainer) -> None:
 
     def end_ranks_then(heard: Any) -> Callable[[int, FrameType | None], Any]:
         def on_ctrl_c(signum: int, frame: FrameType | None) -> Any:
+            retire_process_observers()  # else it answers the ranks' end by killing this one
             launcher.kill(signal.SIGKILL)
             if callable(heard):
                 return heard(signum, frame)
@@ -263,6 +264,22 @@ def _start_ranks_deaf_to_ctrl_c(trainer: L.Trainer) -> None:
         return on_ctrl_c
 
     launcher._call_children_scripts = spawn_deaf  # type: ignore[method-assign]
+
+
+def retire_process_observers() -> None:
+    """Stop Lightning's child-process observers from acting on the ranks' end.
+
+    The observer (a thread of rank zero) polls the ranks every 5 s and, when one has died,
+    SIGKILLs every rank and rank zero itself. Rank zero ends the ranks itself at a Ctrl-C; if
+    the observer's next poll came before rank zero had finished (marking its runs KILLED),
+    rank zero died with -9 and said nothing. An observer with no ranks to watch finishes at
+    its next poll.
+    """
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    for thread in threading.enumerate():
+        if isinstance(thread, _ChildProcessObserver):
+            thread._child_processes = []
 
 
 def restore(module: L.LightningModule, checkpoint: Path) -> L.LightningModule:

@@ -13,7 +13,7 @@ from modelcycle.data.ego_graphs import ego_graphs, ego_members
 from modelcycle.data.tables import DataError
 from modelcycle.data.wikics import GraphSet, WikiCSSource, write_wikics_standin
 from modelcycle.evaluation.classification import score_classifier
-from modelcycle.models.ego_gnn import ego_gnn
+from modelcycle.models.ego_gnn import EgoGNN
 from modelcycle.serving.adapter import RequestError
 from modelcycle.tasks.node import NodeTask, label_propagation
 from modelcycle.tasks.node_serving import NodeRequest, NodeServing
@@ -26,7 +26,7 @@ def graph(tmp_path_factory: pytest.TempPathFactory) -> GraphSet:
 
 
 def task(max_links: int = 8) -> NodeTask:
-    return NodeTask(WikiCSSource(), partial(ego_gnn, hidden=8), max_links=max_links)
+    return NodeTask(WikiCSSource(), partial(EgoGNN, hidden=8), max_links=max_links)
 
 
 def test_an_ego_graph_holds_the_node_its_links_and_the_links_among_them(graph: GraphSet) -> None:
@@ -142,7 +142,7 @@ def test_each_network_exports_to_onnx_with_parity(
     from modelcycle.models.ego_gnn import EgoClassifier, NodeClassifier
 
     torch.manual_seed(0)
-    network = ego_gnn(300, 10, name=name, hidden=8, heads=2)
+    network = EgoGNN(300, 10, name=name, hidden=8, heads=2)
     module = EgoClassifier(NodeClassifier(network)).eval()
     arrays = ego_graphs(graph.features, graph.neighbors, np.arange(6), 8)
     path = export_onnx(

@@ -30,16 +30,8 @@ def _check_name(name: object) -> None:
     ranges={"hidden": (1, None), "layers": (1, 5), "dropout": (0, 1), "heads": (1, None)},
     check=lambda values: _check_name(values.get("name", "gcn")),
 )
-def ego_gnn(
-    in_dim: int,
-    num_classes: int,
-    name: str = "gcn",
-    hidden: int = 64,
-    layers: int = 2,
-    dropout: float = 0.5,
-    heads: int = 4,
-) -> EgoGNN:
-    """An `EgoGNN` of `layers` dense convolutions of width `hidden`.
+class EgoGNN(nn.Module):
+    """Dense graph convolutions over padded ego graphs; logits and embedding of each centre.
 
     Args:
         in_dim: Node feature width.
@@ -51,12 +43,6 @@ def ego_gnn(
         dropout: Dropout before each convolution and the classifier.
         heads: Attention heads of "gat".
     """
-    _check_name(name)
-    return EgoGNN(in_dim, num_classes, name, hidden, layers, dropout, heads)
-
-
-class EgoGNN(nn.Module):
-    """Dense graph convolutions over padded ego graphs; logits and embedding of each centre."""
 
     def __init__(
         self,
@@ -70,6 +56,8 @@ class EgoGNN(nn.Module):
     ) -> None:
         super().__init__()
         from torch_geometric.nn import DenseGATConv, DenseGCNConv, DenseSAGEConv
+
+        _check_name(name)
 
         def conv(width_in: int) -> nn.Module:
             if name == "gat":

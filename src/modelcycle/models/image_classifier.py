@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from modelcycle.kinds import declares
 from modelcycle.messages import clause
+from modelcycle.models.inference import evaluating
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,8 @@ def check_image_size(backbone: nn.Module, size: int) -> None:
     Raises:
         BackboneError: The size, what the backbone says and the two ways out.
     """
-    was_training = backbone.training
-    backbone.eval()
     try:
-        with torch.no_grad():
+        with evaluating(backbone):
             backbone(torch.zeros(1, 3, size, size))
     except Exception as err:  # timm models assert, or fail in a reshape or a convolution
         timm_cfg = getattr(backbone, "pretrained_cfg", None) or {}
@@ -148,8 +147,6 @@ def check_image_size(backbone: nn.Module, size: int) -> None:
             f"{str(err).rstrip('.')}. Set data.image_size to a size it takes, or choose a "
             "backbone that takes any size (resnet18, efficientnet_b0, ...)."
         ) from err
-    finally:
-        backbone.train(was_training)
 
 
 class PixelNormalize(nn.Module):

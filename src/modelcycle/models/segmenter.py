@@ -16,6 +16,7 @@ from torch import nn
 from modelcycle.data.image_set import IGNORE
 from modelcycle.kinds import declares
 from modelcycle.models.image_classifier import PixelNormalize
+from modelcycle.models.inference import evaluating
 
 #: The U-Nets `model.name` chooses from, by MONAI class.
 NETWORKS = ("unet", "attention_unet", "flexible_unet")
@@ -74,10 +75,8 @@ def check_segmentation_size(network: nn.Module, size: int) -> None:
     Raises:
         SegmentationSizeError: The side, and the two settings that fix it.
     """
-    was_training = network.training
-    network.eval()
     try:
-        with torch.no_grad():
+        with evaluating(network):
             out = network(torch.zeros(1, 3, size, size))
         if tuple(out.shape[2:]) != (size, size):
             raise RuntimeError(f"it returns {tuple(out.shape[2:])} masks")
@@ -87,8 +86,6 @@ def check_segmentation_size(network: nn.Module, size: int) -> None:
             "Set data.image_size to a multiple of 2 ** (model.depth - 1), e.g. 64 (of 32 for "
             "flexible_unet), or lower model.depth."
         ) from err
-    finally:
-        network.train(was_training)
 
 
 class Segmenter(L.LightningModule):

@@ -39,6 +39,7 @@ from modelcycle.models.image_classifier import (
     check_image_size,
     normalizer_for,
 )
+from modelcycle.models.inference import evaluating
 from modelcycle.ranks import validation_loader
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import (
@@ -304,14 +305,11 @@ def predict_probabilities(
     module: L.LightningModule, images: np.ndarray, batch: int = 256
 ) -> np.ndarray:
     """(n, classes) softmax of `module` over uint8 images, in batches, without gradients."""
-    was_training = module.training
-    module.eval()
     out = []
-    with torch.no_grad():
+    with evaluating(module):
         for start in range(0, len(images), batch):
             logits = module(torch.from_numpy(images[start : start + batch]))
             out.append(torch.softmax(logits, dim=1).numpy())
-    module.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 

@@ -30,6 +30,7 @@ from modelcycle.embedding_columns import EMBEDDING
 from modelcycle.evaluation.classification import score_classifier
 from modelcycle.evaluation.classification_plots import plot_classification
 from modelcycle.models.ego_gnn import EgoClassifier, EgoGNN, NodeClassifier
+from modelcycle.models.inference import evaluating
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import (
     DataSummary,
@@ -183,16 +184,13 @@ class NodeTask(Task[GraphSet]):
 
     def predict(self, module: L.LightningModule, data: GraphSet, rows: np.ndarray) -> np.ndarray:
         """(len(rows), classes) probabilities, ego graphs built and scored in chunks."""
-        was_training = module.training
-        module.eval()
         out = []
-        with torch.no_grad():
+        with evaluating(module):
             for start in range(0, len(rows), CHUNK):
                 x, adj, mask = (
                     torch.from_numpy(a) for a in self._ego(data, rows[start : start + CHUNK])
                 )
                 out.append(torch.softmax(module(x, adj, mask), dim=1).numpy())
-        module.train(was_training)
         return np.concatenate(out) if out else np.zeros((0, len(data.classes)), np.float32)
 
     def servable(self, module: L.LightningModule, data: GraphSet, fold: Fold) -> ServableModel:

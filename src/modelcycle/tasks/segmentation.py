@@ -28,6 +28,7 @@ from modelcycle.data.splits import group_holdout, group_kfold
 from modelcycle.data.tables import DataError
 from modelcycle.evaluation.segmentation import plot_segmentation, score_segmentation
 from modelcycle.models.image_classifier import PixelNormalize
+from modelcycle.models.inference import evaluating
 from modelcycle.models.segmenter import PixelSegmenter, Segmenter, check_segmentation_size
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import (
@@ -234,14 +235,11 @@ def _dataset(data: ImageSet, rows: np.ndarray) -> TensorDataset:
 
 def predict_masks(module: L.LightningModule, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """(n, h, w) argmax class of `module` over uint8 tiles, in batches, without gradients."""
-    was_training = module.training
-    module.eval()
     out = []
-    with torch.no_grad():
+    with evaluating(module):
         for start in range(0, len(images), batch):
             logits = module(torch.from_numpy(images[start : start + batch]))
             out.append(logits.argmax(dim=1).numpy().astype(np.uint8))
-    module.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.uint8)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from modelcycle.data.image_set import IGNORE
 from modelcycle.evaluation.classification_plots import plot_confusion, plot_per_class
 from modelcycle.tasks.base import Evaluation
-from modelcycle.tasks.segmentation_serving import palette
+from modelcycle.tasks.segmentation_serving import dice_per_class, palette, pixel_confusion
 
 
 @dataclass
@@ -49,8 +49,8 @@ def score_segmentation(
     matrix = pixel_confusion(predicted, truth, len(classes))
     hits = np.diag(matrix)
     union = matrix.sum(0) + matrix.sum(1)
+    dice = dice_per_class(matrix)
     with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(union > 0, 2 * hits / union, np.nan)
         iou = np.where(union > 0, hits / (union - hits), np.nan)
     scored = matrix.sum()
     metrics = {
@@ -67,14 +67,6 @@ def score_segmentation(
         first = slice(0, min(4, len(images)))
         details["examples"] = Examples(images[first], truth[first], predicted[first])
     return Evaluation(metrics, details)
-
-
-def pixel_confusion(predicted: np.ndarray, truth: np.ndarray, n: int) -> np.ndarray:
-    """(n, n) pixel counts, rows the true class, columns the predicted; `IGNORE` left out."""
-    t = truth.reshape(-1).astype(np.int64)
-    p = predicted.reshape(-1).astype(np.int64)
-    keep = t != IGNORE
-    return np.bincount(t[keep] * n + p[keep], minlength=n * n).reshape(n, n)
 
 
 def colour_masks(masks: np.ndarray) -> np.ndarray:

@@ -105,9 +105,21 @@ def mask_png(mask: np.ndarray) -> bytes:
 
 def mean_dice(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> float:
     """Mean over classes of Dice, every pixel pooled; `IGNORE` pixels, absent classes left out."""
-    keep = truth != IGNORE
-    t, p = truth[keep].astype(np.int64), predicted[keep].astype(np.int64)
-    hits = np.bincount(t[t == p], minlength=n_classes)
-    union = np.bincount(t, minlength=n_classes) + np.bincount(p, minlength=n_classes)
-    present = union > 0
-    return float((2 * hits[present] / union[present]).mean()) if present.any() else float("nan")
+    dice = dice_per_class(pixel_confusion(predicted, truth, n_classes))
+    return float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan")
+
+
+def pixel_confusion(predicted: np.ndarray, truth: np.ndarray, n: int) -> np.ndarray:
+    """(n, n) pixel counts, rows the true class, columns the predicted; `IGNORE` left out."""
+    t = truth.reshape(-1).astype(np.int64)
+    p = predicted.reshape(-1).astype(np.int64)
+    keep = t != IGNORE
+    return np.bincount(t[keep] * n + p[keep], minlength=n * n).reshape(n, n)
+
+
+def dice_per_class(matrix: np.ndarray) -> np.ndarray:
+    """Each class's Dice from a pixel confusion matrix; NaN for a class neither true nor guessed."""
+    hits = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, 2 * hits / union, np.nan)

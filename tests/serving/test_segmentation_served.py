@@ -99,8 +99,10 @@ def test_the_served_model_answers_a_tile_in_every_form_with_the_same_mask(
         assert raw.status_code == 200, raw.text
         answer = raw.json()
         assert answer["model"] == MODEL and answer["version"] == "1"
-        mask = _mask(answer)
-        assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 1, 2}
+        mask = _mask(answer)  # at the tile's size (224 px), not the model's (32 px)
+        width, height = Image.open(_tile(workspace)).size
+        assert mask.shape == (height, width) == (224, 224) and set(np.unique(mask)) <= {0, 1, 2}
+        assert answer["outputs"]["size"] == [height, width]
         shares = {c["class"]: c["share"] for c in answer["outputs"]["class_shares"]}
         assert set(shares) == {"other", "tumor", "stroma"}
         assert shares["stroma"] == pytest.approx((mask == 2).mean())
@@ -147,6 +149,7 @@ def test_the_page_draws_the_mask_of_an_example_and_of_a_file(
         page.set_input_files("#image", str(_tile(workspace)))  # a tile of one's own
         expect(page.locator("#for")).to_have_text(f"for your file {_tile(workspace).name}")
         expect(page.locator("#mask")).to_be_visible()
+        expect(page.locator("#result")).to_contain_text("mask of 224×224 pixels")
         page.screenshot(path=ARTIFACTS / "web_page_segmentation.png", full_page=True)
         assert not errors, f"the page raised: {errors}"
 

@@ -22,6 +22,8 @@ from modelcycle.models.segmenter import (
     monai_unet,
     segmentation_loss,
 )
+from modelcycle.serving.adapter import Rows
+from modelcycle.tasks.image_serving import png_bytes
 from modelcycle.tasks.segmentation import SegmentationTask, colour_baseline
 from modelcycle.tasks.segmentation_serving import SegmentationServing, mean_dice
 
@@ -152,6 +154,43 @@ def test_the_adapter_answers_a_mask_whose_pixels_are_the_classes(tiles: ImageSet
         32,
         3,
     )
+
+
+def test_the_mask_comes_back_at_the_uploaded_tile_s_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import modelcycle.tasks.segmentation_serving as serving
+
+    adapter = SegmentationServing({"classes": CLASSES, "image_size": 32})
+    tile = np.random.default_rng(1).integers(0, 256, (50, 90, 3), dtype=np.uint8)
+    rows = adapter.decode_bytes(png_bytes(tile))  # 90 wide, 50 high: not the model's square
+    assert isinstance(rows, Rows) and rows.context == {"height": 50, "width": 90}
+    assert rows[0].shape == (1, 32, 32, 3)
+
+    probabilities = np.random.default_rng(0).random((1, 3, 32, 32)).astype(np.float32)
+    outputs = {"confidence": np.array([0.7], np.float32), "probabilities": probabilities}
+    answer = adapter.encode(outputs, rows.context)
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask"]))))
+    assert mask.shape == (50, 90) and answer["size"] == [50, 90]
+    # the probabilities resized bilinearly (pixel centres, as the tile was), then the argmax
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(probabilities), size=(50, 90), mode="bilinear", align_corners=False
+    )
+    assert (mask == resized[0].argmax(0).numpy()).mean() > 0.999
+    shares = {c["class"]: c["share"] for c in answer["class_shares"]}
+    assert shares["stroma"] == pytest.approx((mask == 2).mean())
+    # above SMOOTH_PIXELS, the model's classes resized to the nearest pixel
+    monkeypatch.setattr(serving, "SMOOTH_PIXELS", 100)
+    coarse = adapter.encode(outputs, rows.context)
+    nearest = np.asarray(Image.open(io.BytesIO(base64.b64decode(coarse["mask"]))))
+    small = probabilities[0].argmax(0)
+    rows_at, cols_at = ((np.arange(n) + 0.5) * 32 // n for n in (50, 90))  # pixel centres
+    assert nearest.shape == (50, 90)
+    expected = small[np.ix_(rows_at.astype(int), cols_at.astype(int))]
+    assert (nearest == expected).mean() > 0.97  # PIL rounds a few centres the other way
+    assert 0.5 < (nearest == mask).mean() < 1  # the same classes, coarser borders
+    # without a context (a caller of encode that has none) the mask has the model's size
+    assert adapter.encode(outputs)["size"] == [32, 32]
 
 
 def test_the_experiment_composes_and_refuses_what_it_cannot_build(workspace: Path) -> None:

@@ -7,6 +7,7 @@ supplies an adapter (`Task.serving`) built from the manifest's `info`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +20,19 @@ class RequestError(ValueError):
 
 class UnsupportedMediaError(ValueError):
     """A body whose media type the model does not take (HTTP 415)."""
+
+
+class Rows(list[np.ndarray]):
+    """One request's model rows (an array per input), with what its answer needs of it.
+
+    `decode` returns one instead of a plain list to hand `encode` something the rows no
+    longer hold, such as an uploaded image's own size before it was resized; the server
+    passes `context` to `encode` with the request's outputs.
+    """
+
+    def __init__(self, rows: Iterable[np.ndarray], context: dict[str, Any]) -> None:
+        super().__init__(rows)
+        self.context = context
 
 
 class ServingAdapter(ABC):
@@ -41,6 +55,9 @@ class ServingAdapter(ABC):
     #: Decode requests (and compute their drift features) in a worker thread, not on the
     #: server's event loop: for decoding that takes milliseconds, such as images.
     decode_in_thread: ClassVar[bool] = False
+    #: Encode answers in that worker thread too: for answers that take milliseconds to write
+    #: (a segmentation mask as a PNG).
+    encode_in_thread: ClassVar[bool] = False
 
     def __init__(self, info: dict[str, Any]) -> None:
         self.info = info
@@ -62,8 +79,13 @@ class ServingAdapter(ABC):
         """
         raise UnsupportedMediaError(f"{type(self).__name__} takes JSON bodies only.")
 
-    def encode(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-        """The response body for one request's outputs (each with a batch axis of 1)."""
+    def encode(
+        self, outputs: dict[str, np.ndarray], context: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The response body for one request's outputs (each with a batch axis of 1).
+
+        `context` is the `Rows.context` `decode` gave the request, if it gave one.
+        """
         return {
             name: value.reshape(-1).tolist()[0] if value.size == 1 else value.reshape(-1).tolist()
             for name, value in outputs.items()
@@ -118,7 +140,9 @@ class ClassifierAdapter(ServingAdapter):
         self.classes: list[str] = list(info["classes"])
         self.top_k = int(info.get("top_k", 5))
 
-    def encode(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    def encode(
+        self, outputs: dict[str, np.ndarray], context: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The top-k classes with their probabilities, most probable first."""
         probabilities = outputs["probabilities"].reshape(-1)
         order = np.argsort(-probabilities, kind="stable")[: self.top_k]

@@ -36,7 +36,7 @@ from modelcycle.embedding_columns import answer_columns, monitor_columns
 from modelcycle.kinds import is_number, is_whole
 from modelcycle.monitoring.capture import LIVE, Capture, CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
-from modelcycle.serving.adapter import RequestError, ServingAdapter, UnsupportedMediaError
+from modelcycle.serving.adapter import RequestError, Rows, ServingAdapter, UnsupportedMediaError
 from modelcycle.serving.batching import (
     Interleaved,
     MicroBatcher,
@@ -577,11 +577,14 @@ def _add_routes(
         state.answer_times[name].add(time.perf_counter() - seen)
         answered = payload.served
         outputs = {k: result[k] for k in answered.answer_outputs}
-        body = {
-            "model": name,
-            "version": answered.version,
-            "outputs": answered.adapter.encode(outputs),
-        }
+        context = payload.rows.context if isinstance(payload.rows, Rows) else None
+        if answered.adapter.encode_in_thread:
+            encoded = await asyncio.get_running_loop().run_in_executor(
+                state.decoder, answered.adapter.encode, outputs, context
+            )
+        else:
+            encoded = answered.adapter.encode(outputs, context)
+        body = {"model": name, "version": answered.version, "outputs": encoded}
         return JSONResponse(body)
 
     if drift is None:

@@ -100,11 +100,21 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.nda
         UnsupportedMediaError: Neither a JPEG nor a PNG signature (HTTP 415).
         RequestError: A corrupt or truncated file, or more than `max_pixels` pixels (HTTP 422).
     """
+    from modelcycle.data.image_set import resize_rgb
+
+    return resize_rgb(open_image(data, max_pixels), size)
+
+
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
+    """JPEG/PNG bytes → a decoded RGB PIL image, its size checked before it is decoded.
+
+    Raises:
+        UnsupportedMediaError: Neither a JPEG nor a PNG signature (HTTP 415).
+        RequestError: A corrupt or truncated file, or more than `max_pixels` pixels (HTTP 422).
+    """
     import warnings
 
     from PIL import Image
-
-    from modelcycle.data.image_set import resize_rgb
 
     kind = next((name for sig, name in SIGNATURES.items() if data.startswith(sig)), None)
     if kind is None:
@@ -122,7 +132,7 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.nda
                     f"{max_pixels:,}-pixel limit (a decompression bomb?); send a smaller image."
                 )
             image.load()
-            return resize_rgb(image, size)
+            return image.convert("RGB")
     except (
         OSError,
         SyntaxError,

@@ -3,8 +3,10 @@
 Requests arrive as for image classifiers (raw body, multipart upload or base64 in JSON) and
 are decoded, checked and described for drift the same way. The answer's `mask` is a PNG in
 palette mode: each pixel's value is its class index (read it with any PNG reader), and the
-palette draws the classes in `PALETTE`'s colours. The mask has the model's input size
-(`size`); a larger tile is resized to it first.
+palette draws the classes in `PALETTE`'s colours. The model sees the tile resized to its
+input size; the mask comes back at the tile's own size (`size`, height and width), from the
+class probabilities resized bilinearly (up to `SMOOTH_PIXELS`) or the model's mask resized
+to the nearest pixel (larger tiles).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from modelcycle.tasks.image_serving import ImageServing, png_bytes
+from modelcycle.serving.adapter import Rows
+from modelcycle.tasks.image_serving import ImageServing, open_image, png_bytes
 
 #: Colours of the classes in masks drawn for people (the served mask, plots), in class order.
 PALETTE = (
@@ -30,6 +33,10 @@ PALETTE = (
 )
 #: Mask value of a pixel that belongs to no class (as `modelcycle.data.image_set.IGNORE`).
 IGNORE = 255
+#: Tiles of up to this many pixels get a mask resized from the class probabilities (smooth
+#: borders; 4 bytes per class and pixel); larger ones the model's mask resized to the nearest
+#: pixel (1 byte per pixel).
+SMOOTH_PIXELS = 1024 * 1024
 
 
 class SegmentationServing(ImageServing):
@@ -40,10 +47,29 @@ class SegmentationServing(ImageServing):
     """
 
     held_out_metric_name = "mean Dice"
+    encode_in_thread = True  # resizing probabilities and writing a PNG take milliseconds
 
-    def encode(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-        """The mask as a palette PNG, each class's share of the pixels, the mean confidence."""
-        mask = outputs["probabilities"][0].argmax(axis=0).astype(np.uint8)
+    def decode_bytes(self, data: bytes) -> list[np.ndarray]:
+        """The tile resized to the model's size, [(1, size, size, 3) uint8], and its own size."""
+        from modelcycle.data.image_set import resize_rgb
+
+        image = open_image(data)
+        pixels = resize_rgb(image, self.size)[None]
+        return Rows([pixels], {"height": image.height, "width": image.width})
+
+    def encode(
+        self, outputs: dict[str, np.ndarray], context: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The mask as a palette PNG, each class's share of its pixels, the mean confidence.
+
+        The mask has the tile's size when `context` gives it (`decode_bytes` does), else
+        the model's.
+        """
+        probabilities = outputs["probabilities"][0]
+        height, width = probabilities.shape[1:]
+        if context is not None:
+            height, width = int(context["height"]), int(context["width"])
+        mask = class_mask(probabilities, height, width)
         shares = np.bincount(mask.reshape(-1), minlength=len(self.classes)) / mask.size
         order = np.argsort(-shares, kind="stable")
         return {
@@ -83,6 +109,31 @@ class SegmentationServing(ImageServing):
                 }
             )
         return examples
+
+
+def class_mask(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(height, width) uint8 classes of (classes, h, w) probabilities resized to that size.
+
+    The probability maps are resized bilinearly, as the tile was on its way in, and then the
+    most probable class taken; above `SMOOTH_PIXELS`, the classes are resized instead (nearest
+    pixel), which keeps the memory at a byte per pixel.
+    """
+    from PIL import Image
+
+    if probabilities.shape[1:] == (height, width):
+        return probabilities.argmax(axis=0).astype(np.uint8)
+    if height * width > SMOOTH_PIXELS:
+        small = Image.fromarray(probabilities.argmax(axis=0).astype(np.uint8))
+        return np.asarray(small.resize((width, height), Image.Resampling.NEAREST))
+    maps = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(p, dtype=np.float32)).resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+        )
+        for p in probabilities
+    ]
+    return np.argmax(maps, axis=0).astype(np.uint8)
 
 
 def palette(n: int) -> list[tuple[int, int, int]]:

@@ -35,15 +35,15 @@ VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 def adapter_class(task: str) -> type[ServingAdapter]:
     """The serving adapter of the task named `task` (UnknownTaskError when there is none).
 
-    A built-in task's comes from `modelcycle.tasks.ADAPTERS`, without its training code.
+    A built-in task's comes from `modelcycle.tasks.BUILTIN`, without its training code.
     """
-    from modelcycle.tasks import ADAPTERS
+    from modelcycle.tasks import BUILTIN
 
-    if task not in ADAPTERS:
+    if task not in BUILTIN:
         from modelcycle.tasks import get_task
 
         return get_task(task).serving
-    module, _, name = ADAPTERS[task].partition(":")
+    module, _, name = BUILTIN[task].adapter.partition(":")
     adapter: type[ServingAdapter] = getattr(importlib.import_module(module), name)
     return adapter
 

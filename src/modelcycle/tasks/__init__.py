@@ -6,7 +6,7 @@ task's serving adapter lives in a module of this package, and a server imports i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from modelcycle.tasks.base import (
@@ -19,23 +19,32 @@ if TYPE_CHECKING:
         register_task,
     )
 
-#: The built-in tasks by name, and the module that registers each on import.
+
+class BuiltinTask(NamedTuple):
+    """Where a built-in task lives: the module that registers it on import, and its adapter.
+
+    The adapter ("module:Class", the class its `Task.serving` names) is in a module of its
+    own that imports neither torch nor Lightning: a server imports only that (seconds less to
+    start). Another task's adapter comes from its class, with its training code.
+    """
+
+    module: str
+    adapter: str
+
+
+#: The built-in tasks by name (tests check the table against the registry and the classes).
 BUILTIN = {
-    "twins": "modelcycle.tasks.twins",
-    "twins_functional": "modelcycle.tasks.twins_functional",
-    "image": "modelcycle.tasks.image",
-    "segmentation": "modelcycle.tasks.segmentation",
-    "node": "modelcycle.tasks.node",
-}
-#: The built-in tasks' serving adapters ("module:Class"), each in a module of its own that
-#: imports neither torch nor Lightning: a server imports only these (seconds less to start).
-#: Another task's adapter comes from its class (`Task.serving`), with its training code.
-ADAPTERS = {
-    "twins": "modelcycle.tasks.twins_serving:TwinsServing",
-    "twins_functional": "modelcycle.tasks.twins_functional_serving:FunctionalServing",
-    "image": "modelcycle.tasks.image_serving:ImageServing",
-    "segmentation": "modelcycle.tasks.segmentation_serving:SegmentationServing",
-    "node": "modelcycle.tasks.node_serving:NodeServing",
+    "twins": BuiltinTask("modelcycle.tasks.twins", "modelcycle.tasks.twins_serving:TwinsServing"),
+    "twins_functional": BuiltinTask(
+        "modelcycle.tasks.twins_functional",
+        "modelcycle.tasks.twins_functional_serving:FunctionalServing",
+    ),
+    "image": BuiltinTask("modelcycle.tasks.image", "modelcycle.tasks.image_serving:ImageServing"),
+    "segmentation": BuiltinTask(
+        "modelcycle.tasks.segmentation",
+        "modelcycle.tasks.segmentation_serving:SegmentationServing",
+    ),
+    "node": BuiltinTask("modelcycle.tasks.node", "modelcycle.tasks.node_serving:NodeServing"),
 }
 #: The entry-point group through which outside packages register tasks.
 ENTRY_POINT_GROUP = "modelcycle.tasks"

@@ -145,8 +145,8 @@ def register_task(name: str) -> Callable[[type[Task[Any]]], type[Task[Any]]]:
 
 def _load_builtin_and_plugins() -> None:
     # Built-in tasks register on import; outside packages through the entry-point group.
-    for module in BUILTIN.values():
-        importlib.import_module(module)
+    for builtin in BUILTIN.values():
+        importlib.import_module(builtin.module)
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _REGISTRY:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import TensorDataset
 
+from modelcycle.models.inference import evaluating
 from modelcycle.servable import ServableModel
 from modelcycle.serving.adapter import ServingAdapter
 from modelcycle.tasks import DataSummary, Evaluation, Fold, Task, register_task
@@ -110,7 +111,7 @@ class BlobsTask(Task[Blobs]):
         return Evaluation({"auc": float(roc_auc_score(data[1][fold.test], data[0][fold.test, 0]))})
 
     def evaluate(self, module: L.LightningModule, data: Blobs, fold: Fold) -> Evaluation:
-        with torch.no_grad():
+        with evaluating(module):  # eval mode, no gradients; training mode put back after
             scores = module(torch.tensor(data[0][fold.test])).numpy()
         return Evaluation({"auc": float(roc_auc_score(data[1][fold.test], scores))})
 

@@ -472,10 +472,12 @@ def robustness(
     window: Annotated[int, typer.Option(help="Requests per drift-test window", min=2)] = 50,
     windows: Annotated[int, typer.Option(help="Windows tested per shift size", min=1)] = 20,
 ) -> None:
-    """Inject the task's shifts (twins: site offset, noise, missing; images: darken, blur).
+    """Inject the task's shifts into its held-out rows and test whether drift checks see them.
 
-    Plots the model's metric on the shifted held-out rows and the drift test's detection rate
-    against shift size.
+    Shifts by task: twins, site or thickness offset, noise, missing measures; functional
+    twins, global offset, noise, parcel dropout; images and tiles, darkening and blur; nodes,
+    feature noise and dropped links. Plots the model's metric on the shifted held-out rows
+    and the drift test's detection rate against shift size.
 
     Writes robustness.json and robustness.png under <workspace>/reports/.
     """

@@ -38,9 +38,19 @@ def test_cli_reference_documents_every_command_and_option() -> None:
 @pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-        cwd=REPO,
+    config = ["-f", str(REPO / "mkdocs.yml")]
+    result = subprocess.run(  # from another folder: included files resolve from the config's
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            *config,
+            "-d",
+            str(tmp_path / "site"),
+        ],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,

@@ -106,7 +106,8 @@ def _provenance(name: str, record: Record, up: str) -> str:
     return (
         f"Drawn at build time from [`docs/{RESULTS}/{name}.json`]({up}/{name}.json), the "
         f"record of {command} (report `{record['report']}`, {folds} "
-        f"fold{'s' if folds > 1 else ''}, wall time {record['seconds']:.0f} s), "
+        f"fold{'s' if folds > 1 else ''}; {record['seconds']:.0f} s from reading the data to "
+        f"the final fit, without start-up, registration and export), "
         f"written by `modelcycle report docs-results`."
     )
 

@@ -770,7 +770,11 @@ def data_fetch(
     ],
     dest: Annotated[Path | None, typer.Option(help="Target folder")] = None,
     synthetic: Annotated[
-        bool, typer.Option(help="Write the offline stand-in (image datasets)")
+        bool,
+        typer.Option(
+            help="Write the offline stand-in (rice, flowers102, signmnist, bcss, wikics), drawn "
+            "as `pipeline ... data.synthetic=true` draws it"
+        ),
     ] = False,
     mirror: Annotated[
         str,
@@ -786,8 +790,8 @@ def data_fetch(
     ] = None,
 ) -> None:
     """Download a dataset (hashes recorded), or write its offline stand-in."""
-    from modelcycle.config import compose_config, workspace_of
-    from modelcycle.data.image_datasets import IMAGE_SOURCES, fetch_images
+    from modelcycle.config import compose_config
+    from modelcycle.data.image_datasets import IMAGE_SOURCES
     from modelcycle.data.qtim import fetch_structural
     from modelcycle.data.qtim_functional import fetch_functional
 
@@ -804,18 +808,15 @@ def data_fetch(
     if dataset == "qtim-synthetic":
         _fetch_synthetic(dest, families, volumes, mirror)
         return
-    if dataset == "wikics":
-        from modelcycle.data.wikics import WikiCSSource
+    if dataset == "wikics" or dataset in IMAGE_SOURCES:
+        from hydra.utils import instantiate
 
         with _clear_errors():
-            target = dest or workspace_of(compose_config([])) / "data" / dataset
-            root = WikiCSSource(download_dir=target, synthetic=synthetic).resolve_root()
-        console.print(f"{dataset} {'stand-in' if synthetic else 'data'} in {root}")
-        return
-    if dataset in IMAGE_SOURCES:
-        with _clear_errors():
-            target = dest or workspace_of(compose_config([])) / "data" / dataset
-            root = fetch_images(dataset, target, synthetic)
+            # the data group's settings, so the stand-in is the one `pipeline` draws
+            data = compose_config([f"data={dataset}"]).data
+            target = dest or Path(data.download_dir)
+            source = instantiate(data, root=None, download_dir=target, synthetic=synthetic)
+            root = source.resolve_root()
         console.print(f"{dataset} {'stand-in' if synthetic else 'data'} in {root}")
         return
     if dataset != "qtim" or modality not in downloads:

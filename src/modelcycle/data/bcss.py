@@ -25,7 +25,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -137,6 +137,14 @@ class BCSSSource(ImageSource):
     def synthesize(self, target: Path) -> Path:
         """Write the stand-in, both variants, in the real layout."""
         return write_bcss_standin(target, self.synthetic_slides, self.synthetic_tiles, self.seed)
+
+    def standin_spec(self) -> dict[str, Any]:
+        """Slides, tiles per slide and the seed."""
+        return {
+            "synthetic_slides": self.synthetic_slides,
+            "synthetic_tiles": self.synthetic_tiles,
+            "seed": self.seed,
+        }
 
     def read(self, root: Path) -> ImageSet:
         """Every tile that has a mask; masks mapped to class indices, resized (nearest)."""

@@ -92,6 +92,14 @@ class Flowers102Source(ImageSource):
             target, self.synthetic_classes, tuple(self.synthetic_per_split), self.seed
         )
 
+    def standin_spec(self) -> dict[str, Any]:
+        """Classes, images per class and split, and the seed."""
+        return {
+            "synthetic_classes": self.synthetic_classes,
+            "synthetic_per_split": list(self.synthetic_per_split),
+            "seed": self.seed,
+        }
+
     def read(self, root: Path) -> ImageSet:
         """The official train/val/test parts, each subsampled per class as configured."""
         paths: list[Path] = []

@@ -14,11 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from modelcycle.data.cache import array_key, cached_array
+from modelcycle.data.standin import standin_root
 from modelcycle.data.tables import DataError
 from modelcycle.kinds import Range
 
@@ -107,12 +108,18 @@ class ImageSource(ABC):
                 )
             return root
         target = Path(self.download_dir)
-        if self.synthetic:
-            if not self.present(target):
-                log.info("Writing the synthetic %s stand-in to %s", self.dataset, target)
-                self.synthesize(target)
-            return target
-        if self.present(target):
+
+        def write() -> Path:
+            log.info("Writing the synthetic %s stand-in to %s", self.dataset, target)
+            return self.synthesize(target)
+
+        present = self.present(target)
+        standin = standin_root(
+            target, self.dataset, self.standin_spec(), self.synthetic, present, write
+        )
+        if standin is not None:
+            return standin
+        if present:
             return target
         return self.fetch(target)
 
@@ -147,6 +154,10 @@ class ImageSource(ABC):
     @abstractmethod
     def synthesize(self, target: Path) -> Path:
         """Write the offline stand-in in the real layout into `target`; returns its root."""
+
+    @abstractmethod
+    def standin_spec(self) -> dict[str, Any]:
+        """The settings `synthesize` draws the stand-in with, by config key (seed, sizes)."""
 
     @abstractmethod
     def read(self, root: Path) -> ImageSet:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -64,6 +64,10 @@ class RiceSource(ImageSource):
     def synthesize(self, target: Path) -> Path:
         """Write `per_class_synthetic` grains per variety in the real layout."""
         return write_rice_standin(target, self.per_class_synthetic, self.seed)
+
+    def standin_spec(self) -> dict[str, Any]:
+        """Grains per variety and the seed."""
+        return {"per_class_synthetic": self.per_class_synthetic, "seed": self.seed}
 
     def read(self, root: Path) -> ImageSet:
         """Every `*.jpg` under each class folder; anything else beside them is skipped."""

@@ -14,7 +14,7 @@ import logging
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,10 @@ class SignMNISTSource(ImageSource):
     def synthesize(self, target: Path) -> Path:
         """Write both CSVs in the real format."""
         return write_signmnist_standin(target, tuple(self.synthetic_per_class), self.seed)
+
+    def standin_spec(self) -> dict[str, Any]:
+        """Images per letter and split, and the seed."""
+        return {"synthetic_per_class": list(self.synthetic_per_class), "seed": self.seed}
 
     def read(self, root: Path) -> ImageSet:
         """Both CSVs; the training CSV is `train`, the test CSV is the official `test`."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from modelcycle.data.image_set import hash_files
 from modelcycle.data.openneuro import FetchError, FetchRecord, hash_tree, write_manifest
+from modelcycle.data.standin import standin_root
 from modelcycle.data.tables import DataError
 from modelcycle.kinds import Range
 from modelcycle.messages import clause
@@ -113,11 +114,18 @@ class WikiCSSource:
                 )
             return root
         target = Path(self.download_dir)
-        if (target / RAW).is_file():
-            return target
-        if self.synthetic:
+
+        def write() -> Path:
             log.info("Writing the synthetic Wiki-CS stand-in to %s", target)
             return write_wikics_standin(target, self.synthetic_nodes, self.seed)
+
+        present = (target / RAW).is_file()
+        spec = {"synthetic_nodes": self.synthetic_nodes, "seed": self.seed}
+        standin = standin_root(target, "wikics", spec, self.synthetic, present, write)
+        if standin is not None:
+            return standin
+        if present:
+            return target
         return fetch_wikics(target).root
 
     def load(self) -> GraphSet:

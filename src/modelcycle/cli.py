@@ -975,6 +975,7 @@ def _run(cfg: DictConfig) -> PipelineResult:
 #: By module and name, so that a command imports only the subsystems it uses.
 REPORTED = (
     ("modelcycle.models.image_classifier", "BackboneError"),
+    ("modelcycle.models.segmenter", "SegmentationSizeError"),
     ("modelcycle.config", "ConfigError"),
     ("modelcycle.data.tables", "DataError"),
     ("modelcycle.evaluate", "EvaluationError"),

@@ -120,7 +120,11 @@ def test_a_side_the_unet_cannot_take_says_what_to_set(tiles: ImageSet) -> None:
         tiles.images[:, :30, :30], tiles.labels, tiles.classes, masks=tiles.masks, groups=None
     )
     fold = task.final_fold(odd, seed=0)
-    with pytest.raises(SegmentationSizeError, match=r"30×30.*data.image_size.*model.depth"):
+    with pytest.raises(
+        SegmentationSizeError,
+        match=r"30×30 .*; it takes multiples of 4 \(e.g. 28 or 32\)\. Set data.image_size .* "
+        r"lower model.depth",
+    ):
         task.model(odd, fold)
     model = small_task().model(tiles, fold)
     assert isinstance(model, Segmenter)
@@ -154,6 +158,19 @@ def test_the_adapter_answers_a_mask_whose_pixels_are_the_classes(tiles: ImageSet
         32,
         3,
     )
+
+
+def test_a_side_the_unet_cannot_take_ends_the_command_in_one_line(workspace: Path) -> None:
+    from typer.testing import CliRunner
+
+    from modelcycle.cli import app
+
+    args = ["experiment=segmentation_bcss", "data.synthetic=true", "data.synthetic_slides=3"]
+    args += ["data.synthetic_tiles=4", "data.image_size=60", "model.width=4"]
+    result = CliRunner().invoke(app, ["train", *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "60×60" in result.output and "multiples of 8 (e.g. 56 or 64)" in result.output
 
 
 def test_the_mask_comes_back_at_the_uploaded_tile_s_size(

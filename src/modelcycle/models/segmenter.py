@@ -73,19 +73,47 @@ def check_segmentation_size(network: nn.Module, size: int) -> None:
     """Run one blank image through `network`, so that a side it cannot take is named at once.
 
     Raises:
-        SegmentationSizeError: The side, and the two settings that fix it.
+        SegmentationSizeError: The side, the sides near it that the network takes (found by
+            trying them), and the two settings that fix it.
     """
+    problem = _size_problem(network, size)
+    if problem is None:
+        return
+    step = next(
+        (
+            s
+            for s in (2**k for k in range(1, 9))
+            if size >= s and all(_size_problem(network, n) is None for n in _near(size, s))
+        ),
+        None,
+    )
+    takes = (
+        f"it takes multiples of {step} (e.g. {' or '.join(map(str, _near(size, step)))})"
+        if step is not None
+        else "no side near it worked either"
+    )
+    raise SegmentationSizeError(
+        f"The U-Net cannot segment the data's {size}×{size} images ({problem}); {takes}. Set "
+        "data.image_size to such a side, or lower model.depth (each level halves the side)."
+    )
+
+
+def _near(size: int, step: int) -> tuple[int, int]:
+    """The multiples of `step` just below and above `size`."""
+    below = size - size % step
+    return below, below + step
+
+
+def _size_problem(network: nn.Module, size: int) -> str | None:
+    """What goes wrong when `network` segments a blank `size`-pixel square, or None."""
     try:
         with evaluating(network):
             out = network(torch.zeros(1, 3, size, size))
-        if tuple(out.shape[2:]) != (size, size):
-            raise RuntimeError(f"it returns {tuple(out.shape[2:])} masks")
     except Exception as err:  # a convolution or a skip connection of mismatched sizes
-        raise SegmentationSizeError(
-            f"The U-Net cannot segment the data's {size}×{size} images ({str(err).rstrip('.')}). "
-            "Set data.image_size to a multiple of 2 ** (model.depth - 1), e.g. 64 (of 32 for "
-            "flexible_unet), or lower model.depth."
-        ) from err
+        return str(err).rstrip(".").splitlines()[0] if str(err) else type(err).__name__
+    if tuple(out.shape[2:]) != (size, size):
+        return f"it returns {tuple(out.shape[2:])} masks"
+    return None
 
 
 class Segmenter(L.LightningModule):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ def test_evaluate_rescores_a_train_run_to_the_numbers_train_wrote(
     run_id = json.loads((report_dir / "summary.json").read_text())["run_id"]
     assert f"MLflow run {run_id}" in trained.stdout
     scores, means = fold_scores(report_dir), (report_dir / "metrics.json").read_text()
+    trained_seconds = json.loads((report_dir / "summary.json").read_text())["seconds"]
     # the tiny cohort saturates the metrics; the similarity scores behind them show the weights
     curves = json.loads((report_dir / "fold0_curves.json").read_text())
     assert len(scores) == 2 and curves["model"]["scores"] != curves["baseline"]["scores"]
@@ -40,6 +42,22 @@ def test_evaluate_rescores_a_train_run_to_the_numbers_train_wrote(
     assert "model vs baseline" in by_id.stdout and f"MLflow run {run_id}" in by_id.stdout
     assert fold_scores(report_dir) == scores
     assert (report_dir / "metrics.json").read_text() == means
+    # the run's report keeps the training's wall time, not the re-scoring's
+    assert json.loads((report_dir / "summary.json").read_text())["seconds"] == trained_seconds
+
+    # data that moved are found again; a training setting, which would change nothing, is refused
+    moved = tmp_path / "moved-qtim"
+    shutil.copytree(tiny_qtim, moved)
+    again = runner.invoke(
+        app, ["evaluate", run_id, f"data.root={moved}", "--out", str(moved / "r")]
+    )
+    assert again.exit_code == 0, again.stdout
+    assert fold_scores(moved / "r") == scores
+    ignored = runner.invoke(app, ["evaluate", run_id, "trainer.max_epochs=5"])
+    assert ignored.exit_code == 2
+    assert "trainer.max_epochs=5: evaluate re-scores the run with the config it was trained" in (
+        " ".join(ignored.stdout.split())
+    )
 
     out = tmp_path / "evaluated"
     by_folder = runner.invoke(app, ["evaluate", str(report_dir), "--out", str(out)])
@@ -57,10 +75,10 @@ def test_evaluate_rescores_a_train_run_to_the_numbers_train_wrote(
     runs = client.search_runs([client.get_run(run_id).info.experiment_id])
     assert len(runs) == 4  # parent, two folds, final fit
     history = client.get_metric_history(run_id, PRIMARY_MEAN)
-    assert len(history) == 3 and len({m.value for m in history}) == 1
+    assert len(history) == 4 and len({m.value for m in history}) == 1  # train, 3 evaluations
     fold0 = next(r for r in runs if r.info.run_name == "twins-fold0").info.run_id
     tested = client.get_metric_history(fold0, "test_auc_twin_vs_unrelated")
-    assert [m.value for m in tested] == [scores[0]["model"]["auc_twin_vs_unrelated"]] * 3
+    assert [m.value for m in tested] == [scores[0]["model"]["auc_twin_vs_unrelated"]] * 4
     assert "plots" in {a.path for a in client.list_artifacts(run_id)}
 
     # what cannot be re-scored says why, and exits 2

@@ -86,6 +86,25 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Hydra overrides, e.g. trainer.max_epochs=5")
 ]
+#: Overrides of commands that read the tracked runs and the registry, not a training config.
+StoreOverrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Where the runs and registry are: workspace=DIR or logger.uri=URL"),
+]
+RegistryOverrides = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Config overrides: workspace=DIR, logger.uri=URL, registry.hooks=[...] (see docs)"
+    ),
+]
+MonitorOverrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Config overrides, e.g. monitor.alpha=0.01 monitor.min_captures=50"),
+]
+LoadtestOverrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Config overrides, e.g. loadtest.users=20 loadtest.duration_s=60"),
+]
 
 
 @app.callback()
@@ -151,7 +170,7 @@ def evaluate(
     run: Annotated[
         str, typer.Argument(help="A train run: its MLflow run id, its report folder, or latest")
     ],
-    overrides: Overrides = None,
+    overrides: StoreOverrides = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder for the report (default: the run's report folder)")
     ] = None,
@@ -163,12 +182,51 @@ def evaluate(
     from modelcycle.config import compose_config
 
     with _clear_errors():
-        result = _evaluate(compose_config(overrides or []), run, out)
+        store, moved = _evaluate_overrides(overrides or [])
+        result = _evaluate(compose_config(store), run, out, moved)
     _print_result(result)
 
 
-def _evaluate(cfg: DictConfig, run: str, out: Path | None) -> PipelineResult:
-    """Find the run in the configured store, rebuild its task from its own config, re-score."""
+#: What `evaluate` takes on its command line besides the store (workspace, logger.*): where
+#: the run's data are now.
+DATA_KEYS = ("data.root", "data.download_dir", "data.cache_dir")
+
+
+def _evaluate_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """`evaluate`'s overrides as (where the store is, where the run's data moved to).
+
+    Raises:
+        ConfigError: Any other override: the run is re-scored with its own recorded config,
+            which a training setting on this command line would not change.
+    """
+    from modelcycle.config import ConfigError
+
+    store, moved = [], []
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        if "=" not in override or key == "workspace" or key.startswith("logger."):
+            store.append(override)
+        elif key in DATA_KEYS:
+            moved.append(override)
+        else:
+            raise ConfigError(
+                f"{override}: evaluate re-scores the run with the config it was trained with, "
+                "which this would not change. Give where the run is (workspace=DIR, "
+                "logger.uri=URL) or where its data are now (data.root=DIR); to change "
+                "training settings, train again."
+            )
+    return store, moved
+
+
+def _evaluate(
+    cfg: DictConfig, run: str, out: Path | None, moved: list[str] | None = None
+) -> PipelineResult:
+    """Find the run in the configured store, rebuild its task from its own config, re-score.
+
+    `moved` (`data.root=DIR`, ...) says where the run's data are now; the data's content hash
+    must still be the run's.
+    """
+    import yaml
     from omegaconf import OmegaConf
 
     from modelcycle.config import assemble, tracking_settings, trained_store, workspace_of
@@ -178,7 +236,11 @@ def _evaluate(cfg: DictConfig, run: str, out: Path | None) -> PipelineResult:
 
     tracking, workspace, uri = tracking_settings(cfg), workspace_of(cfg), trained_store(cfg)
     found = locate_run(run, uri, tracking.experiment)
-    recorded = assemble(OmegaConf.create(found.config))
+    config = OmegaConf.create(found.config)
+    for override in moved or []:
+        key, _, value = override.partition("=")
+        OmegaConf.update(config, key, yaml.safe_load(value) if value else None, merge=False)
+    recorded = assemble(config)
     settings = recorded.pipeline
     tracker = Tracker(tracking, workspace)
     report = evaluate_run(
@@ -211,7 +273,7 @@ def pipeline(
 
 @app.command("release")
 def release_command(
-    overrides: Overrides = None,
+    overrides: RegistryOverrides = None,
     run: Annotated[
         str,
         typer.Option(help="A train run: MLflow run id, its (or its evaluation's) report folder"),
@@ -272,7 +334,7 @@ def _release(cfg: DictConfig, run_id: str, exports: Path) -> int:
 
 @app.command()
 def register(
-    overrides: Overrides = None,
+    overrides: RegistryOverrides = None,
     run: Annotated[str, typer.Option(help="MLflow run id of a pipeline run")] = "latest",
     name: Annotated[str | None, typer.Option(help="Model name (default: the task)")] = None,
     alias: Annotated[str, typer.Option(help="Alias to give the new version")] = "challenger",
@@ -304,7 +366,7 @@ def promote(
     alias: Annotated[str, typer.Option(help="Alias to move")] = "champion",
     version: Annotated[str | None, typer.Option(help="Version (default: the challenger)")] = None,
     reason: Annotated[str, typer.Option(help="Why, for the audit trail")] = "",
-    overrides: Overrides = None,
+    overrides: RegistryOverrides = None,
 ) -> None:
     """Move an alias (default: champion) to a version; audited, hooks run."""
     from modelcycle.config import ConfigError, build_registry, compose_config
@@ -331,7 +393,7 @@ def promote(
 @app.command()
 def history(
     name: Annotated[str, typer.Argument(help="Registered model name")],
-    overrides: Overrides = None,
+    overrides: RegistryOverrides = None,
 ) -> None:
     """Show every alias move of a registered model: when, from, to, why, who."""
     from modelcycle.config import build_registry, compose_config
@@ -349,7 +411,7 @@ def history(
 @app.command("export")
 def export_command(
     reference: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/VERSION")],
-    overrides: Overrides = None,
+    overrides: RegistryOverrides = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder for the files (default: <workspace>/exports)")
     ] = None,
@@ -387,7 +449,10 @@ def export_command(
 def serve(
     models_and_overrides: Annotated[
         list[str],
-        typer.Argument(help="NAME@ALIAS to serve (one or more), then optional key=value overrides"),
+        typer.Argument(
+            help="NAME@ALIAS to serve (one or more), then overrides such as serve.port=8080 "
+            "serve.host=0.0.0.0 serve.variant=int8"
+        ),
     ],
 ) -> None:
     """Serve registered models over HTTP (FastAPI + ONNX Runtime) with a web page at /."""
@@ -426,7 +491,7 @@ def serve(
 @app.command()
 def monitor(
     reference: Annotated[str, typer.Argument(help="NAME@ALIAS of a served model")],
-    overrides: Overrides = None,
+    overrides: MonitorOverrides = None,
     since: Annotated[
         str | None, typer.Option(help="Only captures this recent: 45s, 30m, 2h, 1d")
     ] = None,
@@ -468,7 +533,7 @@ def monitor(
 @app.command()
 def robustness(
     reference: Annotated[str, typer.Argument(help="NAME@ALIAS of an exported model")],
-    overrides: Overrides = None,
+    overrides: MonitorOverrides = None,
     window: Annotated[int, typer.Option(help="Requests per drift-test window", min=2)] = 50,
     windows: Annotated[int, typer.Option(help="Windows tested per shift size", min=1)] = 20,
 ) -> None:
@@ -523,7 +588,7 @@ def robustness(
 @app.command()
 def loadtest(
     url: Annotated[str, typer.Argument(help="The server, e.g. http://127.0.0.1:8000")],
-    overrides: Overrides = None,
+    overrides: LoadtestOverrides = None,
     users: Annotated[int | None, typer.Option(help="Concurrent users", min=1)] = None,
     spawn_rate: Annotated[float | None, typer.Option(help="Users started per second")] = None,
     duration: Annotated[str | None, typer.Option(help="How long: 30s, 2m")] = None,

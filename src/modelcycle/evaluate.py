@@ -207,7 +207,9 @@ def evaluate_run(
                     score_fold(task, module, data, fold, checkpoint, out_dir, tracker)
                 )
         report.reference = task.reference(data)
-        report.seconds = time.monotonic() - started
+        # the report is the run's: its wall time stays the training's, not this re-scoring's
+        report.seconds = float(recorded.get("seconds", time.monotonic() - started))
+        log.info("Re-scored %d folds in %.0f s", len(report.folds), time.monotonic() - started)
         extra = []
         if out_dir.resolve() != run.report_dir.resolve():  # a self-contained report
             extra.append(Path(shutil.copy2(run.report_dir / "config.yaml", out_dir)))

@@ -440,7 +440,9 @@ def export_command(
         m = report.metric
         console.print(
             f"held-out {report.metric_name} fp32 {m['fp32']:.4f}, int8 {m['int8']:.4f} "
-            f"(delta {m['delta']:+.4f})"
+            f"(delta {m['delta']:+.4f}; on the final fit's validation rows, which chose its "
+            "checkpoint: read the delta, and the cross-validated folds for the level)",
+            soft_wrap=True,
         )
     console.print(report.table(), soft_wrap=True)
 

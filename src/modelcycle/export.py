@@ -617,7 +617,11 @@ def _write_report(report: ExportReport, out_dir: Path) -> None:
     ]
     if report.metric:
         values = ", ".join(f"{k} {v:.4g}" for k, v in report.metric.items())
-        summary.append(f"held-out {report.metric_name or 'metric'}: {values}")
+        summary.append(
+            f"held-out {report.metric_name or 'metric'}: {values} (the final fit's validation "
+            "rows, which chose its checkpoint: read the difference; the cross-validated folds "
+            "give the level)"
+        )
     text = report.table() + "\n" + "\n".join(f"- {line}" for line in summary) + "\n"
     (out_dir / "export.md").write_text(text)
     logger.info("Wrote %s and %s", out_dir / "export.json", out_dir / "export.md")

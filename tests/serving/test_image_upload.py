@@ -25,6 +25,7 @@ from modelcycle.tasks.image_serving import ImageServing
 from modelcycle.tracking import Tracker, TrackingSettings
 
 PREDICT = "/v1/models/image/predict"
+IMAGE_PNG = {"content-type": "image/png"}
 
 
 @pytest.fixture(scope="module")
@@ -140,15 +141,19 @@ def test_corrupt_and_truncated_images_are_422(client: TestClient) -> None:
         assert "corrupt or truncated" in response.json()["detail"]
 
 
-def _bomb_png(side: int) -> bytes:
-    """A valid grayscale PNG of side × side zeros: tiny on the wire, huge decoded."""
+def _bomb_png(side: int, draw: bool = True) -> bytes:
+    """A valid grayscale PNG of side × side zeros: tiny on the wire, huge decoded.
+
+    Without `draw`, the pixel data are left out (a reader that stops at the header cannot
+    tell).
+    """
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
 
     header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    pixels = zlib.compress(bytes(side + 1) * side, 9)
+    pixels = zlib.compress(bytes(side + 1) * side if draw else b"", 9)
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     )
@@ -160,6 +165,22 @@ def test_decompression_bomb_is_422_without_decoding(client: TestClient) -> None:
     response = client.post(PREDICT, content=bomb, headers={"content-type": "image/png"})
     assert response.status_code == 422
     assert "36,000,000 pixels is over the 25,000,000-pixel limit" in response.json()["detail"]
+    # past Pillow's own limit (89 Mpx) Pillow refuses at opening: the same answer, not "corrupt"
+    for side in (12_000, 14_000):  # Pillow warns past 89 Mpx and refuses past 179 Mpx
+        huge = client.post(PREDICT, content=_bomb_png(side, draw=False), headers=IMAGE_PNG)
+        assert huge.status_code == 422, huge.text
+        assert "over the 25,000,000-pixel limit" in huge.json()["detail"]
+        assert "corrupt" not in huge.json()["detail"]
+
+
+def test_an_empty_image_is_named_empty(client: TestClient) -> None:
+    for body in (b"", base64.b64encode(b"").decode()):
+        if isinstance(body, bytes):
+            response = client.post(PREDICT, content=body, headers=IMAGE_PNG)
+        else:
+            response = client.post(PREDICT, json={"image": body})
+        assert response.status_code == 422, response.text
+        assert "The image is empty (0 bytes)" in response.json()["detail"]
 
 
 def test_oversized_upload_is_413(served_image: ServedModel) -> None:

@@ -108,12 +108,21 @@ def test_a_request_decodes_to_the_arrays_the_model_was_trained_on(graph: GraphSe
             r"links: \[0, 2\] names a vector that does not exist; indices go from 0 to 1",
         ),
         ({"features": [[float("nan")] * 300]}, r"NaN or infinite values"),
+        # finite in JSON, too large for the model's float32: not called NaN or infinite
+        ({"features": [[1e300] + [0.0] * 299]}, r"values beyond ±3.4e\+38, the largest"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(request_body: dict[str, object], message: str) -> None:
     adapter = NodeServing({"classes": ["a", "b"], "feature_dim": 300, "max_links": 8})
     with pytest.raises(RequestError, match=message):
         adapter.decode(NodeRequest.model_validate(request_body))
+
+
+def test_the_request_schema_states_this_model_s_limit() -> None:
+    adapter = NodeServing({"classes": ["a", "b"], "feature_dim": 300, "max_links": 8})
+    assert adapter.request_schema()["properties"]["features"]["maxItems"] == 9
+    generic = NodeRequest.model_json_schema()["properties"]["features"]["maxItems"]
+    assert generic > 9  # the type's own bound is only the parser's
 
 
 def test_the_experiment_composes_and_refuses_what_it_cannot_build(workspace: Path) -> None:

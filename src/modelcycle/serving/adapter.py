@@ -70,6 +70,13 @@ class ServingAdapter(ABC):
             RequestError: Values the model cannot take, with what was wrong and how to fix it.
         """
 
+    def request_schema(self, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+        """The JSON schema of a request to this model (GET /v1/models, the OpenAPI document).
+
+        `request_type`'s, unless the model's own limits are narrower than the type's.
+        """
+        return self.request_type.model_json_schema(ref_template=ref_template)
+
     def decode_bytes(self, data: bytes) -> list[np.ndarray]:
         """Like `decode`, for a body of one of `byte_types`.
 

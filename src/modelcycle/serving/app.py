@@ -692,7 +692,7 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
 
 
 def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows; send finite numbers (or null)")
+    raise ValueError(f"{name} is not a number JSON allows; send finite numbers")
 
 
 def _validation_details(err: ValidationError) -> list[dict[str, Any]]:
@@ -783,7 +783,7 @@ def _document_requests(app: FastAPI, state: _State) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         bodies = []
         for m in state.models.values():
-            body = m.adapter.request_type.model_json_schema(ref_template=REF_TEMPLATE)
+            body = m.adapter.request_schema(ref_template=REF_TEMPLATE)
             components.update(body.pop("$defs", {}))
             bodies.append(body)
         operation = schema["paths"][PREDICT]["post"]

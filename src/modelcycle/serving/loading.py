@@ -113,7 +113,7 @@ class ServedModel:
             "outputs": self.answer_outputs,
             "monitor_outputs": self.monitor_outputs,
             "lineage": self.lineage,
-            "schema": self.adapter.request_type.model_json_schema(),
+            "schema": self.adapter.request_schema(),
             "media_types": ["application/json", *self.adapter.byte_types],
             "request_parts": list(self.adapter.request_parts),
         }

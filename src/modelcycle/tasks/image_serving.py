@@ -116,6 +116,8 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
 
     from PIL import Image
 
+    if not data:
+        raise RequestError("The image is empty (0 bytes); send a JPEG or PNG file.")
     kind = next((name for sig, name in SIGNATURES.items() if data.startswith(sig)), None)
     if kind is None:
         raise UnsupportedMediaError(
@@ -142,6 +144,11 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
     ) as err:
         if isinstance(err, RequestError):
             raise
+        if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
+            # Pillow's own limit (89 Mpx), met at opening, before the header is ours to read
+            raise RequestError(
+                f"{kind} over the {max_pixels:,}-pixel limit ({err}); send a smaller image."
+            ) from err
         raise RequestError(f"The {kind} file is corrupt or truncated ({err}).") from err
 
 

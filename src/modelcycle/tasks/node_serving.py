@@ -21,6 +21,9 @@ from modelcycle.serving.adapter import ClassifierAdapter, RequestError
 EXAMPLE_DECIMALS = 4
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class NodeRequest(BaseModel):
     """One node as its ego graph: feature vectors (the node's first) and the links among them."""
 
@@ -29,7 +32,7 @@ class NodeRequest(BaseModel):
     features: list[list[float]] = Field(
         min_length=1,
         max_length=4097,  # a bound for the parser; the model's own (task.max_links + 1) is
-        # checked in `decode`, with a message that says it
+        # checked in `decode`, with a message that says it, and is the schema's maxItems
         description="The node's feature vector, then one per linked node",
     )
     links: list[tuple[int, int]] = Field(
@@ -58,6 +61,12 @@ class NodeServing(ClassifierAdapter):
         self.dim = int(info["feature_dim"])
         self.max_links = int(info["max_links"])
 
+    def request_schema(self, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+        """`NodeRequest`'s schema, at most `max_links` + 1 vectors: this model's limit."""
+        schema = super().request_schema(ref_template)
+        schema["properties"]["features"]["maxItems"] = self.max_links + 1
+        return schema
+
     def decode(self, request: BaseModel) -> list[np.ndarray]:
         """The ego graph as padded arrays: [(1, K+1, d) features, (1, K+1, K+1) links, mask]."""
         assert isinstance(request, NodeRequest)
@@ -72,9 +81,15 @@ class NodeServing(ClassifierAdapter):
             raise RequestError(
                 f"features[{wrong[0]}]: {len(rows[wrong[0]])} numbers; every vector has {self.dim}."
             )
-        features = np.asarray(rows, dtype=np.float32)
-        if not np.isfinite(features).all():
+        wide = np.asarray(rows, dtype=np.float64)
+        if not np.isfinite(wide).all():
             raise RequestError("features: NaN or infinite values; send finite numbers.")
+        if (np.abs(wide) > FLOAT32_MAX).any():
+            raise RequestError(
+                f"features: values beyond ±{FLOAT32_MAX:.3g}, the largest the model's 32-bit "
+                "numbers hold; send smaller numbers."
+            )
+        features = wide.astype(np.float32)
         for pair in request.links:
             if not all(0 <= k < len(rows) for k in pair):
                 raise RequestError(

@@ -77,6 +77,7 @@ def test_a_short_run_meets_loose_budgets_and_misses_an_impossible_one(
         code, output = _loadtest(url, tmp_path / "ws", *args, *loose)
         assert code == 0, f"{output}\n{server.output(10)}"
         assert f"Locust: 2 users for 4 s against {url} (twins) ..." in output
+        assert "every budget met" in output
         (report,) = (tmp_path / "ws" / "reports").glob("loadtest-*")
         summary = json.loads((report / "summary.json").read_text())
         assert summary["passed"] and summary["model"] == "twins"
@@ -94,4 +95,5 @@ def test_a_short_run_meets_loose_budgets_and_misses_an_impossible_one(
         code, output = _loadtest(url, tmp_path / "ws2", *impossible, *out)
         assert code == 1, output
         assert not json.loads((tmp_path / "chosen" / "summary.json").read_text())["passed"]
-        assert "budget missed" in output and "requests/s < budget 1000000.0" in output
+        assert "budget missed" in output and "requests/s < budget 1,000,000" in output
+        assert "Locust: 1 user for 2 s" in output and "every budget met" not in output

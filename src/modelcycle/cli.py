@@ -622,7 +622,8 @@ def loadtest(
 
     def starting(name: str) -> None:
         console.print(
-            f"Locust: {plan.users} users for {plan.duration_s:g} s against {url} ({name}) ..."
+            f"Locust: {plan.users} user{'s' if plan.users != 1 else ''} for "
+            f"{plan.duration_s:g} s against {url} ({name}) ..."
         )
 
     try:
@@ -636,6 +637,8 @@ def loadtest(
     )
     for miss in result.misses:
         console.print(f"[red]budget missed:[/red] {miss}")
+    if result.passed:
+        console.print("[green]every budget met[/green]")
     console.print(f"Report (CSV, HTML, summary.json): {out}", soft_wrap=True)
     raise typer.Exit(code=0 if result.passed else 1)
 

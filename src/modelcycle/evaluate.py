@@ -193,6 +193,7 @@ def evaluate_run(
         primary_metric=task.primary_metric,
         data={"hash": summary.data_hash, **summary.counts, "notes": summary.notes},
         run_id=run.run_id,
+        unit=task.unit,
     )
     with tracker.resume(run.run_id):
         nested = tracker.children(run.run_id)

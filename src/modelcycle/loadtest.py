@@ -264,9 +264,9 @@ def _misses(result: LoadResult, budgets: Budgets) -> list[str]:
     if result.requests == 0:
         misses.append("no request completed")
     if not result.p99_ms <= budgets.p99_ms:  # NaN (no requests) misses too
-        misses.append(f"p99 {result.p99_ms:.0f} ms > budget {budgets.p99_ms:.0f} ms")
+        misses.append(f"p99 {result.p99_ms:.3g} ms > budget {budgets.p99_ms:,.10g} ms")
     if result.error_rate > budgets.max_error_rate:
         misses.append(f"error rate {result.error_rate:.2%} > budget {budgets.max_error_rate:.2%}")
     if result.rps < budgets.min_rps:
-        misses.append(f"{result.rps:.1f} requests/s < budget {budgets.min_rps:.1f}")
+        misses.append(f"{result.rps:.1f} requests/s < budget {budgets.min_rps:,.10g}")
     return misses

@@ -73,6 +73,7 @@ def run_pipeline(
         metrics=task.summary_metrics,
         primary_metric=task.primary_metric,
         data={"hash": summary.data_hash, **summary.counts, "notes": summary.notes},
+        unit=task.unit,
     )
     with tracker.run(settings.run_name) as run_id:
         report.run_id = run_id
@@ -199,7 +200,8 @@ def _run_fold(ctx: TrainingContext, fold: Fold) -> FoldResult | None:
 def _fit_final(ctx: TrainingContext) -> Path:
     """Train the deployable model on every family but validation; save it for the registry."""
     fold = ctx.task.final_fold(ctx.data, ctx.settings.seed)
-    log.info("Final model: %d training rows, %d validation rows", len(fold.train), len(fold.val))
+    unit = ctx.task.unit
+    log.info("Final model: %d training %s, %d validation", len(fold.train), unit, len(fold.val))
     with ctx.tracker.run(f"{ctx.settings.run_name}-final", nested=True) as run_id:
         module, _ = ctx.train(fold, run_id, "final")
     directory = ctx.report_dir / "model"

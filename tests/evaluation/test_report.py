@@ -26,6 +26,7 @@ def _report() -> CVReport:
         reference={"auc": 0.612},
         data={"subjects": 33},
         seconds=42.4,
+        unit="subjects",
     )
 
 
@@ -69,6 +70,8 @@ def test_markdown_has_a_row_per_metric_and_scorer_with_fold_columns_and_mean() -
     assert "Baseline over the whole dataset (no folds): auc 0.612." in lines
     assert "Wall time: 42 s." in lines
     assert md.endswith("\n")
+    tiles = CVReport("segmentation", "r", ("auc",), "auc", _report().folds[:1], unit="tiles")
+    assert "Test tiles per fold: 10." in tiles.to_markdown().splitlines()
 
 
 def test_markdown_shows_nan_folds_and_the_mean_of_the_rest() -> None:

@@ -62,7 +62,7 @@ def test_folds_keep_every_slide_in_one_part(tiles: ImageSet, n_folds: int) -> No
 def test_more_folds_than_slides_names_slides(tiles: ImageSet) -> None:
     from modelcycle.data.tables import DataError
 
-    with pytest.raises(DataError, match=r"number of slides \(6\)"):
+    with pytest.raises(DataError, match=r"number of slides \(6\), or 1 for one grouped holdout"):
         small_task().folds(tiles, 7, seed=0)
 
 

@@ -8,13 +8,14 @@ from modelcycle.data.tables import DataError
 
 
 def group_kfold(
-    groups: np.ndarray, n_folds: int, seed: int, what: str = "families"
+    groups: np.ndarray, n_folds: int, seed: int, what: str = "families", holdout: bool = False
 ) -> list[np.ndarray]:
     """Assign whole groups to `n_folds` folds of near-equal size, seeded.
 
     Groups are shuffled, then placed largest first into the currently smallest fold, so
     fold sizes differ by at most the size of the largest group. `what` names the groups in
-    the error message (families, slides).
+    the error message (families, slides); `holdout` says there that the caller also takes
+    cv.n_folds=1 (one grouped holdout).
 
     Returns:
         For each fold, the sorted row indices of its members.
@@ -22,8 +23,9 @@ def group_kfold(
     names, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     if n_folds < 2 or n_folds > len(names):
         raise DataError(
-            f"cv.n_folds={n_folds}: give between 2 and the number of {what} ({len(names)}); "
-            f"every fold holds out whole {what}."
+            f"cv.n_folds={n_folds}: give between 2 and the number of {what} ({len(names)})"
+            + (", or 1 for one grouped holdout" if holdout else "")
+            + f"; every fold holds out whole {what}."
         )
     order = np.random.default_rng(seed).permutation(len(names))
     order = order[np.argsort(-sizes[order], kind="stable")]

@@ -40,6 +40,8 @@ class CVReport:
     reference: dict[str, float] = field(default_factory=dict)
     data: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
+    #: What one row is (`Task.unit`): "Test tiles per fold".
+    unit: str = "rows"
     #: The MLflow run that holds it: `modelcycle evaluate` and `release` accept its folder.
     run_id: str = ""
 
@@ -73,7 +75,7 @@ class CVReport:
                     f"| {metric} | {scorer} | {cells} | {mean_std(*agg[scorer][metric])} |"
                 )
         tested = ", ".join(str(f.n_test) for f in self.folds)
-        lines += ["", f"Test subjects per fold: {tested}."]
+        lines += ["", f"Test {self.unit} per fold: {tested}."]
         if len(self.folds) == 1:
             lines += ["", "One fold (a single test split): no spread over folds to report."]
         if self.reference:
@@ -106,7 +108,8 @@ class CVReport:
             stds = [agg[scorer][m][1] for m in self.metrics]
             ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=scorer)
         ax.set_xticks(x, self.metrics, rotation=15)
-        ax.set(ylim=(0, 1.05), title=f"{self.task}: mean ± std over {len(self.folds)} folds")
+        over = f"mean ± std over {len(self.folds)} folds" if len(self.folds) > 1 else "one fold"
+        ax.set(ylim=(0, 1.05), title=f"{self.task}: {over}")
         ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=110)

@@ -77,6 +77,8 @@ class Task(ABC, Generic[D]):
     min_folds: ClassVar[int] = 1
     #: Data source classes the task reads (empty: any), checked before anything is built.
     data_sources: ClassVar[tuple[type, ...]] = ()
+    #: What one row of its data is, in reports and logs ("subjects", "tiles").
+    unit: ClassVar[str] = "rows"
 
     @abstractmethod
     def load(self) -> tuple[D, DataSummary]:

@@ -82,6 +82,7 @@ class ImageTask(Task[ImageSet]):
     serving = ImageServing
     data_sources = (ImageSource,)
     primary_metric = "macro_f1"
+    unit = "images"
     monitor = "val_accuracy"
     summary_metrics = ("accuracy", "macro_f1", "min_class_recall", "ece")
 

@@ -71,6 +71,7 @@ class NodeTask(Task[GraphSet]):
     serving = NodeServing
     data_sources = (WikiCSSource,)
     primary_metric = "macro_f1"
+    unit = "nodes"
     monitor = "val_accuracy"
     summary_metrics = ("accuracy", "macro_f1", "min_class_recall", "ece")
 
@@ -121,11 +122,12 @@ class NodeTask(Task[GraphSet]):
             "test_nodes": int(data.test_mask.sum()),
         }
         capped = int((degrees > self.max_links).sum())
-        notes = [
-            *data.notes,
-            f"{capped} nodes have more than task.max_links={self.max_links} links: their ego "
-            "graphs hold a seeded draw of them",
-        ]
+        notes = list(data.notes)
+        if capped:
+            notes.append(
+                f"{capped} nodes have more than task.max_links={self.max_links} links: their "
+                "ego graphs hold a seeded draw of them"
+            )
         return data, DataSummary(data.data_hash, counts, notes)
 
     def folds(self, data: GraphSet, n_folds: int, seed: int) -> list[Fold]:

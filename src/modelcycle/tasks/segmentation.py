@@ -71,6 +71,7 @@ class SegmentationTask(Task[ImageSet]):
     serving = SegmentationServing
     data_sources = (BCSSSource,)
     primary_metric = "mean_dice"
+    unit = "tiles"
     monitor = "val_mean_dice"
     summary_metrics = ("mean_dice", "mean_iou", "pixel_accuracy")
 
@@ -137,7 +138,7 @@ class SegmentationTask(Task[ImageSet]):
             train, val = group_holdout(groups, rest, self.val_fraction, seed + 1)
             return [Fold(0, train, val, test)]
         folds = []
-        for k, test in enumerate(group_kfold(groups, n_folds, seed, what="slides")):
+        for k, test in enumerate(group_kfold(groups, n_folds, seed, "slides", holdout=True)):
             rest = np.setdiff1d(everyone, test)
             train, val = group_holdout(groups, rest, self.val_fraction, seed + k)
             folds.append(Fold(k, train, val, test))

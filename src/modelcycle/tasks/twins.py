@@ -95,6 +95,7 @@ class TwinsTask(Task[TwinsData]):
 
     serving: ClassVar[type[ServingAdapter]] = TwinsServing
     primary_metric = "auc_twin_vs_unrelated"
+    unit = "subjects"
     summary_metrics: ClassVar[tuple[str, ...]] = (
         "auc_twin_vs_unrelated",
         "auc_twin_vs_matched",

@@ -13,6 +13,7 @@ import numpy as np
 from modelcycle.tasks.base import Evaluation
 
 MAX_TICK_LABELS = 30  # beyond this many classes, names would overprint each other
+MAX_CELL_COUNTS = 12  # up to this many classes, each confusion cell shows its count
 
 
 def plot_classification(scorers: dict[str, Evaluation], out_dir: Path, tag: str) -> list[Path]:
@@ -26,13 +27,22 @@ def plot_classification(scorers: dict[str, Evaluation], out_dir: Path, tag: str)
 
 
 def plot_confusion(scorers: dict[str, Evaluation], path: Path, metric: str = "accuracy") -> Path:
-    """Each scorer's confusion matrix (`details["confusion"]`), rows scaled to recall."""
-    fig, axes = plt.subplots(1, len(scorers), figsize=(5.5 * len(scorers), 5), squeeze=False)
+    """Each scorer's confusion matrix (`details["confusion"]`), rows scaled to recall.
+
+    The colour is the share of the true class's rows (its colour bar says so); with few
+    classes each cell also shows its count.
+    """
+    fig, axes = plt.subplots(1, len(scorers), figsize=(6 * len(scorers), 5), squeeze=False)
     for ax, (name, ev) in zip(axes[0], scorers.items(), strict=True):
         matrix = np.array(ev.details["confusion"], float)
         rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)  # recall per row
-        ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+        shown = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
         classes = ev.details["classes"]
+        if len(classes) <= MAX_CELL_COUNTS:
+            for (i, j), count in np.ndenumerate(matrix):
+                colour = "white" if rows[i, j] > 0.6 else "black"
+                ax.text(j, i, f"{count:,.0f}", ha="center", va="center", fontsize=7, c=colour)
         if len(classes) <= MAX_TICK_LABELS:
             ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
             ax.set_yticks(range(len(classes)), classes, fontsize=7)
@@ -71,8 +81,9 @@ def plot_per_class(
         ax.set_xticks(x, classes)
     elif len(classes) <= MAX_TICK_LABELS:
         ax.set_xticks(x, classes, rotation=90, fontsize=7)
-    ax.set(ylim=(0, 1.05), ylabel=key, title=title)
-    ax.legend()
+    # the legend sits above the bars (which stop at 1), never on them
+    ax.set(ylim=(0, 1.3), yticks=np.linspace(0, 1, 6), ylabel=key, title=title)
+    ax.legend(loc="upper center", ncol=len(scorers), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

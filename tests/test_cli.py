@@ -710,6 +710,7 @@ def test_drift_and_history_tables_keep_names_whole_at_80_columns(
     out.print(cli.drift_table(summary))
     text = out.export_text()
     assert "…" not in text and "embedding_distance" in text and "embedding " in text
+    assert "drift?" in text and text.count(" yes ") == 2  # the column says what it is
     moves = [
         AliasMoved(
             model="twins",

@@ -573,10 +573,16 @@ def robustness(
         except ValueError as err:
             console.print(f"[red]error:[/red] {err}", soft_wrap=True)
             raise typer.Exit(code=2) from err
-    table = Table("shift", "size", run.metric, "windows flagged", "pool")
+    table = Table("shift", "size", run.metric, "flagged", "rows")
     for p in run.points:
         table.add_row(p.shift, f"{p.size:g}", f"{p.metric:.3f}", f"{p.flagged:.0%}", str(p.pool))
     console.print(table)
+    console.print(
+        f"{run.metric}: on the version's held-out rows, shifted; flagged: the share of "
+        f"{windows} windows of {run.window} rows the drift test flags; rows: the shifted rows "
+        "the windows are drawn from.",
+        soft_wrap=True,
+    )
     if run.window < window:
         console.print(
             f"[yellow]note:[/yellow] windows of {run.window} rows, all the shifted rows there "
@@ -803,7 +809,7 @@ def drift_table(summary: DriftSummary) -> Table:
         title=f"{summary.model} v{summary.version}: {summary.n_current} requests vs "
         f"{summary.n_reference} reference rows (p < {summary.threshold or 0:.3g} drifts)"
     )
-    for column in ("column", "kind", "KS", "p-value", "mean (ref.)", "mean (now)", ""):
+    for column in ("column", "kind", "KS", "p-value", "mean (ref.)", "mean (now)", "drift?"):
         table.add_column(
             column,
             justify="left" if column in ("column", "kind") else "right",
@@ -817,7 +823,7 @@ def drift_table(summary: DriftSummary) -> Table:
             _num(f.p_value, ".2g"),
             _num(f.reference_mean, ".4g"),
             _num(f.current_mean, ".4g"),
-            "[red]drift[/red]" if f.drifted else "",
+            "[red]yes[/red]" if f.drifted else "no",
         )
     return table
 

@@ -63,6 +63,7 @@ def test_a_window_larger_than_the_rows_it_is_drawn_from_is_said(
         f"note: windows of {pool} rows, all the shifted rows there are, not --window 100000" in said
     )
     assert {p["flagged"] for p in document["points"]} <= {0.0, 1.0}
+    assert "rows: the shifted rows the windows are drawn from" in said  # the pool, named
     asked = runner.invoke(app, [*args, "--window", str(pool), "--windows", "2"])
     assert asked.exit_code == 0 and "note:" not in asked.output
 

@@ -536,7 +536,15 @@ def monitor(
 def robustness(
     reference: Annotated[str, typer.Argument(help="NAME@ALIAS of an exported model")],
     overrides: MonitorOverrides = None,
-    window: Annotated[int, typer.Option(help="Requests per drift-test window", min=2)] = 50,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests per drift-test window [default: 50, or half the shifted rows when "
+            "there are fewer than 100]",
+            min=2,
+            show_default=False,
+        ),
+    ] = None,
     windows: Annotated[int, typer.Option(help="Windows tested per shift size", min=1)] = 20,
 ) -> None:
     """Inject the task's shifts into its held-out rows and test whether drift checks see them.
@@ -583,7 +591,7 @@ def robustness(
         "the windows are drawn from.",
         soft_wrap=True,
     )
-    if run.window < window:
+    if window is not None and run.window < window:
         console.print(
             f"[yellow]note:[/yellow] windows of {run.window} rows, all the shifted rows there "
             f"are, not --window {window}: each window holds the same rows, so a shift reads "

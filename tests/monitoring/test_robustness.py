@@ -66,6 +66,12 @@ def test_a_window_larger_than_the_rows_it_is_drawn_from_is_said(
     assert "rows: the shifted rows the windows are drawn from" in said  # the pool, named
     asked = runner.invoke(app, [*args, "--window", str(pool), "--windows", "2"])
     assert asked.exit_code == 0 and "note:" not in asked.output
+    # by default windows hold half the rows when there are fewer than 100, so that they differ
+    default_args = [*args[:2], f"workspace={tmp_path / 'default'}", args[3], "--windows", "2"]
+    default = runner.invoke(app, default_args)
+    assert default.exit_code == 0 and "note:" not in default.output, default.output
+    (out,) = (tmp_path / "default" / "reports").glob("robustness-twins-v1-*")
+    assert json.loads((out / "robustness.json").read_text())["window"] == min(50, pool // 2)
 
 
 def test_an_unknown_reference_names_it(served_workspace: ServedWorkspace, tmp_path: Path) -> None:

@@ -73,8 +73,13 @@ class RobustnessRun:
     points: list[ShiftPoint]
     out: Path
     metric: str
-    #: Rows per window: the one asked for, or the rows they are drawn from when fewer.
+    #: Rows per window: the one asked for (the rows they are drawn from when fewer), or by
+    #: default `DEFAULT_WINDOW` or half the rows they are drawn from.
     window: int
+
+
+#: Rows per drift-test window unless asked otherwise (the server's own windows are larger).
+DEFAULT_WINDOW = 50
 
 
 def robustness(
@@ -82,7 +87,7 @@ def robustness(
     reference: str,
     workspace: Path,
     settings: DriftSettings,
-    window: int,
+    window: int | None,
     windows: int,
     seed: int = 7,
     variant: VariantChoice | None = None,
@@ -91,7 +96,8 @@ def robustness(
 
     The served ONNX model (`variant`, as `serve.variant` says; fp32 when None) scores every
     pool, and the drift test compares windows of `window` rows with the version's reference
-    sample, as the server's drift check does.
+    sample, as the server's drift check does. `window` None takes `DEFAULT_WINDOW` rows, or
+    half the rows they are drawn from when that is fewer, so that windows differ.
 
     Raises:
         ValueError: The task defines no shifts, or the held-out rows have no labels.
@@ -112,7 +118,9 @@ def robustness(
     # to draw windows from; they carry the labels, so they give the metric.
     base, requests = _halves(served_reference_inputs(served), seed)
     ref = served_frame(served, base)
-    window = min(window, len(requests[0]))
+    drawn_from = len(requests[0])
+    window = min(DEFAULT_WINDOW, max(2, drawn_from // 2)) if window is None else window
+    window = min(window, drawn_from)
     settings = replace(settings, min_captures=min(settings.min_captures, window))
     sizes = [("none", 0.0), *((k, s) for k, sizes in adapter.shift_sizes.items() for s in sizes)]
     points = []

@@ -320,3 +320,42 @@ def test_a_retired_process_observer_does_not_kill_rank_zero_when_ranks_end() -> 
 
     assert observed(retire=False) == -signal.SIGKILL  # what happened without it
     assert observed(retire=True) is None  # rank zero lives on to say so and mark its runs
+
+
+class _Squares(L.LightningModule):
+    """A linear layer that logs its loss to the progress bar."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch: list[torch.Tensor], _: int) -> torch.Tensor:
+        loss = self.linear(batch[0]).pow(2).mean()
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
+        return DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+
+
+def test_the_progress_bar_counts_epochs_from_one_and_hides_the_logger_version(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    from modelcycle.training import EpochsFromOne
+
+    trainer = L.Trainer(
+        max_epochs=3,
+        callbacks=[EpochsFromOne()],
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_Squares())
+    shown = capfd.readouterr().out
+    assert "Epoch 3/3" in shown and "loss" in shown, shown  # Lightning's read "Epoch 2/2"
+    assert "v_num" not in shown and "Epoch 2/2" not in shown

@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import Logger
 
 from modelcycle.kinds import is_number, is_whole
@@ -132,6 +132,7 @@ def fit(
             checkpoint,
             EarlyStopping(monitor=monitor, mode="max", patience=settings.patience),
             ctrl_c,
+            *([EpochsFromOne()] if settings.progress_bar else []),
         ],
     )
     # Lightning may substitute one (16-mixed on a CPU runs as bf16-mixed): log what it runs.
@@ -158,6 +159,28 @@ def fit(
     restore(module, best)
     log.info("Best %s=%.4f at %s", monitor, float(checkpoint.best_model_score or 0), best)
     return best
+
+
+class EpochsFromOne(RichProgressBar):
+    """Lightning's rich progress bar, with epochs counted as people count them.
+
+    Lightning's reads "Epoch 29/29" for the last of 30 epochs and shows its logger's version
+    (`v_num`, the MLflow run id's start) beside the loss; this one reads "Epoch 30/30" and
+    leaves the version out.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:
+            text += f"/{self.trainer.max_epochs}"
+        width = len(self.validation_description)  # as Lightning pads it: no flicker
+        return f"{text:{width}}"
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The bar's items without the logger's version."""
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
 
 
 #: Set in the environment of the ranks Lightning starts while this process ignores SIGINT.

@@ -91,6 +91,11 @@ def test_the_page_classifies_an_example(workspace: Path, tmp_path: Path) -> None
         expect(page.locator("#drop")).to_be_hidden()  # JSON only: no file drop zone
         label = page.locator("#example option").nth(0).inner_text()
         assert label.endswith("(held out)") and "links" in label, label
+        # each vector and each link on a line of its own, not a line per number
+        text = page.locator("#request").input_value()
+        sent = json.loads(text)
+        assert len(text.splitlines()) <= len(sent["features"]) + len(sent["links"]) + 8, text[:300]
+        assert len(sent["features"][0]) > 1
         page.click("#predict")
         expect(page.locator("#topk li")).to_have_count(3)
         expect(page.locator("#prediction")).to_have_text(re.compile(r"^[\w ]+: \d+\.\d%$"))

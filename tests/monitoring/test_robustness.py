@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -146,3 +147,31 @@ def test_shifts_change_only_the_measures() -> None:
     adapter = TwinsServing({"features": ["lh_thickness_a", "x", "y", "rh_Thickness_b"]})
     via_adapter = adapter.shift([a, cov, b, cov], "thickness offset", 0.1, seed=0)
     np.testing.assert_allclose(via_adapter[0], thickness[0], rtol=1e-6)
+
+
+def test_the_plot_steps_through_each_kind_s_sizes_named_in_the_legend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sizes of different kinds are in different units (a share of brightness, a sigma in
+    # pixels): on one size axis a blur's 2 px stood beside darkening's 0.4.
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from modelcycle.monitoring.robustness import plot_robustness
+
+    rows = [{"shift": "none", "size": 0.0, "flagged": 0.0, "metric": 0.9}]
+    for kind, sizes in (("darken", (0.4, 0.1, 0.2)), ("blur", (0.5, 1.0, 2.0))):
+        rows += [{"shift": kind, "size": s, "flagged": s / 2, "metric": 0.9 - s / 4} for s in sizes]
+    figures: list[Any] = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_robustness(pd.DataFrame(rows), tmp_path / "r.png", "t", "accuracy")
+    monkeypatch.undo()
+    (figure,) = figures
+    for ax in figure.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "1", "2", "3"]
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "darken (0.1, 0.2, 0.4)" in legend and "blur (0.5, 1, 2)" in legend
+        darken = next(line for line in ax.get_lines() if line.get_label().startswith("darken"))
+        assert list(darken.get_xdata()) == [0, 1, 2, 3]  # steps, sizes in order
+    plt.close(figure)
+    assert (tmp_path / "r.png").stat().st_size > 5000

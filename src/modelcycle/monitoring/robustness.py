@@ -38,10 +38,12 @@ class ShiftPoint:
 
 
 def plot_robustness(table: pd.DataFrame, path: Path, title: str, metric: str) -> None:
-    """Detection rate and the model's metric against shift size, one line per shift kind.
+    """Detection rate and the model's metric against shift step, one line per shift kind.
 
     `table` has columns shift, size, flagged, metric (several rows per point are averaged);
-    the unshifted point is shift "none", size 0, and starts every line.
+    the unshifted point is shift "none", size 0, and starts every line. Kinds measure size in
+    units of their own (a share of brightness, a blur's sigma in pixels), so the x axis is
+    each kind's step (none, then its sizes in order) and the legend gives the sizes.
     """
     import matplotlib
 
@@ -51,14 +53,21 @@ def plot_robustness(table: pd.DataFrame, path: Path, title: str, metric: str) ->
     mean = table.groupby(["shift", "size"])[["flagged", "metric"]].mean().reset_index()
     none = mean[mean["shift"] == "none"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    steps = 1
     for kind in [k for k in dict.fromkeys(table["shift"]) if k != "none"]:
-        part = pd.concat([none.assign(shift=kind), mean[mean["shift"] == kind]])
-        axes[0].plot(part["size"], part["flagged"], marker="o", label=kind)
-        axes[1].plot(part["size"], part["metric"], marker="o", label=kind)
+        shifted = mean[mean["shift"] == kind].sort_values("size")
+        part = pd.concat([none.assign(shift=kind), shifted])
+        label = f"{kind} ({', '.join(f'{s:g}' for s in shifted['size'])})"
+        x = range(len(part))
+        steps = max(steps, len(part))
+        axes[0].plot(x, part["flagged"], marker="o", label=label)
+        axes[1].plot(x, part["metric"], marker="o", label=label)
     axes[0].axhline(0.05, color="grey", ls=":", label="alpha 0.05")
-    axes[0].set(xlabel="shift size", ylabel="windows flagged as drift", ylim=(-0.02, 1.02))
-    axes[1].set(xlabel="shift size", ylabel=metric)
+    axes[0].set(ylabel="windows flagged as drift", ylim=(-0.02, 1.02))
+    axes[1].set(ylabel=metric)
     for ax in axes:
+        ax.set_xticks(range(steps), ["none", *(str(n) for n in range(1, steps))])
+        ax.set_xlabel("shift step (each kind's sizes in the legend)")
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()

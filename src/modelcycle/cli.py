@@ -552,7 +552,7 @@ def robustness(
     Shifts by task: twins, site or thickness offset, noise, missing measures; functional
     twins, global offset, noise, parcel dropout; images and tiles, darkening and blur; nodes,
     feature noise and dropped links. Plots the model's metric on the shifted held-out rows
-    and the drift test's detection rate against shift size.
+    and the drift test's detection rate against each kind's steps.
 
     Writes robustness.json and robustness.png under <workspace>/reports/.
     """

@@ -769,3 +769,18 @@ def _queue_depth(client: TestClient, headers: dict[str, str] | None = None) -> f
         if line.startswith('modelcycle_queue_depth{model="twins"}'):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_an_adapter_whose_encode_takes_the_outputs_alone_still_answers(
+    served: ServedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Adapters written before `Rows` contexts existed define encode(self, outputs); the
+    # server passes a context only to adapters whose decode made one.
+    def encode(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"probability": float(outputs["probability"].reshape(-1)[0])}
+
+    monkeypatch.setattr(served.adapter, "encode", encode)
+    with _client(served, ServeSettings(), CaptureStore(tmp_path / "capture.db")) as client:
+        response = client.post(PREDICT, json=_example(client))
+    assert response.status_code == 200, response.text
+    assert 0 <= response.json()["outputs"]["probability"] <= 1

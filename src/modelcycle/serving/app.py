@@ -577,13 +577,15 @@ def _add_routes(
         state.answer_times[name].add(time.perf_counter() - seen)
         answered = payload.served
         outputs = {k: result[k] for k in answered.answer_outputs}
-        context = payload.rows.context if isinstance(payload.rows, Rows) else None
+        # a context only for adapters that made one: an adapter written before contexts
+        # existed may take the outputs alone
+        context = (payload.rows.context,) if isinstance(payload.rows, Rows) else ()
         if answered.adapter.encode_in_thread:
             encoded = await asyncio.get_running_loop().run_in_executor(
-                state.decoder, answered.adapter.encode, outputs, context
+                state.decoder, answered.adapter.encode, outputs, *context
             )
         else:
-            encoded = answered.adapter.encode(outputs, context)
+            encoded = answered.adapter.encode(outputs, *context)
         body = {"model": name, "version": answered.version, "outputs": encoded}
         return JSONResponse(body)
 

@@ -357,6 +357,14 @@ def test_api_key_is_required_when_set(served: ServedModel) -> None:
         assert c.get("/v1/models", headers={"authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/v1/models", headers={"x-api-key": "s3cret"}).status_code == 200
         assert c.get("/healthz").status_code == 200  # probes stay open
+        # the scheme's name in any case, and a 401 that says which scheme it wants
+        for scheme in ("bearer", "BEARER"):
+            ok = c.get("/v1/models", headers={"authorization": f"{scheme} s3cret"})
+            assert ok.status_code == 200, scheme
+        assert c.get("/v1/models").headers["www-authenticate"] == "Bearer"
+    # a key read from a file (a Kubernetes secret) ends in a newline no client sends
+    with _client(served, ServeSettings(api_key="s3cret\n")) as c:
+        assert c.get("/v1/models", headers={"authorization": "Bearer s3cret"}).status_code == 200
 
 
 def test_cors_is_closed_by_default_and_opens_per_origin(served: ServedModel) -> None:
@@ -366,6 +374,11 @@ def test_cors_is_closed_by_default_and_opens_per_origin(served: ServedModel) -> 
     with _client(served, ServeSettings(cors_origins=("https://example.org",))) as c:
         allowed = c.options(PREDICT, headers=preflight).headers
         assert allowed["access-control-allow-origin"] == "https://example.org"
+        # a page on that origin may send the key and a deadline
+        asking = {**preflight, "access-control-request-headers": "authorization,x-deadline-ms"}
+        with_headers = c.options(PREDICT, headers=asking)
+        assert with_headers.status_code == 200, with_headers.text
+        assert "x-deadline-ms" in with_headers.headers["access-control-allow-headers"].lower()
 
 
 def test_models_load_only_as_hash_checked_onnx(

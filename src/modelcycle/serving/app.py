@@ -58,6 +58,8 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 WAIT_SHARE = 0.5
 PREDICT = "/v1/models/{name}/predict"
 SHED_ROUTE = "modelcycle.route"  # scope key: the route template of a request answered early
+#: Request headers a browser on an allowed origin may send (CORS), besides the simple ones.
+CORS_HEADERS = ("Authorization", "X-API-Key", "X-Deadline-Ms", "X-Capture-Source", "Content-Type")
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ class ServeSettings:
                 "api_key is empty (MODELCYCLE_API_KEY set to nothing?): set a non-empty key, or "
                 "unset it to serve without one."
             )
+        if self.api_key is not None:  # a key read from a file ends in a newline clients lack
+            object.__setattr__(self, "api_key", self.api_key.strip())
 
 
 #: Given the served model, its alias's newer version loaded (not yet warmed), or None.
@@ -392,7 +396,10 @@ def _add_middleware(
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"]
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=list(CORS_HEADERS),  # a browser may send the key and a deadline
         )
     app.add_middleware(_Measure, state=state, metrics=metrics)
 
@@ -718,15 +725,20 @@ def _key_check(settings: ServeSettings) -> Callable[[Request], Awaitable[None]]:
         given = request.headers.get("x-api-key") or request.headers.get("authorization", "")
         if not _key_matches(given, expected):
             raise HTTPException(
-                401, "Missing or wrong API key: send `Authorization: Bearer <key>`."
+                401,
+                "Missing or wrong API key: send `Authorization: Bearer <key>`.",
+                headers={"WWW-Authenticate": "Bearer"},
             )
 
     return check
 
 
 def _key_matches(given: str, expected: bytes) -> bool:
-    """`given` (a header: the key, or `Bearer <key>`) is the key; constant-time."""
-    return hmac.compare_digest(given.removeprefix("Bearer ").strip().encode(), expected)
+    """`given` (a header: the key, or `Bearer <key>`, any case) is the key; constant-time."""
+    given = given.strip()
+    if given[:7].lower() == "bearer ":
+        given = given[7:].strip()
+    return hmac.compare_digest(given.encode(), expected)
 
 
 def _deadline_ms(settings: ServeSettings, asked_ms: float | None) -> float:

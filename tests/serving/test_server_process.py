@@ -173,3 +173,40 @@ def test_connections_over_the_limit_get_503_at_once_but_probes_and_scrapes_pass(
     assert log.count("Refusing requests with 503: serve.max_connections") == 1, log
     assert "Refused 20 requests with 503" in log, log
     assert "Exceeded concurrency limit" not in log, log
+
+
+def _raw_post(server: Server, headers: dict[str, str], body: bytes) -> socket.socket:
+    """A predict request written by hand on a new connection, its body as given (partial)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = [f"POST {PREDICT_ROUTE.replace('{name}', 'twins')} HTTP/1.1", f"Host: {host}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    return sock
+
+
+def test_a_slow_or_vanished_body_is_a_4xx_not_a_held_connection_or_a_500(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    # A body that never completes held its connection until the client gave up (a slowloris
+    # could fill serve.max_connections); a client gone mid-body logged an ASGI traceback and
+    # counted as a 500, which the 5xx alert reads.
+    with running_server(served_workspace.root, tmp_path / "server.log") as server:
+        partial = {"Content-Type": "application/json", "Content-Length": "100"}
+        started = time.monotonic()
+        with _raw_post(server, {**partial, "X-Deadline-Ms": "800"}, b'{"a": ') as sock:
+            answer = sock.recv(65536).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "did not arrive within" in answer
+        assert time.monotonic() - started < 5  # the deadline, not the client, ended it
+
+        _raw_post(server, partial, b'{"a": ').close()  # gone before its body arrived
+        time.sleep(1.0)
+        counted = {
+            labels["status"]
+            for labels, _ in metric_samples(server)["modelcycle_requests_total"]
+            if labels["route"] == PREDICT_ROUTE
+        }
+        assert "500" not in counted and {"408", "499"} <= counted, counted
+    log = server.log.read_text()
+    assert "Exception in ASGI application" not in log and "Traceback" not in log, log

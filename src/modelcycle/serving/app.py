@@ -31,6 +31,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from modelcycle.embedding_columns import answer_columns, monitor_columns
 from modelcycle.kinds import is_number, is_whole
@@ -569,7 +570,8 @@ def _add_routes(
         refusal = _refusal(state, name, deadline_ms)  # _Shed answers nearly all before this
         if refusal is not None:  # shed before reading or decoding the body: overload stays cheap
             return _overloaded(name, refusal)
-        payload = await _payload(request, served, settings, state.decoder)
+        reading = deadline_ms / 1000 - (time.perf_counter() - arrived)
+        payload = await _payload(request, served, settings, state.decoder, reading)
         if isinstance(payload, JSONResponse):
             return payload
         payload.source = x_capture_source or LIVE
@@ -617,9 +619,18 @@ def _overloaded(name: str, why: str) -> JSONResponse:
 
 
 async def _payload(
-    request: Request, served: ServedModel, settings: ServeSettings, decoder: ThreadPoolExecutor
+    request: Request,
+    served: ServedModel,
+    settings: ServeSettings,
+    decoder: ThreadPoolExecutor,
+    reading: float,
 ) -> _Payload | JSONResponse:
     """Read, parse and validate one request body into model rows, or an error response.
+
+    The body must arrive within `reading` seconds (what is left of the request's deadline):
+    a client that sends it slowly, or never, holds a connection only that long (408). A
+    client gone before its body arrived is answered 499 (nginx's "client closed request"),
+    not counted as a server error.
 
     Adapters whose decoding is heavy (`ServingAdapter.decode_in_thread`: image decoding takes
     milliseconds) decode in the `decoder` thread, so the event loop keeps answering meanwhile.
@@ -629,7 +640,16 @@ async def _payload(
     if content_type != "application/json" and not takes_bytes(adapter, content_type):
         types = accepted_types(adapter)
         return _error(415, f"Content-Type must be {types}, not {content_type or 'none'!r}.")
-    body = await _read_limited(request, settings.body_limit)
+    try:
+        body = await asyncio.wait_for(_read_limited(request, settings.body_limit), reading)
+    except TimeoutError:
+        return _error(
+            408,
+            f"The request body did not arrive within {max(reading, 0) * 1000:.0f} ms, what was "
+            "left of the request's deadline; send it whole (or give a longer X-Deadline-Ms).",
+        )
+    except ClientDisconnect:
+        return _error(499, "The client closed the connection before its body arrived.")
     if body is None:
         return _error(413, f"Request body is larger than {settings.body_limit} bytes.")
     is_json = content_type == "application/json"

@@ -797,3 +797,29 @@ def test_an_adapter_whose_encode_takes_the_outputs_alone_still_answers(
         response = client.post(PREDICT, json=_example(client))
     assert response.status_code == 200, response.text
     assert 0 <= response.json()["outputs"]["probability"] <= 1
+
+
+def test_an_input_that_overflows_the_model_is_a_422_and_no_capture(
+    served: ServedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Measures of 3e38 are floats the request type takes; the default twins model then
+    # overflowed to NaN, which JSON cannot carry: the server answered 500 and captured a row
+    # of nulls. The model here is stood in for by one that overflows on such a request.
+    run = served.run
+
+    def overflowing(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        outputs = run(inputs)
+        huge = np.abs(inputs[0]).max(axis=tuple(range(1, inputs[0].ndim))) > 1e30
+        return [np.where(huge.reshape(-1, *[1] * (o.ndim - 1)), np.nan, o) for o in outputs]
+
+    monkeypatch.setattr(served, "run", overflowing)
+    store = CaptureStore(tmp_path / "capture.db")
+    with _client(served, ServeSettings(), store) as client:
+        request = _example(client)
+        request["a"]["measures"] = {k: 3e38 for k in request["a"]["measures"]}
+        response = client.post(PREDICT, json=request)
+        fine = client.post(PREDICT, json=_example(client))
+    assert response.status_code == 422, response.text
+    assert "no finite answer for this input" in response.json()["detail"]
+    assert fine.status_code == 200
+    assert len(store.read(model="twins")) == 1  # the good request only

@@ -322,7 +322,11 @@ def _run_by_version(
 def _run_batch(
     served: ServedModel, payloads: list[_Payload], capture: CaptureStore | None
 ) -> list[dict[str, np.ndarray]]:
-    """One model call for the batch; its captures commit before any request is answered."""
+    """One model call for the batch; its captures commit before any request is answered.
+
+    A request whose outputs are not all finite (inputs far beyond what the model was trained
+    on overflow it) is answered 422 and not captured: it is no prediction.
+    """
     sizes = [len(p.rows[0]) for p in payloads]
     inputs = [joined(column) for column in zip(*(p.rows for p in payloads), strict=True)]
     outputs = served.run(inputs)
@@ -346,9 +350,15 @@ def _run_batch(
                     p.source,
                 )
                 for p, r in zip(payloads, results, strict=True)
+                if _finite(r, served.answer_outputs)
             ]
         )
     return results
+
+
+def _finite(result: dict[str, np.ndarray], names: Sequence[str]) -> bool:
+    """Whether every answered output of one request is a finite number."""
+    return all(bool(np.isfinite(result[n]).all()) for n in names)
 
 
 # Elements: numpy 2.4 kept the GIL copying arrays of up to 16,384 elements here, and let go
@@ -585,6 +595,12 @@ def _add_routes(
             return _error(504, f"{name} did not answer within {deadline_ms:.0f} ms.")
         state.answer_times[name].add(time.perf_counter() - seen)
         answered = payload.served
+        if not _finite(result, answered.answer_outputs):
+            return _error(
+                422,
+                f"{name} gave no finite answer for this input: its values lie far beyond the "
+                "data the model was trained on (they overflow it); send values in its range.",
+            )
         outputs = {k: result[k] for k in answered.answer_outputs}
         # a context only for adapters that made one: an adapter written before contexts
         # existed may take the outputs alone

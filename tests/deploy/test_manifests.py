@@ -72,6 +72,17 @@ def test_probes_use_the_servers_health_routes() -> None:
     assert container["ports"][0]["containerPort"] == 8000
 
 
+def test_a_rollout_drains_before_the_server_stops_within_the_grace_period() -> None:
+    # At SIGTERM the server accepts no new connection; without a preStop pause, traffic
+    # routed to the pod before its endpoint is removed met refused connections.
+    from modelcycle.serving.server import GRACEFUL_SECONDS
+
+    pod = by_kind("Deployment")["spec"]["template"]["spec"]
+    command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and int(command[1]) >= 5
+    assert int(command[1]) + GRACEFUL_SECONDS < pod["terminationGracePeriodSeconds"]
+
+
 def test_the_configmap_names_models_the_way_serve_takes_them() -> None:
     deployment = by_kind("Deployment")
     config = by_kind("ConfigMap")

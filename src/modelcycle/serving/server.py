@@ -140,6 +140,10 @@ def _bind_error(host: str, port: int, err: OSError) -> str:
     )
 
 
+#: How long a stop waits for the requests in flight (deploy/k8s: preStop + this < the grace).
+GRACEFUL_SECONDS = 10
+
+
 def run_server(app: FastAPI, host: str, port: int, max_connections: int | None = None) -> None:
     """Serve until SIGINT/SIGTERM; a finished graceful stop exits 0.
 
@@ -156,7 +160,7 @@ def run_server(app: FastAPI, host: str, port: int, max_connections: int | None =
         app,
         host=host,
         port=port,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
         access_log=False,
         log_config=None,
         limit_concurrency=max_connections,

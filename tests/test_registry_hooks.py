@@ -269,7 +269,8 @@ def test_github_redirect_is_not_followed(
     result = GitHubDispatchHook("octo/models", api_url=github.url)(EVENT)
 
     assert not result.ok
-    assert "HTTP 302" in result.detail
+    assert "HTTP 302" in result.detail and "not followed" in result.detail
+    assert "set api_url to the address that answers" in result.detail
     assert len(github.recorded.requests) == 1
 
 
@@ -308,6 +309,25 @@ def test_github_bad_repository(repository: str) -> None:
 def test_github_rejects_non_http_api_url() -> None:
     with pytest.raises(HookError, match="https://"):
         GitHubDispatchHook("octo/models", api_url="file:///etc")
+    # plain http would carry the token over the network; to this machine it stays here
+    with pytest.raises(HookError, match=r"http:// only to this machine"):
+        GitHubDispatchHook("octo/models", api_url="http://ghe.example.com/api/v3")
+    for local in ("http://127.0.0.1:8080", "http://localhost/api", "http://[::1]:9000"):
+        GitHubDispatchHook("octo/models", api_url=local)
+
+
+def test_a_command_hook_s_output_does_not_carry_secrets_into_the_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A hook script run with `set -x` prints the token it passes to curl.
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    monkeypatch.setenv("MODELCYCLE_API_KEY", "s3cret-api-key")
+    monkeypatch.setenv("SHORT_TOKEN", "abc")  # too short to redact without mangling text
+    script = 'echo "curl -H $GITHUB_TOKEN key $MODELCYCLE_API_KEY abc" >&2; exit 3'
+    result = CommandHook(["/bin/sh", "-c", script])(EVENT)
+    assert not result.ok and "exit code 3" in result.detail
+    assert TOKEN not in result.detail and "s3cret-api-key" not in result.detail
+    assert "curl -H *** key *** abc" in result.detail
 
 
 # --- hooks_from_config ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ import re
 import string
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -144,7 +145,10 @@ class CommandHook:
             return self._result(False, f"timed out after {self.timeout:g} s and was killed")
         except OSError as exc:
             return self._result(False, f"could not run {argv[0]}: {exc}")
-        return self._result(done.returncode == 0, _exit_detail(done.returncode, done.stderr))
+        detail = _exit_detail(done.returncode, done.stderr)
+        for secret in _secret_values(env):  # a hook run with `set -x` prints its token
+            detail = _redact(detail, secret)
+        return self._result(done.returncode == 0, detail)
 
     def _result(self, ok: bool, detail: str) -> HookResult:
         return HookResult(hook=self.describe(), ok=ok, detail=detail)
@@ -191,11 +195,12 @@ class GitHubDispatchHook:
             raise HookError(
                 f"github hook token_env must name an environment variable, got {self.token_env!r}"
             )
-        if not isinstance(self.api_url, str) or not self.api_url.startswith(
-            ("https://", "http://")
+        if not isinstance(self.api_url, str) or not (
+            self.api_url.startswith("https://") or _loopback_http(self.api_url)
         ):
             raise HookError(
-                f"github hook api_url must start with https:// (or http://), got {self.api_url!r}"
+                f"github hook api_url must start with https:// (http:// only to this machine: "
+                f"the token travels in the request), got {self.api_url!r}"
             )
         _check_timeout(self.timeout, "github hook")
 
@@ -222,7 +227,14 @@ class GitHubDispatchHook:
         try:
             status = _post_json(self.url, body, token, self.timeout)
         except urllib.error.HTTPError as exc:
-            detail = f"HTTP {exc.code} from {self.url}: {_error_body(exc)}"
+            if 300 <= exc.code < 400:  # _NoRedirect: the token is not sent on
+                where = exc.headers.get("Location", "elsewhere") if exc.headers else "elsewhere"
+                detail = (
+                    f"HTTP {exc.code} from {self.url}: a redirect to {where}, not followed "
+                    "(it would carry the token); set api_url to the address that answers"
+                )
+            else:
+                detail = f"HTTP {exc.code} from {self.url}: {_error_body(exc)}"
             return self._result(False, _redact(detail, token))
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -389,3 +401,19 @@ def _error_body(error: urllib.error.HTTPError) -> str:
 
 def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "***")
+
+
+#: Environment variables whose values a hook's output must not carry into the log.
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CREDENTIAL|PRIVATE_KEY", re.I)
+
+
+def _secret_values(env: Mapping[str, str]) -> list[str]:
+    """Values of secret-named variables in `env` (8 characters or more: no common words)."""
+    values = {v.strip() for k, v in env.items() if _SECRET_NAME.search(k) and len(v.strip()) >= 8}
+    return sorted(values, key=len, reverse=True)  # a longer secret first, if one holds another
+
+
+def _loopback_http(url: str) -> bool:
+    """An http:// URL to this machine (a local relay or a test), where no token leaves it."""
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.scheme == "http" and parsed.hostname in ("127.0.0.1", "localhost", "::1")

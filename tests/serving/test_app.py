@@ -30,6 +30,7 @@ from serving_fixtures import ServedWorkspace
 
 PREDICT = "/v1/models/twins/predict"
 PREDICT_SERIES = 'modelcycle_requests_total{model="twins",route="/v1/models/{name}/predict"'
+JSON_TYPE = {"content-type": "application/json"}
 
 
 def _client(
@@ -823,3 +824,15 @@ def test_an_input_that_overflows_the_model_is_a_422_and_no_capture(
     assert "no finite answer for this input" in response.json()["detail"]
     assert fine.status_code == 200
     assert len(store.read(model="twins")) == 1  # the good request only
+
+
+def test_heads_deep_json_and_trailing_slashes_get_plain_answers(client: TestClient) -> None:
+    # Load balancers' health checks may send HEAD; it got 405.
+    for path in ("/healthz", "/readyz", "/"):
+        assert client.head(path).status_code == 200, path
+    # Valid JSON nested past the parser's depth was called invalid.
+    deep = client.post(PREDICT, content=b"[" * 5000 + b"]" * 5000, headers=JSON_TYPE)
+    assert deep.status_code == 400 and "nests deeper" in deep.json()["detail"]
+    # A trailing slash was redirected to an address built from the Host header.
+    moved = client.get("/v1/models/", headers={"host": "evil.example"}, follow_redirects=False)
+    assert moved.status_code == 404 and "location" not in moved.headers

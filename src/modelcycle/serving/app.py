@@ -219,7 +219,9 @@ def create_app(
             executor.shutdown(wait=True)
             state.decoder.shutdown(wait=True)
 
-    app = FastAPI(title="modelcycle", version="1", lifespan=lifespan)
+    # No redirect to the path without its trailing slash: Starlette builds it from the Host
+    # header, so a request could make the server send a client anywhere.
+    app = FastAPI(title="modelcycle", version="1", lifespan=lifespan, redirect_slashes=False)
     app.state.stop_accepting = lambda: _not_ready(state, metrics)
     _add_middleware(app, state, metrics, settings)
     _add_routes(app, state, metrics, settings, drift)
@@ -507,12 +509,13 @@ def _add_routes(
     settings: ServeSettings,
     drift: DriftService | None,
 ) -> None:
-    @app.get("/healthz")
+    # HEAD too: some load balancers' health checks send it
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "alive"}
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz() -> JSONResponse:
         """Readiness: every model loaded and warmed."""
         return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
@@ -522,7 +525,9 @@ def _add_routes(
         """Prometheus metrics."""
         return Response(generate_latest(metrics.exposed), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route(
+        "/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False
+    )
     async def page() -> str:
         return files("modelcycle.serving").joinpath("static/index.html").read_text()
 
@@ -581,6 +586,8 @@ def _add_routes(
         if refusal is not None:  # shed before reading or decoding the body: overload stays cheap
             return _overloaded(name, refusal)
         reading = deadline_ms / 1000 - (time.perf_counter() - arrived)
+        if reading <= 0:  # spent waiting for the server before its body was read
+            return _error(504, f"{name} did not answer within {deadline_ms:.0f} ms.")
         payload = await _payload(request, served, settings, state.decoder, reading)
         if isinstance(payload, JSONResponse):
             return payload
@@ -697,7 +704,9 @@ def _decode(
             rows = adapter.decode(validate_json(adapter.request_type, body))
         else:
             rows = adapter.decode_bytes(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+    except RecursionError:
+        return _error(400, "Body nests deeper than the JSON parser goes; send flatter JSON.")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return _error(400, f"Body is not valid JSON: {err}.")
     except ValidationError as err:
         return JSONResponse({"detail": _validation_details(err)}, status_code=422)

@@ -251,8 +251,10 @@ class Registry:
             f"{reference!r}: write NAME@ALIAS (e.g. twins@champion) or NAME/VERSION."
         )
 
-    def download(self, registered: Registered, dst: Path) -> Path:
+    def download(self, registered: Registered, dst: Path, fresh: bool = False) -> Path:
         """Copy a version's model directory to `dst` once and return the local path.
+
+        With `fresh`, a complete copy is replaced too (one that was changed on disk).
 
         Processes that share `dst` (the workers of one server start together) take turns
         under a lock on it, and a copy already complete for the same source and tags is
@@ -269,7 +271,7 @@ class Registry:
         with workspace_lock(dst):
             if marker.is_file():
                 done = json.loads(marker.read_text())
-                if done.get("stamp") == stamp and Path(done["path"]).exists():
+                if not fresh and done.get("stamp") == stamp and Path(done["path"]).exists():
                     return Path(done["path"])
                 marker.unlink()
             path = Path(

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from modelcycle.digests import sha256_file
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.serving.app import ServeSettings, create_app
 from modelcycle.serving.loading import ModelLoadError, ServedModel, load_served
@@ -395,6 +396,13 @@ def test_models_load_only_as_hash_checked_onnx(
         registry.set_tags(version, {"export.fp32.sha256": version.tags["export.fp32.sha256"]})
     with pytest.raises(ModelLoadError, match=r"give NAME@ALIAS, e\.g\. twins@champion"):
         load_served(registry, "twins/1", tmp_path, threads=1)
+    # a local copy changed on disk is copied from the registry again, not blamed on the export
+    served = load_served(registry, "twins@champion", tmp_path, threads=1)
+    (onnx,) = tmp_path.glob("twins-v*/**/onnx/model.onnx")
+    onnx.write_bytes(onnx.read_bytes() + b"garbage")
+    again = load_served(registry, "twins@champion", tmp_path, threads=1)
+    assert again.version == served.version
+    assert sha256_file(onnx) == version.tags["export.fp32.sha256"]
 
 
 def test_batched_run_splits_results_back_per_request(served: ServedModel) -> None:

@@ -149,11 +149,16 @@ def load_served(
     local = registry.download(version, cache / f"{name}-v{version.version}")
     onnx_path = local / "onnx" / VARIANT_FILES[choice.name]
     actual = sha256_file(onnx_path) if onnx_path.is_file() else "missing"
+    if actual != expected:  # the local copy changed on disk? fetch it from the registry again
+        log.warning("%s: sha256 %s, not the export's; copying it again", onnx_path, actual[:12])
+        local = registry.download(version, cache / f"{name}-v{version.version}", fresh=True)
+        onnx_path = local / "onnx" / VARIANT_FILES[choice.name]
+        actual = sha256_file(onnx_path) if onnx_path.is_file() else "missing"
     if actual != expected:
         raise ModelLoadError(
             f"{onnx_path}: sha256 {actual[:12]} does not match the {choice.name} export recorded "
-            f"on {name} version {version.version} ({expected[:12]}); re-run "
-            f"`modelcycle export {reference}`."
+            f"on {name} version {version.version} ({expected[:12]}), also freshly copied from "
+            f"the registry: its stored file changed; re-run `modelcycle export {reference}`."
         )
     manifest = read_manifest(local)
     adapter = adapter_class(manifest["task"])(manifest["info"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from modelcycle.config import ConfigError, assemble, compose_config
 from modelcycle.data.ego_graphs import ego_graphs, ego_members
@@ -116,6 +117,13 @@ def test_bad_requests_say_what_is_wrong(request_body: dict[str, object], message
     adapter = NodeServing({"classes": ["a", "b"], "feature_dim": 300, "max_links": 8})
     with pytest.raises(RequestError, match=message):
         adapter.decode(NodeRequest.model_validate(request_body))
+
+
+@pytest.mark.parametrize("value", ["1.5", True])
+def test_a_feature_that_is_not_a_number_is_refused(value: object) -> None:
+    with pytest.raises(ValidationError):  # it was read as 1.5 or 1.0
+        NodeRequest.model_validate({"features": [[value] + [0.0] * 299]})
+    assert NodeRequest.model_validate({"features": [[1] + [0.0] * 299]}).features[0][0] == 1.0
 
 
 def test_the_request_schema_states_this_model_s_limit() -> None:

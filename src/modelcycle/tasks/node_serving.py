@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
 from modelcycle.data.ego_graphs import ego_arrays
 from modelcycle.serving.adapter import ClassifierAdapter, RequestError
@@ -29,7 +29,8 @@ class NodeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    features: list[list[float]] = Field(
+    # strict: "1.5" and true are refused as the twins request refuses them, not read as numbers
+    features: list[list[StrictFloat]] = Field(
         min_length=1,
         max_length=4097,  # a bound for the parser; the model's own (task.max_links + 1) is
         # checked in `decode`, with a message that says it, and is the schema's maxItems

@@ -24,13 +24,19 @@ def store(tmp_path: Path) -> Tracker:
 
 
 def _run(
-    store: Tracker, model: float, baseline: float, tmp_path: Path, with_model: bool = True
+    store: Tracker,
+    model: float,
+    baseline: float,
+    tmp_path: Path,
+    with_model: bool = True,
+    predicts: str = "twins",
 ) -> str:
     """A finished parent run shaped like a pipeline's: tags, mean metrics, config, model/."""
     with store.run("twins") as run_id:
         store.set_tags(
             {
-                "task": "twins",
+                "task": "twins" if predicts == "twins" else "image",
+                "model_name": predicts,
                 "primary_metric": METRIC,
                 "data_hash": "d" * 64,
                 "packages": json.dumps({"torch": "x"}),
@@ -68,6 +74,26 @@ def test_register_records_lineage_and_the_challenger_alias(store: Tracker, tmp_p
     local = registry.download(version, tmp_path / "dl")
     loaded = ServableModel.load(local)
     assert loaded.task == "twins" and loaded.held_out[0].shape == (2, 3)
+
+
+def test_a_run_of_another_kind_is_not_registered_under_a_model(
+    store: Tracker, tmp_path: Path
+) -> None:
+    # The gate compares scores only: a sign-language run (macro-F1 0.99) outscored the rice
+    # model (0.58), was registered and promoted as image_rice, and answered rice grains
+    # with letters.
+    registry = Registry(store.uri)
+    rice, _ = registry.register(_run(store, 0.58, 0.42, tmp_path, predicts="image_rice"), "rice")
+    assert rice.tags["lineage.model_name"] == "image_rice"
+    letters = _run(store, 0.99, 0.08, tmp_path, predicts="image_signmnist")
+    with pytest.raises(RegistryError, match=r"predicts image_signmnist, and rice version 1 pre"):
+        registry.register(letters, "rice")
+    assert [str(v.version) for v in registry.client.search_model_versions("name = 'rice'")] == ["1"]
+    registry.register(letters, "letters")  # a name of its own starts its own lineage
+    more_rice, _ = registry.register(
+        _run(store, 0.6, 0.42, tmp_path, predicts="image_rice"), "rice"
+    )
+    assert more_rice.version == "2"
 
 
 def test_a_download_is_made_once_per_source_and_tags_and_shared_under_a_lock(

@@ -159,6 +159,7 @@ class Registry:
         check_alias(alias)
         candidate = self.candidate(run_id)
         self._once(run_id, name)
+        self._same_kind(run_id, name)
         self._gate(candidate, name)
         run = self._run(run_id)
         if not self._has_model(run_id):
@@ -307,6 +308,31 @@ class Registry:
                 f"Not registered: run {run_id} is already {name} version {version}{held}."
             )
 
+    def _same_kind(self, run_id: str, name: str) -> None:
+        """Refuse a run that predicts something else than `name`'s versions do.
+
+        The gate compares scores only: a sign-language run outscores a rice model, and was
+        registered and promoted as one. A version records what its run predicts
+        (`lineage.model_name`; before that was recorded, its task).
+        """
+        if not self._exists(name):
+            return  # a new lineage, under a name of the user's choosing
+        tags = self._run(run_id).data.tags
+        predicts, task = tags.get("model_name") or tags.get("task", ""), tags.get("task", "")
+        query = f"name = '{name}'" if "'" not in name else ""  # a quote: filter here instead
+        versions = [v for v in self.client.search_model_versions(query) if v.name == name]
+        for version in versions:
+            theirs = version.tags.get("lineage.model_name")
+            mine = predicts if theirs is not None else task
+            theirs = theirs if theirs is not None else version.tags.get("lineage.task", "")
+            if theirs and mine != theirs:
+                raise RegistryError(
+                    f"Run {run_id} predicts {mine}, and {name} version {version.version} "
+                    f"predicts {theirs}: a version of {name} must be a run of the same kind. "
+                    f"Register it under its own name (the default: {predicts}), or name a run "
+                    f"of {theirs}."
+                )
+
     def _gate(self, candidate: Candidate, name: str) -> None:
         m = candidate.metric
         if not candidate.value > candidate.baseline:
@@ -412,6 +438,7 @@ def _lineage(run: Any, candidate: Candidate) -> dict[str, str]:
     lineage = {
         "lineage.run_id": run.info.run_id,
         "lineage.task": tags.get("task", ""),
+        "lineage.model_name": tags.get("model_name") or tags.get("task", ""),
         "lineage.git_sha": tags.get("git_sha", "unknown"),
         "lineage.git_dirty": tags.get("git_dirty", "unknown"),
         "lineage.data_hash": tags.get("data_hash", ""),

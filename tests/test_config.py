@@ -16,6 +16,7 @@ from modelcycle.config import (
     serve_config,
     sweep_config,
 )
+from modelcycle.data.qtim import QTIMSource
 from modelcycle.data.tables import DataError
 from modelcycle.serving.loading import VariantChoice
 
@@ -200,7 +201,7 @@ def test_a_run_setting_of_the_wrong_kind_or_range_is_named_before_any_work(
         assemble(compose_config(overrides))
 
 
-class RefusingSource:
+class RefusingSource(QTIMSource):
     """A data source whose constructor refuses its settings, in its own words."""
 
     def __init__(self, **settings: object) -> None:
@@ -313,6 +314,9 @@ def test_a_fold_count_the_families_cannot_fill_is_a_data_error(tiny_qtim: Path) 
         ("segmentation_bcss", "wikics", "BCSSSource", "WikiCSSource"),
         ("segmentation_bcss", "rice", "BCSSSource", "RiceSource"),
         ("image_rice", "wikics", "ImageSource", "WikiCSSource"),
+        # twins started an 8 GB Kaggle download of BCSS before failing
+        ("twins", "bcss", "QTIMSource or FunctionalSource", "BCSSSource"),
+        ("twins_functional", "qtim", "FunctionalSource", "QTIMSource"),
     ],
 )
 def test_a_task_refuses_data_it_cannot_read_before_anything_loads(

@@ -19,7 +19,8 @@ from torch import nn
 
 from modelcycle.data.features import ResidualStandardizer
 from modelcycle.data.pair_loader import PairDataModule
-from modelcycle.data.qtim import Cohort
+from modelcycle.data.qtim import Cohort, QTIMSource
+from modelcycle.data.qtim_functional import FunctionalSource
 from modelcycle.data.relations import Relation, pairs_of, relation_matrix, sample_unrelated
 from modelcycle.data.splits import group_holdout, group_kfold
 from modelcycle.embedding_columns import EMBEDDING
@@ -96,6 +97,7 @@ class TwinsTask(Task[TwinsData]):
     serving: ClassVar[type[ServingAdapter]] = TwinsServing
     primary_metric = "auc_twin_vs_unrelated"
     unit = "subjects"
+    data_sources: ClassVar[tuple[type, ...]] = (QTIMSource, FunctionalSource)
     summary_metrics: ClassVar[tuple[str, ...]] = (
         "auc_twin_vs_unrelated",
         "auc_twin_vs_matched",

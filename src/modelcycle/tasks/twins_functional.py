@@ -55,6 +55,7 @@ class TwinsFunctionalTask(TwinsTask):
         **kwargs: The structural task's training settings (objective, lr, ...).
     """
 
+    data_sources = (FunctionalSource,)
     serving = FunctionalServing
     summary_metrics = (
         "auc_twin_vs_unrelated",

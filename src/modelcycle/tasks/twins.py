@@ -27,6 +27,7 @@ from modelcycle.embedding_columns import EMBEDDING
 from modelcycle.evaluation.kinship import score_similarity
 from modelcycle.evaluation.kinship_plots import plot_kinship
 from modelcycle.models.encoders import FeatureSpace
+from modelcycle.models.inference import evaluating
 from modelcycle.models.pair_scoring import RawPairScorer
 from modelcycle.models.siamese import OBJECTIVES, SiamesePairModel
 from modelcycle.servable import ServableModel
@@ -231,12 +232,18 @@ class TwinsTask(Task[TwinsData]):
         """Raw measures + covariates of two people in, probability and similarity out.
 
         Held-out inputs are the validation families' twin-like pairs and as many unrelated
-        pairs: rows that never trained the model. The drift reference is drawn the same way
-        from every family the model saw (training and validation): the held-out pairs alone
-        are too few to tell a shift from chance.
+        pairs: rows that never trained the model. The pair head is calibrated on them first
+        (`CosinePairHead.calibrate`), so the probability is that of a twin-like pair at even
+        odds. The drift reference is drawn the same way from every family the model saw
+        (training and validation): the held-out pairs alone are too few to tell a shift from
+        chance.
         """
         assert isinstance(module, SiamesePairModel)
         pairs, labels = _labelled_pairs(data.relations, fold.val, 1, seed=0)
+        X_val = torch.as_tensor(self.processed(data, fold), dtype=torch.float32)
+        with evaluating(module):
+            cos = (module.embed(X_val[pairs[:, 0]]) * module.embed(X_val[pairs[:, 1]])).sum(1)
+        module.head.calibrate(cos, torch.as_tensor(labels))
         seen = np.sort(np.r_[fold.train, fold.val])
         reference, _ = _labelled_pairs(data.relations, seen, 1, seed=1)
         X, C = data.X.astype(np.float32), data.covariates.astype(np.float32)

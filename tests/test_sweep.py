@@ -321,3 +321,22 @@ def test_cli_reads_the_data_before_the_first_trial(workspace: Path, tmp_path: Pa
 def test_cli_refuses_an_unknown_override_by_name(workspace: Path) -> None:
     result = runner.invoke(app, ["sweep", "trainer.max_epoch=3"])
     assert result.exit_code == 2 and "trainer.max_epoch" in result.stdout
+
+
+def test_a_study_resumes_only_from_the_config_its_trials_started_from(tmp_path: Path) -> None:
+    # Resumed with trainer.max_epochs=1 after trials of 3 epochs, a study ran nothing and
+    # printed a "Train with it" command of 1 epoch: not the trial it named best.
+    from modelcycle.search_space import Param
+    from modelcycle.sweep import open_study
+
+    settings = StudySettings("s", f"sqlite:///{tmp_path / 'optuna.db'}", 2)
+    space = [Param("task.lr", "float", 0.001, 0.1, True, None)]
+    base = {"trainer": {"max_epochs": 3}, "task": {"lr": 0.01}, "workspace": "/a"}
+    open_study(settings, "auc", space, base)
+    # where things go and the searched keys may change; what trains may not
+    moved = {"trainer": {"max_epochs": 3}, "task": {"lr": 0.5}, "workspace": "/b"}
+    open_study(settings, "auc", space, moved)
+    with pytest.raises(
+        SweepError, match=r"from trainer.max_epochs=3; this command gives trainer.max_epochs=1"
+    ):
+        open_study(settings, "auc", space, {**base, "trainer": {"max_epochs": 1}})

@@ -696,7 +696,8 @@ def sweep(
         metric = assembled.task.primary_metric
         console.print(
             f"Study {plan.study.name!r} on {redact(plan.study.storage)}: "
-            f"{plan.study.trials} trials, maximizing {metric}",
+            f"up to {plan.study.trials} finished trials (those already in it count), "
+            f"maximizing {metric}",
             soft_wrap=True,
         )
         try:

@@ -9,6 +9,7 @@ cross-validation folds, maximized.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -208,12 +209,18 @@ class TrialSeededTPE(BaseSampler):
         self._tpe.after_trial(study, trial, state, values)
 
 
-def open_study(settings: StudySettings, metric: str, space: list[Param]) -> Study:
+def open_study(
+    settings: StudySettings,
+    metric: str,
+    space: list[Param],
+    config: Mapping[str, Any] | None = None,
+) -> Study:
     """Create the study, or load it to resume; refuse one that optimizes something else.
 
     Raises:
-        SweepError: The storage cannot be opened, or the study measures another metric or has
-            searched a parameter with an incompatible distribution.
+        SweepError: The storage cannot be opened, or the study measures another metric, has
+            searched a parameter with an incompatible distribution, or ran its trials from
+            another config (`config`, the resolved config the trials start from).
     """
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -244,7 +251,52 @@ def open_study(settings: StudySettings, metric: str, space: list[Param]) -> Stud
             "needs its driver installed, e.g. pip install psycopg2-binary)."
         ) from err
     _check_resume(study, metric, space)
+    if config is not None:
+        _check_base(study, config, space)
     return study
+
+
+#: Top-level config groups that say where things go, not how a trial trains and scores.
+_NOT_TRIAL = ("sweep", "workspace", "logger", "report_dir", "serve", "monitor", "loadtest")
+
+
+def _check_base(study: Study, config: Mapping[str, Any], space: list[Param]) -> None:
+    """A resumed study's trials must start from the same config, searched keys aside.
+
+    Its best trial's command is the base config plus the trial's values: from another base
+    (fewer epochs, other data) it would not reproduce the trial.
+    """
+    searched = {p.path for p in space}
+    base = {
+        key: value
+        for key, value in _flat(config).items()
+        if key.split(".")[0] not in _NOT_TRIAL and key not in searched
+    }
+    recorded = study.user_attrs.get("base")
+    if recorded is None:
+        study.set_user_attr("base", json.loads(json.dumps(base, default=str)))
+        return
+    now = json.loads(json.dumps(base, default=str))
+    differ = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+    if differ:
+        had = " ".join(f"{k}={recorded.get(k)}" for k in differ[:4])
+        gives = " ".join(f"{k}={now.get(k)}" for k in differ[:4])
+        more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+        raise SweepError(
+            f"Study {study.study_name!r} ran its trials from {had}; this command gives "
+            f"{gives}{more}. Give the same to resume it, or start a new study with --study NAME."
+        )
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _check_resume(study: Study, metric: str, space: list[Param]) -> None:
@@ -303,7 +355,7 @@ def run_sweep(
     or config error), Optuna's note of the failed trial leaves out the traceback.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(settings, metric, space)
+    study = open_study(settings, metric, space, config)
     ran = 0
     with tracker.run(f"sweep-{settings.name}") as run_id:
         tracker.set_tags({"sweep.study": settings.name, "sweep.storage": redact(settings.storage)})

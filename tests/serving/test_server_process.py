@@ -98,6 +98,9 @@ def test_sigterm_under_load_exits_cleanly_with_every_answer_captured(
     root = served_workspace.root
     before = capture_count(root)
     server, tally, code = _load_then_signal(root, tmp_path / "server.log", signal.SIGTERM)
+    # the stopped server emptied its WAL into the database (it stayed at tens of MB)
+    wal = root / "capture.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0, wal.stat().st_size
 
     captured = capture_count(root) - before
     print(f"SIGTERM: exit {code}, {tally.acks} answered, {captured} captured, {tally.statuses}")

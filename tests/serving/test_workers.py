@@ -92,6 +92,8 @@ def test_two_workers_count_every_request_whichever_answers_the_scrape(
         except subprocess.TimeoutExpired:
             pytest.fail(f"the workers did not stop within 30 s of SIGTERM; {server.output()}")
     assert code == 0, f"SIGTERM should stop every worker and exit 0; {server.output()}"
+    wal = served_workspace.root / "capture.db-wal"  # the workers' stores closed as they exited
+    assert not wal.exists() or wal.stat().st_size == 0, wal.stat().st_size
 
 
 def reloads_swapped(server: Server) -> float:

@@ -160,8 +160,12 @@ def create_app(
     capture: CaptureStore | None = None,
     reload: Reloader | None = None,
     drift: DriftService | None = None,
+    close_capture: bool = False,
 ) -> FastAPI:
     """Build the app; `load_models` runs in the lifespan, off the event loop.
+
+    With `close_capture` the app owns `capture` and closes it when it stops, which empties
+    the store's WAL into the database (an unclosed one stayed at tens of MB).
 
     With `reload` and `settings.reload_seconds`, a background task asks `reload(current)`
     for each model; a new model it returns (loaded off the event loop, then warmed between
@@ -218,6 +222,8 @@ def create_app(
                 await batcher.stop()
             executor.shutdown(wait=True)
             state.decoder.shutdown(wait=True)
+            if capture is not None and close_capture:
+                capture.close()
 
     # No redirect to the path without its trailing slash: Starlette builds it from the Host
     # header, so a request could make the server send a client anywhere.

@@ -63,8 +63,7 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
         if capture is not None
         else None
     )
-    app = create_app(load, config.settings, capture, reload, drift)
-    app.state.capture = capture  # this server's own: `run_server` closes it after the stop
+    app = create_app(load, config.settings, capture, reload, drift, close_capture=True)
     return app, config
 
 
@@ -168,9 +167,4 @@ def run_server(app: FastAPI, host: str, port: int, max_connections: int | None =
         limit_concurrency=max_connections,
         http=OpsFirstHttp,
     )
-    try:
-        GracefulServer(config, app.state.stop_accepting).run()
-    finally:  # its WAL emptied into the database: a stopped server left tens of MB of WAL
-        capture = getattr(app.state, "capture", None)
-        if capture is not None:
-            capture.close()
+    GracefulServer(config, app.state.stop_accepting).run()

@@ -343,6 +343,14 @@ def test_serve_names_an_address_it_cannot_listen_on_before_loading(
     said = " ".join(taken.stdout.split())
     assert f"serve.port={port}: cannot listen on 127.0.0.1:{port} (Address already in use)" in said
     assert f"serve.port={port + 1}" in said and "Serving" not in said
+    # --port and --host, as other servers take them, are the same settings
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        as_option = runner.invoke(app, ["serve", "twins@champion", root, f"--port={port}"])
+    assert as_option.exit_code == 2, as_option.stdout
+    assert f"serve.port={port}: cannot listen" in " ".join(as_option.stdout.split())
     unknown = runner.invoke(
         app, ["serve", "twins@champion", root, processes, "serve.host=no.invalid"]
     )

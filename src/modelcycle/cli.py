@@ -456,6 +456,12 @@ def serve(
             "serve.host=0.0.0.0 serve.variant=int8"
         ),
     ],
+    port: Annotated[
+        int | None, typer.Option(help="The port (as serve.port=N)", show_default=False)
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="The address (as serve.host=ADDR)", show_default=False)
+    ] = None,
 ) -> None:
     """Serve registered models over HTTP (FastAPI + ONNX Runtime) with a web page at /."""
     from modelcycle.config import compose_config, serve_config
@@ -464,6 +470,8 @@ def serve(
 
     references = [a for a in models_and_overrides if "=" not in a]
     overrides = [a for a in models_and_overrides if "=" in a]
+    overrides += [f"serve.port={port}"] if port is not None else []
+    overrides += [f"serve.host={host}"] if host is not None else []
     if not references:
         raise typer.BadParameter("Name at least one model to serve, e.g. twins@champion.")
     with _clear_errors():

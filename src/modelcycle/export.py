@@ -218,7 +218,15 @@ def export_onnx(
             f"input_names={list(input_names)} has {len(input_names)} names but the example has "
             f"{len(example)} tensors; give one name per forward() argument."
         )
-    logger.info("Exporting %s to %s (opset %d)", type(module).__name__, path, opset)
+    # the module is the served wrapper (inputs and outputs as requests carry them), not the
+    # task's network: say what goes in and out rather than the wrapper's class
+    logger.info(
+        "Exporting to %s (opset %d): %s in, %s out",
+        path,
+        opset,
+        ", ".join(input_names),
+        ", ".join(output_names),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()
     batch_axis = {name: {0: "batch"} for name in [*input_names, *output_names]}

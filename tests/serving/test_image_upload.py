@@ -92,6 +92,11 @@ def test_png_multipart_and_base64_json_give_the_same_answer(client: TestClient) 
     as_json = client.post(PREDICT, json={"image": base64.b64encode(png).decode()})
     assert raw.status_code == form.status_code == as_json.status_code == 200, form.text
     assert raw.json()["outputs"] == form.json()["outputs"] == as_json.json()["outputs"]
+    # a browser's data URL, as FileReader.readAsDataURL gives it
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    as_url = client.post(PREDICT, json={"image": url})
+    assert as_url.status_code == 200, as_url.text
+    assert as_url.json()["outputs"] == raw.json()["outputs"]
 
 
 def test_examples_are_held_out_images_that_predict(client: TestClient) -> None:

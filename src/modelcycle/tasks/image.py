@@ -130,7 +130,7 @@ class ImageTask(Task[ImageSet]):
         data = self.source.load()
         counts = {"images": len(data), "classes": len(data.classes)}
         if data.split is not None:
-            counts |= {part: int((data.split == part).sum()) for part in np.unique(data.split)}
+            counts |= {str(p): int((data.split == p).sum()) for p in np.unique(data.split)}
         per_class = data.class_counts()
         smallest, largest = min(per_class, key=per_class.get), max(per_class, key=per_class.get)  # type: ignore[arg-type]
         balance = (

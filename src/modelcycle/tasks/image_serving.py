@@ -51,10 +51,17 @@ class ImageServing(ClassifierAdapter):
         self.size = int(info["image_size"])
 
     def decode(self, request: BaseModel) -> list[np.ndarray]:
-        """The base64 image, decoded and resized: [(1, size, size, 3) uint8]."""
+        """The base64 image, decoded and resized: [(1, size, size, 3) uint8].
+
+        A data URL (`data:image/png;base64,...`, what a browser's FileReader gives) is taken
+        too: its prefix is dropped.
+        """
         assert isinstance(request, ImageRequest)
+        text = request.image
+        if text.startswith("data:") and ";base64," in text[:100]:
+            text = text.split(";base64,", 1)[1]
         try:
-            data = base64.b64decode(request.image, validate=True)
+            data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError) as err:
             raise RequestError(
                 f"image: not valid base64 ({err}); send base64 of the file."

@@ -149,7 +149,8 @@ def _read_report(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not summary.is_file() or not config.is_file():
         raise EvaluationError(
             f"{folder} holds no summary.json and config.yaml: it is not the report folder of a "
-            "train run, or it was deleted; evaluate needs the folder with the run's fold "
+            "finished train run (a run stopped early, by Ctrl-C or an error, writes neither), "
+            "or it was deleted; evaluate needs the folder with a finished run's fold "
             "checkpoints (run `modelcycle train` again if it is gone)."
         )
     return json.loads(summary.read_text()), yaml.safe_load(config.read_text())

@@ -65,6 +65,7 @@ def test_a_window_larger_than_the_rows_it_is_drawn_from_is_said(
     )
     assert {p["flagged"] for p in document["points"]} <= {0.0, 1.0}
     assert "rows: the shifted rows the windows are drawn from" in said  # the pool, named
+    assert "held-out rows, shifted" in said and "on the version's 6 held-out rows" in said
     asked = runner.invoke(app, [*args, "--window", str(pool), "--windows", "2"])
     assert asked.exit_code == 0 and "note:" not in asked.output
     # by default windows hold half the rows when there are fewer than 100, so that they differ

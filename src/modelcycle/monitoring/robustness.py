@@ -85,6 +85,8 @@ class RobustnessRun:
     #: Rows per window: the one asked for (the rows they are drawn from when fewer), or by
     #: default `DEFAULT_WINDOW` or half the rows they are drawn from.
     window: int
+    #: Held-out rows the metric is computed on.
+    held_out: int = 0
 
 
 #: Rows per drift-test window unless asked otherwise (the server's own windows are larger).
@@ -150,7 +152,7 @@ def robustness(
     title = f"{served.name} v{served.version}: drift detection and model metric vs injected shift"
     table = pd.DataFrame([asdict(p) for p in points])
     plot_robustness(table, out / "robustness.png", title, adapter.held_out_metric_name)
-    return RobustnessRun(points, out, adapter.held_out_metric_name, window)
+    return RobustnessRun(points, out, adapter.held_out_metric_name, window, len(inputs[0]))
 
 
 def served_frame(served: ServedModel, inputs: list[np.ndarray]) -> pd.DataFrame:

@@ -191,7 +191,9 @@ def test_clear_errors_for_bad_references_and_runs(store: Tracker, tmp_path: Path
         RegistryError, match=r"has no alias 'prod'; it has @challenger \(version 1\)"
     ):
         registry.resolve("twins@prod")
-    with pytest.raises(RegistryError, match="has no version '9'"):
+    with pytest.raises(
+        RegistryError, match=r"has no version '9': its versions are 1; `modelcycle hi"
+    ):
         registry.promote("twins", version="9")
     assert latest_pipeline_run(store.uri, "reg") == registry.resolve("twins@challenger").run_id
 

@@ -230,7 +230,23 @@ class Registry:
         try:
             v = self.client.get_model_version(name, version)
         except MlflowException as err:
-            raise RegistryError(f"{name} has no version {version!r}: {err.message}") from err
+            try:
+                found = sorted(
+                    int(v.version)
+                    for v in self.client.search_model_versions(f"name = '{name}'")
+                    if v.name == name
+                )
+            except MlflowException:  # a name the filter cannot hold: say what is known
+                found = []
+            have = (
+                f"its versions are {', '.join(map(str, found))}"
+                if found
+                else "it has no versions (or no such model)"
+            )
+            raise RegistryError(
+                f"{name} has no version {version!r}: {have}; `modelcycle history {name}` "
+                "shows what each is."
+            ) from err
         return Registered(name, str(v.version), str(v.source), str(v.run_id), dict(v.tags))
 
     def resolve(self, reference: str) -> Registered:

@@ -670,7 +670,8 @@ async def _payload(
         types = accepted_types(adapter)
         return _error(415, f"Content-Type must be {types}, not {content_type or 'none'!r}.")
     try:
-        body = await asyncio.wait_for(_read_limited(request, settings.body_limit), reading)
+        async with asyncio.timeout(reading):  # a timer, not wait_for's task per request
+            body = await _read_limited(request, settings.body_limit)
     except TimeoutError:
         return _error(
             408,

@@ -333,8 +333,14 @@ def test_a_study_resumes_only_from_the_config_its_trials_started_from(tmp_path: 
     space = [Param("task.lr", "float", 0.001, 0.1, True, None)]
     base = {"trainer": {"max_epochs": 3}, "task": {"lr": 0.01}, "workspace": "/a"}
     open_study(settings, "auc", space, base)
-    # where things go and the searched keys may change; what trains may not
-    moved = {"trainer": {"max_epochs": 3}, "task": {"lr": 0.5}, "workspace": "/b"}
+    # where things go (another machine's paths) and the searched keys may change; what
+    # trains may not
+    moved = {
+        "trainer": {"max_epochs": 3},
+        "task": {"lr": 0.5},
+        "workspace": "/b",
+        "data": {"download_dir": "/b/data", "root": "/mnt/qtim"},
+    }
     open_study(settings, "auc", space, moved)
     with pytest.raises(
         SweepError, match=r"from trainer.max_epochs=3; this command gives trainer.max_epochs=1"

@@ -230,14 +230,7 @@ class Registry:
         try:
             v = self.client.get_model_version(name, version)
         except MlflowException as err:
-            try:
-                found = sorted(
-                    int(v.version)
-                    for v in self.client.search_model_versions(f"name = '{name}'")
-                    if v.name == name
-                )
-            except MlflowException:  # a name the filter cannot hold: say what is known
-                found = []
+            found = sorted(int(v.version) for v in self._versions(name))
             have = (
                 f"its versions are {', '.join(map(str, found))}"
                 if found
@@ -324,6 +317,11 @@ class Registry:
                 f"Not registered: run {run_id} is already {name} version {version}{held}."
             )
 
+    def _versions(self, name: str) -> list[Any]:
+        """Every version of the registered model `name` (none when there is no such model)."""
+        query = f"name = '{name}'" if "'" not in name else ""  # a quote: filter here instead
+        return [v for v in self.client.search_model_versions(query) if v.name == name]
+
     def _same_kind(self, run_id: str, name: str) -> None:
         """Refuse a run that predicts something else than `name`'s versions do.
 
@@ -335,9 +333,7 @@ class Registry:
             return  # a new lineage, under a name of the user's choosing
         tags = self._run(run_id).data.tags
         predicts, task = tags.get("model_name") or tags.get("task", ""), tags.get("task", "")
-        query = f"name = '{name}'" if "'" not in name else ""  # a quote: filter here instead
-        versions = [v for v in self.client.search_model_versions(query) if v.name == name]
-        for version in versions:
+        for version in self._versions(name):
             theirs = version.tags.get("lineage.model_name")
             mine = predicts if theirs is not None else task
             theirs = theirs if theirs is not None else version.tags.get("lineage.task", "")

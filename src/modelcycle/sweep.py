@@ -258,6 +258,9 @@ def open_study(
 
 #: Top-level config groups that say where things go, not how a trial trains and scores.
 _NOT_TRIAL = ("sweep", "workspace", "logger", "report_dir", "serve", "monitor", "loadtest")
+#: Keys ending so are where things are on one machine (data.root, data.download_dir,
+#: data.cache_dir): machines sharing a study hold the same data in different places.
+_WHERE = ("dir", "root", "path", "uri")
 
 
 def _check_base(study: Study, config: Mapping[str, Any], space: list[Param]) -> None:
@@ -270,7 +273,9 @@ def _check_base(study: Study, config: Mapping[str, Any], space: list[Param]) -> 
     base = {
         key: value
         for key, value in _flat(config).items()
-        if key.split(".")[0] not in _NOT_TRIAL and key not in searched
+        if key.split(".")[0] not in _NOT_TRIAL
+        and not key.rsplit(".", 1)[-1].endswith(_WHERE)
+        and key not in searched
     }
     recorded = study.user_attrs.get("base")
     if recorded is None:

@@ -193,7 +193,7 @@ def test_hot_reload_loads_the_same_variant_of_the_new_version(
 
     reloaders: list[Any] = []
 
-    def capture(*args: Any) -> Any:
+    def capture(*args: Any, **kwargs: Any) -> Any:
         reloaders.append(args[3])  # create_app(load, settings, capture, reload, drift)
         return None
 

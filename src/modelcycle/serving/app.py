@@ -59,6 +59,8 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 WAIT_SHARE = 0.5
 PREDICT = "/v1/models/{name}/predict"
 SHED_ROUTE = "modelcycle.route"  # scope key: the route template of a request answered early
+#: Seconds a request body may take to arrive at least, whatever is left of its deadline.
+READ_FLOOR = 1.0
 #: Request headers a browser on an allowed origin may send (CORS), besides the simple ones.
 CORS_HEADERS = ("Authorization", "X-API-Key", "X-Deadline-Ms", "X-Capture-Source", "Content-Type")
 
@@ -515,16 +517,19 @@ def _add_routes(
     settings: ServeSettings,
     drift: DriftService | None,
 ) -> None:
-    # HEAD too: some load balancers' health checks send it
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "alive"}
 
-    @app.api_route("/readyz", methods=["GET", "HEAD"])
+    @app.get("/readyz")
     async def readyz() -> JSONResponse:
         """Readiness: every model loaded and warmed."""
         return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+
+    # HEAD too, for load balancers' health checks that send it (not a documented operation)
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -591,9 +596,9 @@ def _add_routes(
         refusal = _refusal(state, name, deadline_ms)  # _Shed answers nearly all before this
         if refusal is not None:  # shed before reading or decoding the body: overload stays cheap
             return _overloaded(name, refusal)
-        reading = deadline_ms / 1000 - (time.perf_counter() - arrived)
-        if reading <= 0:  # spent waiting for the server before its body was read
-            return _error(504, f"{name} did not answer within {deadline_ms:.0f} ms.")
+        # the body may take what is left of the deadline, and a second at least: a request
+        # whose deadline is already spent is still read, and told what was wrong with it
+        reading = max(deadline_ms / 1000 - (time.perf_counter() - arrived), READ_FLOOR)
         payload = await _payload(request, served, settings, state.decoder, reading)
         if isinstance(payload, JSONResponse):
             return payload
@@ -675,8 +680,8 @@ async def _payload(
     except TimeoutError:
         return _error(
             408,
-            f"The request body did not arrive within {max(reading, 0) * 1000:.0f} ms, what was "
-            "left of the request's deadline; send it whole (or give a longer X-Deadline-Ms).",
+            f"The request body did not arrive within {reading * 1000:.0f} ms, what was left of "
+            "the request's deadline; send it whole (or give a longer X-Deadline-Ms).",
         )
     except ClientDisconnect:
         return _error(499, "The client closed the connection before its body arrived.")

@@ -112,6 +112,19 @@ def test_config_applies_overrides() -> None:
     assert "RegionGraphEncoder" in result.stdout
 
 
+def test_config_check_refuses_what_train_would_before_any_data(workspace: Path) -> None:
+    # `config` printed task.lr: abc with exit 0, which train refuses.
+    printed = runner.invoke(app, ["config", "experiment=image_rice", "task.lr=abc"])
+    assert printed.exit_code == 0 and "lr: abc" in printed.stdout
+    checked = runner.invoke(app, ["config", "experiment=image_rice", "task.lr=abc", "--check"])
+    assert checked.exit_code == 2 and "task.lr='abc': give a number" in checked.stdout
+    wrong_data = runner.invoke(app, ["config", "experiment=twins", "data=bcss", "--check"])
+    assert wrong_data.exit_code == 2 and "the twins task reads" in wrong_data.stdout
+    fine = runner.invoke(app, ["config", "experiment=image_rice", "--check"])
+    assert fine.exit_code == 0 and "every value checks out" in fine.stdout
+    assert not (workspace / "data").exists()  # nothing read, downloaded or written
+
+
 def test_bad_override_is_one_clear_line() -> None:
     result = runner.invoke(app, ["config", "model=no_such_model"])
     assert result.exit_code == 2

@@ -145,14 +145,28 @@ def tasks() -> None:
 
 
 @app.command("config")
-def show_config(overrides: Overrides = None) -> None:
+def show_config(
+    overrides: Overrides = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Also check every value as train would (kinds, ranges, choices, the data the "
+            "task reads), without reading data; exit 2 naming the first bad one",
+        ),
+    ] = False,
+) -> None:
     """Print the composed config for the given overrides."""
     from omegaconf import OmegaConf
 
-    from modelcycle.config import compose_config
+    from modelcycle.config import assemble, compose_config
 
     with _clear_errors():
-        console.print(OmegaConf.to_yaml(compose_config(overrides or [])), end="")
+        cfg = compose_config(overrides or [])
+        console.print(OmegaConf.to_yaml(cfg), end="")
+        if check:
+            assemble(cfg)  # builds the task, its data source and model factory: no data read
+            console.print("# every value checks out: train would start with this config")
 
 
 @app.command()

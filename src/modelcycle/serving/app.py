@@ -334,16 +334,22 @@ def _run_batch(
 ) -> list[dict[str, np.ndarray]]:
     """One model call for the batch; its captures commit before any request is answered.
 
-    A request whose outputs are not all finite (inputs far beyond what the model was trained
-    on overflow it) is answered 422 and not captured: it is no prediction.
+    A request whose answered outputs are not all finite (inputs far beyond what the model
+    was trained on overflow it) gets an empty result, answered 422, and is not captured: it
+    is no prediction. Finiteness is checked once per batch and output, not per request.
     """
     sizes = [len(p.rows[0]) for p in payloads]
     inputs = [joined(column) for column in zip(*(p.rows for p in payloads), strict=True)]
     outputs = served.run(inputs)
-    bounds = np.cumsum([0, *sizes])
+    bounds = list(itertools.pairwise(np.cumsum([0, *sizes])))
+    named = dict(zip(served.output_names, outputs, strict=True))
+    finite_rows = np.ones(len(outputs[0]), dtype=bool)
+    for name in served.answer_outputs:
+        out = named[name]
+        finite_rows &= np.isfinite(out.reshape(len(out), -1)).all(axis=1)
     results = [
-        {n: out[lo:hi] for n, out in zip(served.output_names, outputs, strict=True)}
-        for lo, hi in itertools.pairwise(bounds)
+        {n: out[lo:hi] for n, out in named.items()} if finite_rows[lo:hi].all() else {}
+        for lo, hi in bounds
     ]
     if capture is not None:
         now, done = time.time(), time.perf_counter()
@@ -360,15 +366,10 @@ def _run_batch(
                     p.source,
                 )
                 for p, r in zip(payloads, results, strict=True)
-                if _finite(r, served.answer_outputs)
+                if r
             ]
         )
     return results
-
-
-def _finite(result: dict[str, np.ndarray], names: Sequence[str]) -> bool:
-    """Whether every answered output of one request is a finite number."""
-    return all(bool(np.isfinite(result[n]).all()) for n in names)
 
 
 # Elements: numpy 2.4 kept the GIL copying arrays of up to 16,384 elements here, and let go
@@ -613,7 +614,7 @@ def _add_routes(
             return _error(504, f"{name} did not answer within {deadline_ms:.0f} ms.")
         state.answer_times[name].add(time.perf_counter() - seen)
         answered = payload.served
-        if not _finite(result, answered.answer_outputs):
+        if not result:  # its outputs were not finite (`_run_batch`)
             return _error(
                 422,
                 f"{name} gave no finite answer for this input: its values lie far beyond the "

@@ -240,7 +240,6 @@ def _evaluate(
     `moved` (`data.root=DIR`, ...) says where the run's data are now; the data's content hash
     must still be the run's.
     """
-    import yaml
     from omegaconf import OmegaConf
 
     from modelcycle.config import assemble, tracking_settings, trained_store, workspace_of
@@ -250,11 +249,8 @@ def _evaluate(
 
     tracking, workspace, uri = tracking_settings(cfg), workspace_of(cfg), trained_store(cfg)
     found = locate_run(run, uri, tracking.experiment)
-    config = OmegaConf.create(found.config)
-    for override in moved or []:
-        key, _, value = override.partition("=")
-        OmegaConf.update(config, key, yaml.safe_load(value) if value else None, merge=False)
-    recorded = assemble(config)
+    config = OmegaConf.merge(OmegaConf.create(found.config), OmegaConf.from_dotlist(moved or []))
+    recorded = assemble(config)  # type: ignore[arg-type]
     settings = recorded.pipeline
     tracker = Tracker(tracking, workspace)
     report = evaluate_run(

@@ -36,7 +36,7 @@ from modelcycle.kinds import is_whole
 from modelcycle.messages import clause
 from modelcycle.pipeline import TrainingContext, cross_validate
 from modelcycle.search_space import Param
-from modelcycle.tracking import Tracker
+from modelcycle.tracking import Tracker, flatten
 
 if TYPE_CHECKING:
     from modelcycle.config import Assembled
@@ -272,7 +272,7 @@ def _check_base(study: Study, config: Mapping[str, Any], space: list[Param]) -> 
     searched = {p.path for p in space}
     base = {
         key: value
-        for key, value in _flat(config).items()
+        for key, value in flatten(config).items()
         if key.split(".")[0] not in _NOT_TRIAL
         and not key.rsplit(".", 1)[-1].endswith(_WHERE)
         and key not in searched
@@ -291,17 +291,6 @@ def _check_base(study: Study, config: Mapping[str, Any], space: list[Param]) -> 
             f"Study {study.study_name!r} ran its trials from {had}; this command gives "
             f"{gives}{more}. Give the same to resume it, or start a new study with --study NAME."
         )
-
-
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config as dotted keys."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _check_resume(study: Study, metric: str, space: list[Param]) -> None:

@@ -117,7 +117,7 @@ class Tracker:
         """Log flattened parameters (values longer than MLflow's limit are cut)."""
         import mlflow
 
-        mlflow.log_params({k: str(v)[:6000] for k, v in _flatten(params).items()})
+        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(params).items()})
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -200,12 +200,13 @@ def workspace_lock(workspace: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys; lists as JSON text (as MLflow parameters hold them)."""
     flat: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{name}."))
         else:
             flat[name] = json.dumps(value) if isinstance(value, list | tuple) else value
     return flat

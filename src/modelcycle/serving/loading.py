@@ -146,15 +146,14 @@ def load_served(
     name, alias = split_alias(reference)
     version = registry.resolve(reference)
     expected = expected_sha256(version, reference, choice)
-    local = registry.download(version, cache / f"{name}-v{version.version}")
-    onnx_path = local / "onnx" / VARIANT_FILES[choice.name]
-    actual = sha256_file(onnx_path) if onnx_path.is_file() else "missing"
-    if actual != expected:  # the local copy changed on disk? fetch it from the registry again
-        log.warning("%s: sha256 %s, not the export's; copying it again", onnx_path, actual[:12])
-        local = registry.download(version, cache / f"{name}-v{version.version}", fresh=True)
+    for fresh in (False, True):  # a local copy changed on disk is fetched once more
+        local = registry.download(version, cache / f"{name}-v{version.version}", fresh=fresh)
         onnx_path = local / "onnx" / VARIANT_FILES[choice.name]
         actual = sha256_file(onnx_path) if onnx_path.is_file() else "missing"
-    if actual != expected:
+        if actual == expected:
+            break
+        log.warning("%s: sha256 %s, not the export's", onnx_path, actual[:12])
+    else:
         raise ModelLoadError(
             f"{onnx_path}: sha256 {actual[:12]} does not match the {choice.name} export recorded "
             f"on {name} version {version.version} ({expected[:12]}), also freshly copied from "

@@ -212,7 +212,8 @@ def resize_rgb(image: object, size: int) -> np.ndarray:
     from PIL import Image
 
     assert isinstance(image, Image.Image)
-    return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # a converted one: no copy
+    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR))
 
 
 def hash_files(paths: Sequence[Path]) -> str:

@@ -35,7 +35,8 @@ def test_an_interruption_stays_one_when_the_store_cannot_take_the_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Seen in CI: a Ctrl-C inside MLflow's own SQLite write left the store locked, and the
-    # "database is locked" error of marking the run replaced the interruption (exit 1).
+    # "database is locked" error of marking the run replaced the interruption (exit 1). A
+    # Ctrl-C now waits for the write; another process may still hold the lock too long.
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -25,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modelcycle.interrupts import ctrl_c_outside_store
 from modelcycle.logs import configure as configure_logging
 from modelcycle.ranks import is_rank_zero
 
@@ -66,7 +67,8 @@ def _interruptible(command: CommandFunction) -> CommandFunction:
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with ctrl_c_outside_store():
+                return command(*args, **kwargs)
         except KeyboardInterrupt as err:
             if is_rank_zero():
                 console.print("[yellow]interrupted:[/yellow] stopped at Ctrl-C.", soft_wrap=True)

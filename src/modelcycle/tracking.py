@@ -244,11 +244,15 @@ def package_versions(names: tuple[str, ...] = LINEAGE_PACKAGES) -> dict[str, str
 def _end_killed(run_id: str) -> None:
     """End the active run as KILLED; a store that cannot take the write is said, not raised.
 
-    A Ctrl-C can land inside one of MLflow's own SQLite writes, and the store may then stay
-    locked for this process: the interruption must still reach the user as itself.
+    The store may be locked by another process for longer than MLflow waits (a sweep's
+    other workers): the interruption must still reach the user as itself.
     """
     import mlflow
 
+    # MLflow logs a failed write with its traceback before raising it; the warning says it.
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    quiet = store_log.disabled
+    store_log.disabled = True
     try:
         mlflow.end_run("KILLED")  # leaves the active-run stack even when the write fails
     except Exception as err:
@@ -257,3 +261,5 @@ def _end_killed(run_id: str) -> None:
             run_id,
             str(err).splitlines()[0][:200],
         )
+    finally:
+        store_log.disabled = quiet

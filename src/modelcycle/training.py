@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import Logger
 
+from modelcycle.interrupts import when_outside_store
 from modelcycle.kinds import is_number, is_whole
 from modelcycle.logs import quiet_libraries
 
@@ -137,22 +138,23 @@ def fit(
     )
     # Lightning may substitute one (16-mixed on a CPU runs as bf16-mixed): log what it runs.
     log.info("Training precision: %s (trainer.precision=%s)", trainer.precision, settings.precision)
-    listening = ctrl_c.listen()
+    ctrl_c.listen()
     _start_ranks_deaf_to_ctrl_c(trainer)
     try:
         trainer.fit(module, datamodule=datamodule)
     except BaseException:
-        # Lightning marks the trainer "interrupted" on any error, so ask what it caught.
-        if not ctrl_c.pressed:
+        # Lightning marks the trainer "interrupted" on any error, so ask what it caught. A
+        # rank zero that heard the Ctrl-C has ended the other ranks: the collective it was
+        # in (early stopping's) may then fail first, with gloo's error.
+        if not (ctrl_c.pressed or ctrl_c.heard):
             raise
         # Lightning ends a Ctrl-C with exit(1) after its teardown, ignoring SIGINT from then
         # on (or with its loggers' error, when the teardown's write fails); the caller should
         # see the interruption itself, and a second Ctrl-C should work.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        ctrl_c.stop_listening()
         raise KeyboardInterrupt from None
     finally:
-        if listening and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        ctrl_c.stop_listening()
     best = Path(checkpoint.best_model_path)
     if not trainer.is_global_zero:
         return best
@@ -195,22 +197,33 @@ class _CtrlC(Callback):
     is, and when that is a garbage-collection callback (SQLAlchemy's, for one) the
     exception is printed as "Exception ignored in ..." and dropped, and training went on to
     its last epoch. A Ctrl-C heard but not seen by Lightning is raised again at the next
-    batch.
+    batch. One that lands inside the tracking store (the MLflow logger's writes) is heard
+    when the write is done (`modelcycle.interrupts`).
     """
 
     def __init__(self) -> None:
         self.pressed = False
         self.heard = False
+        self.before: Any = None
 
     def listen(self) -> bool:
-        """Hear Ctrl-C through `hear` (main thread, default handler only); whether it does."""
-        if (
-            threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-        ):
+        """Hear Ctrl-C through `hear`, once out of the tracking store; whether it does.
+
+        Only on the main thread and where Ctrl-C has a Python handler (Python's own, or the
+        command's): a process started deaf to it stays so.
+        """
+        before = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread() or not callable(before):
             return False
-        signal.signal(signal.SIGINT, self.hear)
+        self.before = before
+        signal.signal(signal.SIGINT, when_outside_store(self.hear))
         return True
+
+    def stop_listening(self) -> None:
+        """Give Ctrl-C back to the handler it had before `listen` (Lightning ignores it)."""
+        if self.before is not None:
+            signal.signal(signal.SIGINT, self.before)
+            self.before = None
 
     def hear(self, signum: int, frame: FrameType | None) -> Any:
         """The SIGINT handler during a fit: remember the press, then raise as Python does."""
@@ -274,7 +287,7 @@ def _start_ranks_deaf_to_ctrl_c(trainer: L.Trainer) -> None:
             spawn()
         finally:
             del os.environ[DEAF_TO_CTRL_C]
-            signal.signal(signal.SIGINT, end_ranks_then(heard))
+            signal.signal(signal.SIGINT, when_outside_store(end_ranks_then(heard)))
 
     def end_ranks_then(heard: Any) -> Callable[[int, FrameType | None], Any]:
         def on_ctrl_c(signum: int, frame: FrameType | None) -> Any:

@@ -24,7 +24,7 @@ from modelcycle.cli import app
 from modelcycle.config import compose_config
 from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.monitoring.drift import DriftSummary, FeatureDrift
-from modelcycle.registry import Registry
+from modelcycle.registry import PROTOCOL_PARAMS, Registry
 from modelcycle.registry_hooks import AliasMoved
 from modelcycle.sweep import SweepResult, TrialRecord
 from modelcycle.tracking import TrackingSettings, tracking_uri
@@ -211,6 +211,10 @@ def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
         a.path for a in mlflow.MlflowClient().list_artifacts(champion.run_id, "model/onnx")
     }
     assert {"model/onnx/model.onnx", "model/onnx/model.int8.onnx"} <= onnx_files
+    # what the gate reads to tell whether a champion was scored alike
+    params = mlflow.MlflowClient().get_run(champion.run_id).data.params
+    assert {key: params.get(key) for key in PROTOCOL_PARAMS} == {"cv.n_folds": "2", "seed": "42"}
+    assert champion.tags["gate.champion"] == "none: no champion yet"
     # the same seed gives the same metric: it does not beat the champion, and that is no error
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.stdout
@@ -239,6 +243,15 @@ def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
         wrong = runner.invoke(app, command)  # the NAME@ALIAS of export and serve
         assert wrong.exit_code == 2, wrong.output
         assert "takes the model's name alone (twins)" in wrong.stdout, command
+    # Another seed splits other folds: its mean is not compared with the champion's; its
+    # baseline (on its own folds) still gates it, and a person decides on promotion.
+    other = runner.invoke(app, [*args, "seed=7"])
+    assert other.exit_code == 0, other.stdout
+    said = " ".join(other.stdout.split())
+    assert "registered twins version 2 as @challenger" in said, said
+    assert "not compared: version 1 was scored otherwise (seed 42 there, 7 here)" in said
+    assert "compare the two before you promote it" in said
+    assert registry.resolve("twins@champion").version == "1"
 
 
 def test_same_seed_same_numbers(tiny_qtim: Path, tmp_path: Path) -> None:

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from modelcycle.registry import GateError, Registry, RegistryError, latest_pipeline_run
+from modelcycle.registry import (
+    GateError,
+    Registry,
+    RegistryError,
+    champion_note,
+    latest_pipeline_run,
+)
 from modelcycle.registry_hooks import CommandHook
 from modelcycle.servable import ServableError, ServableModel
 from modelcycle.tracking import Tracker, TrackingSettings
@@ -30,15 +36,19 @@ def _run(
     tmp_path: Path,
     with_model: bool = True,
     predicts: str = "twins",
+    params: dict[str, object] | None = None,
+    data_hash: str = "d" * 64,
 ) -> str:
     """A finished parent run shaped like a pipeline's: tags, mean metrics, config, model/."""
     with store.run("twins") as run_id:
+        if params is not None:
+            store.log_params(params)
         store.set_tags(
             {
                 "task": "twins" if predicts == "twins" else "image",
                 "model_name": predicts,
                 "primary_metric": METRIC,
-                "data_hash": "d" * 64,
+                "data_hash": data_hash,
                 "packages": json.dumps({"torch": "x"}),
                 "git_sha": "abc",
                 "git_dirty": "False",
@@ -154,6 +164,52 @@ def test_gate_against_the_champion_then_promotion_and_audit(store: Tracker, tmp_
         ("challenger", "1", "2", "registered"),
         ("champion", "1", "2", "beats v1 by 0.01"),
     ]
+
+
+FIVE_FOLDS = {"cv": {"n_folds": 5}, "seed": 42, "trainer": {"max_epochs": 30}}
+
+
+@pytest.mark.parametrize(
+    ("params", "data_hash", "said"),
+    [
+        ({"cv": {"n_folds": 2}, "seed": 42}, "d" * 64, "cv.n_folds 5 there, 2 here"),
+        ({"cv": {"n_folds": 5}, "seed": 7}, "d" * 64, "seed 42 there, 7 here"),
+        (FIVE_FOLDS, "e" * 64, f"data {'d' * 12}… there, {'e' * 12}… here"),
+    ],
+)
+def test_a_champion_scored_on_other_folds_or_data_is_not_compared(
+    store: Tracker, tmp_path: Path, params: dict[str, object], data_hash: str, said: str
+) -> None:
+    # A `debug=tiny` run's 2-fold mean was compared with the 5-fold champion's as if the
+    # two were measured alike; on few folds a mean is mostly the split's luck.
+    registry = Registry(store.uri)
+    registry.register(_run(store, 0.94, 0.91, tmp_path, params=FIVE_FOLDS), "twins")
+    registry.promote("twins")
+    lower = _run(store, 0.92, 0.91, tmp_path, params=params, data_hash=data_hash)
+    version, _ = registry.register(lower, "twins")  # the baseline still gates it
+    verdict = version.tags["gate.champion"]
+    assert verdict == f"not compared: version 1 was scored otherwise ({said})"
+    assert "compare the two before you promote it" in str(champion_note(version))
+    assert registry.resolve("twins@champion").version == "1"
+    below_baseline = _run(store, 0.90, 0.91, tmp_path, params=params, data_hash=data_hash)
+    with pytest.raises(GateError, match="does not beat the baseline's"):
+        registry.register(below_baseline, "twins")
+
+
+def test_a_champion_scored_alike_is_compared_and_the_version_says_so(
+    store: Tracker, tmp_path: Path
+) -> None:
+    registry = Registry(store.uri)
+    first, _ = registry.register(_run(store, 0.94, 0.91, tmp_path, params=FIVE_FOLDS), "twins")
+    assert first.tags["gate.champion"] == "none: no champion yet"
+    assert champion_note(first) is None
+    registry.promote("twins")
+    # other training settings, the same folds: compared
+    alike = FIVE_FOLDS | {"trainer": {"max_epochs": 60}}
+    with pytest.raises(GateError, match="does not beat the champion"):
+        registry.register(_run(store, 0.93, 0.91, tmp_path, params=alike), "twins")
+    better, _ = registry.register(_run(store, 0.95, 0.91, tmp_path, params=alike), "twins")
+    assert better.tags["gate.champion"] == f"beat version 1 ({METRIC} 0.9500 against 0.9400)"
 
 
 def test_alias_moves_run_hooks_and_a_failing_hook_never_undoes_the_move(

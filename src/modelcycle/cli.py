@@ -357,7 +357,7 @@ def register(
     The run comes first (`modelcycle register RUN [OVERRIDES]`) or as --run; default latest.
     """
     from modelcycle.config import build_registry, compose_config
-    from modelcycle.registry import latest_pipeline_run
+    from modelcycle.registry import champion_note, latest_pipeline_run
 
     with _clear_errors():
         overrides, run = _leading_run(overrides, run)
@@ -369,6 +369,9 @@ def register(
         model_name = name or registry.task_of(run_id)
         version, hooks = registry.register(run_id, model_name, alias, reason)
     console.print(f"Registered {version.name} version {version.version} as @{alias} (run {run_id})")
+    note = champion_note(version)
+    if note is not None:
+        console.print(f"  {note}", soft_wrap=True)
     _print_hooks(hooks)
 
 

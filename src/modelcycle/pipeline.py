@@ -16,7 +16,7 @@ import yaml
 from modelcycle.evaluate import publish_report, score_fold
 from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.ranks import is_rank_zero, share_from_rank_zero
-from modelcycle.registry import CHALLENGER, CHAMPION, GateError, Registry
+from modelcycle.registry import CHALLENGER, CHAMPION, GateError, Registry, champion_note
 from modelcycle.tasks.base import Fold, Task
 from modelcycle.tracking import Tracker, git_state, package_versions
 from modelcycle.training import TrainerSettings, fit
@@ -126,6 +126,9 @@ def release(registry: Registry, run_id: str, name: str, exports: Path) -> Releas
     except GateError as refusal:
         return Release(None, [str(refusal)])
     messages = [f"registered {name} version {version.version} as @{CHALLENGER}"]
+    note = champion_note(version)
+    if note is not None:
+        messages.append(note)
     if registry.alias_version(name, CHAMPION) is None:
         registry.promote(name, CHAMPION, version.version, "first version of this model")
         messages.append(f"promoted version {version.version} to @{CHAMPION} (first version)")

@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,7 +160,7 @@ class Registry:
         candidate = self.candidate(run_id)
         self._once(run_id, name)
         self._same_kind(run_id, name)
-        self._gate(candidate, name)
+        verdict = self._gate(candidate, name)
         run = self._run(run_id)
         if not self._has_model(run_id):
             raise RegistryError(f"Run {run_id} has no model/ artifact to register.")
@@ -172,7 +172,7 @@ class Registry:
             name,
             source=f"{run.info.artifact_uri}/model",
             run_id=run_id,
-            tags=_lineage(run, candidate),
+            tags=_lineage(run, candidate) | {"gate.champion": verdict},
             description=f"{candidate.metric} {candidate.value:.4f} "
             f"(baseline {candidate.baseline:.4f})",
         )
@@ -345,7 +345,12 @@ class Registry:
                     f"of {theirs}."
                 )
 
-    def _gate(self, candidate: Candidate, name: str) -> None:
+    def _gate(self, candidate: Candidate, name: str) -> str:
+        """Refuse a run that does not beat its baseline, or a comparable champion.
+
+        Returns:
+            What the champion comparison found, for the version's `gate.champion` tag.
+        """
         m = candidate.metric
         if not candidate.value > candidate.baseline:
             raise GateError(
@@ -354,13 +359,42 @@ class Registry:
             )
         champion = self.alias_version(name, CHAMPION) if self._exists(name) else None
         if champion is None:
-            return
-        best = float(self.get(name, champion).tags.get(f"metric.model_{m}_mean", "nan"))
+            return "none: no champion yet"
+        held = self.get(name, champion)
+        differences = _protocol_differences(
+            self._protocol(held.run_id, held.tags), self._protocol(candidate.run_id, {})
+        )
+        if held.tags.get("gate.metric", m) != m:
+            differences.append(f"its gate metric is {held.tags['gate.metric']}, this run's {m}")
+        if differences:
+            # Means over other folds, data or metric differ by their splits as much as by
+            # their models: the baseline (same folds) still gates, a person promotes.
+            otherwise = "; ".join(differences)
+            return f"not compared: version {champion} was scored otherwise ({otherwise})"
+        best = float(held.tags.get(f"metric.model_{m}_mean", "nan"))
         if not candidate.value > best:
             raise GateError(
                 f"Not registered: {m} {candidate.value:.4f} does not beat the champion "
                 f"({name} version {champion}) at {best:.4f}."
             )
+        return f"beat version {champion} ({m} {candidate.value:.4f} against {best:.4f})"
+
+    def _protocol(self, run_id: str, tags: Mapping[str, str]) -> dict[str, str]:
+        """How a run's cross-validated means were made: data, folds and the seed that split them.
+
+        From the run when the store still has it, else from a version's lineage `tags`
+        (data only); keys a run did not record are left out (not compared).
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            data = tags.get("lineage.data_hash", "")
+            return {"data": data} if data else {}
+        found = {"data": run.data.tags.get("data_hash", "")}
+        found |= {key: run.data.params.get(key, "") for key in PROTOCOL_PARAMS}
+        return {key: value for key, value in found.items() if value}
 
     def _append_audit(self, event: AliasMoved) -> None:
         count = sum(k.startswith(AUDIT_PREFIX) for k in self._model(event.model).tags)
@@ -443,6 +477,36 @@ def latest_pipeline_run(tracking_uri: str, experiment: str) -> str:
             f"No finished pipeline run in experiment {experiment!r} at {tracking_uri}."
         )
     return str(runs[0].info.run_id)
+
+
+def champion_note(version: Registered) -> str | None:
+    """What the gate said of the champion for `version`, to print; None when nothing to say."""
+    verdict = version.tags.get("gate.champion", "")
+    if verdict.startswith("not compared: "):
+        return (
+            f"{verdict}; cross-validated means on other folds or data do not compare, so only "
+            "the baseline gated it: compare the two before you promote it."
+        )
+    if verdict.startswith("beat "):
+        return f"the champion comparison: {verdict}"
+    return None
+
+
+#: The parameters that decide a run's folds, beside its data (`data_hash`).
+PROTOCOL_PARAMS = ("cv.n_folds", "seed")
+
+
+def _protocol_differences(theirs: Mapping[str, str], mine: Mapping[str, str]) -> list[str]:
+    """What differs between two runs' protocols, as `key X there, Y here` phrases."""
+
+    def shown(key: str, value: str) -> str:
+        return f"{value[:12]}…" if key == "data" else value
+
+    return [
+        f"{key} {shown(key, theirs[key])} there, {shown(key, mine[key])} here"
+        for key in theirs
+        if key in mine and theirs[key] != mine[key]
+    ]
 
 
 def _lineage(run: Any, candidate: Candidate) -> dict[str, str]:

@@ -143,10 +143,13 @@ def test_the_experiment_composes_and_refuses_what_it_cannot_build(workspace: Pat
         "model.layers=0": r"model.layers=0: give a value from 1 to below 5",
         "task.max_links=0": r"max_links=0: give a whole number >= 1",
         "task.propagation_alpha=1": r"propagation_alpha=1",
+        # heads changed nothing but gat's attention, silently (sweeps over it included)
+        "model.heads=8": r"model.heads=8: attention heads are gat's alone, and name=gcn",
     }
     for override, message in refused.items():
         with pytest.raises(ConfigError, match=message):
             assemble(compose_config(["experiment=node_wikics", override]))
+    assemble(compose_config(["experiment=node_wikics", "model.name=gat", "model.heads=2"]))
 
 
 @pytest.mark.parametrize("name", ["gcn", "sage", "gat"])
@@ -159,7 +162,7 @@ def test_each_network_exports_to_onnx_with_parity(
     from modelcycle.models.ego_gnn import EgoClassifier, NodeClassifier
 
     torch.manual_seed(0)
-    network = EgoGNN(300, 10, name=name, hidden=8, heads=2)
+    network = EgoGNN(300, 10, name=name, hidden=8, heads=2 if name == "gat" else None)
     module = EgoClassifier(NodeClassifier(network)).eval()
     arrays = ego_graphs(graph.features, graph.neighbors, np.arange(6), 8)
     path = export_onnx(

@@ -21,14 +21,23 @@ from modelcycle.models.image_classifier import log_accuracy
 NETWORKS = ("gcn", "sage", "gat")
 
 
-def _check_name(name: object) -> None:
+#: Attention heads of "gat" when `heads` is not given.
+GAT_HEADS = 4
+
+
+def _check_name(name: object, heads: object = None) -> None:
     if name not in NETWORKS:
         raise ValueError(f"name={name!r}: give one of {', '.join(NETWORKS)}.")
+    if heads is not None and name != "gat":  # it changed nothing, sweeps included
+        raise ValueError(
+            f"heads={heads!r}: attention heads are gat's alone, and name={name}; leave "
+            "model.heads out, or set model.name=gat."
+        )
 
 
 @declares(
     ranges={"hidden": (1, None), "layers": (1, 5), "dropout": (0, 1), "heads": (1, None)},
-    check=lambda values: _check_name(values.get("name", "gcn")),
+    check=lambda values: _check_name(values.get("name", "gcn"), values.get("heads")),
 )
 class EgoGNN(nn.Module):
     """Dense graph convolutions over padded ego graphs; logits and embedding of each centre.
@@ -41,7 +50,7 @@ class EgoGNN(nn.Module):
         hidden: Width of every layer.
         layers: Convolutions; the centre sees that many links away within its ego graph.
         dropout: Dropout before each convolution and the classifier.
-        heads: Attention heads of "gat".
+        heads: Attention heads of "gat" (default `GAT_HEADS`); other networks refuse it.
     """
 
     def __init__(
@@ -52,16 +61,16 @@ class EgoGNN(nn.Module):
         hidden: int = 64,
         layers: int = 2,
         dropout: float = 0.5,
-        heads: int = 4,
+        heads: int | None = None,
     ) -> None:
         super().__init__()
         from torch_geometric.nn import DenseGATConv, DenseGCNConv, DenseSAGEConv
 
-        _check_name(name)
+        _check_name(name, heads)
 
         def conv(width_in: int) -> nn.Module:
             if name == "gat":
-                return DenseGATConv(width_in, hidden, heads=heads, concat=False)
+                return DenseGATConv(width_in, hidden, heads=heads or GAT_HEADS, concat=False)
             if name == "sage":
                 return DenseSAGEConv(width_in, hidden)
             return DenseGCNConv(width_in, hidden)

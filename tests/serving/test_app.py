@@ -712,13 +712,20 @@ def test_a_client_deadline_the_queue_cannot_meet_is_refused_at_once(served: Serv
         request = _example(c)
         assert _post(c, request).status_code == 200  # the server measures its rate
         started = time.perf_counter()
-        # half of a deadline may go to waiting: 30 ms, while one request takes 100 ms
-        refused = _post(c, request, {"x-deadline-ms": "60"})
+        # half of a deadline may go to waiting: 75 ms, while one request takes 100 ms
+        refused = _post(c, request, {"x-deadline-ms": "150"})
         refused_seconds = time.perf_counter() - started
+        # shorter than one answer takes: no retry could meet it, and it is not an overload
+        # (it read "overloaded; retry shortly" on an idle server)
+        never = _post(c, request, {"x-deadline-ms": "60"})
         patient = _post(c, request, {"x-deadline-ms": "2000"})
     assert refused.status_code == 429, refused.text
-    assert "over the 30 ms budget" in refused.json()["detail"]
+    assert "over the 75 ms budget" in refused.json()["detail"]
     assert refused_seconds < 0.1  # refused without running the model
+    assert never.status_code == 504 and "retry-after" not in never.headers, never.text
+    detail = never.json()["detail"]
+    assert "cannot answer within 60 ms: one answer takes it about 10" in detail, detail
+    assert "give a longer X-Deadline-Ms" in detail
     assert patient.status_code == 200
 
 

@@ -427,7 +427,7 @@ def _add_middleware(
 
 
 class _Shed:
-    """Answers 429, before FastAPI routes it, to a predict request its model would refuse.
+    """Answers 429 (504), before FastAPI routes it, to a predict request its model would refuse.
 
     Pure ASGI, and the body is never read. Under overload most requests are refused, and
     routing them costs about 0.1 ms of CPU each (dependencies, header parsing), taken from
@@ -453,14 +453,15 @@ class _Shed:
             and self.state.ready
         ):
             name = path[len(self.prefix) : -len(self.suffix)]
-            why = None if name not in self.state.batchers else self._refusal(name, scope["headers"])
-            if why is not None:
+            known = name in self.state.batchers
+            shed = self._refusal(name, scope["headers"]) if known else None
+            if shed is not None:
                 scope[SHED_ROUTE], scope["path_params"] = PREDICT, {"name": name}
-                await _overloaded(name, why)(scope, receive, send)
+                await shed(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def _refusal(self, name: str, headers: list[tuple[bytes, bytes]]) -> str | None:
+    def _refusal(self, name: str, headers: list[tuple[bytes, bytes]]) -> JSONResponse | None:
         first: dict[bytes, bytes] = {}  # the first of each, as the routes read them
         for key, value in headers:
             if key in (b"x-deadline-ms", b"x-api-key", b"authorization"):
@@ -570,8 +571,9 @@ def _add_routes(
                 description=(
                     "Milliseconds the client will wait for this answer (at most "
                     "serve.deadline_ms counts). A request that could not be answered in time "
-                    "is refused at once (429) or ends at that deadline (504), so an "
-                    "overloaded server spends no work on answers nobody waits for."
+                    "is refused at once (429; 504 for one shorter than an answer takes on "
+                    "an idle server) or ends at that deadline (504), so an overloaded "
+                    "server spends no work on answers nobody waits for."
                 ),
             ),
         ] = None,
@@ -596,7 +598,7 @@ def _add_routes(
         deadline_ms = _deadline_ms(settings, x_deadline_ms)
         refusal = _refusal(state, name, deadline_ms)  # _Shed answers nearly all before this
         if refusal is not None:  # shed before reading or decoding the body: overload stays cheap
-            return _overloaded(name, refusal)
+            return refusal
         # the body may take what is left of the deadline, and a second at least: a request
         # whose deadline is already spent is still read, and told what was wrong with it
         reading = max(deadline_ms / 1000 - (time.perf_counter() - arrived), READ_FLOOR)
@@ -806,23 +808,34 @@ def _deadline_ms(settings: ServeSettings, asked_ms: float | None) -> float:
     return asked_ms
 
 
-def _refusal(state: _State, name: str, deadline_ms: float) -> str | None:
-    """Why a request for served model `name` with this deadline is refused now, or None.
+def _refusal(state: _State, name: str, deadline_ms: float) -> JSONResponse | None:
+    """The answer refusing a request for served model `name` with this deadline now, or None.
 
     Its model's queue may be full or too slow for its wait budget (`MicroBatcher.refusal`).
     Or too little is left: the deadline counts from when the request reached the server,
     the event loop's lateness (`LoopLag`) is about how long ago that was, and what is left
-    must cover the time this model's answers took lately (`RecentTime`).
+    must cover the time this model's answers took lately (`RecentTime`). All of that is an
+    overload (429, retry shortly), except a deadline shorter than the model takes to answer
+    one request: no retry would meet it (504 at once, saying what would).
     """
-    why = state.batchers[name].refusal(_wait_budget(deadline_ms))
+    batcher = state.batchers[name]
+    alone = batcher.service_time()
+    if alone is not None and deadline_ms / 1000 < alone:
+        return _error(
+            504,
+            f"{name} cannot answer within {deadline_ms:.0f} ms: one answer takes it about "
+            f"{alone * 1000:.0f} ms, on an idle server too; give a longer X-Deadline-Ms.",
+        )
+    why = batcher.refusal(_wait_budget(deadline_ms))
     if why is not None:
-        return why
+        return _overloaded(name, why)
     took, lag = state.answer_times[name].estimate(), state.lag.seconds
     if took is None or deadline_ms / 1000 - lag >= took:
         return None
-    return (
+    return _overloaded(
+        name,
         f"{deadline_ms:.0f} ms deadline: about {lag * 1000:.0f} ms went waiting for the event "
-        f"loop, and answers take about {took * 1000:.0f} ms now"
+        f"loop, and answers take about {took * 1000:.0f} ms now",
     )
 
 

@@ -162,6 +162,10 @@ class MicroBatcher:
         """Payloads waiting now."""
         return len(self._items)
 
+    def service_time(self) -> float | None:
+        """Seconds one payload takes to process at the measured rate (None: not yet)."""
+        return None if self._rate is None else 1 / self._rate
+
     def expected_wait(self) -> float | None:
         """Seconds a payload queued now should wait, from the measured rate (None: not yet)."""
         if self._rate is None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import re
 import socket
 import threading
 import time
@@ -22,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from modelcycle.digests import sha256_file
 from modelcycle.monitoring.capture import CaptureStore
-from modelcycle.serving.app import ServeSettings, create_app
+from modelcycle.serving.app import DOCS_ASSETS, ServeSettings, create_app
 from modelcycle.serving.loading import ModelLoadError, ServedModel, load_served
 from modelcycle.serving.loop_lag import LoopLag
 from modelcycle.tracking import git_state
@@ -851,3 +852,17 @@ def test_heads_deep_json_and_trailing_slashes_get_plain_answers(client: TestClie
     # A trailing slash was redirected to an address built from the Host header.
     moved = client.get("/v1/models/", headers={"host": "evil.example"}, follow_redirects=False)
     assert moved.status_code == 404 and "location" not in moved.headers
+
+
+def test_the_api_docs_load_their_scripts_from_this_server(client: TestClient) -> None:
+    # FastAPI's /docs loads Swagger UI from a CDN: blank offline.
+    html = client.get("/docs")
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    linked = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text)
+    assert linked and all(link.startswith("/") for link in linked), linked
+    assert "cdn.jsdelivr.net" not in html.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        served = client.get(f"{DOCS_ASSETS}/{asset}")
+        assert served.status_code == 200 and len(served.content) > 100_000, asset
+        assert f"{DOCS_ASSETS}/{asset}" in linked
+    assert client.get("/redoc").status_code == 404  # its page fetched a logo from a CDN

@@ -194,3 +194,29 @@ def test_web_page_with_an_api_key_asks_for_it_then_predicts(
             expect(page.locator("#model option")).to_have_count(1)
             expect(page.locator("#result")).to_have_text("")
         assert not script_errors, f"the page raised: {script_errors}"
+
+
+def test_the_api_docs_render_from_the_server_alone(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    # FastAPI's /docs loads Swagger UI from a CDN: blank with no internet (as here) or
+    # behind a firewall.
+    with (
+        running_server(served_workspace.root, tmp_path / "server.log") as server,
+        chromium_page() as (page, script_errors),
+    ):
+        asked: list[str] = []
+        page.on("request", lambda request: asked.append(request.url))
+        try:
+            page.goto(f"{server.url}/docs")
+            predict = page.locator(".opblock-summary-path", has_text="/v1/models/{name}/predict")
+            expect(predict).to_be_visible()
+            predict.click()  # the operation opens, with its parameters
+            expect(page.get_by_text("X-Deadline-Ms").first).to_be_visible()
+        except BaseException:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=ARTIFACTS / "api_docs_failure.png", full_page=True)
+            raise
+        elsewhere = [url for url in asked if not url.startswith((server.url, "data:", "blob:"))]
+        assert not elsewhere, elsewhere
+        assert not script_errors, f"the pages raised: {script_errors}"

@@ -29,6 +29,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
@@ -62,6 +63,8 @@ SHED_ROUTE = "modelcycle.route"  # scope key: the route template of a request an
 #: Seconds a request body may take to arrive at least, whatever is left of its deadline.
 READ_FLOOR = 1.0
 #: Request headers a browser on an allowed origin may send (CORS), besides the simple ones.
+#: Where the Swagger UI files of /docs are served from.
+DOCS_ASSETS = "/docs-assets"
 CORS_HEADERS = ("Authorization", "X-API-Key", "X-Deadline-Ms", "X-Capture-Source", "Content-Type")
 
 
@@ -228,8 +231,17 @@ def create_app(
                 capture.close()
 
     # No redirect to the path without its trailing slash: Starlette builds it from the Host
-    # header, so a request could make the server send a client anywhere.
-    app = FastAPI(title="modelcycle", version="1", lifespan=lifespan, redirect_slashes=False)
+    # header, so a request could make the server send a client anywhere. /docs loads
+    # Swagger UI from this server (FastAPI's page loads it from a CDN, and was blank offline
+    # or behind a firewall); no /redoc, whose page still fetches a logo from its CDN.
+    app = FastAPIOffline(
+        redoc_url=None,
+        title="modelcycle",
+        version="1",
+        lifespan=lifespan,
+        redirect_slashes=False,
+        static_url=DOCS_ASSETS,
+    )
     app.state.stop_accepting = lambda: _not_ready(state, metrics)
     _add_middleware(app, state, metrics, settings)
     _add_routes(app, state, metrics, settings, drift)

@@ -82,6 +82,87 @@ def test_no_limit_answers_everything() -> None:
     assert asyncio.run(_status("GET /v1/models HTTP/1.1", limit=None, in_flight=10_000)) == 200
 
 
+async def _answer(
+    send: list[bytes], limit: int = 1024, seconds: float = 0.5, pause: float = 0.0
+) -> tuple[bytes, float]:
+    """What the protocol answers to `send` (pieces, `pause` s apart), and when it closed."""
+    config = uvicorn.Config(
+        _app, limit_concurrency=8, lifespan="off", log_level="critical", timeout_keep_alive=1
+    )
+    config.load()
+
+    def protocol() -> OpsFirstHttp:
+        made = OpsFirstHttp(config=config, server_state=ServerState(), app_state={})
+        made.head_limit, made.head_seconds = limit, seconds
+        return made
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(protocol, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = loop.time()
+        for piece in send:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(pause)
+        said = await asyncio.wait_for(reader.read(), timeout=10)  # until the server closes
+        closed = loop.time() - started
+        writer.close()
+        return said, closed
+    finally:
+        server.close()
+
+
+GET = b"GET /v1/models HTTP/1.1\r\nHost: test\r\n"
+
+
+def test_a_head_that_never_ends_gets_408_and_its_connection_back() -> None:
+    # uvicorn kept such a connection for good, and each counted toward serve.max_connections
+    # (a slowloris had every prediction answered 503)
+    said, closed = asyncio.run(_answer([GET, b"X-A: 1\r\n"], seconds=0.5, pause=0.2))
+    assert said.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), said
+    assert b"did not arrive within 0.5 s" in said and b"connection: close" in said
+    assert 0.4 < closed < 3
+
+
+def test_a_head_sent_slowly_but_within_time_is_answered() -> None:
+    pieces = [GET[:10], GET[10:], b"\r\n"]
+    said, _ = asyncio.run(_answer(pieces, seconds=2.0, pause=0.2))
+    assert said.startswith(b"HTTP/1.1 200"), said
+
+
+def test_a_connection_that_never_asks_is_closed_without_an_answer() -> None:
+    said, closed = asyncio.run(_answer([], seconds=0.5))
+    assert said == b"" and 0.4 < closed < 3
+
+
+def test_each_request_of_a_kept_alive_connection_gets_the_whole_time() -> None:
+    # three requests, 0.3 s apart, on one connection: 0.9 s in all against 0.5 s each
+    request = GET + b"\r\n"
+    said, _ = asyncio.run(_answer([request, request, request], seconds=0.5, pause=0.3))
+    assert said.count(b"HTTP/1.1 200") == 3, said
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        GET + b"X-Big: " + b"x" * 2000 + b"\r\n\r\n",  # one header
+        GET + b"".join(b"X-%d: 1234567890\r\n" % n for n in range(100)) + b"\r\n",  # many
+        b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: test\r\n\r\n",  # the request line
+    ],
+)
+def test_a_head_over_the_limit_gets_431(head: bytes) -> None:
+    said, _ = asyncio.run(_answer([head], limit=1024))
+    assert said.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), said
+    assert b"exceed 1024 bytes" in said
+
+
+def test_a_head_within_the_limit_is_answered() -> None:
+    said, _ = asyncio.run(_answer([GET + b"X-Big: " + b"x" * 900 + b"\r\n\r\n"], limit=1024))
+    assert said.startswith(b"HTTP/1.1 200"), said
+
+
 def test_the_protocol_module_imports_nothing_heavy() -> None:
     # Spawned workers import it before they answer their supervisor's pings (5 s).
     heavy = ("torch", "mlflow", "onnxruntime", "fastapi", "modelcycle.config")

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelcycle.serving.protocol import HEAD_LIMIT, HEAD_SECONDS
 from server_process import (
     PREDICT_ROUTE,
     Server,
@@ -231,3 +232,31 @@ def test_a_slow_or_vanished_body_is_a_4xx_not_a_held_connection_or_a_500(
         assert "500" not in counted and {"408", "499"} <= counted, counted
     log = server.log.read_text()
     assert "Exception in ASGI application" not in log and "Traceback" not in log, log
+
+
+def test_connections_that_never_finish_their_head_give_their_places_back(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    # uvicorn kept a connection whose head never ended for good, and counted it toward
+    # serve.max_connections: four of them and every other request was answered 503.
+    extra = ("serve.max_connections=4",)
+    with running_server(served_workspace.root, tmp_path / "server.log", extra=extra) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        address = (host, int(port))
+        stuck = [socket.create_connection(address, timeout=HEAD_SECONDS + 10) for _ in range(4)]
+        started = time.monotonic()
+        for sock in stuck:
+            sock.sendall(f"POST /v1/models/twins/predict HTTP/1.1\r\nHost: {host}\r\n".encode())
+        time.sleep(0.5)
+        assert httpx.get(f"{server.url}/v1/models", timeout=10).status_code == 503  # full
+        answers = [_response(sock) for sock in stuck]
+        waited = time.monotonic() - started
+        for sock in stuck:
+            sock.close()
+        assert all(a.startswith("HTTP/1.1 408") for a in answers), answers
+        assert HEAD_SECONDS - 1 < waited < HEAD_SECONDS + 5
+        assert httpx.get(f"{server.url}/v1/models", timeout=10).status_code == 200
+        big = {"X-Big": "x" * (HEAD_LIMIT + 1)}
+        with _raw_post(server, big, b"") as sock:
+            answer = _response(sock)
+        assert answer.startswith("HTTP/1.1 431"), answer

@@ -7,26 +7,129 @@ answers its supervisor's pings, so a heavy import here would get workers killed 
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 #: Paths an operator needs most during an overload; they pass serve.max_connections.
 OPS_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
+#: Longest a request line and its headers may be, in bytes; beyond it, 431.
+HEAD_LIMIT = 64 * 1024
+#: Seconds a request line and its headers may take to arrive, and a new connection may wait
+#: for its first request; beyond it, 408 (or, with nothing sent, the connection closes).
+HEAD_SECONDS = 10.0
+
+
+class _HeadTooLargeError(Exception):
+    """Raised from a parser callback: stops the parser, and uvicorn then answers an error."""
 
 
 class OpsFirstHttp(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol, but a health check or a scrape passes the connection limit.
+    """uvicorn's HTTP/1.1 protocol, with room for probes and scrapes and a bounded head.
 
     Beyond `limit_concurrency` (serve.max_connections) open connections, uvicorn answers every
     request 503, so a Prometheus scrape or a readiness probe fails just while an overload
     lasts, when its numbers matter most. GET /healthz, /readyz and /metrics are answered as
     long as fewer than `reserve` requests beyond the limit are in flight, which keeps a flood
     of them bounded; every other request is refused exactly as uvicorn refuses it.
+
+    uvicorn's own protocol keeps a connection that sends nothing, or sends its headers a
+    byte at a time, open for good, and each counts toward that limit: a few hundred such
+    connections (a slowloris) had every prediction answered 503. And it keeps whatever
+    headers come, however many. Here a request's head must arrive within `head_seconds`
+    (408; a connection that never sent a byte is closed) and stay under `head_limit` bytes
+    (431).
     """
 
     reserve = 32
+    head_limit = HEAD_LIMIT
+    head_seconds = HEAD_SECONDS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._in_head = False
+        self._too_large = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the clock for the first request's head."""
+        super().connection_made(transport)
+        self._time_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the head's clock."""
+        self._stop_head_clock()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        """A request starts (the first, or the next on a kept-alive connection)."""
+        super().on_message_begin()
+        self._head_bytes, self._in_head = 0, True
+        self._time_head()
+
+    def on_url(self, url: bytes) -> None:
+        """Count the request line toward `head_limit`."""
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Count each header toward `head_limit`."""
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        """The answer to a parser error (uvicorn's 400); 431 for a head too large."""
+        if not self._too_large:
+            super().send_400_response(msg)
+            return
+        self._close_with(
+            431,
+            b"Request Header Fields Too Large",
+            f"The request line and headers exceed {self.head_limit} bytes.",
+        )
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.head_limit:
+            self._too_large = True
+            raise _HeadTooLargeError
+
+    def _time_head(self) -> None:
+        self._stop_head_clock()
+        self._head_timer = self.loop.call_later(self.head_seconds, self._head_timed_out)
+
+    def _stop_head_clock(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if not self._in_head:  # a new connection that never asked anything
+            self.transport.close()
+            return
+        self._close_with(
+            408,
+            b"Request Timeout",
+            f"The request line and headers did not arrive within {self.head_seconds:g} s.",
+        )
+
+    def _close_with(self, status: int, reason: bytes, message: str) -> None:
+        body = message.encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         """Lift the limit for this one request when it is an operator's GET with room left."""
+        self._stop_head_clock()
+        self._in_head = False
         limit = self.limit_concurrency
         if (
             limit is None

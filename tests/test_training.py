@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -269,6 +271,39 @@ def test_a_ctrl_c_whose_interrupt_was_dropped_still_stops_the_fit(tmp_path: Path
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, handler)
+
+
+class _Learning(L.LightningModule):
+    """A one-weight model that learns 1; its loss is logged for early stopping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: object, batch_idx: int) -> torch.Tensor:
+        loss = (self.weight - 1).pow(2).sum()
+        self.log("closeness", -loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2)
+
+
+def test_the_best_epoch_is_said_by_its_number_not_a_scratch_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A sweep trial's checkpoints live in a scratch folder deleted when the trial ends, and
+    # every fold's line named a file that no longer existed.
+    settings = TrainerSettings(max_epochs=3, min_epochs=3, patience=3, progress_bar=False)
+    with caplog.at_level(logging.INFO, logger="modelcycle.training"):
+        fit(_Learning(), None, settings, "closeness", tmp_path, [])  # type: ignore[arg-type]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Best ")]
+    assert len(said) == 1 and str(tmp_path) not in said[0], said
+    # closeness only grows as the weight nears 1: the last epoch is the best
+    assert re.fullmatch(r"Best closeness=-\d\.\d{4} at epoch 3 of 3", said[0]), said
 
 
 def test_after_a_fit_ctrl_c_is_pythons_own_again(tmp_path: Path) -> None:

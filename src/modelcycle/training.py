@@ -158,8 +158,17 @@ def fit(
     best = Path(checkpoint.best_model_path)
     if not trainer.is_global_zero:
         return best
-    restore(module, best)
-    log.info("Best %s=%.4f at %s", monitor, float(checkpoint.best_model_score or 0), best)
+    saved = torch.load(best, map_location="cpu", weights_only=True)
+    module.load_state_dict(saved["state_dict"])
+    # By epoch: the checkpoint's folder may be a scratch one, gone when a sweep trial ends.
+    log.info(
+        "Best %s=%.4f at epoch %d of %d",
+        monitor,
+        float(checkpoint.best_model_score or 0),
+        int(saved["epoch"]) + 1,
+        trainer.current_epoch,
+    )
+    log.debug("Best checkpoint: %s", best)
     return best
 
 

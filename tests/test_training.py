@@ -211,18 +211,24 @@ class _Failing(L.LightningModule):
         (KeyboardInterrupt(), KeyboardInterrupt),
     ],
 )
+@pytest.mark.parametrize(
+    "before",
+    [signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL],
+    ids=["a terminal", "nohup or cmd &", "no handler"],
+)
 def test_fit_lets_an_error_through_and_reports_ctrl_c_as_one(
-    tmp_path: Path, error: BaseException, seen: type[BaseException]
+    tmp_path: Path, error: BaseException, seen: type[BaseException], before: object
 ) -> None:
     """Lightning marks the trainer interrupted on any error; only Ctrl-C may read as one."""
     settings = TrainerSettings(max_epochs=1, min_epochs=0, progress_bar=False)
-    handler = signal.getsignal(signal.SIGINT)
+    handler = signal.signal(signal.SIGINT, before)  # type: ignore[arg-type]
     try:
         with pytest.raises(seen) as raised:
             fit(_Failing(error), None, settings, "val_auc", tmp_path, [])  # type: ignore[arg-type]
         assert raised.type is seen  # not a KeyboardInterrupt standing in for the error
-        if seen is KeyboardInterrupt:  # a second Ctrl-C stops the command again
-            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # Lightning ignores Ctrl-C from its first on; the handler before the fit is back (a
+        # second Ctrl-C stops the command again; a process started deaf stays so)
+        assert signal.getsignal(signal.SIGINT) is before
     finally:
         signal.signal(signal.SIGINT, handler)
 

@@ -221,15 +221,16 @@ class _CtrlC(Callback):
         Only on the main thread and where Ctrl-C has a Python handler (Python's own, or the
         command's): a process started deaf to it stays so.
         """
-        before = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is not threading.main_thread() or not callable(before):
+        if threading.current_thread() is not threading.main_thread():
             return False
-        self.before = before
+        self.before = signal.getsignal(signal.SIGINT)
+        if not callable(self.before):
+            return False
         signal.signal(signal.SIGINT, when_outside_store(self.hear))
         return True
 
     def stop_listening(self) -> None:
-        """Give Ctrl-C back to the handler it had before `listen` (Lightning ignores it)."""
+        """Give Ctrl-C back the handler it had before `listen` (Lightning ignores it at one)."""
         if self.before is not None:
             signal.signal(signal.SIGINT, self.before)
             self.before = None

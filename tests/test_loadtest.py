@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from modelcycle.cli import app
-from modelcycle.loadtest import LoadPlan
+from modelcycle.loadtest import LoadPlan, LoadTestError, read_requests
 from modelcycle.monitoring.capture import CaptureStore
 from server_process import free_port, serve_command, started
 from serving_fixtures import ServedWorkspace
@@ -64,6 +67,66 @@ def test_a_bad_plan_or_budget_is_refused_before_any_load(
     assert "Locust:" not in output  # nothing was started
 
 
+def _png(side: int, shade: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (shade, shade, shade)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+TWINS_EXAMPLE = {"a": {"lh_bankssts_thickness": 2.5}, "b": {"lh_bankssts_thickness": 2.4}}
+
+
+def test_requests_come_from_a_json_list_or_json_lines(tmp_path: Path) -> None:
+    bodies = [TWINS_EXAMPLE, {"a": {"x": 1.0}, "b": {"x": 2.0}}]
+    listed = tmp_path / "requests.json"
+    listed.write_text(json.dumps(bodies))
+    lines = tmp_path / "requests.jsonl"
+    lines.write_text("\n".join(json.dumps(b) for b in bodies) + "\n\n")
+    assert read_requests(listed, [TWINS_EXAMPLE]) == bodies
+    assert read_requests(lines, [TWINS_EXAMPLE]) == bodies
+
+
+def test_a_folder_of_photos_stands_in_for_the_example_images(tmp_path: Path) -> None:
+    # The examples are held-out images at the model's input size (32-64 px): cheaper to
+    # decode than the photos clients send, so a load test on them flattered the server.
+    example = {"image": base64.b64encode(_png(32, 0)).decode()}
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "b.png").write_bytes(_png(1024, 200))
+    (photos / "a.PNG").write_bytes(_png(768, 100))
+    (photos / "notes.txt").write_text("not an image")
+    bodies = read_requests(photos, [example], "image_rice")
+    assert [len(base64.b64decode(b["image"])) for b in bodies] == [
+        len(_png(768, 100)),
+        len(_png(1024, 200)),
+    ]
+    with pytest.raises(LoadTestError, match="The requests of twins do not hold one image"):
+        read_requests(photos, [TWINS_EXAMPLE], "twins")
+    with pytest.raises(LoadTestError, match=r"holds no \.png, \.jpg or \.jpeg file"):
+        read_requests(tmp_path, [example])  # only the folder and the JSON files above
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        ("[]", "holds no list of request bodies"),
+        ('{"a": 1}', "holds no list of request bodies"),
+        ("[1, 2]", "holds no list of request bodies"),
+        ("[{", "give a JSON list of request bodies, JSON Lines"),
+    ],
+)
+def test_requests_that_are_no_list_of_bodies_are_refused_naming_the_file(
+    tmp_path: Path, content: str, said: str
+) -> None:
+    path = tmp_path / "requests.json"
+    path.write_text(content)
+    with pytest.raises(LoadTestError, match=said) as refused:
+        read_requests(path, [TWINS_EXAMPLE], "twins")
+    assert str(path) in str(refused.value)
+
+
 @pytest.mark.slow
 def test_a_short_run_meets_loose_budgets_and_misses_an_impossible_one(
     served_workspace: ServedWorkspace, tmp_path: Path
@@ -97,3 +160,16 @@ def test_a_short_run_meets_loose_budgets_and_misses_an_impossible_one(
         assert not json.loads((tmp_path / "chosen" / "summary.json").read_text())["passed"]
         assert "budget missed" in output and "requests/s < budget 1,000,000" in output
         assert "Locust: 1 user for 2 s" in output and "every budget met" not in output
+        # The user's own requests: checked by sending the first, then sent in turn.
+        examples = httpx.get(f"{url}/v1/models/twins/examples", timeout=10).json()["examples"]
+        mine = tmp_path / "mine.json"
+        mine.write_text(json.dumps([e["request"] for e in examples[:2]]))
+        quick = ("--users", "1", "--duration", "2s", *loose, "--requests", str(mine))
+        code, output = _loadtest(url, tmp_path / "ws3", *quick)
+        assert code == 0 and "every budget met" in output, output
+        (report,) = (tmp_path / "ws3" / "reports").glob("loadtest-*")
+        assert json.loads((report / "examples.json").read_text()) == json.loads(mine.read_text())
+        mine.write_text(json.dumps([{"a": {"not_a_measure": 1.0}}]))
+        code, output = _loadtest(url, tmp_path / "ws4", *quick)
+        assert code == 2 and f"The first request of {mine} was answered 422" in output, output
+        assert "Locust:" not in output  # refused before any load

@@ -636,6 +636,13 @@ def loadtest(
     out: Annotated[
         Path | None, typer.Option(help="Folder for the reports (default: a new one in reports/)")
     ] = None,
+    requests: Annotated[
+        Path | None,
+        typer.Option(
+            help="Requests to send instead of the model's examples: a JSON list of bodies, "
+            "JSON Lines, or a folder of PNG/JPEG images"
+        ),
+    ] = None,
 ) -> None:
     """Load test a running server with Locust; exit 1 when a budget (p99, errors, RPS) is missed.
 
@@ -665,7 +672,7 @@ def loadtest(
         )
 
     try:
-        result = run_loadtest(url, plan, budgets, out, model, cfg.serve.api_key, starting)
+        result = run_loadtest(url, plan, budgets, out, model, cfg.serve.api_key, starting, requests)
     except LoadTestError as err:
         console.print(f"[red]error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(code=2) from err

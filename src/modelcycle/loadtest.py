@@ -8,6 +8,7 @@ Locust's CSV files and HTML report plus `summary.json` with the budgets and any 
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import math
@@ -138,15 +139,17 @@ def run_loadtest(
     model: str | None = None,
     api_key: str | None = None,
     starting: Callable[[str], None] | None = None,
+    requests: Path | None = None,
 ) -> LoadResult:
     """Run Locust against `url`'s model; write CSV, HTML and summary.json into `out_dir`.
 
-    `starting` is called with the model's name once the server has answered, as Locust
-    starts.
+    The requests are the model's own examples, or those of `requests` (`read_requests`),
+    checked by sending the first before any load. `starting` is called with the model's
+    name once the server has answered, as Locust starts.
 
     Raises:
-        LoadTestError: The server cannot be reached, serves no such model, or Locust failed
-            or overran its deadline.
+        LoadTestError: The server cannot be reached, serves no such model, the requests
+            cannot be read or are refused, or Locust failed or overran its deadline.
     """
     if not url.startswith(("http://", "https://")):
         raise LoadTestError(
@@ -157,13 +160,16 @@ def run_loadtest(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     name = _pick_model(url, model, headers)
     examples = _examples(url, name, headers)
-    out_dir.mkdir(parents=True, exist_ok=True)  # once there is something to report
-    (out_dir / "examples.json").write_text(json.dumps(examples))
-    locustfile = out_dir / "locustfile.py"
     path = f"/v1/models/{name}/predict"
     # Marked as the load test's own traffic: captured, but kept out of the drift tests (the
     # examples replayed over and over read as drift).
     predict_headers = headers | {"X-Capture-Source": CAPTURE_SOURCE}
+    if requests is not None:
+        examples = read_requests(requests, examples, name)
+        _check_first(f"{url}{path}", examples[0], predict_headers, requests)
+    out_dir.mkdir(parents=True, exist_ok=True)  # once there is something to report
+    (out_dir / "examples.json").write_text(json.dumps(examples))
+    locustfile = out_dir / "locustfile.py"
     locustfile.write_text(LOCUSTFILE.format(path=path, headers=predict_headers))
     if starting is not None:
         starting(name)
@@ -203,6 +209,78 @@ def _examples(url: str, name: str, headers: dict[str, str]) -> list[dict[str, An
     if not examples:
         raise LoadTestError(f"{name} offers no example requests to load test with.")
     return [e["request"] for e in examples]
+
+
+#: Files a folder of requests may hold, sent as the image of the model's example request.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_requests(
+    path: Path, examples: list[dict[str, Any]], name: str = "{name}"
+) -> list[dict[str, Any]]:
+    """Request bodies from `path`: a JSON list of them, JSON Lines, or a folder of images.
+
+    A folder's PNG and JPEG files (real uploads, larger than the held-out examples) each
+    take the place of the image in the model's first example request, base64-encoded as
+    the server reads it; that needs an example with exactly one image in it.
+
+    Raises:
+        LoadTestError: Naming the file and what it should hold.
+    """
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise LoadTestError(f"{path} holds no .png, .jpg or .jpeg file to send.")
+        example = examples[0]
+        fields = [key for key, value in example.items() if _is_image(value)]
+        if len(fields) != 1:
+            raise LoadTestError(
+                f"The requests of {name} do not hold one image (fields: {', '.join(example)}), so "
+                f"the images in {path} cannot stand in; give a JSON file of requests instead."
+            )
+        return [example | {fields[0]: base64.b64encode(f.read_bytes()).decode()} for f in files]
+    try:
+        text = path.read_text()
+        if path.suffix == ".jsonl":
+            bodies = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            bodies = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LoadTestError(
+            f"{path}: {clause(err)}; give a JSON list of request bodies, JSON Lines (.jsonl, "
+            "one body a line) or a folder of images."
+        ) from err
+    if not isinstance(bodies, list) or not bodies or not all(isinstance(b, dict) for b in bodies):
+        raise LoadTestError(
+            f"{path} holds no list of request bodies: give a JSON list of objects, each one "
+            f"request as /v1/models/{name}/predict takes it (the examples at "
+            f"/v1/models/{name}/examples show them)."
+        )
+    return bodies
+
+
+def _is_image(value: object) -> bool:
+    """Whether `value` is base64 text of a PNG or JPEG file (the first bytes tell)."""
+    if not isinstance(value, str) or len(value) < 16:
+        return False
+    try:
+        head = base64.b64decode(value[:16], validate=True)
+    except ValueError:
+        return False
+    return head.startswith((b"\x89PNG", b"\xff\xd8\xff"))
+
+
+def _check_first(url: str, body: dict[str, Any], headers: dict[str, str], source: Path) -> None:
+    """Send the first request once: a body the server refuses is said before any load."""
+    try:
+        response = httpx.post(url, json=body, headers=headers, timeout=30)
+    except httpx.TransportError as err:
+        raise LoadTestError(f"Cannot reach {url}: {clause(err)}.") from err
+    if response.status_code != 200:
+        raise LoadTestError(
+            f"The first request of {source} was answered {response.status_code}: "
+            f"{response.text[:300]}; fix the requests (the server's /docs shows their form)."
+        )
 
 
 def _run_locust(url: str, plan: LoadPlan, locustfile: Path, out_dir: Path) -> None:

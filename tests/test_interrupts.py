@@ -84,10 +84,14 @@ def test_a_ctrl_c_outside_the_store_is_raised_at_once(pythons_handler: None) -> 
     assert done == []
 
 
+@pytest.mark.parametrize("depth", [1, 2], ids=["a handler", "a handler in a handler (DDP)"])
 def test_a_second_ctrl_c_while_one_waits_stops_even_a_store_that_never_returns(
-    pythons_handler: None,
+    pythons_handler: None, depth: int
 ) -> None:
-    signal.signal(signal.SIGINT, when_outside_store(signal.default_int_handler))
+    handler: Any = signal.default_int_handler
+    for _ in range(depth):  # rank zero's handler wraps the fit's, which waits on its own
+        handler = when_outside_store(handler)
+    signal.signal(signal.SIGINT, handler)
     steps: list[int] = []
 
     def stuck() -> None:  # a store waiting on a lock another process holds

@@ -33,6 +33,8 @@ Handler = Callable[[int, FrameType | None], Any]
 _held: list[tuple[Handler, int]] = []
 #: What SIGALRM did before a Ctrl-C was held, restored when it is handled.
 _alarm_before: list[Any] = []
+#: Non-empty while a second Ctrl-C is handled: wrapped handlers within pass it straight on.
+_through: list[bool] = []
 
 
 def inside_store(frame: FrameType | None) -> bool:
@@ -49,9 +51,15 @@ def when_outside_store(handler: Handler) -> Handler:
     """`handler` as a SIGINT handler that waits while the main thread is inside the store."""
 
     def on_ctrl_c(signum: int, frame: FrameType | None) -> Any:
+        if _through:
+            return handler(signum, frame)
         if _held:  # pressed again while one waits: now, wherever the thread is
             _release()
-            return handler(signum, frame)
+            _through.append(True)
+            try:
+                return handler(signum, frame)
+            finally:
+                _through.pop()
         if inside_store(frame):
             _hold(handler, signum)
             return None

@@ -252,6 +252,14 @@ def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
     assert "not compared: version 1 was scored otherwise (seed 42 there, 7 here)" in said
     assert "compare the two before you promote it" in said
     assert registry.resolve("twins@champion").version == "1"
+    # `register` by hand says the same of a run trained apart
+    trained = runner.invoke(app, ["train", f"data.root={real_qtim}", *TINY, "seed=8"])
+    assert trained.exit_code == 0, trained.stdout
+    registered = runner.invoke(app, ["register"])
+    said = " ".join(registered.stdout.split())
+    assert registered.exit_code == 0, said
+    assert "Registered twins version 3 as @challenger" in said
+    assert "not compared: version 1 was scored otherwise (seed 42 there, 8 here)" in said
 
 
 def test_same_seed_same_numbers(tiny_qtim: Path, tmp_path: Path) -> None:

@@ -29,10 +29,9 @@ RETRY_SECONDS = 0.02
 
 Handler = Callable[[int, FrameType | None], Any]
 
-#: The Ctrl-C being held: the handler to run and the signal it came as (main thread only).
-_held: list[tuple[Handler, int]] = []
-#: What SIGALRM did before a Ctrl-C was held, restored when it is handled.
-_alarm_before: list[Any] = []
+#: The Ctrl-C being held (main thread only): the handler to run, the signal it came as, and
+#: what SIGALRM did before, given back when it is handled.
+_held: list[tuple[Handler, int, Any]] = []
 #: Non-empty while a second Ctrl-C is handled: wrapped handlers within pass it straight on.
 _through: list[bool] = []
 
@@ -93,18 +92,18 @@ def ctrl_c_outside_store() -> Iterator[None]:
 
 
 def _hold(handler: Handler, signum: int) -> None:
-    _held.append((handler, signum))
-    _alarm_before.append(signal.signal(signal.SIGALRM, _retry))
+    _held.append((handler, signum, signal.signal(signal.SIGALRM, _retry)))
     signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
 
 
 def _release() -> tuple[Handler, int] | None:
-    """Forget the held Ctrl-C (returned) and give SIGALRM back."""
+    """Forget the held Ctrl-C (its handler and signal, returned) and give SIGALRM back."""
     if not _held:
         return None
     signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, _alarm_before.pop())
-    return _held.pop()
+    handler, signum, alarm = _held.pop()
+    signal.signal(signal.SIGALRM, alarm)
+    return handler, signum
 
 
 def _retry(signum: int, frame: FrameType | None) -> Any:

@@ -179,13 +179,17 @@ def run_loadtest(
     return result
 
 
-def _get(url: str, headers: dict[str, str]) -> Any:
+def _send(method: str, url: str, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
     try:
-        response = httpx.get(url, headers=headers, timeout=10)
+        return httpx.request(method, url, headers=headers, **kwargs)
     except httpx.TransportError as err:
         raise LoadTestError(
             f"Cannot reach {url}: {clause(err)}. Is `modelcycle serve` running?"
         ) from err
+
+
+def _get(url: str, headers: dict[str, str]) -> Any:
+    response = _send("GET", url, headers, timeout=10)
     if response.status_code != 200:
         raise LoadTestError(f"GET {url} answered {response.status_code}: {response.text[:200]}")
     return response.json()
@@ -272,10 +276,7 @@ def _is_image(value: object) -> bool:
 
 def _check_first(url: str, body: dict[str, Any], headers: dict[str, str], source: Path) -> None:
     """Send the first request once: a body the server refuses is said before any load."""
-    try:
-        response = httpx.post(url, json=body, headers=headers, timeout=30)
-    except httpx.TransportError as err:
-        raise LoadTestError(f"Cannot reach {url}: {clause(err)}.") from err
+    response = _send("POST", url, headers, json=body, timeout=30)
     if response.status_code != 200:
         raise LoadTestError(
             f"The first request of {source} was answered {response.status_code}: "

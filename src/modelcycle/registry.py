@@ -160,8 +160,8 @@ class Registry:
         candidate = self.candidate(run_id)
         self._once(run_id, name)
         self._same_kind(run_id, name)
-        verdict = self._gate(candidate, name)
         run = self._run(run_id)
+        verdict = self._gate(candidate, name, run)
         if not self._has_model(run_id):
             raise RegistryError(f"Run {run_id} has no model/ artifact to register.")
         if not self._exists(name):
@@ -345,7 +345,7 @@ class Registry:
                     f"of {theirs}."
                 )
 
-    def _gate(self, candidate: Candidate, name: str) -> str:
+    def _gate(self, candidate: Candidate, name: str, run: Any) -> str:
         """Refuse a run that does not beat its baseline, or a comparable champion.
 
         Returns:
@@ -361,9 +361,7 @@ class Registry:
         if champion is None:
             return "none: no champion yet"
         held = self.get(name, champion)
-        differences = _protocol_differences(
-            self._protocol(held.run_id, held.tags), self._protocol(candidate.run_id, {})
-        )
+        differences = _protocol_differences(self._champion_protocol(held), _protocol(run))
         if held.tags.get("gate.metric", m) != m:
             differences.append(f"its gate metric is {held.tags['gate.metric']}, this run's {m}")
         if differences:
@@ -379,22 +377,15 @@ class Registry:
             )
         return f"beat version {champion} ({m} {candidate.value:.4f} against {best:.4f})"
 
-    def _protocol(self, run_id: str, tags: Mapping[str, str]) -> dict[str, str]:
-        """How a run's cross-validated means were made: data, folds and the seed that split them.
-
-        From the run when the store still has it, else from a version's lineage `tags`
-        (data only); keys a run did not record are left out (not compared).
-        """
+    def _champion_protocol(self, held: Registered) -> dict[str, str]:
+        """`_protocol` of a version's run, or its lineage's data hash when the run is gone."""
         from mlflow.exceptions import MlflowException
 
         try:
-            run = self.client.get_run(run_id)
+            return _protocol(self.client.get_run(held.run_id))
         except MlflowException:
-            data = tags.get("lineage.data_hash", "")
+            data = held.tags.get("lineage.data_hash", "")
             return {"data": data} if data else {}
-        found = {"data": run.data.tags.get("data_hash", "")}
-        found |= {key: run.data.params.get(key, "") for key in PROTOCOL_PARAMS}
-        return {key: value for key, value in found.items() if value}
 
     def _append_audit(self, event: AliasMoved) -> None:
         count = sum(k.startswith(AUDIT_PREFIX) for k in self._model(event.model).tags)
@@ -494,6 +485,16 @@ def champion_note(version: Registered) -> str | None:
 
 #: The parameters that decide a run's folds, beside its data (`data_hash`).
 PROTOCOL_PARAMS = ("cv.n_folds", "seed")
+
+
+def _protocol(run: Any) -> dict[str, str]:
+    """How a run's cross-validated means were made: data, folds and the seed that split them.
+
+    Keys the run did not record are left out (not compared).
+    """
+    found = {"data": run.data.tags.get("data_hash", "")}
+    found |= {key: run.data.params.get(key, "") for key in PROTOCOL_PARAMS}
+    return {key: value for key, value in found.items() if value}
 
 
 def _protocol_differences(theirs: Mapping[str, str], mine: Mapping[str, str]) -> list[str]:

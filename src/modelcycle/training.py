@@ -150,22 +150,20 @@ def fit(
             raise
         # Lightning ends a Ctrl-C with exit(1) after its teardown, ignoring SIGINT from then
         # on (or with its loggers' error, when the teardown's write fails); the caller should
-        # see the interruption itself, and a second Ctrl-C should work.
-        ctrl_c.stop_listening()
+        # see the interruption itself, and a second Ctrl-C should work (`finally`).
         raise KeyboardInterrupt from None
     finally:
         ctrl_c.stop_listening()
     best = Path(checkpoint.best_model_path)
     if not trainer.is_global_zero:
         return best
-    saved = torch.load(best, map_location="cpu", weights_only=True)
-    module.load_state_dict(saved["state_dict"])
+    epoch = _load(module, best)
     # By epoch: the checkpoint's folder may be a scratch one, gone when a sweep trial ends.
     log.info(
         "Best %s=%.4f at epoch %d of %d",
         monitor,
         float(checkpoint.best_model_score or 0),
-        int(saved["epoch"]) + 1,
+        epoch + 1,
         trainer.current_epoch,
     )
     log.debug("Best checkpoint: %s", best)
@@ -330,9 +328,15 @@ def retire_process_observers() -> None:
 
 def restore(module: L.LightningModule, checkpoint: Path) -> L.LightningModule:
     """Load a Lightning checkpoint's weights into `module` (on the CPU); returns it."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    _load(module, checkpoint)
     return module
+
+
+def _load(module: L.LightningModule, checkpoint: Path) -> int:
+    """Load a Lightning checkpoint's weights into `module`; the epoch it was saved at (0-based)."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    module.load_state_dict(saved["state_dict"])
+    return int(saved["epoch"])
 
 
 class LaunchError(ValueError):

@@ -143,9 +143,13 @@ class SiamesePairModel(L.LightningModule):
         """Unit-length embeddings, (batch, n_features) → (batch, dim)."""
         return F.normalize(self.encoder(x), dim=1)
 
+    def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each pair's embeddings, (B, F), (B, F) → (B,)."""
+        return (self.embed(a) * self.embed(b)).sum(dim=1)
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Probability that each pair is related, (B, F), (B, F) → (B,)."""
-        return torch.sigmoid(self.head((self.embed(a) * self.embed(b)).sum(dim=1)))
+        return torch.sigmoid(self.head(self.similarity(a, b)))
 
     def _loss(self, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a, b, y = batch

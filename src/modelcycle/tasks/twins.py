@@ -242,7 +242,7 @@ class TwinsTask(Task[TwinsData]):
         pairs, labels = _labelled_pairs(data.relations, fold.val, 1, seed=0)
         X_val = torch.as_tensor(self.processed(data, fold), dtype=torch.float32)
         with evaluating(module):
-            cos = (module.embed(X_val[pairs[:, 0]]) * module.embed(X_val[pairs[:, 1]])).sum(1)
+            cos = module.similarity(X_val[pairs[:, 0]], X_val[pairs[:, 1]])
         module.head.calibrate(cos, torch.as_tensor(labels))
         seen = np.sort(np.r_[fold.train, fold.val])
         reference, _ = _labelled_pairs(data.relations, seen, 1, seed=1)

@@ -163,8 +163,9 @@ def test_a_queue_whose_expected_wait_is_over_budget_refuses_at_once() -> None:
         batcher.start()
         assert batcher.expected_wait() is None and batcher.refusal() is None
         await batcher.submit(0)  # measures the rate: about 20 per second
-        wait = batcher.expected_wait()
-        assert wait is not None and 0.02 < wait < 0.2
+        alone = batcher.service_time()
+        assert alone is not None and 0.02 < alone < 0.2
+        assert batcher.expected_wait() == 0  # nothing queued: its own processing is no wait
         started = time.perf_counter()
         tasks = []
         for i in range(12):
@@ -202,6 +203,36 @@ def test_a_payloads_own_budget_replaces_the_wait_budget() -> None:
         with pytest.raises(OverloadedError, match="100 ms budget"):
             await batcher.submit(99, budget=0.1)
         await asyncio.gather(*queued)
+        await batcher.stop()
+
+    _run(main())
+
+
+def test_an_idle_batcher_takes_a_payload_whose_budget_is_shorter_than_its_processing() -> None:
+    """The budget is for waiting behind others: on an idle batcher a payload waits for none."""
+    release = threading.Event()
+
+    def process(payloads: list[int]) -> list[int]:
+        if payloads == [-1]:
+            release.wait(10)
+        time.sleep(0.05)  # 20 payloads per second
+        return payloads
+
+    async def main() -> None:
+        batcher = MicroBatcher(process, max_batch=1, queue_limit=100)
+        batcher.start()
+        await batcher.submit(0)  # measures the rate
+        assert batcher.refusal(budget=0.01) is None  # 10 ms: a fifth of one answer
+        assert await batcher.submit(1, budget=0.01) == 1
+        held = asyncio.ensure_future(batcher.submit(-1))
+        await asyncio.sleep(0.02)  # the thread takes it and is held: the queue is empty
+        assert batcher.depth() == 0 and batcher.refusal(budget=0.01) is None
+        queued = asyncio.ensure_future(batcher.submit(2))
+        await asyncio.sleep(0)
+        why = batcher.refusal(budget=0.01)  # one ahead: about 50 ms of waiting
+        assert why is not None and "with 1 queued is over the 10 ms budget" in why
+        release.set()
+        assert await asyncio.gather(held, queued) == [-1, 2]
         await batcher.stop()
 
     _run(main())

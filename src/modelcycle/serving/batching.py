@@ -167,10 +167,14 @@ class MicroBatcher:
         return None if self._rate is None else 1 / self._rate
 
     def expected_wait(self) -> float | None:
-        """Seconds a payload queued now should wait, from the measured rate (None: not yet)."""
+        """Seconds a payload queued now should wait for those queued before it (None: not yet).
+
+        Its own processing is not waiting: counting it refused a request on an idle server
+        whose budget was shorter than one answer (`service_time` is that, for the caller).
+        """
         if self._rate is None:
             return None
-        return (len(self._items) + 1) / self._rate
+        return len(self._items) / self._rate
 
     def refusal(self, budget: float | None = None) -> str | None:
         """Why one more payload would be refused now, or None (lets a server shed early).

@@ -24,6 +24,17 @@ def test_compose_wires_api_mlflow_prometheus_grafana(compose: dict[str, Any]) ->
     assert services["train"]["profiles"] == ["train"]
 
 
+def test_compose_passes_the_api_key_through_only_when_the_shell_has_one(
+    compose: dict[str, Any],
+) -> None:
+    """A key given no value is the shell's, or unset in the container (the compose spec);
+    `${MODELCYCLE_API_KEY:-}` set an empty key without one, and the server refuses that."""
+    environment = compose["services"]["api"]["environment"]
+    assert "MODELCYCLE_API_KEY" in environment
+    assert environment["MODELCYCLE_API_KEY"] is None
+    assert not any("MODELCYCLE_API_KEY" in str(v) for v in environment.values())
+
+
 def test_compose_builds_and_mounts_only_files_that_exist(compose: dict[str, Any]) -> None:
     base = REPO / "deploy"
     for name, service in compose["services"].items():

@@ -21,7 +21,9 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends git=1:2.39.* \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 modelcycle \
-    && mkdir /workspace && chown modelcycle /workspace
+    && mkdir -p /workspace/mlflow && chown -R modelcycle /workspace
+# A named volume mounted where the image has no directory is created owned by root, so
+# compose's mlflow service (the same image, uid 10001) could not write its database there.
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

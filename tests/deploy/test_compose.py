@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -33,6 +34,53 @@ def test_compose_passes_the_api_key_through_only_when_the_shell_has_one(
     assert "MODELCYCLE_API_KEY" in environment
     assert environment["MODELCYCLE_API_KEY"] is None
     assert not any("MODELCYCLE_API_KEY" in str(v) for v in environment.values())
+
+
+def _runtime_stage(dockerfile: Path) -> str:
+    return re.split(r"^FROM ", dockerfile.read_text(), flags=re.M)[-1]
+
+
+def _owned(stage: str, user: str) -> set[str]:
+    """Directories the stage creates (`mkdir`) and gives to `user` (`chown [-R] user`)."""
+    made = set()
+    for parents, paths in re.findall(r"mkdir( -p)? ([^&\n]+)", stage):
+        for path in paths.split():
+            ancestors = PurePosixPath(path).parents if parents else []
+            made |= {path, *(str(a) for a in ancestors if str(a) != "/")}
+    owned = {
+        p for args in re.findall(rf"chown (-R )?{user} ([^&\n]+)", stage) for p in args[1].split()
+    }
+    recursive = {
+        p for args in re.findall(rf"chown -R {user} ([^&\n]+)", stage) for p in args.split()
+    }
+    return {
+        m for m in made if m in owned or any(m == r or m.startswith(r + "/") for r in recursive)
+    }
+
+
+def test_named_volumes_mount_where_the_image_has_a_directory_its_user_owns(
+    compose: dict[str, Any],
+) -> None:
+    """A new named volume takes the owner of the image's directory it is mounted on, and is
+    root's where the image has none: a non-root service could not write to it."""
+    images = {
+        s["image"]: REPO / "deploy" / s["build"]["context"] / s["build"]["dockerfile"]
+        for s in compose["services"].values()
+        if "build" in s
+    }
+    checked = 0
+    for name, service in compose["services"].items():
+        if service.get("image") not in images:
+            continue
+        stage = _runtime_stage(images[service["image"]])
+        user = re.findall(r"^USER (\S+)", stage, flags=re.M)[-1]
+        user = {"10001": "modelcycle"}.get(user, user)
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source in compose.get("volumes", {}):
+                assert target in _owned(stage, user), f"{name}: {target} is not {user}'s"
+                checked += 1
+    assert checked >= 2  # mlflow's and train's
 
 
 def test_compose_builds_and_mounts_only_files_that_exist(compose: dict[str, Any]) -> None:

@@ -15,10 +15,12 @@ from modelcycle.config import (
     monitor_config,
     serve_config,
     sweep_config,
+    tracking_settings,
 )
 from modelcycle.data.qtim import QTIMSource
 from modelcycle.data.tables import DataError
 from modelcycle.serving.loading import VariantChoice
+from modelcycle.tracking import tracking_uri
 
 
 def test_serve_threads_follow_the_cores_unless_set() -> None:
@@ -35,6 +37,20 @@ def test_serve_settings_from_config(tmp_path: os.PathLike[str]) -> None:
     assert config.settings.cors_origins == ("a",)
     assert str(config.capture_path).endswith("capture.db")
     assert serve_config(compose_config(["serve.capture=false"])).capture_path is None
+
+
+def test_the_tracking_uri_follows_mlflows_variable_unless_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def tracking_uri_of(cfg: DictConfig) -> str:
+        return tracking_uri(tracking_settings(cfg), tmp_path)
+
+    workspace = f"workspace={tmp_path}"
+    assert tracking_uri_of(compose_config([workspace])) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking_uri_of(compose_config([workspace])) == "http://mlflow:5000"
+    given = compose_config([workspace, "logger.uri=http://other:5000"])
+    assert tracking_uri_of(given) == "http://other:5000"
 
 
 def test_unknown_serve_key_names_the_group() -> None:

@@ -1221,9 +1221,9 @@ def _print_result(result: PipelineResult) -> None:
         console.print(f"Baseline over the whole dataset (no folds): {ref}", soft_wrap=True)
     console.print(f"Report and plots: {result.report_dir}", soft_wrap=True)
     console.print(f"MLflow run {result.run_id}", soft_wrap=True)
-    console.print(
-        f"Browse runs: mlflow ui --backend-store-uri {result.tracking_uri}", soft_wrap=True
-    )
+    from modelcycle.tracking import browse_runs
+
+    console.print(f"Browse runs: {browse_runs(result.tracking_uri)}", soft_wrap=True)
     console.print(f"Wall time: {result.report.seconds:.0f} s")
 
 

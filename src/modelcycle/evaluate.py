@@ -23,7 +23,7 @@ from modelcycle.evaluation.curves import write_curves
 from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.registry import RegistryError, latest_pipeline_run
 from modelcycle.tasks.base import Fold, Task
-from modelcycle.tracking import Tracker
+from modelcycle.tracking import Tracker, browse_runs
 from modelcycle.training import restore
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 #: What a run id is and where to find one, for every "no such run" message.
 HOW_TO_FIND = (
     "RUN is the id `modelcycle train` prints (`MLflow run ...`), its report folder "
-    "(`Report and plots: ...`), or `latest`; browse runs with `mlflow ui --backend-store-uri {uri}`"
+    "(`Report and plots: ...`), or `latest`; browse runs with {browse}"
 )
 
 
@@ -101,7 +101,7 @@ def locate_run(reference: str, tracking_uri: str, experiment: str) -> TrainRun:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    hint = HOW_TO_FIND.format(uri=tracking_uri)
+    hint = HOW_TO_FIND.format(browse=browse_runs(tracking_uri))
     if reference == "latest":
         try:
             reference = latest_pipeline_run(tracking_uri, experiment)

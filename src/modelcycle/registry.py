@@ -14,6 +14,7 @@ import getpass
 import json
 import logging
 import re
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -172,7 +173,8 @@ class Registry:
             name,
             source=f"{run.info.artifact_uri}/model",
             run_id=run_id,
-            tags=_lineage(run, candidate) | {"gate.champion": verdict},
+            tags=_lineage(run, candidate, self._config_text(run.info.run_id))
+            | {"gate.champion": verdict},
             description=f"{candidate.metric} {candidate.value:.4f} "
             f"(baseline {candidate.baseline:.4f})",
         )
@@ -285,12 +287,21 @@ class Registry:
                     return Path(done["path"])
                 marker.unlink()
             path = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=registered.source, dst_path=str(dst)
+                mlflow.artifacts.download_artifacts(  # an mlflow-artifacts: URI needs the server
+                    artifact_uri=registered.source, dst_path=str(dst), tracking_uri=self.uri
                 )
             )
             marker.write_text(json.dumps({"stamp": stamp, "path": str(path)}))
         return path
+
+    def _config_text(self, run_id: str) -> str:
+        """The run's resolved config.yaml, its first 5,000 characters (tags are bounded)."""
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                path = self.client.download_artifacts(run_id, "config.yaml", folder)
+                return Path(path).read_text()[:5000]
+        except Exception as err:  # lineage must not block registration
+            return f"unavailable: {err}"
 
     def log_directory(self, registered: Registered, directory: Path, folder: str) -> None:
         """Add files to a version's run, under `folder` (e.g. model/onnx)."""
@@ -510,7 +521,7 @@ def _protocol_differences(theirs: Mapping[str, str], mine: Mapping[str, str]) ->
     ]
 
 
-def _lineage(run: Any, candidate: Candidate) -> dict[str, str]:
+def _lineage(run: Any, candidate: Candidate, config: str) -> dict[str, str]:
     tags = run.data.tags
     lineage = {
         "lineage.run_id": run.info.run_id,
@@ -521,7 +532,7 @@ def _lineage(run: Any, candidate: Candidate) -> dict[str, str]:
         "lineage.data_hash": tags.get("data_hash", ""),
         "lineage.packages": tags.get("packages", "{}"),
         "lineage.config_uri": f"{run.info.artifact_uri}/config.yaml",
-        "lineage.config": _config_text(f"{run.info.artifact_uri}/config.yaml"),
+        "lineage.config": config,
         "lineage.reference_sample": f"{run.info.artifact_uri}/model/reference.npz",
         "lineage.held_out_sample": f"{run.info.artifact_uri}/model/held_out.npz",
         "gate.metric": candidate.metric,
@@ -532,15 +543,6 @@ def _lineage(run: Any, candidate: Candidate) -> dict[str, str]:
         if k.startswith(("model_", "baseline_", "reference_"))
     }
     return lineage | metrics
-
-
-def _config_text(uri: str) -> str:
-    import mlflow.artifacts
-
-    try:
-        return mlflow.artifacts.load_text(uri)[:5000]  # tag values are bounded
-    except Exception as err:  # lineage must not block registration
-        return f"unavailable: {err}"
 
 
 def _actor() -> str:

@@ -35,6 +35,23 @@ class TrackingSettings:
     wandb_project: str | None = None
 
 
+def tracking_server(uri: str) -> bool:
+    """Whether `uri` is an MLflow tracking server (not a store this process opens itself).
+
+    Runs tracked on a server keep their artifacts where the server says, so that another
+    machine (the model server of a deployment) can load them; runs tracked in a store of
+    this machine (SQLite, a folder, a database) keep them in the workspace.
+    """
+    return uri.split(":", 1)[0].lower() in {"http", "https", "databricks"}
+
+
+def browse_runs(uri: str) -> str:
+    """How to look at the runs tracked at `uri`: the server's page, or `mlflow ui` on it."""
+    if tracking_server(uri):
+        return f"open {uri}"
+    return f"`mlflow ui --backend-store-uri {uri}`"
+
+
 def workspace_store(workspace: Path) -> Path:
     """The SQLite file that tracks runs and the registry when no URI is configured."""
     return workspace / "mlflow.db"
@@ -59,6 +76,9 @@ class Tracker:
         self.experiment_id = self._experiment_id() if is_rank_zero() else ""
 
     def _experiment_id(self) -> str:
+        # MLflow prints two lines with a link at the end of each run tracked on a server:
+        # a pipeline's folds and final fit are a dozen runs; we print the way to them once.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
@@ -67,8 +87,21 @@ class Tracker:
         with workspace_lock(self.workspace):
             experiment = mlflow.get_experiment_by_name(self.settings.experiment)
             if experiment is None:
-                artifacts = (self.workspace / "artifacts").resolve().as_uri()
+                artifacts = None  # a tracking server's own store (--serve-artifacts, S3 ...)
+                if not tracking_server(self.uri):
+                    artifacts = (self.workspace / "artifacts").resolve().as_uri()
                 return str(mlflow.create_experiment(self.settings.experiment, artifacts))
+            location = str(experiment.artifact_location)
+            if tracking_server(self.uri) and location.startswith("file:"):
+                log.warning(
+                    "Experiment %r on %s keeps its artifacts in %s, a folder of one "
+                    "machine: a server elsewhere cannot load the models it registers. To "
+                    "store them with the tracking server, name a new experiment "
+                    "(logger.experiment=NAME).",
+                    self.settings.experiment,
+                    self.uri,
+                    location,
+                )
             return str(experiment.experiment_id)
 
     @contextmanager

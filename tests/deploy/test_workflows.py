@@ -121,6 +121,22 @@ def test_no_script_has_event_data_pasted_into_it() -> None:
     assert checked >= 10
 
 
+def test_the_kubernetes_image_is_one_the_docker_workflow_pushes() -> None:
+    deployment = yaml.safe_load((REPO / "deploy" / "k8s" / "deployment.yaml").read_text())
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.startswith("ghcr.io/") and image.endswith("-api:latest"), image
+    repository = image.removeprefix("ghcr.io/").removesuffix("-api:latest")
+    steps = workflow("docker.yml")["jobs"]["build"]["steps"]
+    push = next(s for s in steps if s.get("uses", "").startswith("docker/build-push-action"))
+    pushed = {
+        tag.replace("${{ steps.names.outputs.repository }}", repository).replace(
+            "${{ matrix.image }}", "api"
+        )
+        for tag in push["with"]["tags"].splitlines()
+    }
+    assert image in pushed, pushed
+
+
 @pytest.mark.parametrize("tool", ["ruff"])
 def test_pre_commit_pins_match_the_project(tool: str) -> None:
     config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from modelcycle.tracking import Tracker, TrackingSettings, browse_runs, tracking_server
+from modelcycle.tracking import (
+    Tracker,
+    TrackingError,
+    TrackingSettings,
+    browse_runs,
+    check_reachable,
+    tracking_server,
+)
 from server_process import Server, free_port, serve_command, started, wait_ready
 
 
@@ -60,6 +71,65 @@ def test_only_http_and_databricks_uris_are_tracking_servers() -> None:
     assert not tracking_server("postgresql://u@db/mlflow")  # a database this process opens
     assert browse_runs("http://mlflow:5000") == "open http://mlflow:5000"
     assert "mlflow ui --backend-store-uri sqlite:///x.db" in browse_runs("sqlite:///x.db")
+
+
+@contextmanager
+def _listening(answer: bytes | None) -> Iterator[str]:
+    """A loopback socket that answers each connection with `answer`, or never (None)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            held.append(connection)
+            if answer is not None:
+                connection.recv(65536)
+                connection.sendall(answer)
+                connection.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+
+
+def test_a_tracking_server_that_is_down_is_one_clear_error_at_once() -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    started_at = time.monotonic()
+    with pytest.raises(TrackingError, match="no MLflow tracking server answers there") as err:
+        check_reachable(down)
+    assert time.monotonic() - started_at < 30  # MLflow's own retries took 4 minutes
+    assert "Connection refused" in str(err.value) and f"logger.uri={down}" in str(err.value)
+    with _listening(None) as silent, pytest.raises(TrackingError, match=r"\(no answer\)"):
+        check_reachable(silent, seconds=0.5)
+    # any HTTP answer is a server there (a proxy asking for credentials too): MLflow goes on
+    with _listening(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n") as guarded:
+        check_reachable(guarded)
+    check_reachable("sqlite:////nowhere/mlflow.db")  # not a server: nothing to ask
+
+
+def test_commands_on_a_tracking_server_that_is_down_fail_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from modelcycle.cli import app
+
+    down = f"logger.uri=http://127.0.0.1:{free_port()}"
+    runner = CliRunner()
+    for args in (
+        ["pipeline", "twins", f"workspace={tmp_path}", down],
+        ["history", "twins", f"workspace={tmp_path}", down],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.stdout)
+        assert "no MLflow tracking server answers there" in result.stdout, result.stdout
+        assert "Traceback" not in result.stdout
 
 
 @pytest.mark.slow  # an MLflow server (~10 s to start), a pipeline and a model server
@@ -109,6 +179,7 @@ def test_a_model_trained_on_one_machine_is_served_from_another(
     assert not trainer.exists()
 
 
+@pytest.mark.slow  # an MLflow server (~10 s to start)
 def test_an_experiment_kept_in_a_folder_on_a_server_is_warned_about(
     mlflow_server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1099,6 +1099,7 @@ REPORTED = (
     ("modelcycle.registry", "RegistryError"),
     ("modelcycle.serving.loading", "ModelLoadError"),
     ("modelcycle.tasks.base", "UnknownTaskError"),
+    ("modelcycle.tracking", "TrackingError"),
 )
 
 

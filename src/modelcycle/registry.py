@@ -122,6 +122,9 @@ class Registry:
     def __init__(self, tracking_uri: str, hooks: Sequence[Hook] = ()) -> None:
         from mlflow import MlflowClient
 
+        from modelcycle.tracking import check_reachable
+
+        check_reachable(tracking_uri)  # a server that is down: one line now, not in 4 minutes
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.hooks = list(hooks)

@@ -45,6 +45,49 @@ def tracking_server(uri: str) -> bool:
     return uri.split(":", 1)[0].lower() in {"http", "https", "databricks"}
 
 
+class TrackingError(ValueError):
+    """A tracking store that cannot be used; the message names it and what to do."""
+
+
+#: Seconds a tracking server may take to answer its health check before it counts as down.
+REACH_SECONDS = 10.0
+
+
+def check_reachable(uri: str, seconds: float = REACH_SECONDS) -> None:
+    """Raise `TrackingError` when `uri` is an MLflow server (http/https) nobody answers at.
+
+    MLflow's client retries a request with backoff for about four minutes before it fails
+    with a traceback; this asks the server's `/health` once. Any HTTP answer counts (a proxy
+    asking for credentials too), and so does a certificate problem: MLflow reports those
+    itself, with its own settings for them.
+    """
+    if uri.split(":", 1)[0].lower() not in {"http", "https"}:
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=seconds)
+    except requests.exceptions.SSLError:
+        return
+    except (requests.ConnectionError, requests.Timeout) as err:
+        why = "no answer" if isinstance(err, requests.Timeout) else _first_reason(err)
+        raise TrackingError(
+            f"logger.uri={uri}: no MLflow tracking server answers there ({why}). Start it "
+            "(`mlflow server --host 0.0.0.0 --port 5000 ...`), correct the address, or leave "
+            "logger.uri (and MLFLOW_TRACKING_URI) unset to track in the workspace."
+        ) from err
+
+
+def _first_reason(err: BaseException) -> str:
+    """What failed underneath requests' wrapping.
+
+    For example `Failed to establish a new connection: [Errno 111] Connection refused`.
+    """
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    text = str(reason if reason is not None else err)
+    return text.split(": ", 1)[-1] if reason is not None else text
+
+
 def browse_runs(uri: str) -> str:
     """How to look at the runs tracked at `uri`: the server's page, or `mlflow ui` on it."""
     if tracking_server(uri):
@@ -79,6 +122,7 @@ class Tracker:
         # MLflow prints two lines with a link at the end of each run tracked on a server:
         # a pipeline's folds and final fit are a dozen runs; we print the way to them once.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        check_reachable(self.uri)
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)

@@ -13,9 +13,6 @@ from qtim_fixtures import write_tiny_qtim
 # As the command does (modelcycle.cli), before any test module loads torch: idle OpenMP
 # threads sleep instead of spinning, which made training several times slower under load.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# logger.uri follows MLflow's variable: the tests track in their own workspaces, never on a
-# tracking server the developer's shell points at.
-os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 pytest_plugins = ["serving_fixtures"]  # the registered, exported model for serving tests
 

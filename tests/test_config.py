@@ -20,7 +20,7 @@ from modelcycle.config import (
 from modelcycle.data.qtim import QTIMSource
 from modelcycle.data.tables import DataError
 from modelcycle.serving.loading import VariantChoice
-from modelcycle.tracking import tracking_uri
+from modelcycle.tracking import Tracker, TrackingSettings, tracking_uri
 
 
 def test_serve_threads_follow_the_cores_unless_set() -> None:
@@ -39,18 +39,19 @@ def test_serve_settings_from_config(tmp_path: os.PathLike[str]) -> None:
     assert serve_config(compose_config(["serve.capture=false"])).capture_path is None
 
 
-def test_the_tracking_uri_follows_mlflows_variable_unless_given(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_where_one_run_tracked_does_not_decide_where_the_next_config_tracks(
+    tmp_path: Path,
 ) -> None:
-    def tracking_uri_of(cfg: DictConfig) -> str:
-        return tracking_uri(tracking_settings(cfg), tmp_path)
-
-    workspace = f"workspace={tmp_path}"
-    assert tracking_uri_of(compose_config([workspace])) == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
-    assert tracking_uri_of(compose_config([workspace])) == "http://mlflow:5000"
-    given = compose_config([workspace, "logger.uri=http://other:5000"])
-    assert tracking_uri_of(given) == "http://other:5000"
+    """MLflow sets MLFLOW_TRACKING_URI in the process when a run starts: were logger.uri to
+    read it, every later command of the process (tests, a notebook) tracked in the first
+    workspace."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    tracker = Tracker(TrackingSettings(), first)
+    with tracker.run("one"):
+        pass
+    assert os.environ.get("MLFLOW_TRACKING_URI") == f"sqlite:///{first / 'mlflow.db'}"
+    cfg = compose_config([f"workspace={second}"])
+    assert tracking_uri(tracking_settings(cfg), second) == f"sqlite:///{second / 'mlflow.db'}"
 
 
 def test_unknown_serve_key_names_the_group() -> None:

@@ -42,7 +42,11 @@ def tracking_server(uri: str) -> bool:
     machine (the model server of a deployment) can load them; runs tracked in a store of
     this machine (SQLite, a folder, a database) keep them in the workspace.
     """
-    return uri.split(":", 1)[0].lower() in {"http", "https", "databricks"}
+    return _scheme(uri) in {"http", "https", "databricks"}
+
+
+def _scheme(uri: str) -> str:
+    return uri.split(":", 1)[0].lower()
 
 
 class TrackingError(ValueError):
@@ -61,7 +65,7 @@ def check_reachable(uri: str, seconds: float = REACH_SECONDS) -> None:
     asking for credentials too), and so does a certificate problem: MLflow reports those
     itself, with its own settings for them.
     """
-    if uri.split(":", 1)[0].lower() not in {"http", "https"}:
+    if _scheme(uri) not in {"http", "https"}:  # databricks has no /health
         return
     import requests
 
@@ -74,7 +78,7 @@ def check_reachable(uri: str, seconds: float = REACH_SECONDS) -> None:
         raise TrackingError(
             f"logger.uri={uri}: no MLflow tracking server answers there ({why}). Start it "
             "(`mlflow server --host 0.0.0.0 --port 5000 ...`), correct the address, or leave "
-            "logger.uri (and MLFLOW_TRACKING_URI) unset to track in the workspace."
+            "logger.uri unset to track in the workspace."
         ) from err
 
 

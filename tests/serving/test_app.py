@@ -359,7 +359,10 @@ def test_api_key_is_required_when_set(served: ServedModel) -> None:
         assert c.get("/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/v1/models", headers={"authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/v1/models", headers={"x-api-key": "s3cret"}).status_code == 200
-        assert c.get("/healthz").status_code == 200  # probes stay open
+        # probes, scrapes, the page and the API's description stay open (README says so)
+        for open_route in ("/healthz", "/readyz", "/metrics", "/", "/docs", "/openapi.json"):
+            assert c.get(open_route).status_code == 200, open_route
+        assert c.get("/v1/models/twins/examples").status_code == 401  # every /v1 route
         # the scheme's name in any case, and a 401 that says which scheme it wants
         for scheme in ("bearer", "BEARER"):
             ok = c.get("/v1/models", headers={"authorization": f"{scheme} s3cret"})

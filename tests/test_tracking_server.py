@@ -29,7 +29,7 @@ from modelcycle.tracking import (
     check_reachable,
     tracking_server,
 )
-from server_process import Server, free_port, serve_command, started, wait_ready
+from server_process import free_port, serve_command, started
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +47,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--serve-artifacts",
         "--workers=1",
     ]
-    log = root / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=root)
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        wait_ready(server, "/health")
+    url = f"http://127.0.0.1:{port}"
+    with started(command, root / "server.log", url, ready_path="/health") as server:
         yield server.url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 def test_only_http_and_databricks_uris_are_tracking_servers() -> None:

@@ -90,11 +90,14 @@ def test_workflows_only_run_commands_that_exist() -> None:
     assert used <= offered, f"unknown commands: {sorted(used - offered)}"
 
 
-def test_tests_workflow_covers_two_oses_two_pythons_and_runs_the_readme_command() -> None:
+def test_tests_workflow_covers_two_oses_every_python_and_runs_the_readme_command() -> None:
     jobs = workflow("tests.yml")["jobs"]
     matrix = jobs["fast"]["strategy"]["matrix"]
     assert set(matrix["os"]) == {"ubuntu-latest", "macos-latest"}
-    assert set(matrix["python"]) == {"3.11", "3.12"}
+    # from the oldest Python the project accepts to the newest its pins install on
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == f">={min(matrix['python'])}"
+    assert set(matrix["python"]) == {"3.11", "3.12", "3.13"}
     assert any("--cov-fail-under=" in s.get("run", "") for s in jobs["fast"]["steps"])
     assert any(s.get("run", "").startswith("make test") for s in jobs["whole"]["steps"])
     assert (REPO / ".ci" / "run").read_text().strip().endswith("make test")

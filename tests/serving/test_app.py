@@ -864,8 +864,12 @@ def test_heads_deep_json_and_trailing_slashes_get_plain_answers(client: TestClie
     for path in ("/healthz", "/readyz", "/"):
         assert client.head(path).status_code == 200, path
     # Valid JSON nested past the parser's depth was called invalid.
-    deep = client.post(PREDICT, content=b"[" * 5000 + b"]" * 5000, headers=JSON_TYPE)
+    deep = client.post(PREDICT, content=b"[" * 100_000 + b"]" * 100_000, headers=JSON_TYPE)
     assert deep.status_code == 400 and "nests deeper" in deep.json()["detail"]
+    # Python 3.13's parser goes deeper than 3.11's (5,000 levels parse there): then the
+    # schema refuses it; a plain answer either way
+    nested = client.post(PREDICT, content=b"[" * 5000 + b"]" * 5000, headers=JSON_TYPE)
+    assert nested.status_code in (400, 422), nested.text
     # A trailing slash was redirected to an address built from the Host header.
     moved = client.get("/v1/models/", headers={"host": "evil.example"}, follow_redirects=False)
     assert moved.status_code == 404 and "location" not in moved.headers

@@ -145,7 +145,7 @@ def test_a_model_trained_on_one_machine_is_served_from_another(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"Browse runs: open {mlflow_server}" in done.stdout
     assert "registered twins version 1" in done.stdout
-    assert "View run" not in done.stdout  # MLflow's own link per run, 13 lines of them
+    assert "View run" not in done.stdout  # MLflow's own two link lines per run
 
     from mlflow import MlflowClient
 

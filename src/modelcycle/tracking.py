@@ -124,7 +124,7 @@ class Tracker:
 
     def _experiment_id(self) -> str:
         # MLflow prints two lines with a link at the end of each run tracked on a server:
-        # a pipeline's folds and final fit are a dozen runs; we print the way to them once.
+        # a pipeline is a run per fold, the final fit and their parent; we print the way once.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         check_reachable(self.uri)
         import mlflow

@@ -104,10 +104,16 @@ def test_tests_workflow_covers_two_oses_every_python_and_runs_the_readme_command
 
 
 def test_registry_workflow_listens_to_the_registry_hooks_event() -> None:
-    from modelcycle.registry_hooks import GitHubDispatchHook
+    from dataclasses import fields
+
+    from modelcycle.registry_hooks import AliasMoved, GitHubDispatchHook
 
     on = workflow("registry.yml")[True]  # YAML 1.1 reads the key `on` as True
     assert on["repository_dispatch"]["types"] == [GitHubDispatchHook.event_type]
+    # every field the workflow reads is one the hook sends (a typo reads as empty)
+    text = (REPO / ".github" / "workflows" / "registry.yml").read_text()
+    read = set(re.findall(r"client_payload\.(\w+)", text))
+    assert read and read <= {f.name for f in fields(AliasMoved)}, read
 
 
 def test_no_script_has_event_data_pasted_into_it() -> None:

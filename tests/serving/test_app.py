@@ -700,17 +700,6 @@ def _http_answer(connection: socket.socket) -> tuple[int, bytes]:
     return int(head.split(b" ")[1]), body
 
 
-class SlowSession:
-    """An ONNX session that takes at least `seconds` per call."""
-
-    def __init__(self, inner: Any, seconds: float) -> None:
-        self.inner, self.seconds = inner, seconds
-
-    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
-        time.sleep(self.seconds)
-        return self.inner.run(names, feeds)
-
-
 def test_a_client_deadline_the_queue_cannot_meet_is_refused_at_once(served: ServedModel) -> None:
     slow = GatedSession(served.session, 0.1)  # at most 10 requests per second
     with _client(replace(served, session=slow), ServeSettings(max_batch=1)) as c:

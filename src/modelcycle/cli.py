@@ -132,6 +132,9 @@ def main(
     # MLflow draws a progress bar for each local artifact copy (a model, a report): many
     # lines of bars in a log for copies that take milliseconds.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # And two lines with a link at the end of each run tracked on a server: a pipeline is a
+    # run per fold, the final fit and their parent; the command prints the way there once.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 @app.command()

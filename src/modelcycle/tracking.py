@@ -123,9 +123,6 @@ class Tracker:
         self.experiment_id = self._experiment_id() if is_rank_zero() else ""
 
     def _experiment_id(self) -> str:
-        # MLflow prints two lines with a link at the end of each run tracked on a server:
-        # a pipeline is a run per fold, the final fit and their parent; we print the way once.
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         check_reachable(self.uri)
         import mlflow
 

@@ -47,15 +47,12 @@ def _owned(stage: str, user: str) -> set[str]:
         for path in paths.split():
             ancestors = PurePosixPath(path).parents if parents else []
             made |= {path, *(str(a) for a in ancestors if str(a) != "/")}
-    owned = {
-        p for args in re.findall(rf"chown (-R )?{user} ([^&\n]+)", stage) for p in args[1].split()
-    }
-    recursive = {
-        p for args in re.findall(rf"chown -R {user} ([^&\n]+)", stage) for p in args.split()
-    }
-    return {
-        m for m in made if m in owned or any(m == r or m.startswith(r + "/") for r in recursive)
-    }
+    given = [
+        (bool(recursive), path)
+        for recursive, paths in re.findall(rf"chown( -R)? {user} ([^&\n]+)", stage)
+        for path in paths.split()
+    ]
+    return {m for m in made if any(m == p or (r and m.startswith(p + "/")) for r, p in given)}
 
 
 def test_named_volumes_mount_where_the_image_has_a_directory_its_user_owns(
@@ -74,7 +71,8 @@ def test_named_volumes_mount_where_the_image_has_a_directory_its_user_owns(
             continue
         stage = _runtime_stage(images[service["image"]])
         user = re.findall(r"^USER (\S+)", stage, flags=re.M)[-1]
-        user = {"10001": "modelcycle"}.get(user, user)
+        names = dict(re.findall(r"useradd .*--uid (\d+) (\S+)", stage))  # USER may be a uid
+        user = names.get(user, user)
         for volume in service.get("volumes", []):
             source, target = volume.split(":")[:2]
             if source in compose.get("volumes", {}):

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelcycle.serving.protocol import HEAD_LIMIT, HEAD_SECONDS
+from modelcycle.serving.protocol import HEAD_LIMIT, HEAD_SECONDS, LINGER_SECONDS
 from server_process import (
     PREDICT_ROUTE,
     Server,
@@ -201,6 +201,22 @@ def _response(sock: socket.socket) -> str:
     return data.decode(errors="replace")
 
 
+def _trickled_until_closed(sock: socket.socket, seconds: float) -> bool:
+    """Send `sock` a byte a second until the server closes it (True) or `seconds` pass."""
+    sock.settimeout(1.0)
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        try:
+            sock.sendall(b" ")
+            if sock.recv(1) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return True
+    return False
+
+
 def _length(data: bytes) -> int:
     head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace").lower()
     found = re.search(r"content-length: (\d+)", head)
@@ -218,9 +234,14 @@ def test_a_slow_or_vanished_body_is_a_4xx_not_a_held_connection_or_a_500(
         started = time.monotonic()
         with _raw_post(server, {**partial, "X-Deadline-Ms": "800"}, b'{"a": ') as sock:
             answer = _response(sock)
+            answered = time.monotonic()
+            # the rest of the body, a byte a second (under uvicorn's 5 s keep-alive timeout),
+            # held the connection for good after its 408
+            assert _trickled_until_closed(sock, seconds=LINGER_SECONDS + 5)
         assert answer.startswith("HTTP/1.1 408"), answer
         assert "did not arrive within" in answer
-        assert time.monotonic() - started < 5  # the deadline, not the client, ended it
+        assert answered - started < 5  # the deadline, not the client, ended it
+        assert time.monotonic() - answered < LINGER_SECONDS + 2
 
         _raw_post(server, partial, b'{"a": ').close()  # gone before its body arrived
         time.sleep(1.0)

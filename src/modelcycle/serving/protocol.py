@@ -19,6 +19,9 @@ HEAD_LIMIT = 64 * 1024
 #: Seconds a request line and its headers may take to arrive, and a new connection may wait
 #: for its first request; beyond it, 408 (or, with nothing sent, the connection closes).
 HEAD_SECONDS = 10.0
+#: Seconds the rest of a body may take to arrive once its request was answered without it
+#: (401, 408, 413, 415); beyond them the connection closes.
+LINGER_SECONDS = 5.0
 
 
 class _HeadTooLargeError(Exception):
@@ -40,15 +43,23 @@ class OpsFirstHttp(HttpToolsProtocol):
     headers come, however many. Here a request's head must arrive within `head_seconds`
     (408; a connection that never sent a byte is closed) and stay under `head_limit` bytes
     (431).
+
+    A request answered before its body arrived (a wrong key, a body too large or too slow)
+    kept its connection for as long as the client went on sending that body, since uvicorn
+    reads it to the end to keep the connection alive: a byte every few seconds held it for
+    good. Here the rest of the body has `linger_seconds` to arrive, as nginx's lingering
+    close; beyond them the connection closes.
     """
 
     reserve = 32
     head_limit = HEAD_LIMIT
     head_seconds = HEAD_SECONDS
+    linger_seconds = LINGER_SECONDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._in_head = False
         self._too_large = False
@@ -59,9 +70,33 @@ class OpsFirstHttp(HttpToolsProtocol):
         self._time_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Stop the head's clock."""
+        """Stop the head's and the unread body's clocks."""
         self._stop_head_clock()
+        self._stop_lingering()
         super().connection_lost(exc)
+
+    def on_message_complete(self) -> None:
+        """A request's body has all arrived: a connection lingering for it may stay open."""
+        self._stop_lingering()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        """Give a body its request was answered without `linger_seconds` to arrive."""
+        unread = self.cycle is not None and self.cycle.more_body
+        super().on_response_complete()
+        if unread and not self.transport.is_closing():
+            self._stop_lingering()
+            self._linger_timer = self.loop.call_later(self.linger_seconds, self._linger_ended)
+
+    def _linger_ended(self) -> None:
+        self._linger_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _stop_lingering(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
 
     def on_message_begin(self) -> None:
         """A request starts (the first, or the next on a kept-alive connection)."""

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from modelcycle.registry import StoreWatch
+from modelcycle.serving import server
+from modelcycle.serving.loading import ModelLoadError, ServedModel, load_served
 from serving_fixtures import ServedWorkspace
 
 
@@ -60,3 +65,29 @@ def test_an_alias_move_through_mlflow_is_seen(two_versions: ServedWorkspace) -> 
     registry.promote("twins", reason="watch test")
     assert watch.may_have_changed("twins")
     assert registry.alias_version("twins", "champion") == "2"
+
+
+def test_a_failed_reload_is_tried_again_at_the_next_look(
+    two_versions: ServedWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The failed load had marked the store seen: no retry until the 60 s refresh, although
+    # the reload metric says the next poll tries again.
+    registry, cache = two_versions.registry, tmp_path / "cache"
+    loads: list[str] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> ServedModel:
+        loads.append(args[1])
+        if len(loads) == 1:
+            raise ModelLoadError("the file was being copied")
+        return load_served(*args, **kwargs)
+
+    monkeypatch.setattr(server, "load_served", flaky)
+    reload = server.alias_reloader(registry, cache, threads=1, variant=None)
+    current = load_served(registry, "twins@champion", cache, threads=1)
+    assert current.version == "1" and reload(current) is None  # the alias stayed
+    registry.promote("twins", reason="retry test")
+    with pytest.raises(ModelLoadError, match="being copied"):
+        reload(current)
+    fresh = reload(current)  # nothing written since, and tried again all the same
+    assert fresh is not None and fresh.version == "2" and loads == ["twins@champion"] * 2
+    assert reload(fresh) is None

@@ -102,6 +102,10 @@ class StoreWatch:
         self._seen[key] = (stamp, now)  # taken before the caller looks: a later write shows
         return True
 
+    def forget(self, key: str) -> None:
+        """Answer True the next time `key` asks (what it looked for is not done yet)."""
+        self._seen.pop(key, None)
+
     @staticmethod
     def _stamp(path: Path) -> tuple[int, ...] | None:
         try:

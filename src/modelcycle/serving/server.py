@@ -7,6 +7,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -46,16 +47,7 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
     def load() -> list[ServedModel]:
         return [load_served(registry, ref, cache, threads, variant) for ref in references]
 
-    store = StoreWatch(registry.uri)
-
-    def reload(current: ServedModel) -> ServedModel | None:
-        if not store.may_have_changed(current.name):  # nothing written: the alias stayed
-            return None
-        version = registry.alias_version(current.name, current.alias)
-        if version is None or version == current.version:
-            return None
-        return load_served(registry, f"{current.name}@{current.alias}", cache, threads, variant)
-
+    reload = alias_reloader(registry, cache, threads, variant)
     capture = CaptureStore(config.capture_path) if config.capture_path else None
     watch = monitor_config(cfg)
     drift = (
@@ -65,6 +57,31 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
     )
     app = create_app(load, config.settings, capture, reload, drift, close_capture=True)
     return app, config
+
+
+def alias_reloader(
+    registry: Registry, cache: Path, threads: int, variant: VariantChoice | None
+) -> Callable[[ServedModel], ServedModel | None]:
+    """What loads a served model's version anew once its alias moved (None while it stays).
+
+    The registry is looked up only when its store may have been written (`StoreWatch`); a
+    load that fails is tried again at the next look, not only once the store changes again.
+    """
+    store = StoreWatch(registry.uri)
+
+    def reload(current: ServedModel) -> ServedModel | None:
+        if not store.may_have_changed(current.name):  # nothing written: the alias stayed
+            return None
+        version = registry.alias_version(current.name, current.alias)
+        if version is None or version == current.version:
+            return None
+        try:
+            return load_served(registry, f"{current.name}@{current.alias}", cache, threads, variant)
+        except Exception:
+            store.forget(current.name)
+            raise
+
+    return reload
 
 
 def check_references(cfg: DictConfig, references: list[str]) -> Registry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import gzip
 import json
 import re
 import socket
@@ -305,6 +306,21 @@ def test_malformed_bodies(client: TestClient, body: bytes, content_type: str, st
     headers = {"content-type": content_type} if content_type else {}
     response = client.post(PREDICT, content=body, headers=headers)
     assert response.status_code == status, response.text
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br, gzip", "GZIP"])
+def test_a_compressed_body_is_refused_by_name(client: TestClient, encoding: str) -> None:
+    # read as JSON, a gzip body was answered 400 "'utf-8' codec can't decode byte 0x8b"
+    body = gzip.compress(json.dumps(_example(client)).encode())
+    headers = {"content-type": "application/json", "content-encoding": encoding}
+    response = client.post(PREDICT, content=body, headers=headers)
+    assert response.status_code == 415, response.text
+    assert response.json()["detail"] == (
+        f"Content-Encoding {encoding.lower()!r} is not accepted; send the body uncompressed."
+    )
+    assert response.headers["accept-encoding"] == "identity"
+    plain = {"content-type": "application/json", "content-encoding": "identity"}
+    assert client.post(PREDICT, json=_example(client), headers=plain).status_code == 200
 
 
 def test_body_limit_at_and_beyond(served: ServedModel) -> None:

@@ -689,6 +689,13 @@ async def _payload(
     if content_type != "application/json" and not takes_bytes(adapter, content_type):
         types = accepted_types(adapter)
         return _error(415, f"Content-Type must be {types}, not {content_type or 'none'!r}.")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):  # else a gzip body read as JSON: "byte 0x8b"
+        return _error(
+            415,
+            f"Content-Encoding {encoding!r} is not accepted; send the body uncompressed.",
+            {"Accept-Encoding": "identity"},  # RFC 7694
+        )
     try:
         async with asyncio.timeout(reading):  # a timer, not wait_for's task per request
             body = await _read_limited(request, settings.body_limit)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from modelcycle.serving.protocol import HEAD_LIMIT
 from server_process import Server, running_server
 from serving_fixtures import ServedWorkspace
 
@@ -193,6 +194,15 @@ def test_web_page_with_an_api_key_asks_for_it_then_predicts(
             page.press("#key", leave)
             expect(page.locator("#model option")).to_have_count(1)
             expect(page.locator("#result")).to_have_text("")
+        # A key longer than the server takes in a head is refused before the app, in plain
+        # text (431); the page shows that text, where it failed to read it as JSON.
+        page.reload()
+        page.fill("#key", "k" * (HEAD_LIMIT + 1))
+        page.press("#key", "Enter")
+        expect(page.locator("#result")).to_have_class("error")
+        expect(page.locator("#result")).to_have_text(
+            f"Could not list models: 431: The request line and headers exceed {HEAD_LIMIT} bytes."
+        )
         assert not script_errors, f"the page raised: {script_errors}"
 
 

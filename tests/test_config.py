@@ -85,6 +85,7 @@ def test_serve_variant_is_fp32_or_int8_with_a_numeric_drop_limit() -> None:
         ("serve.queue_limit=0", r"queue_limit=0: give a whole number >= 1"),
         ("serve.body_limit=-5", r"body_limit=-5: give a whole number >= 1 \(bytes\)"),
         ("serve.threads=-1", r"threads=-1: give a whole number >= 1 \(null in the config"),
+        ("serve.threads=0", r"threads=0: give a whole number >= 1 \(null in the config"),
         ("serve.max_wait_ms=-1", r"max_wait_ms=-1: give a finite number >= 0 \(0: never"),
         ("serve.max_wait_ms=soon", r"max_wait_ms='soon': give a finite number >= 0"),
         ("serve.reload_seconds=-3", r"reload_seconds=-3: give a finite number >= 0"),

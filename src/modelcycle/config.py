@@ -507,7 +507,8 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
             '["https://example.org"], or [] to keep CORS closed.'
         )
     values["cors_origins"] = tuple(origins)
-    values["threads"] = values["threads"] or default_threads()
+    if values["threads"] is None:  # 0 is refused below, not taken for "one per core"
+        values["threads"] = default_threads()
     settings = _build(ServeSettings, "serve", kinds=False, **values)
     if not is_whole(port) or not 1 <= port <= 65535:
         raise ConfigError(f"serve.port={port!r}: give a TCP port number from 1 to 65535.")

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelcycle.digests import sha256_file
 from modelcycle.monitoring.capture import CaptureStore
@@ -193,6 +194,24 @@ def test_listing_health_readiness_metrics_page_and_openapi(client: TestClient) -
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/models/{name}/predict"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["oneOf"][0]["title"] == "PairRequest"
+
+
+def test_requests_are_counted_by_the_route_that_answered(client: TestClient) -> None:
+    # The OpenAPI document and the docs' files were counted as route="unmatched", as 404s are
+    asset = re.search(r'src="(/docs-assets/[^"]+)"', client.get("/docs").text)
+    assert asset is not None, "the docs page links no script of its own"
+    for path in ("/openapi.json", asset[1], "/no-such-page", "/healthz"):
+        client.get(path)
+    counted = {
+        (sample.labels["route"], sample.labels["status"])
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        if family.name == "modelcycle_requests"
+        for sample in family.samples
+        if sample.name == "modelcycle_requests_total"
+    }
+    assert {("/openapi.json", "200"), ("/docs", "200"), ("/docs-assets", "200")} <= counted
+    assert {("/healthz", "200"), ("unmatched", "404")} <= counted
+    assert not any(route == "unmatched" and status == "200" for route, status in counted)
 
 
 def test_drift_on_a_server_that_captures_nothing_says_why(served: ServedModel) -> None:

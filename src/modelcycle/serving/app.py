@@ -531,8 +531,11 @@ class _Measure:
             self.metrics.latency.labels(route, model).observe(time.perf_counter() - started)
 
     def _template(self, scope: dict[str, Any], root: str) -> str:
-        """The path template that answered; Starlette's own routes (the OpenAPI document,
-        the docs page, the docs' files) leave none in the scope and are matched again."""
+        """The path template that answered (or "unmatched").
+
+        Starlette's own routes (the OpenAPI document, the docs page, the docs' files) leave
+        none in the scope, and are matched again here.
+        """
         found = scope.get("route")
         if found is not None:
             return str(found.path)

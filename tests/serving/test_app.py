@@ -196,6 +196,21 @@ def test_listing_health_readiness_metrics_page_and_openapi(client: TestClient) -
     assert body["content"]["application/json"]["schema"]["oneOf"][0]["title"] == "PairRequest"
 
 
+def test_the_openapi_document_gives_a_working_example_and_the_refusals(
+    client: TestClient,
+) -> None:
+    # Swagger's "Try it out" sent {"age": 0, "measures": {"additionalProp1": 0}}: a 422
+    operation = client.get("/openapi.json").json()["paths"]["/v1/models/{name}/predict"]["post"]
+    name = next(p for p in operation["parameters"] if p["name"] == "name")
+    assert name["example"] == "twins"
+    examples = operation["requestBody"]["content"]["application/json"]["examples"]
+    assert list(examples) == ["twins"] and examples["twins"]["summary"].startswith("twins: ")
+    assert _post(client, examples["twins"]["value"]).status_code == 200
+    documented = set(operation["responses"])
+    assert {"200", "400", "404", "408", "413", "415", "422", "429", "504"} <= documented
+    assert list(operation["requestBody"]["content"]) == ["application/json"]  # no file types
+
+
 def test_requests_are_counted_by_the_route_that_answered(client: TestClient) -> None:
     # The OpenAPI document and the docs' files were counted as route="unmatched", as 404s are
     asset = re.search(r'src="(/docs-assets/[^"]+)"', client.get("/docs").text)

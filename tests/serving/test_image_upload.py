@@ -115,6 +115,16 @@ def test_examples_are_held_out_images_that_predict(client: TestClient) -> None:
     assert model["request_parts"] == []  # an image is one whole: nothing to pick apart
 
 
+def test_the_openapi_document_lists_the_file_types_and_an_example(client: TestClient) -> None:
+    body = client.get("/openapi.json").json()["paths"]["/v1/models/{name}/predict"]["post"]
+    content = body["requestBody"]["content"]
+    assert list(content) == ["application/json", "image/jpeg", "image/png", "multipart/form-data"]
+    assert content["image/png"]["schema"] == {"type": "string", "format": "binary"}
+    assert content["multipart/form-data"]["schema"]["required"] == ["file"]
+    example = content["application/json"]["examples"]["image"]["value"]
+    assert client.post(PREDICT, json=example).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "message"),
     [

@@ -50,7 +50,7 @@ from modelcycle.serving.batching import (
 from modelcycle.serving.loading import ServedModel, warm_up
 from modelcycle.serving.loop_lag import LoopLag, RecentTime
 from modelcycle.serving.metrics import ServerMetrics, refusals_counted
-from modelcycle.serving.uploads import accepted_types, file_bytes, takes_bytes
+from modelcycle.serving.uploads import MULTIPART, accepted_types, file_bytes, takes_bytes
 
 log = logging.getLogger(__name__)
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -66,6 +66,17 @@ READ_FLOOR = 1.0
 #: Request headers a browser on an allowed origin may send (CORS), besides the simple ones.
 #: Where the Swagger UI files of /docs are served from.
 DOCS_ASSETS = "/docs-assets"
+#: What predict answers besides 200 and 422, as its OpenAPI document lists them.
+PREDICT_REFUSALS = {
+    400: "The body is not valid JSON, or nests deeper than the parser goes.",
+    401: "A missing or wrong API key (when the server has one).",
+    404: "No model of that name is served.",
+    408: "The body did not arrive within what was left of the request's deadline.",
+    413: "The body is larger than serve.body_limit.",
+    415: "A Content-Type the model does not take, or a compressed body.",
+    429: "Over capacity, or the answer could not come within the deadline (see Retry-After).",
+    504: "The deadline passed, or is shorter than one answer takes on an idle server.",
+}
 CORS_HEADERS = ("Authorization", "X-API-Key", "X-Deadline-Ms", "X-Capture-Source", "Content-Type")
 
 
@@ -918,11 +929,40 @@ def _document_requests(app: FastAPI, state: _State) -> None:
             components.update(body.pop("$defs", {}))
             bodies.append(body)
         operation = schema["paths"][PREDICT]["post"]
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": {"oneOf": bodies} if bodies else {}}},
+        operation["requestBody"] = {"required": True, "content": _predict_content(state, bodies)}
+        for parameter in operation.get("parameters", []):
+            if parameter["in"] == "path" and parameter["name"] == "name" and state.models:
+                parameter["example"] = next(iter(state.models))  # "Try it out" fills it in
+        refusal = {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="Refusal")}}}
+        components["Refusal"] = {
+            "type": "object",
+            "properties": {"detail": {"type": "string"}},
+            "required": ["detail"],
         }
+        for status, why in PREDICT_REFUSALS.items():
+            operation["responses"][str(status)] = {"description": why, "content": refusal}
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _predict_content(state: _State, bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Predict's media types: JSON, with each model's first example, and any file types."""
+    examples = {
+        name: {"summary": f"{name}: {m.examples[0]['label']}", "value": m.examples[0]["request"]}
+        for name, m in state.models.items()
+        if m.examples
+    }
+    content: dict[str, Any] = {"application/json": {"schema": {"oneOf": bodies} if bodies else {}}}
+    if examples:
+        content["application/json"]["examples"] = examples
+    binary = {"type": "string", "format": "binary"}
+    for m in state.models.values():
+        for media in m.adapter.byte_types:
+            content[media] = {"schema": binary}
+        if m.adapter.byte_types:
+            content[MULTIPART] = {
+                "schema": {"type": "object", "properties": {"file": binary}, "required": ["file"]}
+            }
+    return content

@@ -280,6 +280,7 @@ BAD_FIELDS = [
     ("a.sex", "X"),
     ("a.sex", 1),
     ("a.acquisition", 3),
+    ("a.acquisition", True),  # a code, not a flag: it was taken for 1
     ("a.measures", []),
     ("a.measures", "lots"),
     ("a.extra", 1),

@@ -7,7 +7,7 @@ from abc import abstractmethod
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelcycle.data.features import ResidualStandardizer
 from modelcycle.serving.adapter import RequestError, ServingAdapter
@@ -27,6 +27,14 @@ class Person(BaseModel):
     age: Annotated[float, Field(gt=0, lt=120, allow_inf_nan=False, strict=True)]
     sex: Literal["M", "F"]
     acquisition: Literal[1, 2] = Field(1, description="T1w acquisition: 1 coronal, 2 sagittal")
+
+    @field_validator("acquisition", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        """A code, not a flag: pydantic would take true for 1 (and false for 0, refused)."""
+        if isinstance(value, bool):
+            raise ValueError("give the acquisition as 1 (coronal) or 2 (sagittal), not true/false")
+        return value
 
     def covariates(self) -> np.ndarray:
         """The model's covariate row (1, 3): age, male, sagittal acquisition."""

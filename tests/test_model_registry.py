@@ -247,6 +247,9 @@ def test_clear_errors_for_bad_references_and_runs(store: Tracker, tmp_path: Path
         RegistryError, match=r"has no alias 'prod'; it has @challenger \(version 1\)"
     ):
         registry.resolve("twins@prod")
+    for half in ("@champion", "twins@", "/1", "twins/"):  # "@champion": MLflow's own words
+        with pytest.raises(RegistryError, match=rf"^'{half}': write both parts, NAME@ALIAS"):
+            registry.resolve(half)
     with pytest.raises(
         RegistryError, match=r"has no version '9': its versions are 1; `modelcycle hi"
     ):

@@ -483,7 +483,13 @@ def serve(
 ) -> None:
     """Serve registered models over HTTP (FastAPI + ONNX Runtime) with a web page at /."""
     from modelcycle.config import compose_config, serve_config
-    from modelcycle.serving.server import build_server, check_address, check_references, run_server
+    from modelcycle.serving.server import (
+        build_server,
+        check_address,
+        check_references,
+        run_server,
+        served_url,
+    )
     from modelcycle.serving.workers import run_workers
 
     references = [a for a in models_and_overrides if "=" not in a]
@@ -500,7 +506,7 @@ def serve(
             check_references(cfg, references)
         else:
             app_, config = build_server(cfg, references)
-    where = f"http://{config.host}:{config.port}/"
+    where = served_url(config.host, config.port)
     workers = f"{config.workers} worker{'s' if config.workers > 1 else ''}"
     console.print(f"Serving {', '.join(references)} on {where} ({workers})")
     if config.workers > 1:

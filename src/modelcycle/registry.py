@@ -253,6 +253,12 @@ class Registry:
 
     def resolve(self, reference: str) -> Registered:
         """A version from `NAME@ALIAS` or `NAME/VERSION`."""
+        separator = "@" if "@" in reference else "/" if "/" in reference else None
+        if separator is not None and not all(reference.split(separator, 1)):
+            raise RegistryError(  # else MLflow's "Missing value for required parameter 'name'"
+                f"{reference!r}: write both parts, NAME@ALIAS (e.g. twins@champion) or "
+                "NAME/VERSION (e.g. twins/3)."
+            )
         if "@" in reference:
             name, alias = reference.split("@", 1)
             aliases = self.aliases(name)

@@ -449,8 +449,9 @@ def test_models_load_only_as_hash_checked_onnx(
             load_served(registry, "twins@champion", tmp_path, threads=1)
     finally:
         registry.set_tags(version, {"export.fp32.sha256": version.tags["export.fp32.sha256"]})
-    with pytest.raises(ModelLoadError, match=r"give NAME@ALIAS, e\.g\. twins@champion"):
-        load_served(registry, "twins/1", tmp_path, threads=1)
+    for reference in ("twins/1", "@champion", "twins@"):  # "@champion" got MLflow's words
+        with pytest.raises(ModelLoadError, match=r"give NAME@ALIAS, e\.g\. twins@champion"):
+            load_served(registry, reference, tmp_path, threads=1)
     # a local copy changed on disk is copied from the registry again, not blamed on the export
     served = load_served(registry, "twins@champion", tmp_path, threads=1)
     (onnx,) = tmp_path.glob("twins-v*/**/onnx/model.onnx")
@@ -761,6 +762,7 @@ def test_a_client_deadline_the_queue_cannot_meet_is_refused_at_once(served: Serv
         idle = _post(c, request, {"x-deadline-ms": "150"})
         # shorter than one answer takes: no retry could meet it, and it is not an overload
         never = _post(c, request, {"x-deadline-ms": "60"})
+        tiny = _post(c, request, {"x-deadline-ms": "0.001"})  # was "within 0 ms"
         slow.armed = True
         with ThreadPoolExecutor(2) as pool:
             busy = [pool.submit(_post, c, request)]  # held by the model thread
@@ -784,6 +786,7 @@ def test_a_client_deadline_the_queue_cannot_meet_is_refused_at_once(served: Serv
     detail = never.json()["detail"]
     assert "cannot answer within 60 ms: one answer takes it about 10" in detail, detail
     assert "give a longer X-Deadline-Ms" in detail
+    assert "cannot answer within 0.001 ms" in tiny.json()["detail"], tiny.text
     assert patient.status_code == 200
 
 
@@ -927,3 +930,11 @@ def test_the_api_docs_load_their_scripts_from_this_server(client: TestClient) ->
         assert served.status_code == 200 and len(served.content) > 100_000, asset
         assert f"{DOCS_ASSETS}/{asset}" in linked
     assert client.get("/redoc").status_code == 404  # its page fetched a logo from a CDN
+
+
+def test_the_address_serve_prints_brackets_an_ipv6_host() -> None:
+    from modelcycle.serving.server import served_url
+
+    assert served_url("::1", 8000) == "http://[::1]:8000/"  # was http://::1:8000/
+    assert served_url("127.0.0.1", 8000) == "http://127.0.0.1:8000/"
+    assert served_url("localhost", 80) == "http://localhost:80/"

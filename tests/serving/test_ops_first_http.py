@@ -8,6 +8,7 @@ requests in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from typing import Any
@@ -179,10 +180,8 @@ async def _trickle(body: bytes, then: bytes = b"", linger: float = 0.5) -> tuple
                 except ConnectionError:
                     break
                 await asyncio.sleep(0.1)
-        try:
+        with contextlib.suppress(TimeoutError, ConnectionError):
             said += await asyncio.wait_for(reader.read(), timeout=10 - (loop.time() - started))
-        except (TimeoutError, ConnectionError):
-            pass
         closed = loop.time() - started
         writer.close()
         return said, closed

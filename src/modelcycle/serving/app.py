@@ -663,7 +663,7 @@ def _add_routes(
         except OverloadedError as err:
             return _overloaded(name, str(err))
         except TimeoutError:
-            return _error(504, f"{name} did not answer within {deadline_ms:.0f} ms.")
+            return _error(504, f"{name} did not answer within {_ms(deadline_ms)} ms.")
         state.answer_times[name].add(time.perf_counter() - seen)
         answered = payload.served
         if not result:  # its outputs were not finite (`_run_batch`)
@@ -880,7 +880,7 @@ def _refusal(state: _State, name: str, deadline_ms: float) -> JSONResponse | Non
     if alone is not None and deadline_ms / 1000 < alone:
         return _error(
             504,
-            f"{name} cannot answer within {deadline_ms:.0f} ms: one answer takes it about "
+            f"{name} cannot answer within {_ms(deadline_ms)} ms: one answer takes it about "
             f"{alone * 1000:.0f} ms, on an idle server too; give a longer X-Deadline-Ms.",
         )
     why = batcher.refusal(_wait_budget(deadline_ms))
@@ -904,6 +904,11 @@ def _wait_budget(deadline_ms: float) -> float:
 def _unknown_model(name: str, state: _State) -> JSONResponse:
     served = ", ".join(sorted(state.models)) or "none"
     return _error(404, f"Unknown model {name[:100]!r}; served models: {served}.")
+
+
+def _ms(milliseconds: float) -> str:
+    """Milliseconds as a client wrote them, near enough: 250, 0.5 (not "0"), 1e-06."""
+    return f"{milliseconds:.0f}" if milliseconds >= 1 else f"{milliseconds:.2g}"
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:

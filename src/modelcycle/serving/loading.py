@@ -121,8 +121,8 @@ class ServedModel:
 
 def split_alias(reference: str) -> tuple[str, str]:
     """NAME and ALIAS of `NAME@ALIAS`: served models go by an alias, which can move."""
-    if "@" not in reference:
-        name = re.split(r"[/:]", reference, maxsplit=1)[0] or "twins"
+    if "@" not in reference or not all(reference.split("@", 1)):
+        name = re.split(r"[/:@]", reference, maxsplit=1)[0] or "twins"
         raise ModelLoadError(
             f"{reference!r}: give NAME@ALIAS, e.g. {name}@champion (a served model is named "
             "by its alias, which promote moves)."

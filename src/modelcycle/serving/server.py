@@ -84,6 +84,11 @@ def alias_reloader(
     return reload
 
 
+def served_url(host: str, port: int) -> str:
+    """The address a browser opens: http://HOST:PORT/, an IPv6 host in brackets."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def check_references(cfg: DictConfig, references: list[str]) -> Registry:
     """The configured registry, once every reference in it is servable (ModelLoadError if not)."""
     registry, variant = build_registry(cfg), serve_config(cfg).variant

@@ -194,10 +194,11 @@ def test_pipeline_on_tiny_data_reports_and_tracks(tiny_qtim: Path, workspace: Pa
 
 
 def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
-    real_qtim: Path, workspace: Path
+    real_qtim: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On the tiny cohort the baseline is perfect, so this runs a short config on real QTIM."""
     args = ["pipeline", "twins", f"data.root={real_qtim}", *TINY]
+    monkeypatch.setenv("MODELCYCLE_API_KEY", "sk-live-never-logged")  # a shell that serves
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.stdout
     assert "Downloading artifacts" not in first.output  # MLflow's bar per local copy
@@ -215,6 +216,12 @@ def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
     params = mlflow.MlflowClient().get_run(champion.run_id).data.params
     assert {key: params.get(key) for key in PROTOCOL_PARAMS} == {"cv.n_folds": "2", "seed": "42"}
     assert champion.tags["gate.champion"] == "none: no champion yet"
+    # serve.api_key resolves from MODELCYCLE_API_KEY: it went to the run's parameters, its
+    # config.yaml and the version's lineage
+    assert params["serve.api_key"] == "<redacted>"
+    (config_yaml,) = workspace.glob("reports/*/config.yaml")
+    for logged in (str(params), config_yaml.read_text(), champion.tags["lineage.config"]):
+        assert "sk-live-never-logged" not in logged and "<redacted>" in logged
     # the same seed gives the same metric: it does not beat the champion, and that is no error
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.stdout

@@ -237,8 +237,28 @@ def assemble(cfg: DictConfig) -> Assembled:
         trainer=trainer_settings(resolved["trainer"]),
         tracking=_build(TrackingSettings, "logger", **resolved["logger"]),
         workspace=workspace_of(cfg),
-        resolved=resolved,
+        resolved=without_secrets(resolved),
     )
+
+
+#: Config values that are secrets (group, key): never logged, written or tagged.
+SECRETS = (("serve", "api_key"),)
+REDACTED = "<redacted>"
+
+
+def without_secrets(resolved: dict[str, Any]) -> dict[str, Any]:
+    """`resolved` with every secret that is set replaced by `REDACTED`.
+
+    The resolved config goes to the run's parameters, its config.yaml and the registered
+    version's lineage; `serve.api_key` resolves from MODELCYCLE_API_KEY, so a train in a
+    shell holding the key wrote it to all three.
+    """
+    clean = dict(resolved)
+    for group, key in SECRETS:
+        values = clean.get(group)
+        if isinstance(values, dict) and values.get(key) is not None:
+            clean[group] = {**values, key: REDACTED}
+    return clean
 
 
 def check_source(task_cls: Any, task: str, target: Any) -> None:

@@ -823,3 +823,22 @@ def test_command_help_breaks_no_sentence_mid_line() -> None:
     for command in commands:
         paragraphs = (getattr(command, "help", "") or "").split("\n\n")
         assert all("\n" not in p.strip() for p in paragraphs), command
+
+
+def test_text_with_brackets_is_printed_as_written(
+    two_versions: ServedWorkspace, workspace: Path
+) -> None:
+    # Rich read brackets as markup: a promote reason holding "[/runbooks/x]" made every later
+    # `history` a MarkupError traceback, and "[bold]" in a reason or a hook's stderr vanished.
+    assert two_versions.root == workspace
+    reason = "rollback, see [/runbooks/x] [bold]"
+    moved = runner.invoke(app, ["promote", "twins", "--reason", reason])
+    assert moved.exit_code == 0, moved.output
+    shown = runner.invoke(app, ["history", "twins"])
+    assert shown.exit_code == 0, shown.output
+    assert "[/runbooks/x] [bold]" in shown.stdout, shown.stdout
+    # a hook's placeholder left unquoted: Hydra's message quotes the override, brackets and all
+    hooks = "registry.hooks=[{command:[/bin/echo,{model}]}]"
+    mistyped = runner.invoke(app, ["history", "twins", hooks])
+    assert mistyped.exit_code == 2, mistyped.output
+    assert "error: " in mistyped.stdout and "[/bin/echo,{model}]" in mistyped.stdout

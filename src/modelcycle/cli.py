@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from modelcycle.interrupts import ctrl_c_outside_store
 from modelcycle.logs import configure as configure_logging
@@ -71,7 +72,7 @@ def _interruptible(command: CommandFunction) -> CommandFunction:
                 return command(*args, **kwargs)
         except KeyboardInterrupt as err:
             if is_rank_zero():
-                console.print("[yellow]interrupted:[/yellow] stopped at Ctrl-C.", soft_wrap=True)
+                _say("interrupted:", "yellow", "stopped at Ctrl-C.")
             raise typer.Exit(code=130) from err
 
     return cast("CommandFunction", run)
@@ -83,7 +84,10 @@ app.add_typer(data_app, name="data")
 report_app = _Commands(help="Turn run reports into other forms.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 # Off a terminal (logs, CI, tests) rich would assume 80 columns and fold the summary table.
-console = Console(width=None if sys.stdout.isatty() else 120)
+# No markup: what is printed holds reasons, paths, hook output and error messages, whose
+# brackets Rich read as tags ("[/runbooks/x]" in a promote reason broke `history` for good).
+# Styled words go through `_say`.
+console = Console(width=None if sys.stdout.isatty() else 120, markup=False)
 
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Hydra overrides, e.g. trainer.max_epochs=5")
@@ -446,7 +450,7 @@ def export_command(
                 registry, reference, out or workspace_of(cfg) / "exports"
             )
         except ParityError as err:
-            console.print(f"[red]parity failed:[/red] {err}", soft_wrap=True)
+            _say("parity failed:", "red", err)
             raise typer.Exit(code=1) from err
     parity = report.parity
     console.print(
@@ -554,12 +558,12 @@ def monitor(
             variant = serve_config(cfg).variant  # the file the server ran
             run = check(registry, reference, workspace_of(cfg), settings, started, last, variant)
         except (TooFewCapturesError, FileNotFoundError) as err:
-            console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+            _say("error:", "red", err)
             raise typer.Exit(code=2) from err
     summary = run.check.summary
     console.print(drift_table(summary))
-    verdict = "[red]DRIFT[/red]" if summary.drift_detected else "[green]no drift[/green]"
-    console.print(f"{verdict}: {summary.detail}", soft_wrap=True)
+    verdict = ("DRIFT:", "red") if summary.drift_detected else ("no drift:", "green")
+    _say(*verdict, summary.detail)
     console.print(f"Report: {run.report_dir}", soft_wrap=True)
     raise typer.Exit(code=1 if summary.drift_detected else 0)
 
@@ -611,7 +615,7 @@ def robustness(
                 variant=serve_config(cfg).variant,
             )
         except ValueError as err:
-            console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+            _say("error:", "red", err)
             raise typer.Exit(code=2) from err
     table = Table("shift", "size", run.metric, "flagged", "rows")
     for p in run.points:
@@ -625,11 +629,11 @@ def robustness(
         soft_wrap=True,
     )
     if window is not None and run.window < window:
-        console.print(
-            f"[yellow]note:[/yellow] windows of {run.window} rows, all the shifted rows there "
-            f"are, not --window {window}: each window holds the same rows, so a shift reads "
-            "0 % or 100 % flagged.",
-            soft_wrap=True,
+        _say(
+            "note:",
+            "yellow",
+            f"windows of {run.window} rows, all the shifted rows there are, not --window "
+            f"{window}: each window holds the same rows, so a shift reads 0 % or 100 % flagged.",
         )
     console.print(f"Plot and JSON: {run.out}", soft_wrap=True)
 
@@ -683,16 +687,16 @@ def loadtest(
     try:
         result = run_loadtest(url, plan, budgets, out, model, cfg.serve.api_key, starting, requests)
     except LoadTestError as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        _say("error:", "red", err)
         raise typer.Exit(code=2) from err
     console.print(
         f"{result.model}: {result.requests} requests, {result.rps:.1f} req/s, "
         f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms, errors {result.error_rate:.2%}"
     )
     for miss in result.misses:
-        console.print(f"[red]budget missed:[/red] {miss}")
+        _say("budget missed:", "red", miss)
     if result.passed:
-        console.print("[green]every budget met[/green]")
+        _say("every budget met", "green")
     console.print(f"Report (CSV, HTML, summary.json): {out}", soft_wrap=True)
     raise typer.Exit(code=0 if result.passed else 1)
 
@@ -831,7 +835,7 @@ def docs_results(
     try:
         path = write_record(results_record(report_dir, command), out)
     except ResultsError as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        _say("error:", "red", err)
         raise typer.Exit(code=2) from err
     size = path.stat().st_size / 1024
     console.print(f"Wrote {path} ({size:.0f} KiB) from {report_dir}", soft_wrap=True)
@@ -872,7 +876,7 @@ def drift_table(summary: DriftSummary) -> Table:
             _num(f.p_value, ".2g"),
             _num(f.reference_mean, ".4g"),
             _num(f.current_mean, ".4g"),
-            "[red]yes[/red]" if f.drifted else "no",
+            Text("yes", style="red") if f.drifted else "no",
         )
     return table
 
@@ -883,8 +887,10 @@ def _num(value: float | None, fmt: str) -> str:
 
 def _print_hooks(results: list[HookResult]) -> None:
     for result in results:
-        mark = "[green]ok[/green]" if result.ok else "[red]failed[/red]"
-        console.print(f"hook {result.hook}: {mark} {result.detail}", soft_wrap=True)
+        mark = ("ok", "green") if result.ok else ("failed", "red")
+        console.print(
+            Text.assemble(f"hook {result.hook}: ", mark, f" {result.detail}"), soft_wrap=True
+        )
 
 
 @data_app.command("fetch")
@@ -1027,9 +1033,7 @@ def data_prepare(overrides: Overrides = None) -> None:
         soft_wrap=True,
     )
     for failure in p.failures:
-        console.print(
-            f"  [yellow]skipped[/yellow] {failure.subject} {failure.path}: {failure.reason}"
-        )
+        _say("  skipped", "yellow", f"{failure.subject} {failure.path}: {failure.reason}")
     for path in result.files:
         console.print(f"wrote {path}", soft_wrap=True)
 
@@ -1125,6 +1129,12 @@ def reported_errors(loaded_only: bool = False) -> tuple[type[Exception], ...]:
     )
 
 
+def _say(label: str, style: str, text: object = "") -> None:
+    """`label` in `style`, then `text` as it is (no markup: it may hold brackets)."""
+    line = Text.assemble((label, style), f" {text}" if text != "" else "")
+    console.print(line, soft_wrap=True)
+
+
 @contextmanager
 def _clear_errors() -> Iterator[None]:
     """Turn expected input errors into one red line and exit code 2, not a stack trace."""
@@ -1134,28 +1144,29 @@ def _clear_errors() -> Iterator[None]:
         gate = sys.modules.get("modelcycle.registry")
         if gate is not None and isinstance(err, gate.GateError):
             # A refusal, not a mistake: exit 1 with both numbers.
-            console.print(f"[yellow]refused:[/yellow] {err}", soft_wrap=True)
+            _say("refused:", "yellow", err)
             raise typer.Exit(code=1) from err
         if isinstance(err, reported_errors(loaded_only=True)):
-            console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+            _say("error:", "red", err)
             raise typer.Exit(code=2) from err
         if not isinstance(err, OSError):
             raise
         # A path given or configured that cannot be read or written.
         logging.getLogger(__name__).debug("where it failed", exc_info=True)
         where = f"{err.filename}: " if err.filename is not None else ""
-        console.print(
-            f"[red]error:[/red] {where}{err.strerror or err}; check the path and its "
-            "permissions (--verbose shows where it failed).",
-            soft_wrap=True,
+        _say(
+            "error:",
+            "red",
+            f"{where}{err.strerror or err}; check the path and its permissions (--verbose "
+            "shows where it failed).",
         )
         raise typer.Exit(code=2) from err
     except KeyboardInterrupt as err:
         if is_rank_zero():  # under DDP every rank gets the Ctrl-C; one says so
-            console.print(
-                "[yellow]interrupted:[/yellow] stopped at Ctrl-C; the tracked runs it had open "
-                "are marked KILLED.",
-                soft_wrap=True,
+            _say(
+                "interrupted:",
+                "yellow",
+                "stopped at Ctrl-C; the tracked runs it had open are marked KILLED.",
             )
         raise typer.Exit(code=130) from err  # 128 + SIGINT, as shells report it
 

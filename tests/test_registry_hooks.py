@@ -180,6 +180,48 @@ def test_command_timeout_is_reported_and_bounded() -> None:
     assert "timed out after 0.5 s" in result.detail
 
 
+def test_a_timed_out_command_takes_what_it_started_with_it(tmp_path: Path) -> None:
+    # Only the script was killed: its `sleep` lived on, re-parented, holding the script's
+    # output open, so the hook waited out the sleep too.
+    pid_file = tmp_path / "child.pid"
+    script = f"sleep 30 & echo $! > {pid_file}; wait"
+    start = time.monotonic()
+    result = CommandHook(["/bin/sh", "-c", script], timeout=0.5)(EVENT)
+    assert not result.ok and "timed out after 0.5 s" in result.detail
+    assert time.monotonic() - start < 5
+    child = int(pid_file.read_text())
+    for _ in range(50):  # the kernel reaps it a moment after the kill
+        if not Path(f"/proc/{child}").exists() or "Z" in _state(child):
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{child}").exists() or "Z" in _state(child), "sleep still runs"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_a_command_s_long_error_output_is_cut_to_its_end() -> None:
+    # One stderr line of megabytes was kept whole: printing it took minutes (Rich wraps it).
+    script = "import sys; sys.stderr.write('x' * 2_000_000 + ' the end'); sys.exit(1)"
+    result = CommandHook([sys.executable, "-c", script])(EVENT)
+    assert not result.ok and result.detail.endswith("x the end")
+    assert len(result.detail) < 1100 and "exit code 1: … " in result.detail
+
+
+def test_a_secret_passed_as_an_argument_is_masked_where_the_hook_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MY_TOKEN", TOKEN)  # e.g. command: [notify.sh, "${oc.env:MY_TOKEN}"]
+    hook = CommandHook(["/bin/sh", "-c", "exit 2", TOKEN])
+    result = hook(EVENT)
+    assert TOKEN not in hook.describe() and TOKEN not in result.hook
+    assert result.hook == "command: /bin/sh -c exit 2 ***"
+
+
 def test_command_not_found(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-such-notify.sh")
     result = CommandHook([missing, "{version}"])(EVENT)
@@ -298,6 +340,42 @@ def test_github_unreachable_server(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not result.ok
     assert "could not reach" in result.detail
     assert TOKEN not in result.detail
+
+
+def test_github_an_answer_sent_a_byte_at_a_time_is_given_up_on_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # urllib's timeout bounds each read: 3 s took 1 min 51 s of an answer trickled a byte
+    # every 2 s, then counted as ok.
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            answer = b"HTTP/1.1 204 No Content\r\nX-Slow: " + b"x" * 100 + b"\r\n\r\n"
+            for byte in answer:
+                if stop.wait(0.3):
+                    return
+                connection.sendall(bytes([byte]))
+
+    server = threading.Thread(target=trickle, daemon=True)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        hook = GitHubDispatchHook("octo/models", api_url=url, timeout=1.0)
+        start = time.monotonic()
+        result = hook(EVENT)
+        took = time.monotonic() - start
+    finally:
+        stop.set()
+        listener.close()
+    assert not result.ok and "no whole answer" in result.detail and "within 1 s" in result.detail
+    assert took < 3
 
 
 @pytest.mark.parametrize("repository", ["octo", "octo/models/extra", "/models", "octo/", "a b/c"])

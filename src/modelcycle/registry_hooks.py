@@ -7,26 +7,32 @@ hook can never undo an alias move.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import string
 import subprocess
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PLACEHOLDERS = ("model", "alias", "version", "previous_version")
 """Names a `CommandHook` argument may use as ``{name}``."""
 
 _REPOSITORY = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 _STDERR_LINES = 5
+#: Most characters of a command's error output kept (one line of megabytes froze the report).
+_STDERR_CHARS = 1000
 _BODY_CHARS = 500
 _VALID_FORMS = (
     '{"command": ["argv0", "arg", ...], "timeout": 60} or '
@@ -121,34 +127,42 @@ class CommandHook:
         _check_timeout(self.timeout, "command hook")
 
     def describe(self) -> str:
-        """Return ``"command: <argv>"``."""
-        return f"command: {' '.join(self.command)}"
+        """Return ``"command: <argv>"``, secret values masked (a token passed as an argument)."""
+        return _masked(f"command: {' '.join(self.command)}", os.environ)
 
     def __call__(self, event: AliasMoved) -> HookResult:
-        """Run the command; a non-zero exit, a timeout or a missing program give ok=False."""
+        """Run the command; a non-zero exit, a timeout or a missing program give ok=False.
+
+        The command runs in a session of its own, so a timeout kills what it started too (a
+        script's `sleep` kept running, and kept its output open).
+        """
         values = {name: getattr(event, name) or "" for name in PLACEHOLDERS}
         argv = [arg.format_map(values) for arg in self.command]
         env = {**os.environ, "MODELCYCLE_EVENT": json.dumps(event.payload())}
         try:
-            done = subprocess.run(
+            process = subprocess.Popen(
                 argv,
                 env=env,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
-                timeout=self.timeout,
-                check=False,
+                start_new_session=True,
             )
         except FileNotFoundError:
             return self._result(False, f"command not found: {argv[0]} (check PATH or the path)")
-        except subprocess.TimeoutExpired:
-            return self._result(False, f"timed out after {self.timeout:g} s and was killed")
         except OSError as exc:
             return self._result(False, f"could not run {argv[0]}: {exc}")
-        detail = _exit_detail(done.returncode, done.stderr)
-        for secret in _secret_values(env):  # a hook run with `set -x` prints its token
-            detail = _redact(detail, secret)
-        return self._result(done.returncode == 0, detail)
+        try:
+            _, stderr = process.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            return self._result(False, f"timed out after {self.timeout:g} s and was killed")
+        # a hook run with `set -x` prints its token
+        detail = _masked(_exit_detail(process.returncode, stderr), env)
+        return self._result(process.returncode == 0, detail)
 
     def _result(self, ok: bool, detail: str) -> HookResult:
         return HookResult(hook=self.describe(), ok=ok, detail=detail)
@@ -225,7 +239,11 @@ class GitHubDispatchHook:
         body = {"event_type": self.event_type, "client_payload": event.payload()}
         log.debug("POST %s (event_type=%s)", self.url, self.event_type)
         try:
-            status = _post_json(self.url, body, token, self.timeout)
+            status = _within(self.timeout, lambda: _post_json(self.url, body, token, self.timeout))
+        except TimeoutError:  # urllib's timeout bounds each read: a byte a second never ends
+            return self._result(
+                False, f"no whole answer from {self.url} within {self.timeout:g} s; gave up"
+            )
         except urllib.error.HTTPError as exc:
             if 300 <= exc.code < 400:  # _NoRedirect: the token is not sent on
                 where = exc.headers.get("Location", "elsewhere") if exc.headers else "elsewhere"
@@ -360,6 +378,8 @@ def _check_timeout(timeout: object, what: str) -> None:
 def _exit_detail(code: int, stderr: str) -> str:
     detail = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
     tail = "\n".join(stderr.strip().splitlines()[-_STDERR_LINES:])
+    if len(tail) > _STDERR_CHARS:
+        tail = "… " + tail[-_STDERR_CHARS:]
     return f"{detail}: {tail}" if code != 0 and tail else detail
 
 
@@ -391,6 +411,27 @@ def _post_json(url: str, body: Mapping[str, Any], token: str, timeout: float) ->
         return int(response.status)
 
 
+def _within(seconds: float, call: Callable[[], T]) -> T:
+    """`call()`'s result, or TimeoutError once `seconds` pass (its thread is left to end)."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed to the caller below
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="github-hook", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
 def _error_body(error: urllib.error.HTTPError) -> str:
     try:
         text = error.read().decode("utf-8", "replace").strip()
@@ -401,6 +442,13 @@ def _error_body(error: urllib.error.HTTPError) -> str:
 
 def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "***")
+
+
+def _masked(text: str, env: Mapping[str, str]) -> str:
+    """`text` with the value of every secret-named variable of `env` replaced by ***."""
+    for secret in _secret_values(env):
+        text = _redact(text, secret)
+    return text
 
 
 #: Environment variables whose values a hook's output must not carry into the log.

@@ -17,7 +17,7 @@ from modelcycle.registry import (
     champion_note,
     latest_pipeline_run,
 )
-from modelcycle.registry_hooks import CommandHook
+from modelcycle.registry_hooks import AliasMoved, CommandHook
 from modelcycle.servable import ServableError, ServableModel
 from modelcycle.tracking import Tracker, TrackingSettings
 
@@ -164,6 +164,24 @@ def test_gate_against_the_champion_then_promotion_and_audit(store: Tracker, tmp_
         ("challenger", "1", "2", "registered"),
         ("champion", "1", "2", "beats v1 by 0.01"),
     ]
+
+
+def test_an_audit_entry_is_never_overwritten(store: Tracker, tmp_path: Path) -> None:
+    # Keys were the count of entries so far: two promotes at once, or any move after an
+    # entry was deleted (the MLflow UI deletes tags), wrote over the newest entry.
+    registry = Registry(store.uri)
+    registry.register(_run(store, 0.94, 0.91, tmp_path), "twins")
+    registry.promote("twins", reason="first")
+    registry.promote("twins", alias="staging", version="1", reason="second")
+    tags = registry.client.get_registered_model("twins").tags
+    oldest = min(k for k in tags if k.startswith("audit."))
+    registry.client.delete_registered_model_tag("twins", oldest)  # "registered", by hand
+    registry.promote("twins", alias="canary", version="1", reason="third")
+    assert [m.reason for m in registry.history("twins")] == ["first", "second", "third"]
+    # entries written under the old six-digit keys stay first, in their order
+    old = AliasMoved("twins", "old", "1", None, "kept", "someone", "2026-01-01T00:00:00+00:00")
+    registry.client.set_registered_model_tag("twins", "audit.000000", json.dumps(old.payload()))
+    assert [m.reason for m in registry.history("twins")] == ["kept", "first", "second", "third"]
 
 
 FIVE_FOLDS = {"cv": {"n_folds": 5}, "seed": 42, "trainer": {"max_epochs": 30}}

@@ -4,7 +4,7 @@ A version is registered from a pipeline run's `model/` artifact. Its tags carry 
 git SHA and dirty flag, data hash, package versions, the resolved config, every
 cross-validated metric of the model and of the baseline, and where the drift reference
 sample and the held-out sample live. Every alias move is appended to the registered model's
-audit trail (tags `audit.NNNNNN`, so it lives wherever the registry lives) and runs the
+audit trail (tags `audit.<ns>-<random>`, so it lives wherever the registry lives) and runs the
 configured hooks.
 """
 
@@ -16,6 +16,7 @@ import logging
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -412,8 +413,13 @@ class Registry:
             return {"data": data} if data else {}
 
     def _append_audit(self, event: AliasMoved) -> None:
-        count = sum(k.startswith(AUDIT_PREFIX) for k in self._model(event.model).tags)
-        key = f"{AUDIT_PREFIX}{count:06d}"
+        """Add the move under a key no other move has, read nothing first.
+
+        Keys were the count of entries so far: two promotes at once counted alike and one
+        entry overwrote the other, as did every move after an entry was deleted. Now the
+        clock (ns, which sorts after the old six-digit keys) and a random suffix.
+        """
+        key = f"{AUDIT_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         self.client.set_registered_model_tag(event.model, key, json.dumps(event.payload()))
 
     def alias_version(self, name: str, alias: str) -> str | None:

@@ -157,6 +157,8 @@ def test_gate_against_the_champion_then_promotion_and_audit(store: Tracker, tmp_
     assert registry.resolve("twins@champion").version == "1"  # registering never promotes
     registry.promote("twins", reason="beats v1 by 0.01")
     assert registry.resolve("twins@champion").version == "2"
+    # "02" is version 2 to MLflow: it moved nothing, though it was audited and announced
+    assert registry.promote("twins", version="02") is None
     moves = [(m.alias, m.previous_version, m.version, m.reason) for m in registry.history("twins")]
     assert moves == [
         ("challenger", None, "1", "registered"),

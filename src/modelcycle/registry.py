@@ -217,7 +217,10 @@ class Registry:
             The hooks' results; None when `alias` already points at that version, in which
             case nothing is moved, audited or announced to the hooks.
         """
-        target = version or self.alias_version(name, CHALLENGER)
+        # "01" is version 1 to MLflow: compare and record the version as it writes it
+        target = (
+            self.get(name, version).version if version else self.alias_version(name, CHALLENGER)
+        )
         if target is None:
             raise RegistryError(
                 f"{name} has no {CHALLENGER} to promote; pass --version or register a run first."

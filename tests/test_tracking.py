@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from modelcycle.tracking import Tracker, TrackingSettings
+import modelcycle
+from modelcycle.tracking import Tracker, TrackingSettings, code_state, git_state
 
 
 def test_an_interrupted_run_ends_killed_and_a_failed_one_failed(tmp_path: Path) -> None:
@@ -55,3 +58,39 @@ def test_an_interruption_stays_one_when_the_store_cannot_take_the_write(
     assert f"Run {run_id} could not be marked KILLED (" in caplog.text
     assert "database is locked" in caplog.text
     assert mlflow.active_run() is None  # nothing left open for the next run
+
+
+def _repo(path: Path) -> str:
+    """A new git repository at `path` with one commit; its SHA."""
+    path.mkdir()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
+    for args in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "other project"]):
+        subprocess.run(["git", *args], cwd=path, env=env, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_lineage_records_the_code_that_ran_not_the_folder_it_ran_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A train started inside an unrelated repository recorded that repository's SHA.
+    package = Path(modelcycle.__file__).resolve().parent  # an editable install: a checkout
+    checkout = git_state(package)
+    assert checkout["git_sha"] != "unknown", "the tests run from a modelcycle checkout"
+    other = _repo(tmp_path / "other")
+    monkeypatch.chdir(tmp_path / "other")
+    assert code_state() == checkout and checkout["git_sha"] != other
+    assert checkout["git_root"] == str(package.parents[1])
+
+
+def test_outside_git_the_state_is_unknown_not_clean(tmp_path: Path) -> None:
+    # "dirty: False" was claimed for a state nobody could read
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    assert git_state(outside) == {
+        "git_sha": "unknown",
+        "git_dirty": "unknown",
+        "git_root": "unknown",
+    }

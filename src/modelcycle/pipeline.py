@@ -18,7 +18,7 @@ from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.ranks import is_rank_zero, share_from_rank_zero
 from modelcycle.registry import CHALLENGER, CHAMPION, GateError, Registry, champion_note
 from modelcycle.tasks.base import Fold, Task
-from modelcycle.tracking import Tracker, git_state, package_versions
+from modelcycle.tracking import Tracker, code_state, package_versions
 from modelcycle.training import TrainerSettings, fit
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def run_tags(task: Task[Any], data_hash: str) -> dict[str, str]:
         "primary_metric": task.primary_metric,
         "data_hash": data_hash,
         "packages": json.dumps(package_versions()),
-        **git_state(Path.cwd()),
+        **code_state(),
     }
 
 

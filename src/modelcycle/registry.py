@@ -551,6 +551,7 @@ def _lineage(run: Any, candidate: Candidate, config: str) -> dict[str, str]:
         "lineage.model_name": tags.get("model_name") or tags.get("task", ""),
         "lineage.git_sha": tags.get("git_sha", "unknown"),
         "lineage.git_dirty": tags.get("git_dirty", "unknown"),
+        "lineage.git_root": tags.get("git_root", "unknown"),
         "lineage.data_hash": tags.get("data_hash", ""),
         "lineage.packages": tags.get("packages", "{}"),
         "lineage.config_uri": f"{run.info.artifact_uri}/config.yaml",

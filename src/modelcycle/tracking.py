@@ -291,16 +291,44 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def git_state(path: Path) -> dict[str, str]:
-    """Git SHA and dirty flag of the checkout holding `path` ("unknown" outside git)."""
+    """Git SHA, dirty flag and top folder of the checkout holding `path`.
 
-    def git(*args: str) -> str:
+    All three are "unknown" outside git: a state nobody can read is not "clean".
+    """
+    sha = _git(path, "rev-parse", "HEAD")
+    if not sha:
+        return {"git_sha": "unknown", "git_dirty": "unknown", "git_root": "unknown"}
+    dirty = str(bool(_git(path, "status", "--porcelain")))
+    return {
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "git_root": _git(path, "rev-parse", "--show-toplevel"),
+    }
+
+
+def code_state() -> dict[str, str]:
+    """`git_state` of the code that runs.
+
+    The modelcycle checkout this package was imported from, when it is one (a clone with an
+    editable install); else the working folder's (a project using an installed modelcycle,
+    its configs and tasks). The working folder alone once recorded an unrelated repository
+    a training happened to start in.
+    """
+    package = Path(__file__).resolve().parent
+    if _git(package, "ls-files", "--error-unmatch", "__init__.py"):  # tracked: a checkout
+        return git_state(package)
+    return git_state(Path.cwd())
+
+
+def _git(path: Path, *args: str) -> str:
+    """What `git ARGS` prints in `path`, or "" when it fails (no git, not a checkout)."""
+    try:
         done = subprocess.run(
             ["git", *args], cwd=path, capture_output=True, text=True, check=False, timeout=10
         )
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    sha = git("rev-parse", "HEAD")
-    return {"git_sha": sha or "unknown", "git_dirty": str(bool(git("status", "--porcelain")))}
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 LINEAGE_PACKAGES = ("modelcycle", "torch", "lightning", "numpy", "pandas", "scikit-learn", "mlflow")

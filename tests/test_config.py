@@ -219,6 +219,14 @@ def test_a_run_setting_of_the_wrong_kind_or_range_is_named_before_any_work(
         assemble(compose_config(overrides))
 
 
+def test_a_key_the_model_or_source_does_not_take_is_named_with_the_ones_it_does() -> None:
+    # Hydra passed it on: "EgoGNN.__init__() got an unexpected keyword argument", a traceback
+    with pytest.raises(ConfigError, match=r"^model\.dim: EgoGNN takes no 'dim'; it takes .*hidden"):
+        assemble(compose_config(["experiment=node_wikics", "+model.dim=8"]))
+    with pytest.raises(ConfigError, match=r"^data\.colour: .* takes no 'colour'; it takes "):
+        assemble(compose_config(["+data.colour=red"]))
+
+
 class RefusingSource(QTIMSource):
     """A data source whose constructor refuses its settings, in its own words."""
 
@@ -313,6 +321,8 @@ def test_a_fold_count_below_the_tasks_minimum_is_named_before_any_data_is_read(
 def test_every_experiment_passes_the_kind_checks_as_shipped() -> None:
     for name in experiment_names():
         assert assemble(compose_config([f"experiment={name}"])).task.name
+        # debug=tiny set model.dim, which the Wiki-CS model does not take (a traceback)
+        assert assemble(compose_config([f"experiment={name}", "debug=tiny"])).task.name
     kinds = assemble(compose_config(["model.hidden=[64,32]", "trainer.limit_train_batches=3"]))
     assert kinds.trainer.limit_train_batches == 3  # a whole number of batches is a number too
 

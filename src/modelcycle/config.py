@@ -216,6 +216,7 @@ def assemble(cfg: DictConfig) -> Assembled:
             continue  # instantiate below names a target that does not load
         if group == "data":
             check_source(task_cls, cfg.task.name, target)
+        check_known(target, group, values)
         check_kinds(target, group, values)
         check_ranges(target, group, values)
     try:
@@ -310,6 +311,27 @@ def _build(cls: Callable[..., T], group: str, kinds: bool = True, **values: Any)
         raise ConfigError(f"{group} config: {clause(err)}. Valid keys: {known}.") from err
     except ValueError as err:  # a key it takes, with a value it refuses; the message names both
         raise ConfigError(f"{group} config: {err}") from err
+
+
+def check_known(target: Any, group: str, values: dict[str, Any]) -> None:
+    """Name a key `target` does not take (one that takes **kwargs takes any).
+
+    Hydra passed it on and the constructor's TypeError came out as a traceback ("EgoGNN
+    got an unexpected keyword argument 'dim'").
+    """
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # no signature to read: the target decides
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(values) - set(params))
+    if unknown:
+        name = getattr(target, "__name__", str(target))
+        raise ConfigError(
+            f"{group}.{unknown[0]}: {name} takes no {unknown[0]!r}; it takes "
+            f"{', '.join(sorted(params))}."
+        )
 
 
 def check_kinds(target: Any, group: str, values: dict[str, Any]) -> None:

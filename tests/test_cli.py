@@ -842,3 +842,21 @@ def test_text_with_brackets_is_printed_as_written(
     mistyped = runner.invoke(app, ["history", "twins", hooks])
     assert mistyped.exit_code == 2, mistyped.output
     assert "error: " in mistyped.stdout and "[/bin/echo,{model}]" in mistyped.stdout
+
+
+def test_export_check_attaches_nothing_to_the_version(
+    two_versions: ServedWorkspace, workspace: Path
+) -> None:
+    # The registry workflow checks a moved version this way: a plain export replaced the
+    # version's files and its latency tags with the CI machine's.
+    registry = two_versions.registry
+    before = registry.get("twins", "2")
+    client = mlflow.MlflowClient(tracking_uri=registry.uri)
+    files = {a.path: a.file_size for a in client.list_artifacts(before.run_id, "model/onnx")}
+    checked = runner.invoke(app, ["export", "twins/2", "--check"])
+    assert checked.exit_code == 0, checked.output
+    assert "parity max abs" in checked.stdout
+    assert "Checked only: nothing attached to twins version 2." in checked.stdout
+    after = registry.get("twins", "2")
+    assert after.tags == before.tags
+    assert {a.path: a.file_size for a in client.list_artifacts(after.run_id, "model/onnx")} == files

@@ -437,6 +437,13 @@ def export_command(
     out: Annotated[
         Path | None, typer.Option(help="Folder for the files (default: <workspace>/exports)")
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Export and check here, attaching nothing to the version (files, tags)",
+        ),
+    ] = False,
 ) -> None:
     """Export a registered version to ONNX: parity gate, int8 variant, latency; attached to it."""
     from modelcycle.config import build_registry, compose_config, workspace_of
@@ -447,7 +454,7 @@ def export_command(
         registry = build_registry(cfg)
         try:
             version, report = export_version(
-                registry, reference, out or workspace_of(cfg) / "exports"
+                registry, reference, out or workspace_of(cfg) / "exports", attach=not check
             )
         except ParityError as err:
             _say("parity failed:", "red", err)
@@ -467,6 +474,10 @@ def export_command(
             soft_wrap=True,
         )
     console.print(report.table(), soft_wrap=True)
+    if check:
+        console.print(
+            f"Checked only: nothing attached to {version.name} version {version.version}."
+        )
 
 
 @app.command()

@@ -705,9 +705,13 @@ def export_model(
 
 
 def export_version(
-    registry: Registry, reference: str, out_root: Path
+    registry: Registry, reference: str, out_root: Path, attach: bool = True
 ) -> tuple[Registered, ExportReport]:
     """Export a registered version (`NAME@ALIAS`) and attach the results to it.
+
+    With `attach` false the export is only checked (parity, int8 delta, latency on this
+    machine) and nothing is written to the registry: a CI job checking a moved version must
+    not replace its files and its latency tags with the CI machine's.
 
     The ONNX files, export.json and export.md go to the version's run under `model/onnx/`;
     the version gets tags with each file's sha256 (serving loads only hash-matching ONNX),
@@ -733,8 +737,10 @@ def export_version(
             calibration=servable.reference,
         )
     finally:  # a failed parity check is kept beside the version too
-        registry.log_directory(version, out_dir, "model/onnx")
-    registry.set_tags(version, export_tags(report))
+        if attach:
+            registry.log_directory(version, out_dir, "model/onnx")
+    if attach:
+        registry.set_tags(version, export_tags(report))
     return version, report
 
 

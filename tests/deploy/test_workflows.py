@@ -114,6 +114,15 @@ def test_registry_workflow_listens_to_the_registry_hooks_event() -> None:
     text = (REPO / ".github" / "workflows" / "registry.yml").read_text()
     read = set(re.findall(r"client_payload\.(\w+)", text))
     assert read and read <= {f.name for f in fields(AliasMoved)}, read
+    # the version the event names, checked without writing to the registry: NAME@ALIAS
+    # tested whatever the alias pointed at when the job ran, and export rewrote its tags
+    steps = {
+        s["name"]: s for s in workflow("registry.yml")["jobs"]["check"]["steps"] if "name" in s
+    }
+    assert (
+        'export "${MODEL}/${VERSION}" --check' in steps["Export parity of the moved version"]["run"]
+    )
+    assert steps["Serve it and load-test it"]["if"] == "steps.alias.outputs.version == env.VERSION"
 
 
 def test_no_script_has_event_data_pasted_into_it() -> None:
@@ -169,3 +178,21 @@ def test_data_workflow_stats_command_runs_as_written(tiny_qtim: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.stdout
     assert "| content hash |" in result.stdout and "| subjects | 48 |" in result.stdout
+
+
+def test_the_registry_workflow_reads_where_the_alias_points(two_versions: Any) -> None:
+    """Its script, run as the job runs it, against a real registry."""
+    steps = workflow("registry.yml")["jobs"]["check"]["steps"]
+    script = next(s["run"] for s in steps if s.get("id") == "alias")
+    found = re.search(r"python -c '([^']+)'", script)
+    assert found is not None, script
+    env = {"MLFLOW_TRACKING_URI": two_versions.registry.uri, "PATH": "/usr/bin:/bin"}
+    for alias, version in (("champion", "1"), ("challenger", "2")):
+        done = subprocess.run(
+            [sys.executable, "-c", found[1]],
+            env={**env, "MODEL": "twins", "ALIAS": alias},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0 and done.stdout.strip() == version, done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import sys
 import threading
@@ -498,3 +499,16 @@ def test_run_hooks_continues_after_failures(
 
 def test_run_hooks_empty() -> None:
     assert run_hooks([], EVENT) == []
+
+
+def test_the_readme_s_hook_override_builds_both_hooks() -> None:
+    from modelcycle.config import compose_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = re.search(r"`modelcycle promote twins '(registry\.hooks=[^']+)'`", readme)
+    assert found is not None, "the README shows no hook override"
+    items = compose_config([found[1]]).registry.hooks
+    command, github = hooks_from_config(items)
+    assert isinstance(command, CommandHook) and isinstance(github, GitHubDispatchHook)
+    assert command.command == ["./notify.sh", "{model}", "{version}"]
+    assert github.repository == "owner/repo"

@@ -168,6 +168,19 @@ def test_gate_against_the_champion_then_promotion_and_audit(store: Tracker, tmp_
     ]
 
 
+def test_registering_a_fold_names_the_run_to_register(store: Tracker) -> None:
+    # it said "has no task tag; pass --name", and with --name "not a finished pipeline run"
+    with store.run("twins") as parent, store.run("fold-0", nested=True) as fold:
+        pass
+    registry = Registry(store.uri)
+    with pytest.raises(RegistryError, match=rf"^Run {fold} is a fold or trial of run {parent}; "):
+        registry.task_of(fold)
+    with store.run("by hand") as other:
+        pass
+    with pytest.raises(RegistryError, match="not a run of `modelcycle train` or `pipeline`"):
+        registry.task_of(other)
+
+
 def test_an_audit_entry_is_never_overwritten(store: Tracker, tmp_path: Path) -> None:
     # Keys were the count of entries so far: two promotes at once, or any move after an
     # entry was deleted (the MLflow UI deletes tags), wrote over the newest entry.
@@ -267,6 +280,8 @@ def test_clear_errors_for_bad_references_and_runs(store: Tracker, tmp_path: Path
         RegistryError, match=r"has no alias 'prod'; it has @challenger \(version 1\)"
     ):
         registry.resolve("twins@prod")
+    with pytest.raises(RegistryError, match=r"no alias '1'; .* Version 1\? Write twins/1\.$"):
+        registry.resolve("twins@1")
     for half in ("@champion", "twins@", "/1", "twins/"):  # "@champion": MLflow's own words
         with pytest.raises(RegistryError, match=rf"^'{half}': write both parts, NAME@ALIAS"):
             registry.resolve(half)

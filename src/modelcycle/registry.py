@@ -150,8 +150,14 @@ class Registry:
         """The registered-model name of a pipeline run (its task's `model_name`, else the task)."""
         tags = self._run(run_id).data.tags
         task = tags.get("model_name") or tags.get("task")
-        if not task:
-            raise RegistryError(f"Run {run_id} has no task tag; pass --name.")
+        if not task:  # "pass --name" sent the user on to "not a finished pipeline run"
+            parent = tags.get("mlflow.parentRunId")
+            raise RegistryError(
+                f"Run {run_id} is a fold or trial of run {parent}; register that one."
+                if parent
+                else f"Run {run_id} is not a run of `modelcycle train` or `pipeline` (no task "
+                "tag); register the run one of them printed."
+            )
         return str(task)
 
     def register(
@@ -268,9 +274,10 @@ class Registry:
             aliases = self.aliases(name)
             if alias not in aliases:
                 held = ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items()))
+                numbered = f" Version {alias}? Write {name}/{alias}." if alias.isdigit() else ""
                 raise RegistryError(
                     f"{name} has no alias {alias!r}; it has {held or 'none yet'} (moves: "
-                    f"`modelcycle history {name}`)."
+                    f"`modelcycle history {name}`).{numbered}"
                 )
             return self.get(name, aliases[alias])
         if "/" in reference:

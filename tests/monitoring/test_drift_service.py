@@ -65,6 +65,7 @@ def test_drift_is_pending_before_the_first_check(
     assert response.status_code == 200
     body = DriftSummary.model_validate(response.json())
     assert body.status == "pending" and body.version == "1" and body.drift_detected is None
+    assert body.variant == "fp32"  # null until the first full check
 
 
 def test_a_shifted_window_is_reported_as_drift_with_gauges(
@@ -75,6 +76,7 @@ def test_a_shifted_window_is_reported_as_drift_with_gauges(
     service.check_now()
     body = client.get(DRIFT).json()
     assert body["status"] == "too_few_captures" and body["n_current"] == 10
+    assert body["variant"] == "fp32"
     assert "at least 30" in body["detail"]
     _post_reference_rows(client, served, 30, scale=1.2)
     service.check_now()

@@ -163,6 +163,7 @@ class DriftService:
         return DriftSummary(
             model=name,
             version=None if served is None else served.version,
+            variant=None if served is None else served.variant,
             status="pending",
             detail="no drift check of this version yet; checks run every "
             f"{self.interval_seconds:g} s",
@@ -228,6 +229,7 @@ class DriftService:
             return DriftSummary(
                 model=served.name,
                 version=served.version,
+                variant=served.variant,
                 status="too_few_captures",
                 detail=str(err),
                 n_reference=len(reference),

@@ -192,6 +192,12 @@ def test_serving_turns_example_matrices_back_into_the_held_out_rows(
     bad["b"]["connectome"][0][1] += 0.5
     with pytest.raises(RequestError, match="not symmetric"):
         adapter.decode(ConnectomePairRequest.model_validate(bad))
+    # a covariance (or Fisher z) matrix was answered as if it were correlations
+    assert served.info["kind"] == "correlation"
+    bad = json.loads(json.dumps(example["request"]))
+    bad["a"]["connectome"][2][5] = bad["a"]["connectome"][5][2] = 3.5
+    with pytest.raises(RequestError, match=r"^a\.connectome\[2\]\[5\] = 3\.5 lies outside"):
+        adapter.decode(ConnectomePairRequest.model_validate(bad))
 
 
 def test_cli_writes_the_synthetic_cohort_then_prepares_it_reporting_a_broken_run(

@@ -11,6 +11,8 @@ from modelcycle.serving.adapter import RequestError
 from modelcycle.tasks.twins_serving import Finite, PairServing, Person
 
 SYMMETRY_TOLERANCE = 1e-3
+#: Connectivity kinds whose every edge lies in [-1, 1] (tangent edges are not bounded).
+BOUNDED_KINDS = ("correlation", "partial correlation")
 
 
 class ConnectomeSubject(Person):
@@ -54,6 +56,7 @@ class FunctionalServing(PairServing):
         self.parcels: list[str] = list(info["parcels"])
         self.n = len(self.parcels)
         self.upper = np.triu_indices(self.n, k=1)
+        self.kind: str | None = info.get("kind")  # absent from models saved before it
 
     def _subject(self, subject: ConnectomeSubject, key: str) -> tuple[np.ndarray, np.ndarray]:
         rows = subject.connectome
@@ -70,7 +73,17 @@ class FunctionalServing(PairServing):
                 f"{key}.connectome: not symmetric (largest |m[i,j] - m[j,i]| = {asymmetry:.3g}); "
                 "send a connectivity matrix, not time series."
             )
-        return matrix[self.upper][None, :], subject.covariates()
+        edges = matrix[self.upper]
+        if self.kind in BOUNDED_KINDS and edges.size:
+            worst = int(np.abs(edges).argmax())
+            if abs(float(edges[worst])) > 1 + SYMMETRY_TOLERANCE:  # was answered as if valid
+                i, j = int(self.upper[0][worst]), int(self.upper[1][worst])
+                raise RequestError(
+                    f"{key}.connectome[{i}][{j}] = {float(edges[worst]):.4g} lies outside "
+                    f"[-1, 1], where every {self.kind} does; send the {self.kind} matrix the "
+                    "model was trained on, not covariances or Fisher z values."
+                )
+        return edges[None, :], subject.covariates()
 
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
         """Per pair: mean age, and each subject's mean and spread of connectivity."""

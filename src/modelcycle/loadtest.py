@@ -12,8 +12,6 @@ import base64
 import csv
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from typing import Any
 import httpx
 
 from modelcycle.messages import clause
+from modelcycle.processes import run_in_session
 
 DEADLINE_SLACK_S = 60.0  # start-up and shutdown on top of the run's duration
 CAPTURE_SOURCE = "loadtest"  # X-Capture-Source of the load test's requests
@@ -294,15 +293,11 @@ def _run_locust(url: str, plan: LoadPlan, locustfile: Path, out_dir: Path) -> No
     ]  # fmt: skip
     deadline = plan.duration_s + DEADLINE_SLACK_S
     with (out_dir / "locust.log").open("wb") as log:
-        # its own session, so a deadline kills Locust and anything it started
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            code = process.wait(timeout=deadline)
+        try:  # a deadline kills Locust and anything it started
+            code = run_in_session(
+                command, deadline, stdout=log, stderr=subprocess.STDOUT
+            ).returncode
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
             raise LoadTestError(
                 f"Locust overran its {deadline:.0f} s deadline and was killed; see "
                 f"{out_dir / 'locust.log'}."

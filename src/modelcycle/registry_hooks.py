@@ -7,12 +7,10 @@ hook can never undo an alias move.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import signal
 import string
 import subprocess
 import threading
@@ -22,6 +20,8 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
+
+from modelcycle.processes import run_in_session
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -140,29 +140,24 @@ class CommandHook:
         argv = [arg.format_map(values) for arg in self.command]
         env = {**os.environ, "MODELCYCLE_EVENT": json.dumps(event.payload())}
         try:
-            process = subprocess.Popen(
+            done = run_in_session(
                 argv,
+                self.timeout,
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
-                start_new_session=True,
             )
         except FileNotFoundError:
             return self._result(False, f"command not found: {argv[0]} (check PATH or the path)")
+        except subprocess.TimeoutExpired:
+            return self._result(False, f"timed out after {self.timeout:g} s and was killed")
         except OSError as exc:
             return self._result(False, f"could not run {argv[0]}: {exc}")
-        try:
-            _, stderr = process.communicate(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            return self._result(False, f"timed out after {self.timeout:g} s and was killed")
         # a hook run with `set -x` prints its token
-        detail = _masked(_exit_detail(process.returncode, stderr), env)
-        return self._result(process.returncode == 0, detail)
+        detail = _masked(_exit_detail(done.returncode, done.stderr), env)
+        return self._result(done.returncode == 0, detail)
 
     def _result(self, ok: bool, detail: str) -> HookResult:
         return HookResult(hook=self.describe(), ok=ok, detail=detail)

@@ -165,14 +165,13 @@ class TwinsServing(PairServing):
         fitted = info.get("standardizer")  # absent from models saved before drift features
         self.standardizer = None if fitted is None else ResidualStandardizer.from_dict(fitted)
         self.axes = np.asarray(info.get("principal_axes", np.zeros((0, len(self.features)))))
-        self._plausible = (
-            None
-            if self.standardizer is None
-            else (
-                (self.standardizer.mean - OUTLIER_SD * self.standardizer.scale).astype(np.float32),
-                (self.standardizer.mean + OUTLIER_SD * self.standardizer.scale).astype(np.float32),
+        self._plausible: tuple[np.ndarray, np.ndarray] | None = None  # float32 low, high
+        if self.standardizer is not None:
+            mean, spread = self.standardizer.mean, OUTLIER_SD * self.standardizer.scale
+            self._plausible = (
+                (mean - spread).astype(np.float32),
+                (mean + spread).astype(np.float32),
             )
-        )
 
     def _subject(self, subject: Subject, key: str) -> tuple[np.ndarray, np.ndarray]:
         measures = subject.measures
@@ -204,7 +203,7 @@ class TwinsServing(PairServing):
 
     def _check_plausible(self, row: np.ndarray, key: str) -> None:
         """Refuse a measure beyond `OUTLIER_SD` training standard deviations (NaN passes)."""
-        if self._plausible is None or self.standardizer is None:
+        if self._plausible is None or self.standardizer is None:  # set together
             return
         low, high = self._plausible
         beyond = (row < low) | (row > high)

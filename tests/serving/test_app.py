@@ -724,6 +724,39 @@ def test_a_refused_request_leaves_its_keep_alive_connection_usable_in_uvicorn(
     assert not thread.is_alive()
 
 
+def test_head_sends_the_headers_of_get_without_its_body_in_uvicorn(served: ServedModel) -> None:
+    import uvicorn
+
+    app = create_app(lambda: [served], ServeSettings())
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            for path in ("/metrics", "/v1/models"):
+                ask = f"HEAD {path} HTTP/1.1\r\nhost: test\r\n\r\nGET /healthz HTTP/1.1\r\n"
+                connection.sendall(ask.encode() + b"host: test\r\n\r\n")
+                data = b""
+                while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"}"):
+                    chunk = connection.recv(65536)
+                    assert chunk, f"connection closed after {data!r}"
+                    data += chunk
+                head, _, rest = data.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                assert int(re.search(rb"content-length: (\d+)", head.lower())[1]) > 100  # type: ignore[index]
+                # the next bytes are the GET's answer: the HEAD sent no body
+                assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b'{"status":"alive"}')
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert not thread.is_alive()
+
+
 def _http_post(body: str) -> bytes:
     data = body.encode()
     head = f"POST {PREDICT} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
@@ -926,10 +959,34 @@ def test_a_measure_no_brain_has_is_refused_naming_it(client: TestClient, tmp_pat
     assert _post(client, request).status_code == 200
 
 
+GETS = ("/healthz", "/readyz", "/", "/metrics", "/v1/models", "/v1/models/twins/examples")
+DOCS = ("/openapi.json", "/docs")
+
+
+def test_every_get_answers_head_and_a_405_allows_it(client: TestClient) -> None:
+    # Load balancers' health checks and uptime monitors may send HEAD: /metrics, /v1/models
+    # and the examples answered 405, and OPTIONS /healthz said "Allow: GET".
+    for path in GETS + DOCS:
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.content == b"", path
+        for method in ("OPTIONS", "PUT", "DELETE"):
+            refused = client.request(method, path)
+            assert refused.status_code == 405, (method, path)
+            assert refused.headers["allow"] == "GET, HEAD", (method, path)
+    for method in ("HEAD", "GET", "OPTIONS"):
+        refused = client.request(method, PREDICT)
+        assert refused.status_code == 405 and refused.headers["allow"] == "POST", method
+    assert client.head("/nowhere").status_code == 404
+    series = client.get("/metrics").text
+    assert 'modelcycle_requests_total{model="-",route="/metrics",status="405"} 3.0' in series
+    # the OpenAPI document's 405s under its own path, not with the 404s as "unmatched"
+    assert 'modelcycle_requests_total{model="-",route="/openapi.json",status="405"} 3.0' in series
+    assert 'route="unmatched",status="405"' not in series
+
+
 def test_heads_deep_json_and_trailing_slashes_get_plain_answers(client: TestClient) -> None:
-    # Load balancers' health checks may send HEAD; it got 405.
-    for path in ("/healthz", "/readyz", "/"):
-        assert client.head(path).status_code == 200, path
     # Valid JSON nested past the parser's depth was called invalid.
     deep = client.post(PREDICT, content=b"[" * 100_000 + b"]" * 100_000, headers=JSON_TYPE)
     assert deep.status_code == 400 and "nests deeper" in deep.json()["detail"]

@@ -28,10 +28,12 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 
@@ -255,6 +257,7 @@ def create_app(
         static_url=DOCS_ASSETS,
     )
     app.state.stop_accepting = lambda: _not_ready(state, metrics)
+    app.add_exception_handler(StarletteHTTPException, _allowing_head)
     _add_middleware(app, state, metrics, settings)
     _add_routes(app, state, metrics, settings, drift)
     return app
@@ -433,6 +436,18 @@ def joined(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+async def _allowing_head(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer to an HTTP error, whose 405 also allows HEAD where GET is allowed."""
+    assert isinstance(exc, StarletteHTTPException)
+    allowed = (exc.headers or {}).get("Allow")
+    if exc.status_code == 405 and allowed is not None:
+        methods = {m.strip() for m in allowed.split(",")}
+        if "GET" in methods:
+            methods.add("HEAD")
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+    return await http_exception_handler(request, exc)
+
+
 def _add_middleware(
     app: FastAPI, state: _State, metrics: ServerMetrics, settings: ServeSettings
 ) -> None:
@@ -524,6 +539,10 @@ class _Measure:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "HEAD":
+            # Every GET answers HEAD too (RFC 9110 9.3.2): the routes see a GET; the server
+            # keeps its own scope, still HEAD, and sends the headers without the body.
+            scope = {**scope, "method": "GET"}
         started, status, root = time.perf_counter(), 500, scope.get("root_path", "")
 
         async def sending(message: dict[str, Any]) -> None:
@@ -556,8 +575,8 @@ class _Measure:
             "root_path": root,
             "method": scope["method"],
         }
-        for candidate in self.routes:
-            if candidate.matches(asked)[0] is Match.FULL:
+        for candidate in self.routes:  # PARTIAL: the path matched, not the method (405)
+            if candidate.matches(asked)[0] is not Match.NONE:
                 return str(getattr(candidate, "path", "unmatched"))
         return "unmatched"
 
@@ -579,18 +598,12 @@ def _add_routes(
         """Readiness: every model loaded and warmed."""
         return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
 
-    # HEAD too, for load balancers' health checks that send it (not a documented operation)
-    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
-    app.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
-
     @app.get("/metrics")
     async def prometheus() -> Response:
         """Prometheus metrics."""
         return Response(generate_latest(metrics.exposed), media_type=CONTENT_TYPE_LATEST)
 
-    @app.api_route(
-        "/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False
-    )
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
         return files("modelcycle.serving").joinpath("static/index.html").read_text()
 

@@ -211,6 +211,25 @@ def test_the_openapi_document_gives_a_working_example_and_the_refusals(
     assert list(operation["requestBody"]["content"]) == ["application/json"]  # no file types
 
 
+def test_the_openapi_document_gives_both_shapes_of_422(client: TestClient) -> None:
+    # It documented only pydantic's list of errors; the model's own checks answer a sentence.
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    operation = document["paths"]["/v1/models/{name}/predict"]["post"]
+    shapes = operation["responses"]["422"]["content"]["application/json"]["schema"]["oneOf"]
+    detail_types = {
+        schemas[shape["$ref"].rsplit("/", 1)[1]]["properties"]["detail"]["type"] for shape in shapes
+    }
+    assert detail_types == {"string", "array"}
+    request = _example(client)
+    checked = copy.deepcopy(request)
+    first = next(iter(checked["a"]["measures"]))
+    checked["a"]["measures"][first] = 1e30  # the model's own plausibility check
+    answers = [_post(client, checked), _post(client, {"a": 1})]
+    assert [a.status_code for a in answers] == [422, 422]
+    assert {type(a.json()["detail"]).__name__ for a in answers} == {"str", "list"}
+
+
 def test_requests_are_counted_by_the_route_that_answered(client: TestClient) -> None:
     # The OpenAPI document and the docs' files were counted as route="unmatched", as 404s are
     asset = re.search(r'src="(/docs-assets/[^"]+)"', client.get("/docs").text)

@@ -68,6 +68,9 @@ def test_the_served_model_classifies_an_ego_graph_and_names_bad_requests(
         assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"]
         alone = client.post(route, json={"features": request["features"][:1]})  # no links
         assert alone.status_code == 200, alone.text
+        # neighbours sent without their links were ignored: the lone article's answer
+        forgot = client.post(route, json={"features": request["features"]})
+        assert forgot.status_code == 422 and "add [0, 1] to links" in forgot.json()["detail"]
         short = client.post(route, json={"features": [[0.0] * 5]})
         assert short.status_code == 422 and "every vector has 300" in short.json()["detail"]
         listed = client.get("/v1/models").json()["models"][0]
@@ -90,7 +93,7 @@ def test_the_page_classifies_an_example(workspace: Path, tmp_path: Path) -> None
         expect(page.locator("#model option")).to_have_text([f"{MODEL}@champion (version 1)"])
         expect(page.locator("#drop")).to_be_hidden()  # JSON only: no file drop zone
         label = page.locator("#example option").nth(0).inner_text()
-        assert label.endswith("(held out)") and "links" in label, label
+        assert label.endswith("linked articles (held out)"), label
         # each vector and each link on a line of its own, not a line per number
         text = page.locator("#request").input_value()
         sent = json.loads(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 
@@ -108,6 +109,11 @@ def test_a_request_decodes_to_the_arrays_the_model_was_trained_on(graph: GraphSe
             {"features": [[0.0] * 300] * 2, "links": [[0, 2]]},
             r"links: \[0, 2\] names a vector that does not exist; indices go from 0 to 1",
         ),
+        ({"features": [[0.0] * 300] * 3}, r"features\[1\] \(and 1 more\) is not linked to"),
+        (
+            {"features": [[0.0] * 300] * 3, "links": [[1, 2], [2, 0]]},
+            r"features\[1\] is not linked to the node, features\[0\].*add \[0, 1\] to links",
+        ),
         ({"features": [[float("nan")] * 300]}, r"NaN or infinite values"),
         # finite in JSON, too large for the model's float32: not called NaN or infinite
         ({"features": [[1e300] + [0.0] * 299]}, r"values beyond ±3.4e\+38, the largest"),
@@ -117,6 +123,16 @@ def test_bad_requests_say_what_is_wrong(request_body: dict[str, object], message
     adapter = NodeServing({"classes": ["a", "b"], "feature_dim": 300, "max_links": 8})
     with pytest.raises(RequestError, match=message):
         adapter.decode(NodeRequest.model_validate(request_body))
+
+
+@pytest.mark.parametrize("index", [True, "1", 1.0, 1.5])
+def test_a_link_index_that_is_not_a_whole_number_is_refused(index: object) -> None:
+    body = {"features": [[0.0] * 300] * 2, "links": [[0, index]]}
+    with pytest.raises(ValidationError):  # true, "1" and 1.0 were read as 1
+        NodeRequest.model_validate(body)
+    with pytest.raises(ValidationError):
+        NodeRequest.model_validate_json(json.dumps(body))  # the server's own parse
+    assert NodeRequest.model_validate({**body, "links": [[0, 1]]}).links == [(0, 1)]
 
 
 @pytest.mark.parametrize("value", ["1.5", True])

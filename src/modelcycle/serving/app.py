@@ -959,6 +959,14 @@ def _document_requests(app: FastAPI, state: _State) -> None:
         }
         for status, why in PREDICT_REFUSALS.items():
             operation["responses"][str(status)] = {"description": why, "content": refusal}
+        # pydantic's errors are a list; the model's own checks (a width, a link) one sentence
+        shapes = ("Refusal", "HTTPValidationError")
+        either = [{"$ref": REF_TEMPLATE.format(model=m)} for m in shapes]
+        operation["responses"]["422"] = {
+            "description": "The body does not fit the model: a list of pydantic's errors, or "
+            "one sentence from the model's own checks.",
+            "content": {"application/json": {"schema": {"oneOf": either}}},
+        }
         app.openapi_schema = schema
         return schema
 

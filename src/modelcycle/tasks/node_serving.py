@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from modelcycle.data.ego_graphs import ego_arrays
 from modelcycle.serving.adapter import ClassifierAdapter, RequestError
@@ -36,10 +36,14 @@ class NodeRequest(BaseModel):
         # checked in `decode`, with a message that says it, and is the schema's maxItems
         description="The node's feature vector, then one per linked node",
     )
-    links: list[tuple[int, int]] = Field(
+    # strict too: true, "1" and 1.0 were read as the index 1
+    links: list[tuple[StrictInt, StrictInt]] = Field(
         default_factory=list,
         max_length=10_000,
-        description="Pairs of indices into `features` that are linked (row 0: the node)",
+        description=(
+            "Pairs of indices into `features` that are linked (row 0: the node); every "
+            "neighbour is linked to the node, [0, i], and may be to other neighbours"
+        ),
     )
 
 
@@ -97,6 +101,7 @@ class NodeServing(ClassifierAdapter):
                     f"links: {list(pair)} names a vector that does not exist; indices go from 0 "
                     f"to {len(rows) - 1}."
                 )
+        _every_neighbour_linked(request.links, len(rows))
         x, adj, mask = ego_arrays(features, request.links, self.max_links)
         return [x[None], adj[None], mask[None]]
 
@@ -144,7 +149,7 @@ class NodeServing(ClassifierAdapter):
             examples.append(
                 {
                     "id": f"example-{n + 1}",
-                    "label": f"{label}, {m - 1} links (held out)",
+                    "label": f"{label}, {m - 1} linked articles (held out)",
                     "request": {
                         # float64 first: float32 0.0768 prints as 0.07680000364780426
                         "features": np.round(
@@ -155,3 +160,21 @@ class NodeServing(ClassifierAdapter):
                 }
             )
         return examples
+
+
+def _every_neighbour_linked(links: list[tuple[int, int]], vectors: int) -> None:
+    """Refuse a neighbour's vector with no link to the node (row 0).
+
+    An ego graph holds the node's linked articles, and the model reads a vector only
+    through its links: one sent without `[0, i]` (forgotten `links`, or only the links
+    among neighbours) changed nothing, and the answer was the lone article's.
+    """
+    linked = {j for i, j in links if i == 0} | {i for i, j in links if j == 0}
+    alone = [k for k in range(1, vectors) if k not in linked]
+    if alone:
+        more = f" (and {len(alone) - 1} more)" if len(alone) > 1 else ""
+        raise RequestError(
+            f"features[{alone[0]}]{more} is not linked to the node, features[0]: an ego "
+            "graph holds the node's linked articles, and the model reads a vector only "
+            f"through its links; add [0, {alone[0]}] to links, or leave the vector out."
+        )

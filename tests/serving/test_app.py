@@ -27,7 +27,7 @@ from modelcycle.digests import sha256_file
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.serving.app import DOCS_ASSETS, ServeSettings, create_app
 from modelcycle.serving.loading import ModelLoadError, ServedModel, load_served
-from modelcycle.serving.loop_lag import LoopLag
+from modelcycle.serving.loop_lag import LoopLag, RecentTime
 from modelcycle.tracking import git_state
 from server_process import free_port
 from serving_fixtures import ServedWorkspace
@@ -871,6 +871,30 @@ def test_a_client_deadline_the_event_loops_lag_leaves_too_short_is_refused_at_on
     assert "about 300 ms went waiting for the event loop" in refused.json()["detail"]
     assert refused_calls == 0  # refused without running the model
     assert patient.status_code == 200
+
+
+def test_recent_slow_answers_refuse_short_deadlines_only_while_others_are_in_progress(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One large image answered in 241 ms made an idle server refuse every 100 ms request as
+    # "overloaded" (refusals never renewed the estimate) though it answers one in 12 ms.
+    monkeypatch.setattr(RecentTime, "estimate", lambda self: 0.3)  # answers took 300 ms
+    gated = GatedSession(served.session)
+    with (
+        _client(replace(served, session=gated), ServeSettings()) as c,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        request = _example(c)
+        idle = _post(c, request, {"x-deadline-ms": "150"})
+        gated.armed = True
+        held = pool.submit(_post, c, request)  # in progress: a 300 ms answer is plausible now
+        assert gated.entered.wait(10)
+        busy = _post(c, request, {"x-deadline-ms": "150"})
+        gated.release.set()
+        assert held.result(10).status_code == 200
+    assert idle.status_code == 200, idle.text
+    assert busy.status_code == 429, busy.text
+    assert "answers take about 300 ms now" in busy.json()["detail"]
 
 
 def test_the_deadline_counts_from_the_arrival_the_loops_lag_implies(

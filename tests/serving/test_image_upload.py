@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -272,6 +273,31 @@ def test_images_decode_off_the_event_loop(
     assert seen == [False] * 3
     # the server's one decode thread, not asyncio's pool of up to 32 beside the model
     assert len(set(threads)) == 1 and threads[0].startswith("decode")
+
+
+@pytest.mark.parametrize("step", ["decode_bytes", "encode"])
+def test_a_slow_decode_or_encode_ends_at_the_client_deadline(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    # A 5000 px tile decoded (or its mask encoded) for 0.5 s in the decode thread: a client
+    # that said X-Deadline-Ms: 300 got its 200 after 0.79 s
+    original = getattr(ImageServing, step)
+
+    def slow(self: ImageServing, *args: Any) -> Any:
+        time.sleep(0.8)
+        return original(self, *args)
+
+    monkeypatch.setattr(ImageServing, step, slow)
+    monkeypatch.setattr(ImageServing, "encode_in_thread", True)  # as segmentation's masks
+    data, started = encoded(grain(), "PNG"), time.perf_counter()
+    response = client.post(PREDICT, content=data, headers={**IMAGE_PNG, "x-deadline-ms": "300"})
+    took = time.perf_counter() - started
+    assert response.status_code == 504, response.text
+    assert "did not answer within 300 ms" in response.json()["detail"]
+    assert took < 0.7, took  # at the deadline, not when the thread was done
+    time.sleep(0.8)  # the thread finishes that one, and nobody waits for it
+    monkeypatch.setattr(ImageServing, step, original)
+    assert client.post(PREDICT, content=data, headers=IMAGE_PNG).status_code == 200
 
 
 def test_one_process_serves_twins_and_images_side_by_side(

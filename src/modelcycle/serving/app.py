@@ -164,6 +164,9 @@ class _State:
     answer_times: defaultdict[str, RecentTime] = field(
         default_factory=lambda: defaultdict(RecentTime)
     )
+    # Predict requests of each model past the refusal check and not yet answered: with none,
+    # the recent answer times (maybe one large image's) say nothing of the next request's.
+    in_progress: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     # One thread decodes heavy bodies (images), in arrival order: asyncio's default pool
     # would run up to 32 decodes at once beside the model's intra-op threads. Measured on 2
     # cores (int8 resnet18 at 224 px, 8 clients): 126 req/s with one thread, 124 with the
@@ -662,13 +665,38 @@ def _add_routes(
         refusal = _refusal(state, name, deadline_ms)  # _Shed answers nearly all before this
         if refusal is not None:  # shed before reading or decoding the body: overload stays cheap
             return refusal
+        state.in_progress[name] += 1
+        try:
+            return await _answered(request, served, batcher, deadline_ms, arrived, x_capture_source)
+        finally:
+            state.in_progress[name] -= 1
+
+    async def _answered(
+        request: Request,
+        served: ServedModel,
+        batcher: MicroBatcher,
+        deadline_ms: float,
+        arrived: float,
+        source: str | None,
+    ) -> JSONResponse:
+        """Read, decode, compute and encode one prediction within its deadline (504 after)."""
+        name, seen = served.name, time.perf_counter()
+
+        def late() -> JSONResponse:
+            return _error(504, f"{name} did not answer within {_ms(deadline_ms)} ms.")
+
         # the body may take what is left of the deadline, and a second at least: a request
         # whose deadline is already spent is still read, and told what was wrong with it
-        reading = max(deadline_ms / 1000 - (time.perf_counter() - arrived), READ_FLOOR)
-        payload = await _payload(request, served, settings, state.decoder, reading)
+        reading = max(deadline_ms / 1000 - (seen - arrived), READ_FLOOR)
+        try:  # decoding a large image in the decode thread counts too
+            payload = await _payload(
+                request, served, settings, state.decoder, reading, arrived + deadline_ms / 1000
+            )
+        except TimeoutError:
+            return late()
         if isinstance(payload, JSONResponse):
             return payload
-        payload.source = x_capture_source or LIVE
+        payload.source = source or LIVE
         try:  # the deadline counts from arrival: waiting, reading and decoding spent some of it
             left = deadline_ms / 1000 - (time.perf_counter() - arrived)
             put = batcher.put(payload, _wait_budget(deadline_ms))
@@ -676,7 +704,7 @@ def _add_routes(
         except OverloadedError as err:
             return _overloaded(name, str(err))
         except TimeoutError:
-            return _error(504, f"{name} did not answer within {_ms(deadline_ms)} ms.")
+            return late()
         state.answer_times[name].add(time.perf_counter() - seen)
         answered = payload.served
         if not result:  # its outputs were not finite (`_run_batch`)
@@ -689,10 +717,15 @@ def _add_routes(
         # a context only for adapters that made one: an adapter written before contexts
         # existed may take the outputs alone
         context = (payload.rows.context,) if isinstance(payload.rows, Rows) else ()
-        if answered.adapter.encode_in_thread:
-            encoded = await asyncio.get_running_loop().run_in_executor(
-                state.decoder, answered.adapter.encode, outputs, *context
-            )
+        if answered.adapter.encode_in_thread:  # a large mask's PNG: within the deadline too
+            left = deadline_ms / 1000 - (time.perf_counter() - arrived)
+            try:
+                async with asyncio.timeout(max(left, 0.0)):
+                    encoded = await asyncio.get_running_loop().run_in_executor(
+                        state.decoder, answered.adapter.encode, outputs, *context
+                    )
+            except TimeoutError:
+                return late()
         else:
             encoded = answered.adapter.encode(outputs, *context)
         body = {"model": name, "version": answered.version, "outputs": encoded}
@@ -724,6 +757,7 @@ async def _payload(
     settings: ServeSettings,
     decoder: ThreadPoolExecutor,
     reading: float,
+    deadline: float,
 ) -> _Payload | JSONResponse:
     """Read, parse and validate one request body into model rows, or an error response.
 
@@ -733,7 +767,9 @@ async def _payload(
     not counted as a server error.
 
     Adapters whose decoding is heavy (`ServingAdapter.decode_in_thread`: image decoding takes
-    milliseconds) decode in the `decoder` thread, so the event loop keeps answering meanwhile.
+    milliseconds) decode in the `decoder` thread, so the event loop keeps answering meanwhile;
+    TimeoutError when that is not done by `deadline` (`time.perf_counter()`; the thread
+    finishes the image, and nobody waits for it).
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     adapter = served.adapter
@@ -769,9 +805,10 @@ async def _payload(
         except (RequestError, ValueError) as err:
             return _error(422, str(err))
     if adapter.decode_in_thread:
-        decoded = await asyncio.get_running_loop().run_in_executor(
-            decoder, _decode, adapter, is_json, body
-        )
+        async with asyncio.timeout(max(deadline - time.perf_counter(), 0.0)):
+            decoded = await asyncio.get_running_loop().run_in_executor(
+                decoder, _decode, adapter, is_json, body
+            )
     else:
         decoded = _decode(adapter, is_json, body)
     if isinstance(decoded, JSONResponse):
@@ -900,12 +937,17 @@ def _refusal(state: _State, name: str, deadline_ms: float) -> JSONResponse | Non
     if why is not None:
         return _overloaded(name, why)
     took, lag = state.answer_times[name].estimate(), state.lag.seconds
+    if took is not None and not state.in_progress[name]:
+        # Nothing else in progress: the recent answers (one large image, decoded for 0.2 s)
+        # say nothing of this one's time, and refused requests never renew the estimate.
+        took = 0.0
     if took is None or deadline_ms / 1000 - lag >= took:
         return None
+    answers = f", and answers take about {took * 1000:.0f} ms now" if took else ""
     return _overloaded(
         name,
         f"{deadline_ms:.0f} ms deadline: about {lag * 1000:.0f} ms went waiting for the event "
-        f"loop, and answers take about {took * 1000:.0f} ms now",
+        f"loop{answers}",
     )
 
 

@@ -98,6 +98,64 @@ def test_png_multipart_and_base64_json_give_the_same_answer(client: TestClient) 
     as_url = client.post(PREDICT, json={"image": url})
     assert as_url.status_code == 200, as_url.text
     assert as_url.json()["outputs"] == raw.json()["outputs"]
+    # `base64 file` wraps its lines, URL-safe base64 uses - and _, JavaScript may not pad:
+    # each was "not valid base64"
+    wrapped = base64.encodebytes(png).decode()
+    url_safe = base64.urlsafe_b64encode(png).decode().rstrip("=")
+    assert "\n" in wrapped and ("-" in url_safe or "_" in url_safe)
+    for text in (wrapped, url_safe):
+        answer = client.post(PREDICT, json={"image": text})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"] == raw.json()["outputs"]
+    bad = client.post(PREDICT, json={"image": "not base64 at all!"})
+    assert bad.status_code == 422 and "not valid base64" in bad.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["image/jpg", "image/pjpeg", "image/x-png", "application/octet-stream"]
+)
+def test_a_file_under_another_name_for_its_type_is_read_by_its_signature(
+    client: TestClient, content_type: str
+) -> None:
+    # The web page sends application/octet-stream for a file the browser has no type for
+    png = encoded(grain(), "PNG")
+    expected = client.post(PREDICT, content=png, headers=IMAGE_PNG).json()["outputs"]
+    answer = client.post(PREDICT, content=png, headers={"content-type": content_type})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == expected
+    text = client.post(PREDICT, content=b"just text", headers={"content-type": content_type})
+    assert text.status_code == 415, text.text
+
+
+def test_a_jpeg_is_turned_upright_by_its_exif_orientation() -> None:
+    # A phone's portrait photo is stored sideways with Orientation 6: it was read sideways
+    from modelcycle.tasks.image_serving import open_image
+
+    upright = np.zeros((40, 20, 3), np.uint8)
+    upright[:10] = 255  # a white band at the top
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # 20 high, 40 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif, quality=95)
+    opened = np.asarray(open_image(buffer.getvalue()))
+    assert opened.shape == (40, 20, 3)
+    assert opened[:8].mean() > 200 and opened[12:].mean() < 50
+
+
+def test_a_16_bit_grayscale_png_is_scaled_not_clipped() -> None:
+    # Pillow's convert("RGB") clipped 16-bit values at 255: a mid-grey scan became white
+    from modelcycle.tasks.image_serving import open_image
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")
+    opened = np.asarray(open_image(buffer.getvalue()))
+    assert opened.shape == (64, 64, 3) and opened.dtype == np.uint8
+    expected = np.round(ramp / 257).astype(np.uint8)
+    assert np.abs(opened[..., 0].astype(int) - expected).max() <= 1
+    assert opened[..., 0].min() == 0 and opened[..., 0].max() == 255
 
 
 def test_examples_are_held_out_images_that_predict(client: TestClient) -> None:
@@ -129,7 +187,11 @@ def test_the_openapi_document_lists_the_file_types_and_an_example(client: TestCl
 @pytest.mark.parametrize(
     ("body", "content_type", "message"),
     [
-        (b"hello", "text/plain", "application/json, image/jpeg, image/png or multipart/form-data"),
+        (
+            b"hello",
+            "text/plain",
+            "application/json, image/jpeg, image/png, application/octet-stream or multipart",
+        ),
         (b"GIF89a" + bytes(20), "image/gif", "not 'image/gif'"),
         (b"GIF89a" + bytes(20), "image/png", "not a JPEG or PNG signature"),
     ],
@@ -151,10 +213,12 @@ def test_corrupt_and_truncated_images_are_422(client: TestClient) -> None:
     for body, kind in [
         (b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, "image/png"),
         (jpeg[: len(jpeg) // 2], "image/jpeg"),
+        (b"\x89PNG\r\n\x1a\n", "image/png"),  # the signature alone
     ]:
         response = client.post(PREDICT, content=body, headers={"content-type": kind})
         assert response.status_code == 422, response.text
         assert "corrupt or truncated" in response.json()["detail"]
+        assert "object at 0x" not in response.json()["detail"]  # Pillow's repr of a BytesIO
 
 
 def _bomb_png(side: int, draw: bool = True) -> bytes:

@@ -9,12 +9,16 @@ from starlette.datastructures import Headers, UploadFile
 from modelcycle.serving.adapter import RequestError, ServingAdapter
 
 MULTIPART = "multipart/form-data"
+#: Types a file body may also carry to a model that takes files, whose decoder reads the
+#: file's own signature: names older software gives JPEG and PNG, and a file of no known
+#: type (a browser's upload of a file whose type it cannot tell).
+FILE_ALIASES = ("image/jpg", "image/pjpeg", "image/x-png", "application/octet-stream")
 
 
 def takes_bytes(adapter: ServingAdapter, content_type: str) -> bool:
     """Whether a body of `content_type` goes to `adapter.decode_bytes`."""
     return content_type in adapter.byte_types or bool(
-        adapter.byte_types and content_type == MULTIPART
+        adapter.byte_types and (content_type == MULTIPART or content_type in FILE_ALIASES)
     )
 
 
@@ -22,7 +26,8 @@ def accepted_types(adapter: ServingAdapter) -> str:
     """The media types a model takes, for a 415 message."""
     if not adapter.byte_types:
         return "application/json"
-    return ", ".join(("application/json", *adapter.byte_types)) + f" or {MULTIPART}"
+    types = ("application/json", *adapter.byte_types, "application/octet-stream")
+    return ", ".join(types) + f" or {MULTIPART}"
 
 
 async def file_bytes(content_type: str, headers: Headers, body: bytes) -> bytes:
@@ -46,6 +51,6 @@ async def file_bytes(content_type: str, headers: Headers, body: bytes) -> bytes:
     if len(uploads) != 1:
         raise RequestError(
             f"The multipart body has {len(uploads)} file parts; send exactly one "
-            "(e.g. curl -F file=@grain.jpg)."
+            "(e.g. curl -F file=@image.png)."
         )
     return await uploads[0].read()

@@ -60,6 +60,7 @@ class ImageServing(ClassifierAdapter):
         text = request.image
         if text.startswith("data:") and ";base64," in text[:100]:
             text = text.split(";base64,", 1)[1]
+        text = _plain_base64(text)
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError) as err:
@@ -112,8 +113,41 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.nda
     return resize_rgb(open_image(data, max_pixels), size)
 
 
+def _plain_base64(text: str) -> str:
+    """Base64 as `b64decode(validate=True)` takes it, from the forms people send.
+
+    `base64 file` and Python's `encodebytes` wrap lines; the URL-safe alphabet uses - and _;
+    JavaScript's encoders may drop the padding. All were refused as "not valid base64".
+    """
+    if any(c in text for c in " \n\r\t"):
+        text = "".join(text.split())
+    if "-" in text or "_" in text:
+        text = text.translate(_URL_SAFE)
+    return text + "=" * (-len(text) % 4) if len(text) % 4 != 1 else text
+
+
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
+def _eight_bits(image: Any) -> Any:
+    """A 16-bit grayscale image (PNG) scaled to 8 bits; any other image as it is.
+
+    Pillow's `convert("RGB")` clips 16-bit values at 255 (a normal 16-bit scan became white).
+    """
+    from PIL import Image
+
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.round(np.clip(values, 0, 65535) / 257).astype(np.uint8), "L")
+
+
 def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
     """JPEG/PNG bytes → a decoded RGB PIL image, its size checked before it is decoded.
+
+    Turned upright by its EXIF orientation (a phone's portrait photo is stored sideways
+    with a tag saying so: browsers show it upright, and its answer's mask follows that); a
+    16-bit grayscale PNG is scaled to 8 bits.
 
     Raises:
         UnsupportedMediaError: Neither a JPEG nor a PNG signature (HTTP 415).
@@ -121,7 +155,7 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
     """
     import warnings
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if not data:
         raise RequestError("The image is empty (0 bytes); send a JPEG or PNG file.")
@@ -141,7 +175,8 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
                     f"{max_pixels:,}-pixel limit (a decompression bomb?); send a smaller image."
                 )
             image.load()
-            return image.convert("RGB")
+            upright = ImageOps.exif_transpose(image) if kind == "JPEG" else image
+            return _eight_bits(upright).convert("RGB")
     except (
         OSError,
         SyntaxError,
@@ -156,7 +191,9 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
             raise RequestError(
                 f"{kind} over the {max_pixels:,}-pixel limit ({err}); send a smaller image."
             ) from err
-        raise RequestError(f"The {kind} file is corrupt or truncated ({err}).") from err
+        # Pillow's "cannot identify image file <_io.BytesIO object at 0x7f0a…>": an address
+        why = "Pillow cannot read it" if isinstance(err, Image.UnidentifiedImageError) else err
+        raise RequestError(f"The {kind} file is corrupt or truncated ({why}).") from err
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

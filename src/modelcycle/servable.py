@@ -3,8 +3,9 @@
 The directory holds `model.pt` (the whole PyTorch module that turns request arrays into
 outputs, preprocessing included), `held_out.npz` (inputs the module never trained on, for
 export parity and latency), optionally `reference.npz` (inputs like those it was fitted on,
-the reference sample of drift monitoring) and `manifest.json` naming the task, the input and
-output names and the sha256 of every file. Loading checks those hashes first.
+the reference sample of drift monitoring; its first `reference_unseen` rows never trained the
+model) and `manifest.json` naming the task, the input and output names and the sha256 of
+every file. Loading checks those hashes first.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class ServableModel:
             drift monitoring compares requests with; without it, monitoring uses `held_out`.
         monitor_outputs: Outputs for monitoring only (the embedding's principal components):
             kept out of responses, recorded with each request's drift features.
+        reference_unseen: How many of the reference's first rows never trained the model
+            (None: unknown, every row counts). Only those give the reference its outputs: a
+            model answers the rows it was fitted on more confidently than any new one, and
+            a reference of those flagged unseen requests as drift (`reference_frame`).
     """
 
     task: str
@@ -60,6 +65,7 @@ class ServableModel:
     target: np.ndarray | None = None
     reference: list[np.ndarray] | None = None
     monitor_outputs: list[str] = field(default_factory=list)
+    reference_unseen: int | None = None
 
     def save(self, directory: Path) -> Path:
         """Write the directory and its manifest; returns the manifest path.
@@ -91,6 +97,7 @@ class ServableModel:
             "inputs": self.input_names,
             "outputs": self.output_names,
             "monitor_outputs": self.monitor_outputs,
+            "reference_unseen": self.reference_unseen,
             "files": files,
             "info": self.info,
         }
@@ -126,6 +133,7 @@ class ServableModel:
             target,
             read_reference(directory, manifest),
             manifest.get("monitor_outputs", []),
+            manifest.get("reference_unseen"),
         )
 
     def example(self) -> tuple[torch.Tensor, ...]:

@@ -98,6 +98,39 @@ def test_nan_values_are_left_out_and_an_empty_column_is_not_tested() -> None:
     assert summary.threshold == pytest.approx(0.05 / 3)
 
 
+def test_a_reference_keeps_only_the_outputs_of_rows_the_model_never_trained_on() -> None:
+    from modelcycle.monitoring.drift import reference_frame
+    from modelcycle.serving.adapter import ServingAdapter
+
+    class Level(ServingAdapter):
+        request_type = None  # type: ignore[assignment]
+
+        def decode(self, request: object) -> list[np.ndarray]:
+            raise NotImplementedError
+
+        def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
+            return {"level": float(inputs[0][0, 0])}
+
+        def examples(self, held_out: object, target: object) -> list[dict[str, object]]:
+            return []
+
+    rng = np.random.default_rng(0)
+    inputs = [rng.normal(size=(100, 3))]
+    # a model surer of the 60 rows it trained on (the last ones) than of any new one
+    confidence = np.r_[rng.uniform(0.5, 0.9, 40), rng.uniform(0.95, 1.0, 60)]
+    outputs = {"confidence": confidence[:, None]}
+    frame = reference_frame(Level({}), inputs, outputs, unseen=40)
+    assert frame["level"].notna().all() and len(frame) == 100  # inputs of every row
+    assert frame["confidence"].notna().sum() == 40
+    assert np.array_equal(frame["confidence"][:40], confidence[:40])
+    assert np.isfinite(outputs["confidence"]).all()  # the caller's outputs are untouched
+    new = pd.DataFrame({"level": rng.normal(size=50), "confidence": rng.uniform(0.5, 0.9, 50)})
+    kept = compare("m", "1", frame, new, ["confidence"], SETTINGS)
+    assert kept.status == "no_drift", kept.detail
+    every = reference_frame(Level({}), inputs, outputs)  # the trained-on rows' outputs too
+    assert compare("m", "1", every, new, ["confidence"], SETTINGS).prediction_drift
+
+
 def test_too_few_captures_say_how_many_are_needed() -> None:
     with pytest.raises(TooFewCapturesError, match=r"12 captured requests, at least 30"):
         compare("m", "1", _frame(100, 0), _frame(12, 1), [], SETTINGS)

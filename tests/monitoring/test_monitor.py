@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from modelcycle.cli import app
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift_report import evidently_p_values
+from modelcycle.monitoring.monitor import served_reference
 from modelcycle.servable import read_manifest, read_reference
 from modelcycle.serving.app import ServeSettings, create_app
 from modelcycle.serving.loading import ServedModel, VariantChoice, load_served
@@ -74,6 +75,14 @@ def test_unshifted_requests_do_not_drift_and_the_report_is_written(
     code, output = _monitor(served_workspace, workspace)
     assert code == 0, output
     assert "no drift" in output
+    # the reference's outputs come from the pairs that never trained the model
+    assert served.directory is not None
+    unseen = read_manifest(served.directory)["reference_unseen"]
+    reference = served_reference(served)
+    assert 0 < unseen < len(reference) and reference["age"].notna().all()
+    for column in ("probability", "similarity", "embedding_distance"):
+        assert reference[column][:unseen].notna().all(), column
+        assert reference[column][unseen:].isna().all(), column
     report = _report(workspace)
     summary = json.loads((report / "drift.json").read_text())
     assert summary["status"] == "no_drift" and summary["n_current"] == N_REQUESTS

@@ -173,10 +173,20 @@ def test_export_parity_with_raw_uint8_pixels(sources: dict[str, object], tmp_pat
     servable = task.servable(module, data, fold)
     assert servable.held_out[0].dtype == np.uint8 and servable.held_out[0].shape[1:] == (24, 24, 3)
     assert set(servable.info["held_out_labels"]) == set(data.classes)  # every class represented
-    assert servable.reference is not None  # drift reference: training images, not held-out ones
-    reference = servable.reference[0]
-    assert len(reference) == min(task.reference_rows, len(fold.train))
+    # drift reference: validation images first (their outputs are what new images' are like),
+    # topped up with training images, whose outputs the reference leaves out
+    assert servable.reference is not None
+    reference, unseen = servable.reference[0], servable.reference_unseen
+    others = len(fold.val) - len(servable.held_out[0])  # not the held-out ones, which score int8
+    assert unseen == min(task.reference_rows, others) and unseen < len(reference)
+    assert len(reference) == min(task.reference_rows, len(fold.train) + others)
     assert not any((reference == image).all(axis=(1, 2, 3)).any() for image in servable.held_out[0])
+
+    def among(images: np.ndarray, rows: np.ndarray) -> bool:
+        pool = data.images[rows]
+        return all((pool == image).all(axis=(1, 2, 3)).any() for image in images)
+
+    assert among(reference[:unseen], fold.val) and among(reference[unseen:], fold.train)
     project_embeddings(servable)
     assert servable.output_names == ["confidence", "probabilities", "embedding_distance"]
     report = export_model(

@@ -69,6 +69,26 @@ def test_folds_are_the_official_splits_and_more_are_refused(graph: GraphSet) -> 
     assert not set(final.train) & set(final.val) and len(final.train) + len(final.val) == 600
 
 
+def test_the_drift_reference_takes_nodes_the_model_never_trained_on(graph: GraphSet) -> None:
+    # It drew training nodes, on which a model is surer: unseen articles read as drift
+    node_task = task()
+    fold = node_task.final_fold(graph, 0)
+    servable = node_task.servable(node_task.model(graph, fold), graph, fold)
+    assert servable.reference is not None
+    features = servable.reference[0][:, 0]  # each ego graph's own article
+    unseen = servable.reference_unseen
+    held_out = len(servable.held_out[0])
+    assert unseen == min(node_task.reference_rows, len(fold.val) - held_out) < len(features)
+
+    def rows_of(vectors: np.ndarray) -> set[int]:
+        return {int(np.flatnonzero((graph.features == v).all(axis=1))[0]) for v in vectors}
+
+    # the stopping nodes but the held-out ones first (too few here: training nodes after)
+    held = rows_of(servable.held_out[0][:, 0])
+    assert rows_of(features[:unseen]) == set(fold.val.tolist()) - held
+    assert rows_of(features[unseen:]) <= set(fold.train.tolist())
+
+
 def test_label_propagation_beats_the_majority_class(graph: GraphSet) -> None:
     fold = task().folds(graph, 1, seed=0)[0]
     scores = label_propagation(graph, fold.train, layers=10, alpha=0.9)

@@ -100,6 +100,9 @@ def test_default_pipeline_beats_the_baseline_on_real_data(real_qtim: Path, works
         probability = servable.module(*map(torch.as_tensor, servable.held_out))[0].numpy()
     twins, unrelated = probability[servable.target == 1], probability[servable.target == 0]
     assert twins.mean() > 0.6 > 0.4 > unrelated.mean(), (twins.mean(), unrelated.mean())
+    # the drift reference's first pairs are the validation families' (saved and read back)
+    assert servable.reference is not None and servable.reference_unseen is not None
+    assert 0 < servable.reference_unseen < len(servable.reference[0])
 
 
 def covariate_check(data: Path, *args: str) -> dict[str, list[float]]:

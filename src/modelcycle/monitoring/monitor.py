@@ -58,9 +58,12 @@ def served_reference(served: ServedModel, run: Runner | None = None) -> pd.DataF
     falls back to its held-out rows. `run`: how to call the model (see `run_batched`).
     """
     inputs = served_reference_inputs(served)
-    return reference_frame(
-        served.adapter, inputs, run_batched(served, inputs, run), served.monitor_outputs
-    )
+    outputs = run_batched(served, inputs, run)
+    assert served.directory is not None  # read above
+    manifest = read_manifest(served.directory)
+    # of reference.npz's rows; a model saved without one falls back to held-out rows, unseen
+    unseen = manifest.get("reference_unseen") if REFERENCE in manifest["files"] else None
+    return reference_frame(served.adapter, inputs, outputs, served.monitor_outputs, unseen)
 
 
 def served_reference_inputs(served: ServedModel) -> list[np.ndarray]:

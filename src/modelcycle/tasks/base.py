@@ -129,6 +129,30 @@ class Task(ABC, Generic[D]):
 _REGISTRY: dict[str, type[Task[Any]]] = {}
 
 
+def seeded_draw(rows: np.ndarray, n: int) -> np.ndarray:
+    """Up to `n` of `rows`, drawn with a fixed seed, sorted."""
+    return np.sort(np.random.default_rng(1).permutation(rows)[:n])
+
+
+def unseen_first(
+    unseen: np.ndarray,
+    seen: np.ndarray,
+    n: int,
+    draw: Callable[[np.ndarray, int], np.ndarray] = seeded_draw,
+) -> tuple[np.ndarray, int]:
+    """A drift reference of up to `n` rows: drawn from `unseen` first, topped up from `seen`.
+
+    `unseen` are rows the deployed model never trained on (its validation rows but the
+    held-out ones, which score the int8 variant that the reference calibrates), whose
+    outputs are what new requests' look like; `seen` rows, which trained it, only add input
+    features (see `ServableModel.reference_unseen`). `draw(rows, k)` picks up to k of
+    `rows`. Returns the rows, unseen ones first, and how many are unseen.
+    """
+    first = draw(unseen, n)
+    rest = draw(seen, n - len(first)) if len(first) < n else first[:0]
+    return np.concatenate([first, rest]).astype(int), len(first)
+
+
 def register_task(name: str) -> Callable[[type[Task[Any]]], type[Task[Any]]]:
     """Class decorator that registers a task under `name`; a duplicate name is an error."""
 

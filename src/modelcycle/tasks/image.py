@@ -49,6 +49,7 @@ from modelcycle.tasks.base import (
     Task,
     check_settings,
     register_task,
+    unseen_first,
 )
 from modelcycle.tasks.image_serving import ImageServing, image_features
 
@@ -218,13 +219,20 @@ class ImageTask(Task[ImageSet]):
     def servable(self, module: L.LightningModule, data: ImageSet, fold: Fold) -> ServableModel:
         """Pixels in; confidence, probabilities and embedding out.
 
-        Held-out rows are validation images; the drift reference is a seeded draw of training
-        images, every class represented.
+        Held-out rows are validation images; the drift reference is a seeded draw of
+        validation images, every class represented, topped up with training images when
+        there are too few (`unseen_first`).
         """
         assert isinstance(module, ImageClassifier)
         rows = _spread(data.labels, fold.val, self.held_out_rows)
-        drawn = np.random.default_rng(0).permutation(fold.train)
-        reference = np.sort(_spread(data.labels, drawn, self.reference_rows))
+
+        def spread(pool: np.ndarray, n: int) -> np.ndarray:
+            drawn = np.random.default_rng(0).permutation(pool)
+            return np.sort(_spread(data.labels, drawn, n))
+
+        reference, unseen = unseen_first(
+            np.setdiff1d(fold.val, rows), fold.train, self.reference_rows, spread
+        )
         size = int(data.images.shape[1])
         return ServableModel(
             task=self.name,
@@ -233,6 +241,7 @@ class ImageTask(Task[ImageSet]):
             output_names=["confidence", "probabilities", EMBEDDING],
             held_out=[data.images[rows]],
             reference=[data.images[reference]],
+            reference_unseen=unseen,
             info={
                 "dataset": self.source.dataset,
                 "classes": data.classes,

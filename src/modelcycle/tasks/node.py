@@ -39,6 +39,7 @@ from modelcycle.tasks.base import (
     Task,
     check_settings,
     register_task,
+    unseen_first,
 )
 from modelcycle.tasks.image import TensorData
 from modelcycle.tasks.node_serving import NodeServing
@@ -199,7 +200,8 @@ class NodeTask(Task[GraphSet]):
         """Ego-graph arrays in; confidence, probabilities and embedding out."""
         assert isinstance(module, NodeClassifier)
         rows = np.sort(np.random.default_rng(0).permutation(fold.val)[: self.held_out_rows])
-        reference = np.sort(np.random.default_rng(1).permutation(fold.train)[: self.reference_rows])
+        unseen_rows = np.setdiff1d(fold.val, rows)  # not the held-out ones, which score int8
+        reference, unseen = unseen_first(unseen_rows, fold.train, self.reference_rows)
         return ServableModel(
             task=self.name,
             module=EgoClassifier(module),
@@ -207,6 +209,7 @@ class NodeTask(Task[GraphSet]):
             output_names=["confidence", "probabilities", EMBEDDING],
             held_out=list(self._ego(data, rows)),
             reference=list(self._ego(data, reference)),
+            reference_unseen=unseen,
             info={
                 "dataset": self.source.dataset,
                 "classes": data.classes,

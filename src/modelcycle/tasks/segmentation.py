@@ -38,6 +38,7 @@ from modelcycle.tasks.base import (
     Task,
     check_settings,
     register_task,
+    unseen_first,
 )
 from modelcycle.tasks.image import TensorData
 from modelcycle.tasks.segmentation_serving import SegmentationServing
@@ -185,12 +186,12 @@ class SegmentationTask(Task[ImageSet]):
         """Pixels in; confidence, mean class probabilities and probability maps out.
 
         Held-out rows are validation tiles, saved with their masks; the drift reference is a
-        seeded draw of training tiles.
+        seeded draw of validation tiles, topped up with training tiles (`unseen_first`).
         """
         assert isinstance(module, Segmenter) and data.masks is not None
         rows = fold.val[: self.held_out_rows]
-        drawn = np.random.default_rng(0).permutation(fold.train)
-        reference = np.sort(drawn[: self.reference_rows])
+        unseen_rows = np.setdiff1d(fold.val, rows)  # not the held-out ones, which score int8
+        reference, unseen = unseen_first(unseen_rows, fold.train, self.reference_rows)
         return ServableModel(
             task=self.name,
             module=PixelSegmenter(module),
@@ -199,6 +200,7 @@ class SegmentationTask(Task[ImageSet]):
             held_out=[data.images[rows]],
             target=data.masks[rows],
             reference=[data.images[reference]],
+            reference_unseen=unseen,
             info={
                 "dataset": self.source.dataset,
                 "classes": data.classes,

@@ -234,9 +234,10 @@ class TwinsTask(Task[TwinsData]):
         Held-out inputs are the validation families' twin-like pairs and as many unrelated
         pairs: rows that never trained the model. The pair head is calibrated on them first
         (`CosinePairHead.calibrate`), so the probability is that of a twin-like pair at even
-        odds. The drift reference is drawn the same way from every family the model saw
-        (training and validation): the held-out pairs alone are too few to tell a shift from
-        chance.
+        odds. The drift reference is drawn the same way from every family the model saw,
+        the validation families' pairs first: the held-out pairs alone are too few to tell
+        a shift in the measures from chance, and only pairs that never trained the encoder
+        give the reference its outputs (`ServableModel.reference_unseen`).
         """
         assert isinstance(module, SiamesePairModel)
         pairs, labels = _labelled_pairs(data.relations, fold.val, 1, seed=0)
@@ -244,8 +245,9 @@ class TwinsTask(Task[TwinsData]):
         with evaluating(module):
             cos = module.similarity(X_val[pairs[:, 0]], X_val[pairs[:, 1]])
         module.head.calibrate(cos, torch.as_tensor(labels))
-        seen = np.sort(np.r_[fold.train, fold.val])
-        reference, _ = _labelled_pairs(data.relations, seen, 1, seed=1)
+        unseen, _ = _labelled_pairs(data.relations, fold.val, 1, seed=1)
+        trained, _ = _labelled_pairs(data.relations, fold.train, 1, seed=1)
+        reference = np.concatenate([unseen, trained])
         X, C = data.X.astype(np.float32), data.covariates.astype(np.float32)
         standardizer = self.standardizer(data, fold)
 
@@ -269,6 +271,7 @@ class TwinsTask(Task[TwinsData]):
             },
             target=labels.astype(np.float32),
             reference=inputs(reference),
+            reference_unseen=len(unseen),
         )
 
     def reference(self, data: TwinsData) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -365,6 +366,29 @@ def test_serve_refuses_unknown_and_unexported_models_in_one_line(
     outputs = unknown.stdout + no_alias.stdout + by_version.stdout + variant.stdout
     outputs += batch.stdout + port.stdout + twice.stdout
     assert "Traceback" not in outputs
+
+
+def test_a_port_in_use_is_answered_with_one_free_now() -> None:
+    # It suggested the next port, which was busy too (a second server started just before)
+    import re
+
+    from modelcycle.config import ConfigError
+    from modelcycle.serving.server import check_address
+
+    with socket.socket() as held, socket.socket() as next_one:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with contextlib.suppress(OSError):  # if another process holds it, busy all the same
+            next_one.bind(("127.0.0.1", port + 1))
+            next_one.listen()
+        with pytest.raises(ConfigError) as refused:
+            check_address("127.0.0.1", port)
+        found = re.search(r"e\.g\. serve\.port=(\d+) \(free now\)", str(refused.value))
+        assert found, str(refused.value)
+        suggested = int(found[1])
+        assert suggested not in (port, port + 1)
+        check_address("127.0.0.1", suggested)  # binds
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -272,6 +272,10 @@ def test_oversized_upload_is_413(served_image: ServedModel) -> None:
         raw = small.post(PREDICT, content=big, headers={"content-type": "image/png"})
         form = small.post(PREDICT, files={"file": ("noise.png", big, "image/png")})
     assert raw.status_code == form.status_code == 413
+    # it named neither the setting nor what base64 adds
+    detail = raw.json()["detail"]
+    assert "20,000 bytes, this server's serve.body_limit" in detail, detail
+    assert "not base64 in JSON, which is a third larger" in detail
 
 
 def test_multipart_needs_exactly_one_file(client: TestClient) -> None:

@@ -149,8 +149,19 @@ def test_the_page_draws_the_mask_of_an_example_and_of_a_file(
         page.set_input_files("#image", str(_tile(workspace)))  # a tile of one's own
         expect(page.locator("#for")).to_have_text(f"for your file {_tile(workspace).name}")
         expect(page.locator("#mask")).to_be_visible()
-        expect(page.locator("#result")).to_contain_text("mask of 224×224 pixels")
+        expect(page.locator("#result")).to_contain_text("mask of 224×224 pixels (width × height)")
         page.screenshot(path=ARTIFACTS / "web_page_segmentation.png", full_page=True)
+        # a wide tile: the page wrote "300×1000" for 1000 wide, 300 high (the answer's size
+        # is [height, width])
+        wide = tmp_path / "wide.png"
+        Image.open(_tile(workspace)).convert("RGB").crop((0, 0, 224, 112)).save(wide)
+        page.set_input_files("#image", str(wide))
+        expect(page.locator("#for")).to_have_text("for your file wide.png")
+        expect(page.locator("#result")).to_contain_text("mask of 224×112 pixels (width × height)")
+        assert page.evaluate("document.getElementById('mask').naturalWidth") == 224
+        # a probability that is neither 1 nor 0 never reads 100.0 % or 0.0 %
+        shown = page.evaluate("[0.9996, 0.0001, 0.5, 1].map(percent)")
+        assert shown == [">99.9%", "<0.1%", "50.0%", "100.0%"], shown
         assert not errors, f"the page raised: {errors}"
 
 

@@ -132,8 +132,12 @@ def test_web_page_predicts_and_shows_errors(
             assert "NaN" in nan, "the example holds no number to replace"
             check_error_shown(page, server, nan)
 
-            # An example picked from the list replaces the edited request and predicts again.
+            # An example picked from the list replaces the edited request and predicts again;
+            # the error shown was the edited request's, and went with it (it stayed)
+            expect(page.locator("#result")).to_have_class("error")
             page.select_option("#example", index=1)
+            expect(page.locator("#result")).not_to_have_class("error")
+            expect(page.locator("#result")).to_have_text("")
             assert json.loads(page.input_value("#request"))
             page.click("#predict")
             expect(page.locator("#prediction")).to_have_text(re.compile(r"^probability: "))

@@ -795,7 +795,12 @@ async def _payload(
     except ClientDisconnect:
         return _error(499, "The client closed the connection before its body arrived.")
     if body is None:
-        return _error(413, f"Request body is larger than {settings.body_limit} bytes.")
+        files = " (a file as raw bytes, not base64 in JSON, which is a third larger)"
+        return _error(
+            413,
+            f"Request body is larger than {settings.body_limit:,} bytes, this server's "
+            f"serve.body_limit; send a smaller body{files if adapter.byte_types else ''}.",
+        )
     is_json = content_type == "application/json"
     if not is_json:
         try:

@@ -146,12 +146,26 @@ def check_address(host: str, port: int) -> None:
             raise ConfigError(_bind_error(host, port, err)) from err
 
 
+def _free_port_near(host: str, port: int) -> int:
+    """The first port after `port` that `host` can bind now (the next one was busy too)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for candidate in [*range(port + 1, min(port + 50, 65536)), *range(8000, 8050)]:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, candidate))
+            except OSError:
+                continue
+            return candidate
+    return 8000
+
+
 def _bind_error(host: str, port: int, err: OSError) -> str:
     where = f"cannot listen on {host}:{port} ({err.strerror})"
     if err.errno == errno.EADDRINUSE:
         return (
             f"serve.port={port}: {where}. Stop what holds it, or choose another port, e.g. "
-            f"serve.port={port + 1 if port < 65535 else 8000}."
+            f"serve.port={_free_port_near(host, port)} (free now)."
         )
     if err.errno == errno.EACCES:
         return (

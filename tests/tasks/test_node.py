@@ -145,6 +145,29 @@ def test_bad_requests_say_what_is_wrong(request_body: dict[str, object], message
         adapter.decode(NodeRequest.model_validate(request_body))
 
 
+def test_features_far_beyond_the_training_articles_are_refused(graph: GraphSet) -> None:
+    # 1e6 in every feature was answered "Internet protocols" with confidence 1.0
+    node_task = task()
+    fold = node_task.final_fold(graph, 0)
+    info = node_task.servable(node_task.model(graph, fold), graph, fold).info
+    assert len(info["feature_mean"]) == len(info["feature_sd"]) == 300
+    adapter = NodeServing({**info, "dataset": "wikics"})
+    real = graph.features[:9].astype(np.float64)  # the real articles pass
+    links = [[0, k] for k in range(1, 9)]
+    assert adapter.decode(NodeRequest.model_validate({"features": real.tolist(), "links": links}))
+    scaled = real.copy()
+    scaled[3, 17] = 1e6
+    with pytest.raises(RequestError, match=r"features\[3\]\[17\]=1e\+06 lies [\d.e+]+ standard "):
+        adapter.decode(NodeRequest.model_validate({"features": scaled.tolist(), "links": links}))
+    with pytest.raises(RequestError, match=r"\(and \d+ more\); beyond 50 no article was seen"):
+        body = {"features": (real * 1000).tolist(), "links": links}
+        adapter.decode(NodeRequest.model_validate(body))
+    # a model saved without the spread checks nothing of it
+    kept = {k: v for k, v in info.items() if k not in ("feature_mean", "feature_sd")}
+    older = NodeServing(kept)
+    assert older.decode(NodeRequest.model_validate({"features": scaled.tolist(), "links": links}))
+
+
 @pytest.mark.parametrize("index", [True, "1", 1.0, 1.5])
 def test_a_link_index_that_is_not_a_whole_number_is_refused(index: object) -> None:
     body = {"features": [[0.0] * 300] * 2, "links": [[0, index]]}

@@ -35,6 +35,38 @@ class Rows(list[np.ndarray]):
         self.context = context
 
 
+#: Training standard deviations beyond which an input value is refused. Real rows reach
+#: about 10 (QTIM's measures) or 5 (Wiki-CS stand-in features); a value in other units, from
+#: another column or of another embedding lands far beyond, and got a confident answer.
+OUTLIER_SD = 50.0
+
+
+class PlausibleRange:
+    """Per column: `OUTLIER_SD` training standard deviations either side of the mean.
+
+    A column without spread in training (sd 0) is not bounded.
+    """
+
+    def __init__(self, mean: Any, sd: Any) -> None:
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.sd = np.asarray(sd, dtype=np.float64)
+        spread = np.where(self.sd > 0, OUTLIER_SD * self.sd, np.inf)
+        self.low = (self.mean - spread).astype(np.float32)
+        self.high = (self.mean + spread).astype(np.float32)
+
+    def outside(self, values: np.ndarray) -> np.ndarray:
+        """Which of `values` (columns last) lie beyond the range; NaN does not."""
+        return (values < self.low) | (values > self.high)
+
+    def far(self, column: int, value: float, whose: str) -> str:
+        """'lies N standard deviations from the training WHOSE mean (m, sd s)'."""
+        mean, sd = self.mean[column], self.sd[column]
+        return (
+            f"lies {abs(value - mean) / sd:.3g} standard deviations from the training "
+            f"{whose} mean ({mean:.4g}, sd {sd:.3g})"
+        )
+
+
 class ServingAdapter(ABC):
     """Everything task-specific a model server does with one request."""
 

@@ -214,6 +214,9 @@ class NodeTask(Task[GraphSet]):
                 "dataset": self.source.dataset,
                 "classes": data.classes,
                 "feature_dim": int(data.features.shape[1]),
+                # for the server's plausibility check: the training articles' spread
+                "feature_mean": data.features[fold.train].mean(axis=0).tolist(),
+                "feature_sd": data.features[fold.train].std(axis=0).tolist(),
                 "max_links": self.max_links,
                 "top_k": min(self.top_k, len(data.classes)),
                 "held_out_labels": [data.classes[i] for i in data.labels[rows]],

@@ -15,7 +15,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from modelcycle.data.ego_graphs import ego_arrays
-from modelcycle.serving.adapter import ClassifierAdapter, RequestError
+from modelcycle.serving.adapter import (
+    OUTLIER_SD,
+    ClassifierAdapter,
+    PlausibleRange,
+    RequestError,
+)
 
 #: Decimals the example requests keep of each feature (the JSON stays small).
 EXAMPLE_DECIMALS = 4
@@ -65,6 +70,8 @@ class NodeServing(ClassifierAdapter):
         super().__init__(info)
         self.dim = int(info["feature_dim"])
         self.max_links = int(info["max_links"])
+        spread = info.get("feature_mean"), info.get("feature_sd")  # absent from older models
+        self._plausible = None if None in spread else PlausibleRange(*spread)
 
     def request_schema(self, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
         """`NodeRequest`'s schema, at most `max_links` + 1 vectors: this model's limit."""
@@ -95,6 +102,7 @@ class NodeServing(ClassifierAdapter):
                 "numbers hold; send smaller numbers."
             )
         features = wide.astype(np.float32)
+        self._check_plausible(features)
         for pair in request.links:
             if not all(0 <= k < len(rows) for k in pair):
                 raise RequestError(
@@ -104,6 +112,27 @@ class NodeServing(ClassifierAdapter):
         _every_neighbour_linked(request.links, len(rows))
         x, adj, mask = ego_arrays(features, request.links, self.max_links)
         return [x[None], adj[None], mask[None]]
+
+    def _check_plausible(self, features: np.ndarray) -> None:
+        """Refuse a feature beyond `OUTLIER_SD` training standard deviations.
+
+        Features of 1e6 were answered with confidence 1.0: vectors of another embedding or
+        scale must not get a confident class.
+        """
+        if self._plausible is None:
+            return
+        beyond = self._plausible.outside(features)
+        if not beyond.any():
+            return
+        row, column = (int(k) for k in np.argwhere(beyond)[0])
+        value = float(features[row, column])
+        others = f" (and {int(beyond.sum()) - 1} more)" if beyond.sum() > 1 else ""
+        far = self._plausible.far(column, value, "articles'")
+        raise RequestError(
+            f"features[{row}][{column}]={value:g} {far}{others}; beyond {OUTLIER_SD:g} no "
+            f"article was seen: send the vectors the model was trained on "
+            f"({self.info.get('dataset', 'its dataset')}'s features, unscaled)."
+        )
 
     def shift(
         self, inputs: list[np.ndarray], kind: str, size: float, seed: int

@@ -10,17 +10,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelcycle.data.features import ResidualStandardizer
-from modelcycle.serving.adapter import RequestError, ServingAdapter
+from modelcycle.serving.adapter import (
+    OUTLIER_SD,
+    PlausibleRange,
+    RequestError,
+    ServingAdapter,
+)
 
 # Strict: numbers only (an int is fine; "12" or true is not), never NaN or infinity, and
 # within float32 range: the model takes float32, where a larger number becomes infinity.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 Finite = Annotated[float, Field(allow_inf_nan=False, strict=True, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 MAX_MISSING = 0.2  # the training cohort excluded subjects missing more than this share
-#: Standard deviations of the training cohort beyond which a measure is refused. Real QTIM
-#: rows reach about 10 (held-out and reference); a thickness in cm for mm, a volume for a
-#: thickness or a number from another column lands far beyond, and got a confident answer.
-OUTLIER_SD = 50.0
 
 
 class Person(BaseModel):
@@ -165,13 +166,11 @@ class TwinsServing(PairServing):
         fitted = info.get("standardizer")  # absent from models saved before drift features
         self.standardizer = None if fitted is None else ResidualStandardizer.from_dict(fitted)
         self.axes = np.asarray(info.get("principal_axes", np.zeros((0, len(self.features)))))
-        self._plausible: tuple[np.ndarray, np.ndarray] | None = None  # float32 low, high
-        if self.standardizer is not None:
-            mean, spread = self.standardizer.mean, OUTLIER_SD * self.standardizer.scale
-            self._plausible = (
-                (mean - spread).astype(np.float32),
-                (mean + spread).astype(np.float32),
-            )
+        self._plausible = (
+            None
+            if self.standardizer is None
+            else PlausibleRange(self.standardizer.mean, self.standardizer.scale)
+        )
 
     def _subject(self, subject: Subject, key: str) -> tuple[np.ndarray, np.ndarray]:
         measures = subject.measures
@@ -203,20 +202,18 @@ class TwinsServing(PairServing):
 
     def _check_plausible(self, row: np.ndarray, key: str) -> None:
         """Refuse a measure beyond `OUTLIER_SD` training standard deviations (NaN passes)."""
-        if self._plausible is None or self.standardizer is None:  # set together
+        if self._plausible is None:
             return
-        low, high = self._plausible
-        beyond = (row < low) | (row > high)
+        beyond = self._plausible.outside(row)
         if not beyond.any():
             return
         i = int(np.flatnonzero(beyond)[0])
-        mean, sd = self.standardizer.mean[i], self.standardizer.scale[i]
         others = f" (and {int(beyond.sum()) - 1} more)" if beyond.sum() > 1 else ""
+        far = self._plausible.far(i, float(row[i]), "cohort's")
         raise RequestError(
-            f"{key}.measures.{self.features[i]}={float(row[i]):g} lies "
-            f"{abs(float(row[i]) - mean) / sd:.3g} standard deviations from the training "
-            f"cohort's mean ({mean:.4g}, sd {sd:.3g}){others}; beyond {OUTLIER_SD:g} no brain "
-            "was seen: check the units and that each value is the named FreeSurfer 5.3 measure."
+            f"{key}.measures.{self.features[i]}={float(row[i]):g} {far}{others}; beyond "
+            f"{OUTLIER_SD:g} no brain was seen: check the units and that each value is the "
+            "named FreeSurfer 5.3 measure."
         )
 
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:

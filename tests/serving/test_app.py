@@ -185,7 +185,8 @@ def test_listing_health_readiness_metrics_page_and_openapi(client: TestClient) -
     metrics = client.get("/metrics").text
     assert PREDICT_SERIES + ',status="200"} 1.0' in metrics
     assert PREDICT_SERIES + ',status="422"} 1.0' in metrics
-    assert 'modelcycle_model_info{alias="champion",model="twins",version="1"} 1.0' in metrics
+    info = 'modelcycle_model_info{alias="champion",model="twins",variant="fp32",version="1"}'
+    assert info + " 1.0" in metrics
     assert "modelcycle_request_duration_seconds_bucket" in metrics
     assert 'modelcycle_batch_size_count{model="twins"} 1.0' in metrics
     assert "modelcycle_ready 1.0" in metrics
@@ -539,8 +540,8 @@ def test_hot_reload_swaps_versions_without_failing_a_request(served: ServedModel
     assert versions[0] == "1" and versions[-1] == "2"
     first_two = versions.index("2")
     assert set(versions[:first_two]) == {"1"}
-    assert 'modelcycle_model_info{alias="champion",model="twins",version="2"} 1.0' in metrics
-    assert 'modelcycle_model_info{alias="champion",model="twins",version="1"} 0.0' in metrics
+    info = 'modelcycle_model_info{alias="champion",model="twins",variant="fp32",version="%s"} %s'
+    assert info % ("2", "1.0") in metrics and info % ("1", "0.0") in metrics
     assert 'modelcycle_reloads_total{model="twins",outcome="failed"} 1.0' in metrics
     assert 'modelcycle_reloads_total{model="twins",outcome="swapped"} 1.0' in metrics
 

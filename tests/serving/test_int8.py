@@ -129,6 +129,8 @@ def test_serve_variant_int8_answers_from_the_int8_file(
         assert model["lineage"]["metric.name"] == "top-1 accuracy"
         assert "fp32.sha256" not in model["lineage"]
         response = client.post("/v1/models/image/predict", json={"image": _png(image[0])})
+        # /metrics told fp32 and int8 servers apart only by their /v1/models
+        assert 'variant="int8"' in client.get("/metrics").text
     assert response.status_code == 200, response.text
     top = {t["class"]: t["probability"] for t in response.json()["outputs"]["top_k"]}
     classes = read_manifest(files)["info"]["classes"]

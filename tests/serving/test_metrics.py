@@ -42,11 +42,11 @@ def test_workers_sum_and_a_dead_workers_live_gauges_go(
                           capture_output=True, text=True, check=True)  # fmt: skip
     old = as_worker(int(dead.stdout), monkeypatch)
     old.requests.labels("/v1/models/{name}/predict", "200", "twins").inc(3)
-    old.model_info.labels("twins", "champion", "1").set(1)
+    old.model_info.labels("twins", "champion", "1", "fp32").set(1)
     old.ready.set(0)  # it died while loading
     live = as_worker(os.getpid(), monkeypatch)
     live.requests.labels("/v1/models/{name}/predict", "200", "twins").inc(2)
-    live.model_info.labels("twins", "champion", "2").set(1)
+    live.model_info.labels("twins", "champion", "2", "fp32").set(1)
     live.ready.set(1)
 
     found = samples(live)

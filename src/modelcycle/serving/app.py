@@ -297,7 +297,7 @@ def _add_model(
     )
     batcher.on_batch = metrics.batch_observer(served.name, batcher.depth)
     batcher.start()
-    metrics.model_info.labels(served.name, served.alias, served.version).set(1)
+    metrics.model_info.labels(served.name, served.alias, served.version, served.variant).set(1)
 
 
 async def _watch(
@@ -334,8 +334,9 @@ async def _watch(
                 continue
             state.models[name] = fresh  # one assignment: the next request sees the new one
             metrics.reloads.labels(name, "swapped").inc()
-            metrics.model_info.labels(name, current.alias, current.version).set(0)
-            metrics.model_info.labels(name, fresh.alias, fresh.version).set(1)
+            info = metrics.model_info
+            info.labels(name, current.alias, current.version, current.variant).set(0)
+            info.labels(name, fresh.alias, fresh.version, fresh.variant).set(1)
             log.info("%s@%s: version %s → %s", name, fresh.alias, current.version, fresh.version)
             if drift is not None:
                 await loop.run_in_executor(executor, drift.prepare, fresh)

@@ -130,8 +130,8 @@ class ServerMetrics:
             ),
             model_info=Gauge(
                 "modelcycle_model_info",
-                "Served model version (value 1)",
-                ["model", "alias", "version"],
+                "Served model version and exported file (fp32, int8) (value 1)",
+                ["model", "alias", "version", "variant"],
                 registry=r,
                 multiprocess_mode="livemax",  # 1 while any live worker serves that version
             ),

@@ -251,3 +251,21 @@ def test_each_network_segments_and_exports_with_parity(name: str, tmp_path: Path
         network, path, [np.random.default_rng(0).random((3, 3, 32, 32), np.float32)]
     )
     assert parity.passed, parity
+
+
+def test_windows_cover_a_large_region_with_training_tiles_and_leave_a_tile_whole() -> None:
+    from modelcycle.tasks.segmentation_serving import windows
+
+    assert windows(224, 224, 224) == [(0, 0, 224, 224)]
+    assert windows(300, 330, 224) == [(0, 0, 300, 330)]  # up to 1.5 tiles: one input
+    assert windows(1000, 1000, None) == [(0, 0, 1000, 1000)]  # a model saved before windows
+    assert windows(448, 448, 224) == [(y, x, 224, 224) for y in (0, 224) for x in (0, 224)]
+    # the last window of a row or column is aligned to the edge; a short side is whole
+    assert windows(300, 500, 224) == [(y, x, 224, 224) for y in (0, 76) for x in (0, 224, 276)]
+    assert windows(100, 1000, 224) == [(0, x, 100, 224) for x in (0, 224, 448, 672, 776)]
+    for height, width in ((300, 500), (1000, 100), (2240, 2241)):
+        covered = np.zeros((height, width), dtype=bool)
+        for y, x, h, w in windows(height, width, 224):
+            assert y + h <= height and x + w <= width
+            covered[y : y + h, x : x + w] = True
+        assert covered.all(), (height, width)

@@ -205,6 +205,8 @@ class SegmentationTask(Task[ImageSet]):
                 "dataset": self.source.dataset,
                 "classes": data.classes,
                 "image_size": int(data.images.shape[1]),
+                # the training tiles' side in pixels: larger uploads are cut into such windows
+                "tile": getattr(self.source, "tile", None),
             },
         )
 

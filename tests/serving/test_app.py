@@ -212,6 +212,18 @@ def test_the_openapi_document_gives_a_working_example_and_the_refusals(
     assert list(operation["requestBody"]["content"]) == ["application/json"]  # no file types
 
 
+def test_a_number_of_thousands_of_digits_is_named_without_python_s_advice(
+    client: TestClient,
+) -> None:
+    # 422 "Exceeds the limit (4300 digits) ...; use sys.set_int_max_str_digits() to increase
+    # the limit": advice for the server's code, not for the client
+    text = json.dumps(_example(client)).replace('"age": ', '"age": ' + "9" * 5000 + ', "x": ', 1)
+    refused = client.post(PREDICT, content=text, headers=JSON_TYPE)
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert "has 5,000 digits" in detail and "sys.set_int_max_str_digits" not in detail
+
+
 def test_the_openapi_document_gives_both_shapes_of_422(client: TestClient) -> None:
     # It documented only pydantic's list of errors; the model's own checks answer a sentence.
     document = client.get("/openapi.json").json()

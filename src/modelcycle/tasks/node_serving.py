@@ -86,7 +86,9 @@ class NodeServing(ClassifierAdapter):
         if len(rows) > self.max_links + 1:
             raise RequestError(
                 f"features: {len(rows)} vectors, but this model takes the node and at most "
-                f"{self.max_links} linked nodes ({self.max_links + 1}); send fewer neighbours."
+                f"{self.max_links} linked nodes ({self.max_links + 1}); send fewer neighbours "
+                f"(training kept a random {self.max_links} of an article's links when it had "
+                "more: send such a draw)."
             )
         wrong = [i for i, row in enumerate(rows) if len(row) != self.dim]
         if wrong:

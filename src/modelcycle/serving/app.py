@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
@@ -55,6 +55,7 @@ from modelcycle.serving.metrics import ServerMetrics, refusals_counted
 from modelcycle.serving.uploads import MULTIPART, accepted_types, file_bytes, takes_bytes
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 
@@ -682,26 +683,21 @@ def _add_routes(
     ) -> JSONResponse:
         """Read, decode, compute and encode one prediction within its deadline (504 after)."""
         name, seen = served.name, time.perf_counter()
+        deadline = arrived + deadline_ms / 1000  # on the time.perf_counter() clock
 
         def late() -> JSONResponse:
             return _error(504, f"{name} did not answer within {_ms(deadline_ms)} ms.")
 
-        # the body may take what is left of the deadline, and a second at least: a request
-        # whose deadline is already spent is still read, and told what was wrong with it
-        reading = max(deadline_ms / 1000 - (seen - arrived), READ_FLOOR)
         try:  # decoding a large image in the decode thread counts too
-            payload = await _payload(
-                request, served, settings, state.decoder, reading, arrived + deadline_ms / 1000
-            )
+            payload = await _payload(request, served, settings, state.decoder, deadline)
         except TimeoutError:
             return late()
         if isinstance(payload, JSONResponse):
             return payload
         payload.source = source or LIVE
         try:  # the deadline counts from arrival: waiting, reading and decoding spent some of it
-            left = deadline_ms / 1000 - (time.perf_counter() - arrived)
             put = batcher.put(payload, _wait_budget(deadline_ms))
-            result = await asyncio.wait_for(put, max(left, 0.0))
+            result = await asyncio.wait_for(put, max(deadline - time.perf_counter(), 0.0))
         except OverloadedError as err:
             return _overloaded(name, str(err))
         except TimeoutError:
@@ -719,12 +715,10 @@ def _add_routes(
         # existed may take the outputs alone
         context = (payload.rows.context,) if isinstance(payload.rows, Rows) else ()
         if answered.adapter.encode_in_thread:  # a large mask's PNG: within the deadline too
-            left = deadline_ms / 1000 - (time.perf_counter() - arrived)
             try:
-                async with asyncio.timeout(max(left, 0.0)):
-                    encoded = await asyncio.get_running_loop().run_in_executor(
-                        state.decoder, answered.adapter.encode, outputs, *context
-                    )
+                encoded = await _in_thread(
+                    state.decoder, deadline, answered.adapter.encode, outputs, *context
+                )
             except TimeoutError:
                 return late()
         else:
@@ -757,21 +751,21 @@ async def _payload(
     served: ServedModel,
     settings: ServeSettings,
     decoder: ThreadPoolExecutor,
-    reading: float,
     deadline: float,
 ) -> _Payload | JSONResponse:
     """Read, parse and validate one request body into model rows, or an error response.
 
-    The body must arrive within `reading` seconds (what is left of the request's deadline):
-    a client that sends it slowly, or never, holds a connection only that long (408). A
+    The body must arrive by `deadline` (`time.perf_counter()`), and has a second at least: a
+    client that sends it slowly, or never, holds a connection only that long (408), and a
+    request whose deadline is already spent is still read and told what was wrong with it. A
     client gone before its body arrived is answered 499 (nginx's "client closed request"),
     not counted as a server error.
 
     Adapters whose decoding is heavy (`ServingAdapter.decode_in_thread`: image decoding takes
     milliseconds) decode in the `decoder` thread, so the event loop keeps answering meanwhile;
-    TimeoutError when that is not done by `deadline` (`time.perf_counter()`; the thread
-    finishes the image, and nobody waits for it).
+    TimeoutError when that is not done by `deadline` (`_in_thread`).
     """
+    reading = max(deadline - time.perf_counter(), READ_FLOOR)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     adapter = served.adapter
     if content_type != "application/json" and not takes_bytes(adapter, content_type):
@@ -811,16 +805,25 @@ async def _payload(
         except (RequestError, ValueError) as err:
             return _error(422, str(err))
     if adapter.decode_in_thread:
-        async with asyncio.timeout(max(deadline - time.perf_counter(), 0.0)):
-            decoded = await asyncio.get_running_loop().run_in_executor(
-                decoder, _decode, adapter, is_json, body
-            )
+        decoded = await _in_thread(decoder, deadline, _decode, adapter, is_json, body)
     else:
         decoded = _decode(adapter, is_json, body)
     if isinstance(decoded, JSONResponse):
         return decoded
     rows, features = decoded
     return _Payload(served, rows, features)
+
+
+async def _in_thread(
+    executor: ThreadPoolExecutor, deadline: float, function: Callable[..., T], *args: Any
+) -> T:
+    """`function(*args)` in `executor`, waited for until `deadline` (`time.perf_counter()`).
+
+    Raises:
+        TimeoutError: At the deadline; the thread still finishes the call, unwaited.
+    """
+    async with asyncio.timeout(max(deadline - time.perf_counter(), 0.0)):
+        return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
 
 def _decode(

@@ -57,17 +57,22 @@ def served_reference(served: ServedModel, run: Runner | None = None) -> pd.DataF
     The sample is `reference.npz` of the saved model (hash-checked); a model saved without one
     falls back to its held-out rows. `run`: how to call the model (see `run_batched`).
     """
-    inputs = served_reference_inputs(served)
+    inputs, unseen = _reference_sample(served)
     outputs = run_batched(served, inputs, run)
-    assert served.directory is not None  # read above
-    manifest = read_manifest(served.directory)
-    # of reference.npz's rows; a model saved without one falls back to held-out rows, unseen
-    unseen = manifest.get("reference_unseen") if REFERENCE in manifest["files"] else None
     return reference_frame(served.adapter, inputs, outputs, served.monitor_outputs, unseen)
 
 
 def served_reference_inputs(served: ServedModel) -> list[np.ndarray]:
     """The version's reference inputs (hash-checked), or its held-out rows without one."""
+    return _reference_sample(served)[0]
+
+
+def _reference_sample(served: ServedModel) -> tuple[list[np.ndarray], int | None]:
+    """The reference inputs and how many of their first rows never trained the model.
+
+    None for the count when unknown (a model saved before it was recorded, or one without a
+    reference, whose held-out rows stand in).
+    """
     if served.directory is None:
         raise ServableError(f"{served.name} v{served.version}: no model directory to read.")
     directory = served.directory
@@ -78,8 +83,8 @@ def served_reference_inputs(served: ServedModel) -> list[np.ndarray]:
     inputs = read_reference(directory, manifest)
     if inputs is None:
         with np.load(directory / name) as arrays:
-            inputs = [arrays[n] for n in manifest["inputs"]]
-    return inputs
+            return [arrays[n] for n in manifest["inputs"]], None
+    return inputs, manifest.get("reference_unseen")
 
 
 def held_out_rows(served: ServedModel) -> tuple[list[np.ndarray], np.ndarray | None]:

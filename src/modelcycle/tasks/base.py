@@ -135,21 +135,21 @@ def seeded_draw(rows: np.ndarray, n: int) -> np.ndarray:
 
 
 def unseen_first(
-    unseen: np.ndarray,
-    seen: np.ndarray,
+    fold: Fold,
+    held_out: np.ndarray,
     n: int,
     draw: Callable[[np.ndarray, int], np.ndarray] = seeded_draw,
 ) -> tuple[np.ndarray, int]:
-    """A drift reference of up to `n` rows: drawn from `unseen` first, topped up from `seen`.
+    """A drift reference of up to `n` rows: unseen rows first, topped up with training rows.
 
-    `unseen` are rows the deployed model never trained on (its validation rows but the
-    held-out ones, which score the int8 variant that the reference calibrates), whose
-    outputs are what new requests' look like; `seen` rows, which trained it, only add input
+    Unseen rows are `fold.val` but the `held_out` ones (which score the int8 variant the
+    reference calibrates): the deployed model never trained on them, so their outputs are
+    what new requests' look like; `fold.train` rows, which trained it, only add input
     features (see `ServableModel.reference_unseen`). `draw(rows, k)` picks up to k of
     `rows`. Returns the rows, unseen ones first, and how many are unseen.
     """
-    first = draw(unseen, n)
-    rest = draw(seen, n - len(first)) if len(first) < n else first[:0]
+    first = draw(np.setdiff1d(fold.val, held_out), n)
+    rest = draw(fold.train, n - len(first)) if len(first) < n else first[:0]
     return np.concatenate([first, rest]).astype(int), len(first)
 
 

@@ -230,9 +230,7 @@ class ImageTask(Task[ImageSet]):
             drawn = np.random.default_rng(0).permutation(pool)
             return np.sort(_spread(data.labels, drawn, n))
 
-        reference, unseen = unseen_first(
-            np.setdiff1d(fold.val, rows), fold.train, self.reference_rows, spread
-        )
+        reference, unseen = unseen_first(fold, rows, self.reference_rows, spread)
         size = int(data.images.shape[1])
         return ServableModel(
             task=self.name,

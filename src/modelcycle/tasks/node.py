@@ -200,8 +200,7 @@ class NodeTask(Task[GraphSet]):
         """Ego-graph arrays in; confidence, probabilities and embedding out."""
         assert isinstance(module, NodeClassifier)
         rows = np.sort(np.random.default_rng(0).permutation(fold.val)[: self.held_out_rows])
-        unseen_rows = np.setdiff1d(fold.val, rows)  # not the held-out ones, which score int8
-        reference, unseen = unseen_first(unseen_rows, fold.train, self.reference_rows)
+        reference, unseen = unseen_first(fold, rows, self.reference_rows)
         return ServableModel(
             task=self.name,
             module=EgoClassifier(module),

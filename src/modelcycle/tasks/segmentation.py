@@ -190,8 +190,7 @@ class SegmentationTask(Task[ImageSet]):
         """
         assert isinstance(module, Segmenter) and data.masks is not None
         rows = fold.val[: self.held_out_rows]
-        unseen_rows = np.setdiff1d(fold.val, rows)  # not the held-out ones, which score int8
-        reference, unseen = unseen_first(unseen_rows, fold.train, self.reference_rows)
+        reference, unseen = unseen_first(fold, rows, self.reference_rows)
         return ServableModel(
             task=self.name,
             module=PixelSegmenter(module),

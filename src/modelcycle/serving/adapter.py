@@ -7,7 +7,7 @@ supplies an adapter (`Task.serving`) built from the manifest's `info`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -58,12 +58,24 @@ class PlausibleRange:
         """Which of `values` (columns last) lie beyond the range; NaN does not."""
         return (values < self.low) | (values > self.high)
 
-    def far(self, column: int, value: float, whose: str) -> str:
-        """'lies N standard deviations from the training WHOSE mean (m, sd s)'."""
-        mean, sd = self.mean[column], self.sd[column]
-        return (
-            f"lies {abs(value - mean) / sd:.3g} standard deviations from the training "
-            f"{whose} mean ({mean:.4g}, sd {sd:.3g})"
+    def refuse_outside(
+        self, values: np.ndarray, where: Callable[[tuple[int, ...]], str], whose: str, why: str
+    ) -> None:
+        """Raise `RequestError` naming the first of `values` beyond the range, if any.
+
+        The message: `where(index)`=value, how many standard deviations from the training
+        `whose` mean it lies, how many more do, and `why` ("no brain was seen: ...").
+        """
+        beyond = self.outside(values)
+        if not beyond.any():
+            return
+        index = tuple(int(k) for k in np.argwhere(beyond)[0])
+        value, mean, sd = float(values[index]), self.mean[index[-1]], self.sd[index[-1]]
+        others = f" (and {int(beyond.sum()) - 1} more)" if beyond.sum() > 1 else ""
+        raise RequestError(
+            f"{where(index)}={value:g} lies {abs(value - mean) / sd:.3g} standard deviations "
+            f"from the training {whose} mean ({mean:.4g}, sd {sd:.3g}){others}; beyond "
+            f"{OUTLIER_SD:g} {why}"
         )
 
 

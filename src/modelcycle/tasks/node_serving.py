@@ -15,12 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from modelcycle.data.ego_graphs import ego_arrays
-from modelcycle.serving.adapter import (
-    OUTLIER_SD,
-    ClassifierAdapter,
-    PlausibleRange,
-    RequestError,
-)
+from modelcycle.serving.adapter import ClassifierAdapter, PlausibleRange, RequestError
 
 #: Decimals the example requests keep of each feature (the JSON stays small).
 EXAMPLE_DECIMALS = 4
@@ -121,20 +116,15 @@ class NodeServing(ClassifierAdapter):
         Features of 1e6 were answered with confidence 1.0: vectors of another embedding or
         scale must not get a confident class.
         """
-        if self._plausible is None:
-            return
-        beyond = self._plausible.outside(features)
-        if not beyond.any():
-            return
-        row, column = (int(k) for k in np.argwhere(beyond)[0])
-        value = float(features[row, column])
-        others = f" (and {int(beyond.sum()) - 1} more)" if beyond.sum() > 1 else ""
-        far = self._plausible.far(column, value, "articles'")
-        raise RequestError(
-            f"features[{row}][{column}]={value:g} {far}{others}; beyond {OUTLIER_SD:g} no "
-            f"article was seen: send the vectors the model was trained on "
-            f"({self.info.get('dataset', 'its dataset')}'s features, unscaled)."
-        )
+        if self._plausible is not None:
+            dataset = self.info.get("dataset", "its dataset")
+            self._plausible.refuse_outside(
+                features,
+                lambda at: f"features[{at[0]}][{at[1]}]",
+                "articles'",
+                f"no article was seen: send the vectors the model was trained on ({dataset}'s "
+                "features, unscaled).",
+            )
 
     def shift(
         self, inputs: list[np.ndarray], kind: str, size: float, seed: int

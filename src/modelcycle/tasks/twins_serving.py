@@ -10,12 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelcycle.data.features import ResidualStandardizer
-from modelcycle.serving.adapter import (
-    OUTLIER_SD,
-    PlausibleRange,
-    RequestError,
-    ServingAdapter,
-)
+from modelcycle.serving.adapter import PlausibleRange, RequestError, ServingAdapter
 
 # Strict: numbers only (an int is fine; "12" or true is not), never NaN or infinity, and
 # within float32 range: the model takes float32, where a larger number becomes infinity.
@@ -202,19 +197,14 @@ class TwinsServing(PairServing):
 
     def _check_plausible(self, row: np.ndarray, key: str) -> None:
         """Refuse a measure beyond `OUTLIER_SD` training standard deviations (NaN passes)."""
-        if self._plausible is None:
-            return
-        beyond = self._plausible.outside(row)
-        if not beyond.any():
-            return
-        i = int(np.flatnonzero(beyond)[0])
-        others = f" (and {int(beyond.sum()) - 1} more)" if beyond.sum() > 1 else ""
-        far = self._plausible.far(i, float(row[i]), "cohort's")
-        raise RequestError(
-            f"{key}.measures.{self.features[i]}={float(row[i]):g} {far}{others}; beyond "
-            f"{OUTLIER_SD:g} no brain was seen: check the units and that each value is the "
-            "named FreeSurfer 5.3 measure."
-        )
+        if self._plausible is not None:
+            self._plausible.refuse_outside(
+                row,
+                lambda at: f"{key}.measures.{self.features[at[-1]]}",
+                "cohort's",
+                "no brain was seen: check the units and that each value is the named "
+                "FreeSurfer 5.3 measure.",
+            )
 
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
         """Per pair: age, male and missing shares, level, spread and principal components.

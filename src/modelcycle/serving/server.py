@@ -137,27 +137,27 @@ def check_address(host: str, port: int) -> None:
     Raises:
         ConfigError: Naming serve.host or serve.port and what to give instead.
     """
+    refused = _bind_refused(host, port)
+    if refused is not None:
+        raise ConfigError(_bind_error(host, port, refused)) from refused
+
+
+def _bind_refused(host: str, port: int) -> OSError | None:
+    """Why `host:port` cannot be bound as uvicorn binds it now, or None when it can."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             sock.bind((host, port))
         except OSError as err:
-            raise ConfigError(_bind_error(host, port, err)) from err
+            return err
+    return None
 
 
 def _free_port_near(host: str, port: int) -> int:
     """The first port after `port` that `host` can bind now (the next one was busy too)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for candidate in [*range(port + 1, min(port + 50, 65536)), *range(8000, 8050)]:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, candidate))
-            except OSError:
-                continue
-            return candidate
-    return 8000
+    candidates = [*range(port + 1, min(port + 50, 65536)), *range(8000, 8050)]
+    return next((c for c in candidates if _bind_refused(host, c) is None), 8000)
 
 
 def _bind_error(host: str, port: int, err: OSError) -> str:

@@ -123,7 +123,7 @@ def _plain_base64(text: str) -> str:
         text = "".join(text.split())
     if "-" in text or "_" in text:
         text = text.translate(_URL_SAFE)
-    return text + "=" * (-len(text) % 4) if len(text) % 4 != 1 else text
+    return text + "=" * (-len(text) % 4)
 
 
 _URL_SAFE = str.maketrans("-_", "+/")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from modelcycle.serving.adapter import Rows
-from modelcycle.tasks.image_serving import ImageServing, open_image, png_bytes
+from modelcycle.tasks.image_serving import ImageServing, image_features, open_image, png_bytes
 
 #: Colours of the classes in masks drawn for people (the served mask, plots), in class order.
 PALETTE = (
@@ -81,13 +81,7 @@ class SegmentationServing(ImageServing):
 
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
         """The image task's features, averaged over the windows of a large region."""
-        pixels = inputs[0]
-        if len(pixels) == 1:
-            return super().drift_features(inputs)
-        each = [
-            super(SegmentationServing, self).drift_features([pixels[i : i + 1]])
-            for i in range(len(pixels))
-        ]
+        each = [image_features(window[None]) for window in inputs[0]]
         return {k: float(np.mean([f[k] for f in each])) for k in each[0]}
 
     def encode(

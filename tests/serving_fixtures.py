@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
+import jsonschema
 import pytest
 
 from modelcycle.data.qtim import QTIMSource
@@ -16,6 +18,21 @@ from modelcycle.serving.loading import ServedModel, load_served
 from modelcycle.tasks.twins import TwinsTask
 from modelcycle.tracking import Tracker, TrackingSettings
 from qtim_fixtures import write_tiny_qtim
+
+
+class Getter(Protocol):
+    """An HTTP client of a server: httpx's, or a TestClient."""
+
+    def get(self, url: str) -> Any: ...
+
+
+def documented_answer(client: Getter) -> jsonschema.Draft202012Validator:
+    """A validator of predict's 200 answer, as the server's OpenAPI document gives it."""
+    document = client.get("/openapi.json").json()
+    operation = document["paths"]["/v1/models/{name}/predict"]["post"]
+    schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
 
 
 @dataclass(frozen=True)

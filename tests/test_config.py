@@ -92,6 +92,7 @@ def test_serve_variant_is_fp32_or_int8_with_a_numeric_drop_limit() -> None:
         ("serve.deadline_ms=0", r"deadline_ms=0: give the milliseconds a request may take"),
         ("serve.deadline_ms=inf", r"deadline_ms=inf: give the milliseconds"),
         ("serve.api_key=''", r"api_key is empty \(MODELCYCLE_API_KEY set to nothing\?\)"),
+        ("serve.api_key=hunter2", r"api_key has 7 characters; give one of at least 16"),
         ("serve.port=99999", r"serve.port=99999: give a TCP port number from 1 to 65535"),
         ("serve.port=0", r"serve.port=0: give a TCP port number"),
         ("serve.port=http", r"serve.port='http': give a TCP port number"),
@@ -101,7 +102,8 @@ def test_a_serve_setting_no_server_could_run_with_names_the_key(
     override: str, message: str
 ) -> None:
     # Each of these used to start a server that never answered (max_batch=0), refused every
-    # request (queue_limit=0, deadline_ms=0, body_limit=-5), took any key as the empty one,
+    # request (queue_limit=0, deadline_ms=0, body_limit=-5), took any key as the empty one
+    # or a word guessed in a few thousand requests,
     # or listened on another port than it said (99999 is 34463 modulo 65536).
     with pytest.raises(ConfigError, match=message):
         serve_config(compose_config([override]))
@@ -110,7 +112,7 @@ def test_a_serve_setting_no_server_could_run_with_names_the_key(
 def test_the_smallest_valid_serve_settings_pass() -> None:
     overrides = ["serve.max_batch=1", "serve.queue_limit=1", "serve.body_limit=1"]
     overrides += ["serve.max_wait_ms=0", "serve.reload_seconds=0", "serve.deadline_ms=0.5"]
-    overrides += ["serve.port=1", "serve.threads=1", "serve.api_key=k"]
+    overrides += ["serve.port=1", "serve.threads=1", "serve.api_key=0123456789abcdef"]
     config = serve_config(compose_config(overrides))
     assert (config.port, config.settings.max_batch, config.settings.deadline_ms) == (1, 1, 0.5)
 

@@ -127,10 +127,11 @@ def test_the_drift_route_needs_the_api_key_when_one_is_set(
 ) -> None:
     store = CaptureStore(tmp_path / "capture.db")
     service = DriftService(store, DriftSettings(), interval_seconds=0, window=30)
-    app = create_app(lambda: [served], ServeSettings(api_key="k"), store, drift=service)
+    key = "drift-route-key-0123"
+    app = create_app(lambda: [served], ServeSettings(api_key=key), store, drift=service)
     with TestClient(app) as client:
         assert client.get(DRIFT).status_code == 401
-        assert client.get(DRIFT, headers={"Authorization": "Bearer k"}).status_code == 200
+        assert client.get(DRIFT, headers={"Authorization": f"Bearer {key}"}).status_code == 200
 
 
 def _count_references(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[str]:

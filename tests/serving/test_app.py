@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -33,8 +34,10 @@ from server_process import free_port
 from serving_fixtures import ServedWorkspace
 
 PREDICT = "/v1/models/twins/predict"
+OPERATION = "/v1/models/{name}/predict"
 PREDICT_SERIES = 'modelcycle_requests_total{model="twins",route="/v1/models/{name}/predict"'
 JSON_TYPE = {"content-type": "application/json"}
+KEY = "s3cret-serving-key"  # MIN_KEY_LENGTH characters at least
 
 
 def _client(
@@ -222,6 +225,27 @@ def test_a_number_of_thousands_of_digits_is_named_without_python_s_advice(
     assert refused.status_code == 422, refused.text
     detail = refused.json()["detail"]
     assert "has 5,000 digits" in detail and "sys.set_int_max_str_digits" not in detail
+
+
+def test_the_answer_has_the_shape_the_document_and_the_listing_give(client: TestClient) -> None:
+    # The 200 of predict was documented as {}: a client could not learn the answer's keys.
+    operation = client.get("/openapi.json").json()["paths"]["/v1/models/{name}/predict"]["post"]
+    schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    listed = client.get("/v1/models").json()["models"][0]
+    assert schema["properties"]["outputs"] == listed["answer_schema"]
+    assert listed["answer_schema"]["required"] == ["probability", "similarity"]
+    assert schema["properties"]["version"]["examples"] == ["1"]
+    answer = _post(client, _example(client)).json()
+    jsonschema.Draft202012Validator(schema).validate(answer)
+    outputs = answer["outputs"]
+    for wrong in (
+        {**answer, "model": "other"},
+        {**answer, "outputs": {**outputs, "probability": [outputs["probability"]]}},
+        {**answer, "outputs": {"probability": outputs["probability"]}},
+        {**answer, "extra": 1},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.Draft202012Validator(schema).validate(wrong)
 
 
 def test_the_openapi_document_gives_both_shapes_of_422(client: TestClient) -> None:
@@ -437,23 +461,27 @@ def test_a_client_deadline_shorter_than_the_servers_ends_the_request_at_it(
 
 
 def test_api_key_is_required_when_set(served: ServedModel) -> None:
-    with _client(served, ServeSettings(api_key="s3cret")) as c:
+    with _client(served, ServeSettings(api_key=KEY)) as c:
         assert c.get("/v1/models").status_code == 401
         assert c.get("/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
-        assert c.get("/v1/models", headers={"authorization": "Bearer s3cret"}).status_code == 200
-        assert c.get("/v1/models", headers={"x-api-key": "s3cret"}).status_code == 200
+        assert c.get("/v1/models", headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+        assert c.get("/v1/models", headers={"x-api-key": KEY}).status_code == 200
         # probes, scrapes, the page and the API's description stay open (README says so)
         for open_route in ("/healthz", "/readyz", "/metrics", "/", "/docs", "/openapi.json"):
             assert c.get(open_route).status_code == 200, open_route
         assert c.get("/v1/models/twins/examples").status_code == 401  # every /v1 route
         # the scheme's name in any case, and a 401 that says which scheme it wants
         for scheme in ("bearer", "BEARER"):
-            ok = c.get("/v1/models", headers={"authorization": f"{scheme} s3cret"})
+            ok = c.get("/v1/models", headers={"authorization": f"{scheme} {KEY}"})
             assert ok.status_code == 200, scheme
         assert c.get("/v1/models").headers["www-authenticate"] == "Bearer"
+    # a short word is guessed in a few thousand requests; the refusal does not repeat it
+    with pytest.raises(ValueError, match="api_key has 6 characters") as refused:
+        ServeSettings(api_key="s3cret")
+    assert "s3cret" not in str(refused.value)
     # a key read from a file (a Kubernetes secret) ends in a newline no client sends
-    with _client(served, ServeSettings(api_key="s3cret\n")) as c:
-        assert c.get("/v1/models", headers={"authorization": "Bearer s3cret"}).status_code == 200
+    with _client(served, ServeSettings(api_key=KEY + "\n")) as c:
+        assert c.get("/v1/models", headers={"authorization": f"Bearer {KEY}"}).status_code == 200
 
 
 def test_cors_is_closed_by_default_and_opens_per_origin(served: ServedModel) -> None:
@@ -542,12 +570,19 @@ def test_hot_reload_swaps_versions_without_failing_a_request(served: ServedModel
                 else:
                     versions.append(response.json()["version"])
 
+        def documented_version() -> list[str]:
+            operation = c.get("/openapi.json").json()["paths"][OPERATION]["post"]
+            answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
+            return answer["properties"]["version"]["examples"]
+
+        assert documented_version() == ["1"]
         workers = [threading.Thread(target=load) for _ in range(4)]
         for w in workers:
             w.start()
         for w in workers:
             w.join(10)
         metrics = c.get("/metrics").text
+        assert documented_version() == ["2"]  # the document follows the swap
     assert failures == []
     assert versions[0] == "1" and versions[-1] == "2"
     first_two = versions.index("2")
@@ -636,13 +671,13 @@ def test_shedding_before_routing_still_checks_the_key_the_deadline_and_the_name(
     """Refusals are answered before FastAPI routes the request; whatever the path and headers
     alone do not settle is still answered by the routes, as without an overload."""
     origin = "https://example.org"
-    settings = ServeSettings(api_key="s3cret", cors_origins=(origin,))
-    key = {"x-api-key": "s3cret"}
+    settings = ServeSettings(api_key=KEY, cors_origins=(origin,))
+    key = {"x-api-key": KEY}
     with _full_queue(served, settings, key) as (c, request):
         shed = _post(c, request, {**key, "origin": origin})
-        bearer = _post(c, request, {"authorization": "Bearer s3cret"})
+        bearer = _post(c, request, {"authorization": f"Bearer {KEY}"})
         no_key = _post(c, request)
-        wrong_key = _post(c, request, {"x-api-key": "s3cret!"})
+        wrong_key = _post(c, request, {"x-api-key": KEY + "!"})
         bad_deadlines = [
             _post(c, request, {**key, "x-deadline-ms": v}) for v in ("soon", "-5", "0", "inf")
         ]

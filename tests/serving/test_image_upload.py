@@ -24,6 +24,7 @@ from modelcycle.serving.app import ServeSettings, create_app
 from modelcycle.serving.loading import ServedModel, load_served
 from modelcycle.tasks.image_serving import ImageServing
 from modelcycle.tracking import Tracker, TrackingSettings
+from serving_fixtures import documented_answer
 
 PREDICT = "/v1/models/image/predict"
 IMAGE_PNG = {"content-type": "image/png"}
@@ -389,9 +390,13 @@ def test_one_process_serves_twins_and_images_side_by_side(
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda i: (twins if i % 2 else image)(), range(24)))
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        documented = documented_answer(c)  # one of two shapes, told apart by "model"
         for answer in answers:  # the same answer, up to the float noise of batch sizes
             body = answer.json()
             assert close(body, alone[body["model"]]), (body, alone[body["model"]])
+            documented.validate(body)
+        swapped = {**alone["image"], "model": "twins"}  # an image's outputs under twins
+        assert not documented.is_valid(swapped)
         assert {m["name"] for m in c.get("/v1/models").json()["models"]} == {"twins", "image"}
         batchers = {t.name for t in threading.enumerate() if t.name.startswith("batch-")}
         assert batchers == {"batch-twins", "batch-image"}

@@ -18,6 +18,7 @@ from test_serve_without_torch import drift_without_torch
 from test_web_page import ARTIFACTS, chromium_page
 
 from server_process import running_server
+from serving_fixtures import documented_answer
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +69,10 @@ def test_the_served_model_classifies_an_ego_graph_and_names_bad_requests(
         assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"]
         alone = client.post(route, json={"features": request["features"][:1]})  # no links
         assert alone.status_code == 200, alone.text
+        documented = documented_answer(client)
+        for body in (answer.json(), alone.json()):
+            documented.validate(body)
+            assert body["outputs"]["class"] == body["outputs"]["top_k"][0]["class"]
         # neighbours sent without their links were ignored: the lone article's answer
         forgot = client.post(route, json={"features": request["features"]})
         assert forgot.status_code == 422 and "add [0, 1] to links" in forgot.json()["detail"]

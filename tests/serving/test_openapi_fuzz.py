@@ -2,7 +2,7 @@
 
 The app runs in-process behind a TestClient, whose lifespan loads the real ONNX model before
 GET /openapi.json, so the predict body schema is the served model's own. No request, valid
-or invalid, may get a 5xx, and a predict that succeeds has the documented shape.
+or invalid, may get a 5xx, and every answer has the shape the document gives its status.
 
 Each operation gets `MAX_EXAMPLES` schema-generated cases (positive and negative), seeded by
 `derandomize`, so a run is repeatable. Cases generated from the schema alone never reach the
@@ -30,7 +30,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift import DriftSettings
@@ -96,7 +96,8 @@ def _send(client: TestClient, case: schemathesis.Case) -> httpx2.Response:
 
 
 def _check(client: TestClient, case: schemathesis.Case) -> httpx2.Response:
-    """Never a 5xx; a successful predict names model and version and has both outputs.
+    """Never a 5xx; every answer has its documented schema; a successful predict names
+    model and version and has both outputs.
 
     The one 5xx a client may ask for is predict's documented 504 to its own `X-Deadline-Ms`
     when shorter than an answer takes (schemathesis sends 5e-324 ms).
@@ -106,7 +107,7 @@ def _check(client: TestClient, case: schemathesis.Case) -> httpx2.Response:
     if response.status_code == 504 and "x-deadline-ms" in sent:
         assert "within" in response.json()["detail"], response.text
         return response
-    case.validate_response(response, checks=[not_a_server_error])
+    case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
     if case.operation.path == PREDICT and response.status_code == 200:
         body = response.json()
         assert set(body) == {"model", "version", "outputs"}, body

@@ -21,6 +21,7 @@ from playwright.sync_api import expect
 from test_web_page import ARTIFACTS, chromium_page
 
 from server_process import running_server
+from serving_fixtures import documented_answer
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +113,9 @@ def test_the_served_model_answers_a_tile_in_every_form_with_the_same_mask(
         for other in (as_json, upload):
             assert other.status_code == 200, other.text
             assert (_mask(other.json()) == mask).all()
+        documented = documented_answer(client)
+        for body in (answer, as_json.json(), upload.json()):
+            documented.validate(body)
 
         text = client.post(route, content=b"hello", headers={"Content-Type": "image/png"})
         assert text.status_code == 415 and "PNG" in text.json()["detail"]

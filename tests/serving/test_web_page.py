@@ -160,7 +160,7 @@ def test_web_page_predicts_and_shows_errors(
 def test_web_page_with_an_api_key_asks_for_it_then_predicts(
     served_workspace: ServedWorkspace, tmp_path: Path
 ) -> None:
-    extra = ("serve.api_key=s3cret",)
+    extra = ("serve.api_key=s3cret-serving-key",)
     with (
         running_server(served_workspace.root, tmp_path / "server.log", extra=extra) as server,
         chromium_page() as (page, script_errors),
@@ -171,7 +171,7 @@ def test_web_page_with_an_api_key_asks_for_it_then_predicts(
         expect(page.locator("#result")).to_contain_text("Missing or wrong API key")
         expect(page.locator("#result")).to_contain_text("enter it below")
         expect(page.locator("#model option")).to_have_count(0)
-        page.fill("#key", "s3cret")
+        page.fill("#key", "s3cret-serving-key")
         # Press Predict and hold it a while, as a slow hand (or a busy machine) does: the
         # click once got lost when leaving the key field listed the models at the press,
         # and the example parts appearing above moved the button before the release.
@@ -194,7 +194,7 @@ def test_web_page_with_an_api_key_asks_for_it_then_predicts(
         for leave in ("Tab", "Enter"):
             page.reload()
             expect(page.locator("#result")).to_contain_text("Missing or wrong API key")
-            page.fill("#key", "s3cret")
+            page.fill("#key", "s3cret-serving-key")
             page.press("#key", leave)
             expect(page.locator("#model option")).to_have_count(1)
             expect(page.locator("#result")).to_have_text("")

@@ -142,6 +142,15 @@ class ServingAdapter(ABC):
             for name, value in outputs.items()
         }
 
+    def answer_schema(self, shapes: dict[str, list[Any]]) -> dict[str, Any]:
+        """The JSON schema of an answer's `outputs`, for model outputs of these shapes.
+
+        `shapes` holds the answered outputs' ONNX shapes, batch axis first (a name where a
+        size varies). `encode` as here answers an output of one value per request as a
+        number, any other as a flat list of numbers.
+        """
+        return object_schema({name: _numbers(shape[1:]) for name, shape in shapes.items()})
+
     @abstractmethod
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
         """A few named numbers that describe one request's input, for drift monitoring."""
@@ -200,6 +209,29 @@ class ClassifierAdapter(ServingAdapter):
         top = [{"class": self.classes[i], "probability": float(probabilities[i])} for i in order]
         return {"class": top[0]["class"], "confidence": top[0]["probability"], "top_k": top}
 
+    def answer_schema(self, shapes: dict[str, list[Any]]) -> dict[str, Any]:
+        """The top class, its probability, and the top-k classes with theirs (`encode`)."""
+        k = min(self.top_k, len(self.classes))
+        ranked = object_schema({"class": self.class_schema(), "probability": SHARE})
+        return object_schema(
+            {
+                "class": self.class_schema("The most probable class"),
+                "confidence": SHARE | {"description": "Its probability"},
+                "top_k": {
+                    "type": "array",
+                    "items": ranked,
+                    "minItems": k,
+                    "maxItems": k,
+                    "description": f"The {k} most probable classes, most probable first",
+                },
+            }
+        )
+
+    def class_schema(self, description: str | None = None) -> dict[str, Any]:
+        """The JSON schema of one class name of this model."""
+        schema: dict[str, Any] = {"type": "string", "enum": list(self.classes)}
+        return schema | {"description": description} if description else schema
+
     def held_out_metric(self, outputs: dict[str, np.ndarray], target: np.ndarray | None) -> float:
         """Top-1 accuracy against the held-out rows' classes (`info["held_out_labels"]`)."""
         labels = self.info.get("held_out_labels")
@@ -211,6 +243,26 @@ class ClassifierAdapter(ServingAdapter):
         return float((predicted == truth).mean())
 
 
-def _plain(value: np.ndarray) -> float | list[float]:
-    flat = value.reshape(-1).astype(float).tolist()
-    return flat[0] if len(flat) == 1 else flat
+#: A probability or a share: a number from 0 to 1.
+SHARE: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 1}
+
+
+def object_schema(properties: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The JSON schema of an object with exactly these properties, all required."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+def _numbers(dims: list[Any]) -> dict[str, Any]:
+    """How the default `encode` answers an output of these per-request dimensions."""
+    number = {"type": "number"}
+    if not all(isinstance(d, int) and d > 0 for d in dims):  # a size that varies
+        return {"anyOf": [number, {"type": "array", "items": number}]}
+    size = int(np.prod(dims)) if dims else 1
+    if size == 1:
+        return number
+    return {"type": "array", "items": number, "minItems": size, "maxItems": size}

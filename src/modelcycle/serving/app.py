@@ -66,7 +66,8 @@ PREDICT = "/v1/models/{name}/predict"
 SHED_ROUTE = "modelcycle.route"  # scope key: the route template of a request answered early
 #: Seconds a request body may take to arrive at least, whatever is left of its deadline.
 READ_FLOOR = 1.0
-#: Request headers a browser on an allowed origin may send (CORS), besides the simple ones.
+#: Fewest characters an API key may have: a short word is guessed by a few thousand requests.
+MIN_KEY_LENGTH = 16
 #: Where the Swagger UI files of /docs are served from.
 DOCS_ASSETS = "/docs-assets"
 #: What predict answers besides 200 and 422, as its OpenAPI document lists them.
@@ -80,6 +81,7 @@ PREDICT_REFUSALS = {
     429: "Over capacity, or the answer could not come within the deadline (see Retry-After).",
     504: "The deadline passed, or is shorter than one answer takes on an idle server.",
 }
+#: Request headers a browser on an allowed origin may send (CORS), besides the simple ones.
 CORS_HEADERS = ("Authorization", "X-API-Key", "X-Deadline-Ms", "X-Capture-Source", "Content-Type")
 
 
@@ -95,7 +97,8 @@ class ServeSettings:
         deadline_ms: Longest a request may take; beyond it, 504. A request that would expect
             to wait over half of it in the queue (at the rate batches are measured to run)
             gets 429 at once instead.
-        api_key: When set, /v1 routes need `Authorization: Bearer <key>` or `X-API-Key`.
+        api_key: When set, /v1 routes need `Authorization: Bearer <key>` or `X-API-Key`;
+            at least `MIN_KEY_LENGTH` characters.
         cors_origins: Origins allowed by CORS; none by default (closed).
         threads: Model calls that may run at once, over all served models (each model has
             its own batching thread).
@@ -139,6 +142,12 @@ class ServeSettings:
             )
         if self.api_key is not None:  # a key read from a file ends in a newline clients lack
             object.__setattr__(self, "api_key", self.api_key.strip())
+            if len(self.api_key) < MIN_KEY_LENGTH:  # never the key itself: logs keep messages
+                raise ValueError(
+                    f"api_key has {len(self.api_key)} characters; give one of at least "
+                    f'{MIN_KEY_LENGTH}, e.g. a random one from `python -c "import secrets; '
+                    f'print(secrets.token_urlsafe(32))"`.'
+                )
 
 
 #: Given the served model, its alias's newer version loaded (not yet warmed), or None.
@@ -990,16 +999,24 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
 
 
 def _document_requests(app: FastAPI, state: _State) -> None:
-    """Put each served model's request schema into the OpenAPI document of predict."""
+    """Put each served model's request and answer schemas into the OpenAPI document of predict.
+
+    The document is kept until a served version changes (a hot reload): a new version may
+    take other measures or answer other classes.
+    """
     plain = app.openapi
+    documented: list[tuple[str, str]] = []  # the (model, version) pairs the document is for
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
+        versions = [(name, m.version) for name, m in state.models.items()]
+        if app.openapi_schema is not None and versions == documented:
             return app.openapi_schema
+        app.openapi_schema = None  # FastAPI's own openapi() returns a cached one unchanged
         schema = plain()
         if not state.ready:  # before the models load, do not cache an incomplete document
             app.openapi_schema = None
             return schema
+        documented[:] = versions
         # nested models go to components/schemas, where the document's own $refs resolve
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         bodies = []
@@ -1018,6 +1035,10 @@ def _document_requests(app: FastAPI, state: _State) -> None:
             "properties": {"detail": {"type": "string"}},
             "required": ["detail"],
         }
+        operation["responses"]["200"] = {
+            "description": "The model's answer, with the model and version that gave it.",
+            "content": {"application/json": {"schema": _answer_schema(state)}},
+        }
         for status, why in PREDICT_REFUSALS.items():
             operation["responses"][str(status)] = {"description": why, "content": refusal}
         # pydantic's errors are a list; the model's own checks (a width, a link) one sentence
@@ -1032,6 +1053,31 @@ def _document_requests(app: FastAPI, state: _State) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _answer_schema(state: _State) -> dict[str, Any]:
+    """A 200 from predict: for each served model, its name, version and its task's outputs."""
+    answers = [
+        {
+            "title": f"{name} answer",
+            "type": "object",
+            "properties": {
+                "model": {"const": name},
+                "version": {
+                    "type": "string",
+                    "description": "The version that answered (the alias can move)",
+                    "examples": [m.version],
+                },
+                "outputs": m.answer_schema(),
+            },
+            "required": ["model", "version", "outputs"],
+            "additionalProperties": False,
+        }
+        for name, m in state.models.items()
+    ]
+    if len(answers) == 1:
+        return answers[0]
+    return {"oneOf": answers} if answers else {}
 
 
 def _predict_content(state: _State, bodies: list[dict[str, Any]]) -> dict[str, Any]:

@@ -90,11 +90,17 @@ class ServedModel:
     directory: Path | None = None  # the downloaded version: manifest, held-out and reference
     monitor_outputs: list[str] = field(default_factory=list)  # recorded, never answered
     variant: str = "fp32"  # which exported file runs: a key of VARIANT_FILES
+    # each output's ONNX shape, batch axis first (a name where a size varies)
+    output_shapes: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def answer_outputs(self) -> list[str]:
         """The outputs a response carries: all but the monitoring-only ones."""
         return [n for n in self.output_names if n not in self.monitor_outputs]
+
+    def answer_schema(self) -> dict[str, Any]:
+        """The JSON schema of the `outputs` of this model's answers (the task's `encode`)."""
+        return self.adapter.answer_schema({n: self.output_shapes[n] for n in self.answer_outputs})
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the session on batched inputs (each with a leading batch axis)."""
@@ -112,6 +118,7 @@ class ServedModel:
             "inputs": self.input_names,
             "outputs": self.answer_outputs,
             "monitor_outputs": self.monitor_outputs,
+            "answer_schema": self.answer_schema(),
             "lineage": self.lineage,
             "schema": self.adapter.request_schema(),
             "media_types": ["application/json", *self.adapter.byte_types],
@@ -161,14 +168,16 @@ def load_served(
         )
     manifest = read_manifest(local)
     adapter = adapter_class(manifest["task"])(manifest["info"])
+    session = _session(onnx_path, threads)
     served = ServedModel(
         name=name,
         alias=alias,
         version=version.version,
         task=manifest["task"],
-        session=_session(onnx_path, threads),
+        session=session,
         input_names=manifest["inputs"],
         output_names=manifest["outputs"],
+        output_shapes={o.name: list(o.shape) for o in session.get_outputs()},
         monitor_outputs=list(manifest.get("monitor_outputs", [])),
         adapter=adapter,
         lineage=_lineage_summary(version.tags, choice.name),

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from modelcycle.serving.adapter import Rows
+from modelcycle.serving.adapter import SHARE, Rows, object_schema
 from modelcycle.tasks.image_serving import ImageServing, image_features, open_image, png_bytes
 
 #: Colours of the classes in masks drawn for people (the served mask, plots), in class order.
@@ -112,6 +112,52 @@ class SegmentationServing(ImageServing):
             "classes": self.classes,
             "colours": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in palette(len(self.classes))],
         }
+
+    def answer_schema(self, shapes: dict[str, list[Any]]) -> dict[str, Any]:
+        """The mask, each class's share of it, the confidence, and how to draw it (`encode`)."""
+        n = len(self.classes)
+        share = object_schema({"class": self.class_schema(), "share": SHARE})
+        side = {"type": "integer", "minimum": 1}
+        return object_schema(
+            {
+                "class_shares": {
+                    "type": "array",
+                    "items": share,
+                    "minItems": n,
+                    "maxItems": n,
+                    "description": "Each class's share of the mask's pixels, largest first",
+                },
+                "confidence": SHARE
+                | {"description": "The mean over pixels of the top class's probability"},
+                "mask": {
+                    "type": "string",
+                    "contentEncoding": "base64",
+                    "contentMediaType": "image/png",
+                    "description": "A palette PNG of the tile's size: each pixel's class index",
+                },
+                "size": {
+                    "type": "array",
+                    "items": side,
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "description": "The mask's height and width, in pixels",
+                },
+                "classes": {
+                    "type": "array",
+                    "items": self.class_schema(),
+                    "minItems": n,
+                    "maxItems": n,
+                    "description": "The class of each mask value, in order",
+                },
+                "colours": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": "^#[0-9a-f]{6}$"},
+                    "minItems": n,
+                    "maxItems": n,
+                    "description": "The palette's colour of each class, in order",
+                },
+            }
+        )
 
     def held_out_metric(self, outputs: dict[str, np.ndarray], target: np.ndarray | None) -> float:
         """Mean Dice over classes of the argmax masks against the held-out masks (`target`)."""

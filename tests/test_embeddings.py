@@ -109,7 +109,7 @@ def test_monitor_columns_name_each_value() -> None:
     assert monitor_columns(outputs, []) == {}
 
 
-def test_answer_columns_take_each_outputs_first_value_but_none_of_a_map() -> None:
+def test_answer_columns_take_each_outputs_first_value_and_class_but_none_of_a_map() -> None:
     from modelcycle.monitoring.drift import reference_frame
     from modelcycle.tasks.segmentation_serving import SegmentationServing
 
@@ -118,11 +118,20 @@ def test_answer_columns_take_each_outputs_first_value_but_none_of_a_map() -> Non
         "class_probability": np.array([[0.2, 0.8]]),
         "probabilities": np.full((1, 2, 4, 4), 0.5),  # a map per request: one pixel says nothing
     }
-    assert answer_columns(one, list(one)) == {"confidence": 0.9, "class_probability": 0.2}
+    columns = {"confidence": 0.9, "class_probability": 0.2, "class_probability_argmax": 1.0}
+    assert answer_columns(one, list(one)) == pytest.approx(columns)
     # a reference frame has the same columns as a server's captures
     adapter = SegmentationServing({"classes": ["a", "b"], "image_size": 4})
     pixels = np.zeros((3, 4, 4, 3), np.uint8)
     rows = {k: np.repeat(v, 3, axis=0) for k, v in one.items()}
     frame = reference_frame(adapter, [pixels], rows)
-    assert {"confidence", "class_probability"} <= set(frame.columns)
-    assert "probabilities" not in frame.columns
+    assert set(columns) <= set(frame.columns) and "probabilities" not in frame.columns
+    assert frame["class_probability_argmax"].tolist() == [1.0] * 3
+    # a region answered window by window: the mean of its windows, not the first window's
+    # first value, and the class most of the region has, not an index into the windows
+    windows = {
+        "confidence": np.array([0.9, 0.5, 0.7]),
+        "class_probability": np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9]]),
+    }
+    mean = {"confidence": 0.7, "class_probability": 0.4, "class_probability_argmax": 1.0}
+    assert answer_columns(windows, list(windows)) == pytest.approx(mean)

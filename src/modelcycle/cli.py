@@ -868,7 +868,7 @@ def parse_duration(text: str) -> float:
 
 
 def drift_table(summary: DriftSummary) -> Table:
-    """One row per tested column: KS statistic, p-value, means, verdict."""
+    """One row per tested column: statistic (KS, or chi-square for a class), p-value, means."""
     table = Table(
         title=f"{summary.model} v{summary.version}: {summary.n_current} requests vs "
         f"{summary.n_reference} reference rows (p < {summary.threshold or 0:.3g} drifts)"

@@ -12,6 +12,8 @@ import numpy as np
 
 EMBEDDING = "embedding"
 EMBEDDING_DISTANCE = "embedding_distance"
+#: Suffix of the drift column holding the index of an output's largest value (a class).
+ARGMAX = "_argmax"
 
 
 def monitor_columns(
@@ -29,16 +31,30 @@ def monitor_columns(
 
 
 def answer_columns(outputs: Mapping[str, np.ndarray], answered: Sequence[str]) -> dict[str, float]:
-    """One request's answered outputs as drift columns: each output's first value.
+    """One request's answered outputs as drift columns.
 
-    An output with more than one axis per request (a segmentation's probability maps) gives
-    none: its first value would be one pixel's, which describes nothing.
+    Each output gives its first value; one of several values per request (a classifier's
+    probabilities) also gives the index of its largest, `name` + `ARGMAX` (the predicted
+    class), whose mix over requests is what a class shift changes. A request of several
+    model rows (a region cut into windows) gives the mean over its rows. An output with
+    more than one axis per row (a segmentation's probability maps) gives none: its first
+    value would be one pixel's, which describes nothing.
     """
-    return {
-        name: float(np.asarray(outputs[name]).reshape(-1)[0])
-        for name in answered
-        if np.ndim(outputs[name]) <= 2
-    }
+    columns: dict[str, float] = {}
+    for name in answered:
+        if np.ndim(outputs[name]) > 2:
+            continue
+        values = np.asarray(outputs[name], dtype=np.float64)
+        mean = values.reshape(len(values), -1).mean(axis=0)
+        columns[name] = float(mean[0])
+        if len(mean) > 1:
+            columns[name + ARGMAX] = float(np.argmax(mean))
+    return columns
+
+
+def is_class_column(column: str) -> bool:
+    """Whether a drift column holds class indices (`ARGMAX`), tested by their mix."""
+    return column.endswith(ARGMAX)
 
 
 def is_embedding_column(column: str) -> bool:

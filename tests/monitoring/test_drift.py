@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -131,6 +133,92 @@ def test_a_reference_keeps_only_the_outputs_of_rows_the_model_never_trained_on()
     assert compare("m", "1", every, new, ["confidence"], SETTINGS).prediction_drift
 
 
+def _classes(n: int, seed: int, mix: list[float]) -> np.ndarray:
+    """`n` rows of class probabilities whose predicted classes follow `mix`, with a first
+    class probability of the same spread whatever the mix."""
+    rng = np.random.default_rng(seed)
+    top = rng.choice(len(mix), n, p=mix)
+    probabilities = rng.dirichlet(np.ones(len(mix)), n) * 0.2
+    probabilities[:, 0] = rng.uniform(0.0, 0.2, n)
+    probabilities[np.arange(n), top] = rng.uniform(0.5, 0.9, n)
+    return probabilities
+
+
+def test_a_shift_of_the_class_mix_is_prediction_drift_the_first_class_misses() -> None:
+    # The probabilities column is the first class's probability: when requests moved from
+    # one class to another, neither the first, its p-value was 0.21 and nothing drifted.
+    from modelcycle.embedding_columns import answer_columns
+
+    mix = [0.2, 0.5, 0.3]
+    reference = [answer_columns({"probabilities": p[None]}, ["probabilities"]) for p in
+                 _classes(400, 0, mix)]  # fmt: skip
+    same = [answer_columns({"probabilities": p[None]}, ["probabilities"]) for p in
+            _classes(60, 1, mix)]  # fmt: skip
+    moved = [answer_columns({"probabilities": p[None]}, ["probabilities"]) for p in
+             _classes(60, 1, [0.2, 0.1, 0.7])]  # fmt: skip
+    assert set(moved[0]) == {"probabilities", "probabilities_argmax"}
+    frames = [pd.DataFrame(rows) for rows in (reference, same, moved)]
+    quiet = compare("m", "1", frames[0], frames[1], ["probabilities"], SETTINGS)
+    assert quiet.status == "no_drift", quiet.detail
+    summary = compare("m", "1", frames[0], frames[2], ["probabilities"], SETTINGS)
+    by_name = {f.name: f for f in summary.features}
+    assert not by_name["probabilities"].drifted  # the first class's share did not move
+    shifted = by_name["probabilities_argmax"]
+    assert shifted.drifted and shifted.kind == "output" and summary.prediction_drift
+    assert shifted.reference_mean is None  # a mean class index says nothing
+    assert shifted.statistic is not None and shifted.statistic > 0
+
+
+def test_the_class_mix_p_value_is_calibrated_repeatable_and_resolves_the_threshold() -> None:
+    from modelcycle.monitoring.drift import MIN_PERMUTATIONS, class_mix_test
+
+    rng = np.random.default_rng(3)
+    mix = rng.dirichlet(np.ones(10))  # 10 classes, a few dozen requests: sparse counts
+    p_values = np.array(
+        [
+            class_mix_test(rng.choice(10, 200, p=mix) * 1.0, rng.choice(10, 40, p=mix) * 1.0, 0.05)
+            for _ in range(500)
+        ]
+    )[:, 1]
+    # a false alarm 5 % of the time (500 draws: 0.03-0.07 is two standard errors either side)
+    assert 0.03 <= np.mean(p_values < 0.05) <= 0.07
+    assert 0.4 <= np.mean(p_values < 0.5) <= 0.6
+    reference, current = rng.choice(10, 400, p=mix) * 1.0, np.full(40, 3.0)
+    first = class_mix_test(reference, current, 0.05)
+    assert first == class_mix_test(reference, current, 0.05)  # seeded relabellings
+    assert first[1] == pytest.approx(1 / (MIN_PERMUTATIONS + 1))  # none reached it
+    # a threshold below what 999 relabellings resolve gets more of them
+    assert class_mix_test(reference, current, 1e-4)[1] < 1e-4
+    assert np.isnan(class_mix_test(reference, np.array([2.0, np.nan]), 0.05)[1])
+    assert class_mix_test(np.full(20, 1.0), np.full(5, 1.0), 0.05) == (0.0, 1.0)
+
+
+def test_a_reference_gives_the_predicted_class_of_rows_it_keeps_outputs_of() -> None:
+    from modelcycle.embedding_columns import answer_columns
+    from modelcycle.monitoring.drift import reference_frame
+    from modelcycle.serving.adapter import ServingAdapter
+
+    class Level(ServingAdapter):
+        request_type = None  # type: ignore[assignment]
+
+        def decode(self, request: object) -> list[np.ndarray]:
+            raise NotImplementedError
+
+        def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
+            return {"level": float(inputs[0][0, 0])}
+
+        def examples(self, held_out: object, target: object) -> list[dict[str, object]]:
+            return []
+
+    probabilities = _classes(30, 0, [0.3, 0.3, 0.4])
+    inputs = [np.zeros((30, 1))]
+    frame = reference_frame(Level({}), inputs, {"probabilities": probabilities}, unseen=20)
+    served = [answer_columns({"probabilities": p[None]}, ["probabilities"]) for p in
+              probabilities[:20]]  # fmt: skip
+    assert list(frame["probabilities_argmax"][:20]) == [r["probabilities_argmax"] for r in served]
+    assert frame["probabilities_argmax"][20:].isna().all()
+
+
 def test_too_few_captures_say_how_many_are_needed() -> None:
     with pytest.raises(TooFewCapturesError, match=r"12 captured requests, at least 30"):
         compare("m", "1", _frame(100, 0), _frame(12, 1), [], SETTINGS)
@@ -140,3 +228,22 @@ def test_too_few_captures_say_how_many_are_needed() -> None:
 def test_bad_settings_are_refused(alpha: float, minimum: int) -> None:
     with pytest.raises(ValueError, match=r"alpha|min_captures"):
         DriftSettings(alpha=alpha, min_captures=minimum)
+
+
+def test_evidently_runs_the_same_class_mix_test_in_its_report(tmp_path: Path) -> None:
+    import json
+
+    from modelcycle.monitoring.drift_report import evidently_p_values, evidently_report
+    from modelcycle.monitoring.monitor import DriftCheck
+
+    reference, current = _frame(300, 0), _frame(60, 1)
+    reference["probabilities_argmax"] = _classes(300, 0, [0.2, 0.5, 0.3]).argmax(axis=1)
+    current["probabilities_argmax"] = _classes(60, 1, [0.2, 0.1, 0.7]).argmax(axis=1)
+    summary = compare("m", "1", reference, current, ["probabilities"], SETTINGS)
+    html, data = evidently_report(DriftCheck(summary, reference, current), tmp_path)
+    theirs = evidently_p_values(json.loads(data.read_text()))
+    ours = {f.name: f.p_value for f in summary.features}
+    assert set(theirs) == set(ours) and ours["probabilities_argmax"] < summary.threshold
+    for name, p in ours.items():
+        assert theirs[name] == pytest.approx(p, rel=1e-6, abs=1e-12), name
+    assert "<html" in html.read_text()[:2000].lower()

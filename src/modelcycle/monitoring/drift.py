@@ -1,11 +1,13 @@
 """Drift: captured requests against a model version's reference sample, feature by feature.
 
 Each drift feature (the task adapter's numbers per request), each component of the model's
-embedding distance (see `modelcycle.embeddings`) and each model output is one column. Every column
-gets a two-sample Kolmogorov-Smirnov test; a column drifts when its p-value is below
-`alpha / n_columns` (Bonferroni), so the chance of any false alarm on an unshifted sample
-stays at most `alpha`. The sample drifts when any column drifts; prediction drift is drift
-of an output column, embedding drift that of the embedding distance.
+embedding distance (see `modelcycle.embeddings`) and each model output is one column; a
+classifier's outputs also give the predicted class (`ARGMAX`). Every number column gets a
+two-sample Kolmogorov-Smirnov test, a class column a chi-square test of the class mix
+(`class_mix_test`); a column drifts when its p-value is below `alpha / n_columns`
+(Bonferroni), so the chance of any false alarm on an unshifted sample stays at most
+`alpha`. The sample drifts when any column drifts; prediction drift is drift of an output
+column (or its class), embedding drift that of the embedding distance.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from modelcycle.embedding_columns import is_embedding_column
+from modelcycle.embedding_columns import ARGMAX, is_class_column, is_embedding_column
 from modelcycle.monitoring.capture import Capture
 from modelcycle.serving.adapter import ServingAdapter
 
 Status = Literal["pending", "too_few_captures", "no_drift", "drift"]
+#: Fewest random relabellings behind a class-mix p-value.
+MIN_PERMUTATIONS = 999
 
 
 class TooFewCapturesError(ValueError):
@@ -51,14 +55,16 @@ class DriftSettings:
 
 
 class FeatureDrift(BaseModel):
-    """One column's test: KS statistic and p-value, and the means on both sides."""
+    """One column's test: its statistic and p-value, and the means on both sides."""
 
     name: str
     kind: Literal["input", "output", "embedding"]
-    statistic: float | None = Field(description="KS statistic; null when not testable")
+    statistic: float | None = Field(
+        description="KS statistic (chi-square for a class column); null when not testable"
+    )
     p_value: float | None
     drifted: bool
-    reference_mean: float | None
+    reference_mean: float | None = Field(description="null for a class column")
     current_mean: float | None
 
 
@@ -125,8 +131,11 @@ def reference_frame(
         if name in monitored and table.shape[1] > 1:
             for k in range(table.shape[1]):
                 frame[f"{name}{k + 1}"] = table[:, k]
-        else:
-            frame[name] = table[:, 0]
+            continue
+        frame[name] = table[:, 0]
+        if table.shape[1] > 1:  # as `answer_columns`: the predicted class too
+            top = table.argmax(axis=1).astype(float)
+            frame[name + ARGMAX] = np.where(np.isnan(table[:, 0]), np.nan, top)
     return frame
 
 
@@ -156,9 +165,15 @@ def compare(
             "widen --since or --last, or lower monitor.min_captures."
         )
     columns = [c for c in reference.columns if c in current.columns]
-    tests = {c: _ks(reference[c].to_numpy(), current[c].to_numpy()) for c in columns}
-    n_tested = sum(not math.isnan(p) for _, p in tests.values())
-    threshold = settings.alpha / max(n_tested, 1)
+    tested = [c for c in columns if _testable(reference[c].to_numpy(), current[c].to_numpy())]
+    threshold = settings.alpha / max(len(tested), 1)
+    tests = {
+        c: (class_mix_test if is_class_column(c) else _ks)(
+            reference[c].to_numpy(), current[c].to_numpy(), threshold
+        )
+        for c in columns
+    }
+    n_tested = len(tested)
     features = [
         FeatureDrift(
             name=c,
@@ -166,8 +181,8 @@ def compare(
             statistic=_finite(stat),
             p_value=_finite(p),
             drifted=bool(p < threshold),  # NaN compares False: an untestable column never drifts
-            reference_mean=_finite(float(np.nanmean(reference[c]))),
-            current_mean=_finite(float(np.nanmean(current[c]))),
+            reference_mean=None if is_class_column(c) else _mean(reference[c].to_numpy()),
+            current_mean=None if is_class_column(c) else _mean(current[c].to_numpy()),
         )
         for c, (stat, p) in tests.items()
     ]
@@ -195,25 +210,77 @@ def compare(
 
 
 def _kind(column: str, outputs: Sequence[str]) -> Literal["input", "output", "embedding"]:
-    if column in outputs:
+    if column in outputs or (is_class_column(column) and column[: -len(ARGMAX)] in outputs):
         return "output"
     return "embedding" if is_embedding_column(column) else "input"
 
 
-def _ks(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+def _testable(reference: np.ndarray, current: np.ndarray) -> bool:
+    """Whether both sides have two finite values at least."""
+    return bool(np.isfinite(reference).sum() >= 2 and np.isfinite(current).sum() >= 2)
+
+
+def _ks(reference: np.ndarray, current: np.ndarray, threshold: float) -> tuple[float, float]:
     """KS statistic and p-value on the finite values; NaN when either side has under two."""
     from scipy.stats import ks_2samp
 
+    if not _testable(reference, current):
+        return math.nan, math.nan
+    result = ks_2samp(reference[np.isfinite(reference)], current[np.isfinite(current)])
+    return float(result.statistic), float(result.pvalue)
+
+
+def class_mix_test(
+    reference: np.ndarray, current: np.ndarray, threshold: float
+) -> tuple[float, float]:
+    """Chi-square statistic of the two class mixes and its permutation p-value.
+
+    The class indices of both sides (finite values) form a 2 × classes table. With a few
+    dozen requests over many classes most expected counts are under 5, where the
+    chi-square distribution misstates the p-value; so the p-value is the share of random
+    relabellings of the pooled requests (seeded: the same data, the same p-value) whose
+    statistic reaches the observed one. There are enough of them to resolve a tenth of
+    `threshold`, the per-column threshold the p-value is held against. NaN when either
+    side has under two values.
+    """
+    if not _testable(reference, current):
+        return math.nan, math.nan
     reference = reference[np.isfinite(reference)]
     current = current[np.isfinite(current)]
-    if len(reference) < 2 or len(current) < 2:
-        return math.nan, math.nan
-    result = ks_2samp(reference, current)
-    return float(result.statistic), float(result.pvalue)
+    _, codes = np.unique(np.concatenate([reference, current]), return_inverse=True)
+    classes, n_current = int(codes.max()) + 1, len(current)
+    totals = np.bincount(codes, minlength=classes).astype(float)
+    expected_current = totals * n_current / len(codes)
+    expected_reference = totals - expected_current
+
+    def statistic(current_counts: np.ndarray) -> np.ndarray:
+        reference_counts = totals - current_counts
+        return (
+            (current_counts - expected_current) ** 2 / expected_current
+            + (reference_counts - expected_reference) ** 2 / expected_reference
+        ).sum(axis=-1)
+
+    observed = float(statistic(np.bincount(codes[len(reference) :], minlength=classes)))
+    if classes == 1:
+        return observed, 1.0
+    draws = max(MIN_PERMUTATIONS, math.ceil(10 / threshold))
+    rng = np.random.default_rng(0)
+    relabelled = rng.permuted(np.tile(codes.astype(np.int32), (draws, 1)), axis=1)
+    offsets = classes * np.arange(draws, dtype=np.int64)[:, None]
+    counts = np.bincount((relabelled[:, :n_current] + offsets).ravel(), minlength=draws * classes)
+    null = statistic(counts.reshape(draws, classes).astype(float))
+    reached = int((null >= observed * (1 - 1e-9)).sum())
+    return observed, (1 + reached) / (1 + draws)
 
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _mean(values: np.ndarray) -> float | None:
+    """The mean of the finite values; None without any."""
+    finite = values[np.isfinite(values)]
+    return _finite(float(finite.mean())) if len(finite) else None
 
 
 def _detail(drifted: list[FeatureDrift], n_tested: int) -> str:

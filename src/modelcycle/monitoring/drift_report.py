@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from modelcycle.monitoring.drift import DriftSummary
+from modelcycle.embedding_columns import is_class_column
+from modelcycle.monitoring.drift import DriftSummary, class_mix_test
 from modelcycle.monitoring.monitor import DriftCheck
 
 
@@ -23,19 +24,39 @@ def write_drift_report(check: DriftCheck, out_dir: Path) -> list[Path]:
     return [summary_path, plot, html, data]
 
 
+#: The name under which Evidently runs `class_mix_test`.
+CLASS_MIX = "modelcycle_class_mix"
+
+
 def tested_columns(summary: DriftSummary) -> list[str]:
-    """Columns that had a KS test (finite statistic on both sides)."""
+    """Columns that had a test (finite statistic on both sides)."""
     return [f.name for f in summary.features if f.statistic is not None]
 
 
 def evidently_report(check: DriftCheck, out_dir: Path) -> tuple[Path, Path]:
-    """Evidently's data-drift report with the same test (KS) and per-column threshold."""
+    """Evidently's data-drift report with the same tests and per-column threshold.
+
+    KS for number columns, as its `ks`; class columns get `class_mix_test` itself,
+    registered with Evidently (its own chi-square takes the reference's mix as exact).
+    """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
+    _register_class_mix()
     columns = tested_columns(check.summary)
-    definition = DataDefinition(numerical_columns=columns)
-    report = Report([DataDriftPreset(method="ks", threshold=check.summary.threshold)])
+    classes = [c for c in columns if is_class_column(c)]
+    definition = DataDefinition(
+        numerical_columns=[c for c in columns if c not in classes], categorical_columns=classes
+    )
+    report = Report(
+        [
+            DataDriftPreset(
+                method="ks",
+                threshold=check.summary.threshold,
+                per_column_method=dict.fromkeys(classes, CLASS_MIX),
+            )
+        ]
+    )
     with warnings.catch_warnings():
         # its correlation widgets divide by zero on constant columns (e.g. nothing missing)
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -49,8 +70,23 @@ def evidently_report(check: DriftCheck, out_dir: Path) -> tuple[Path, Path]:
     return html, data
 
 
+def _register_class_mix() -> None:
+    """Make `class_mix_test` an Evidently stat test named `CLASS_MIX`."""
+    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    def run(
+        reference: pd.Series, current: pd.Series, kind: ColumnType, threshold: float
+    ) -> tuple[float, bool]:
+        p = class_mix_test(reference.to_numpy(float), current.to_numpy(float), threshold)[1]
+        return p, p < threshold
+
+    kinds = [ColumnType.Categorical, ColumnType.Numerical]
+    register_stattest(StatTest(CLASS_MIX, "class mix (chi-square, permutations)", kinds), run)
+
+
 def evidently_p_values(document: dict[str, Any]) -> dict[str, float]:
-    """Per-column p-values (ValueDrift with the KS test) from Evidently's JSON."""
+    """Per-column p-values (ValueDrift) from Evidently's JSON."""
     return {
         m["config"]["column"]: float(m["value"])
         for m in document["metrics"]

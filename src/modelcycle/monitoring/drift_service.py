@@ -58,7 +58,9 @@ class DriftGauges:
                 registry=registry, multiprocess_mode=latest,
             ),
             p_value=Gauge(
-                "modelcycle_drift_p_value", "KS p-value per column", ["model", "feature"],
+                "modelcycle_drift_p_value",
+                "p-value per column (KS; class mix for a class column)",
+                ["model", "feature"],
                 registry=registry, multiprocess_mode=latest,
             ),
             captures=Gauge(

@@ -248,6 +248,27 @@ def test_the_answer_has_the_shape_the_document_and_the_listing_give(client: Test
             jsonschema.Draft202012Validator(schema).validate(wrong)
 
 
+def test_one_error_repeated_among_siblings_is_listed_once_with_its_count(
+    client: TestClient,
+) -> None:
+    # Every measure sent as a string gave pydantic's message once per measure, 20 shown,
+    # and the one different error (the age) was cut off.
+    request = _example(client)
+    wrong = copy.deepcopy(request)
+    names = list(wrong["a"]["measures"])
+    wrong["a"]["measures"] = dict.fromkeys(names, "n/a")
+    wrong["b"]["age"] = -3
+    refused = _post(client, wrong)
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert [(d["loc"][:2], d["type"]) for d in detail] == [
+        (["a", "measures"], "float_type"),
+        (["b", "age"], "greater_than"),
+    ]
+    assert detail[0]["loc"] == ["a", "measures", names[0]]
+    assert f"(and {len(names) - 1} more like it in a.measures)" in detail[0]["msg"]
+
+
 def test_the_openapi_document_gives_both_shapes_of_422(client: TestClient) -> None:
     # It documented only pydantic's list of errors; the model's own checks answer a sentence.
     document = client.get("/openapi.json").json()

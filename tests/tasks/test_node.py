@@ -185,6 +185,18 @@ def test_a_feature_that_is_not_a_number_is_refused(value: object) -> None:
     assert NodeRequest.model_validate({"features": [[1] + [0.0] * 299]}).features[0][0] == 1.0
 
 
+def test_one_vector_not_wrapped_in_a_list_is_named_once() -> None:
+    # a flat list got pydantic's "Input should be a valid list" once per number (20 shown)
+    for parse in (NodeRequest.model_validate, lambda b: NodeRequest.model_validate_json(
+            json.dumps(b))):  # fmt: skip
+        with pytest.raises(ValidationError) as refused:
+            parse({"features": [0.5] * 300})
+        errors = refused.value.errors()
+        assert len(errors) == 1 and errors[0]["loc"] == ("features",)
+        assert "send one vector of 300 numbers as [[...]]" in errors[0]["msg"]
+    assert NodeRequest.model_validate({"features": [[0.5] * 300]}).features[0][0] == 0.5
+
+
 def test_the_request_schema_states_this_model_s_limit() -> None:
     adapter = NodeServing({"classes": ["a", "b"], "feature_dim": 300, "max_links": 8})
     assert adapter.request_schema()["properties"]["features"]["maxItems"] == 9

@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -66,6 +66,8 @@ PREDICT = "/v1/models/{name}/predict"
 SHED_ROUTE = "modelcycle.route"  # scope key: the route template of a request answered early
 #: Seconds a request body may take to arrive at least, whatever is left of its deadline.
 READ_FLOOR = 1.0
+#: Most of pydantic's errors a 422 lists.
+MAX_ERRORS = 20
 #: Fewest characters an API key may have: a short word is guessed by a few thousand requests.
 MIN_KEY_LENGTH = 16
 #: Where the Swagger UI files of /docs are served from.
@@ -900,10 +902,23 @@ def _reject_constant(name: str) -> float:
 
 
 def _validation_details(err: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-        for e in err.errors(include_url=False, include_input=False)
-    ][:20]
+    """The errors pydantic found, each only once among siblings, at most `MAX_ERRORS`.
+
+    Errors of one type under one parent (every item of a flat list where lists belong,
+    every value of a measures object sent as strings) are one entry, the first, whose
+    message counts the others: 20 copies of one message hid the one different error.
+    """
+    details: dict[tuple[Any, ...], dict[str, Any]] = {}
+    repeats: Counter[tuple[Any, ...]] = Counter()
+    for e in err.errors(include_url=False, include_input=False):
+        group = (*e["loc"][:-1], e["type"])
+        repeats[group] += 1
+        details.setdefault(group, {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]})
+    for group, detail in details.items():
+        if repeats[group] > 1:
+            where = ".".join(str(part) for part in group[:-1]) or "the body"
+            detail["msg"] += f" (and {repeats[group] - 1} more like it in {where})"
+    return list(details.values())[:MAX_ERRORS]
 
 
 def _key_check(settings: ServeSettings) -> Callable[[Request], Awaitable[None]]:

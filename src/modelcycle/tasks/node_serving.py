@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from modelcycle.data.ego_graphs import ego_arrays
 from modelcycle.serving.adapter import ClassifierAdapter, PlausibleRange, RequestError
@@ -36,6 +36,23 @@ class NodeRequest(BaseModel):
         # checked in `decode`, with a message that says it, and is the schema's maxItems
         description="The node's feature vector, then one per linked node",
     )
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _vectors(cls, value: Any) -> Any:
+        """One vector alone got pydantic's "valid list" once per number."""
+        numbers = (
+            isinstance(value, list)
+            and value
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value)
+        )
+        if numbers:
+            raise ValueError(
+                f"features is a list of vectors, the node's first: send one vector of "
+                f"{len(value)} numbers as [[...]], inside another list"
+            )
+        return value
+
     # strict too: true, "1" and 1.0 were read as the index 1
     links: list[tuple[StrictInt, StrictInt]] = Field(
         default_factory=list,

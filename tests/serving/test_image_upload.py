@@ -279,6 +279,20 @@ def test_oversized_upload_is_413(served_image: ServedModel) -> None:
     assert "not base64 in JSON, which is a third larger" in detail
 
 
+def test_a_json_image_may_be_as_large_as_the_body_limit(served_image: ServedModel) -> None:
+    # base64 was capped at 2 MB whatever serve.body_limit said: with the limit raised,
+    # the same photo was answered as a file and refused (422) as JSON
+    noise = np.random.default_rng(1).integers(0, 256, (760, 760, 3), dtype=np.uint8)
+    big = base64.b64encode(encoded(noise, "PNG")).decode()
+    assert len(big) > 2_000_000
+    settings = ServeSettings(body_limit=3_000_000)
+    with TestClient(create_app(lambda: [served_image], settings)) as large:
+        answer = large.post(PREDICT, json={"image": big})
+        assert answer.status_code == 200, answer.text[:300]
+        schema = large.get("/v1/models").json()["models"][0]["schema"]
+        assert "maxLength" not in schema["properties"]["image"]
+
+
 def test_multipart_needs_exactly_one_file(client: TestClient) -> None:
     png = encoded(grain(), "PNG")
     no_file = client.post(PREDICT, files={"note": (None, "a field, not a file")})

@@ -28,7 +28,12 @@ class ImageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field(description="Base64 of a JPEG or PNG file", max_length=2_000_000)
+    # No length of its own: serve.body_limit bounds the body before it is parsed. A bound
+    # here (it was 2 MB) refused a large JSON image the limit let through, and said more
+    # than the limit (1 MB by default) in the schema.
+    image: str = Field(
+        description="Base64 of a JPEG or PNG file; the whole body at most serve.body_limit bytes"
+    )
 
 
 class ImageServing(ClassifierAdapter):

@@ -264,6 +264,29 @@ def test_an_empty_image_is_named_empty(client: TestClient) -> None:
         assert "The image is empty (0 bytes)" in response.json()["detail"]
 
 
+def test_an_image_with_nothing_to_see_is_refused(client: TestClient) -> None:
+    # a 1×1 image, or one whose every pixel is transparent, got a confident class
+    def post(pixels: np.ndarray, **save: Any) -> Any:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG", **save)
+        return client.post(PREDICT, content=buffer.getvalue(), headers=IMAGE_PNG)
+
+    tiny = post(grain()[:1, :1])
+    assert tiny.status_code == 422 and "PNG of 1×1 pixels: too small" in tiny.json()["detail"]
+    assert "at least 8 pixels a side" in tiny.json()["detail"]
+    assert post(grain()[:7, :60]).status_code == 422
+    assert post(grain()[20:28, 20:28]).status_code == 200  # 8 px a side is taken
+    rgba = np.dstack([grain(), np.zeros((60, 60), np.uint8)])  # colours under no alpha
+    clear = post(rgba)
+    assert clear.status_code == 422 and "fully transparent" in clear.json()["detail"]
+    rgba[30, 30, 3] = 255  # one visible pixel: an image
+    assert post(rgba).status_code == 200
+    # a palette image whose transparent entry is every pixel's
+    palette = post(np.zeros((60, 60), np.uint8), transparency=0)
+    assert palette.status_code == 422 and "fully transparent" in palette.json()["detail"]
+    assert post(grain()).status_code == 200
+
+
 def test_oversized_upload_is_413(served_image: ServedModel) -> None:
     noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
     big = encoded(noise, "PNG")

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelcycle.serving.adapter import ClassifierAdapter, RequestError, UnsupportedMediaError
 
 MAX_PIXELS = 25_000_000  # 5000 × 5000; real rice and flower photos are well under 1 Mpx
+#: Fewest pixels an image may have a side: a 1×1 image, resized, was answered with confidence.
+MIN_SIDE = 8
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32) / np.float32(255.0)  # ITU-R 601
 SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 
@@ -179,7 +181,13 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
                     f"{kind} of {width}×{height} = {width * height:,} pixels is over the "
                     f"{max_pixels:,}-pixel limit (a decompression bomb?); send a smaller image."
                 )
+            if min(width, height) < MIN_SIDE:
+                raise RequestError(
+                    f"{kind} of {width}×{height} pixels: too small to show anything; send an "
+                    f"image of at least {MIN_SIDE} pixels a side."
+                )
             image.load()
+            _refuse_invisible(image, kind)
             upright = ImageOps.exif_transpose(image) if kind == "JPEG" else image
             return _eight_bits(upright).convert("RGB")
     except (
@@ -199,6 +207,22 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
         # Pillow's "cannot identify image file <_io.BytesIO object at 0x7f0a…>": an address
         why = "Pillow cannot read it" if isinstance(err, Image.UnidentifiedImageError) else err
         raise RequestError(f"The {kind} file is corrupt or truncated ({why}).") from err
+
+
+def _refuse_invisible(image: Any, kind: str) -> None:
+    """Raise `RequestError` for an image whose every pixel is fully transparent.
+
+    Its colours are what an editor left under the transparency (often black): nothing a
+    viewer shows, yet the model answered them with confidence.
+    """
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return
+    alpha = image.convert("RGBA").getchannel("A")
+    if alpha.getextrema()[1] == 0:
+        raise RequestError(
+            f"The {kind} is fully transparent: no pixel is visible; send the image with "
+            "visible pixels (or without its alpha channel)."
+        )
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

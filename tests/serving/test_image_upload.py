@@ -381,6 +381,47 @@ def test_images_decode_off_the_event_loop(
     assert len(set(threads)) == 1 and threads[0].startswith("decode")
 
 
+def test_a_slow_encode_does_not_hold_the_next_request_s_decoding(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Masks were encoded in the decode thread: four 25 Mpx masks held a 224 px tile's
+    # decoding, and with it the model, for 1.4 s.
+    encoding, release, decoded = threading.Event(), threading.Event(), threading.Event()
+    threads: dict[str, str] = {}
+    original_encode, original_decode = ImageServing.encode, ImageServing.decode_bytes
+
+    def encode(self: ImageServing, *args: Any) -> Any:
+        threads["encode"] = threading.current_thread().name
+        encoding.set()
+        release.wait(10)
+        return original_encode(self, *args)
+
+    def decode_bytes(self: ImageServing, data: bytes) -> list[np.ndarray]:
+        threads["decode"] = threading.current_thread().name
+        if encoding.is_set():
+            decoded.set()  # decoded while the first answer is still being encoded
+        return original_decode(self, data)
+
+    monkeypatch.setattr(ImageServing, "encode", encode)
+    monkeypatch.setattr(ImageServing, "decode_bytes", decode_bytes)
+    monkeypatch.setattr(ImageServing, "encode_in_thread", True)  # as segmentation's masks
+    data = encoded(grain(), "PNG")
+
+    def post() -> Any:
+        return client.post(PREDICT, content=data, headers=IMAGE_PNG)
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post)
+        assert encoding.wait(10)
+        second = pool.submit(post)
+        try:
+            assert decoded.wait(5), "the second image waited for the first answer's encoding"
+        finally:
+            release.set()
+        assert first.result().status_code == second.result().status_code == 200
+    assert threads["decode"].startswith("decode") and threads["encode"].startswith("encode")
+
+
 @pytest.mark.parametrize("step", ["decode_bytes", "encode"])
 def test_a_slow_decode_or_encode_ends_at_the_client_deadline(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, step: str

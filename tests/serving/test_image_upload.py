@@ -128,18 +128,33 @@ def test_a_file_under_another_name_for_its_type_is_read_by_its_signature(
     assert text.status_code == 415, text.text
 
 
+def _sideways_jpeg() -> bytes:
+    """A portrait photo (40 high, 20 wide, white band on top) stored as a phone stores it:
+    sideways, with EXIF Orientation 6 (rotate 90° clockwise to view)."""
+    upright = np.zeros((40, 20, 3), np.uint8)
+    upright[:10] = 255
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # 20 high, 40 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+def _ramp_png() -> tuple[bytes, np.ndarray]:
+    """A 16-bit grayscale PNG of a ramp over the whole range, and the ramp."""
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")
+    return buffer.getvalue(), ramp
+
+
 def test_a_jpeg_is_turned_upright_by_its_exif_orientation() -> None:
     # A phone's portrait photo is stored sideways with Orientation 6: it was read sideways
     from modelcycle.tasks.image_serving import open_image
 
-    upright = np.zeros((40, 20, 3), np.uint8)
-    upright[:10] = 255  # a white band at the top
-    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # 20 high, 40 wide
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° clockwise to view
-    buffer = io.BytesIO()
-    stored.save(buffer, format="JPEG", exif=exif, quality=95)
-    opened = np.asarray(open_image(buffer.getvalue()))
+    opened = np.asarray(open_image(_sideways_jpeg()))
     assert opened.shape == (40, 20, 3)
     assert opened[:8].mean() > 200 and opened[12:].mean() < 50
 
@@ -148,15 +163,28 @@ def test_a_16_bit_grayscale_png_is_scaled_not_clipped() -> None:
     # Pillow's convert("RGB") clipped 16-bit values at 255: a mid-grey scan became white
     from modelcycle.tasks.image_serving import open_image
 
-    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
-    buffer = io.BytesIO()
-    Image.fromarray(ramp).save(buffer, format="PNG")
-    assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")
-    opened = np.asarray(open_image(buffer.getvalue()))
+    data, ramp = _ramp_png()
+    opened = np.asarray(open_image(data))
     assert opened.shape == (64, 64, 3) and opened.dtype == np.uint8
     expected = np.round(ramp / 257).astype(np.uint8)
     assert np.abs(opened[..., 0].astype(int) - expected).max() <= 1
     assert opened[..., 0].min() == 0 and opened[..., 0].max() == 255
+
+
+def test_training_reads_image_files_as_the_server_reads_uploads(tmp_path: Path) -> None:
+    # Training read a phone's photo sideways and a 16-bit scan white, while the server
+    # turned the same files upright and scaled: the model met other pixels in service.
+    from modelcycle.data.image_set import read_image_files
+    from modelcycle.tasks.image_serving import decode_image
+
+    files = {"portrait.jpg": _sideways_jpeg(), "scan.png": _ramp_png()[0]}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    read = read_image_files([tmp_path / name for name in files], 16, "test")
+    for pixels, data in zip(read, files.values(), strict=True):
+        assert np.array_equal(pixels, decode_image(data, 16))
+    assert read[0][:3].mean() > 200 and read[0][-6:].mean() < 50  # upright: the band on top
+    assert 100 < read[1].mean() < 155  # a ramp from black to white, not white
 
 
 def test_examples_are_held_out_images_that_predict(client: TestClient) -> None:

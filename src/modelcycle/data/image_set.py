@@ -29,7 +29,7 @@ SPLITS = ("train", "val", "test")
 #: Mask value of a pixel that belongs to no class (outside the annotated region): not scored.
 IGNORE = 255
 #: Part of every decoded-image cache key: change it when decoding or resizing changes.
-DECODE_VERSION = "decode-1"
+DECODE_VERSION = "decode-2"  # 2: JPEGs upright by EXIF, 16-bit grayscale scaled (`as_shown`)
 #: Threads that read files (`map_files`); None: one per core the process may use, up to 8.
 READ_THREADS: int | None = None
 
@@ -175,7 +175,7 @@ def read_image_files(paths: Sequence[Path], size: int, desc: str) -> np.ndarray:
     def decode(path: Path) -> np.ndarray:
         try:
             with Image.open(path) as image:
-                return resize_rgb(image, size)
+                return resize_rgb(as_shown(image), size)
         except (UnidentifiedImageError, OSError) as err:
             raise DataError(f"{path}: not a readable image ({err}); remove or replace it.") from err
 
@@ -205,6 +205,24 @@ def map_files(
         yield from tqdm(results, total=len(paths), desc=desc, unit=unit, disable=len(paths) < 500)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def as_shown(image: Any) -> Any:
+    """A PIL image as RGB, the way a viewer shows it; training and serving both read so.
+
+    A JPEG is turned upright by its EXIF orientation (a phone's portrait photo is stored
+    sideways with a tag saying so; phones' JPEGs open as MPO). A 16-bit grayscale image
+    (PNG) is scaled to 8 bits: Pillow's `convert("RGB")` clips it at 255, so a normal
+    16-bit scan became white.
+    """
+    from PIL import Image, ImageOps
+
+    if image.format in ("JPEG", "MPO"):
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.round(np.clip(values, 0, 65535) / 257).astype(np.uint8), "L")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def resize_rgb(image: object, size: int) -> np.ndarray:

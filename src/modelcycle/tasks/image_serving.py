@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelcycle.data.image_set import as_shown
 from modelcycle.serving.adapter import ClassifierAdapter, RequestError, UnsupportedMediaError
 
 MAX_PIXELS = 25_000_000  # 5000 × 5000; real rice and flower photos are well under 1 Mpx
@@ -136,19 +137,6 @@ def _plain_base64(text: str) -> str:
 _URL_SAFE = str.maketrans("-_", "+/")
 
 
-def _eight_bits(image: Any) -> Any:
-    """A 16-bit grayscale image (PNG) scaled to 8 bits; any other image as it is.
-
-    Pillow's `convert("RGB")` clips 16-bit values at 255 (a normal 16-bit scan became white).
-    """
-    from PIL import Image
-
-    if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
-        return image
-    values = np.asarray(image, dtype=np.float64)
-    return Image.fromarray(np.round(np.clip(values, 0, 65535) / 257).astype(np.uint8), "L")
-
-
 def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
     """JPEG/PNG bytes → a decoded RGB PIL image, its size checked before it is decoded.
 
@@ -162,7 +150,7 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
     """
     import warnings
 
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if not data:
         raise RequestError("The image is empty (0 bytes); send a JPEG or PNG file.")
@@ -188,8 +176,7 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
                 )
             image.load()
             _refuse_invisible(image, kind)
-            upright = ImageOps.exif_transpose(image) if kind == "JPEG" else image
-            return _eight_bits(upright).convert("RGB")
+            return as_shown(image)
     except (
         OSError,
         SyntaxError,

@@ -717,9 +717,64 @@ def test_shedding_before_routing_still_checks_the_key_the_deadline_and_the_name(
     assert f'{PREDICT_SERIES},status="401"}} 2.0' in metrics
 
 
+def test_a_real_server_writes_refusals_from_the_protocol_as_the_app_writes_them(
+    served: ServedModel,
+) -> None:
+    """uvicorn with the server's protocol: a refusal the head settles is written before any
+    ASGI task, with the app's own status, headers and body, and counted on /metrics."""
+    import uvicorn
+
+    from modelcycle.serving.protocol import OpsFirstHttp
+
+    app = create_app(lambda: [served], ServeSettings())
+    rule, answered_early = app.state.early_refusal, []
+
+    def counting(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
+        answer = rule(method, target, headers)
+        if answer is not None:
+            answered_early.append(target)
+        return answer
+
+    app.state.early_refusal = counting
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=OpsFirstHttp, access_log=False, log_config=None
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn")
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            for _ in range(200):
+                with contextlib.suppress(httpx.TransportError):
+                    if c.get("/readyz").status_code == 200:
+                        break
+                time.sleep(0.05)
+            request = c.get("/v1/models/twins/examples").json()["examples"][0]["request"]
+            assert c.post(PREDICT, json=request).status_code == 200  # one answer's time known
+            tiny = {"x-deadline-ms": "0.001"}  # shorter than any answer: refused at once
+            early = c.post(PREDICT, json=request, headers=tiny)
+            via_app = c.post(PREDICT + "?from=app", json=request, headers=tiny)  # to _Shed
+            again = c.post(PREDICT, json=request)  # on the same kept-alive connection
+            metrics = c.get("/metrics").text
+    finally:
+        server.should_exit = True
+        thread.join(15)
+    assert early.status_code == via_app.status_code == 504
+    assert "twins cannot answer within 0.001 ms" in early.json()["detail"]
+    assert early.json() == via_app.json()
+    assert {k: v for k, v in early.headers.items() if k != "date"} == {
+        k: v for k, v in via_app.headers.items() if k != "date"
+    }
+    assert again.status_code == 200
+    assert answered_early == [PREDICT.encode()]  # the query sent the other to the app
+    assert PREDICT_SERIES + ',status="504"} 2.0' in metrics
+
+
 def test_shedding_answers_only_refusals_and_passes_everything_else_on_untouched() -> None:
-    from modelcycle.serving.app import _Shed, _State
+    from modelcycle.serving.app import _Shed, _ShedRule, _State
     from modelcycle.serving.batching import MicroBatcher
+    from modelcycle.serving.metrics import ServerMetrics
 
     state = _State(ready=True)
     state.batchers["full"] = MicroBatcher(lambda p: p, queue_limit=0)  # refuses every put
@@ -729,7 +784,7 @@ def test_shedding_answers_only_refusals_and_passes_everything_else_on_untouched(
     async def routes(scope: dict[str, Any], receive: Any, send: Any) -> None:
         passed_on.append(f"{scope['method']} {scope['path']}")
 
-    shed = _Shed(routes, state, ServeSettings())
+    shed = _Shed(routes, _ShedRule(state, ServeSettings(), ServerMetrics.create()))
 
     def call(method: str, path: str) -> list[dict[str, Any]]:
         sent: list[dict[str, Any]] = []

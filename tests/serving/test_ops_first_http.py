@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -219,6 +220,113 @@ def test_a_head_over_the_limit_gets_431(head: bytes) -> None:
 def test_a_head_within_the_limit_is_answered() -> None:
     said, _ = asyncio.run(_answer([GET + b"X-Big: " + b"x" * 900 + b"\r\n\r\n"], limit=1024))
     assert said.startswith(b"HTTP/1.1 200"), said
+
+
+class _Refusing:
+    """An ASGI app answering "ok" (after `delay` s) that refuses `POST /refuse` from its head
+    (`state.early_refusal`), as the server's app refuses an overloaded model's requests."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.state = SimpleNamespace(early_refusal=self.early)
+        self.delay = delay
+        self.called: list[str] = []  # the paths the app itself answered
+
+    def early(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        if (method, target) != (b"POST", b"/refuse"):
+            return None
+        return 429, [(b"content-length", b"2"), (b"retry-after", b"1")], b"no"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.called.append(scope["path"])
+        await asyncio.sleep(self.delay)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _exchange(app: _Refusing, pieces: list[bytes], pause: float = 0.0) -> tuple[bytes, float]:
+    """What the protocol (uvicorn's middleware around `app`) answers to `pieces`, sent
+    `pause` s apart, until it closes the connection (keep-alive: after 1 s idle); and when."""
+    config = uvicorn.Config(app, lifespan="off", log_level="critical", timeout_keep_alive=1)
+    config.load()  # wraps the app in uvicorn's middleware, as a server does
+
+    def protocol() -> OpsFirstHttp:
+        return OpsFirstHttp(config=config, server_state=ServerState(), app_state={})
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(protocol, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = loop.time()
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(pause)
+        said = await asyncio.wait_for(reader.read(), timeout=10)
+        closed = loop.time() - started
+        writer.close()
+        return said, closed
+    finally:
+        server.close()
+
+
+REFUSE = b"POST /refuse HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n"
+
+
+def test_a_refusal_the_app_gives_from_the_head_is_written_without_an_asgi_task() -> None:
+    app = _Refusing()
+    said, _ = asyncio.run(_exchange(app, [REFUSE + b"\r\n0123456789" + GET + b"\r\n"]))
+    refusal, _, rest = said.partition(b"no")
+    assert refusal.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), said
+    assert b"retry-after: 1\r\n" in refusal and b"connection: close" not in refusal
+    assert rest.startswith(b"HTTP/1.1 200") and b"ok" in rest  # the same connection
+    assert app.called == ["/v1/models"]  # the app never saw the refused request
+
+
+def test_a_refused_request_s_body_may_follow_its_answer() -> None:
+    # answered from the head: the body, sent after, is dropped, and the next request answered
+    app = _Refusing()
+    pieces = [REFUSE + b"\r\n", b"0123456789" + GET + b"\r\n"]
+    said, _ = asyncio.run(_exchange(app, pieces, pause=0.2))
+    assert said.count(b"HTTP/1.1 429") == 1 and said.count(b"HTTP/1.1 200") == 1, said
+    assert app.called == ["/v1/models"]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [REFUSE + b"Connection: close\r\n", REFUSE.replace(b"HTTP/1.1", b"HTTP/1.0")],
+)
+def test_a_refusal_closes_a_connection_its_client_will_not_keep(head: bytes) -> None:
+    said, closed = asyncio.run(_exchange(_Refusing(), [head + b"\r\n0123456789"]))
+    assert said.startswith(b"HTTP/1.1 429") and b"connection: close\r\n" in said, said
+    assert said.endswith(b"no") and closed < 0.8  # at once, not after the keep-alive second
+
+
+def test_requests_behind_a_pipeline_or_expecting_100_continue_go_to_the_app() -> None:
+    # written early, a refusal would overtake the answer still in progress before it
+    app = _Refusing(delay=0.2)
+    slow = b"POST /slow HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n"
+    said, _ = asyncio.run(_exchange(app, [slow + REFUSE + b"\r\n0123456789"]))
+    assert said.count(b"HTTP/1.1 200") == 2 and app.called == ["/slow", "/refuse"], said
+    app = _Refusing()
+    expecting = REFUSE + b"Expect: 100-continue\r\n\r\n"
+    said, _ = asyncio.run(_exchange(app, [expecting, b"0123456789"], pause=0.2))
+    assert b"HTTP/1.1 200" in said and app.called == ["/refuse"], said
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_a_body_that_arrives_after_its_answer_leaves_an_idle_connection_to_keep_alive(
+    early: bool,
+) -> None:
+    # uvicorn's keep-alive clock, started by the answer, was stopped by the body's bytes and
+    # never started again: the idle connection stayed open until its client left
+    head = REFUSE if early else REFUSE.replace(b"/refuse", b"/app")
+    app = _Refusing()
+    said, closed = asyncio.run(_exchange(app, [head + b"\r\n", b"0123456789"], pause=0.3))
+    assert said.count(b"HTTP/1.1") == 1 and app.called == ([] if early else ["/app"]), said
+    assert 1.0 < closed < 3  # the body at 0.3 s, then one second of keep-alive
 
 
 def test_the_protocol_module_imports_nothing_heavy() -> None:

@@ -474,7 +474,9 @@ def _add_middleware(
     app: FastAPI, state: _State, metrics: ServerMetrics, settings: ServeSettings
 ) -> None:
     # Innermost of the three: CORS headers and measuring apply to its refusals too.
-    app.add_middleware(_Shed, state=state, settings=settings)
+    rule = _ShedRule(state, settings, metrics)
+    app.add_middleware(_Shed, rule=rule)
+    app.state.early_refusal = rule.early  # for OpsFirstHttp, before any ASGI task
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -487,42 +489,29 @@ def _add_middleware(
     app.add_middleware(_Measure, state=state, metrics=metrics, routes=app.router.routes)
 
 
-class _Shed:
-    """Answers 429 (504), before FastAPI routes it, to a predict request its model would refuse.
+class _ShedRule:
+    """Which predict requests their model refuses now, from the path and headers alone.
 
-    Pure ASGI, and the body is never read. Under overload most requests are refused, and
-    routing them costs about 0.1 ms of CPU each (dependencies, header parsing), taken from
-    the model; this costs a fifth of that (README, Benchmarks). Whatever the path and headers
-    alone do not settle (an unknown model, a missing or wrong key, a malformed X-Deadline-Ms,
-    a server not ready) goes on to the routes, which answer it as without an overload; a
-    request let through is judged again there, still before its body is read.
+    Whatever those do not settle (an unknown model, a missing or wrong key, a malformed
+    X-Deadline-Ms, a server not ready) is left to the routes, which answer it as without an
+    overload; a request let through is judged again there, still before its body is read.
     """
 
     prefix, suffix = PREDICT.split("{name}")
 
-    def __init__(self, app: Callable[..., Any], state: _State, settings: ServeSettings) -> None:
-        self.app, self.state, self.settings = app, state, settings
+    def __init__(self, state: _State, settings: ServeSettings, metrics: ServerMetrics) -> None:
+        self.state, self.settings, self.metrics = state, settings, metrics
         self.key = None if settings.api_key is None else settings.api_key.encode()
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and path.startswith(self.prefix)
-            and path.endswith(self.suffix)
-            and self.state.ready
-        ):
-            name = path[len(self.prefix) : -len(self.suffix)]
-            known = name in self.state.batchers
-            shed = self._refusal(name, scope["headers"]) if known else None
-            if shed is not None:
-                scope[SHED_ROUTE], scope["path_params"] = PREDICT, {"name": name}
-                await shed(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    def model(self, path: str) -> str | None:
+        """The served model a predict `path` names, once the server is ready; else None."""
+        if not (self.state.ready and path.startswith(self.prefix) and path.endswith(self.suffix)):
+            return None
+        name = path[len(self.prefix) : -len(self.suffix)]
+        return name if name in self.state.batchers else None
 
-    def _refusal(self, name: str, headers: list[tuple[bytes, bytes]]) -> JSONResponse | None:
+    def refusal(self, name: str, headers: list[tuple[bytes, bytes]]) -> JSONResponse | None:
+        """The answer refusing a request for `name` with these headers now, or None."""
         first: dict[bytes, bytes] = {}  # the first of each, as the routes read them
         for key, value in headers:
             if key in (b"x-deadline-ms", b"x-api-key", b"authorization"):
@@ -539,6 +528,53 @@ class _Shed:
         if wanted is not None and not 0 < wanted < float("inf"):
             return None
         return _refusal(self.state, name, _deadline_ms(self.settings, wanted))
+
+    def early(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """A refusal for the HTTP protocol to write itself, or None to hand the request on.
+
+        `OpsFirstHttp` asks before it makes the request's ASGI task: a refusal answered there
+        spends no task, scope or middleware, under half the server CPU of one through `_Shed`
+        (`bench/shedding.py`). It is counted as `_Measure` counts answers. A target with a
+        query or %-escapes, and a browser's request (CORS answers it), go to the app.
+        """
+        started = time.perf_counter()
+        if method != b"POST" or b"?" in target or b"%" in target:
+            return None
+        if self.settings.cors_origins and any(k == b"origin" for k, _ in headers):
+            return None
+        name = self.model(target.decode("latin-1"))
+        refused = None if name is None else self.refusal(name, headers)
+        if name is None or refused is None:
+            return None
+        status = refused.status_code
+        self.metrics.requests.labels(PREDICT, str(status), name).inc()
+        self.metrics.latency.labels(PREDICT, name).observe(time.perf_counter() - started)
+        return status, refused.raw_headers, bytes(refused.body)
+
+
+class _Shed:
+    """Answers 429 (504), before FastAPI routes it, to a predict request its model would refuse.
+
+    Pure ASGI, and the body is never read. Under overload most requests are refused, and
+    routing them costs about 0.1 ms of CPU each (dependencies, header parsing), taken from
+    the model; this costs a fifth of that (README, Benchmarks). The HTTP protocol answers
+    most refusals before they get here (`_ShedRule.early`); this answers the others.
+    """
+
+    def __init__(self, app: Callable[..., Any], rule: _ShedRule) -> None:
+        self.app, self.rule = app, rule
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            name = self.rule.model(scope.get("path", ""))
+            shed = None if name is None else self.rule.refusal(name, scope["headers"])
+            if shed is not None:
+                scope[SHED_ROUTE], scope["path_params"] = PREDICT, {"name": name}
+                await shed(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _Measure:

@@ -8,9 +8,10 @@ answers its supervisor's pings, so a heavy import here would get workers killed 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 #: Paths an operator needs most during an overload; they pass serve.max_connections.
 OPS_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
@@ -22,6 +23,14 @@ HEAD_SECONDS = 10.0
 #: Seconds the rest of a body may take to arrive once its request was answered without it
 #: (401, 408, 413, 415); beyond them the connection closes.
 LINGER_SECONDS = 5.0
+
+
+#: An answer the protocol writes itself: status, headers (as ASGI's) and body.
+EarlyAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
+#: What an app may offer the protocol as `app.state.early_refusal`: given a request's method,
+#: target (path and query, as sent) and headers, the answer that refuses it now, or None to
+#: hand the request to the app.
+EarlyRefusal = Callable[[bytes, bytes, list[tuple[bytes, bytes]]], EarlyAnswer | None]
 
 
 class _HeadTooLargeError(Exception):
@@ -65,8 +74,9 @@ class OpsFirstHttp(HttpToolsProtocol):
         self._too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Start the clock for the first request's head."""
+        """Start the clock for the first request's head; find the app's early refusal."""
         super().connection_made(transport)
+        self._early = _early_refusal_of(self.app)
         self._time_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -76,9 +86,21 @@ class OpsFirstHttp(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def on_message_complete(self) -> None:
-        """A request's body has all arrived: a connection lingering for it may stay open."""
+        """A request's body has all arrived: its connection may stay, idle, as keep-alive lets.
+
+        A connection lingering for the body stays open. uvicorn starts the keep-alive clock
+        when an answer is sent and stops it when bytes arrive; for a request answered before
+        its body (a refusal, a 413), the body's bytes stopped it for good, and the connection
+        stayed open, idle, until its client left.
+        """
         self._stop_lingering()
+        answered = self.cycle is not None and self.cycle.response_complete
         super().on_message_complete()
+        if answered and not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def on_response_complete(self) -> None:
         """Give a body its request was answered without `linger_seconds` to arrive."""
@@ -101,6 +123,7 @@ class OpsFirstHttp(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         """A request starts (the first, or the next on a kept-alive connection)."""
         super().on_message_begin()
+        self._unset_keepalive_if_required()  # not idle (it may follow a body in one read)
         self._head_bytes, self._in_head = 0, True
         self._time_head()
 
@@ -124,6 +147,25 @@ class OpsFirstHttp(HttpToolsProtocol):
             b"Request Header Fields Too Large",
             f"The request line and headers exceed {self.head_limit} bytes.",
         )
+
+    def _answer_early(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Write `status`, `headers` and `body` as uvicorn would, without an ASGI task.
+
+        The request's body, unread, is dropped as it arrives (the stand-in cycle is complete)
+        and has `linger_seconds` to arrive, as after any answer given before the body.
+        """
+        keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+        content = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers):
+            content.extend([name, b": ", value, b"\r\n"])
+        if not keep_alive:
+            content.append(b"connection: close\r\n")
+        content.extend([b"\r\n", body])
+        self.transport.write(b"".join(content))
+        self.cycle = _Answered(keep_alive)  # type: ignore[assignment]
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
@@ -162,9 +204,22 @@ class OpsFirstHttp(HttpToolsProtocol):
         self.transport.close()
 
     def on_headers_complete(self) -> None:
-        """Lift the limit for this one request when it is an operator's GET with room left."""
+        """Answer a request the app refuses from its head alone, or hand it to the app.
+
+        Handed on, an operator's GET passes the limit when there is room left.
+        """
         self._stop_head_clock()
         self._in_head = False
+        if (
+            self._early is not None
+            and (self.cycle is None or self.cycle.response_complete)  # not behind a pipeline
+            and not self.expect_100_continue
+            and not self.parser.should_upgrade()
+        ):
+            answer = self._early(self.parser.get_method(), self.url, self.headers)
+            if answer is not None:
+                self._answer_early(*answer)
+                return
         limit = self.limit_concurrency
         if (
             limit is None
@@ -179,3 +234,37 @@ class OpsFirstHttp(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.limit_concurrency = limit
+
+
+class _NoEvent:
+    """The message event of an answered cycle: nothing waits on it."""
+
+    def set(self) -> None:
+        """Nothing to wake."""
+
+
+class _Answered:
+    """The cycle of a request the protocol answered itself: complete, its body not read.
+
+    It has what uvicorn's protocol reads of a cycle once its response is complete.
+    """
+
+    response_complete = True
+    disconnected = False
+    message_event = _NoEvent()
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+        self.more_body = True  # on_message_complete leaves a complete cycle as it is
+
+
+def _early_refusal_of(app: Any) -> EarlyRefusal | None:
+    """The `state.early_refusal` of the app, found through the middleware wrapping it."""
+    for _ in range(8):  # uvicorn wraps the app in a few layers at most
+        found = getattr(getattr(app, "state", None), "early_refusal", None)
+        if found is not None:
+            return found
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None

@@ -316,6 +316,35 @@ def test_requests_behind_a_pipeline_or_expecting_100_continue_go_to_the_app() ->
     assert b"HTTP/1.1 200" in said and app.called == ["/refuse"], said
 
 
+def test_beyond_the_limit_uvicorn_s_503_closes_even_what_the_app_would_refuse() -> None:
+    # answered 429 on a kept connection, refusals would hold the count over the limit, and
+    # every request the model could take would get the 503 instead
+    async def run() -> bytes:
+        config = uvicorn.Config(
+            _Refusing(), limit_concurrency=1, lifespan="off", log_level="critical"
+        )
+        config.load()
+        state = ServerState()
+        state.tasks.add(asyncio.ensure_future(asyncio.sleep(60)))  # one request in flight
+
+        def protocol() -> OpsFirstHttp:
+            return OpsFirstHttp(config=config, server_state=state, app_state={})
+
+        server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(REFUSE + b"\r\n0123456789")
+            said = await asyncio.wait_for(reader.read(), timeout=5)  # until it closes
+            writer.close()
+            return said
+        finally:
+            server.close()
+
+    said = asyncio.run(run())
+    assert said.startswith(b"HTTP/1.1 503") and b"connection: close" in said, said
+
+
 @pytest.mark.parametrize("early", [True, False])
 def test_a_body_that_arrives_after_its_answer_leaves_an_idle_connection_to_keep_alive(
     early: bool,

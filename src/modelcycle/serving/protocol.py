@@ -206,12 +206,23 @@ class OpsFirstHttp(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """Answer a request the app refuses from its head alone, or hand it to the app.
 
-        Handed on, an operator's GET passes the limit when there is room left.
+        Beyond the limit, uvicorn answers 503 and closes the connection, as without the app's
+        refusals (answered 429 on a kept connection, they would keep the count up); an
+        operator's GET passes the limit while there is room left.
         """
         self._stop_head_clock()
         self._in_head = False
+        limit = self.limit_concurrency
+        ops = (
+            limit is not None
+            and len(self.tasks) < limit + self.reserve
+            and self.parser.get_method() == b"GET"
+            and self.url.partition(b"?")[0] in OPS_PATHS
+        )
+        over = limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
         if (
-            self._early is not None
+            not over
+            and self._early is not None
             and (self.cycle is None or self.cycle.response_complete)  # not behind a pipeline
             and not self.expect_100_continue
             and not self.parser.should_upgrade()
@@ -220,13 +231,7 @@ class OpsFirstHttp(HttpToolsProtocol):
             if answer is not None:
                 self._answer_early(*answer)
                 return
-        limit = self.limit_concurrency
-        if (
-            limit is None
-            or len(self.tasks) >= limit + self.reserve
-            or self.parser.get_method() != b"GET"
-            or self.url.partition(b"?")[0] not in OPS_PATHS
-        ):
+        if not ops:
             super().on_headers_complete()
             return
         self.limit_concurrency = None

@@ -262,11 +262,16 @@ def test_one_error_repeated_among_siblings_is_listed_once_with_its_count(
     assert refused.status_code == 422, refused.text
     detail = refused.json()["detail"]
     assert [(d["loc"][:2], d["type"]) for d in detail] == [
-        (["a", "measures"], "float_type"),
+        *[(["a", "measures"], "float_type")] * 3,
         (["b", "age"], "greater_than"),
     ]
-    assert detail[0]["loc"] == ["a", "measures", names[0]]
-    assert f"(and {len(names) - 1} more like it in a.measures)" in detail[0]["msg"]
+    assert [d["loc"][2] for d in detail[:3]] == names[:3]
+    assert "more like it" not in detail[1]["msg"]
+    assert f"(and {len(names) - 3} more like it in a.measures)" in detail[2]["msg"]
+    # a few errors of a kind are all listed: both people missing
+    missing = _post(client, {}).json()["detail"]
+    assert [d["loc"] for d in missing] == [["a"], ["b"]]
+    assert not any("more like it" in d["msg"] for d in missing)
 
 
 def test_the_openapi_document_gives_both_shapes_of_422(client: TestClient) -> None:

@@ -66,8 +66,9 @@ PREDICT = "/v1/models/{name}/predict"
 SHED_ROUTE = "modelcycle.route"  # scope key: the route template of a request answered early
 #: Seconds a request body may take to arrive at least, whatever is left of its deadline.
 READ_FLOOR = 1.0
-#: Most of pydantic's errors a 422 lists.
+#: Most of pydantic's errors a 422 lists, in all and of one kind among siblings.
 MAX_ERRORS = 20
+SIBLING_ERRORS = 3
 #: Fewest characters an API key may have: a short word is guessed by a few thousand requests.
 MIN_KEY_LENGTH = 16
 #: Where the Swagger UI files of /docs are served from.
@@ -535,7 +536,7 @@ class _ShedRule:
         """A refusal for the HTTP protocol to write itself, or None to hand the request on.
 
         `OpsFirstHttp` asks before it makes the request's ASGI task: a refusal answered there
-        spends no task, scope or middleware, under half the server CPU of one through `_Shed`
+        spends no task, scope or middleware, about half the server CPU of one through `_Shed`
         (`bench/shedding.py`). It is counted as `_Measure` counts answers. A target with a
         query or %-escapes, and a browser's request (CORS answers it), go to the app.
         """
@@ -944,23 +945,26 @@ def _reject_constant(name: str) -> float:
 
 
 def _validation_details(err: ValidationError) -> list[dict[str, Any]]:
-    """The errors pydantic found, each only once among siblings, at most `MAX_ERRORS`.
+    """The errors pydantic found: `SIBLING_ERRORS` of a kind among siblings, `MAX_ERRORS` in all.
 
-    Errors of one type under one parent (every item of a flat list where lists belong,
-    every value of a measures object sent as strings) are one entry, the first, whose
-    message counts the others: 20 copies of one message hid the one different error.
+    Errors of one type under one parent (every value of a measures object sent as strings)
+    beyond the first `SIBLING_ERRORS` are counted in the last one's message, not listed:
+    20 copies of one message hid the one different error.
     """
-    details: dict[tuple[Any, ...], dict[str, Any]] = {}
+    kept: list[dict[str, Any]] = []
+    last: dict[tuple[Any, ...], dict[str, Any]] = {}
     repeats: Counter[tuple[Any, ...]] = Counter()
     for e in err.errors(include_url=False, include_input=False):
         group = (*e["loc"][:-1], e["type"])
         repeats[group] += 1
-        details.setdefault(group, {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]})
-    for group, detail in details.items():
-        if repeats[group] > 1:
+        if repeats[group] <= SIBLING_ERRORS:
+            last[group] = {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+            kept.append(last[group])
+    for group, detail in last.items():
+        if repeats[group] > SIBLING_ERRORS:
             where = ".".join(str(part) for part in group[:-1]) or "the body"
-            detail["msg"] += f" (and {repeats[group] - 1} more like it in {where})"
-    return list(details.values())[:MAX_ERRORS]
+            detail["msg"] += f" (and {repeats[group] - SIBLING_ERRORS} more like it in {where})"
+    return kept[:MAX_ERRORS]
 
 
 def _key_check(settings: ServeSettings) -> Callable[[Request], Awaitable[None]]:

@@ -10,8 +10,24 @@ import pytest
 from scipy.stats import ks_2samp
 
 from modelcycle.monitoring.drift import DriftSettings, TooFewCapturesError, compare
+from modelcycle.serving.adapter import ServingAdapter
 
 SETTINGS = DriftSettings(alpha=0.05, min_captures=30)
+
+
+class Level(ServingAdapter):
+    """An adapter whose one drift feature is a request's first value."""
+
+    request_type = None  # type: ignore[assignment]
+
+    def decode(self, request: object) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
+        return {"level": float(inputs[0][0, 0])}
+
+    def examples(self, held_out: object, target: object) -> list[dict[str, object]]:
+        return []
 
 
 def _frame(n: int, seed: int, shift: dict[str, float] | None = None) -> pd.DataFrame:
@@ -102,19 +118,6 @@ def test_nan_values_are_left_out_and_an_empty_column_is_not_tested() -> None:
 
 def test_a_reference_keeps_only_the_outputs_of_rows_the_model_never_trained_on() -> None:
     from modelcycle.monitoring.drift import reference_frame
-    from modelcycle.serving.adapter import ServingAdapter
-
-    class Level(ServingAdapter):
-        request_type = None  # type: ignore[assignment]
-
-        def decode(self, request: object) -> list[np.ndarray]:
-            raise NotImplementedError
-
-        def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
-            return {"level": float(inputs[0][0, 0])}
-
-        def examples(self, held_out: object, target: object) -> list[dict[str, object]]:
-            return []
 
     rng = np.random.default_rng(0)
     inputs = [rng.normal(size=(100, 3))]
@@ -196,19 +199,6 @@ def test_the_class_mix_p_value_is_calibrated_repeatable_and_resolves_the_thresho
 def test_a_reference_gives_the_predicted_class_of_rows_it_keeps_outputs_of() -> None:
     from modelcycle.embedding_columns import answer_columns
     from modelcycle.monitoring.drift import reference_frame
-    from modelcycle.serving.adapter import ServingAdapter
-
-    class Level(ServingAdapter):
-        request_type = None  # type: ignore[assignment]
-
-        def decode(self, request: object) -> list[np.ndarray]:
-            raise NotImplementedError
-
-        def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
-            return {"level": float(inputs[0][0, 0])}
-
-        def examples(self, held_out: object, target: object) -> list[dict[str, object]]:
-            return []
 
     probabilities = _classes(30, 0, [0.3, 0.3, 0.4])
     inputs = [np.zeros((30, 1))]

@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from modelcycle.serving.protocol import OpsFirstHttp
+from modelcycle.serving.protocol import HEAD_LIMIT, HEAD_SECONDS, OpsFirstHttp
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -85,13 +85,23 @@ def test_no_limit_answers_everything() -> None:
 
 
 async def _answer(
-    send: list[bytes], limit: int = 1024, seconds: float = 0.5, pause: float = 0.0
+    send: list[bytes],
+    limit: int = 1024,
+    seconds: float = 0.5,
+    pause: float = 0.0,
+    app: Any = _app,
+    max_connections: int | None = 8,
 ) -> tuple[bytes, float]:
-    """What the protocol answers to `send` (pieces, `pause` s apart), and when it closed."""
+    """What the protocol answers to `send` (pieces, `pause` s apart), and when it closed
+    (keep-alive: after 1 s idle)."""
     config = uvicorn.Config(
-        _app, limit_concurrency=8, lifespan="off", log_level="critical", timeout_keep_alive=1
+        app,
+        limit_concurrency=max_connections,
+        lifespan="off",
+        log_level="critical",
+        timeout_keep_alive=1,
     )
-    config.load()
+    config.load()  # wraps the app in uvicorn's middleware, as a server does
 
     def protocol() -> OpsFirstHttp:
         made = OpsFirstHttp(config=config, server_state=ServerState(), app_state={})
@@ -246,30 +256,8 @@ class _Refusing:
 
 
 async def _exchange(app: _Refusing, pieces: list[bytes], pause: float = 0.0) -> tuple[bytes, float]:
-    """What the protocol (uvicorn's middleware around `app`) answers to `pieces`, sent
-    `pause` s apart, until it closes the connection (keep-alive: after 1 s idle); and when."""
-    config = uvicorn.Config(app, lifespan="off", log_level="critical", timeout_keep_alive=1)
-    config.load()  # wraps the app in uvicorn's middleware, as a server does
-
-    def protocol() -> OpsFirstHttp:
-        return OpsFirstHttp(config=config, server_state=ServerState(), app_state={})
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(protocol, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        started = loop.time()
-        for piece in pieces:
-            writer.write(piece)
-            await writer.drain()
-            await asyncio.sleep(pause)
-        said = await asyncio.wait_for(reader.read(), timeout=10)
-        closed = loop.time() - started
-        writer.close()
-        return said, closed
-    finally:
-        server.close()
+    """What the protocol answers `app`'s requests `pieces` with, and when it closed."""
+    return await _answer(pieces, HEAD_LIMIT, HEAD_SECONDS, pause, app, max_connections=None)
 
 
 REFUSE = b"POST /refuse HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n"

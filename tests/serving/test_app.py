@@ -637,6 +637,47 @@ def test_a_stop_signal_turns_readiness_false_before_draining(served: ServedModel
         assert _post(c, _example(c)).status_code == 200  # in-flight work is still answered
 
 
+def test_a_stop_signal_during_a_metric_write_turns_readiness_false_without_deadlock(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A signal handler runs on the main thread between two bytecodes. One that came while
+    # the event loop held prometheus_client's lock (one for every value in multi-process
+    # mode, not re-entrant) set the readiness gauge, waited for itself, and the worker
+    # never stopped after SIGTERM.
+    from modelcycle.serving import app as app_module
+
+    created: list[Any] = []
+    real = app_module.ServerMetrics.create
+
+    def create(cls: type) -> Any:
+        created.append(real())
+        return created[-1]
+
+    monkeypatch.setattr(app_module.ServerMetrics, "create", classmethod(create))
+    app = create_app(lambda: [served], ServeSettings())
+    with TestClient(app) as c:
+        lock = created[0].ready._value._lock  # the gauge's lock (prometheus_client's own)
+        returned = threading.Event()
+
+        def main_thread_writing_a_metric() -> None:
+            with lock:  # the thread the handler interrupts holds the lock
+                app.state.stop_accepting()  # what the stop signal's handler calls
+                returned.set()
+
+        interrupted = threading.Thread(target=main_thread_writing_a_metric, daemon=True)
+        interrupted.start()
+        if not returned.wait(5):
+            lock.release()  # a Lock has no owner: let the stuck thread, and the app, go on
+            pytest.fail("the stop handler waited for a lock its own thread held")
+        interrupted.join(5)
+        assert c.get("/readyz").status_code == 503
+        for _ in range(50):  # set once the lock was let go
+            if "modelcycle_ready 0.0" in c.get("/metrics").text:
+                break
+            time.sleep(0.05)
+        assert "modelcycle_ready 0.0" in c.get("/metrics").text
+
+
 class GatedSession:
     """An ONNX session whose calls, once armed, wait until the test releases them."""
 

@@ -66,6 +66,8 @@ PREDICT = "/v1/models/{name}/predict"
 SHED_ROUTE = "modelcycle.route"  # scope key: the route template of a request answered early
 #: Seconds a request body may take to arrive at least, whatever is left of its deadline.
 READ_FLOOR = 1.0
+#: Seconds a stop signal's handler waits for the readiness gauge (`_stop_accepting`).
+GAUGE_WAIT = 0.5
 #: Most of pydantic's errors a 422 lists, in all and of one kind among siblings.
 MAX_ERRORS = 20
 SIBLING_ERRORS = 3
@@ -278,7 +280,7 @@ def create_app(
         redirect_slashes=False,
         static_url=DOCS_ASSETS,
     )
-    app.state.stop_accepting = lambda: _not_ready(state, metrics)
+    app.state.stop_accepting = functools.partial(_stop_accepting, state, metrics)
     app.add_exception_handler(StarletteHTTPException, _allowing_head)
     _add_middleware(app, state, metrics, settings)
     _add_routes(app, state, metrics, settings, drift)
@@ -288,6 +290,22 @@ def create_app(
 def _not_ready(state: _State, metrics: ServerMetrics) -> None:
     state.ready = False
     metrics.ready.set(0)
+
+
+def _stop_accepting(state: _State, metrics: ServerMetrics) -> None:
+    """Turn readiness false at once: what a stop signal's handler calls.
+
+    prometheus_client guards each value with a lock that is not re-entrant (in multi-process
+    mode, one lock for all of them). A handler runs on the main thread between two bytecodes,
+    so one that came while the event loop was recording a request waited for itself
+    forever: a worker never stopped after SIGTERM. The flag is set here; the gauge from a
+    thread of its own, awaited for `GAUGE_WAIT` seconds at most: should the main thread hold
+    the lock, the thread sets the gauge once the handler has returned and it is let go.
+    """
+    state.ready = False
+    setting = threading.Thread(target=metrics.ready.set, args=(0,), name="not-ready", daemon=True)
+    setting.start()
+    setting.join(GAUGE_WAIT)
 
 
 def _add_model(

@@ -22,7 +22,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from modelcycle.embedding_columns import ARGMAX, is_class_column, is_embedding_column
+from modelcycle.embedding_columns import (
+    ARGMAX,
+    answer_columns,
+    is_class_column,
+    is_embedding_column,
+    monitor_columns,
+)
 from modelcycle.monitoring.capture import Capture
 from modelcycle.serving.adapter import ServingAdapter
 
@@ -110,33 +116,23 @@ def reference_frame(
         adapter: The task's serving adapter, which turns one request's rows into features.
         inputs: One array per model input, rows along axis 0.
         outputs: Each model output on those rows (first axis: rows).
-        monitored: Monitoring-only outputs (the embedding distance): every value of a row is a
-            column, named as the server records them; other outputs give their first value,
-            and maps (more than one axis per row) none, as `answer_columns` says.
+        monitored: Monitoring-only outputs (the embedding distance): their columns are
+            `monitor_columns`', the others' `answer_columns`', as the server records them.
         unseen: Only the first `unseen` rows never trained the model: the outputs of the
             others are left out (NaN, which the tests skip). On rows it was fitted on a
             model is surer and its embedding sits elsewhere than on any new request, so
             such a reference flagged ordinary unseen traffic as drift (a GCN on Wiki-CS: 27 %
             of 40-request windows). Their input features are kept: they describe the data.
     """
-    rows = [adapter.drift_features([x[i : i + 1] for x in inputs]) for i in range(len(inputs[0]))]
-    frame = pd.DataFrame(rows, dtype=float)
-    for name, values in outputs.items():
-        if name not in monitored and np.ndim(values) > 2:
-            continue  # a map per row: the server records no column of it either
-        table = np.asarray(values, dtype=float).reshape(len(frame), -1)
-        if unseen is not None:
-            table = table.copy()  # not the caller's outputs
-            table[unseen:] = np.nan
-        if name in monitored and table.shape[1] > 1:
-            for k in range(table.shape[1]):
-                frame[f"{name}{k + 1}"] = table[:, k]
-            continue
-        frame[name] = table[:, 0]
-        if table.shape[1] > 1:  # as `answer_columns`: the predicted class too
-            top = table.argmax(axis=1).astype(float)
-            frame[name + ARGMAX] = np.where(np.isnan(table[:, 0]), np.nan, top)
-    return frame
+    answered = [name for name in outputs if name not in monitored]
+    rows = []
+    for i in range(len(inputs[0])):
+        row = adapter.drift_features([x[i : i + 1] for x in inputs])
+        if unseen is None or i < unseen:  # the columns the server records with a request
+            one = {name: values[i : i + 1] for name, values in outputs.items()}
+            row |= monitor_columns(one, monitored) | answer_columns(one, answered)
+        rows.append(row)
+    return pd.DataFrame(rows, dtype=float)
 
 
 def captures_frame(captures: Sequence[Capture]) -> pd.DataFrame:
@@ -165,15 +161,13 @@ def compare(
             "widen --since or --last, or lower monitor.min_captures."
         )
     columns = [c for c in reference.columns if c in current.columns]
-    tested = [c for c in columns if _testable(reference[c].to_numpy(), current[c].to_numpy())]
-    threshold = settings.alpha / max(len(tested), 1)
+    sides = {c: (reference[c].to_numpy(), current[c].to_numpy()) for c in columns}
+    n_tested = sum(_testable(*sides[c]) for c in columns)
+    threshold = settings.alpha / max(n_tested, 1)
     tests = {
-        c: (class_mix_test if is_class_column(c) else _ks)(
-            reference[c].to_numpy(), current[c].to_numpy(), threshold
-        )
+        c: class_mix_test(*sides[c], threshold) if is_class_column(c) else _ks(*sides[c])
         for c in columns
     }
-    n_tested = len(tested)
     features = [
         FeatureDrift(
             name=c,
@@ -181,8 +175,8 @@ def compare(
             statistic=_finite(stat),
             p_value=_finite(p),
             drifted=bool(p < threshold),  # NaN compares False: an untestable column never drifts
-            reference_mean=None if is_class_column(c) else _mean(reference[c].to_numpy()),
-            current_mean=None if is_class_column(c) else _mean(current[c].to_numpy()),
+            reference_mean=None if is_class_column(c) else _mean(sides[c][0]),
+            current_mean=None if is_class_column(c) else _mean(sides[c][1]),
         )
         for c, (stat, p) in tests.items()
     ]
@@ -220,7 +214,7 @@ def _testable(reference: np.ndarray, current: np.ndarray) -> bool:
     return bool(np.isfinite(reference).sum() >= 2 and np.isfinite(current).sum() >= 2)
 
 
-def _ks(reference: np.ndarray, current: np.ndarray, threshold: float) -> tuple[float, float]:
+def _ks(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     """KS statistic and p-value on the finite values; NaN when either side has under two."""
     from scipy.stats import ks_2samp
 

@@ -202,10 +202,13 @@ def _refuse_invisible(image: Any, kind: str) -> None:
     Its colours are what an editor left under the transparency (often black): nothing a
     viewer shows, yet the model answered them with confidence.
     """
-    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+    if image.mode in ("RGBA", "LA", "PA"):  # the alpha band's range, without a copy
+        most_opaque = image.getextrema()[-1][1]
+    elif "transparency" in image.info:  # a transparent colour or palette entry (tRNS)
+        most_opaque = image.convert("RGBA").getextrema()[-1][1]
+    else:
         return
-    alpha = image.convert("RGBA").getchannel("A")
-    if alpha.getextrema()[1] == 0:
+    if most_opaque == 0:
         raise RequestError(
             f"The {kind} is fully transparent: no pixel is visible; send the image with "
             "visible pixels (or without its alpha channel)."

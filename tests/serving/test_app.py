@@ -768,7 +768,6 @@ def test_a_real_server_writes_refusals_from_the_protocol_as_the_app_writes_them(
 ) -> None:
     """uvicorn with the server's protocol: a refusal the head settles is written before any
     ASGI task, with the app's own status, headers and body, and counted on /metrics."""
-    import uvicorn
 
     from modelcycle.serving.protocol import OpsFirstHttp
 
@@ -782,30 +781,17 @@ def test_a_real_server_writes_refusals_from_the_protocol_as_the_app_writes_them(
         return answer
 
     app.state.early_refusal = counting
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=OpsFirstHttp, access_log=False, log_config=None
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn")
-    thread.start()
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
-            for _ in range(200):
-                with contextlib.suppress(httpx.TransportError):
-                    if c.get("/readyz").status_code == 200:
-                        break
-                time.sleep(0.05)
-            request = c.get("/v1/models/twins/examples").json()["examples"][0]["request"]
-            assert c.post(PREDICT, json=request).status_code == 200  # one answer's time known
-            tiny = {"x-deadline-ms": "0.001"}  # shorter than any answer: refused at once
-            early = c.post(PREDICT, json=request, headers=tiny)
-            via_app = c.post(PREDICT + "?from=app", json=request, headers=tiny)  # to _Shed
-            again = c.post(PREDICT, json=request)  # on the same kept-alive connection
-            metrics = c.get("/metrics").text
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    with (
+        _in_uvicorn(app, http=OpsFirstHttp) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c,
+    ):
+        request = c.get("/v1/models/twins/examples").json()["examples"][0]["request"]
+        assert c.post(PREDICT, json=request).status_code == 200  # one answer's time known
+        tiny = {"x-deadline-ms": "0.001"}  # shorter than any answer: refused at once
+        early = c.post(PREDICT, json=request, headers=tiny)
+        via_app = c.post(PREDICT + "?from=app", json=request, headers=tiny)  # to _Shed
+        again = c.post(PREDICT, json=request)  # on the same kept-alive connection
+        metrics = c.get("/metrics").text
     assert early.status_code == via_app.status_code == 504
     assert "twins cannot answer within 0.001 ms" in early.json()["detail"]
     assert early.json() == via_app.json()
@@ -867,79 +853,83 @@ def test_a_refused_request_leaves_its_keep_alive_connection_usable_in_uvicorn(
     served: ServedModel,
 ) -> None:
     """Refusals do not read the body: uvicorn must still skip it and keep the connection."""
-    import uvicorn
-
     gated = GatedSession(served.session)
     settings = ServeSettings(max_batch=1, queue_limit=1)
     app = create_app(lambda: [replace(served, session=gated)], settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with _in_uvicorn(app) as port:
+        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        request = json.dumps(
-            httpx.get(url + "/v1/models/twins/examples").json()["examples"][0]["request"]
-        )
-        gated.armed = True
-        held, queued, refused = (socket.create_connection(("127.0.0.1", port)) for _ in range(3))
-        with held, queued, refused:
-            held.sendall(_http_post(request))
-            assert gated.entered.wait(10)
-            queued.sendall(_http_post(request))
-            while (
-                'modelcycle_queue_depth{model="twins"} 1.0' not in httpx.get(url + "/metrics").text
-            ):
-                assert time.monotonic() < deadline, "the second request never queued"
-                time.sleep(0.01)
-            padded = request[:-1] + ', "padding": "' + "x" * 300_000 + '"}'  # 300 kB unread
-            answers = []
-            for body in (padded, padded):
-                refused.sendall(_http_post(body))
+        try:
+            request = json.dumps(
+                httpx.get(url + "/v1/models/twins/examples").json()["examples"][0]["request"]
+            )
+            gated.armed = True
+            address = ("127.0.0.1", port)
+            held, queued, refused = (socket.create_connection(address) for _ in range(3))
+            with held, queued, refused:
+                held.sendall(_http_post(request))
+                assert gated.entered.wait(10)
+                queued.sendall(_http_post(request))
+                while (
+                    'modelcycle_queue_depth{model="twins"} 1.0'
+                    not in httpx.get(url + "/metrics").text
+                ):
+                    assert time.monotonic() < deadline, "the second request never queued"
+                    time.sleep(0.01)
+                padded = request[:-1] + ', "padding": "' + "x" * 300_000 + '"}'  # 300 kB unread
+                answers = []
+                for body in (padded, padded):
+                    refused.sendall(_http_post(body))
+                    answers.append(_http_answer(refused))
+                gated.release.set()
+                answers += [_http_answer(held), _http_answer(queued)]
+                refused.sendall(_http_post(request))  # the same connection, after two refusals
                 answers.append(_http_answer(refused))
+            assert [status for status, _ in answers] == [429, 429, 200, 200, 200]
+            assert b"queue full" in answers[0][1]
+        finally:
             gated.release.set()
-            answers += [_http_answer(held), _http_answer(queued)]
-            refused.sendall(_http_post(request))  # the same connection, after two refusals
-            answers.append(_http_answer(refused))
-        assert [status for status, _ in answers] == [429, 429, 200, 200, 200]
-        assert b"queue full" in answers[0][1]
-    finally:
-        gated.release.set()
-        server.should_exit = True
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def test_head_sends_the_headers_of_get_without_its_body_in_uvicorn(served: ServedModel) -> None:
+    app = create_app(lambda: [served], ServeSettings())
+    with (
+        _in_uvicorn(app) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as connection,
+    ):
+        for path in ("/metrics", "/v1/models"):
+            ask = f"HEAD {path} HTTP/1.1\r\nhost: test\r\n\r\nGET /healthz HTTP/1.1\r\n"
+            connection.sendall(ask.encode() + b"host: test\r\n\r\n")
+            data = b""
+            while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"}"):
+                chunk = connection.recv(65536)
+                assert chunk, f"connection closed after {data!r}"
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert int(re.search(rb"content-length: (\d+)", head.lower())[1]) > 100  # type: ignore[index]
+            # the next bytes are the GET's answer: the HEAD sent no body
+            assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b'{"status":"alive"}')
+
+
+@contextlib.contextmanager
+def _in_uvicorn(app: Any, **config: Any) -> Iterator[int]:
+    """`app` under a real uvicorn on a free loopback port, in a thread, started (its
+    lifespan done) before the port is given; stopped, and its thread ended, afterwards."""
     import uvicorn
 
-    app = create_app(lambda: [served], ServeSettings())
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+    )
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 30
         while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.02)
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-            for path in ("/metrics", "/v1/models"):
-                ask = f"HEAD {path} HTTP/1.1\r\nhost: test\r\n\r\nGET /healthz HTTP/1.1\r\n"
-                connection.sendall(ask.encode() + b"host: test\r\n\r\n")
-                data = b""
-                while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"}"):
-                    chunk = connection.recv(65536)
-                    assert chunk, f"connection closed after {data!r}"
-                    data += chunk
-                head, _, rest = data.partition(b"\r\n\r\n")
-                assert head.startswith(b"HTTP/1.1 200"), head
-                assert int(re.search(rb"content-length: (\d+)", head.lower())[1]) > 100  # type: ignore[index]
-                # the next bytes are the GET's answer: the HEAD sent no body
-                assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b'{"status":"alive"}')
+        yield port
     finally:
         server.should_exit = True
         thread.join(30)

@@ -40,8 +40,10 @@ prometheus:
 	@promtool --version >/dev/null 2>&1 || { echo "make prometheus: promtool does not run"; exit 1; }
 	@prometheus --version >/dev/null 2>&1 || { echo "make prometheus: prometheus does not run"; exit 1; }
 
+# The whole suite, then the linters (ruff, ruff format --check, mypy); both always run, and
+# either one failing fails the target.
 test: $(STAMP) browser prometheus
-	$(BIN)/pytest
+	$(BIN)/pytest; tests=$$?; $(MAKE) --no-print-directory lint || exit 1; exit $$tests
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"

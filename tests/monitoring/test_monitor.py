@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from modelcycle.cli import app
 from modelcycle.monitoring.capture import CaptureStore
-from modelcycle.monitoring.drift_report import evidently_p_values
+from modelcycle.monitoring.drift_report import evidently_drift_detected, evidently_p_values
 from modelcycle.monitoring.monitor import served_reference
 from modelcycle.servable import read_manifest, read_reference
 from modelcycle.serving.app import ServeSettings, create_app
@@ -96,11 +96,13 @@ def test_unshifted_requests_do_not_drift_and_the_report_is_written(
     assert (report / "drift.png").stat().st_size > 10_000
     assert "<html" in (report / "evidently.html").read_text()[:2000].lower()
     # Evidently runs the same KS test on the same columns: its p-values are ours
-    theirs = evidently_p_values(json.loads((report / "evidently.json").read_text()))
+    document = json.loads((report / "evidently.json").read_text())
+    theirs = evidently_p_values(document)
     ours = {f["name"]: f["p_value"] for f in summary["features"] if f["p_value"] is not None}
     assert set(theirs) == set(ours)
     for name, p in ours.items():
         assert theirs[name] == pytest.approx(p, rel=1e-6, abs=1e-12), name
+    assert evidently_drift_detected(document) is False
 
 
 def test_monitor_scores_the_reference_with_the_variant_the_server_ran(
@@ -142,6 +144,8 @@ def test_a_site_offset_drifts_and_exits_1(
     drifted = {f["name"] for f in summary["features"] if f["drifted"]}
     assert "level" in drifted
     assert not drifted & {"age", "male_share", "missing_share"}  # untouched by the offset
+    # Evidently's report gives the same verdict, whatever share of the columns drifted
+    assert evidently_drift_detected(json.loads((_report(workspace) / "evidently.json").read_text()))
 
 
 def test_since_keeps_recent_captures(

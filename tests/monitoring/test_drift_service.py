@@ -57,15 +57,36 @@ def client_and_service(
         yield client, service
 
 
-def test_drift_is_pending_before_the_first_check(
-    client_and_service: tuple[TestClient, DriftService],
+def test_drift_is_pending_until_the_first_check_ends(
+    served: ServedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, _ = client_and_service
-    response = client.get(DRIFT)
+    client, service = _app(served, tmp_path, interval=3600)
+    checking, release = threading.Event(), threading.Event()
+
+    def first_check() -> None:  # the background thread's first check, still running
+        checking.set()
+        release.wait(WAIT_SECONDS)
+
+    monkeypatch.setattr(service, "check_now", first_check)
+    with client:
+        assert checking.wait(WAIT_SECONDS)
+        response = client.get(DRIFT)
+        release.set()
     assert response.status_code == 200
     body = DriftSummary.model_validate(response.json())
     assert body.status == "pending" and body.version == "1" and body.drift_detected is None
     assert body.variant == "fp32"  # null until the first full check
+    assert "checks run every 3600 s" in body.detail
+
+
+def test_a_server_without_background_checks_says_they_are_off(
+    client_and_service: tuple[TestClient, DriftService],
+) -> None:
+    client, _ = client_and_service  # monitor.interval_seconds=0
+    body = DriftSummary.model_validate(client.get(DRIFT).json())
+    assert body.status == "off" and body.version == "1" and body.drift_detected is None
+    assert "monitor.interval_seconds=0" in body.detail
+    assert "modelcycle monitor twins@ALIAS" in body.detail
 
 
 def test_a_shifted_window_is_reported_as_drift_with_gauges(
@@ -76,8 +97,10 @@ def test_a_shifted_window_is_reported_as_drift_with_gauges(
     service.check_now()
     body = client.get(DRIFT).json()
     assert body["status"] == "too_few_captures" and body["n_current"] == 10
-    assert body["variant"] == "fp32"
-    assert "at least 30" in body["detail"]
+    assert body["variant"] == "fp32" and body["computed_at"] is not None
+    # the server's own settings, not the command line's --since/--last
+    assert "10 captured requests (of the newest monitor.window=30), at least 30" in body["detail"]
+    assert "--since" not in body["detail"] and "monitor.min_captures" in body["detail"]
     _post_reference_rows(client, served, 30, scale=1.2)
     service.check_now()
     body = DriftSummary.model_validate(client.get(DRIFT).json())
@@ -306,3 +329,38 @@ def test_a_stopping_server_does_not_wait_for_a_reload_reference(
     assert time.monotonic() - stopping < 3.0  # not the 5 s or more the reference has left
     assert ("twins", "2") not in service._references
     assert "Drift reference of twins v2 left unfinished: stopping" in caplog.text
+
+
+def test_a_new_version_with_too_few_captures_clears_the_last_versions_drift_gauges(
+    served: ServedModel, tmp_path: Path
+) -> None:
+    """A drifted v1's gauges would keep the drift alert firing for v2 (its own verdict pending)."""
+    swap = threading.Event()
+    v2 = replace(served, version="2")
+
+    def reload(current: ServedModel) -> ServedModel | None:
+        return v2 if current.version == "1" and swap.is_set() else None
+
+    store = CaptureStore(tmp_path / "capture.db")
+    service = DriftService(store, DriftSettings(min_captures=30), 0, window=30)
+    settings = ServeSettings(reload_seconds=0.05)
+    detected = ("modelcycle_drift_detected", (("model", "twins"),))
+    share = ("modelcycle_drift_share", (("model", "twins"),))
+    level = ("modelcycle_drift_p_value", (("feature", "level"), ("model", "twins")))
+    with TestClient(create_app(lambda: [served], settings, store, reload, service)) as client:
+        _post_reference_rows(client, served, 30, scale=1.2)
+        service.check_now()
+        series = _metrics(client)
+        assert series[detected] == 1.0 and series[share] > 0 and series[level] < 0.05
+        swap.set()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline and client.get(DRIFT).json()["version"] != "2":
+            time.sleep(0.05)
+        service.check_now()
+        assert client.get(DRIFT).json()["status"] == "too_few_captures"
+        series = _metrics(client)
+        assert np.isnan(series[detected]) and np.isnan(series[share]) and np.isnan(series[level])
+        _post_reference_rows(client, v2, 30, scale=1.0)
+        service.check_now()
+        series = _metrics(client)
+        assert series[detected] == 0.0 and series[share] == 0.0 and series[level] > 0.01

@@ -32,13 +32,22 @@ from modelcycle.embedding_columns import (
 from modelcycle.monitoring.capture import Capture
 from modelcycle.serving.adapter import ServingAdapter
 
-Status = Literal["pending", "too_few_captures", "no_drift", "drift"]
+Status = Literal["pending", "off", "too_few_captures", "no_drift", "drift"]
 #: Fewest random relabellings behind a class-mix p-value.
 MIN_PERMUTATIONS = 999
 
 
 class TooFewCapturesError(ValueError):
-    """Not enough captured requests to test for drift; the message says how many are needed."""
+    """Not enough captured requests to test for drift; the message says how many are needed.
+
+    Attributes:
+        found: The captured requests there were.
+        needed: The fewest a test runs on.
+    """
+
+    def __init__(self, message: str, found: int, needed: int) -> None:
+        super().__init__(message)
+        self.found, self.needed = found, needed
 
 
 @dataclass(frozen=True)
@@ -158,7 +167,9 @@ def compare(
             f"{model} version {version}: {len(current)} captured requests, at least "
             f"{settings.min_captures} are needed to test for drift (traffic marked with "
             "X-Capture-Source, such as a load test's, does not count). Send more requests, "
-            "widen --since or --last, or lower monitor.min_captures."
+            "widen --since or --last, or lower monitor.min_captures.",
+            len(current),
+            settings.min_captures,
         )
     columns = [c for c in reference.columns if c in current.columns]
     sides = {c: (reference[c].to_numpy(), current[c].to_numpy()) for c in columns}

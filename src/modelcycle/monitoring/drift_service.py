@@ -8,6 +8,7 @@ its reference sample (computed once per version) and sets the drift gauges of /m
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from modelcycle.monitoring.capture import CaptureStore
-from modelcycle.monitoring.drift import DriftSettings, DriftSummary, TooFewCapturesError
+from modelcycle.monitoring.drift import DriftSettings, DriftSummary, Status, TooFewCapturesError
 from modelcycle.monitoring.monitor import check_drift, served_reference, version_captures
 from modelcycle.serving.batching import StoppingError
 from modelcycle.serving.loading import Runner, ServedModel
@@ -101,6 +102,7 @@ class DriftService:
         self._cache: dict[str, DriftSummary] = {}
         self._references: dict[tuple[str, str], pd.DataFrame] = {}
         self._gauges: DriftGauges | None = None
+        self._published: dict[str, set[str]] = {}  # each model's p-value series now set
         self._between: Callable[[ServedModel], Runner] | None = None
         self._computing = threading.Lock()  # one reference at a time, each computed once
         self._stop = threading.Event()
@@ -162,13 +164,26 @@ class DriftService:
         served = self._models().get(name)
         if cached is not None and served is not None and cached.version == served.version:
             return cached
+        if self.interval_seconds > 0:
+            status: Status = "pending"
+            detail = (
+                f"no drift check of this version yet; checks run every {self.interval_seconds:g} s"
+            )
+        else:
+            status, detail = (
+                "off",
+                (
+                    "This server runs no drift checks (monitor.interval_seconds=0). Start it with "
+                    "monitor.interval_seconds above 0, or run `modelcycle monitor "
+                    f"{name}@ALIAS` to check its captured requests."
+                ),
+            )
         return DriftSummary(
             model=name,
             version=None if served is None else served.version,
             variant=None if served is None else served.variant,
-            status="pending",
-            detail="no drift check of this version yet; checks run every "
-            f"{self.interval_seconds:g} s",
+            status=status,
+            detail=detail,
             alpha=self.settings.alpha,
         )
 
@@ -233,7 +248,14 @@ class DriftService:
                 version=served.version,
                 variant=served.variant,
                 status="too_few_captures",
-                detail=str(err),
+                detail=(
+                    f"{served.name} version {served.version}: {err.found} captured requests "
+                    f"(of the newest monitor.window={self.window}), at least {err.needed} are "
+                    "needed to test for drift; traffic marked with X-Capture-Source, such as a "
+                    "load test's, does not count. The next check counts again after more "
+                    "requests; monitor.min_captures lowers the need."
+                ),
+                computed_at=time.time(),
                 n_reference=len(reference),
                 n_current=len(captures),
                 alpha=self.settings.alpha,
@@ -246,10 +268,20 @@ class DriftService:
         g.checks.labels(model, summary.status).inc()
         g.captures.labels(model).set(summary.n_current)
         g.last_check.labels(model).set_to_current_time()
-        if summary.drift_detected is None:
-            return
-        g.detected.labels(model).set(int(summary.drift_detected))
-        g.share.labels(model).set(summary.drifted_share or 0.0)
-        for feature in summary.features:
-            if feature.p_value is not None:
-                g.p_value.labels(model, feature.name).set(feature.p_value)
+        # A check with no verdict (too few captures of a version just swapped in) and a column
+        # the last check had and this one lacks read NaN, not the last verdict: a drifted
+        # version's 1 would keep the drift alert firing for its successor. (Series cannot be
+        # removed in multi-process mode; NaN == 1 is false, and Grafana draws a gap.)
+        verdict = summary.drift_detected
+        g.detected.labels(model).set(math.nan if verdict is None else int(verdict))
+        g.share.labels(model).set(math.nan if verdict is None else summary.drifted_share or 0.0)
+        tested = {
+            f.name: f.p_value
+            for f in summary.features
+            if verdict is not None and f.p_value is not None
+        }
+        for name in self._published.get(model, set()) - tested.keys():
+            g.p_value.labels(model, name).set(math.nan)
+        for name, p in tested.items():
+            g.p_value.labels(model, name).set(p)
+        self._published[model] = set(tested)

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -41,7 +42,23 @@ def test_an_address_without_http_is_refused_naming_the_form(tmp_path: Path, url:
     assert f"{url!r} is not an HTTP URL" in output and "http://127.0.0.1:8000" in output
 
 
-@pytest.mark.parametrize("plan", [{"users": 0}, {"spawn_rate": 0.0}, {"duration_s": -1.0}], ids=str)
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8000/v1/models/twins/predict", "http://127.0.0.1:8000/v1/"]
+)
+def test_a_route_is_refused_naming_the_servers_address(tmp_path: Path, url: str) -> None:
+    # Before, it asked GET {url}/v1/models and reported that route's 404.
+    code, output = _loadtest(url, tmp_path, "--duration", "1s")
+    assert code == 2
+    assert "is a route of the server; give the server's own address, http://127.0.0.1:8000:" in (
+        " ".join(output.split())
+    )
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [{"users": 0}, {"spawn_rate": 0.0}, {"duration_s": -1.0}, {"duration_s": 1e309}],
+    ids=str,
+)
 def test_a_plan_without_load_is_refused(plan: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="at least one user"):
         LoadPlan(**plan)  # type: ignore[arg-type]
@@ -55,6 +72,9 @@ def test_a_plan_without_load_is_refused(plan: dict[str, float]) -> None:
         (["loadtest.max_error_rate=2"], r"max_error_rate=2: give a share from 0 to 1"),
         (["loadtest.min_rps=-1"], r"min_rps=-1: give requests per second"),
         (["loadtest.users=many"], r"loadtest.users='many': give a whole number"),
+        # Locust takes whole seconds only: 2.5 s was passed on, and Locust refused its format
+        (["--duration", "2.5s"], r"duration=2.5 s: Locust runs whole seconds; give 2 or 3 s"),
+        (["loadtest.duration_s=0.5"], r"duration=0.5 s: Locust runs whole seconds; give 1 or 1 s"),
     ],
 )
 def test_a_bad_plan_or_budget_is_refused_before_any_load(
@@ -127,15 +147,41 @@ def test_requests_that_are_no_list_of_bodies_are_refused_naming_the_file(
     assert str(path) in str(refused.value)
 
 
+KEY = "loadtest-server-key-0123"
+
+
+def _marked(root: Path, at_least: int) -> int:
+    """The captures marked as load-test traffic, once `at_least` are written (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with CaptureStore(root / "capture.db") as store:
+            marked = len(store.read(model="twins", source="loadtest"))
+        if marked >= at_least or time.monotonic() > deadline:
+            return marked
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_a_short_run_meets_loose_budgets_and_misses_an_impossible_one(
-    served_workspace: ServedWorkspace, tmp_path: Path
+    served_workspace: ServedWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("MODELCYCLE_API_KEY", raising=False)  # the key is given as an override
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = serve_command(served_workspace.root, port)
+    command = serve_command(served_workspace.root, port, f"serve.api_key={KEY}")
     with started(command, tmp_path / "server.log", url, "/readyz") as server:
-        loose = ("loadtest.p99_ms=5000", "loadtest.min_rps=1", "loadtest.max_error_rate=0")
+        code, output = _loadtest(url, tmp_path / "ws0", "--duration", "1s")
+        assert code == 2 and "answered 401 (no key was given)" in output, output
+        assert "set MODELCYCLE_API_KEY" in output and "Locust:" not in output
+        afile = tmp_path / "afile"
+        afile.write_text("mine")
+        code, output = _loadtest(url, tmp_path / "ws0", f"serve.api_key={KEY}", "--out", str(afile))
+        assert code == 2 and f"Cannot write the report into {afile}" in output, output
+        assert afile.read_text() == "mine" and "Traceback" not in output
+        loose = (
+            "loadtest.p99_ms=5000", "loadtest.min_rps=1", "loadtest.max_error_rate=0",
+            f"serve.api_key={KEY}",
+        )  # fmt: skip
         args = ("--users", "2", "--spawn-rate", "2", "--duration", "4s")
         code, output = _loadtest(url, tmp_path / "ws", *args, *loose)
         assert code == 0, f"{output}\n{server.output(10)}"
@@ -145,15 +191,17 @@ def test_a_short_run_meets_loose_budgets_and_misses_an_impossible_one(
         summary = json.loads((report / "summary.json").read_text())
         assert summary["passed"] and summary["model"] == "twins"
         assert summary["requests"] > 10 and summary["failures"] == 0
-        # captured as the load test's own traffic, which drift tests leave out
-        with CaptureStore(served_workspace.root / "capture.db") as store:
-            marked = store.read(model="twins", source="loadtest")
-        assert len(marked) >= summary["requests"]
+        # captured as the load test's own traffic, which drift tests leave out; the summary
+        # counts every request, where Locust's last one-second CSV snapshot missed ~1 s of them
+        assert _marked(served_workspace.root, summary["requests"]) == summary["requests"]
+        # the key reached Locust through its environment, not through the report's files
+        assert all(KEY not in f.read_text(errors="replace") for f in report.iterdir())
+        assert "os.environ" in (report / "locustfile.py").read_text()
         assert 0 < summary["p50_ms"] <= summary["p99_ms"] <= 5000
         assert summary["plan"] == {"users": 2, "spawn_rate": 2.0, "duration_s": 4.0}
         assert (report / "report.html").stat().st_size > 1000
         assert (report / "locust_stats.csv").is_file()
-        impossible = ("--users", "1", "--duration", "2s", "loadtest.min_rps=1000000")
+        impossible = ("--users", "1", "--duration", "2s", "loadtest.min_rps=1000000", loose[-1])
         out = ("--out", str(tmp_path / "chosen"))  # as the registry workflow asks for it
         code, output = _loadtest(url, tmp_path / "ws2", *impossible, *out)
         assert code == 1, output
@@ -161,7 +209,9 @@ def test_a_short_run_meets_loose_budgets_and_misses_an_impossible_one(
         assert "budget missed" in output and "requests/s < budget 1,000,000" in output
         assert "Locust: 1 user for 2 s" in output and "every budget met" not in output
         # The user's own requests: checked by sending the first, then sent in turn.
-        examples = httpx.get(f"{url}/v1/models/twins/examples", timeout=10).json()["examples"]
+        keyed = {"Authorization": f"Bearer {KEY}"}
+        examples = httpx.get(f"{url}/v1/models/twins/examples", headers=keyed, timeout=10)
+        examples = examples.json()["examples"]
         mine = tmp_path / "mine.json"
         mine.write_text(json.dumps([e["request"] for e in examples[:2]]))
         quick = ("--users", "1", "--duration", "2s", *loose, "--requests", str(mine))

@@ -9,9 +9,9 @@ Locust's CSV files and HTML report plus `summary.json` with the budgets and any 
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,18 +26,37 @@ from modelcycle.processes import run_in_session
 
 DEADLINE_SLACK_S = 60.0  # start-up and shutdown on top of the run's duration
 CAPTURE_SOURCE = "loadtest"  # X-Capture-Source of the load test's requests
+KEY_VARIABLE = "MODELCYCLE_API_KEY"  # the locustfile reads the server's key from it
+FINAL_STATS = "final_stats.json"  # the locustfile's totals, written as Locust quits
 
 LOCUSTFILE = '''"""Written by `modelcycle loadtest`: the served model's examples, in turn."""
 
 import itertools
 import json
+import os
 from pathlib import Path
 
-from locust import FastHttpUser, task
+from locust import FastHttpUser, events, task
 
-EXAMPLES = json.loads((Path(__file__).parent / "examples.json").read_text())
+HERE = Path(__file__).parent
+EXAMPLES = json.loads((HERE / "examples.json").read_text())
 PATH = {path!r}
 HEADERS = {headers!r}
+if {keyed!r}:  # the server's key, from the environment: never written in this file
+    HEADERS["Authorization"] = "Bearer " + os.environ["{key_variable}"]
+
+
+@events.quitting.add_listener
+def final_stats(environment, **kwargs):
+    """The run's totals once every user stopped (the CSV is a snapshot taken each second)."""
+    total = environment.stats.total
+    (HERE / "{final}").write_text(json.dumps({{
+        "requests": total.num_requests,
+        "failures": total.num_failures,
+        "rps": total.total_rps,
+        "p50_ms": total.get_response_time_percentile(0.5) if total.num_requests else None,
+        "p99_ms": total.get_response_time_percentile(0.99) if total.num_requests else None,
+    }}))
 
 
 class ModelUser(FastHttpUser):
@@ -93,10 +112,15 @@ class LoadPlan:
     duration_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.users < 1 or self.spawn_rate <= 0 or self.duration_s <= 0:
+        if self.users < 1 or self.spawn_rate <= 0 or not 0 < self.duration_s < math.inf:
             raise ValueError(
                 f"users={self.users}, spawn_rate={self.spawn_rate}, duration={self.duration_s}: "
                 "give at least one user, a positive spawn rate and a positive duration."
+            )
+        if self.duration_s != int(self.duration_s):
+            raise ValueError(
+                f"duration={self.duration_s:g} s: Locust runs whole seconds; give "
+                f"{math.floor(self.duration_s) or 1} or {math.ceil(self.duration_s)} s."
             )
 
 
@@ -156,6 +180,13 @@ def run_loadtest(
             "http://127.0.0.1:8000."
         )
     url = url.rstrip("/")
+    route = url.find("/v1/", url.index("//") + 2)
+    if route >= 0 or url.endswith("/v1"):
+        base = url[: route if route >= 0 else -3]
+        raise LoadTestError(
+            f"{url} is a route of the server; give the server's own address, {base}: the load "
+            "test finds the model's predict route there (--model picks one of several)."
+        )
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     name = _pick_model(url, model, headers)
     examples = _examples(url, name, headers)
@@ -166,14 +197,28 @@ def run_loadtest(
     if requests is not None:
         examples = read_requests(requests, examples, name)
         _check_first(f"{url}{path}", examples[0], predict_headers, requests)
-    out_dir.mkdir(parents=True, exist_ok=True)  # once there is something to report
-    (out_dir / "examples.json").write_text(json.dumps(examples))
     locustfile = out_dir / "locustfile.py"
-    locustfile.write_text(LOCUSTFILE.format(path=path, headers=predict_headers))
+    try:  # once there is something to report
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "examples.json").write_text(json.dumps(examples))
+        locustfile.write_text(
+            LOCUSTFILE.format(
+                path=path,
+                headers={k: v for k, v in predict_headers.items() if k != "Authorization"},
+                keyed=bool(api_key),
+                key_variable=KEY_VARIABLE,
+                final=FINAL_STATS,
+            )
+        )
+    except OSError as err:
+        raise LoadTestError(
+            f"Cannot write the report into {out_dir}: {clause(err)}; give --out a folder "
+            "that can be made and written."
+        ) from err
     if starting is not None:
         starting(name)
-    _run_locust(url, plan, locustfile, out_dir)
-    result = _read_stats(out_dir / "locust_stats.csv", url, name, plan, budgets)
+    _run_locust(url, plan, locustfile, out_dir, api_key)
+    result = _read_stats(out_dir / FINAL_STATS, url, name, plan, budgets)
     (out_dir / "summary.json").write_text(json.dumps(result.to_json(), indent=2))
     return result
 
@@ -189,6 +234,12 @@ def _send(method: str, url: str, headers: dict[str, str], **kwargs: Any) -> http
 
 def _get(url: str, headers: dict[str, str]) -> Any:
     response = _send("GET", url, headers, timeout=10)
+    if response.status_code == 401:
+        given = "the key given was refused" if headers else "no key was given"
+        raise LoadTestError(
+            f"GET {url} answered 401 ({given}): the server wants its API key; set "
+            f"{KEY_VARIABLE} (or serve.api_key=...) to the key it was started with."
+        )
     if response.status_code != 200:
         raise LoadTestError(f"GET {url} answered {response.status_code}: {response.text[:200]}")
     return response.json()
@@ -283,19 +334,22 @@ def _check_first(url: str, body: dict[str, Any], headers: dict[str, str], source
         )
 
 
-def _run_locust(url: str, plan: LoadPlan, locustfile: Path, out_dir: Path) -> None:
+def _run_locust(
+    url: str, plan: LoadPlan, locustfile: Path, out_dir: Path, api_key: str | None
+) -> None:
     command = [
         sys.executable, "-m", "locust", "-f", str(locustfile), "--headless",
         "--host", url, "--users", str(plan.users), "--spawn-rate", str(plan.spawn_rate),
-        "--run-time", f"{plan.duration_s:g}s", "--stop-timeout", "5",
+        "--run-time", f"{int(plan.duration_s)}s", "--stop-timeout", "5",
         "--csv", str(out_dir / "locust"), "--html", str(out_dir / "report.html"),
         "--only-summary", "--exit-code-on-error", "0", "--loglevel", "WARNING",
     ]  # fmt: skip
     deadline = plan.duration_s + DEADLINE_SLACK_S
     with (out_dir / "locust.log").open("wb") as log:
         try:  # a deadline kills Locust and anything it started
+            env = os.environ | ({KEY_VARIABLE: api_key} if api_key else {})
             code = run_in_session(
-                command, deadline, stdout=log, stderr=subprocess.STDOUT
+                command, deadline, stdout=log, stderr=subprocess.STDOUT, env=env
             ).returncode
         except subprocess.TimeoutExpired:
             raise LoadTestError(
@@ -308,29 +362,30 @@ def _run_locust(url: str, plan: LoadPlan, locustfile: Path, out_dir: Path) -> No
 
 
 def _read_stats(path: Path, url: str, model: str, plan: LoadPlan, budgets: Budgets) -> LoadResult:
-    if not path.is_file():
-        raise LoadTestError(f"Locust wrote no statistics ({path}); see locust.log beside it.")
-    with path.open() as f:
-        rows = {row["Name"]: row for row in csv.DictReader(f)}
-    total = rows["Aggregated"]
-    requests = int(total["Request Count"])
+    """The totals the locustfile wrote as Locust quit (`FINAL_STATS`)."""
+    try:
+        total = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise LoadTestError(
+            f"Locust wrote no final statistics ({path}: {clause(err)}); see locust.log beside it."
+        ) from err
     result = LoadResult(
         url=url,
         model=model,
         plan=plan,
         budgets=budgets,
-        requests=requests,
-        failures=int(total["Failure Count"]),
-        rps=float(total["Requests/s"]),
-        p50_ms=_ms(total["50%"]),
-        p99_ms=_ms(total["99%"]),
+        requests=int(total["requests"]),
+        failures=int(total["failures"]),
+        rps=float(total["rps"]),
+        p50_ms=_ms(total["p50_ms"]),
+        p99_ms=_ms(total["p99_ms"]),
     )
     result.misses = _misses(result, budgets)
     return result
 
 
-def _ms(value: str) -> float:
-    return float("nan") if value in ("", "N/A") else float(value)
+def _ms(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _misses(result: LoadResult, budgets: Budgets) -> list[str]:

@@ -510,6 +510,38 @@ def test_api_key_is_required_when_set(served: ServedModel) -> None:
         assert c.get("/v1/models", headers={"authorization": f"Bearer {KEY}"}).status_code == 200
 
 
+def test_the_document_declares_the_key_and_leaves_the_held_out_examples_out(
+    served: ServedModel,
+) -> None:
+    # With a key, /openapi.json (open) gave the held-out example pair that the keyed
+    # examples route refuses, and declared no key: Swagger had no Authorize button.
+    with _client(served, ServeSettings(api_key=KEY)) as c:
+        document = c.get("/openapi.json").json()
+        assert c.get("/v1/models/twins/examples").status_code == 401
+        schemes = document["components"]["securitySchemes"]
+        assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+        assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                keyed = operation.get("security")
+                if path.startswith("/v1/"):
+                    assert keyed == [{"bearer": []}, {"apiKey": []}], (path, method)
+                    assert "401" in operation["responses"], (path, method)
+                else:  # probes, metrics, the page and the document itself stay open
+                    assert keyed is None, (path, method)
+                    assert c.request(method.upper(), path).status_code != 401, path
+        predict = document["paths"]["/v1/models/{name}/predict"]["post"]
+        body = predict["requestBody"]["content"]["application/json"]
+        assert "examples" not in body and body["schema"]["oneOf"]
+        example = c.get("/v1/models/twins/examples", headers={"x-api-key": KEY}).json()
+        assert json.dumps(example["examples"][0]["request"]) not in json.dumps(document)
+    with _client(served, ServeSettings()) as c:  # no key: nothing declared, the example given
+        document = c.get("/openapi.json").json()
+        assert "securitySchemes" not in document["components"]
+        predict = document["paths"]["/v1/models/{name}/predict"]["post"]
+        assert "examples" in predict["requestBody"]["content"]["application/json"]
+
+
 def test_cors_is_closed_by_default_and_opens_per_origin(served: ServedModel) -> None:
     preflight = {"origin": "https://example.org", "access-control-request-method": "POST"}
     with _client(served, ServeSettings()) as c:

@@ -811,7 +811,7 @@ def _add_routes(
     app.include_router(v1)
     if drift is not None:
         app.include_router(drift.router("/v1", key_check))
-    _document_requests(app, state)
+    _document_requests(app, state, keyed=settings.api_key is not None)
 
 
 def _overloaded(name: str, why: str) -> JSONResponse:
@@ -1077,11 +1077,14 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-def _document_requests(app: FastAPI, state: _State) -> None:
+def _document_requests(app: FastAPI, state: _State, keyed: bool = False) -> None:
     """Put each served model's request and answer schemas into the OpenAPI document of predict.
 
     The document is kept until a served version changes (a hot reload): a new version may
-    take other measures or answer other classes.
+    take other measures or answer other classes. With an API key (`keyed`) the document
+    declares it on every /v1 operation (Swagger's Authorize then sends it), and leaves out
+    the example requests: they are held-out data, which /v1/models/{name}/examples gives
+    only with the key, while the document stays open.
     """
     plain = app.openapi
     documented: list[tuple[str, str]] = []  # the (model, version) pairs the document is for
@@ -1104,7 +1107,8 @@ def _document_requests(app: FastAPI, state: _State) -> None:
             components.update(body.pop("$defs", {}))
             bodies.append(body)
         operation = schema["paths"][PREDICT]["post"]
-        operation["requestBody"] = {"required": True, "content": _predict_content(state, bodies)}
+        content = _predict_content(state, bodies, examples=not keyed)
+        operation["requestBody"] = {"required": True, "content": content}
         for parameter in operation.get("parameters", []):
             if parameter["in"] == "path" and parameter["name"] == "name" and state.models:
                 parameter["example"] = next(iter(state.models))  # "Try it out" fills it in
@@ -1128,10 +1132,39 @@ def _document_requests(app: FastAPI, state: _State) -> None:
             "one sentence from the model's own checks.",
             "content": {"application/json": {"schema": {"oneOf": either}}},
         }
+        if keyed:
+            _document_key(schema, refusal)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+#: The API key's two headers, as OpenAPI security schemes (either one will do).
+KEY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The server's API key (serve.api_key or MODELCYCLE_API_KEY).",
+    },
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
+def _document_key(schema: dict[str, Any], refusal: dict[str, Any]) -> None:
+    """Declare the API key on every /v1 operation of `schema`, with its 401."""
+    schema["components"]["securitySchemes"] = KEY_SCHEMES
+    methods = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+    for path, item in schema["paths"].items():
+        if not path.startswith("/v1/"):
+            continue  # probes, metrics, the page and this document stay open
+        for method in methods:
+            if method in item:
+                item[method]["security"] = [{name: []} for name in KEY_SCHEMES]
+                item[method]["responses"]["401"] = {
+                    "description": "Missing or wrong API key.",
+                    "content": refusal,
+                }
 
 
 def _answer_schema(state: _State) -> dict[str, Any]:
@@ -1159,16 +1192,18 @@ def _answer_schema(state: _State) -> dict[str, Any]:
     return {"oneOf": answers} if answers else {}
 
 
-def _predict_content(state: _State, bodies: list[dict[str, Any]]) -> dict[str, Any]:
-    """Predict's media types: JSON, with each model's first example, and any file types."""
-    examples = {
+def _predict_content(
+    state: _State, bodies: list[dict[str, Any]], examples: bool = True
+) -> dict[str, Any]:
+    """Predict's media types: JSON (with each model's first example), and any file types."""
+    first = {
         name: {"summary": f"{name}: {m.examples[0]['label']}", "value": m.examples[0]["request"]}
         for name, m in state.models.items()
-        if m.examples
+        if m.examples and examples
     }
     content: dict[str, Any] = {"application/json": {"schema": {"oneOf": bodies} if bodies else {}}}
-    if examples:
-        content["application/json"]["examples"] = examples
+    if first:
+        content["application/json"]["examples"] = first
     binary = {"type": "string", "format": "binary"}
     for m in state.models.values():
         for media in m.adapter.byte_types:

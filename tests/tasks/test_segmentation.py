@@ -215,6 +215,9 @@ def test_the_experiment_composes_and_refuses_what_it_cannot_build(workspace: Pat
     task = assembled.task
     assert isinstance(task, SegmentationTask) and isinstance(task.source, BCSSSource)
     assert task.model_name == "segmentation_bcss" and task.source.tile == 224
+    # the 512 tiling's five classes are another lineage: one name, one class set
+    tiled = assemble(compose_config(["experiment=segmentation_bcss", "data.tile=512"])).task
+    assert tiled.model_name == "segmentation_bcss_512"
     assert Path(task.source.download_dir) == workspace.resolve() / "data" / "bcss"
     refused = {
         "data.tile=300": r"data.tile=300: give one of 224, 512",

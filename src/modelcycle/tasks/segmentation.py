@@ -211,8 +211,15 @@ class SegmentationTask(Task[ImageSet]):
 
     @property
     def model_name(self) -> str:
-        """One registered model per dataset (segmentation_bcss, …)."""
-        return f"{self.name}_{self.source.dataset}"
+        """One registered model per dataset and class set (segmentation_bcss, …).
+
+        BCSS's 512 tiling segments five classes where the 224 tiling's three, so it is its
+        own lineage, segmentation_bcss_512: registered under one name, a promotion would
+        change the served classes under the same model name.
+        """
+        tile = getattr(self.source, "tile", None)
+        default = getattr(type(self.source), "tile", None)  # a dataclass field's default
+        return f"{self.name}_{self.source.dataset}" + ("" if tile == default else f"_{tile}")
 
     def reference(self, data: ImageSet) -> dict[str, float]:
         """What labelling every pixel with the most frequent class scores, over all tiles."""

@@ -871,7 +871,7 @@ def drift_table(summary: DriftSummary) -> Table:
     """One row per tested column: statistic (KS, or chi-square for a class), p-value, means."""
     table = Table(
         title=f"{summary.model} v{summary.version}: {summary.n_current} requests vs "
-        f"{summary.n_reference} reference rows (p < {summary.threshold or 0:.3g} drifts)"
+        f"{reference_rows(summary)} (p < {summary.threshold or 0:.3g} drifts)"
     )
     for column in ("column", "kind", "KS", "p-value", "mean (ref.)", "mean (now)", "drift?"):
         table.add_column(
@@ -890,6 +890,23 @@ def drift_table(summary: DriftSummary) -> Table:
             Text("yes", style="red") if f.drifted else "no",
         )
     return table
+
+
+def reference_rows(summary: DriftSummary) -> str:
+    """The reference rows the columns were tested against, as the drift table's title says.
+
+    "732 reference rows", and the fewer rows of the model's outputs (left out where the
+    reference trained the model) when there are any.
+    """
+    said = f"{summary.n_reference} reference rows"
+    fewer = sorted(
+        {f.n_reference for f in summary.features if f.n_reference is not None}
+        - {summary.n_reference}
+    )
+    if fewer:
+        counts = " or ".join(map(str, fewer))
+        said += f" ({counts} for the model's outputs: the rows that never trained it)"
+    return said
 
 
 def _num(value: float | None, fmt: str) -> str:

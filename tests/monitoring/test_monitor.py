@@ -92,6 +92,12 @@ def test_unshifted_requests_do_not_drift_and_the_report_is_written(
     }  # fmt: skip
     kinds = {f["name"]: f["kind"] for f in summary["features"]}
     assert kinds["embedding_distance"] == "embedding" and kinds["probability"] == "output"
+    # outputs are tested against the unseen rows only, and the report says so
+    tested = {f["name"]: f["n_reference"] for f in summary["features"]}
+    assert tested["probability"] == tested["embedding_distance"] == unseen
+    assert tested["age"] == summary["n_reference"] == len(reference)
+    said = " ".join(output.split())
+    assert f"{len(reference)} reference rows ({unseen} for the model's outputs" in said, said
     assert summary["embedding_drift"] is False
     assert (report / "drift.png").stat().st_size > 10_000
     assert "<html" in (report / "evidently.html").read_text()[:2000].lower()

@@ -173,6 +173,31 @@ def test_the_plot_steps_through_each_kind_s_sizes_named_in_the_legend(
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
         assert "darken (0.1, 0.2, 0.4)" in legend and "blur (0.5, 1, 2)" in legend
         darken = next(line for line in ax.get_lines() if line.get_label().startswith("darken"))
-        assert list(darken.get_xdata()) == [0, 1, 2, 3]  # steps, sizes in order
+        assert list(np.round(darken.get_xdata())) == [0, 1, 2, 3]  # steps, sizes in order
     plt.close(figure)
     assert (tmp_path / "r.png").stat().st_size > 5000
+
+
+def test_kinds_that_read_alike_stay_visible_in_the_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three kinds all flagged 100 %: drawn alike on the same points, only the last showed.
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from modelcycle.monitoring.robustness import plot_robustness
+
+    rows = [{"shift": "none", "size": 0.0, "flagged": 0.0, "metric": 0.9}]
+    for kind in ("site", "thickness", "missing"):
+        rows += [{"shift": kind, "size": s, "flagged": 1.0, "metric": 0.8} for s in (0.1, 0.2)]
+    figures: list[Any] = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_robustness(pd.DataFrame(rows), tmp_path / "r.png", "t", "accuracy")
+    monkeypatch.undo()
+    (figure,) = figures
+    for ax in figure.axes:
+        lines = [line for line in ax.get_lines() if not line.get_label().startswith("alpha")]
+        assert len(lines) == 3
+        assert len({(line.get_marker(), line.get_linestyle()) for line in lines}) == 3
+        assert len({tuple(line.get_xdata()) for line in lines}) == 3  # side by side
+    plt.close(figure)

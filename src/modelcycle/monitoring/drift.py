@@ -81,6 +81,11 @@ class FeatureDrift(BaseModel):
     drifted: bool
     reference_mean: float | None = Field(description="null for a class column")
     current_mean: float | None
+    n_reference: int | None = Field(
+        default=None,
+        description="Reference values tested: a model output's come only from the reference "
+        "rows that never trained the model",
+    )
 
 
 class DriftSummary(BaseModel):
@@ -188,6 +193,7 @@ def compare(
             drifted=bool(p < threshold),  # NaN compares False: an untestable column never drifts
             reference_mean=None if is_class_column(c) else _mean(sides[c][0]),
             current_mean=None if is_class_column(c) else _mean(sides[c][1]),
+            n_reference=int(np.isfinite(sides[c][0]).sum()),
         )
         for c, (stat, p) in tests.items()
     ]

@@ -121,13 +121,17 @@ def plot_drift(check: DriftCheck, path: Path) -> Path:
         _histograms(ax, check.reference[feature.name], check.current[feature.name])
         p = "n/a" if feature.p_value is None else f"{feature.p_value:.2g}"
         mark = "DRIFT " if feature.drifted else ""
-        ax.set_title(f"{mark}{feature.name} (p={p})", color="red" if feature.drifted else "k")
+        n = feature.n_reference
+        fewer = f", {n} ref." if n is not None and n != check.summary.n_reference else ""
+        title = f"{mark}{feature.name} (p={p}{fewer})"
+        ax.set_title(title, color="red" if feature.drifted else "k")
     for ax in list(axes.flat)[len(features) :]:
         ax.axis("off")
     s = check.summary
+    fewer = any(f.n_reference not in (None, s.n_reference) for f in features)
     fig.suptitle(
-        f"{s.model} v{s.version}: {s.n_current} requests vs {s.n_reference} reference rows, "
-        f"threshold p < {s.threshold:.2g}"
+        f"{s.model} v{s.version}: {s.n_current} requests vs {s.n_reference} reference rows"
+        f"{' (fewer where a column says so)' if fewer else ''}, threshold p < {s.threshold:.2g}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -37,6 +37,11 @@ class ShiftPoint:
     pool: int
 
 
+#: Each shift kind's marker and dash in the robustness plot, in turn.
+MARKERS = ("o", "s", "^", "D", "v", "P")
+DASHES = ("-", "--", "-.", ":")
+
+
 def plot_robustness(table: pd.DataFrame, path: Path, title: str, metric: str) -> None:
     """Detection rate and the model's metric against shift step, one line per shift kind.
 
@@ -54,14 +59,18 @@ def plot_robustness(table: pd.DataFrame, path: Path, title: str, metric: str) ->
     none = mean[mean["shift"] == "none"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     steps = 1
-    for kind in [k for k in dict.fromkeys(table["shift"]) if k != "none"]:
+    kinds = [k for k in dict.fromkeys(table["shift"]) if k != "none"]
+    for i, kind in enumerate(kinds):
         shifted = mean[mean["shift"] == kind].sort_values("size")
         part = pd.concat([none.assign(shift=kind), shifted])
         label = f"{kind} ({', '.join(f'{s:g}' for s in shifted['size'])})"
-        x = range(len(part))
+        # Kinds often meet (every window flagged, or none): each has its own marker and
+        # dash and sits a little beside the others, so no line hides another.
+        x = np.arange(len(part)) + (i - (len(kinds) - 1) / 2) * 0.06
+        style = {"marker": MARKERS[i % len(MARKERS)], "ls": DASHES[i % len(DASHES)]}
         steps = max(steps, len(part))
-        axes[0].plot(x, part["flagged"], marker="o", label=label)
-        axes[1].plot(x, part["metric"], marker="o", label=label)
+        axes[0].plot(x, part["flagged"], label=label, **style)
+        axes[1].plot(x, part["metric"], label=label, **style)
     axes[0].axhline(0.05, color="grey", ls=":", label="alpha 0.05")
     axes[0].set(ylabel="windows flagged as drift", ylim=(-0.02, 1.02))
     axes[1].set(ylabel=metric)

@@ -122,8 +122,8 @@ def plot_drift(check: DriftCheck, path: Path) -> Path:
         p = "n/a" if feature.p_value is None else f"{feature.p_value:.2g}"
         mark = "DRIFT " if feature.drifted else ""
         n = feature.n_reference
-        fewer = f", {n} ref." if n is not None and n != check.summary.n_reference else ""
-        title = f"{mark}{feature.name} (p={p}{fewer})"
+        rows = f", {n} ref." if n is not None and n != check.summary.n_reference else ""
+        title = f"{mark}{feature.name} (p={p}{rows})"
         ax.set_title(title, color="red" if feature.drifted else "k")
     for ax in list(axes.flat)[len(features) :]:
         ax.axis("off")

@@ -131,6 +131,12 @@ def test_web_page_predicts_and_shows_errors(
             nan = re.sub(r"-?\d+\.\d+(e-?\d+)?", "NaN", json.dumps(example), count=1)
             assert "NaN" in nan, "the example holds no number to replace"
             check_error_shown(page, server, nan)
+            # an error of the body as a whole has no place to name (it showed "422: : ...")
+            page.fill("#request", "[1]")
+            page.click("#predict")
+            expect(page.locator("#result")).to_have_text(
+                re.compile(r"^Error 422: the body: Input should be ")
+            )
 
             # An example picked from the list replaces the edited request and predicts again;
             # the error shown was the edited request's, and went with it (it stayed)

@@ -1273,7 +1273,7 @@ def _print_result(result: PipelineResult) -> None:
     from modelcycle.tracking import browse_runs
 
     console.print(f"Browse runs: {browse_runs(result.tracking_uri)}", soft_wrap=True)
-    console.print(f"Wall time: {result.report.seconds:.0f} s")
+    console.print(f"Wall time (data, folds and final fit): {result.report.seconds:.0f} s")
 
 
 def _unwrapped(doc: str) -> str:

@@ -68,7 +68,7 @@ def test_markdown_has_a_row_per_metric_and_scorer_with_fold_columns_and_mean() -
     assert lines[first : first + 4] == rows
     assert "Test subjects per fold: 10, 12, 11." in lines
     assert "Baseline over the whole dataset (no folds): auc 0.612." in lines
-    assert "Wall time: 42 s." in lines
+    assert "Wall time (data, folds and final fit): 42 s." in lines
     assert md.endswith("\n")
     tiles = CVReport("segmentation", "r", ("auc",), "auc", _report().folds[:1], unit="tiles")
     assert "Test tiles per fold: 10." in tiles.to_markdown().splitlines()

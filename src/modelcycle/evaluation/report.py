@@ -81,7 +81,7 @@ class CVReport:
         if self.reference:
             ref = ", ".join(f"{k} {v:.3f}" for k, v in self.reference.items())
             lines += ["", f"Baseline over the whole dataset (no folds): {ref}."]
-        lines += ["", f"Wall time: {self.seconds:.0f} s."]
+        lines += ["", f"Wall time (data, folds and final fit): {self.seconds:.0f} s."]
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: Path) -> list[Path]:

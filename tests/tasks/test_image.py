@@ -105,6 +105,25 @@ def test_tiny_training_run_per_dataset(
     assert all(p.stat().st_size > 5000 for p in plots)
 
 
+def test_a_last_training_batch_of_one_image_is_dropped(
+    sources: dict[str, object], tmp_path: Path
+) -> None:
+    """BatchNorm cannot train on one image: a training part of a batch plus one still trains."""
+    rice = tiny_task(sources["rice"])  # type: ignore[arg-type]
+    data, _ = rice.load()
+    (fold,) = rice.folds(data, 1, seed=0)
+    task = ImageTask(rice.source, rice.encoder, batch_size=len(fold.train) - 1)
+    datamodule = task.datamodule(data, fold, 0)
+    sizes = [len(labels) for _, labels in datamodule.train_dataloader()]
+    assert sizes == [len(fold.train) - 1]  # one image left out, a different one each epoch
+    longer = ImageTask(rice.source, rice.encoder, batch_size=len(fold.train) - 2)
+    assert [len(y) for _, y in longer.datamodule(data, fold, 0).train_dataloader()][-1] == 2
+    torch.manual_seed(0)
+    module = task.model(data, fold)
+    one_epoch = TrainerSettings(max_epochs=1, min_epochs=1, patience=1, progress_bar=False)
+    fit(module, datamodule, one_epoch, task.monitor, tmp_path, [])
+
+
 def test_model_learns_rice_beyond_chance(sources: dict[str, object], tmp_path: Path) -> None:
     task = tiny_task(sources["rice"])  # type: ignore[arg-type]
     data, _ = task.load()

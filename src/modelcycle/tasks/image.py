@@ -277,11 +277,21 @@ class TensorData(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, ...]]:
-        """Shuffled training images (Lightning shards them under DDP), pinned for a GPU."""
+        """Shuffled training images (Lightning shards them under DDP), pinned for a GPU.
+
+        A last batch of one image is dropped: BatchNorm cannot train on a batch of one
+        ("Expected more than 1 value per channel"). Only that one image is left out, a
+        different one each epoch as the order is shuffled, so every image is still seen;
+        a longer last batch is kept, as dropping it always would leave out up to a batch
+        each epoch (and all of a training part smaller than a batch).
+        """
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_process = -(-len(self.train) // world)  # Lightning's sampler pads to equal shares
         return DataLoader(
             self.train,
             batch_size=self.batch_size,
             shuffle=True,
+            drop_last=per_process % self.batch_size == 1 and per_process > 1,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
         )

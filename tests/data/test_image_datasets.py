@@ -63,8 +63,44 @@ def test_rice_errors_name_the_folder(tmp_path: Path) -> None:
     (tmp_path / FOLDER / "Arborio").mkdir(parents=True)
     (tmp_path / FOLDER / "Arborio" / "Arborio (1).jpg").write_bytes(b"not a jpeg")
     (tmp_path / FOLDER / "Basmati").mkdir()
+    (tmp_path / FOLDER / "Basmati" / "basmati (1).jpg").write_bytes(b"not a jpeg either")
     with pytest.raises(DataError, match=r"Arborio \(1\).jpg: not a readable image"):
         RiceSource(root=tmp_path).load()
+
+
+def test_rice_hidden_folders_are_no_classes_and_empty_class_folders_are_named(
+    tmp_path: Path,
+) -> None:
+    folder = write_rice_standin(tmp_path, per_class=2, seed=0) / FOLDER
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / ".DS_Store").write_bytes(b"")
+    data = RiceSource(root=tmp_path, image_size=8).load()
+    assert data.classes == ["Arborio", "Basmati", "Ipsala", "Jasmine", "Karacadag"]
+    assert "skipped .ipynb_checkpoints (hidden)" in data.notes
+    (folder / "Empty").mkdir()
+    (folder / "Empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"Rice_Image_Dataset: class folder\(s\) Empty hold no"):
+        RiceSource(root=tmp_path, image_size=8).load()
+
+
+def test_rice_reads_jpeg_and_png_files_in_any_case(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = write_rice_standin(tmp_path, per_class=2, seed=0) / FOLDER
+    grain = np.asarray(Image.open(folder / "Arborio" / "Arborio (1).jpg"))
+    for name, suffixes in {"Arborio": [".jpeg", ".PNG"], "Basmati": [".png", ".JPG"]}.items():
+        for old in (folder / name).iterdir():
+            old.unlink()
+        for i, suffix in enumerate(suffixes):
+            Image.fromarray(grain).save(
+                folder / name / f"{name} ({i}){suffix}", suffix[1:].upper().replace("JPG", "JPEG")
+            )
+    for name in ("Ipsala", "Jasmine", "Karacadag"):
+        for old in (folder / name).iterdir():
+            old.unlink()
+        (folder / name).rmdir()
+    data = RiceSource(root=tmp_path, image_size=8).load()
+    assert data.class_counts() == {"Arborio": 2, "Basmati": 2}
 
 
 def test_flowers_standin_is_the_real_layout_and_loads_through_torchvision(tmp_path: Path) -> None:

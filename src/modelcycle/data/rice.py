@@ -32,6 +32,8 @@ HANDLE = "muratkokludataset/rice-image-dataset"
 FOLDER = "Rice_Image_Dataset"
 CITATION = "Rice_Citation_Request.txt"
 IMAGE_SIDE = 250
+#: Files read as images in a class folder (any case): those the decoder reads.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 #: Stand-in grains per variety: (length px, width px, RGB). Areas are about equal and
 #: colours close, so that, as in the real images, the shape (length-to-width ratio) tells
 #: varieties apart more than brightness or colour; sizes and shades vary per grain, so
@@ -70,22 +72,39 @@ class RiceSource(ImageSource):
         return {"per_class_synthetic": self.per_class_synthetic, "seed": self.seed}
 
     def read(self, root: Path) -> ImageSet:
-        """Every `*.jpg` under each class folder; anything else beside them is skipped."""
+        """Every image (`IMAGE_SUFFIXES`) in each class folder; anything else is skipped.
+
+        Hidden entries (`.ipynb_checkpoints`, `.DS_Store`) are no classes.
+
+        Raises:
+            DataError: No `Rice_Image_Dataset/`, a class folder without images (a class
+                the model could neither learn nor be scored on), or fewer than 2 classes.
+        """
         folder = root / FOLDER
         if not folder.is_dir():
             raise DataError(
                 f"{folder} not found: a rice copy has Rice_Image_Dataset/<Class>/*.jpg. "
                 "Point data.root at the folder that contains it."
             )
-        classes, paths, labels, notes = [], [], [], []
+        classes, paths, labels, notes, empty = [], [], [], [], []
         for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                notes.append(f"skipped {entry.name} (hidden)")
+                continue
             if not entry.is_dir():
                 notes.append(f"skipped {entry.name} (not a class folder)")
                 continue
-            files = sorted(p for p in entry.iterdir() if p.suffix.lower() == ".jpg")
+            files = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                empty.append(entry.name)
             classes.append(entry.name)
             paths += files
             labels += [len(classes) - 1] * len(files)
+        if empty:
+            raise DataError(
+                f"{folder}: class folder(s) {', '.join(empty)} hold no images "
+                f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder(s)."
+            )
         if len(classes) < 2:
             raise DataError(f"{folder}: found {len(classes)} class folder(s), need at least 2.")
         y = np.array(labels)

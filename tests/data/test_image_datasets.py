@@ -165,6 +165,24 @@ def test_signmnist_rejects_bad_labels_and_finds_csvs_in_folders(tmp_path: Path) 
         SignMNISTSource(root=tmp_path).load()
 
 
+@pytest.mark.parametrize("damage", ["cut", "empty", "text"])
+def test_signmnist_names_the_first_row_with_missing_pixels(tmp_path: Path, damage: str) -> None:
+    SignMNISTSource(download_dir=tmp_path, synthetic=True, synthetic_per_class=[1, 1]).load()
+    path = tmp_path / "sign_mnist_train.csv"
+    lines = path.read_text().splitlines()
+    cells = lines[3].split(",")
+    if damage == "cut":  # the last row cut mid-line
+        lines[-1] = lines[-1][: len(lines[-1]) // 2]
+        line = len(lines)
+    else:
+        cells[400] = "" if damage == "empty" else "x"
+        lines[3] = ",".join(cells)
+        line = 4
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"sign_mnist_train.csv: line {line} has empty or non"):
+        read_signmnist_csv(path)
+
+
 def test_max_per_class_subsamples_each_class_reproducibly(tmp_path: Path) -> None:
     root = write_rice_standin(tmp_path, per_class=5, seed=0)
     a = RiceSource(root=root, image_size=8, max_per_class=2, seed=3).load()

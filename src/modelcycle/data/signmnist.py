@@ -93,7 +93,8 @@ def read_signmnist_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(n, 28, 28) uint8 pixels and (n,) letter labels (0..24 without 9) of one CSV.
 
     Raises:
-        DataError: Missing columns, pixels outside 0..255 or a label that is not a letter.
+        DataError: Missing columns, an empty or non-numeric cell (a cut-off file), pixels
+            outside 0..255 or a label that is not a letter.
     """
     table = pd.read_csv(path)
     expected = ["label", *(f"pixel{i}" for i in range(1, SIDE * SIDE + 1))]
@@ -102,6 +103,17 @@ def read_signmnist_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{path}: columns must be label,pixel1..pixel784; missing e.g. {missing}, "
             f"found {list(table.columns[:3])}…"
+        )
+    # NaN passes the range check below and casts to 0..255 garbage: name the first bad row
+    # a column pandas could not read as numbers holds text
+    text = not all(pd.api.types.is_numeric_dtype(kind) for kind in table.dtypes)
+    numbers = table.apply(pd.to_numeric, errors="coerce") if text else table
+    blank = numbers.isna().any(axis=1).to_numpy()
+    if blank.any():
+        line = int(np.flatnonzero(blank)[0]) + 2  # 1-based, after the header line
+        raise DataError(
+            f"{path}: line {line} has empty or non-numeric cells (a cut-off or damaged file); "
+            "download it again, or fix or remove that row."
         )
     labels = table["label"].to_numpy()
     bad = sorted(set(labels.tolist()) - set(LABELS))

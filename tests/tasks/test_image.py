@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from image_fixtures import tiny_sources, tiny_task
+from modelcycle.data.tables import DataError
 from modelcycle.embeddings import project_embeddings
 from modelcycle.export import export_model
 from modelcycle.models.image_classifier import ImageClassifier
@@ -57,6 +58,25 @@ def test_rice_folds_are_stratified_and_disjoint(sources: dict[str, object]) -> N
     assert len(holdout.test) == 5 * round(0.2 * 16)
     final = task.final_fold(data, seed=0)
     assert len(final.test) == 0 and len(final.train) + len(final.val) == 80
+
+
+@pytest.mark.parametrize("per_class", [1, 2])
+def test_classes_too_small_to_split_are_refused_by_name(
+    sources: dict[str, object], per_class: int
+) -> None:
+    rice = tiny_task(sources["rice"])  # type: ignore[arg-type]
+    task = tiny_task(replace(rice.source, max_per_class=per_class))
+    data, _ = task.load()
+    for n_folds in (1, 2) if per_class == 2 else (1,):  # 2 folds of 1 image: cv.n_folds refused
+        with pytest.raises(DataError, match=r"rice: the validation (and test )?parts? (is|are) em"):
+            task.folds(data, n_folds, seed=0)
+        with pytest.raises(DataError, match=rf"Arborio, has {per_class} image.*at least 3\."):
+            task.folds(data, n_folds, seed=0)
+    if per_class == 1:
+        with pytest.raises(DataError, match=r"has 1 image\(s\) to split into training and val"):
+            task.final_fold(data, seed=0)
+    else:
+        assert len(task.final_fold(data, seed=0).val) == len(data.classes)
 
 
 def test_official_splits_make_one_fold(sources: dict[str, object]) -> None:

@@ -30,6 +30,7 @@ from modelcycle.data.image_set import (
     stratified_holdout,
     stratified_kfold,
 )
+from modelcycle.data.tables import DataError
 from modelcycle.embedding_columns import EMBEDDING
 from modelcycle.evaluation.classification import score_classifier
 from modelcycle.evaluation.classification_plots import plot_classification
@@ -153,19 +154,52 @@ class ImageTask(Task[ImageSet]):
                     self.source.dataset,
                     n_folds,
                 )
-            train, val = self._train_val(data, official_rows(data.split, "train"), seed)
-            return [Fold(0, train, val, official_rows(data.split, "test"))]
+            train_rows = official_rows(data.split, "train")
+            train, val = self._train_val(data, train_rows, seed)
+            fold = Fold(0, train, val, official_rows(data.split, "test"))
+            return [self._check_parts(data, fold, train_rows, 2, "training and validation")]
         everyone = np.arange(len(data))
         if n_folds == 1:
             rest, test = stratified_holdout(data.labels, everyone, self.test_fraction, seed)
             train, val = stratified_holdout(data.labels, rest, self.val_fraction, seed + 1)
-            return [Fold(0, train, val, test)]
-        folds = []
-        for k, test in enumerate(stratified_kfold(data.labels, n_folds, seed)):
-            rest = np.setdiff1d(everyone, test)
-            train, val = stratified_holdout(data.labels, rest, self.val_fraction, seed + k)
-            folds.append(Fold(k, train, val, test))
-        return folds
+            folds = [Fold(0, train, val, test)]
+        else:
+            folds = []
+            for k, test in enumerate(stratified_kfold(data.labels, n_folds, seed)):
+                rest = np.setdiff1d(everyone, test)
+                train, val = stratified_holdout(data.labels, rest, self.val_fraction, seed + k)
+                folds.append(Fold(k, train, val, test))
+        parts = "training, validation and test"
+        return [self._check_parts(data, fold, everyone, 3, parts) for fold in folds]
+
+    def _check_parts(
+        self, data: ImageSet, fold: Fold, rows: np.ndarray, need: int, parts: str
+    ) -> Fold:
+        """`fold`, once none of its parts (but a final fold's test part) is empty.
+
+        A class gives up an image to a held-out part only while it keeps one, so classes of
+        one or two images can leave the validation part empty, and early stopping then
+        has no metric to watch.
+
+        Raises:
+            DataError: Naming the empty part, the smallest class of `rows` and the images
+                per class that `parts` need (`need`).
+        """
+        named = {"training": fold.train, "validation": fold.val, "test": fold.test}
+        empty = [name for name, part in named.items() if len(part) == 0]
+        if fold.index == FINAL:
+            empty = [name for name in empty if name != "test"]
+        if not empty:
+            return fold
+        counts = np.bincount(data.labels[rows], minlength=len(data.classes))
+        smallest = int(np.argmin(np.where(counts > 0, counts, np.iinfo(int).max)))
+        raise DataError(
+            f"{self.source.dataset}: the {' and '.join(empty)} "
+            f"{'part is' if len(empty) == 1 else 'parts are'} empty: the smallest "
+            f"class, {data.classes[smallest]}, has {counts[smallest]} image(s) to split into "
+            f"{parts}, and each class needs at least {need}. Give more images per class "
+            "(data.max_per_class), or leave out the smallest classes."
+        )
 
     def _train_val(
         self, data: ImageSet, train: np.ndarray, seed: int
@@ -184,7 +218,8 @@ class ImageTask(Task[ImageSet]):
             val = official_rows(data.split, "val")
             return Fold(FINAL, np.setdiff1d(everyone, val), val, np.array([], dtype=int))
         train, val = stratified_holdout(data.labels, everyone, self.val_fraction, seed)
-        return Fold(FINAL, train, val, np.array([], dtype=int))
+        fold = Fold(FINAL, train, val, np.array([], dtype=int))
+        return self._check_parts(data, fold, everyone, 2, "training and validation")
 
     def datamodule(self, data: ImageSet, fold: Fold, seed: int) -> L.LightningDataModule:
         """uint8 pixels and labels of the fold's train and validation rows."""

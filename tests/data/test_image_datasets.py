@@ -15,7 +15,12 @@ from modelcycle.data.flowers102 import Flowers102Source, local_flowers102
 from modelcycle.data.image_set import stratified_holdout, stratified_kfold, subsample
 from modelcycle.data.openneuro import MANIFEST_NAME, FetchError
 from modelcycle.data.rice import FOLDER, RiceSource, write_rice_standin
-from modelcycle.data.signmnist import LETTERS, SignMNISTSource, read_signmnist_csv
+from modelcycle.data.signmnist import (
+    LETTERS,
+    SignMNISTSource,
+    read_signmnist_csv,
+    write_signmnist_standin,
+)
 from modelcycle.data.tables import DataError
 
 
@@ -154,7 +159,7 @@ def test_signmnist_csv_format_and_24_letter_label_map(tmp_path: Path) -> None:
 
 
 def test_signmnist_rejects_bad_labels_and_finds_csvs_in_folders(tmp_path: Path) -> None:
-    SignMNISTSource(download_dir=tmp_path, synthetic=True, synthetic_per_class=[1, 1]).load()
+    write_signmnist_standin(tmp_path, (1, 1), seed=0)  # a copy with no stand-in record
     (tmp_path / "sign_mnist_test").mkdir()
     (tmp_path / "sign_mnist_test.csv").rename(tmp_path / "sign_mnist_test" / "sign_mnist_test.csv")
     assert len(SignMNISTSource(root=tmp_path).load()) == 48

@@ -63,6 +63,23 @@ def test_a_run_without_synthetic_refuses_the_image_and_graph_stand_ins(tmp_path:
         WikiCSSource(download_dir=tmp_path / "wikics").load()
 
 
+def test_a_stand_in_is_never_read_as_data_root(tmp_path: Path) -> None:
+    rice = RiceSource(download_dir=tmp_path / "rice", synthetic=True, per_class_synthetic=2)
+    rice.load()
+    with pytest.raises(DataError, match=r"data.root=.*rice holds the offline rice stand-in"):
+        RiceSource(root=tmp_path / "rice").load()
+    WikiCSSource(download_dir=tmp_path / "wikics", synthetic=True, synthetic_nodes=60).load()
+    with pytest.raises(DataError, match=r"data.root=.*wikics holds the offline wikics stand-in"):
+        WikiCSSource(root=tmp_path / "wikics").load()
+    # data.synthetic=true reads and writes data.download_dir only: beside data.root, refused
+    for source in (
+        RiceSource(root=tmp_path / "rice", synthetic=True, per_class_synthetic=2),
+        WikiCSSource(root=tmp_path / "wikics", synthetic=True, synthetic_nodes=60),
+    ):
+        with pytest.raises(DataError, match=r"data.synthetic=true and data.root=.* both set"):
+            source.load()
+
+
 def test_data_fetch_writes_the_stand_in_the_pipeline_draws(tmp_path: Path, workspace: Path) -> None:
     # `data fetch --synthetic` and `pipeline ... data.synthetic=true` read the same data group
     result = runner.invoke(app, ["data", "fetch", "wikics", "--synthetic", "--dest", str(tmp_path)])

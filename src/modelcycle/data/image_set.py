@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelcycle.data.cache import array_key, cached_array
-from modelcycle.data.standin import standin_root
+from modelcycle.data.standin import check_root, standin_root
 from modelcycle.data.tables import DataError
 from modelcycle.kinds import Range
 
@@ -76,7 +76,8 @@ class ImageSource(ABC):
     Args:
         root: A local copy in the dataset's real layout.
         download_dir: Where to download to (or write the stand-in to) when `root` is not given.
-        synthetic: Write and use an offline stand-in in the real layout instead of downloading.
+        synthetic: Write and use an offline stand-in in the real layout instead of downloading
+            (in `download_dir`: refused beside `root`).
         image_size: Side in pixels every image is resized to.
         max_per_class: Keep at most this many images per class and split (seeded), or all.
         seed: Seed of the subsampling and of the stand-in.
@@ -101,6 +102,7 @@ class ImageSource(ABC):
         """The local copy: `root`, else the stand-in (written once), else a download."""
         if self.root is not None:
             root = Path(self.root).expanduser()
+            check_root(root, self.dataset, self.synthetic)
             if not root.is_dir():
                 raise DataError(
                     f"data.root={root} is not a directory. Point it at a copy of {self.dataset} "

@@ -9,7 +9,9 @@ beside it (`MANIFEST`) records what was written and with which settings. With it
 - a run asking for a stand-in drawn with other settings (another seed, more tiles) refuses
   it too, instead of reusing whatever an earlier run left there;
 - a run asking for a stand-in where the real files (or an unrecorded stand-in) lie refuses
-  them rather than guessing.
+  them rather than guessing;
+- a local copy (`data.root`) is never a stand-in: it is refused when it holds one, and
+  beside `data.synthetic=true` (`check_root`).
 """
 
 from __future__ import annotations
@@ -83,3 +85,27 @@ def standin_root(
             f"data.download_dir to another folder for a new stand-in."
         )
     return target
+
+
+def check_root(root: Path, dataset: str, synthetic: bool) -> None:
+    """Refuse `data.root` beside `data.synthetic=true`, or a `data.root` holding a stand-in.
+
+    A stand-in is written to and read from `data.download_dir` only, where its manifest
+    is checked; `data.root` names a copy of the real data.
+
+    Raises:
+        DataError: Naming the setting or the folder and the ways out.
+    """
+    if synthetic:
+        raise DataError(
+            f"data.synthetic=true and data.root={root} are both set: a stand-in is written to "
+            f"and read from data.download_dir, never data.root. Drop data.root to use the "
+            f"stand-in, or drop data.synthetic=true to read {root}."
+        )
+    if (root / MANIFEST).is_file():
+        raise DataError(
+            f"data.root={root} holds the offline {dataset} stand-in (drawn data, written by "
+            f"data.synthetic=true), not the real data. Point data.root at a copy of {dataset}, "
+            f"or give data.synthetic=true data.download_dir={root} without data.root to use "
+            "the stand-in."
+        )

@@ -25,7 +25,7 @@ import numpy as np
 
 from modelcycle.data.image_set import hash_files
 from modelcycle.data.openneuro import FetchError, FetchRecord, hash_tree, write_manifest
-from modelcycle.data.standin import standin_root
+from modelcycle.data.standin import check_root, standin_root
 from modelcycle.data.tables import DataError
 from modelcycle.kinds import Range
 from modelcycle.messages import clause
@@ -90,7 +90,8 @@ class WikiCSSource:
     Args:
         root: A folder holding `raw/data.json`.
         download_dir: Where to download to (or write the stand-in to) when `root` is not given.
-        synthetic: Write and use the offline stand-in (the real file format) instead.
+        synthetic: Write and use the offline stand-in (the real file format) instead (in
+            `download_dir`: refused beside `root`).
         synthetic_nodes: Articles in the stand-in (the real graph has 11,701).
         seed: Seed of the stand-in.
     """
@@ -107,6 +108,7 @@ class WikiCSSource:
         """The local copy: `root`, else the stand-in (written once), else a download."""
         if self.root is not None:
             root = Path(self.root).expanduser()
+            check_root(root, self.dataset, self.synthetic)
             if not (root / RAW).is_file():
                 raise DataError(
                     f"data.root={root} holds no {RAW}: point it at a Wiki-CS copy, or leave it "

@@ -61,6 +61,16 @@ def test_a_changed_file_is_read_again_not_pyg_s_processed_copy(tmp_path: Path) -
     assert np.array_equal(after.labels, (before.labels + 1) % 10)
 
 
+@pytest.mark.parametrize("bad", [60, -1])
+def test_a_link_to_no_article_is_refused_naming_the_article(tmp_path: Path, bad: int) -> None:
+    root = write_wikics_standin(tmp_path, nodes=60, seed=0)
+    raw = json.loads((root / RAW).read_text())
+    raw["links"][7].append(bad)
+    (root / RAW).write_text(json.dumps(raw))
+    with pytest.raises(DataError, match=rf"data.json: article 7 links to {bad}, which is no art"):
+        WikiCSSource(root=root).load()
+
+
 def test_a_root_without_the_file_says_which_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"holds no raw/data.json"):
         WikiCSSource(root=tmp_path).load()

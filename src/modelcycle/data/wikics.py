@@ -145,7 +145,7 @@ def read_wikics(root: Path) -> GraphSet:
     """The graph of a copy in PyG's layout, read by PyG's own `WikiCS` class.
 
     Raises:
-        DataError: A file PyG cannot read, or masks of the wrong shape.
+        DataError: A file PyG cannot read, a link to no article, or masks of the wrong shape.
     """
     try:
         # PyG reuses processed/ even when raw/data.json changed since; the data hash is the
@@ -156,6 +156,7 @@ def read_wikics(root: Path) -> GraphSet:
         raise DataError(f"{root / RAW}: not a Wiki-CS data.json ({clause(err)}).") from err
     n = int(data.num_nodes)
     edges = data.edge_index.numpy()
+    _check_links(edges, n, root / RAW)
     edges = edges[:, edges[0] != edges[1]]
     order = np.lexsort((edges[1], edges[0]))
     sources, targets = edges[0][order], edges[1][order]
@@ -184,6 +185,26 @@ def read_wikics(root: Path) -> GraphSet:
         test,
         hash_files([root / RAW]),
         notes,
+    )
+
+
+def _check_links(edges: np.ndarray, n: int, path: Path) -> None:
+    """Refuse a link to an index that is no article (PyG reads it into the graph as is).
+
+    Raises:
+        DataError: Naming the lowest article holding such a link and the index.
+    """
+    outside = (edges < 0) | (edges >= n)
+    if not outside.any():
+        return
+    # read as undirected, a link is there both ways round: name the article that holds it
+    held = outside[1] & ~outside[0]
+    columns = np.flatnonzero(held) if held.any() else np.flatnonzero(outside.any(axis=0))
+    column = columns[np.argmin(edges[0, columns])]
+    node, index = int(edges[0, column]), int(edges[1, column])
+    raise DataError(
+        f"{path}: article {node} links to {index}, which is no article index (0..{n - 1}); "
+        "fix its links, or download the file again."
     )
 
 

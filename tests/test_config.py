@@ -210,6 +210,27 @@ def test_a_key_the_config_lacks_is_named_with_the_keys_it_has(
         (["experiment=image_rice", "data.image_size=0"], r"data.image_size=0: give a value >= 1"),
         (["experiment=image_flowers", "data.max_per_class=0"], r"max_per_class=0: give a value"),
         (["experiment=image_rice", "data.per_class_synthetic=-1"], r"synthetic=-1: give a value"),
+        # the stand-ins' sizes: a ValueError's traceback when the stand-in was written
+        (
+            ["experiment=image_flowers", "data.synthetic_classes=200"],
+            r"^data.synthetic_classes=200: give a value from 2 to below 103\.$",
+        ),
+        (
+            ["experiment=image_flowers", "data.synthetic_per_split=[2,1]"],
+            r"^data.synthetic_per_split=\[2, 1\]: give 3 counts, .* in train, val and test\.$",
+        ),
+        (
+            ["experiment=image_flowers", "data.synthetic_per_split=[2,0,1]"],
+            r"^data.synthetic_per_split=\[2, 0, 1\]: give each value >= 1\.$",
+        ),
+        (
+            ["experiment=image_signmnist", "data.synthetic_per_class=[3]"],
+            r"^data.synthetic_per_class=\[3\]: give 2 counts, .* in train and test\.$",
+        ),
+        (
+            ["experiment=image_signmnist", "data.synthetic_per_class=[3,0]"],
+            r"^data.synthetic_per_class=\[3, 0\]: give each value >= 1\.$",
+        ),
     ],
 )
 def test_a_run_setting_of_the_wrong_kind_or_range_is_named_before_any_work(

@@ -16,10 +16,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from modelcycle.data.image_set import ImageSet, ImageSource, hash_files, read_image_files
+from modelcycle.data.image_set import (
+    SPLITS,
+    ImageSet,
+    ImageSource,
+    counts_check,
+    hash_files,
+    read_image_files,
+)
 from modelcycle.data.image_set import subsample as subsample_rows
 from modelcycle.data.openneuro import FetchError, FetchRecord, hash_tree, write_manifest
 from modelcycle.data.tables import DataError
+from modelcycle.kinds import Range
 from modelcycle.messages import clause
 
 log = logging.getLogger(__name__)
@@ -74,6 +82,12 @@ class Flowers102Source(ImageSource):
     """
 
     dataset: ClassVar[str] = "flowers102"
+    RANGES: ClassVar[dict[str, Range]] = {
+        **ImageSource.RANGES,
+        "synthetic_classes": (2, 103),
+        "synthetic_per_split": (1, None),
+    }
+    CHECK = staticmethod(counts_check("synthetic_per_split", SPLITS))
     synthetic_classes: int = 102
     synthetic_per_split: list[int] = field(default_factory=lambda: [10, 10, 10])
 

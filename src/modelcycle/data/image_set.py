@@ -166,6 +166,20 @@ class ImageSource(ABC):
         """Read a local copy in the real layout."""
 
 
+def counts_check(key: str, parts: Sequence[str]) -> Callable[[dict[str, Any]], None]:
+    """A source's `CHECK` that `key` holds one count per part (`RANGES` bounds each count)."""
+
+    def check(values: dict[str, Any]) -> None:
+        counts = values.get(key)
+        if isinstance(counts, list) and len(counts) != len(parts):
+            raise ValueError(
+                f"{key}={counts!r}: give {len(parts)} counts, the stand-in's images per class "
+                f"in {', '.join(parts[:-1])} and {parts[-1]}."
+            )
+
+    return check
+
+
 def read_image_files(paths: Sequence[Path], size: int, desc: str) -> np.ndarray:
     """Decode image files to (n, size, size, 3) uint8 RGB, on every core, with a progress bar.
 

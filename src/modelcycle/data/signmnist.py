@@ -19,9 +19,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from modelcycle.data.image_set import ImageSet, ImageSource, hash_files, subsample
+from modelcycle.data.image_set import ImageSet, ImageSource, counts_check, hash_files, subsample
 from modelcycle.data.kaggle import fetch_kaggle
 from modelcycle.data.tables import DataError
+from modelcycle.kinds import Range
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class SignMNISTSource(ImageSource):
     """
 
     dataset: ClassVar[str] = "signmnist"
+    RANGES: ClassVar[dict[str, Range]] = {**ImageSource.RANGES, "synthetic_per_class": (1, None)}
+    CHECK = staticmethod(counts_check("synthetic_per_class", tuple(FILES)))
     synthetic_per_class: list[int] = field(default_factory=lambda: [20, 8])
 
     def present(self, target: Path) -> bool:

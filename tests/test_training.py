@@ -132,6 +132,31 @@ def test_a_quick_run_below_min_epochs_is_allowed() -> None:
     assert trainer_settings({"max_epochs": 2}).max_epochs == 2
 
 
+def test_min_epochs_above_max_epochs_is_refused_only_when_given() -> None:
+    overrides = ["trainer.min_epochs=50", "trainer.max_epochs=3"]
+    with pytest.raises(ConfigError, match=r"trainer.min_epochs=50 is above trainer.max_epochs=3"):
+        compose_config(overrides)
+    with pytest.raises(ConfigError, match=r"min_epochs=12 is above trainer.max_epochs=10"):
+        compose_config(
+            ["experiment=image_rice", "trainer.max_epochs=10", "++trainer.min_epochs=12"]
+        )
+    # the experiment's own min_epochs (10) yields to a quick run's max_epochs
+    assert compose_config(["experiment=image_rice", "trainer.max_epochs=1"]).trainer.min_epochs
+
+
+def test_fit_caps_min_epochs_at_max_epochs_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = TrainerSettings(max_epochs=1, min_epochs=10, progress_bar=False)
+    with caplog.at_level(logging.INFO, logger="modelcycle.training"), pytest.raises(ValueError):
+        fit(_Failing(ValueError("stop")), None, settings, "val_auc", tmp_path, [])  # type: ignore[arg-type]
+    said = [r.getMessage() for r in caplog.records]
+    assert (
+        "trainer.min_epochs=10 is above trainer.max_epochs=1: training runs at most 1 "
+        in " ".join(said)
+    )
+
+
 def test_one_process_needs_no_launcher(no_launcher: pytest.MonkeyPatch) -> None:
     assert check_launch(TrainerSettings()) == "lightning"
     assert check_launch(TrainerSettings(devices=2, strategy="ddp")) == "lightning"

@@ -94,7 +94,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
                 f"or experiment=twins; {hint}."
             )
     try:
-        return _compose(overrides)
+        cfg = _compose(overrides)
     except HydraException as err:
         # Hydra appends where it searched (its own package among them): not the user's to fix.
         said = str(err).split("\nConfig search path:")[0].rstrip()
@@ -104,6 +104,28 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(
             f"Cannot compose the config with overrides {list(overrides)}: {said}"
         ) from err
+    _check_min_epochs(cfg, overrides)
+    return cfg
+
+
+def _check_min_epochs(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Refuse a `trainer.min_epochs` given on the command line above `trainer.max_epochs`.
+
+    Only a given one: an experiment's own `min_epochs` (10) yields to a small
+    `trainer.max_epochs` for a quick run (`fit` caps it and logs so).
+
+    Raises:
+        ConfigError: Naming both values and the ways out.
+    """
+    given = any(o.lstrip("+").split("=")[0] == "trainer.min_epochs" for o in overrides)
+    least = OmegaConf.select(cfg, "trainer.min_epochs", default=None)
+    most = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if given and is_whole(least) and is_whole(most) and least > most:
+        raise ConfigError(
+            f"trainer.min_epochs={least} is above trainer.max_epochs={most}: training stops "
+            f"after max_epochs. Give trainer.min_epochs={most} or less, or a larger "
+            "trainer.max_epochs."
+        )
 
 
 def _compose(overrides: Sequence[str]) -> DictConfig:

@@ -112,11 +112,21 @@ def fit(
         save_top_k=1,
         save_weights_only=True,
     )
+    min_epochs = settings.min_epochs
+    if min_epochs > settings.max_epochs:  # an experiment's own, below a quick run's max_epochs
+        log.info(
+            "trainer.min_epochs=%d is above trainer.max_epochs=%d: training runs at most %d "
+            "epoch(s)",
+            min_epochs,
+            settings.max_epochs,
+            settings.max_epochs,
+        )
+        min_epochs = settings.max_epochs
     ctrl_c = _CtrlC()
     quiet_libraries()  # Lightning, imported after logging was set up, set levels of its own
     trainer = L.Trainer(
         max_epochs=settings.max_epochs,
-        min_epochs=settings.min_epochs,
+        min_epochs=min_epochs,
         accelerator=settings.accelerator,
         devices=settings.devices,
         precision=settings.precision,  # type: ignore[arg-type]

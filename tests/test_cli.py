@@ -28,10 +28,11 @@ from modelcycle.monitoring.drift import DriftSummary, FeatureDrift
 from modelcycle.registry import PROTOCOL_PARAMS, Registry
 from modelcycle.registry_hooks import AliasMoved
 from modelcycle.sweep import SweepResult, TrialRecord
-from modelcycle.tracking import TrackingSettings, tracking_uri
+from modelcycle.tracking import Tracker, TrackingSettings, tracking_uri
 from run_tree import one_run_tree
 from serving_fixtures import ServedWorkspace
 from test_interrupts import in_package
+from test_model_registry import _run as pipeline_shaped_run
 
 runner = CliRunner()
 TINY = ["debug=tiny", "trainer.max_epochs=2"]
@@ -569,6 +570,40 @@ def test_release_without_a_train_run_is_one_clear_line(workspace: Path) -> None:
     assert "No finished pipeline run" in result.stdout and "Traceback" not in result.stdout
     result = runner.invoke(app, ["release", "abc123"])  # a run named first, as with --run
     assert result.exit_code == 2 and "No run 'abc123'" in result.stdout
+
+
+def test_register_takes_a_report_folder_and_refuses_names_commands_cannot_carry(
+    tmp_path: Path,
+) -> None:
+    # A report folder (which release and evaluate take) was answered with MLflow's "Invalid
+    # value ... for parameter 'run_id'"; --name bad/name with MLflow's traceback, and
+    # --name "" registered under the task's name.
+    store = Tracker(TrackingSettings(experiment="reg"), tmp_path / "ws")
+    run_id = pipeline_shaped_run(store, 0.94, 0.91, tmp_path)
+    report = tmp_path / "reports" / "twins-1"
+    report.mkdir(parents=True)
+    (report / "summary.json").write_text(json.dumps({"run_id": run_id}))
+    (report / "config.yaml").write_text("seed: 42\n")
+    ws = f"workspace={tmp_path / 'ws'}"
+    for name in ("bad/name", "", " ", "twins x"):
+        bad = runner.invoke(app, ["register", str(report), ws, "--name", name])
+        assert bad.exit_code == 2, bad.output
+        assert f"model name {name!r}: give a name without spaces" in bad.stdout
+        assert "Traceback" not in bad.output
+    assert Registry(store.uri).client.search_registered_models() == []
+    for command in (["promote", "twins x"], ["history", "a:b"]):  # the same rule everywhere
+        refused = runner.invoke(app, [*command, ws])
+        assert refused.exit_code == 2 and "give a name without spaces" in refused.stdout
+    made = runner.invoke(app, ["register", str(report), ws])
+    assert made.exit_code == 0, made.stdout
+    assert f"Registered twins version 1 as @challenger (run {run_id})" in made.stdout
+    unknown = runner.invoke(app, ["register", "0123abcd", ws])
+    assert unknown.exit_code == 2, unknown.stdout
+    said = " ".join(unknown.stdout.split())
+    assert "No run '0123abcd'" in said and "mlflow ui --backend-store-uri" in said
+    assert "Invalid value" not in said
+    absent = runner.invoke(app, ["register", str(report.parent / "absent"), ws])
+    assert absent.exit_code == 2 and "absent: nothing is there" in absent.stdout
 
 
 @pytest.mark.parametrize(

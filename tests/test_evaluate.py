@@ -98,11 +98,14 @@ def test_evaluate_names_a_bad_run_and_how_to_find_run_ids(workspace: Path, tmp_p
     assert "No run 'no-such-run'" in unknown.stdout
     assert "modelcycle train" in unknown.stdout
     assert "mlflow ui --backend-store-uri" in unknown.stdout
+    absent = runner.invoke(app, ["evaluate", str(tmp_path / "absent")])
+    assert absent.exit_code == 2, absent.stdout
+    assert f"No folder {tmp_path / 'absent'}: nothing is there" in absent.stdout
     not_a_report = runner.invoke(app, ["evaluate", str(tmp_path)])
     assert not_a_report.exit_code == 2 and "holds no summary.json" in not_a_report.stdout
     latest = runner.invoke(app, ["evaluate", "latest"])
     assert latest.exit_code == 2 and "No finished pipeline run" in latest.stdout
-    assert "Traceback" not in unknown.stdout + not_a_report.stdout + latest.stdout
+    assert "Traceback" not in unknown.stdout + absent.stdout + not_a_report.stdout + latest.stdout
 
 
 def test_evaluate_says_what_a_fold_or_a_sweep_run_is(workspace: Path) -> None:

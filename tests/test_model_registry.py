@@ -271,8 +271,9 @@ def test_clear_errors_for_bad_references_and_runs(store: Tracker, tmp_path: Path
     registry = Registry(store.uri)
     with pytest.raises(RegistryError, match="no model/ artifact"):
         registry.register(_run(store, 0.94, 0.91, tmp_path, with_model=False), "twins")
-    with pytest.raises(RegistryError, match="No run 'nope'"):
+    with pytest.raises(RegistryError, match="No run 'nope'") as unknown:
         registry.register("nope", "twins")
+    assert "mlflow ui --backend-store-uri" in str(unknown.value)  # how to find one, not MLflow's
     registry.register(_run(store, 0.94, 0.91, tmp_path), "twins")
     with pytest.raises(RegistryError, match="write NAME@ALIAS"):
         registry.resolve("twins")
@@ -387,3 +388,19 @@ def test_a_run_already_registered_is_not_registered_again(store: Tracker, tmp_pa
     with pytest.raises(GateError, match=rf"run {first} is already twins version 1 \(@challenger\)"):
         registry.register(first, "twins")
     assert len(registry.client.search_model_versions("name = 'twins'")) == 2  # no third
+
+
+@pytest.mark.parametrize("name", ["bad/name", "a:b", "", "  ", "twins x"])
+def test_a_model_name_commands_cannot_carry_is_refused_before_anything_is_written(
+    store: Tracker, tmp_path: Path, name: str
+) -> None:
+    # "bad/name" reached MLflow's create_registered_model and its exception; "" and "twins x"
+    # were registered, and then printed unquoted in the commands suggested for them.
+    registry = Registry(store.uri)
+    run_id = _run(store, 0.94, 0.91, tmp_path)
+    with pytest.raises(RegistryError, match=rf"^model name '{name}': give a name without sp"):
+        registry.register(run_id, name)
+    assert registry.client.search_registered_models() == []
+    for reads in (registry.history, registry.aliases):  # what promote and history read
+        with pytest.raises(RegistryError, match=rf"^model name '{name}'"):
+            reads(name)

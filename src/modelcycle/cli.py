@@ -306,20 +306,30 @@ def release_command(
     The run comes first (`modelcycle release RUN [OVERRIDES]`) or as --run; default latest.
     """
     from modelcycle.config import build_registry, compose_config, workspace_of
-    from modelcycle.evaluate import locate_run
-    from modelcycle.registry import latest_pipeline_run
 
     with _clear_errors():
         overrides, run = _leading_run(overrides, run)
         cfg = compose_config(overrides)
-        run_id = run
-        if run == "latest":
-            run_id = latest_pipeline_run(build_registry(cfg).uri, cfg.logger.experiment)
-        elif Path(run).is_dir():
-            run_id = locate_run(run, build_registry(cfg).uri, cfg.logger.experiment).run_id
+        run_id = _run_id(run, build_registry(cfg).uri, cfg.logger.experiment)
     code = _release(cfg, run_id, out or workspace_of(cfg) / "exports")
     if code:
         raise typer.Exit(code=code)
+
+
+def _run_id(run: str, uri: str, experiment: str) -> str:
+    """The MLflow run id `run` names: latest, a report folder (train's or evaluate's), or an id.
+
+    An id is left to the registry, which says how to find one when it has no such run.
+    """
+    from modelcycle.registry import latest_pipeline_run
+
+    if run == "latest":
+        return latest_pipeline_run(uri, experiment)
+    if Path(run).is_dir() or os.sep in run or "/" in run:  # a folder, or a path to none
+        from modelcycle.evaluate import locate_run
+
+        return locate_run(run, uri, experiment).run_id
+    return run
 
 
 def _leading_run(overrides: list[str] | None, run: str) -> tuple[list[str], str]:
@@ -354,7 +364,10 @@ def _release(cfg: DictConfig, run_id: str, exports: Path) -> int:
 @app.command()
 def register(
     overrides: RegistryOverrides = None,
-    run: Annotated[str, typer.Option(help="MLflow run id of a pipeline run")] = "latest",
+    run: Annotated[
+        str,
+        typer.Option(help="A pipeline run: MLflow run id, its (or its evaluation's) report folder"),
+    ] = "latest",
     name: Annotated[str | None, typer.Option(help="Model name (default: the task)")] = None,
     alias: Annotated[str, typer.Option(help="Alias to give the new version")] = "challenger",
     reason: Annotated[str, typer.Option(help="Why, for the audit trail")] = "registered",
@@ -364,16 +377,14 @@ def register(
     The run comes first (`modelcycle register RUN [OVERRIDES]`) or as --run; default latest.
     """
     from modelcycle.config import build_registry, compose_config
-    from modelcycle.registry import champion_note, latest_pipeline_run
+    from modelcycle.registry import champion_note
 
     with _clear_errors():
         overrides, run = _leading_run(overrides, run)
         cfg = compose_config(overrides)
         registry = build_registry(cfg)
-        run_id = (
-            latest_pipeline_run(registry.uri, cfg.logger.experiment) if run == "latest" else run
-        )
-        model_name = name or registry.task_of(run_id)
+        run_id = _run_id(run, registry.uri, cfg.logger.experiment)
+        model_name = registry.task_of(run_id) if name is None else name
         version, hooks = registry.register(run_id, model_name, alias, reason)
     console.print(f"Registered {version.name} version {version.version} as @{alias} (run {run_id})")
     note = champion_note(version)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from contextlib import AbstractContextManager
@@ -21,18 +22,12 @@ import yaml
 
 from modelcycle.evaluation.curves import write_curves
 from modelcycle.evaluation.report import CVReport, FoldResult
-from modelcycle.registry import RegistryError, latest_pipeline_run
+from modelcycle.registry import HOW_TO_FIND, RegistryError, latest_pipeline_run
 from modelcycle.tasks.base import Fold, Task
 from modelcycle.tracking import Tracker, browse_runs
 from modelcycle.training import restore
 
 log = logging.getLogger(__name__)
-
-#: What a run id is and where to find one, for every "no such run" message.
-HOW_TO_FIND = (
-    "RUN is the id `modelcycle train` prints (`MLflow run ...`), its report folder "
-    "(`Report and plots: ...`), or `latest`; browse runs with {browse}"
-)
 
 
 class EvaluationError(ValueError):
@@ -109,6 +104,11 @@ def locate_run(reference: str, tracking_uri: str, experiment: str) -> TrainRun:
             raise EvaluationError(f"{err} {hint}.") from err
     client = MlflowClient(tracking_uri=tracking_uri)
     folder = Path(reference)
+    if not folder.is_dir() and (os.sep in reference or "/" in reference):  # no run id has one
+        raise EvaluationError(
+            f"No folder {reference}: {'a file' if folder.exists() else 'nothing'} is there "
+            f"(moved, deleted or mistyped?). {hint}."
+        )
     if folder.is_dir():
         summary, config = _read_report(folder)
         run_id = str(summary.get("run_id") or "")

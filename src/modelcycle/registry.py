@@ -31,6 +31,11 @@ AUDIT_PREFIX = "audit."
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 _ALIAS = re.compile(r"[\w-]{1,255}")  # MLflow's rule for alias names
+#: What a run id is and where to find one, for every "no such run" message.
+HOW_TO_FIND = (
+    "RUN is the id `modelcycle train` prints (`MLflow run ...`), its report folder "
+    "(`Report and plots: ...`), or `latest`; browse runs with {browse}"
+)
 
 
 class RegistryError(ValueError):
@@ -171,6 +176,7 @@ class Registry:
         Raises:
             GateError: With both numbers, when it does not; nothing is registered then.
         """
+        check_name(name)
         check_alias(alias)
         candidate = self.candidate(run_id)
         self._once(run_id, name)
@@ -443,6 +449,7 @@ class Registry:
     def _model(self, name: str) -> Any:
         from mlflow.exceptions import MlflowException
 
+        check_name(name)
         try:
             model = self.client.get_registered_model(name)
         except MlflowException as err:
@@ -469,13 +476,31 @@ class Registry:
     def _run(self, run_id: str) -> Any:
         from mlflow.exceptions import MlflowException
 
+        from modelcycle.tracking import browse_runs
+
         try:
             return self.client.get_run(run_id)
         except MlflowException as err:
-            raise RegistryError(f"No run {run_id!r} in the tracking store: {err.message}") from err
+            hint = HOW_TO_FIND.format(browse=browse_runs(self.uri))
+            raise RegistryError(
+                f"No run {run_id!r} in the tracking store {self.uri}. {hint}; pass workspace= "
+                "(or logger.uri=) of the store the run was tracked in."
+            ) from err
 
     def _has_model(self, run_id: str) -> bool:
         return any(a.path == "model" for a in self.client.list_artifacts(run_id))
+
+
+def check_name(name: str) -> None:
+    """Raise RegistryError unless `name` can name a registered model in every command.
+
+    MLflow refuses '/' and ':'; a blank name or one with spaces would be printed unquoted in
+    the commands the others suggest (`modelcycle export NAME@ALIAS`).
+    """
+    if not name.strip() or re.search(r"[\s/:]", name):
+        raise RegistryError(
+            f"model name {name!r}: give a name without spaces, '/' or ':', e.g. twins or twins_v2."
+        )
 
 
 def check_alias(alias: str) -> None:

@@ -128,6 +128,24 @@ def test_config_check_refuses_what_train_would_before_any_data(workspace: Path) 
     assert not (workspace / "data").exists()  # nothing read, downloaded or written
 
 
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("serve.port=99999", "serve.port=99999: give a TCP port number"),
+        ("serve.capture=maybe", "serve.capture='maybe': give true or false"),
+        ("monitor.window=abc", "monitor.window='abc': give a whole number"),
+        ("loadtest.max_error_rate=2", "max_error_rate=2: give a share from 0 to 1"),
+    ],
+)
+def test_config_check_refuses_what_serve_monitor_and_loadtest_would(
+    override: str, said: str
+) -> None:
+    # --check said "every value checks out" of values those commands refuse at their start.
+    checked = runner.invoke(app, ["config", "experiment=twins", override, "--check"])
+    assert checked.exit_code == 2, checked.stdout
+    assert said in checked.stdout and "checks out" not in checked.stdout
+
+
 def test_bad_override_is_one_clear_line() -> None:
     result = runner.invoke(app, ["config", "model=no_such_model"])
     assert result.exit_code == 2

@@ -161,21 +161,33 @@ def show_config(
         typer.Option(
             "--check",
             help="Also check every value as train would (kinds, ranges, choices, the data the "
-            "task reads), without reading data; exit 2 naming the first bad one",
+            "task reads), and the serve, monitor and loadtest groups as those commands would, "
+            "without reading data; exit 2 naming the first bad one",
         ),
     ] = False,
 ) -> None:
     """Print the composed config for the given overrides."""
     from omegaconf import OmegaConf
 
-    from modelcycle.config import assemble, compose_config
+    from modelcycle.config import (
+        assemble,
+        compose_config,
+        loadtest_config,
+        monitor_config,
+        serve_config,
+    )
 
     with _clear_errors():
         cfg = compose_config(overrides or [])
         console.print(OmegaConf.to_yaml(cfg), end="")
         if check:
             assemble(cfg)  # builds the task, its data source and model factory: no data read
-            console.print("# every value checks out: train would start with this config")
+            for group in (serve_config, monitor_config, loadtest_config):
+                group(cfg)  # what serve, monitor, robustness and loadtest refuse at their start
+            console.print(
+                "# every value checks out: train would start with this config, and serve, "
+                "monitor and loadtest take their settings"
+            )
 
 
 @app.command()

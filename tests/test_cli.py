@@ -463,6 +463,10 @@ def test_pipeline_given_an_override_first_names_the_experiments(workspace: Path)
     assert "'data.root=/x' is an override, not an experiment" in result.stdout
     assert "modelcycle pipeline twins data.root=/x" in result.stdout
     assert "image_rice" in result.stdout and "twins_functional" in result.stdout
+    # the experiment given as an override is the one suggested, and is not repeated
+    result = runner.invoke(app, ["pipeline", "experiment=image_rice", "trainer.max_epochs=2"])
+    assert result.exit_code == 2
+    assert "e.g. `modelcycle pipeline image_rice trainer.max_epochs=2`;" in result.stdout
 
 
 def test_train_given_an_experiment_name_alone_says_to_write_experiment_equals(

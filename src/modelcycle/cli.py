@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -290,9 +291,13 @@ def pipeline(
 
     with _clear_errors():
         if "=" in name:  # an override where the experiment's name belongs
+            given = [name, *(overrides or [])]
+            named = [o for o in given if o.partition("=")[0].lstrip("+") == "experiment"]
+            experiment = named[-1].partition("=")[2] if named else "twins"
+            rest = [o for o in given if o not in named]
             raise ConfigError(
                 f"{name!r} is an override, not an experiment: name the experiment first, e.g. "
-                f"`modelcycle pipeline twins {name}`; experiments: "
+                f"`modelcycle pipeline {shlex.join([experiment, *rest])}`; experiments: "
                 f"{', '.join(experiment_names())}."
             )
         cfg = compose_config([f"experiment={name}", *(overrides or [])])

@@ -865,17 +865,24 @@ def _short(value: object) -> str:
 @report_app.command("docs-results")
 def docs_results(
     report_dir: Annotated[Path, typer.Argument(help="A run's report folder (holds summary.json)")],
-    out: Annotated[Path, typer.Option(help="Where to write the record, e.g. docs/results/x.json")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Where to write the record, e.g. docs/results/x.json; a folder gets "
+            "<report folder's name>.json"
+        ),
+    ],
     command: Annotated[str, typer.Option(help="How the run was started, shown in the docs")] = "",
 ) -> None:
     """Write a run's per-fold metrics and curves as the small record the docs plot from."""
     from modelcycle.evaluation.results import ResultsError, results_record, write_record
 
-    try:
-        path = write_record(results_record(report_dir, command), out)
-    except ResultsError as err:
-        _say("error:", "red", err)
-        raise typer.Exit(code=2) from err
+    with _clear_errors():  # an --out that cannot be written: one line too
+        try:
+            path = write_record(results_record(report_dir, command), out)
+        except ResultsError as err:
+            _say("error:", "red", err)
+            raise typer.Exit(code=2) from err
     size = path.stat().st_size / 1024
     console.print(f"Wrote {path} ({size:.0f} KiB) from {report_dir}", soft_wrap=True)
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from modelcycle.cli import app
 from modelcycle.evaluation.curves import write_curves
 from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.evaluation.results import (
@@ -79,3 +81,21 @@ def test_a_foreign_file_is_not_read_as_a_record(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(ResultsError, match="not valid JSON"):
         read_record(path)
+
+
+def test_docs_results_into_a_folder_names_the_file_after_the_report(tmp_path: Path) -> None:
+    # --out docs/results (a folder) ended in IsADirectoryError's traceback.
+    report_dir, runner = _report_dir(tmp_path), CliRunner()
+    folder = tmp_path / "docs" / "results"
+    folder.mkdir(parents=True)
+    made = runner.invoke(app, ["report", "docs-results", str(report_dir), "--out", str(folder)])
+    assert made.exit_code == 0, made.output
+    assert read_record(folder / f"{report_dir.name}.json") == results_record(report_dir)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cannot = runner.invoke(
+        app, ["report", "docs-results", str(report_dir), "--out", str(blocker / "x.json")]
+    )
+    assert cannot.exit_code == 2, cannot.output
+    assert f"{blocker}" in cannot.stdout and "check the path" in cannot.stdout
+    assert "Traceback" not in cannot.output

@@ -61,7 +61,12 @@ def results_record(report_dir: Path, command: str = "") -> dict[str, Any]:
 
 
 def write_record(record: dict[str, Any], out: Path) -> Path:
-    """Write `record` as indented JSON (short number lists on one line, for reading diffs)."""
+    """Write `record` as indented JSON (short number lists on one line, for reading diffs).
+
+    `out` is the file, or a folder for `<report folder's name>.json`.
+    """
+    if out.is_dir():
+        out = out / f"{record['report']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=1, allow_nan=False)
     out.write_text(NUMBER_LIST.sub(lambda m: _one_line(m[0]), text) + "\n")

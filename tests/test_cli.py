@@ -30,7 +30,7 @@ from modelcycle.registry_hooks import AliasMoved
 from modelcycle.sweep import SweepResult, TrialRecord
 from modelcycle.tracking import Tracker, TrackingSettings, tracking_uri
 from run_tree import one_run_tree
-from serving_fixtures import ServedWorkspace
+from serving_fixtures import ServedWorkspace, publish
 from test_interrupts import in_package
 from test_model_registry import _run as pipeline_shaped_run
 
@@ -626,6 +626,26 @@ def test_register_takes_a_report_folder_and_refuses_names_commands_cannot_carry(
     assert "Invalid value" not in said
     absent = runner.invoke(app, ["register", str(report.parent / "absent"), ws])
     assert absent.exit_code == 2 and "absent: nothing is there" in absent.stdout
+
+
+def test_release_of_a_registered_run_exports_that_version_again(tmp_path: Path) -> None:
+    # `dvc repro -f` reruns the export stage on the run it released, after DVC removed its
+    # exports: release refused it for good ("already twins version 1", exit 1).
+    tracker = Tracker(TrackingSettings(), tmp_path / "ws")
+    publish(tmp_path, tracker, 0.95, seed=0)  # registered as version 1 and exported
+    registry = Registry(tracker.uri)
+    run_id = registry.resolve("twins/1").run_id
+    ws, out = f"workspace={tmp_path / 'ws'}", tmp_path / "exports" / "twins"
+    again = runner.invoke(app, ["release", run_id, ws, "--out", str(out)])
+    assert again.exit_code == 0, again.stdout
+    said = " ".join(again.stdout.split())
+    assert f"run {run_id} is already twins version 1 (@challenger): not registered again" in said
+    assert "promoted version 1 to @champion (first version)" in said
+    assert list(out.glob("twins-v1/model/onnx/model.onnx"))
+    assert len(registry.client.search_model_versions("name = 'twins'")) == 1
+    weak = pipeline_shaped_run(tracker, 0.5, 0.91, tmp_path)  # a refusal still fails
+    refused = runner.invoke(app, ["release", weak, ws, "--out", str(out)])
+    assert refused.exit_code == 1 and "does not beat the baseline" in refused.stdout
 
 
 @pytest.mark.parametrize(

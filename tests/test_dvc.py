@@ -77,6 +77,10 @@ def test_dvc_repro_runs_the_lifecycle_then_only_what_changed(clone: Path) -> Non
 
     again = ok(run(["dvc", "repro"], clone))
     assert "Data and pipelines are up to date" in again and not ran(again)
+    # forced, export releases the run it released before: that version, exported again
+    forced = ok(run(["dvc", "repro", "-s", "-f", "export"], clone))
+    assert ran(forced) == ["export"] and "is already twins version 1" in forced
+    assert list((clone / "exports/twins").glob("twins-v1/model/onnx/model.onnx"))
     shown = json.loads(ok(run(["dvc", "metrics", "show", "--json"], clone)))
     assert "reports/evaluate/metrics.json" in json.dumps(shown)
 

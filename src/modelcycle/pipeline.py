@@ -118,17 +118,27 @@ def release(registry: Registry, run_id: str, name: str, exports: Path) -> Releas
     """Register the run as challenger; the first version becomes champion; export it.
 
     A gate refusal is an outcome, not an error: the run stays tracked, nothing is registered.
+    A run that is already a version of `name` is that version, exported again (`dvc repro
+    -f` reruns the export stage on the run it released, and DVC removed its exports first).
     """
     from modelcycle.export import export_version
 
-    try:
-        version, _ = registry.register(run_id, name)
-    except GateError as refusal:
-        return Release(None, [str(refusal)])
-    messages = [f"registered {name} version {version.version} as @{CHALLENGER}"]
-    note = champion_note(version)
-    if note is not None:
-        messages.append(note)
+    if (found := registry.version_of(run_id, name)) is not None:
+        version, aliases = found
+        held = f" (@{', @'.join(aliases)})" if aliases else ""
+        messages = [
+            f"run {run_id} is already {name} version {version.version}{held}: not registered "
+            "again, exported again"
+        ]
+    else:
+        try:
+            version, _ = registry.register(run_id, name)
+        except GateError as refusal:
+            return Release(None, [str(refusal)])
+        messages = [f"registered {name} version {version.version} as @{CHALLENGER}"]
+        note = champion_note(version)
+        if note is not None:
+            messages.append(note)
     if registry.alias_version(name, CHAMPION) is None:
         registry.promote(name, CHAMPION, version.version, "first version of this model")
         messages.append(f"promoted version {version.version} to @{CHAMPION} (first version)")

@@ -342,20 +342,27 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(registered.name, registered.version, key, value)
 
-    def _once(self, run_id: str, name: str) -> None:
-        """Refuse a run that is already a version of `name`: it would be registered twice."""
+    def version_of(self, run_id: str, name: str) -> tuple[Registered, list[str]] | None:
+        """The version of `name` made from `run_id`, with the aliases it holds; None if none."""
         if not self._exists(name):
-            return
+            return None
         # by run id alone (MLflow's hex ids need no quoting); the name is compared here
         found = [
             v for v in self.client.search_model_versions(f"run_id = '{run_id}'") if v.name == name
         ]
-        if found:
-            version = str(found[0].version)
-            aliases = sorted(a for a, v in self.aliases(name).items() if v == version)
+        if not found:
+            return None
+        version = str(found[0].version)
+        aliases = sorted(a for a, v in self.aliases(name).items() if v == version)
+        return self.get(name, version), aliases
+
+    def _once(self, run_id: str, name: str) -> None:
+        """Refuse a run that is already a version of `name`: it would be registered twice."""
+        if (found := self.version_of(run_id, name)) is not None:
+            version, aliases = found
             held = f" (@{', @'.join(aliases)})" if aliases else ""
             raise GateError(
-                f"Not registered: run {run_id} is already {name} version {version}{held}."
+                f"Not registered: run {run_id} is already {name} version {version.version}{held}."
             )
 
     def _versions(self, name: str) -> list[Any]:

@@ -642,6 +642,8 @@ def test_release_of_a_registered_run_exports_that_version_again(tmp_path: Path) 
     assert f"run {run_id} is already twins version 1 (@challenger): not registered again" in said
     assert "promoted version 1 to @champion (first version)" in said
     assert list(out.glob("twins-v1/model/onnx/model.onnx"))
+    # the workspace given is in the printed command, as in "Browse runs"
+    assert f"Audit trail: modelcycle history twins {ws}" in again.stdout
     assert len(registry.client.search_model_versions("name = 'twins'")) == 1
     weak = pipeline_shaped_run(tracker, 0.5, 0.91, tmp_path)  # a refusal still fails
     refused = runner.invoke(app, ["release", weak, ws, "--out", str(out)])

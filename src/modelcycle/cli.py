@@ -304,7 +304,7 @@ def pipeline(
     result = _run(cfg)
     _print_result(result)
     if is_rank_zero():
-        _release(cfg, result.run_id, workspace_of(cfg) / "exports")
+        _release(cfg, result.run_id, workspace_of(cfg) / "exports", overrides or [])
 
 
 @app.command("release")
@@ -328,7 +328,7 @@ def release_command(
         overrides, run = _leading_run(overrides, run)
         cfg = compose_config(overrides)
         run_id = _run_id(run, build_registry(cfg).uri, cfg.logger.experiment)
-    code = _release(cfg, run_id, out or workspace_of(cfg) / "exports")
+    code = _release(cfg, run_id, out or workspace_of(cfg) / "exports", overrides)
     if code:
         raise typer.Exit(code=code)
 
@@ -361,8 +361,15 @@ def _leading_run(overrides: list[str] | None, run: str) -> tuple[list[str], str]
     return rest[1:], rest[0]
 
 
-def _release(cfg: DictConfig, run_id: str, exports: Path) -> int:
-    """Release one run (see `pipeline.release`); 1 when the gate refused it, else 0."""
+#: The overrides that say where the runs and the registry are, carried into printed commands.
+STORE_KEYS = ("workspace", "logger.uri")
+
+
+def _release(cfg: DictConfig, run_id: str, exports: Path, overrides: list[str]) -> int:
+    """Release one run (see `pipeline.release`); 1 when the gate refused it, else 0.
+
+    The hint it ends with carries the `overrides` that say where the registry is.
+    """
     from modelcycle.config import build_registry
     from modelcycle.pipeline import release
 
@@ -374,7 +381,8 @@ def _release(cfg: DictConfig, run_id: str, exports: Path) -> int:
         console.print(message, soft_wrap=True)
     if outcome.version is None:
         return 1
-    console.print(f"Audit trail: modelcycle history {model}")
+    store = [o for o in overrides if o.partition("=")[0].lstrip("+") in STORE_KEYS]
+    console.print(f"Audit trail: modelcycle history {shlex.join([model, *store])}", soft_wrap=True)
     return 0
 
 

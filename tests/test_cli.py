@@ -370,10 +370,16 @@ def test_serve_refuses_unknown_and_unexported_models_in_one_line(
     assert "registered: twins." in unknown.stdout
     no_alias = runner.invoke(app, ["serve", "twins@prod", root])
     assert no_alias.exit_code == 2 and "has no alias 'prod'" in no_alias.stdout
-    for command in ("serve", "monitor", "robustness"):  # each takes a served name
+    by_version = runner.invoke(app, ["serve", "twins/1", root])
+    assert by_version.exit_code == 2, by_version.output
+    assert "give NAME@ALIAS, e.g. twins@champion (a served model" in by_version.stdout
+    for command in ("monitor", "robustness"):  # each in its own words, not serving's
         by_version = runner.invoke(app, [command, "twins/1", root])
         assert by_version.exit_code == 2, by_version.output
-        assert "give NAME@ALIAS, e.g. twins@champion" in by_version.stdout, command
+        said = " ".join(by_version.stdout.split())
+        assert f"'twins/1': {command} takes NAME@ALIAS, e.g. twins@champion" in said, command
+        assert "`modelcycle promote twins --version 1 --alias NAME`" in said, command
+        assert "served model" not in said, command
     variant = runner.invoke(app, ["serve", "twins@champion", root, "serve.variant=fp16"])
     assert variant.exit_code == 2 and "choose one of fp32, int8" in variant.stdout
     batch = runner.invoke(app, ["serve", "twins@champion", root, "serve.max_batch=0"])

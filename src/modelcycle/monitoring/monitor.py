@@ -184,7 +184,7 @@ def monitor(
     """
     from modelcycle.monitoring.drift_report import write_drift_report
 
-    split_alias(reference)  # the form first, before the capture store is looked for
+    split_alias(reference, "monitor")  # the form first, before the capture store is looked for
     store_path = workspace / "capture.db"
     if not store_path.is_file():
         raise FileNotFoundError(

@@ -123,8 +123,9 @@ def robustness(
         ValueError: The task defines no shifts, or the held-out rows have no labels.
     """
     from modelcycle.monitoring.monitor import held_out_rows, run_batched, served_reference_inputs
-    from modelcycle.serving.loading import load_served
+    from modelcycle.serving.loading import load_served, split_alias
 
+    split_alias(reference, "robustness")  # the form first, in this command's words
     served = load_served(registry, reference, workspace / "serving", threads=1, variant=variant)
     adapter = served.adapter
     if not adapter.shift_sizes:

@@ -126,13 +126,24 @@ class ServedModel:
         }
 
 
-def split_alias(reference: str) -> tuple[str, str]:
-    """NAME and ALIAS of `NAME@ALIAS`: served models go by an alias, which can move."""
+def split_alias(reference: str, command: str = "serve") -> tuple[str, str]:
+    """NAME and ALIAS of `NAME@ALIAS`: served models go by an alias, which can move.
+
+    `command` (serve, monitor, robustness) is the one the refusal of another form names.
+    """
     if "@" not in reference or not all(reference.split("@", 1)):
         name = re.split(r"[/:@]", reference, maxsplit=1)[0] or "twins"
+        if command == "serve":
+            raise ModelLoadError(
+                f"{reference!r}: give NAME@ALIAS, e.g. {name}@champion (a served model is "
+                "named by its alias, which promote moves)."
+            )
+        version = reference.rpartition("/")[2] if "/" in reference else ""
+        version = version if version.isdigit() else "N"
         raise ModelLoadError(
-            f"{reference!r}: give NAME@ALIAS, e.g. {name}@champion (a served model is named "
-            "by its alias, which promote moves)."
+            f"{reference!r}: {command} takes NAME@ALIAS, e.g. {name}@champion; for version "
+            f"{version}, point an alias at it first: `modelcycle promote {name} --version "
+            f"{version} --alias NAME`, then `modelcycle {command} {name}@NAME`."
         )
     name, alias = reference.split("@", 1)
     return name, alias

@@ -146,6 +146,15 @@ def test_config_check_refuses_what_serve_monitor_and_loadtest_would(
     assert said in checked.stdout and "checks out" not in checked.stdout
 
 
+def test_robustness_help_gives_overrides_it_reads() -> None:
+    # It showed monitor's example, monitor.min_captures=50, which robustness ignores (its
+    # windows set how many rows each test takes).
+    shown = runner.invoke(app, ["robustness", "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.output.replace("│", " ").split())
+    assert "monitor.alpha=0.01 serve.variant=int8" in said and "min_captures" not in said
+
+
 def test_bad_override_is_one_clear_line() -> None:
     result = runner.invoke(app, ["config", "model=no_such_model"])
     assert result.exit_code == 2

@@ -108,6 +108,12 @@ MonitorOverrides = Annotated[
     list[str] | None,
     typer.Argument(help="Config overrides, e.g. monitor.alpha=0.01 monitor.min_captures=50"),
 ]
+#: Robustness reads the drift test's alpha and the served file, not min_captures (its windows
+#: set how many rows a test takes: --window).
+RobustnessOverrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Config overrides, e.g. monitor.alpha=0.01 serve.variant=int8"),
+]
 LoadtestOverrides = Annotated[
     list[str] | None,
     typer.Argument(help="Config overrides, e.g. loadtest.users=20 loadtest.duration_s=60"),
@@ -618,7 +624,7 @@ def monitor(
 @app.command()
 def robustness(
     reference: Annotated[str, typer.Argument(help="NAME@ALIAS of an exported model")],
-    overrides: MonitorOverrides = None,
+    overrides: RobustnessOverrides = None,
     window: Annotated[
         int | None,
         typer.Option(

@@ -341,9 +341,18 @@ def test_data_fetch_reports_network_failure_clearly(
     assert "ds004169" in result.stdout and "data.root" in result.stdout
 
 
-def test_data_fetch_unknown_dataset() -> None:
-    result = runner.invoke(app, ["data", "fetch", "imagenet"])
-    assert result.exit_code != 0 and "qtim" in result.output
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["imagenet"], "Unknown dataset 'imagenet'; available: qtim"),
+        (["ricee", "--synthetic"], "Unknown dataset 'ricee'; available: qtim"),  # no modality
+        (["qtim", "--modality", "dwi"], "Unknown modality 'dwi' of qtim; available: qtim"),
+    ],
+)
+def test_data_fetch_names_what_is_unknown(args: list[str], said: str) -> None:
+    result = runner.invoke(app, ["data", "fetch", *args], terminal_width=200)
+    assert result.exit_code == 2
+    assert said in " ".join(result.output.replace("│", " ").split()), result.output
 
 
 @pytest.mark.parametrize(

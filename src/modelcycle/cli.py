@@ -1031,9 +1031,12 @@ def data_fetch(
         names = ", ".join(
             ["qtim (--modality structural or func)", "qtim-synthetic", *IMAGE_SOURCES, "wikics"]
         )
-        raise typer.BadParameter(
-            f"Unknown dataset {dataset!r} or modality {modality!r}; available: {names}."
+        wrong = (
+            f"Unknown modality {modality!r} of qtim"
+            if dataset == "qtim"
+            else f"Unknown dataset {dataset!r}"
         )
+        raise typer.BadParameter(f"{wrong}; available: {names}.")
     if synthetic:
         raise typer.BadParameter(
             "qtim has no synthetic stand-in: its structural files are ~2 MB; for the offline "

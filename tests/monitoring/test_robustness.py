@@ -150,24 +150,32 @@ def test_shifts_change_only_the_measures() -> None:
     np.testing.assert_allclose(via_adapter[0], thickness[0], rtol=1e-6)
 
 
+def _plotted(rows: list[dict[str, Any]], path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The robustness plot of `rows` as a matplotlib figure (it is also saved to `path`)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from modelcycle.monitoring.robustness import plot_robustness
+
+    figures: list[Any] = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    plot_robustness(pd.DataFrame(rows), path, "t", "accuracy")
+    monkeypatch.undo()
+    (figure,) = figures
+    return figure
+
+
 def test_the_plot_steps_through_each_kind_s_sizes_named_in_the_legend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Sizes of different kinds are in different units (a share of brightness, a sigma in
     # pixels): on one size axis a blur's 2 px stood beside darkening's 0.4.
     import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from modelcycle.monitoring.robustness import plot_robustness
 
     rows = [{"shift": "none", "size": 0.0, "flagged": 0.0, "metric": 0.9}]
     for kind, sizes in (("darken", (0.4, 0.1, 0.2)), ("blur", (0.5, 1.0, 2.0))):
         rows += [{"shift": kind, "size": s, "flagged": s / 2, "metric": 0.9 - s / 4} for s in sizes]
-    figures: list[Any] = []
-    monkeypatch.setattr(plt, "close", figures.append)
-    plot_robustness(pd.DataFrame(rows), tmp_path / "r.png", "t", "accuracy")
-    monkeypatch.undo()
-    (figure,) = figures
+    figure = _plotted(rows, tmp_path / "r.png", monkeypatch)
     for ax in figure.axes:
         assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "1", "2", "3"]
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -183,18 +191,11 @@ def test_kinds_that_read_alike_stay_visible_in_the_plot(
 ) -> None:
     # Three kinds all flagged 100 %: drawn alike on the same points, only the last showed.
     import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from modelcycle.monitoring.robustness import plot_robustness
 
     rows = [{"shift": "none", "size": 0.0, "flagged": 0.0, "metric": 0.9}]
     for kind in ("site", "thickness", "missing"):
         rows += [{"shift": kind, "size": s, "flagged": 1.0, "metric": 0.8} for s in (0.1, 0.2)]
-    figures: list[Any] = []
-    monkeypatch.setattr(plt, "close", figures.append)
-    plot_robustness(pd.DataFrame(rows), tmp_path / "r.png", "t", "accuracy")
-    monkeypatch.undo()
-    (figure,) = figures
+    figure = _plotted(rows, tmp_path / "r.png", monkeypatch)
     for ax in figure.axes:
         lines = [line for line in ax.get_lines() if not line.get_label().startswith("alpha")]
         assert len(lines) == 3

@@ -14,6 +14,7 @@ from modelcycle.models.image_classifier import (
     BackboneError,
     PretrainedWeightsError,
     check_image_size,
+    check_timm_model,
     hub_reachable,
     normalizer_for,
     timm_backbone,
@@ -71,6 +72,11 @@ def test_offline_pretrained_weights_come_from_the_local_cache_without_waiting(
     assert not hub_reachable()
     with pytest.raises(PretrainedWeightsError, match=r"huggingface.co does not resolve"):
         timm_backbone(num_classes=3, name="test_resnet", pretrained=True)
+    # the config check says so before any data is read (the build came after the decoding)
+    wanted = {"name": "test_resnet", "pretrained": True}
+    with pytest.raises(ValueError, match=r"pretrained=true: huggingface.co does not resolve"):
+        check_timm_model(wanted)
+    check_timm_model(wanted | {"pretrained": False})
 
     # The same weights, put where the hub's client caches them, load without the network.
     trained = timm.create_model("test_resnet", pretrained=False)
@@ -81,6 +87,7 @@ def test_offline_pretrained_weights_come_from_the_local_cache_without_waiting(
     (repo / "snapshots" / commit).mkdir(parents=True)
     weights = {k: v.contiguous() for k, v in trained.state_dict().items()}
     safetensors.torch.save_file(weights, repo / "snapshots" / commit / "model.safetensors")
+    check_timm_model(wanted)  # in the cache: nothing to say
     with caplog.at_level(logging.INFO):
         model = timm_backbone(num_classes=3, name="test_resnet", pretrained=True)
     assert "test_resnet: loading pretrained weights from the local Hugging Face cache" in (

@@ -53,7 +53,45 @@ def check_timm_name(values: dict[str, Any]) -> None:
     )
 
 
-@declares(ranges={"drop_rate": (0, 1)}, check=check_timm_name)
+def check_timm_model(values: dict[str, Any]) -> None:
+    """`check_timm_name`, then whether pretrained weights can be had at all, before any data.
+
+    Offline, a missing download was said only when the model was built, after every image
+    had been decoded (30 s at 224 px).
+
+    Raises:
+        ValueError: `name=...` as `check_timm_name`, or `pretrained=true: ...` when the hub
+            does not resolve and the weights are not in its local cache.
+    """
+    check_timm_name(values)
+    name = values.get("name")
+    if values.get("pretrained") is not True or not isinstance(name, str) or hub_reachable():
+        return
+    if not weights_cached(name):
+        raise ValueError(
+            f"pretrained=true: {hub_host()} does not resolve (no network?) and the weights of "
+            f"{name!r} are not in the local Hugging Face cache; set model.pretrained=false "
+            "(random initialisation), or run once where the hub is reachable."
+        )
+
+
+def weights_cached(name: str) -> bool:
+    """Whether timm model `name`'s pretrained weights are in the local Hugging Face cache.
+
+    True also when it cannot tell (weights from another host than the hub): the load says.
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    config = get_pretrained_cfg(name)
+    repo = getattr(config, "hf_hub_id", None)
+    if not repo:
+        return True
+    files = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+
+
+@declares(ranges={"drop_rate": (0, 1)}, check=check_timm_model)
 def timm_backbone(
     num_classes: int, name: str = "resnet18", pretrained: bool = False, drop_rate: float = 0.0
 ) -> nn.Module:

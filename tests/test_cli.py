@@ -674,6 +674,32 @@ def test_release_of_a_registered_run_exports_that_version_again(tmp_path: Path) 
     assert refused.exit_code == 1 and "does not beat the baseline" in refused.stdout
 
 
+def test_a_release_whose_export_fails_leaves_no_champion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first version became champion before its export: a task whose serving contract
+    # failed in the export left a champion that nothing could export or serve.
+    from modelcycle import export
+    from modelcycle.pipeline import release
+
+    tracker = Tracker(TrackingSettings(), tmp_path / "ws")
+    publish(tmp_path, tracker, 0.95, seed=0)  # version 1, no champion yet
+    registry = Registry(tracker.uri)
+    run_id = registry.resolve("twins/1").run_id
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the task's serving contract is broken")
+
+    monkeypatch.setattr(export, "export_version", broken)
+    with pytest.raises(RuntimeError, match="serving contract"):
+        release(registry, run_id, "twins", tmp_path / "exports")
+    assert registry.alias_version("twins", "champion") is None
+    monkeypatch.undo()  # exported, it becomes the champion
+    done = release(registry, run_id, "twins", tmp_path / "exports")
+    assert done.version == "1" and registry.alias_version("twins", "champion") == "1"
+    assert done.messages[-1] == "promoted version 1 to @champion (first version)"
+
+
 @pytest.mark.parametrize(
     "command",
     [

@@ -115,7 +115,7 @@ class Release:
 
 
 def release(registry: Registry, run_id: str, name: str, exports: Path) -> Release:
-    """Register the run as challenger; the first version becomes champion; export it.
+    """Register the run as challenger and export it; the first version then becomes champion.
 
     A gate refusal is an outcome, not an error: the run stays tracked, nothing is registered.
     A run that is already a version of `name` is that version, exported again (`dvc repro
@@ -139,15 +139,17 @@ def release(registry: Registry, run_id: str, name: str, exports: Path) -> Releas
         note = champion_note(version)
         if note is not None:
             messages.append(note)
-    if registry.alias_version(name, CHAMPION) is None:
-        registry.promote(name, CHAMPION, version.version, "first version of this model")
-        messages.append(f"promoted version {version.version} to @{CHAMPION} (first version)")
+    # Exported before it may become champion: a version whose export fails (a task's serving
+    # contract broken) stays a challenger, where it was champion and could not be served.
     _, report = export_version(registry, f"{name}/{version.version}", exports)
     fp32 = report.variants[0]
     messages.append(
         f"exported ONNX ({fp32.size_bytes / 1024:.0f} KiB, parity max abs "
         f"{report.parity.max_abs:.1e}, {fp32.latency_ms[1]:.3f} ms per request at batch 1)"
     )
+    if registry.alias_version(name, CHAMPION) is None:
+        registry.promote(name, CHAMPION, version.version, "first version of this model")
+        messages.append(f"promoted version {version.version} to @{CHAMPION} (first version)")
     return Release(version.version, messages)
 
 

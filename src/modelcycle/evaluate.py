@@ -49,6 +49,7 @@ def score_fold(
     """
     name = f"fold{fold.index}"
     model_eval, baseline_eval = task.evaluate(module, data, fold), task.baseline(data, fold)
+    check_metrics(task, model_eval.metrics, baseline_eval.metrics)
     tracker.log_metrics({f"test_{k}": v for k, v in model_eval.metrics.items()})
     tracker.log_metrics({f"baseline_{k}": v for k, v in baseline_eval.metrics.items()})
     tracker.log_artifacts(task.plot(model_eval, baseline_eval, out_dir, name), "plots")
@@ -57,6 +58,28 @@ def score_fold(
     return FoldResult(
         fold.index, len(fold.test), model_eval.metrics, baseline_eval.metrics, str(checkpoint)
     )
+
+
+def check_metrics(task: Task[Any], model: dict[str, float], baseline: dict[str, float]) -> None:
+    """Refuse a task whose scores lack its `primary_metric` or a `summary_metrics` entry.
+
+    Said at the first fold: the report needs every summary metric of both (it failed with a
+    KeyError once every fold and the final fit had trained), and registration the primary
+    one (it called the run "not a finished pipeline run").
+
+    Raises:
+        EvaluationError: Naming the missing metrics and those `evaluate`/`baseline` give.
+    """
+    wanted = (task.primary_metric, *task.summary_metrics)
+    for scorer, metrics in (("evaluate", model), ("baseline", baseline)):
+        missing = [m for m in dict.fromkeys(wanted) if m not in metrics]
+        if missing:
+            raise EvaluationError(
+                f"Task {task.name!r}: its {scorer}() gives no {', '.join(missing)} (it gives "
+                f"{', '.join(sorted(metrics)) or 'nothing'}); primary_metric and every "
+                "summary_metrics entry must be among the metrics of both evaluate() and "
+                "baseline()."
+            )
 
 
 def publish_report(

@@ -40,6 +40,32 @@ def test_duplicate_names_are_errors(blobs: ModuleType) -> None:
         register_task("blobs")(Other)
 
 
+def test_a_task_class_without_a_required_attribute_is_refused_by_name() -> None:
+    # a missing summary_metrics was an AttributeError once a run had loaded its data
+    class Bare(base.Task):
+        primary_metric = "auc"
+
+    with pytest.raises(TypeError, match=r"Bare \('bare'\) sets no summary_metrics, serving"):
+        register_task("bare")(Bare)  # type: ignore[type-abstract]
+    with pytest.raises(KeyError):
+        get_task("bare")
+
+
+def test_scores_without_the_primary_or_a_summary_metric_are_refused_at_once(
+    blobs: ModuleType,
+) -> None:
+    # a primary metric evaluate() does not give was found at registration ("not a finished
+    # pipeline run"); a summary metric the baseline lacks, as a KeyError after every fold
+    from modelcycle.evaluate import EvaluationError, check_metrics
+
+    task = blobs.BlobsTask
+    check_metrics(task, {"auc": 0.9, "accuracy": 0.8}, {"auc": 0.5})
+    with pytest.raises(EvaluationError, match=r"evaluate\(\) gives no auc \(it gives accuracy\)"):
+        check_metrics(task, {"accuracy": 0.8}, {"auc": 0.5})
+    with pytest.raises(EvaluationError, match=r"baseline\(\) gives no auc \(it gives nothing\)"):
+        check_metrics(task, {"auc": 0.9}, {})
+
+
 def test_outside_packages_register_through_entry_points(
     blobs: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -65,7 +65,8 @@ class Task(ABC, Generic[D]):
     """What every task implements. `D` is the task's own loaded-dataset type."""
 
     name: ClassVar[str]
-    #: Metric used for early stopping, the registry gate and summaries ("higher is better").
+    #: Metric the registry's gate compares and summaries lead with ("higher is better");
+    #: one of the metrics `evaluate` and `baseline` return.
     primary_metric: ClassVar[str]
     #: How a served model of this task reads requests and writes responses.
     serving: ClassVar[type[ServingAdapter]]
@@ -153,10 +154,21 @@ def unseen_first(
     return np.concatenate([first, rest]).astype(int), len(first)
 
 
+#: Class attributes every task sets (the others have defaults).
+REQUIRED = ("primary_metric", "summary_metrics", "serving")
+
+
 def register_task(name: str) -> Callable[[type[Task[Any]]], type[Task[Any]]]:
     """Class decorator that registers a task under `name`; a duplicate name is an error."""
 
     def add(cls: type[Task[Any]]) -> type[Task[Any]]:
+        missing = [a for a in REQUIRED if not hasattr(cls, a)]
+        if missing:  # said here, not as an AttributeError once a run has loaded its data
+            raise TypeError(
+                f"Task class {cls.__qualname__} ({name!r}) sets no {', '.join(missing)}; "
+                "every task sets primary_metric, summary_metrics and serving (see "
+                "docs/add-a-task.md)."
+            )
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(
                 f"Task name {name!r} is already registered by {_REGISTRY[name].__qualname__}; "
@@ -186,7 +198,10 @@ def _load_builtin_and_plugins() -> None:
             log.warning("Task plugin %s (%s) is not a Task subclass; ignored", ep.name, ep.value)
             continue
         if ep.name not in _REGISTRY:  # its module may have registered it on import
-            register_task(ep.name)(loaded)
+            try:
+                register_task(ep.name)(loaded)
+            except (TypeError, ValueError) as err:
+                log.warning("Task plugin %s (%s) not registered: %s", ep.name, ep.value, err)
 
 
 def available_tasks() -> list[str]:

@@ -1076,7 +1076,9 @@ def _options_apply(dataset: str, given: list[str]) -> None:
 def _fetch_synthetic(
     dest: Path | None, families: int | None, volumes: int | None, mirror: str
 ) -> None:
-    from modelcycle.config import compose_config
+    from omegaconf import OmegaConf
+
+    from modelcycle.config import check_group, compose_config
     from modelcycle.data.qtim_functional import FunctionalSource
 
     overrides = ["data=qtim_func"]
@@ -1085,7 +1087,9 @@ def _fetch_synthetic(
     overrides += [f"data.families={families}"] if families is not None else []
     overrides += [f"data.n_volumes={volumes}"] if volumes is not None else []
     with _clear_errors():
-        source = FunctionalSource(**_data_settings(compose_config(overrides)))
+        cfg = compose_config(overrides)
+        check_group(OmegaConf.to_container(cfg, resolve=True), "data")  # type: ignore[arg-type]
+        source = FunctionalSource(**_data_settings(cfg))
         root = source.resolve_root()
     console.print(f"Synthetic QTIM-shaped cohort in {root}", soft_wrap=True)
 
@@ -1093,7 +1097,9 @@ def _fetch_synthetic(
 @data_app.command("prepare")
 def data_prepare(overrides: Overrides = None) -> None:
     """Rest runs → parcel series (cached, parallel) → connectomes; skipped runs reported."""
-    from modelcycle.config import ConfigError, compose_config, workspace_of
+    from omegaconf import OmegaConf
+
+    from modelcycle.config import ConfigError, check_group, compose_config, workspace_of
     from modelcycle.data.qtim_functional import FunctionalSource, prepare_dataset
 
     with _clear_errors():
@@ -1104,6 +1110,7 @@ def data_prepare(overrides: Overrides = None) -> None:
                 f"twins_functional; the {cfg.task.name} task reads its data as it trains, so "
                 "there is nothing to prepare for it (`modelcycle data stats` describes it)."
             )
+        check_group(OmegaConf.to_container(cfg, resolve=True), "data")  # type: ignore[arg-type]
         source = FunctionalSource(**_data_settings(cfg))
         result = prepare_dataset(source, workspace_of(cfg) / "prepared" / "qtim-func")
     p = result.prepared

@@ -231,16 +231,7 @@ def assemble(cfg: DictConfig) -> Assembled:
     check_kinds(task_cls, "task", task_params)  # the task's constructor checks the ranges
     check_ranges(task_cls, "task", task_params)  # its choices: the ones the model takes
     for group in ("data", "model"):
-        values = {k: v for k, v in resolved[group].items() if not k.startswith("_")}
-        try:
-            target = get_object(resolved[group]["_target_"])
-        except (KeyError, ImportError, ValueError):
-            continue  # instantiate below names a target that does not load
-        if group == "data":
-            check_source(task_cls, cfg.task.name, target)
-        check_known(target, group, values)
-        check_kinds(target, group, values)
-        check_ranges(target, group, values)
+        check_group(resolved, group, task_cls if group == "data" else None, cfg.task.name)
     try:
         source, encoder = instantiate(cfg.data), instantiate(cfg.model)
     except HydraException as err:
@@ -262,6 +253,28 @@ def assemble(cfg: DictConfig) -> Assembled:
         workspace=workspace_of(cfg),
         resolved=without_secrets(resolved),
     )
+
+
+def check_group(resolved: dict[str, Any], group: str, task_cls: Any = None, task: str = "") -> None:
+    """Check a group's keys, kinds, ranges and choices against its `_target_`.
+
+    What `assemble` runs before building anything; a command that builds the target itself
+    (`data prepare`, `data fetch qtim-synthetic`) runs it first too. With `task_cls`, the
+    data source is also checked to be one the task reads.
+
+    Raises:
+        ConfigError: Naming `group.key`, the value and what to give.
+    """
+    values = {k: v for k, v in resolved[group].items() if not k.startswith("_")}
+    try:
+        target = get_object(resolved[group]["_target_"])
+    except (KeyError, ImportError, ValueError):
+        return  # instantiate names a target that does not load
+    if task_cls is not None:
+        check_source(task_cls, task, target)
+    check_known(target, group, values)
+    check_kinds(target, group, values)
+    check_ranges(target, group, values)
 
 
 #: Config values that are secrets (group, key): never logged, written or tagged.

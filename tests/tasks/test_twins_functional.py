@@ -226,6 +226,26 @@ def test_cli_writes_the_synthetic_cohort_then_prepares_it_reporting_a_broken_run
     assert f"{len(bold) - 1} from cache, 0 computed" in again.stdout
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.kind=covariance", "data.kind='covariance': give one of correlation,"),
+        ("data.masker.high_pass=0.2", "data.masker.high_pass=0.2: give a frequency below"),
+        ("data.masker.detrend=maybe", "data.masker.detrend='maybe': give true or false."),
+        ("data.masker.min_volumes=0", "data.masker.min_volumes=0: give a whole number >= 1."),
+    ],
+)
+def test_cli_prepare_checks_the_data_config_before_reading_a_run(
+    override: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prepare built the source directly: every run was extracted, then a traceback.
+    monkeypatch.setenv("MODELCYCLE_HOME", str(tmp_path / "ws"))
+    done = runner.invoke(app, ["data", "prepare", override])
+    assert done.exit_code == 2, done.stdout
+    assert message in " ".join(done.stdout.split()) and "Traceback" not in done.stdout
+    assert not (tmp_path / "ws").exists()
+
+
 @pytest.mark.parametrize("experiment", ["twins", "image_rice"])
 def test_cli_prepare_refuses_an_experiment_with_nothing_to_prepare(
     experiment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

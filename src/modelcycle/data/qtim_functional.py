@@ -135,7 +135,7 @@ class FunctionalSource:
 
     @staticmethod
     def CHECK(values: dict[str, Any]) -> None:  # noqa: N802 - the name config checks look up
-        """Refuse a band-pass nilearn cannot apply, before any run is read."""
+        """Refuse masker settings nilearn cannot apply, before any run is read."""
         masker = values.get("masker") or {}
         low, high = masker.get("low_pass"), masker.get("high_pass")
         for key, value in (("low_pass", low), ("high_pass", high)):
@@ -151,6 +151,9 @@ class FunctionalSource:
         volumes = masker.get("min_volumes", 1)
         if not (is_whole(volumes) and volumes >= 1):
             raise ValueError(f"masker.min_volumes={volumes!r}: give a whole number >= 1.")
+        for key in ("detrend", "standardize"):
+            if not isinstance(masker.get(key, True), bool):
+                raise ValueError(f"masker.{key}={masker[key]!r}: give true or false.")
 
     root: Path | None = None
     synthetic_dir: Path = Path(".modelcycle/data/qtim-synthetic")

@@ -233,6 +233,8 @@ def test_cli_writes_the_synthetic_cohort_then_prepares_it_reporting_a_broken_run
         ("data.masker.high_pass=0.2", "data.masker.high_pass=0.2: give a frequency below"),
         ("data.masker.detrend=maybe", "data.masker.detrend='maybe': give true or false."),
         ("data.masker.min_volumes=0", "data.masker.min_volumes=0: give a whole number >= 1."),
+        # nilearn's fetcher said "'n_rois' must be one of [100, ...]" after the cohort was read
+        ("data.atlas=schaefer", "data.n_parcels=32: the schaefer atlas comes in 100, 200,"),
     ],
 )
 def test_cli_prepare_checks_the_data_config_before_reading_a_run(

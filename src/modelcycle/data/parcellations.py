@@ -80,6 +80,10 @@ def mni_kmeans(n_parcels: int = 32, resolution_mm: int = 8, seed: int = 0) -> Pa
     return Parcellation(f"mni-kmeans-{n_parcels}", nib.Nifti1Image(labels, mask.affine), names)
 
 
+#: The parcel counts the Schaefer 2018 atlas is published in.
+SCHAEFER_SIZES = tuple(range(100, 1001, 100))
+
+
 def _schaefer(n_parcels: int, resolution_mm: int, data_dir: Path | None) -> Parcellation:
     from nilearn.datasets import fetch_atlas_schaefer_2018
 

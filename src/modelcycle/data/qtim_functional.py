@@ -29,7 +29,12 @@ from modelcycle.data.connectomes import (
     prepare_timeseries,
 )
 from modelcycle.data.openneuro import FetchError, FetchRecord, copy_mirror, fetch_openneuro
-from modelcycle.data.parcellations import ATLASES, Parcellation, load_parcellation
+from modelcycle.data.parcellations import (
+    ATLASES,
+    SCHAEFER_SIZES,
+    Parcellation,
+    load_parcellation,
+)
 from modelcycle.data.qtim import DATASET_ID, Cohort, fetch_structural, read_participants
 from modelcycle.data.qtim_synthetic import (
     SYNTHETIC_MANIFEST,
@@ -135,7 +140,7 @@ class FunctionalSource:
 
     @staticmethod
     def CHECK(values: dict[str, Any]) -> None:  # noqa: N802 - the name config checks look up
-        """Refuse masker settings nilearn cannot apply, before any run is read."""
+        """Refuse masker settings nilearn cannot apply and an atlas size that does not exist."""
         masker = values.get("masker") or {}
         low, high = masker.get("low_pass"), masker.get("high_pass")
         for key, value in (("low_pass", low), ("high_pass", high)):
@@ -154,6 +159,13 @@ class FunctionalSource:
         for key in ("detrend", "standardize"):
             if not isinstance(masker.get(key, True), bool):
                 raise ValueError(f"masker.{key}={masker[key]!r}: give true or false.")
+        parcels = values.get("n_parcels")
+        if values.get("atlas") == "schaefer" and parcels not in SCHAEFER_SIZES:
+            sizes = ", ".join(map(str, SCHAEFER_SIZES))
+            raise ValueError(
+                f"n_parcels={parcels!r}: the schaefer atlas comes in {sizes} parcels; "
+                "give one of those, or another data.atlas."
+            )
 
     root: Path | None = None
     synthetic_dir: Path = Path(".modelcycle/data/qtim-synthetic")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from modelcycle.data.bids_index import RestRun
+from modelcycle.data.bids_index import RestRun, index_rest_runs, pick_runs
 from modelcycle.data.connectomes import (
     MaskerSettings,
     connectomes,
@@ -128,6 +129,42 @@ def test_unusable_runs_are_skipped_counted_and_named_while_the_rest_proceeds(
     assert "3-D" in reasons["sub-08"]
     assert "12 volumes" in reasons["sub-09"] and "min_volumes=30" in reasons["sub-09"]
     assert all(f.path.endswith(".nii.gz") for f in prepared.failures)
+
+
+def test_a_bad_confounds_table_sidecar_or_field_of_view_skips_only_that_run(
+    atlas: Parcellation, tmp_path: Path
+) -> None:
+    # Each of these stopped the whole preparation with a library's traceback.
+    folder = tmp_path / "bids"
+    (folder / "dataset_description.json").parent.mkdir(parents=True)
+    (folder / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.6.0"}')
+    for i in range(7):
+        _write_run(folder, f"sub-0{i}", atlas, seed=i)
+    confounds = "sub-0{}_ses-01_task-rest_desc-confounds_timeseries.tsv"
+    (folder / confounds.format(1)).write_text("trans_x\n" + "0.1\n" * 120)  # a good one
+    (folder / confounds.format(2)).write_text("trans_x\n" + "0.1\n" * 80)  # rows != volumes
+    (folder / confounds.format(3)).write_text("")  # empty
+    far = _write_run(folder, "sub-04", atlas, seed=4).bold
+    image: Any = nib.load(far)
+    shifted = image.affine.copy()
+    shifted[:3, 3] += 500.0  # half a metre away from the atlas
+    nib.Nifti1Image(np.asanyarray(image.dataobj), shifted).to_filename(far)
+    sidecar = "sub-0{}_ses-01_task-rest_bold.json"
+    (folder / sidecar.format(5)).write_text('{"RepetitionTime": "n/a"}')
+    (folder / sidecar.format(6)).write_text('[{"RepetitionTime": 2.0}]')
+    (folder / "task-rest_bold.json").write_text('{"RepetitionTime": 2.0}')
+    runs = pick_runs(index_rest_runs(folder))
+    prepared = prepare_timeseries(runs, atlas, SETTINGS, tmp_path / "cache", progress=False)
+    assert prepared.subjects == ["sub-00", "sub-01"]
+    reasons = {f.subject: f.reason for f in prepared.failures}
+    assert set(reasons) == {"sub-02", "sub-03", "sub-04", "sub-05", "sub-06"}
+    assert (
+        "80 rows for 120 volumes" in reasons["sub-02"] and confounds.format(2) in reasons["sub-02"]
+    )
+    assert "empty" in reasons["sub-03"] and confounds.format(3) in reasons["sub-03"]
+    assert "field of view" in reasons["sub-04"]
+    assert sidecar.format(5) in reasons["sub-05"] and "RepetitionTime='n/a'" in reasons["sub-05"]
+    assert sidecar.format(6) in reasons["sub-06"] and "a JSON list" in reasons["sub-06"]
 
 
 def test_an_unknown_connectivity_kind_lists_the_valid_ones() -> None:

@@ -33,6 +33,7 @@ class RestRun:
     repetition_time: float | None
     confounds: Path | None
     preprocessed: bool
+    problem: str | None = None  # why the run cannot be used (a bad sidecar): it is skipped
 
     def sort_key(self) -> tuple[str, int, int]:
         """Order of preference: earliest session, lowest run, derivative before raw."""
@@ -61,14 +62,19 @@ def index_rest_runs(root: Path, task: str = "rest") -> dict[str, list[RestRun]]:
         ent = entities(path.name)
         if ent.get("task") != task or "sub" not in ent or not BOLD_SUFFIX.search(path.name):
             continue
+        try:
+            tr, problem = repetition_time(path, root, task), None
+        except DataError as err:  # one run's sidecar: that run is skipped, not the dataset
+            tr, problem = None, str(err)
         run = RestRun(
             subject=f"sub-{ent['sub']}",
             session=f"ses-{ent['ses']}" if "ses" in ent else "",
             run=int(ent.get("run", "1")) if ent.get("run", "1").isdigit() else 1,
             bold=path,
-            repetition_time=repetition_time(path, root, task),
+            repetition_time=tr,
             confounds=_confounds(path),
             preprocessed="space" in ent,
+            problem=problem,
         )
         runs.setdefault(run.subject, []).append(run)
     return runs
@@ -80,16 +86,33 @@ def pick_runs(runs: dict[str, list[RestRun]]) -> dict[str, RestRun]:
 
 
 def repetition_time(bold: Path, root: Path, task: str = "rest") -> float | None:
-    """RepetitionTime from the run's sidecar, else the dataset-level `task-<task>_bold.json`."""
+    """RepetitionTime from the run's sidecar, else the dataset-level `task-<task>_bold.json`.
+
+    Raises:
+        DataError: A sidecar that is not a JSON object, or whose RepetitionTime is not a
+            number of seconds.
+    """
     stem = BOLD_SUFFIX.sub("", bold.name)
     for sidecar in (bold.with_name(f"{stem}_bold.json"), root / f"task-{task}_bold.json"):
         if sidecar.is_file():
             try:
-                value = json.loads(sidecar.read_text()).get("RepetitionTime")
+                fields = json.loads(sidecar.read_text())
             except ValueError as err:
                 raise DataError(f"{sidecar}: not valid JSON ({err}); fix or remove it.") from err
-            if value is not None:
-                return float(value)
+            if not isinstance(fields, dict):
+                raise DataError(
+                    f"{sidecar}: a JSON {type(fields).__name__}, not an object of fields; "
+                    "fix or remove it."
+                )
+            value = fields.get("RepetitionTime")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise DataError(
+                    f"{sidecar}: RepetitionTime={value!r}; give the seconds between volumes "
+                    "(a number > 0)."
+                )
+            return float(value)
     return None
 
 

@@ -3,8 +3,10 @@
 Each run's parcel series is cached under a content address: sha256 of the BOLD file, its
 confounds, the repetition time, the masker settings and the parcellation. A rerun loads
 every series from the cache; changing any of those recomputes exactly the runs affected.
-A run that cannot be used (unreadable or truncated NIfTI, 3-D image, too few volumes) is
-skipped and reported by subject, file and reason; the others proceed.
+A run that cannot be used (unreadable or truncated NIfTI, 3-D image, too few volumes, a
+confounds table that is empty or of another length, a sidecar without a usable
+RepetitionTime, a field of view missing the atlas) is skipped and reported by subject, file
+and reason; the others proceed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from modelcycle.data.bids_index import RestRun
 from modelcycle.data.cache import save_array
 from modelcycle.data.parcellations import Parcellation
 from modelcycle.digests import sha256_file
+from modelcycle.messages import clause
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +102,15 @@ def extract_timeseries(
     """Parcel-mean series (n_volumes, n_parcels), cleaned as `settings` say.
 
     Raises:
-        RunError: The file is unreadable or truncated, not 4-D, too short, has no
-            repetition time, or does not overlap every parcel.
+        RunError: The file is unreadable or truncated, not 4-D, too short, has no usable
+            repetition time or confounds table, or does not overlap every parcel.
     """
     import nibabel as nib
+    from nilearn.image.resampling import BoundingBoxError
     from nilearn.maskers import NiftiLabelsMasker
 
+    if run.problem:
+        raise RunError(run.problem)
     image = _load_4d(run.bold, settings.min_volumes)
     tr = run.repetition_time or float(image.header.get_zooms()[3])
     if not tr or tr <= 0:
@@ -120,7 +126,14 @@ def extract_timeseries(
         keep_masked_labels=False,
     )
     assert isinstance(image, nib.Nifti1Image)
-    series = masker.fit_transform(image, confounds=_confounds(run, settings))
+    confounds = _confounds(run, settings, image.shape[3])
+    try:
+        series = masker.fit_transform(image, confounds=confounds)
+    except BoundingBoxError as err:
+        raise RunError(
+            f"its field of view does not overlap the {parcellation.name} atlas ({err}); "
+            "the image is not in the atlas's (MNI) space"
+        ) from err
     if series.shape[1] != parcellation.n_parcels:
         raise RunError(
             f"covers {series.shape[1]} of the {parcellation.n_parcels} parcels of "
@@ -147,15 +160,26 @@ def _load_4d(path: Path, min_volumes: int) -> Any:
     return nib.Nifti1Image(data, image.affine, image.header)
 
 
-def _confounds(run: RestRun, settings: MaskerSettings) -> np.ndarray | None:
+def _confounds(run: RestRun, settings: MaskerSettings, n_volumes: int) -> np.ndarray | None:
     if run.confounds is None or not settings.confounds:
         return None
     import pandas as pd
 
-    table = pd.read_csv(run.confounds, sep="\t", na_values=["n/a"])
+    try:
+        table = pd.read_csv(run.confounds, sep="\t", na_values=["n/a"])
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise RunError(
+            f"its confounds table {run.confounds} is empty or not a TSV ({clause(err)}); "
+            "fix or remove it"
+        ) from err
     columns = [c for c in settings.confounds if c in table.columns]
     if not columns:
         return None
+    if len(table) != n_volumes:
+        raise RunError(
+            f"its confounds table {run.confounds} has {len(table)} rows for {n_volumes} "
+            "volumes; it must hold one row per volume of the run"
+        )
     # Derivative-type confounds start with n/a; zero is the usual fill.
     return table[columns].fillna(0.0).to_numpy(float)
 

@@ -167,6 +167,23 @@ def test_a_bad_confounds_table_sidecar_or_field_of_view_skips_only_that_run(
     assert sidecar.format(6) in reasons["sub-06"] and "a JSON list" in reasons["sub-06"]
 
 
+@pytest.mark.parametrize(("unit", "spacing"), [("sec", 2.0), ("msec", 2000.0), ("usec", 2e6)])
+def test_a_header_repetition_time_is_read_in_its_time_units(
+    atlas: Parcellation, tmp_path: Path, unit: str, spacing: float
+) -> None:
+    # Without a sidecar, a header TR of 2000 msec was used as 2000 s: the 0.01-0.1 Hz band
+    # then lay above Nyquist and the series came out wrong.
+    run = _write_run(tmp_path, "sub-01", atlas)
+    image: Any = nib.load(run.bold)
+    header = image.header.copy()
+    header.set_xyzt_units("mm", unit)
+    header["pixdim"][4] = spacing
+    nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, header).to_filename(run.bold)
+    no_sidecar = RestRun("sub-01", "ses-01", 1, run.bold, None, None, False)
+    expected = extract_timeseries(run, atlas, SETTINGS)  # TR = 2 s from the sidecar
+    assert np.allclose(extract_timeseries(no_sidecar, atlas, SETTINGS), expected, atol=1e-5)
+
+
 def test_an_unknown_connectivity_kind_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="partial correlation"):
         connectomes([np.zeros((10, 3))], "coherence")

@@ -112,7 +112,7 @@ def extract_timeseries(
     if run.problem:
         raise RunError(run.problem)
     image = _load_4d(run.bold, settings.min_volumes)
-    tr = run.repetition_time or float(image.header.get_zooms()[3])
+    tr = run.repetition_time or _header_tr(image)
     if not tr or tr <= 0:
         raise RunError("no RepetitionTime in the sidecar or the header; add it to the sidecar")
     masker = NiftiLabelsMasker(
@@ -140,6 +140,17 @@ def extract_timeseries(
             f"{parcellation.name}; the image is not in the atlas's (MNI) space"
         )
     return np.asarray(series, dtype=np.float32)
+
+
+#: Seconds per unit of the NIfTI header's time axis (xyzt_units); unset is read as seconds.
+TIME_UNITS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}
+
+
+def _header_tr(image: Any) -> float:
+    """The header's volume spacing in seconds, converted from its time units."""
+    spacing = float(image.header.get_zooms()[3])
+    unit = image.header.get_xyzt_units()[1]
+    return spacing * TIME_UNITS.get(unit, 1.0)
 
 
 def _load_4d(path: Path, min_volumes: int) -> Any:

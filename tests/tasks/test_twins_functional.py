@@ -6,13 +6,16 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import openneuro
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from modelcycle.cli import app
-from modelcycle.data.connectomes import MaskerSettings
+from modelcycle.data.connectomes import Failure, MaskerSettings, Prepared
+from modelcycle.data.parcellations import Parcellation
 from modelcycle.data.qtim_functional import FUNCTIONAL_FILES, FunctionalSource, fetch_functional
 from modelcycle.data.relations import Relation
 from modelcycle.export import export_model
@@ -84,6 +87,34 @@ def test_load_gives_connectome_edges_and_hidden_kinship(
     assert hidden.any() and not (hidden & ~twin_like).any()  # hidden ones are twin-like
     assert not (data.hidden["MZ"] & data.hidden["DZ"]).any()
     assert np.array_equal(hidden, hidden.T)
+
+
+def test_each_excluded_subject_is_counted_once_under_its_own_reason(
+    real_qtim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Skipped runs were also counted as "no resting-state run", two runs skipped for the same
+    # reason were one, and a run without a participants.tsv row was dropped unsaid.
+    shutil.copy(real_qtim / "participants.tsv", tmp_path / "participants.tsv")
+    ids = list(pd.read_csv(tmp_path / "participants.tsv", sep="\t")["participant_id"])
+    kept, (short_a, short_b) = ids[:6], ids[6:8]
+    names = ("p1", "p2", "p3")
+    rng = np.random.default_rng(0)
+    prepared = Prepared(
+        [*kept, "sub-9999"],
+        [rng.normal(size=(40, 3)).astype(np.float32) for _ in range(7)],
+        [f"key{i}" for i in range(7)],
+        [Failure(s, f"{s}_bold.nii.gz", "12 volumes, fewer than 30") for s in (short_a, short_b)],
+    )
+    parcellation = Parcellation("slabs", nib.Nifti1Image(np.zeros((2, 2, 2)), np.eye(4)), names)
+    source = _source(tmp_path, real_qtim)
+    monkeypatch.setattr(source, "prepare", lambda: (tmp_path, prepared, parcellation))
+    cohort = source.load()
+    assert list(cohort.subjects.index) == kept
+    assert cohort.exclusions == {
+        "no resting-state run": sorted(set(ids) - {*kept, short_a, short_b}),
+        "run skipped: 12 volumes, fewer than 30": [short_a, short_b],
+        "rest run without a participants.tsv entry": ["sub-9999"],
+    }
 
 
 def test_subjects_with_a_second_rest_session_give_a_same_person_check(

@@ -237,9 +237,16 @@ class FunctionalSource:
         rows = [prepared.subjects.index(s) for s in known]
         matrices = connectomes([prepared.timeseries[i] for i in rows], self.kind)
         measures = edge_table(matrices, parcellation.names, known)
+        skipped: dict[str, list[str]] = {}
+        for failure in prepared.failures:  # the same reason for several runs: one line
+            skipped.setdefault(f"run skipped: {failure.reason}", []).append(failure.subject)
+        has_run = {*prepared.subjects, *(f.subject for f in prepared.failures)}
         exclusions = {
-            "no resting-state run": sorted(set(participants.index) - set(prepared.subjects)),
-            **{f"run skipped: {f.reason}": [f.subject] for f in prepared.failures},
+            "no resting-state run": sorted(set(participants.index) - has_run),
+            **skipped,
+            "rest run without a participants.tsv entry": sorted(
+                set(prepared.subjects) - set(participants.index)
+            ),
         }
         digest = hashlib.sha256(
             (root / "participants.tsv").read_bytes() + f"{prepared.digest()}|{self.kind}".encode()

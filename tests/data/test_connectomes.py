@@ -128,6 +128,7 @@ def test_unusable_runs_are_skipped_counted_and_named_while_the_rest_proceeds(
     assert "truncated" in reasons["sub-07"]
     assert "3-D" in reasons["sub-08"]
     assert "12 volumes" in reasons["sub-09"] and "min_volumes=30" in reasons["sub-09"]
+    assert "lower data.masker.min_volumes " in reasons["sub-09"]  # the key that sets it
     assert all(f.path.endswith(".nii.gz") for f in prepared.failures)
 
 

@@ -166,7 +166,7 @@ def _load_4d(path: Path, min_volumes: int) -> Any:
     if data.shape[3] < min_volumes:
         raise RunError(
             f"{data.shape[3]} volumes, fewer than min_volumes={min_volumes}; "
-            "lower data.min_volumes only if such short runs are intended"
+            "lower data.masker.min_volumes only if such short runs are intended"
         )
     return nib.Nifti1Image(data, image.affine, image.header)
 

@@ -16,7 +16,12 @@ from typer.testing import CliRunner
 from modelcycle.cli import app
 from modelcycle.data.connectomes import Failure, MaskerSettings, Prepared
 from modelcycle.data.parcellations import Parcellation
-from modelcycle.data.qtim_functional import FUNCTIONAL_FILES, FunctionalSource, fetch_functional
+from modelcycle.data.qtim_functional import (
+    FUNCTIONAL_FILES,
+    FunctionalSource,
+    fetch_functional,
+    prepare_dataset,
+)
 from modelcycle.data.relations import Relation
 from modelcycle.export import export_model
 from modelcycle.models.connectome_gnn import ConnectomeGraphEncoder
@@ -115,6 +120,28 @@ def test_each_excluded_subject_is_counted_once_under_its_own_reason(
         "run skipped: 12 volumes, fewer than 30": [short_a, short_b],
         "rest run without a participants.tsv entry": ["sub-9999"],
     }
+
+
+def test_a_prepare_that_skips_every_run_leaves_no_earlier_plot(
+    real_qtim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # connectomes.npz was rewritten empty while the last mean_connectome.png stayed.
+    rng = np.random.default_rng(0)
+    series = [rng.normal(size=(40, 3)).astype(np.float32) for _ in range(2)]
+    done = Prepared(["sub-01", "sub-02"], series, ["k1", "k2"])
+    failed = Prepared([], [], [], [Failure("sub-01", "sub-01_bold.nii.gz", "3-D")])
+    parcellation = Parcellation(
+        "slabs", nib.Nifti1Image(np.zeros((2, 2, 2)), np.eye(4)), ("p1", "p2", "p3")
+    )
+    source = _source(tmp_path, real_qtim)
+    out = tmp_path / "prepared"
+    for prepared in (done, failed):
+        monkeypatch.setattr(source, "prepare", lambda p=prepared: (tmp_path, p, parcellation))
+        result = prepare_dataset(source, out)
+    assert not (out / "mean_connectome.png").exists()
+    assert [p.name for p in result.files] == ["connectomes.npz", "failures.tsv"]
+    with np.load(out / "connectomes.npz") as saved:
+        assert saved["matrices"].size == 0
 
 
 def test_subjects_with_a_second_rest_session_give_a_same_person_check(

@@ -299,7 +299,8 @@ def prepare_dataset(source: FunctionalSource, out_dir: Path) -> PreparedDataset:
     """Prepare every subject's connectome; write them, the failure report and a plot.
 
     Files: `connectomes.npz` (subjects, parcels, matrices), `failures.tsv` (subject, file,
-    reason of every skipped run) and `mean_connectome.png`.
+    reason of every skipped run) and `mean_connectome.png` (removed when every run was
+    skipped, so no earlier plot outlives its connectomes).
     """
     root, prepared, parcellation = source.prepare()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -317,8 +318,11 @@ def prepare_dataset(source: FunctionalSource, out_dir: Path) -> PreparedDataset:
         failures, sep="\t", index=False
     )
     files = [npz, failures]
+    plot = out_dir / "mean_connectome.png"
     if matrices is not None:
-        files.append(_plot_mean(matrices, source.kind, out_dir / "mean_connectome.png"))
+        files.append(_plot_mean(matrices, source.kind, plot))
+    else:  # every run skipped: an earlier plot would describe connectomes no longer there
+        plot.unlink(missing_ok=True)
     return PreparedDataset(root, prepared, files)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -175,3 +176,17 @@ def test_the_official_bids_validator_finds_no_error(real_qtim: Path, tmp_path: P
     assert report["summary"]["tasks"] == ["rest"]
     participants = pd.read_csv(root / "participants.tsv", sep="\t")
     assert len(report["summary"]["subjects"]) == len(participants)
+
+
+def test_a_cohort_made_with_other_settings_names_the_keys_and_the_override(
+    tmp_path: Path,
+) -> None:
+    # The message printed both settings dicts whole, signal model included.
+    made = qs.SyntheticSpec(n_families=12, n_volumes=80)
+    (tmp_path / qs.SYNTHETIC_MANIFEST).write_text(json.dumps(dataclasses.asdict(made)))
+    with pytest.raises(DataError) as caught:
+        ensure_synthetic(tmp_path, None, qs.SyntheticSpec())
+    said = str(caught.value)
+    assert "data.families=12 (the config: 60)" in said and "data.n_volumes=80" in said
+    assert "give `data.families=12 data.n_volumes=80`" in said and "data.synthetic_dir" in said
+    assert "signal" not in said and "seed" not in said and "\n" not in said

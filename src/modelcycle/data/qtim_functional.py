@@ -77,15 +77,37 @@ def ensure_synthetic(
     if manifest.is_file():
         found = json.loads(manifest.read_text())
         if found != wanted:
-            raise DataError(
-                f"{dest} holds a synthetic cohort made with {found}, not {wanted}. Delete it "
-                "or set data.synthetic_dir to another folder."
-            )
+            raise DataError(_mismatch(dest, found, wanted))
         return dest
     source = Path(qtim_root) if qtim_root else _real_metadata(dest.parent / "qtim")
     write_synthetic_cohort(dest, source, spec, progress)
     manifest.write_text(json.dumps(wanted, indent=2))
     return dest
+
+
+#: The data config key that sets each field of the synthetic spec.
+SPEC_KEYS = {
+    "n_families": "data.families",
+    "n_volumes": "data.n_volumes",
+    "resolution_mm": "data.resolution_mm",
+    "seed": "data.seed",
+}
+
+
+def _mismatch(dest: Path, found: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """Which settings made the cohort in `dest` differ from the config's, and the way out."""
+    differ = [k for k in sorted({*found, *wanted}) if found.get(k) != wanted.get(k)]
+    said = ", ".join(
+        f"{SPEC_KEYS.get(k, k)}={found.get(k)!r} (the config: {wanted.get(k)!r})" for k in differ
+    )
+    settable = [k for k in differ if k in SPEC_KEYS and k in found]
+    fix = " ".join(f"{SPEC_KEYS[k]}={found[k]}" for k in settable)
+    use = f"to use it, give `{fix}`; " if fix and len(settable) == len(differ) else ""
+    return (
+        f"{dest} holds a synthetic cohort made with {said}. {use.capitalize()}"
+        f"{'for' if use else 'For'} the config's cohort, set data.synthetic_dir to another folder "
+        "(or delete this one)."
+    )
 
 
 def _real_metadata(target: Path) -> Path:

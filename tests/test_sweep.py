@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -23,7 +24,7 @@ from typer.testing import CliRunner
 from modelcycle.cli import app
 from modelcycle.config import ConfigError
 from modelcycle.search_space import parse_space
-from modelcycle.sweep import StudySettings, SweepError, SweepResult, run_sweep
+from modelcycle.sweep import StudySettings, SweepError, SweepResult, TrialRecord, run_sweep
 from modelcycle.tracking import Tracker, TrackingSettings
 
 runner = CliRunner()
@@ -346,3 +347,23 @@ def test_a_study_resumes_only_from_the_config_its_trials_started_from(tmp_path: 
         SweepError, match=r"from trainer.max_epochs=3; this command gives trainer.max_epochs=1"
     ):
         open_study(settings, "auc", space, {**base, "trainer": {"max_epochs": 1}})
+
+
+def test_cli_prints_a_train_command_the_shell_reads_back(
+    tiny_qtim: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Printed joined by spaces, `data.kind=partial correlation` split in two words and
+    # `{type:int,...}` was brace-expanded by bash: the pasted command trained something else.
+    import modelcycle.sweep
+
+    def best_of(settings: StudySettings, space: list[Any], *args: Any, **kwargs: Any) -> Any:
+        best = TrialRecord(0, "complete", 0.5, {"model.hidden": [16, 8]}, 1.0)
+        return SweepResult("s", "sqlite://", "auc", [best], best, 1, workspace / "report")
+
+    monkeypatch.setattr(modelcycle.sweep, "run_sweep", best_of)
+    base = [f"data.root={tiny_qtim}", "+note={a:1,b:2}", "run_name=my run", "--trials", "1"]
+    result = runner.invoke(app, ["sweep", *base])
+    assert result.exit_code == 0, result.stdout
+    line = next(x for x in result.stdout.splitlines() if x.startswith("Train with it: "))
+    words = shlex.split(line.removeprefix("Train with it: "))
+    assert words == ["modelcycle", "train", *base[:3], "model.hidden=[16,8]"]

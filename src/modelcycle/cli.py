@@ -816,8 +816,11 @@ def sweep(
         best = result.best
         console.print(f"Best: trial {best.number}, {metric} {best.value:.4f}")
         chosen = [p.override(best.params[p.path]) for p in plan.space if p.path in best.params]
+        # Quoted for a POSIX shell: a value with braces, spaces or quotes pastes as one word.
         console.print(
-            f"Train with it: modelcycle train {' '.join([*base, *chosen])}", soft_wrap=True
+            f"Train with it: modelcycle train {shlex.join([*base, *chosen])}",
+            soft_wrap=True,
+            markup=False,
         )
     console.print(f"Best parameters, trials and plot: {result.report_dir}", soft_wrap=True)
 

@@ -129,6 +129,29 @@ def test_config_check_refuses_what_train_would_before_any_data(workspace: Path) 
 
 
 @pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        (["data.n_parcels=8"], "model.top_k=8: give at most 7 with data.n_parcels=8"),
+        (
+            ["data.n_parcels=8", "model.top_k=4", "model.denoise_rank=16"],
+            "model.denoise_rank=16: give 0 (raw edges) to 7 with data.n_parcels=8",
+        ),
+    ],
+)
+def test_config_check_bounds_the_graph_sizes_by_the_atlas_parcels(
+    workspace: Path, overrides: list[str], said: str
+) -> None:
+    # Train read the data, then failed building the model with a traceback naming top_k alone.
+    base = ["config", "experiment=twins_functional", "--check"]
+    checked = runner.invoke(app, [*base, *overrides])
+    assert checked.exit_code == 2, checked.stdout
+    assert said in checked.stdout.replace("\n", " ") and "Traceback" not in checked.stdout
+    fine = runner.invoke(app, [*base, *overrides[:1], "model.top_k=7", "model.denoise_rank=0"])
+    assert fine.exit_code == 0 and "every value checks out" in fine.stdout
+    assert not (workspace / "data").exists()
+
+
+@pytest.mark.parametrize(
     ("override", "said"),
     [
         ("serve.port=99999", "serve.port=99999: give a TCP port number"),

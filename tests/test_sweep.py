@@ -367,3 +367,17 @@ def test_cli_prints_a_train_command_the_shell_reads_back(
     line = next(x for x in result.stdout.splitlines() if x.startswith("Train with it: "))
     words = shlex.split(line.removeprefix("Train with it: "))
     assert words == ["modelcycle", "train", *base[:3], "model.hidden=[16,8]"]
+
+
+def test_cli_refuses_a_space_past_the_atlas_parcels_before_any_trial(
+    workspace: Path, tmp_path: Path
+) -> None:
+    # twins_functional's space reaches top_k=16: on 12 parcels, trials failed with a traceback
+    # after the data loaded.
+    args = ["sweep", "experiment=twins_functional", "data.n_parcels=12", f"data.root={tmp_path}"]
+    result = runner.invoke(app, [*args, "--trials", "1"])
+    assert result.exit_code == 2, result.stdout
+    said = result.stdout.replace("\n", " ")
+    assert "sweep.space.model.top_k: a trial that draws high 16 could not start" in said
+    assert "model.top_k=16: give at most 11 with data.n_parcels=12" in said
+    assert "Traceback" not in result.stdout and not (workspace / "optuna.db").exists()

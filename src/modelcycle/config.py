@@ -232,6 +232,7 @@ def assemble(cfg: DictConfig) -> Assembled:
     check_ranges(task_cls, "task", task_params)  # its choices: the ones the model takes
     for group in ("data", "model"):
         check_group(resolved, group, task_cls if group == "data" else None, cfg.task.name)
+    check_nodes(resolved)
     try:
         source, encoder = instantiate(cfg.data), instantiate(cfg.model)
     except HydraException as err:
@@ -295,6 +296,31 @@ def without_secrets(resolved: dict[str, Any]) -> dict[str, Any]:
         if isinstance(values, dict) and values.get(key) is not None:
             clean[group] = {**values, key: REDACTED}
     return clean
+
+
+def check_nodes(resolved: dict[str, Any]) -> None:
+    """A graph model's per-node sizes against the node count the data config gives.
+
+    A data source whose config fixes the graph's nodes says so with `NODES` (the key and the
+    count); a model whose values are bounded by them checks them with `CHECK_NODES`, which
+    raises ValueError("key=value: ...") naming both keys.
+
+    Raises:
+        ConfigError: Naming `model.key`, the value and the data key that bounds it.
+    """
+    try:
+        source = get_object(resolved["data"]["_target_"])
+        model = get_object(resolved["model"]["_target_"])
+    except (KeyError, ImportError, ValueError):
+        return  # instantiate names a target that does not load
+    nodes_of, check = getattr(source, "NODES", None), getattr(model, "CHECK_NODES", None)
+    nodes = nodes_of(resolved["data"]) if nodes_of is not None else None
+    if check is None or nodes is None:
+        return
+    try:
+        check(resolved["model"], *nodes)
+    except ValueError as err:
+        raise ConfigError(f"model.{err}") from err
 
 
 def check_source(task_cls: Any, task: str, target: Any) -> None:

@@ -153,5 +153,25 @@ def test_the_denoiser_maps_processed_edges_back_and_follows_the_node_order() -> 
 
 def test_a_denoising_rank_as_large_as_the_graph_is_refused() -> None:
     space = FeatureSpace([f"e{i}" for i in range(E)], np.zeros((2, E)))
-    with pytest.raises(ValueError, match="denoise_rank=6"):
+    with pytest.raises(ValueError, match=r"denoise_rank=6 must be between 0 \(raw edges\) and 5"):
         ConnectomeGraphEncoder(space, top_k=2, denoise_rank=N)
+    assert ConnectomeGraphEncoder(space, top_k=2, denoise_rank=0).denoiser is None
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [
+        ({"top_k": 8, "denoise_rank": 0}, "top_k=8: give at most 7 with data.n_parcels=8"),
+        ({"top_k": 4, "denoise_rank": 16}, "denoise_rank=16: give 0 (raw edges) to 7"),
+    ],
+)
+def test_sizes_past_the_data_configs_nodes_are_refused_naming_both_keys(
+    values: dict[str, int], said: str
+) -> None:
+    with pytest.raises(ValueError, match=r"or raise data\.n_parcels") as refused:
+        ConnectomeGraphEncoder.CHECK_NODES(values, "n_parcels", 8)
+    assert said in str(refused.value)
+    ConnectomeGraphEncoder.CHECK_NODES({"top_k": 7, "denoise_rank": 0}, "n_parcels", 8)
+    ConnectomeGraphEncoder.CHECK_NODES(
+        {"top_k": 4, "denoise_rank": 16, "residual": False}, "n_parcels", 8
+    )

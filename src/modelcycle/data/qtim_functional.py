@@ -189,6 +189,14 @@ class FunctionalSource:
                 "give one of those, or another data.atlas."
             )
 
+    @staticmethod
+    def NODES(values: dict[str, Any]) -> tuple[str, int] | None:  # noqa: N802
+        """The key giving the graph's node count and that count; None when the atlas fixes it."""
+        n_parcels = values.get("n_parcels", 32)
+        if values.get("atlas") == "harvard-oxford" or not is_whole(n_parcels):
+            return None  # its own regions, whatever n_parcels says
+        return "n_parcels", n_parcels
+
     root: Path | None = None
     synthetic_dir: Path = Path(".modelcycle/data/qtim-synthetic")
     qtim_root: Path | None = None

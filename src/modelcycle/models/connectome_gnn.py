@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from modelcycle.kinds import Range
+from modelcycle.kinds import Range, is_whole
 from modelcycle.models.encoders import CorrelationSkip, FeatureSpace
 
 
@@ -194,8 +194,9 @@ class ConnectomeGraphEncoder(nn.Module):
 
     cell: torch.Tensor  # (N*N,) gather index from padded edges to the square matrix
 
-    #: Checked when the config is assembled, before the data is read; top_k's upper bound
-    #: (the nodes less one) depends on the data, so the constructor checks it.
+    #: Checked when the config is assembled, before the data is read; the upper bounds of
+    #: top_k and denoise_rank (the nodes less one) against the data config's node count by
+    #: `CHECK_NODES`, and by the constructor for an atlas that fixes its own.
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"readout": ("pool", "nodes")}
     RANGES: ClassVar[dict[str, Range]] = {
         "hidden": (1, None),
@@ -205,6 +206,22 @@ class ConnectomeGraphEncoder(nn.Module):
         "dim": (1, None),
         "denoise_rank": (0, None),
     }
+
+    @staticmethod
+    def CHECK_NODES(values: dict[str, Any], key: str, nodes: int) -> None:  # noqa: N802
+        """Refuse a top_k or denoise_rank a graph of `nodes` nodes (data.`key`) cannot hold."""
+        top_k, rank = values.get("top_k", 0), values.get("denoise_rank", 0)
+        if is_whole(top_k) and top_k >= nodes:
+            raise ValueError(
+                f"top_k={top_k}: give at most {nodes - 1} with data.{key}={nodes} (a node links "
+                f"to the {nodes - 1} others), or raise data.{key}."
+            )
+        if values.get("residual", True) and is_whole(rank) and rank >= nodes:
+            raise ValueError(
+                f"denoise_rank={rank}: give 0 (raw edges) to {nodes - 1} with "
+                f"data.{key}={nodes} (fewer network modes than the graph's nodes), or raise "
+                f"data.{key}."
+            )
 
     def __init__(
         self,
@@ -224,6 +241,11 @@ class ConnectomeGraphEncoder(nn.Module):
         self.n_nodes, self.readout = n_nodes_of(space.n_features), readout
         if not 1 <= top_k < self.n_nodes:
             raise ValueError(f"top_k={top_k} must be between 1 and {self.n_nodes - 1} (nodes - 1).")
+        if residual and not 0 <= denoise_rank < self.n_nodes:
+            raise ValueError(
+                f"denoise_rank={denoise_rank} must be between 0 (raw edges) and "
+                f"{self.n_nodes - 1} (nodes - 1)."
+            )
         self.top_k = top_k
         self.register_buffer("cell", edge_gather_index(self.n_nodes))
         self.gnn = DenseGNN(self.n_nodes, hidden, layers, dropout)

@@ -17,6 +17,7 @@ from modelcycle.cli import app
 from modelcycle.data.pair_loader import PairDataModule
 from modelcycle.data.qtim import QTIMSource
 from modelcycle.data.relations import Relation
+from modelcycle.data.tables import DataError
 from modelcycle.models.encoders import MLPEncoder
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.twins import TwinsData, TwinsTask
@@ -164,3 +165,17 @@ def test_covariate_check_names_a_report_folder_that_is_not_a_twins_run(
         )
         assert run.returncode == 2
         assert f"--report {folder}: {says}" in run.stderr
+
+
+def test_a_training_part_without_twin_pairs_is_refused_before_training(tmp_path: Path) -> None:
+    # Training reached torch's sampler with no pairs: "num_samples should be a positive
+    # integer value, but got num_samples=0", as a traceback.
+    families = np.repeat(np.arange(12), 2)  # siblings only: no twin pair anywhere
+    relations = np.where(families[:, None] == families[None, :], Relation.SIBLING, 0)
+    np.fill_diagonal(relations, Relation.SELF)
+    data = TwinsData(None, np.zeros((24, 3)), np.zeros((24, 3)), relations, families, families)  # type: ignore[arg-type]
+    task = TwinsTask(QTIMSource(root=tmp_path), encoder=MLPEncoder)
+    with pytest.raises(DataError, match=r"training part of fold 0 \(\d+ families\) holds no twin"):
+        task.folds(data, 3, seed=0)
+    with pytest.raises(DataError, match=r"the final fit .* more twin families \(data.families\)"):
+        task.final_fold(data, seed=0)

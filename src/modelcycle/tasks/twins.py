@@ -23,6 +23,7 @@ from modelcycle.data.qtim import Cohort, QTIMSource
 from modelcycle.data.qtim_functional import FunctionalSource
 from modelcycle.data.relations import Relation, pairs_of, relation_matrix, sample_unrelated
 from modelcycle.data.splits import group_holdout, group_kfold
+from modelcycle.data.tables import DataError
 from modelcycle.embedding_columns import EMBEDDING
 from modelcycle.evaluation.kinship import score_similarity
 from modelcycle.evaluation.kinship_plots import plot_kinship
@@ -163,6 +164,7 @@ class TwinsTask(Task[TwinsData]):
             train, val = group_holdout(
                 data.families, rest, self.val_fraction, seed + k, strata=has_twin
             )
+            _check_twins(data, train, f"fold {k}")
             folds.append(Fold(k, train, val, test))
         self._processed.clear()
         return folds
@@ -172,6 +174,7 @@ class TwinsTask(Task[TwinsData]):
         has_twin = (data.relations == Relation.TWIN).any(axis=1).astype(int)
         everyone = np.arange(len(data.families))
         train, val = group_holdout(data.families, everyone, self.val_fraction, seed, has_twin)
+        _check_twins(data, train, "the final fit")
         self._processed.pop(FINAL, None)
         return Fold(FINAL, train, val, np.array([], dtype=int))
 
@@ -289,6 +292,21 @@ def _principal_axes(Z: np.ndarray, k: int = 3) -> np.ndarray:
     """The `k` leading principal axes (k, n_features) of processed training rows `Z`."""
     _, _, vt = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
     return vt[:k]
+
+
+def _check_twins(data: TwinsData, train: np.ndarray, part: str) -> None:
+    """Refuse a training part with no twin pair: training contrasts twins with unrelated pairs.
+
+    Raises:
+        DataError: Naming the part (a fold or the final fit) and the fix, before any training.
+    """
+    if not (data.relations[np.ix_(train, train)] == Relation.TWIN).any():
+        families = len(np.unique(data.families[train]))
+        raise DataError(
+            f"The training part of {part} ({families} families) holds no twin pairs, and "
+            "training needs them (each batch contrasts twin with unrelated pairs): give a "
+            "cohort with more twin families (data.families), or fewer folds (cv.n_folds)."
+        )
 
 
 def _labelled_pairs(

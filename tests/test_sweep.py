@@ -381,3 +381,47 @@ def test_cli_refuses_a_space_past_the_atlas_parcels_before_any_trial(
     assert "sweep.space.model.top_k: a trial that draws high 16 could not start" in said
     assert "model.top_k=16: give at most 11 with data.n_parcels=12" in said
     assert "Traceback" not in result.stdout and not (workspace / "optuna.db").exists()
+
+
+def test_a_study_resumes_only_on_the_data_its_trials_scored(
+    tracker: Tracker, tmp_path: Path
+) -> None:
+    # data.root is left out of the config compared on resume (machines keep data in
+    # different places), so a study resumed on another cohort mixed its trials in silently.
+    settings = StudySettings("s", f"sqlite:///{tmp_path / 'optuna.db'}", 2)
+    space = parse_space(SPACE)
+    report = tmp_path / "report"
+    run_sweep(settings, space, peak, tracker, "score", report, data_hash="a" * 64)
+    assert stored(tmp_path).user_attrs["data_hash"] == "a" * 64
+    more = StudySettings("s", settings.storage, 3)
+    run_sweep(more, space, peak, tracker, "score", report, data_hash="a" * 64)  # same data
+    with pytest.raises(SweepError) as refused:
+        run_sweep(
+            StudySettings("s", settings.storage, 4),
+            space,
+            peak,
+            tracker,
+            "score",
+            report,
+            data_hash="b" * 64,
+        )
+    said = str(refused.value)
+    assert "ran its trials on data aaaaaaaaaaaa; this command's data is bbbbbbbbbbbb" in said
+    assert "--study NAME" in said and len(stored(tmp_path).trials) == 3
+
+
+def test_cli_gives_the_sweep_the_hash_of_the_data_it_read(
+    tiny_qtim: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import modelcycle.sweep
+
+    given: list[Any] = []
+
+    def capture(*args: Any) -> Any:
+        given.extend(args)
+        return SweepResult("s", "sqlite://", "auc", [], None, 0, workspace / "report")
+
+    monkeypatch.setattr(modelcycle.sweep, "run_sweep", capture)
+    result = runner.invoke(app, ["sweep", f"data.root={tiny_qtim}", "--trials", "1"])
+    assert result.exit_code == 0, result.stdout
+    assert re.fullmatch(r"[0-9a-f]{12,}", given[-1]), given[-1]

@@ -784,7 +784,7 @@ def sweep(
         plan = sweep_config(cfg, trials, study, storage)
         assembled = assemble(cfg)
         # Data that cannot be fetched or read fails every trial: find out before the first.
-        assembled.task.load()
+        _, summary = assembled.task.load()
         assembled.workspace.mkdir(parents=True, exist_ok=True)
         tracker = Tracker(assembled.tracking, assembled.workspace)
         objective = CrossValidation(
@@ -808,6 +808,7 @@ def sweep(
                 _print_trial,
                 assembled.resolved,
                 (*reported_errors(), KeyboardInterrupt),
+                summary.data_hash,
             )
         except SweepError as err:
             raise ConfigError(str(err)) from err

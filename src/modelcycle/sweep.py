@@ -214,13 +214,15 @@ def open_study(
     metric: str,
     space: list[Param],
     config: Mapping[str, Any] | None = None,
+    data_hash: str | None = None,
 ) -> Study:
     """Create the study, or load it to resume; refuse one that optimizes something else.
 
     Raises:
         SweepError: The storage cannot be opened, or the study measures another metric, has
             searched a parameter with an incompatible distribution, or ran its trials from
-            another config (`config`, the resolved config the trials start from).
+            another config (`config`, the resolved config the trials start from) or on other
+            data (`data_hash`, the content hash of the loaded data).
     """
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -253,6 +255,8 @@ def open_study(
     _check_resume(study, metric, space)
     if config is not None:
         _check_base(study, config, space)
+    if data_hash is not None:
+        _check_data(study, data_hash)
     return study
 
 
@@ -267,7 +271,8 @@ def _check_base(study: Study, config: Mapping[str, Any], space: list[Param]) -> 
     """A resumed study's trials must start from the same config, searched keys aside.
 
     Its best trial's command is the base config plus the trial's values: from another base
-    (fewer epochs, other data) it would not reproduce the trial.
+    (fewer epochs, other data) it would not reproduce the trial. Where the data is stored
+    differs between machines and is left out here; `_check_data` compares the data itself.
     """
     searched = {p.path for p in space}
     base = {
@@ -290,6 +295,23 @@ def _check_base(study: Study, config: Mapping[str, Any], space: list[Param]) -> 
         raise SweepError(
             f"Study {study.study_name!r} ran its trials from {had}; this command gives "
             f"{gives}{more}. Give the same to resume it, or start a new study with --study NAME."
+        )
+
+
+def _check_data(study: Study, data_hash: str) -> None:
+    """A resumed study's trials must have scored the same data (its content hash).
+
+    The config leaves out where the data is (`_WHERE`), so the data itself is compared: the
+    same `data.root` may hold another copy, and another path the same data.
+    """
+    recorded = study.user_attrs.get("data_hash")
+    if recorded is None:
+        study.set_user_attr("data_hash", data_hash)
+    elif recorded != data_hash:
+        raise SweepError(
+            f"Study {study.study_name!r} ran its trials on data {recorded[:12]}; this "
+            f"command's data is {data_hash[:12]}. Give the same data to resume it, or start "
+            "a new study with --study NAME."
         )
 
 
@@ -338,6 +360,7 @@ def run_sweep(
     progress: Progress | None = None,
     config: Mapping[str, Any] | None = None,
     reported: tuple[type[BaseException], ...] = (),
+    data_hash: str | None = None,
 ) -> SweepResult:
     """Run trials until the study has `settings.trials` finished (complete or pruned) trials.
 
@@ -346,10 +369,12 @@ def run_sweep(
     tracked sweep run, with its parameters and value; `config`, the resolved config the trials
     start from, is logged as the sweep run's parameters. A trial's error stops the sweep and
     reaches the caller; for the `reported` kinds, which the caller states in one line (a data
-    or config error), Optuna's note of the failed trial leaves out the traceback.
+    or config error), Optuna's note of the failed trial leaves out the traceback. `data_hash`,
+    the content hash of the data the trials load, is stored with the study, and a study that
+    ran on other data is refused before any trial.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(settings, metric, space, config)
+    study = open_study(settings, metric, space, config, data_hash)
     ran = 0
     with tracker.run(f"sweep-{settings.name}") as run_id:
         tracker.set_tags({"sweep.study": settings.name, "sweep.storage": redact(settings.storage)})

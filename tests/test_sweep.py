@@ -425,3 +425,27 @@ def test_cli_gives_the_sweep_the_hash_of_the_data_it_read(
     result = runner.invoke(app, ["sweep", f"data.root={tiny_qtim}", "--trials", "1"])
     assert result.exit_code == 0, result.stdout
     assert re.fullmatch(r"[0-9a-f]{12,}", given[-1]), given[-1]
+
+
+def test_a_resume_with_another_space_names_the_key_added_or_removed(
+    tracker: Tracker, tmp_path: Path
+) -> None:
+    # A key added to the space read as "ran its trials from data.n_parcels=32; this command
+    # gives data.n_parcels=None", as if the config had lost it.
+    from modelcycle.sweep import open_study
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    base = {"task": {"lr": 0.01}, "data": {"n_parcels": 32}, "model": {"hidden": [8]}}
+    space = parse_space(SPACE)
+    settings = StudySettings("s", storage, 1)
+    run_sweep(settings, space, peak, tracker, "score", tmp_path / "report", config=base)
+    wider = parse_space({**SPACE, "data": {"n_parcels": {"type": "int", "low": 8, "high": 32}}})
+    with pytest.raises(SweepError) as added:
+        open_study(StudySettings("s", storage, 2), "score", wider, base)
+    said = str(added.value)
+    assert "searched another space; this command's space has data.n_parcels added" in said
+    assert "(its trials held it at 32)" in said and "--study NAME" in said
+    assert "None" not in said
+    narrower = parse_space({"task": SPACE["task"]})
+    with pytest.raises(SweepError, match=r"model.hidden removed \(its trials searched it\)"):
+        open_study(StudySettings("s", storage, 2), "score", narrower, base)

@@ -288,6 +288,7 @@ def _check_base(study: Study, config: Mapping[str, Any], space: list[Param]) -> 
         return
     now = json.loads(json.dumps(base, default=str))
     differ = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+    _check_same_space(study, recorded, searched, differ)
     if differ:
         had = " ".join(f"{k}={recorded.get(k)}" for k in differ[:4])
         gives = " ".join(f"{k}={now.get(k)}" for k in differ[:4])
@@ -295,6 +296,27 @@ def _check_base(study: Study, config: Mapping[str, Any], space: list[Param]) -> 
         raise SweepError(
             f"Study {study.study_name!r} ran its trials from {had}; this command gives "
             f"{gives}{more}. Give the same to resume it, or start a new study with --study NAME."
+        )
+
+
+def _check_same_space(
+    study: Study, recorded: Mapping[str, Any], searched: set[str], differ: list[str]
+) -> None:
+    """Name the keys a resumed study's space gained or lost, rather than their values.
+
+    A key the space now searches is missing from the base config, and one it no longer
+    searches is back in it: compared as values, they read as a config that gives None.
+    """
+    before = {p for t in study.get_trials(deepcopy=False) for p in t.distributions}
+    added = [k for k in differ if k in searched and k in recorded]
+    removed = [k for k in differ if k in before and k not in searched and k not in recorded]
+    if added or removed:
+        changes = [f"{k} added (its trials held it at {recorded[k]})" for k in added]
+        changes += [f"{k} removed (its trials searched it)" for k in removed]
+        raise SweepError(
+            f"Study {study.study_name!r} searched another space; this command's space has "
+            f"{'; '.join(changes)}. Give the same space to resume it, or start a new study "
+            "with --study NAME."
         )
 
 

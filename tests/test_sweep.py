@@ -449,3 +449,24 @@ def test_a_resume_with_another_space_names_the_key_added_or_removed(
     narrower = parse_space({"task": SPACE["task"]})
     with pytest.raises(SweepError, match=r"model.hidden removed \(its trials searched it\)"):
         open_study(StudySettings("s", storage, 2), "score", narrower, base)
+
+
+def test_the_plot_legend_hides_no_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fixed at the lower right, the legend covered the late trials that scored low.
+    import matplotlib.pyplot as plt
+
+    from modelcycle.sweep import plot_sweep
+
+    drawn: list[Any] = []
+    monkeypatch.setattr(plt, "close", drawn.append)
+    values = [0.9, 0.5, 0.1, 0.12, 0.1, 0.11, 0.1, 0.12]
+    trials = [TrialRecord(i, "complete", v, {}, 1.0) for i, v in enumerate(values)]
+    result = SweepResult("s", "sqlite://", "auc", trials, trials[0], 8, tmp_path)
+    plot_sweep(result, tmp_path / "sweep.png")
+    figure = drawn[0]
+    figure.canvas.draw()
+    history = figure.axes[0]
+    legend = history.get_legend().get_window_extent()
+    points = history.transData.transform([(t.number, t.value) for t in trials])
+    assert not any(legend.contains(x, y) for x, y in points)
+    plt.close(figure)

@@ -583,7 +583,7 @@ def plot_sweep(result: SweepResult, path: Path) -> Path:
     history.set(
         xlabel="trial", ylabel=result.metric, title=f"{result.study}: {len(done)} complete trials"
     )
-    history.legend(loc="lower right")
+    history.legend(loc="best")  # where it covers the fewest trials
     history.xaxis.set_major_locator(MaxNLocator(integer=True))
     scores = result.importances
     if scores:

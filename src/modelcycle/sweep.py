@@ -326,27 +326,42 @@ def _check_data(study: Study, data_hash: str) -> None:
     The config leaves out where the data is (`_WHERE`), so the data itself is compared: the
     same `data.root` may hold another copy, and another path the same data.
     """
-    recorded = study.user_attrs.get("data_hash")
-    if recorded is None:
-        study.set_user_attr("data_hash", data_hash)
-    elif recorded != data_hash:
-        raise SweepError(
-            f"Study {study.study_name!r} ran its trials on data {recorded[:12]}; this "
-            f"command's data is {data_hash[:12]}. Give the same data to resume it, or start "
+    _record_or_compare(
+        study,
+        "data_hash",
+        data_hash,
+        lambda recorded: (
+            f"Study {study.study_name!r} ran its trials on data {recorded[:12]}; "
+            f"this command's data is {data_hash[:12]}. Give the same data to resume it, or start "
             "a new study with --study NAME."
-        )
+        ),
+    )
+
+
+def _record_or_compare(study: Study, key: str, value: str, refusal: Callable[[str], str]) -> None:
+    """Record `value` as the study's `key` the first time; later, refuse another value.
+
+    Raises:
+        SweepError: `refusal(recorded)`, when the study recorded another value.
+    """
+    recorded = study.user_attrs.get(key)
+    if recorded is None:
+        study.set_user_attr(key, value)
+    elif recorded != value:
+        raise SweepError(refusal(recorded))
 
 
 def _check_resume(study: Study, metric: str, space: list[Param]) -> None:
     """A resumed study must optimize the same metric over compatible distributions."""
-    recorded = study.user_attrs.get("metric")
-    if recorded is None:
-        study.set_user_attr("metric", metric)
-    elif recorded != metric:
-        raise SweepError(
-            f"Study {study.study_name!r} maximizes {recorded}, this config's task reports "
-            f"{metric}: give this sweep its own study with --study NAME."
-        )
+    _record_or_compare(
+        study,
+        "metric",
+        metric,
+        lambda recorded: (
+            f"Study {study.study_name!r} maximizes {recorded}, this config's task "
+            f"reports {metric}: give this sweep its own study with --study NAME."
+        ),
+    )
     new = {p.path: p.distribution() for p in space}
     for trial in study.get_trials(deepcopy=False):
         for path, old in trial.distributions.items():

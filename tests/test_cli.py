@@ -434,6 +434,31 @@ def test_serve_refuses_unknown_and_unexported_models_in_one_line(
     assert "Traceback" not in outputs
 
 
+def test_serving_a_model_of_a_task_not_installed_says_which_and_what_to_install(
+    tmp_path: Path,
+) -> None:
+    # A plugin task's model where the plugin is missing failed in the server's start-up,
+    # a traceback ending in "Unknown task".
+    from modelcycle.serving.loading import ModelLoadError, load_served
+
+    tracker = Tracker(TrackingSettings(), tmp_path / "ws")
+    publish(tmp_path, tracker, 0.95, seed=0)
+    registry = Registry(tracker.uri)
+    registry.promote("twins")
+    served = load_served(registry, "twins@champion", tmp_path / "cache", threads=1)
+    assert served.directory is not None  # a monitor or a reload reads the task from its copy
+    manifest = served.directory / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"twins"', '"toyclf"'))
+    with pytest.raises(ModelLoadError, match="the task 'toyclf', which this environment"):
+        load_served(registry, "twins@champion", tmp_path / "cache", threads=1)
+    registry.client.set_model_version_tag("twins", "1", "lineage.task", "toyclf")
+    refused = runner.invoke(app, ["serve", "twins@champion", f"workspace={tmp_path / 'ws'}"])
+    said = " ".join(refused.stdout.split())
+    assert refused.exit_code == 2 and "Traceback" not in refused.stdout, refused.stdout
+    assert "twins@champion is a model of the task 'toyclf', which this environment" in said
+    assert "`modelcycle.tasks` entry point" in said
+
+
 def test_a_port_in_use_is_answered_with_one_free_now() -> None:
     # It suggested the next port, which was busy too (a second server started just before)
     import re

@@ -48,6 +48,25 @@ def adapter_class(task: str) -> type[ServingAdapter]:
     return adapter
 
 
+def task_adapter(task: str, reference: str) -> type[ServingAdapter]:
+    """`adapter_class(task)`, or a ModelLoadError saying which package a version needs.
+
+    A version of a task from another package (a `modelcycle.tasks` entry point) is served
+    only where that package is installed; without it the server failed in its start-up,
+    with a traceback ending in "Unknown task".
+    """
+    from modelcycle.tasks.base import UnknownTaskError
+
+    try:
+        return adapter_class(task)
+    except UnknownTaskError as err:
+        raise ModelLoadError(
+            f"{reference} is a model of the task {task!r}, which this environment does not "
+            f"have ({err}). Install the package that provides it (its `modelcycle.tasks` "
+            "entry point) where the model is served."
+        ) from err
+
+
 @dataclass(frozen=True)
 class VariantChoice:
     """Which exported file a server runs (`serve.variant`), and what int8 may cost.
@@ -178,7 +197,7 @@ def load_served(
             f"the registry: its stored file changed; re-run `modelcycle export {reference}`."
         )
     manifest = read_manifest(local)
-    adapter = adapter_class(manifest["task"])(manifest["info"])
+    adapter = task_adapter(manifest["task"], reference)(manifest["info"])
     session = _session(onnx_path, threads)
     served = ServedModel(
         name=name,

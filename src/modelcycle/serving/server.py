@@ -33,6 +33,7 @@ from modelcycle.serving.loading import (
     expected_sha256,
     load_served,
     split_alias,
+    task_adapter,
 )
 from modelcycle.serving.protocol import OpsFirstHttp
 
@@ -112,7 +113,10 @@ def check_servable(
     The variant is fp32 unless `variant` says int8, which must also pass its metric check.
     """
     split_alias(reference)
-    expected_sha256(registry.resolve(reference), reference, variant or VariantChoice())
+    version = registry.resolve(reference)
+    expected_sha256(version, reference, variant or VariantChoice())
+    if task := version.tags.get("lineage.task"):
+        task_adapter(task, reference)
 
 
 class GracefulServer(uvicorn.Server):

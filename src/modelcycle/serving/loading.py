@@ -55,6 +55,10 @@ def task_adapter(task: str, reference: str) -> type[ServingAdapter]:
     only where that package is installed; without it the server failed in its start-up,
     with a traceback ending in "Unknown task".
     """
+    from modelcycle.tasks import BUILTIN
+
+    if task in BUILTIN:  # without the training code: a server may have no torch
+        return adapter_class(task)
     from modelcycle.tasks.base import UnknownTaskError
 
     try:

@@ -55,15 +55,9 @@ def task_adapter(task: str, reference: str) -> type[ServingAdapter]:
     only where that package is installed; without it the server failed in its start-up,
     with a traceback ending in "Unknown task".
     """
-    from modelcycle.tasks import BUILTIN
-
-    if task in BUILTIN:  # without the training code: a server may have no torch
-        return adapter_class(task)
-    from modelcycle.tasks.base import UnknownTaskError
-
     try:
         return adapter_class(task)
-    except UnknownTaskError as err:
+    except KeyError as err:  # UnknownTaskError, caught without importing the training code
         raise ModelLoadError(
             f"{reference} is a model of the task {task!r}, which this environment does not "
             f"have ({err}). Install the package that provides it (its `modelcycle.tasks` "

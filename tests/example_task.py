@@ -1,8 +1,8 @@
-"""The worked example of docs/add-a-task.md (docs/examples/blobs_task.py), for tests."""
+"""The worked example of docs/add-a-task.md (docs/examples/blobs_plugin), for tests."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -11,16 +11,15 @@ import pytest
 
 import modelcycle.tasks.base as base
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "blobs_task.py"
+PLUGIN = Path(__file__).resolve().parents[1] / "docs" / "examples" / "blobs_plugin"
+EXAMPLE = PLUGIN / "blobs_plugin" / "task.py"
 
 
 def load_example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """Import the example into a copy of the task registry (undone after the test)."""
+    """Import the example's task module into a copy of the task registry (undone after)."""
     base.available_tasks()  # built-in tasks first, so the copy holds them
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-    spec = importlib.util.spec_from_file_location("blobs_task_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # saved models pickle its classes
-    spec.loader.exec_module(module)
-    return module
+    monkeypatch.syspath_prepend(str(PLUGIN))  # saved models pickle its classes by name
+    for name in [m for m in sys.modules if m.partition(".")[0] == "blobs_plugin"]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh: it registers on import
+    return importlib.import_module("blobs_plugin.task")

@@ -191,10 +191,10 @@ def test_unknown_trainer_key_lists_valid_ones(workspace: Path) -> None:
     assert "Traceback" not in result.stdout
 
 
-def test_unknown_task_lists_registered(workspace: Path) -> None:
-    result = runner.invoke(app, ["train", "task.name=nope"])
+def test_unknown_task_lists_the_task_configs(workspace: Path) -> None:
+    result = runner.invoke(app, ["train", "task=nope"])
     assert result.exit_code == 2
-    assert "Unknown task 'nope'" in result.stdout and "twins" in result.stdout
+    assert "Could not find 'task/nope'" in result.stdout and "twins" in result.stdout
 
 
 def test_missing_data_root_says_how_to_fix(workspace: Path, tmp_path: Path) -> None:

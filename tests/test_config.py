@@ -378,3 +378,95 @@ def test_a_task_refuses_data_it_cannot_read_before_anything_loads(
         ConfigError, match=rf"the \w+ task reads {reads} data, and the config gives {given}"
     ):
         assemble(compose_config([f"experiment={experiment}", f"data={data}"]))
+
+
+def _config_entry_points(monkeypatch: pytest.MonkeyPatch, *packages: str) -> None:
+    """Outside config packages, as `modelcycle.configs` entry points would name them."""
+    import importlib.metadata
+
+    import modelcycle.config as config
+
+    found = [
+        importlib.metadata.EntryPoint(f"p{i}", package, config.CONFIG_ENTRY_POINT_GROUP)
+        for i, package in enumerate(packages)
+    ]
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(
+        importlib.metadata,
+        "entry_points",
+        lambda **kw: found if kw.get("group") == config.CONFIG_ENTRY_POINT_GROUP else real(**kw),
+    )
+    monkeypatch.setattr(config, "_WARNED", set())
+
+
+def test_an_outside_config_package_adds_its_groups_and_a_missing_one_is_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from example_task import PLUGIN
+    from modelcycle.config import config_packages, experiments_by_task, task_configs
+
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    _config_entry_points(monkeypatch, "blobs_plugin.conf", "no_such_package_xyz.conf")
+    with caplog.at_level("WARNING", logger="modelcycle.config"):
+        assert config_packages() == ["modelcycle.conf", "blobs_plugin.conf"]
+        cfg = compose_config(["experiment=blobs"])
+        compose_config(["task=blobs"])
+    assert caplog.text.count("Config package no_such_package_xyz.conf (entry point p1") == 1
+    assert dict(cfg.task) == {"name": "blobs", "rows": 240, "lr": 0.5}
+    assert "data" not in cfg and "model" not in cfg and cfg.cv.n_folds == 3
+    assert "blobs" in experiment_names() and "twins" in experiment_names()
+    assert experiments_by_task()["blobs"] == ["blobs"]
+    assert experiments_by_task()["twins"] == ["twins", "twins_graph"]
+    assert task_configs()["blobs"] == "blobs" and task_configs()["twins"] == "twins"
+    # the task takes no data or model: the default groups are neither built nor recorded
+    composed = compose_config(["task=blobs"])
+    assert "data" in composed and "model" in composed
+    monkeypatch.setattr("modelcycle.tasks.base._REGISTRY", {})
+    from example_task import load_example
+
+    load_example(monkeypatch)
+    run = assemble(composed)
+    assert type(run.task).__name__ == "BlobsTask" and vars(run.task)["rows"] == 240
+    assert "data" not in run.resolved and "model" not in run.resolved
+
+
+def test_choosing_a_task_by_task_name_is_refused_for_it_keeps_the_default_config() -> None:
+    # `task.name=image` used to run the image task with the twins task's settings and data
+    with pytest.raises(ConfigError) as caught:
+        compose_config(["task.name=image"])
+    said = str(caught.value)
+    assert said.startswith("task.name=image: this renames the task") and "task=image" in said
+
+
+def test_a_registered_task_without_a_config_says_how_a_package_ships_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    import modelcycle.tasks.base as base
+    from example_task import load_example
+
+    load_example(monkeypatch)  # installed, and no config package names its groups
+    plugin = importlib.metadata.EntryPoint("blobs", "blobs_plugin.task:BlobsTask", "g")
+    real = importlib.metadata.entry_points
+
+    def entry_points(**kw: str) -> object:
+        return [plugin] if kw.get("group") == base.ENTRY_POINT_GROUP else real(**kw)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(base, "entry_points", entry_points)
+    for override in ("task=blobs", "experiment=blobs"):
+        with pytest.raises(ConfigError) as caught:
+            compose_config([override])
+        said = str(caught.value)
+        assert said.startswith(f"{override}: no {override.partition('=')[0]} config")
+        assert "'modelcycle.configs' entry point" in said and "docs/add-a-task.md" in said
+    with pytest.raises(ConfigError, match=r"task\.name=blobs: .* The blobs task is registered"):
+        compose_config(["task.name=blobs"])
+
+
+def test_a_task_that_builds_from_a_data_group_is_refused_a_config_without_one() -> None:
+    with pytest.raises(ConfigError, match=r"^data: the twins task builds from a data group"):
+        assemble(compose_config(["~data"]))
+    with pytest.raises(ConfigError, match=r"^model: the twins task builds from a model group"):
+        assemble(compose_config(["~model"]))

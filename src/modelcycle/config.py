@@ -6,6 +6,7 @@ import collections.abc
 import copy
 import difflib
 import inspect
+import logging
 import math
 import re
 import time
@@ -31,6 +32,8 @@ from modelcycle.tracking import TrackingSettings, tracking_uri, workspace_store
 # Each group's settings class is imported where the group is read: reading the registry
 # (`history`, `promote`) or printing the config need neither torch nor Lightning nor FastAPI.
 if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
     from modelcycle.loadtest import Budgets, LoadPlan
     from modelcycle.monitoring.drift import DriftSettings
     from modelcycle.pipeline import PipelineSettings
@@ -42,22 +45,71 @@ if TYPE_CHECKING:
     from modelcycle.training import TrainerSettings
 
 CONFIG_MODULE = "modelcycle.conf"
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
     """An override or config value that cannot be used; the message says which and why."""
 
 
+#: The entry-point group through which outside packages add config groups: each names a
+#: package laid out as `modelcycle.conf` (`task/`, `data/`, `model/`, `experiment/`...).
+CONFIG_ENTRY_POINT_GROUP = "modelcycle.configs"
+
+
+def config_packages() -> list[str]:
+    """The packages config is composed from: modelcycle's own, then outside packages'.
+
+    Hydra searches them in this order, so a built-in config of the same name wins. A package
+    an entry point names that does not import is left out with a warning, said once.
+    """
+    from importlib.metadata import entry_points
+    from importlib.util import find_spec
+
+    packages = [CONFIG_MODULE]
+    for ep in entry_points(group=CONFIG_ENTRY_POINT_GROUP):
+        try:
+            found = find_spec(ep.value) is not None
+        except (ImportError, ValueError):  # a parent package that does not import
+            found = False
+        if found:
+            packages.append(ep.value)
+        elif ep.value not in _WARNED:
+            _WARNED.add(ep.value)
+            log.warning(
+                "Config package %s (entry point %s in group %s) does not import; its configs "
+                "are left out. Install the package that ships it, or fix the entry point.",
+                ep.value, ep.name, CONFIG_ENTRY_POINT_GROUP,
+            )  # fmt: skip
+    return packages
+
+
+_WARNED: set[str] = set()
+
+
+def _configs(group: str) -> dict[str, Traversable]:
+    """Each config of `group` ("experiment", "task") by name, the first package's of a name."""
+    found: dict[str, Traversable] = {}
+    for package in config_packages():
+        folder = files(package).joinpath(group)
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
+            if f.name.endswith(".yaml"):
+                found.setdefault(f.name[: -len(".yaml")], f)
+    return found
+
+
 def experiment_names() -> list[str]:
-    """The experiments a run can name (`experiment=NAME`): `conf/experiment/*.yaml`."""
-    folder = files(CONFIG_MODULE).joinpath("experiment")
-    return sorted(f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml"))
+    """The experiments a run can name (`experiment=NAME`): every `experiment/*.yaml`."""
+    return sorted(_configs("experiment"))
 
 
 def experiments_by_task() -> dict[str, list[str]]:
-    """Each task's experiments: which `conf/experiment/*.yaml` overrides `/task` with it.
+    """Each task's experiments: which `experiment/*.yaml` overrides `/task` with it.
 
-    An experiment that overrides no task runs the root config's default task.
+    An experiment that overrides no task runs the root config's default task. A task's
+    config (`task/NAME.yaml`) names the task it builds; that name is the one listed.
     """
     import yaml
 
@@ -67,16 +119,30 @@ def experiments_by_task() -> dict[str, list[str]]:
         for d in yaml.safe_load(root.joinpath("config.yaml").read_text())["defaults"]
         if isinstance(d, dict) and "task" in d
     )
+    task_configs = _configs("task")
     runs: dict[str, list[str]] = {}
-    for name in experiment_names():
-        text = root.joinpath("experiment", f"{name}.yaml").read_text()
-        entries = yaml.safe_load(text).get("defaults", [])
-        task = next(
+    for name, path in sorted(_configs("experiment").items()):
+        entries = (yaml.safe_load(path.read_text()) or {}).get("defaults", [])
+        chosen = next(
             (d["override /task"] for d in entries if isinstance(d, dict) and "override /task" in d),
             default,
         )
+        task = chosen
+        if chosen in task_configs:  # the config's `name:` is the registered task
+            task = (yaml.safe_load(task_configs[chosen].read_text()) or {}).get("name", chosen)
         runs.setdefault(task, []).append(name)
     return runs
+
+
+def task_configs() -> dict[str, str]:
+    """Each task config (`task=CONFIG`) by the registered task it builds (its `name:`)."""
+    import yaml
+
+    named: dict[str, str] = {}
+    for config, path in sorted(_configs("task").items()):
+        task = (yaml.safe_load(path.read_text()) or {}).get("name", config)
+        named.setdefault(str(task), config)
+    return named
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -93,6 +159,8 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
                 f"{override!r} is not an override: give key=value, e.g. trainer.max_epochs=5 "
                 f"or experiment=twins; {hint}."
             )
+        if override.lstrip("+").partition("=")[0] == "task.name":
+            raise ConfigError(_renamed_task(override.partition("=")[2]))
     try:
         cfg = _compose(overrides)
     except HydraException as err:
@@ -101,11 +169,51 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         unknown = _unknown_keys(overrides, said)
         if unknown:  # misspelt keys: Hydra's hint (append them with +) leads nowhere
             raise ConfigError(unknown) from err
+        unconfigured = _unconfigured_task(overrides)
+        if unconfigured:
+            raise ConfigError(unconfigured) from err
         raise ConfigError(
             f"Cannot compose the config with overrides {list(overrides)}: {said}"
         ) from err
     _check_min_epochs(cfg, overrides)
     return cfg
+
+
+def _renamed_task(name: str) -> str:
+    """What `task.name=NAME` is told: it would rename the default task, keeping its config."""
+    configs = task_configs()
+    way = f"task={configs[name]}" if name in configs else "task=CONFIG"
+    said = (
+        f"task.name={name}: this renames the task and keeps the chosen one's settings, data "
+        f"and model (twins' by default). Choose a task by its config, {way}, or by an "
+        "experiment of it (`modelcycle tasks` lists them)."
+    )
+    if name not in configs and name in _task_names():
+        said += " " + _no_config(name)
+    return said
+
+
+def _unconfigured_task(overrides: Sequence[str]) -> str | None:
+    """Why `task=NAME` or `experiment=NAME` found no config, when NAME is a registered task."""
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if key in ("task", "experiment") and value not in _configs(key) and value in _task_names():
+            return f"{key}={value}: no {key} config is named so. {_no_config(value)}"
+    return None
+
+
+def _no_config(task: str) -> str:
+    return (
+        f"The {task} task is registered, and no installed package gives its config: a package "
+        f"ships one (task/{task}.yaml, an experiment) through the {CONFIG_ENTRY_POINT_GROUP!r} "
+        "entry point; see docs/add-a-task.md."
+    )
+
+
+def _task_names() -> list[str]:
+    from modelcycle.tasks import task_names
+
+    return task_names()
 
 
 def _check_min_epochs(cfg: DictConfig, overrides: Sequence[str]) -> None:
@@ -129,8 +237,10 @@ def _check_min_epochs(cfg: DictConfig, overrides: Sequence[str]) -> None:
 
 
 def _compose(overrides: Sequence[str]) -> DictConfig:
+    outside = [f"pkg://{p}" for p in config_packages()[1:]]
+    search = [f"hydra.searchpath=[{','.join(outside)}]"] if outside else []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=[*search, *overrides])
 
 
 def _unknown_keys(overrides: Sequence[str], said: str) -> str | None:
@@ -230,18 +340,24 @@ def assemble(cfg: DictConfig) -> Assembled:
         )
     check_kinds(task_cls, "task", task_params)  # the task's constructor checks the ranges
     check_ranges(task_cls, "task", task_params)  # its choices: the ones the model takes
+    # A task that reads its own data and builds its own model takes no `source` or `encoder`:
+    # the data and model groups are then not built, nor recorded as the run's.
+    groups = _groups_taken(task_cls, cfg)
     for group in ("data", "model"):
+        if group not in groups:
+            resolved.pop(group, None)
+    for group in groups:
         check_group(resolved, group, task_cls if group == "data" else None, cfg.task.name)
     check_nodes(resolved)
     try:
-        source, encoder = instantiate(cfg.data), instantiate(cfg.model)
+        built = {arg: instantiate(cfg[group]) for group, arg in groups.items()}
     except HydraException as err:
         if isinstance(err.__cause__, ValueError):  # the target's own words (DataError too)
             raise ConfigError(str(err.__cause__)) from err
         raise ConfigError(f"Cannot build the data source or the model: {err}") from err
     return Assembled(
         task=_build(  # kinds checked above, before the data source was built
-            task_cls, "task", kinds=False, source=source, encoder=encoder, **task_params
+            task_cls, "task", kinds=False, **built, **task_params
         ),
         pipeline=PipelineSettings(
             resolved["run_name"],
@@ -254,6 +370,37 @@ def assemble(cfg: DictConfig) -> Assembled:
         workspace=workspace_of(cfg),
         resolved=without_secrets(resolved),
     )
+
+
+def _groups_taken(task_cls: Any, cfg: DictConfig) -> dict[str, str]:
+    """The data and model groups the task's constructor takes, each with its argument's name.
+
+    A constructor takes `source` (the data group) and `encoder` (the model group) by name or
+    through **kwargs; one that names neither is given neither.
+
+    Raises:
+        ConfigError: The config has no group the constructor needs, naming it and the way out.
+    """
+    try:
+        params = inspect.signature(task_cls).parameters
+    except (TypeError, ValueError):  # no signature to read: give it what the config has
+        return {g: arg for g, arg in (("data", "source"), ("model", "encoder")) if g in cfg}
+    anything = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    taken: dict[str, str] = {}
+    for group, arg in (("data", "source"), ("model", "encoder")):
+        param = params.get(arg)
+        if group in cfg and (param is not None or anything):
+            taken[group] = arg
+        elif group in cfg:
+            log.info("The %s task builds its own %s: the %s group is not used.", cfg.task.name,
+                     "data" if group == "data" else "model", group)  # fmt: skip
+        elif param is not None and param.default is param.empty:
+            raise ConfigError(
+                f"{group}: the {cfg.task.name} task builds from a {group} group ({arg}), and "
+                f"this config has none. Give one ({group}=NAME), or run an experiment of the "
+                "task (`modelcycle tasks` lists them)."
+            )
+    return taken
 
 
 def check_group(resolved: dict[str, Any], group: str, task_cls: Any = None, task: str = "") -> None:

@@ -18,7 +18,13 @@ from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.ranks import is_rank_zero, share_from_rank_zero
 from modelcycle.registry import CHALLENGER, CHAMPION, GateError, Registry, champion_note
 from modelcycle.tasks.base import Fold, Task
-from modelcycle.tracking import Tracker, code_state, package_versions
+from modelcycle.tracking import (
+    LINEAGE_PACKAGES,
+    Tracker,
+    code_state,
+    package_versions,
+    task_packages,
+)
 from modelcycle.training import TrainerSettings, fit
 
 log = logging.getLogger(__name__)
@@ -101,7 +107,7 @@ def run_tags(task: Task[Any], data_hash: str) -> dict[str, str]:
         "model_name": task.model_name,
         "primary_metric": task.primary_metric,
         "data_hash": data_hash,
-        "packages": json.dumps(package_versions()),
+        "packages": json.dumps(package_versions((*LINEAGE_PACKAGES, *task_packages(task)))),
         **code_state(),
     }
 

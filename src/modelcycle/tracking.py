@@ -347,6 +347,18 @@ def package_versions(names: tuple[str, ...] = LINEAGE_PACKAGES) -> dict[str, str
     return found
 
 
+def task_packages(task: object) -> tuple[str, ...]:
+    """The installed distributions holding `task`'s class, other than modelcycle.
+
+    A task from another package (a `modelcycle.tasks` entry point) is that package's code,
+    which modelcycle's git SHA does not describe: its version goes to the lineage too.
+    """
+    from importlib.metadata import packages_distributions
+
+    top = type(task).__module__.partition(".")[0]
+    return tuple(d for d in packages_distributions().get(top, []) if d not in LINEAGE_PACKAGES)
+
+
 def _end_killed(run_id: str) -> None:
     """End the active run as KILLED; a store that cannot take the write is said, not raised.
 

@@ -71,6 +71,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert "Kolmogorov" in (tmp_path / "site" / "monitoring" / "index.html").read_text()
     # the example file is included at build time, not copied into the page
     assert "BlobsServing" in example and "--8&lt;--" not in example
+    assert "request_type" in example and "modelcycle.configs" in example  # adapter, pyproject
     # result plots are drawn at build time from the committed records, never committed
     for page, plots in {
         "twins": ("folds", "roc", "retrieval", "similarity"),

@@ -14,10 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import expect
-from test_serve_without_torch import drift_without_torch
 from test_web_page import ARTIFACTS, chromium_page
 
-from server_process import running_server
+from server_process import drift_without_torch, running_server
 from serving_fixtures import documented_answer
 
 pytestmark = pytest.mark.slow

@@ -202,7 +202,7 @@ def test_the_page_draws_the_mask_of_an_example_and_of_a_file(
 def test_the_server_needs_neither_torch_nor_monai_and_checks_drift(
     workspace: Path, tmp_path: Path
 ) -> None:
-    from test_serve_without_torch import BLOCKED, drift_without_torch
+    from server_process import BLOCKED, drift_without_torch
 
     assert "monai" in BLOCKED and "torch" in BLOCKED
     summary = drift_without_torch(workspace, MODEL, tmp_path / "server.log")

@@ -15,6 +15,7 @@ import modelcycle.tasks.base as base
 from example_task import load_example
 from modelcycle.pipeline import PipelineSettings, run_pipeline
 from modelcycle.servable import ServableModel
+from modelcycle.serving.adapter import ServingAdapter
 from modelcycle.tasks import get_task, register_task
 from modelcycle.tracking import Tracker, TrackingSettings
 from modelcycle.training import TrainerSettings
@@ -66,32 +67,71 @@ def test_scores_without_the_primary_or_a_summary_metric_are_refused_at_once(
         check_metrics(task, {"auc": 0.9}, {})
 
 
+class Unregistered(base.Task):
+    """A task class whose module does not register it: its entry point's name does."""
+
+    primary_metric = "auc"
+    summary_metrics = ("auc",)
+    serving = ServingAdapter
+
+
+def _entry_points(monkeypatch: pytest.MonkeyPatch, *plugins: EntryPoint) -> None:
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: list(plugins))
+    monkeypatch.setattr(base, "entry_points", lambda group: list(plugins))
+
+
 def test_outside_packages_register_through_entry_points(
-    blobs: ModuleType, monkeypatch: pytest.MonkeyPatch
+    blobs: ModuleType, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     group = base.ENTRY_POINT_GROUP
-    plugin = EntryPoint("blobs_plugin", "blobs_task_example:BlobsTask", group)
+    plugin = EntryPoint("unregistered", f"{__name__}:Unregistered", group)
     broken = EntryPoint("broken", "no_such_module_xyz:Task", group)
-    not_a_task = EntryPoint("not_a_task", "blobs_task_example:Logistic", group)
-    monkeypatch.setattr(base, "entry_points", lambda group: [plugin, broken, not_a_task])
-    names = base.available_tasks()  # the broken plugins are logged, not fatal
-    assert "blobs_plugin" in names and "twins" in names
+    not_a_task = EntryPoint("not_a_task", "blobs_plugin.task:Logistic", group)
+    _entry_points(monkeypatch, plugin, broken, not_a_task)
+    monkeypatch.setattr(base, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="modelcycle.tasks.base"):
+        names = base.available_tasks()  # the broken plugins are logged, not fatal
+        base.available_tasks()
+        get_task("twins")
+    assert "unregistered" in names and "twins" in names
     assert "broken" not in names and "not_a_task" not in names
-    assert get_task("blobs_plugin") is blobs.BlobsTask
+    assert get_task("unregistered") is Unregistered and Unregistered.name == "unregistered"
+    # every lookup reads the entry points; each fault is said once
+    assert caplog.text.count("Could not load task plugin broken") == 1
+    assert caplog.text.count("not_a_task (blobs_plugin.task:Logistic) is not a Task") == 1
+
+
+def test_an_entry_point_keeps_the_name_its_task_registered_and_the_built_in_names(
+    blobs: ModuleType, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = base.ENTRY_POINT_GROUP
+    renamed = EntryPoint("my_blobs", "blobs_plugin.task:BlobsTask", group)
+    shadowing = EntryPoint("twins", "blobs_plugin.task:BlobsTask", group)
+    same = EntryPoint("blobs", "blobs_plugin.task:BlobsTask", group)  # what the example ships
+    _entry_points(monkeypatch, renamed, shadowing, same)
+    monkeypatch.setattr(base, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="modelcycle.tasks.base"):
+        names = base.available_tasks()
+        base.available_tasks()
+    # the class keeps its name (runs and registered models use it); no second name
+    assert blobs.BlobsTask.name == "blobs" and "my_blobs" not in names
+    assert get_task("twins").__module__ == "modelcycle.tasks.twins"
+    assert caplog.text.count("my_blobs (blobs_plugin.task:BlobsTask) registers itself as") == 1
+    assert "name the entry point blobs to match" in caplog.text
+    assert caplog.text.count("'twins' is already the task modelcycle.tasks.twins:TwinsTask") == 1
+    assert "Task plugin blobs " not in caplog.text  # its own name: nothing to say
 
 
 def test_task_names_load_plugins_only_when_there_are_some(
     blobs: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importlib.metadata
-
     from modelcycle.tasks import BUILTIN, task_names
 
     assert task_names() == sorted(BUILTIN)  # no plugin installed: nothing is loaded
-    plugin = EntryPoint("blobs_plugin", "blobs_task_example:BlobsTask", base.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [plugin])
-    monkeypatch.setattr(base, "entry_points", lambda group: [plugin])
-    assert "blobs_plugin" in task_names() and set(BUILTIN) <= set(task_names())
+    _entry_points(monkeypatch, EntryPoint("unregistered", f"{__name__}:Unregistered", "x"))
+    assert "unregistered" in task_names() and set(BUILTIN) <= set(task_names())
 
 
 def test_the_built_in_table_names_each_built_in_task_and_its_module() -> None:

@@ -35,17 +35,35 @@ VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 def adapter_class(task: str) -> type[ServingAdapter]:
     """The serving adapter of the task named `task` (UnknownTaskError when there is none).
 
-    A built-in task's comes from `modelcycle.tasks.BUILTIN`, without its training code.
+    A built-in task's comes from `modelcycle.tasks.BUILTIN`, and an outside package's from
+    its `modelcycle.adapters` entry point, both without the task's training code; a task
+    with neither, from its class (importing torch and Lightning).
     """
-    from modelcycle.tasks import BUILTIN
+    from importlib.metadata import entry_points
 
-    if task not in BUILTIN:
-        from modelcycle.tasks import get_task
+    from modelcycle.tasks import ADAPTER_ENTRY_POINT_GROUP, BUILTIN
 
-        return get_task(task).serving
-    module, _, name = BUILTIN[task].adapter.partition(":")
-    adapter: type[ServingAdapter] = getattr(importlib.import_module(module), name)
-    return adapter
+    if task in BUILTIN:
+        module, _, name = BUILTIN[task].adapter.partition(":")
+        adapter: type[ServingAdapter] = getattr(importlib.import_module(module), name)
+        return adapter
+    for ep in entry_points(group=ADAPTER_ENTRY_POINT_GROUP, name=task):
+        try:
+            loaded = ep.load()
+        except Exception as err:  # the package's own import error, said with the entry point
+            raise ModelLoadError(
+                f"The {ADAPTER_ENTRY_POINT_GROUP} entry point {task} ({ep.value}) does not "
+                f"load: {type(err).__name__}: {err}"
+            ) from err
+        if not (isinstance(loaded, type) and issubclass(loaded, ServingAdapter)):
+            raise ModelLoadError(
+                f"The {ADAPTER_ENTRY_POINT_GROUP} entry point {task} ({ep.value}) is not a "
+                "ServingAdapter subclass; point it at the task's adapter class."
+            )
+        return loaded
+    from modelcycle.tasks import get_task
+
+    return get_task(task).serving
 
 
 def task_adapter(task: str, reference: str) -> type[ServingAdapter]:

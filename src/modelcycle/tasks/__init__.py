@@ -48,6 +48,9 @@ BUILTIN = {
 }
 #: The entry-point group through which outside packages register tasks.
 ENTRY_POINT_GROUP = "modelcycle.tasks"
+#: The entry-point group of outside tasks' serving adapters: a server loads one without the
+#: task's training code (`NAME = "package.module:Adapter"`, NAME the task's).
+ADAPTER_ENTRY_POINT_GROUP = "modelcycle.adapters"
 
 __all__ = [
     "DataSummary",

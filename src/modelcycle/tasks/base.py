@@ -187,21 +187,45 @@ def _load_builtin_and_plugins() -> None:
         importlib.import_module(builtin.module)
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
+        known = _REGISTRY.get(ep.name)
+        if known is not None:
+            if ep.value != f"{known.__module__}:{known.__qualname__}":
+                _warn_once(
+                    f"Task plugin {ep.name} ({ep.value}) is not loaded: {ep.name!r} is already "
+                    f"the task {known.__module__}:{known.__qualname__}. Give the entry point "
+                    "another name."
+                )
             continue
         try:
             loaded = ep.load()  # "package.module:TaskClass"
         except Exception as err:  # a broken plugin must not hide the other tasks
-            log.warning("Could not load task plugin %s (%s): %s", ep.name, ep.value, err)
+            _warn_once(f"Could not load task plugin {ep.name} ({ep.value}): {err}")
             continue
         if not (isinstance(loaded, type) and issubclass(loaded, Task)):
-            log.warning("Task plugin %s (%s) is not a Task subclass; ignored", ep.name, ep.value)
+            _warn_once(f"Task plugin {ep.name} ({ep.value}) is not a Task subclass; ignored")
             continue
-        if ep.name not in _REGISTRY:  # its module may have registered it on import
-            try:
-                register_task(ep.name)(loaded)
-            except (TypeError, ValueError) as err:
-                log.warning("Task plugin %s (%s) not registered: %s", ep.name, ep.value, err)
+        named = next((n for n, cls in _REGISTRY.items() if cls is loaded), None)
+        if named is not None:  # its module registered it on import, under its own name
+            if named != ep.name:
+                _warn_once(
+                    f"Task plugin {ep.name} ({ep.value}) registers itself as {named!r}, the "
+                    f"name its runs and models use; name the entry point {named} to match."
+                )
+            continue
+        try:
+            register_task(ep.name)(loaded)
+        except (TypeError, ValueError) as err:
+            _warn_once(f"Task plugin {ep.name} ({ep.value}) not registered: {err}")
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log a plugin's fault once per process: every task lookup reads the entry points."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
 
 
 def available_tasks() -> list[str]:

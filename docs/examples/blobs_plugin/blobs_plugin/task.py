@@ -1,21 +1,20 @@
-"""A complete task in one module: points in 4-D, is x0 + x1 > 0? (docs: "Add a task")."""
+"""A complete task: points in 4-D, is x0 + x1 > 0? (docs: "Add a task"). Adapter: `serving`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import TensorDataset
 
+from blobs_plugin.serving import BlobsServing
 from modelcycle.models.inference import evaluating
 from modelcycle.servable import ServableModel
-from modelcycle.serving.adapter import ServingAdapter
 from modelcycle.tasks import DataSummary, Evaluation, Fold, Task, register_task
+from modelcycle.tasks.base import check_settings
 
 Blobs = tuple[np.ndarray, np.ndarray]  # features (n, 4) float32, labels (n,) 0/1
 
@@ -23,8 +22,9 @@ Blobs = tuple[np.ndarray, np.ndarray]  # features (n, 4) float32, labels (n,) 0/
 class Logistic(L.LightningModule):
     """One linear layer; logs `val_auc`, the metric early stopping watches."""
 
-    def __init__(self) -> None:
+    def __init__(self, lr: float) -> None:
         super().__init__()
+        self.lr = lr
         self.linear = torch.nn.Linear(4, 1)
         self.outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -43,34 +43,7 @@ class Logistic(L.LightningModule):
         self.outputs.clear()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.5)
-
-
-class Point(BaseModel):
-    """One request: four finite numbers."""
-
-    x: list[float] = Field(min_length=4, max_length=4)
-
-
-class BlobsServing(ServingAdapter):
-    """JSON in (`{"x": [...]}`), the logit out."""
-
-    request_type = Point
-
-    def decode(self, request: BaseModel) -> list[np.ndarray]:
-        assert isinstance(request, Point)
-        return [np.array([request.x], dtype=np.float32)]
-
-    def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
-        return {f"x{i}": float(v) for i, v in enumerate(inputs[0][0])}
-
-    def examples(
-        self, held_out: list[np.ndarray], target: np.ndarray | None
-    ) -> list[dict[str, Any]]:
-        return [
-            {"label": f"point {i}", "request": {"x": row.tolist()}}
-            for i, row in enumerate(held_out[0][:3])
-        ]
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
 @register_task("blobs")
@@ -81,8 +54,9 @@ class BlobsTask(Task[Blobs]):
     summary_metrics = ("auc",)
     serving = BlobsServing
 
-    def __init__(self, rows: int = 240, **_: Any) -> None:
-        self.rows = rows
+    def __init__(self, rows: int = 240, lr: float = 0.5) -> None:  # conf/task/blobs.yaml
+        check_settings(positive={"lr": lr}, whole={"rows": rows})  # ValueError naming the key
+        self.rows, self.lr = rows, lr
 
     def load(self) -> tuple[Blobs, DataSummary]:
         X = np.random.default_rng(0).normal(size=(self.rows, 4)).astype(np.float32)
@@ -105,7 +79,7 @@ class BlobsTask(Task[Blobs]):
         return L.LightningDataModule.from_datasets(part(fold.train), part(fold.val), batch_size=16)
 
     def model(self, data: Blobs, fold: Fold) -> L.LightningModule:
-        return Logistic()
+        return Logistic(self.lr)
 
     def baseline(self, data: Blobs, fold: Fold) -> Evaluation:
         return Evaluation({"auc": float(roc_auc_score(data[1][fold.test], data[0][fold.test, 0]))})

@@ -1201,6 +1201,7 @@ REPORTED = (
     ("modelcycle.evaluate", "EvaluationError"),
     ("modelcycle.data.openneuro", "FetchError"),
     ("modelcycle.registry", "RegistryError"),
+    ("modelcycle.serving.adapter_check", "AdapterError"),
     ("modelcycle.serving.loading", "ModelLoadError"),
     ("modelcycle.tasks.base", "UnknownTaskError"),
     ("modelcycle.tracking", "TrackingError"),

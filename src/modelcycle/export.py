@@ -25,6 +25,7 @@ from modelcycle.digests import sha256_file
 from modelcycle.registry import Registered, Registry
 from modelcycle.servable import ServableModel
 from modelcycle.serving.adapter import ServingAdapter
+from modelcycle.serving.adapter_check import check_adapter
 from modelcycle.tasks import get_task
 
 if TYPE_CHECKING:
@@ -717,7 +718,14 @@ def export_version(
     the version gets tags with each file's sha256 (serving loads only hash-matching ONNX),
     the parity errors, the int8 method and the int8 delta on the task's held-out metric.
     Static int8 is calibrated on the version's reference sample, never on the held-out rows
-    that score the delta.
+    that score the delta. The task's serving adapter then runs on a few of its own example
+    requests against the fp32 model, as a server will (`check_adapter`).
+
+    Raises:
+        ParityError: If fp32 parity fails.
+        AdapterError: If the adapter's requests do not become what the model takes, or its
+            answers are not JSON. Either way the files are attached but no tags are set,
+            and a server loads only a file whose sha256 a tag records.
     """
     version = registry.resolve(reference)
     local = registry.download(version, out_root / f"{version.name}-v{version.version}")
@@ -735,6 +743,14 @@ def export_version(
             metric=_held_out_metric(adapter, servable.output_names, servable.target),
             metric_name=adapter.held_out_metric_name,
             calibration=servable.reference,
+        )
+        check_adapter(
+            adapter,
+            _session(out_dir / "model.onnx"),
+            servable.held_out,
+            servable.target,
+            servable.output_names,
+            servable.monitor_outputs,
         )
     finally:  # a failed parity check is kept beside the version too
         if attach:

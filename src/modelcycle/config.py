@@ -185,8 +185,8 @@ def _renamed_task(name: str) -> str:
     way = f"task={configs[name]}" if name in configs else "task=CONFIG"
     said = (
         f"task.name={name}: this renames the task and keeps the chosen one's settings, data "
-        f"and model (twins' by default). Choose a task by its config, {way}, or by an "
-        "experiment of it (`modelcycle tasks` lists them)."
+        f"and model (the twins task's, by default). Choose a task by its config, {way}, or "
+        "by an experiment of it (`modelcycle tasks` lists them)."
     )
     if name not in configs and name in _task_names():
         said += " " + _no_config(name)

@@ -15,6 +15,13 @@ RUN pip install -c constraints.txt -r api-requirements.txt
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install --no-deps .
+# Tasks from other packages, by requirement (a name, or a path in the build context), each
+# without its dependencies: the server imports only a task's `modelcycle.adapters` module.
+# docker build --build-arg EXTRA_PACKAGES="blobs-plugin==0.1.0" ...
+ARG EXTRA_PACKAGES=""
+# The argument pins its versions:
+# hadolint ignore=DL3013
+RUN if [ -n "$EXTRA_PACKAGES" ]; then pip install --no-deps $EXTRA_PACKAGES; fi
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 RUN useradd --create-home --uid 10001 modelcycle \

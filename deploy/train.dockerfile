@@ -14,6 +14,9 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu \
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
 RUN pip install -c constraints.txt .
+# Tasks from other packages, with their dependencies (see api.dockerfile).
+ARG EXTRA_PACKAGES=""
+RUN if [ -n "$EXTRA_PACKAGES" ]; then pip install -c constraints.txt $EXTRA_PACKAGES; fi
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 # git: lineage records the SHA of a mounted checkout when there is one.

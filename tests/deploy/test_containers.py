@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from example_task import PLUGIN
 from server_process import free_port, started
 from serving_fixtures import ServedWorkspace
 
@@ -181,9 +182,25 @@ def test_the_api_images_environment_serves_without_torch(
             [str(python), *step], cwd=REPO, capture_output=True, text=True, timeout=900
         )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    probe = "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('lightning'))"
+    # EXTRA_PACKAGES: a task from another package, installed as the image installs it
+    dockerfile = (REPO / "deploy" / "api.dockerfile").read_text()
+    extra = re.search(r"then (pip install [^;]+) \$EXTRA_PACKAGES", dockerfile)
+    assert extra is not None, "api.dockerfile installs no EXTRA_PACKAGES"
+    plugin = shutil.copytree(PLUGIN, tmp_path / "plugin", ignore=shutil.ignore_patterns("__py*"))
+    done = subprocess.run(
+        [str(python), "-m", *extra.group(1).split(), "--quiet", str(plugin)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    probe = (
+        "import importlib.util as u, sys\n"
+        "from modelcycle.serving.loading import adapter_class\n"
+        "print(adapter_class('blobs').__name__, u.find_spec('torch'), u.find_spec('lightning'))"
+    )
     found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60)
-    assert found.stdout.split() == ["None", "None"], found.stdout + found.stderr
+    assert found.stdout.split() == ["BlobsServing", "None", "None"], found.stdout + found.stderr
     port = free_port()
     env = {
         "PATH": f"{env_dir / 'bin'}:/usr/bin:/bin",

@@ -273,8 +273,11 @@ def test_cli_sweeps_the_tiny_twins_config_and_resumes(tiny_qtim: Path, workspace
     [
         (
             "+sweep.space.task.lrr={type:float,low:0.1,high:1}",
-            r"task.lrr \(did you mean task.lr\?\) is not a key",
+            r"the twins task's config has no task.lrr, .* sweep/space=NAME here\). task.lrr "
+            r"\(did you mean task.lr\?\) is not a key",
         ),
+        # a task that builds its own model, with the default (twins') space
+        ("~model", r"sweep.space.model.hidden: this config has no model group, .* of its own"),
         ("+sweep.space.seed={type:int,low:1,high:9}", "seed cannot be searched"),
         ("+sweep.space.trainer={type:int,low:1,high:9}", "trainer is a whole config section"),
         ("sweep.space.task.lr.low=0.1", r"sweep.space.task.lr: low=0.1 must be below high"),

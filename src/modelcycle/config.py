@@ -908,7 +908,16 @@ def _check_sweepable(cfg: DictConfig, path: str) -> None:
     missing = object()
     value = OmegaConf.select(cfg, path, default=missing)
     if value is missing:
-        raise ConfigError(f"{where}: {not_a_key(cfg, path)}")
+        group = path.split(".")[0]
+        if group in ("task", "data", "model") and OmegaConf.select(cfg, group) is None:
+            said = f"this config has no {group} group"  # the task builds its own
+        else:
+            said = f"the {cfg.task.name} task's config has no {path}"
+        raise ConfigError(
+            f"{where}: {said}, and the search space names it. A task's experiment chooses a "
+            "space of its own (sweep/space/NAME.yaml; `override /sweep/space: NAME` in the "
+            f"experiment, or sweep/space=NAME here). {not_a_key(cfg, path)}"
+        )
     if isinstance(value, DictConfig):
         raise ConfigError(
             f"{where}: {path} is a whole config section; search one of its values, "

@@ -157,7 +157,22 @@ def tasks() -> None:
     runs = experiments_by_task()
     for name in task_names():
         listed = ", ".join(f"experiment={e}" for e in runs.get(name, [])) or f"task={name}"
-        console.print(f"{name:<18} {listed}", soft_wrap=True)
+        console.print(f"{name:<18} {listed}{_provider(name)}", soft_wrap=True, markup=False)
+
+
+def _provider(task: str) -> str:
+    """What `modelcycle tasks` adds after a task of another installed package: where from."""
+    from importlib.metadata import version
+
+    from modelcycle.tasks import BUILTIN
+
+    if task in BUILTIN:  # known without importing the task registry (torch, Lightning)
+        return ""
+    from modelcycle.tasks import get_task
+    from modelcycle.tracking import task_packages
+
+    packages = task_packages(get_task(task))
+    return f"  (from {', '.join(f'{p} {version(p)}' for p in packages)})" if packages else ""
 
 
 @app.command("config")

@@ -107,7 +107,7 @@ def run_tags(task: Task[Any], data_hash: str) -> dict[str, str]:
         "model_name": task.model_name,
         "primary_metric": task.primary_metric,
         "data_hash": data_hash,
-        "packages": json.dumps(package_versions((*LINEAGE_PACKAGES, *task_packages(task)))),
+        "packages": json.dumps(package_versions((*LINEAGE_PACKAGES, *task_packages(type(task))))),
         **code_state(),
     }
 

@@ -347,15 +347,15 @@ def package_versions(names: tuple[str, ...] = LINEAGE_PACKAGES) -> dict[str, str
     return found
 
 
-def task_packages(task: object) -> tuple[str, ...]:
-    """The installed distributions holding `task`'s class, other than modelcycle.
+def task_packages(task_cls: type) -> tuple[str, ...]:
+    """The installed distributions holding a task class, other than modelcycle.
 
     A task from another package (a `modelcycle.tasks` entry point) is that package's code,
     which modelcycle's git SHA does not describe: its version goes to the lineage too.
     """
     from importlib.metadata import packages_distributions
 
-    top = type(task).__module__.partition(".")[0]
+    top = task_cls.__module__.partition(".")[0]
     return tuple(d for d in packages_distributions().get(top, []) if d not in LINEAGE_PACKAGES)
 
 

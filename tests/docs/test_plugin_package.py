@@ -70,7 +70,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
 def test_an_installed_package_brings_its_task_configs_and_adapter(installed: Installed) -> None:
     listed = installed.run("tasks")
     assert listed.returncode == 0, listed.stderr
-    assert any(line.split() == ["blobs", "experiment=blobs"] for line in listed.stdout.splitlines())
+    expected = ["blobs", "experiment=blobs", "(from", "blobs-plugin", "0.1.0)"]
+    assert any(line.split() == expected for line in listed.stdout.splitlines()), listed.stdout
 
     # its task config: its own settings, and none of the default data and model groups
     shown = installed.run("config", "task=blobs", "--check")

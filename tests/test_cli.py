@@ -187,7 +187,7 @@ def test_bad_override_is_one_clear_line() -> None:
 def test_unknown_trainer_key_lists_valid_ones(workspace: Path) -> None:
     result = runner.invoke(app, ["train", "+trainer.max_epoch=3"])
     assert result.exit_code == 2
-    assert "trainer config" in result.stdout and "max_epochs" in result.stdout
+    assert "trainer.max_epoch=3: " in result.stdout and "max_epochs" in result.stdout
     assert "Traceback" not in result.stdout
 
 

@@ -54,8 +54,10 @@ def test_where_one_run_tracked_does_not_decide_where_the_next_config_tracks(
     assert tracking_uri(tracking_settings(cfg), second) == f"sqlite:///{second / 'mlflow.db'}"
 
 
-def test_unknown_serve_key_names_the_group() -> None:
-    with pytest.raises(ConfigError, match=r"serve config.*Valid keys"):
+def test_unknown_serve_key_names_the_key_and_the_ones_it_takes() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^serve\.max_batches=3: .* takes no 'max_batches'; it takes max_batch, "
+    ):
         serve_config(compose_config(["+serve.max_batches=3"]))
 
 
@@ -71,7 +73,7 @@ def test_serve_variant_is_fp32_or_int8_with_a_numeric_drop_limit() -> None:
     assert serve_config(compose_config([])).variant == VariantChoice("fp32", 0.01)
     chosen = serve_config(compose_config(["serve.variant=int8", "serve.int8_max_drop=-0.5"]))
     assert chosen.variant == VariantChoice("int8", -0.5)
-    with pytest.raises(ConfigError, match=r"serve.variant='fp16': choose one of fp32, int8"):
+    with pytest.raises(ConfigError, match=r"^serve\.variant='fp16': choose one of fp32, int8"):
         serve_config(compose_config(["serve.variant=fp16"]))
     with pytest.raises(ConfigError, match=r"serve.int8_max_drop='lots': give a number"):
         serve_config(compose_config(["serve.int8_max_drop=lots"]))
@@ -80,22 +82,22 @@ def test_serve_variant_is_fp32_or_int8_with_a_numeric_drop_limit() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("serve.max_batch=0", r"max_batch=0: give a whole number >= 1 \(1: no batching\)"),
-        ("serve.max_batch=2.5", r"max_batch=2.5: give a whole number >= 1"),
-        ("serve.queue_limit=0", r"queue_limit=0: give a whole number >= 1"),
-        ("serve.body_limit=-5", r"body_limit=-5: give a whole number >= 1 \(bytes\)"),
-        ("serve.threads=-1", r"threads=-1: give a whole number >= 1 \(null in the config"),
-        ("serve.threads=0", r"threads=0: give a whole number >= 1 \(null in the config"),
-        ("serve.max_wait_ms=-1", r"max_wait_ms=-1: give a finite number >= 0 \(0: never"),
-        ("serve.max_wait_ms=soon", r"max_wait_ms='soon': give a finite number >= 0"),
-        ("serve.reload_seconds=-3", r"reload_seconds=-3: give a finite number >= 0"),
-        ("serve.deadline_ms=0", r"deadline_ms=0: give the milliseconds a request may take"),
-        ("serve.deadline_ms=inf", r"deadline_ms=inf: give the milliseconds"),
-        ("serve.api_key=''", r"api_key is empty \(MODELCYCLE_API_KEY set to nothing\?\)"),
-        ("serve.api_key=hunter2", r"api_key has 7 characters; give one of at least 16"),
-        ("serve.port=99999", r"serve.port=99999: give a TCP port number from 1 to 65535"),
-        ("serve.port=0", r"serve.port=0: give a TCP port number"),
-        ("serve.port=http", r"serve.port='http': give a TCP port number"),
+        ("serve.max_batch=0", r"^serve\.max_batch=0: give a whole number >= 1 \(1: no batching\)"),
+        ("serve.max_batch=2.5", r"^serve\.max_batch=2.5: give a whole number >= 1"),
+        ("serve.queue_limit=0", r"^serve\.queue_limit=0: give a whole number >= 1"),
+        ("serve.body_limit=-5", r"^serve\.body_limit=-5: give a whole number >= 1 \(bytes\)"),
+        ("serve.threads=-1", r"^serve\.threads=-1: give a whole number >= 1 \(null in the config"),
+        ("serve.threads=0", r"^serve\.threads=0: give a whole number >= 1 \(null in the config"),
+        ("serve.max_wait_ms=-1", r"^serve\.max_wait_ms=-1: give a finite number >= 0 \(0: never"),
+        ("serve.max_wait_ms=soon", r"^serve\.max_wait_ms='soon': give a finite number >= 0"),
+        ("serve.reload_seconds=-3", r"^serve\.reload_seconds=-3: give a finite number >= 0"),
+        ("serve.deadline_ms=0", r"^serve\.deadline_ms=0: give the milliseconds a request may take"),
+        ("serve.deadline_ms=inf", r"^serve\.deadline_ms=inf: give the milliseconds"),
+        ("serve.api_key=''", r"^serve\.api_key is empty \(MODELCYCLE_API_KEY set to nothing\?\)"),
+        ("serve.api_key=hunter2", r"^serve\.api_key has 7 characters; give one of at least 16"),
+        ("serve.port=99999", r"^serve\.port=99999: give a TCP port number from 1 to 65535"),
+        ("serve.port=0", r"^serve\.port=0: give a TCP port number"),
+        ("serve.port=http", r"^serve\.port='http': give a TCP port number"),
     ],
 )
 def test_a_serve_setting_no_server_could_run_with_names_the_key(
@@ -104,7 +106,8 @@ def test_a_serve_setting_no_server_could_run_with_names_the_key(
     # Each of these used to start a server that never answered (max_batch=0), refused every
     # request (queue_limit=0, deadline_ms=0, body_limit=-5), took any key as the empty one
     # or a word guessed in a few thousand requests,
-    # or listened on another port than it said (99999 is 34463 modulo 65536).
+    # or listened on another port than it said (99999 is 34463 modulo 65536). Each names
+    # its key as the other groups do (`monitor.window=1`), not as "serve config: max_batch=0".
     with pytest.raises(ConfigError, match=message):
         serve_config(compose_config([override]))
 

@@ -40,7 +40,7 @@ def test_an_unsupported_precision_names_the_key_and_the_valid_values(value: str)
     with pytest.raises(ValueError, match=r"trainer\.precision") as raised:
         TrainerSettings(precision=value)
     assert value in str(raised.value) and all(p in str(raised.value) for p in PRECISIONS)
-    with pytest.raises(ConfigError, match=r"trainer config: trainer\.precision=.*32-true"):
+    with pytest.raises(ConfigError, match=r"^trainer\.precision=.*32-true"):
         assemble(compose_config(["experiment=image_rice", f"trainer.precision={value}"]))
 
 

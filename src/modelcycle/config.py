@@ -507,7 +507,10 @@ T = TypeVar("T")
 
 
 def _build(cls: Callable[..., T], group: str, kinds: bool = True, **values: Any) -> T:
-    """Call `cls(**values)`; a key it does not take becomes a ConfigError naming the group.
+    """Call `cls(**values)`; a key it does not take or a value it refuses is a ConfigError.
+
+    An unknown key is named `group.key=value`; a refused value in `cls`'s own words, which
+    name `group.key` (the settings classes do) or follow `group config:`.
 
     With `kinds`, a value of the wrong kind (text for a number) is named first; without, `cls`
     names wrong kinds itself, with its ranges in the message.
@@ -517,12 +520,25 @@ def _build(cls: Callable[..., T], group: str, kinds: bool = True, **values: Any)
     try:
         return cls(**values)
     except TypeError as err:
-        known = ", ".join(
-            p for p in inspect.signature(cls).parameters if p not in ("source", "encoder")
-        )
-        raise ConfigError(f"{group} config: {clause(err)}. Valid keys: {known}.") from err
+        raise ConfigError(_keys_refused(cls, group, values, err)) from err
     except ValueError as err:  # a key it takes, with a value it refuses; the message names both
-        raise ConfigError(f"{group} config: {err}") from err
+        said = str(err)
+        raise ConfigError(
+            said if said.startswith(f"{group}.") else f"{group} config: {said}"
+        ) from err
+
+
+def _keys_refused(
+    cls: Callable[..., Any], group: str, values: dict[str, Any], err: TypeError
+) -> str:
+    """The message for keys `cls` refused: an unknown one named as `group.key=value`."""
+    params = inspect.signature(cls).parameters
+    known = ", ".join(p for p in params if p not in ("source", "encoder"))  # not the group's
+    unknown = sorted(set(values) - set(params))
+    if not unknown:
+        return f"{group} config: {clause(err)}. Valid keys: {known}."
+    key, name = unknown[0], getattr(cls, "__name__", str(cls))
+    return f"{group}.{key}={values[key]!r}: {name} takes no {key!r}; it takes {known}."
 
 
 def check_known(target: Any, group: str, values: dict[str, Any]) -> None:

@@ -130,26 +130,27 @@ class ServeSettings:
         for key, hint in whole.items():
             value = getattr(self, key)
             if not is_whole(value) or value < 1:
-                raise ValueError(f"{key}={value!r}: give a whole number >= 1{hint}.")
+                raise ValueError(f"serve.{key}={value!r}: give a whole number >= 1{hint}.")
         spans = {"max_wait_ms": "0: never wait", "reload_seconds": "0: no hot reload"}
         for key, hint in spans.items():
             value = getattr(self, key)
             if not is_number(value) or not 0 <= value < float("inf"):
-                raise ValueError(f"{key}={value!r}: give a finite number >= 0 ({hint}).")
+                raise ValueError(f"serve.{key}={value!r}: give a finite number >= 0 ({hint}).")
         if not is_number(self.deadline_ms) or not 0 < self.deadline_ms < float("inf"):
             raise ValueError(
-                f"deadline_ms={self.deadline_ms!r}: give the milliseconds a request may take, > 0."
+                f"serve.deadline_ms={self.deadline_ms!r}: give the milliseconds a request may "
+                "take, > 0."
             )
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError(
-                "api_key is empty (MODELCYCLE_API_KEY set to nothing?): set a non-empty key, or "
-                "unset it to serve without one."
+                "serve.api_key is empty (MODELCYCLE_API_KEY set to nothing?): set a non-empty key, "
+                "or unset it to serve without one."
             )
         if self.api_key is not None:  # a key read from a file ends in a newline clients lack
             object.__setattr__(self, "api_key", self.api_key.strip())
             if len(self.api_key) < MIN_KEY_LENGTH:  # never the key itself: logs keep messages
                 raise ValueError(
-                    f"api_key has {len(self.api_key)} characters; give one of at least "
+                    f"serve.api_key has {len(self.api_key)} characters; give one of at least "
                     f'{MIN_KEY_LENGTH}, e.g. a random one from `python -c "import secrets; '
                     f'print(secrets.token_urlsafe(32))"`.'
                 )

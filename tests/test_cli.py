@@ -842,6 +842,43 @@ def test_ctrl_c_is_said_once_under_ddp_by_rank_zero(
     assert ("interrupted: stopped at Ctrl-C" in result.output) is (rank == 0), result.output
 
 
+def test_ctrl_c_in_train_says_the_runs_it_marked_killed(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def pressed(
+        task: object, settings: object, trainer: object, tracker: Tracker, *_: object
+    ) -> None:
+        with tracker.run("twins"), tracker.run("twins-fold0", nested=True):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("modelcycle.pipeline.run_pipeline", pressed)
+    result = runner.invoke(app, ["train", "debug=tiny"])
+    assert result.exit_code == 130
+    said = " ".join(result.output.split())
+    assert "stopped at Ctrl-C; the tracked runs it had open are marked KILLED." in said, said
+
+
+def test_ctrl_c_in_data_prepare_says_what_it_keeps_and_claims_no_runs(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said the tracked runs it had open were marked KILLED: it opens none, and a run an
+    # earlier command of the process marked KILLED is not this one's.
+    tracker = Tracker(TrackingSettings(), workspace)
+    with contextlib.suppress(KeyboardInterrupt), tracker.run("earlier"):
+        raise KeyboardInterrupt
+
+    def pressed(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("modelcycle.data.qtim_functional.prepare_dataset", pressed)
+    result = runner.invoke(app, ["data", "prepare"])
+    assert result.exit_code == 130, result.output
+    said = " ".join(result.output.split())
+    assert "KILLED" not in said and "tracked run" not in said, said
+    assert "stopped at Ctrl-C; the parcel series computed so far are kept in " in said, said
+    assert "partly written" in said
+
+
 def test_a_ctrl_c_during_a_store_write_stops_the_command_once_the_write_is_done(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -903,7 +940,7 @@ def test_ctrl_c_during_training_says_so_exits_130_and_marks_the_runs_killed(
             process.kill()
     said = " ".join(log.read_text().split())
     assert code == 130, said  # not 1: no error took the interruption's place
-    assert "interrupted: stopped at Ctrl-C" in said
+    assert "interrupted: stopped at Ctrl-C; the tracked runs it had open are marked KILLED" in said
     assert "Traceback" not in said.split("interrupted: stopped at Ctrl-C")[-1]
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")

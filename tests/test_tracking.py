@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 import modelcycle
-from modelcycle.tracking import Tracker, TrackingSettings, code_state, git_state
+from modelcycle.tracking import Tracker, TrackingSettings, code_state, git_state, killed_runs
 
 
 def test_an_interrupted_run_ends_killed_and_a_failed_one_failed(tmp_path: Path) -> None:
@@ -32,6 +32,8 @@ def test_an_interrupted_run_ends_killed_and_a_failed_one_failed(tmp_path: Path) 
         raise KeyboardInterrupt
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
     assert status == {"parent": "KILLED", "child": "KILLED", "broken": "FAILED", "done": "KILLED"}
+    # what the command's Ctrl-C line reads: the innermost run is ended first
+    assert killed_runs()[-3:] == [ids["child"], ids["parent"], ids["done"]]
 
 
 def test_an_interruption_stays_one_when_the_store_cannot_take_the_write(
@@ -56,6 +58,7 @@ def test_an_interruption_stays_one_when_the_store_cannot_take_the_write(
     with pytest.raises(KeyboardInterrupt), tracker.run("locked") as run_id:
         raise KeyboardInterrupt
     assert f"Run {run_id} could not be marked KILLED (" in caplog.text
+    assert run_id not in killed_runs()  # the Ctrl-C line does not claim it either
     assert "database is locked" in caplog.text
     assert mlflow.active_run() is None  # nothing left open for the next run
 

@@ -1113,6 +1113,15 @@ def _fetch_synthetic(
     console.print(f"Synthetic QTIM-shaped cohort in {root}", soft_wrap=True)
 
 
+#: What a Ctrl-C leaves of `data prepare`: each parcel series is cached as it is computed
+#: (written then renamed), the outputs are written in place at the end.
+PREPARE_AT_CTRL_C = (
+    "the parcel series computed so far are kept in data.cache_dir, and the next run starts "
+    "from them; the files in the workspace's prepared/qtim-func are an earlier run's, or "
+    "partly written, until a run ends by listing them"
+)
+
+
 @data_app.command("prepare")
 def data_prepare(overrides: Overrides = None) -> None:
     """Rest runs → parcel series (cached, parallel) → connectomes; skipped runs reported."""
@@ -1121,7 +1130,7 @@ def data_prepare(overrides: Overrides = None) -> None:
     from modelcycle.config import ConfigError, check_group, compose_config, workspace_of
     from modelcycle.data.qtim_functional import FunctionalSource, prepare_dataset
 
-    with _clear_errors():
+    with _clear_errors(PREPARE_AT_CTRL_C):
         cfg = compose_config(["experiment=twins_functional", *(overrides or [])])
         if cfg.data.get("_target_") != f"{FunctionalSource.__module__}.FunctionalSource":
             raise ConfigError(
@@ -1243,8 +1252,14 @@ def _say(label: str, style: str, text: object = "") -> None:
 
 
 @contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Turn expected input errors into one red line and exit code 2, not a stack trace."""
+def _clear_errors(at_ctrl_c: str = "") -> Iterator[None]:
+    """Turn expected input errors into one red line and exit code 2, not a stack trace.
+
+    Args:
+        at_ctrl_c: What a Ctrl-C leaves behind, said after "stopped at Ctrl-C" (and after
+            the tracked runs it marked KILLED, when it marked some).
+    """
+    killed_before = len(_killed_runs())
     try:
         yield
     except Exception as err:
@@ -1270,12 +1285,24 @@ def _clear_errors() -> Iterator[None]:
         raise typer.Exit(code=2) from err
     except KeyboardInterrupt as err:
         if is_rank_zero():  # under DDP every rank gets the Ctrl-C; one says so
-            _say(
-                "interrupted:",
-                "yellow",
-                "stopped at Ctrl-C; the tracked runs it had open are marked KILLED.",
-            )
+            killed = len(_killed_runs()) - killed_before
+            _say("interrupted:", "yellow", _stopped(killed, at_ctrl_c))
         raise typer.Exit(code=130) from err  # 128 + SIGINT, as shells report it
+
+
+def _stopped(killed: int, at_ctrl_c: str) -> str:
+    """The Ctrl-C line: the runs it marked KILLED, if any, and what the command leaves."""
+    said = ["stopped at Ctrl-C"]
+    if killed:
+        runs = "runs it had open are" if killed > 1 else "run it had open is"
+        said.append(f"the tracked {runs} marked KILLED")
+    return "; ".join([*said, at_ctrl_c] if at_ctrl_c else said) + "."
+
+
+def _killed_runs() -> list[str]:
+    """The runs this process marked KILLED; none when it never loaded tracking (and MLflow)."""
+    tracking = sys.modules.get("modelcycle.tracking")
+    return tracking.killed_runs() if tracking is not None else []
 
 
 def summary_table(report: CVReport, width: int = 80) -> Table:

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Ids of the runs this process has marked KILLED, oldest first: a command's Ctrl-C line
+#: says runs were ended only when some were (`killed_runs`).
+_killed: list[str] = []
+
 
 @dataclass(frozen=True)
 class TrackingSettings:
@@ -379,5 +383,12 @@ def _end_killed(run_id: str) -> None:
             run_id,
             str(err).splitlines()[0][:200],
         )
+    else:
+        _killed.append(run_id)
     finally:
         store_log.disabled = quiet
+
+
+def killed_runs() -> list[str]:
+    """Ids of the runs this process has marked KILLED at a Ctrl-C, oldest first."""
+    return list(_killed)

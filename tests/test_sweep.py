@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from modelcycle.cli import app
-from modelcycle.config import ConfigError
+from modelcycle.config import ConfigError, compose_config, sweep_config
 from modelcycle.search_space import parse_space
 from modelcycle.sweep import StudySettings, SweepError, SweepResult, TrialRecord, run_sweep
 from modelcycle.tracking import Tracker, TrackingSettings
@@ -206,6 +206,54 @@ def test_unreachable_storage_says_how_to_give_one(tracker: Tracker, tmp_path: Pa
     with pytest.raises(SweepError, match="SQLAlchemy URL") as err:
         run_sweep(missing_driver, parse_space(SPACE), peak, tracker, "score", tmp_path)
     assert ".." not in str(err.value)  # Optuna's own message ends in a full stop
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("BADURL", r"^--storage='BADURL': not a database URL\. Give a SQLAlchemy URL: sqlite:///"),
+        (
+            "postgres://u:secret@h/db",
+            r"^--storage='postgres://u:\*\*\*@h/db': SQLAlchemy knows no ",
+        ),
+        (
+            "postgresql:/u:secret@h/db",
+            r"^--storage='postgresql:/u:\*\*\*@h/db': not a database URL",
+        ),
+        ("postgresql+nodriver://u@h/db", r"knows no database 'postgresql\+nodriver'"),
+        (
+            "sqlite:///no/such/folder/optuna.db",
+            r"the folder no/such/folder does not exist\. Create",
+        ),
+    ],
+)
+def test_a_bad_storage_is_named_before_any_data_is_read(
+    given: str, said: str, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was found only when the study opened, after the data had loaded (seconds to
+    # minutes), and read "Cannot open the study storage <unparsable URL>".
+    def read(*args: object) -> None:
+        raise AssertionError("the data was read before the storage was checked")
+
+    monkeypatch.setattr("modelcycle.config.assemble", read)
+    result = runner.invoke(app, ["sweep", "experiment=twins", "--storage", given])
+    assert result.exit_code == 2, result.stdout
+    assert re.search(said, " ".join(result.stdout.removeprefix("error: ").split())), result.stdout
+    assert "secret" not in result.stdout
+
+
+def test_a_storage_in_the_config_or_with_a_missing_driver_is_named_too(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelcycle.sweep import check_storage
+
+    with pytest.raises(ConfigError, match=r"^sweep\.storage='BADURL': not a database URL"):
+        sweep_config(compose_config(["sweep.storage=BADURL"]))
+    monkeypatch.setitem(sys.modules, "MySQLdb", None)  # the driver mysql:// imports: absent
+    with pytest.raises(SweepError, match=r"its driver, MySQLdb, is not installed.*mysql\+DRIVER"):
+        check_storage("mysql://u:secret@h/db", "--storage", workspace)
+    for fine in ("sqlite:///optuna.db", f"sqlite:///{workspace / 'optuna.db'}", "sqlite://"):
+        check_storage(fine, "--storage", workspace)  # the workspace: the sweep makes it
 
 
 @pytest.mark.slow

@@ -854,10 +854,11 @@ def sweep_config(
     """The `sweep` config group, with command-line values taking precedence over it.
 
     Raises:
-        ConfigError: A search-space entry that is malformed or names no config key.
+        ConfigError: A search-space entry that is malformed or names no config key, or a
+            storage URL that cannot open (checked before any data is read).
     """
     from modelcycle.search_space import SpaceError, parse_space
-    from modelcycle.sweep import StudySettings, SweepError
+    from modelcycle.sweep import StudySettings, SweepError, check_storage
 
     values: dict[str, Any] = OmegaConf.to_container(cfg.sweep, resolve=True)  # type: ignore[assignment]
     workspace = workspace_of(cfg)
@@ -870,6 +871,8 @@ def sweep_config(
             seed=values["seed"],
             pruner=values["pruner"],
         )
+        if storage or values["storage"]:  # not the default: the sweep makes the workspace
+            check_storage(settings.storage, "--storage" if storage else "sweep.storage", workspace)
     except (SpaceError, SweepError) as err:
         raise ConfigError(str(err)) from err
     for param in space:

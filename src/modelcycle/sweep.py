@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import tempfile
 import warnings
@@ -250,7 +251,7 @@ def open_study(
             f"Cannot open the study storage {redact(settings.storage)}: {clause(err)}. Give a "
             "SQLAlchemy "
             "URL such as sqlite:///optuna.db or postgresql://user:password@host/db (PostgreSQL "
-            "needs its driver installed, e.g. pip install psycopg2-binary)."
+            "needs its driver installed, e.g. pip install 'psycopg[binary]')."
         ) from err
     _check_resume(study, metric, space)
     if config is not None:
@@ -376,6 +377,55 @@ def _check_resume(study: Study, metric: str, space: list[Param]) -> None:
                 ) from err
 
 
+def check_storage(url: str, key: str, workspace: Path) -> None:
+    """Refuse a storage URL that cannot open, before the sweep reads any data.
+
+    Checked without connecting: the URL parses, SQLAlchemy knows its database, the driver
+    is installed, and a SQLite file's folder exists (or is the workspace, which the sweep
+    makes). A server's address and credentials are checked when the study opens.
+
+    Raises:
+        SweepError: Naming `key` (--storage or sweep.storage), the URL without its password,
+            what is wrong and what to give.
+    """
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    give = (
+        "Give a SQLAlchemy URL: sqlite:///optuna.db (a file, made when missing) or "
+        "postgresql://user:password@host/db (a server)."
+    )
+    try:
+        parsed = make_url(url)
+        create_engine(parsed).dispose()  # loads the dialect and imports its driver
+    except NoSuchModuleError:
+        wrong = f"SQLAlchemy knows no database {parsed.drivername!r}. {give}"
+    except ArgumentError:
+        wrong = f"not a database URL. {give}"
+    except ImportError as err:
+        wrong = (
+            f"its driver, {err.name}, is not installed. Install it, or name an installed one: "
+            f"{parsed.get_backend_name()}+DRIVER://..."
+        )
+    except (SQLAlchemyError, TypeError, ValueError) as err:
+        wrong = f"{clause(err)}. {give}"
+    else:
+        database = parsed.database or ":memory:"
+        if parsed.get_backend_name() != "sqlite" or database.startswith((":memory:", "file:")):
+            return
+        folder = Path(database).parent
+        if folder.is_dir() or folder.resolve() == workspace.resolve():
+            return
+        wrong = f"the folder {folder} does not exist. Create it, or give a file in another."
+    shown = redact(url) if redact(url) != UNPARSABLE else re.sub(r":[^:/@]*@", ":***@", url)
+    raise SweepError(f"{key}={shown!r}: {wrong}")
+
+
+#: What `redact` gives for a URL SQLAlchemy cannot parse.
+UNPARSABLE = "<unparsable URL>"
+
+
 def redact(url: str) -> str:
     """A storage URL without its password, for logs and tags."""
     from sqlalchemy.engine import make_url
@@ -384,7 +434,7 @@ def redact(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        return "<unparsable URL>"
+        return UNPARSABLE
 
 
 def run_sweep(

@@ -1248,6 +1248,28 @@ def test_the_api_docs_load_their_scripts_from_this_server(client: TestClient) ->
     assert client.get("/redoc").status_code == 404  # its page fetched a logo from a CDN
 
 
+def test_the_docs_source_map_devtools_ask_for_is_an_empty_map(client: TestClient) -> None:
+    # swagger-ui.css names a map FastAPIOffline does not ship: with /docs open, browser
+    # devtools asked for it and logged a 404.
+    css = client.get(f"{DOCS_ASSETS}/swagger-ui.css").text
+    named = re.search(r"sourceMappingURL=([^\s*]+)", css)
+    assert named is not None and named[1] == "swagger-ui.css.map"
+    answer = client.get(f"{DOCS_ASSETS}/{named[1]}")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    assert answer.json() == {
+        "version": 3,
+        "file": "swagger-ui.css",
+        "sources": [],
+        "names": [],
+        "mappings": "",
+    }
+    assert client.head(f"{DOCS_ASSETS}/{named[1]}").status_code == 200
+    # the map of a file not served there, and anything but GET or HEAD, as before
+    assert client.get(f"{DOCS_ASSETS}/no-such.css.map").status_code == 404
+    assert client.get(f"{DOCS_ASSETS}/%2E%2E/core.py.map").status_code == 404  # beside them
+    assert client.post(f"{DOCS_ASSETS}/swagger-ui.css.map").status_code == 405
+
+
 def test_the_address_serve_prints_brackets_an_ipv6_host() -> None:
     from modelcycle.serving.server import served_url
 

@@ -35,7 +35,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from modelcycle.embedding_columns import answer_columns, monitor_columns
 from modelcycle.kinds import is_number, is_whole
@@ -281,11 +283,47 @@ def create_app(
         redirect_slashes=False,
         static_url=DOCS_ASSETS,
     )
+    _answer_source_maps(app)
     app.state.stop_accepting = functools.partial(_stop_accepting, state, metrics)
     app.add_exception_handler(StarletteHTTPException, _allowing_head)
     _add_middleware(app, state, metrics, settings)
     _add_routes(app, state, metrics, settings, drift)
     return app
+
+
+class _DocsAssets(StaticFiles):
+    """Swagger UI's files, and an empty source map for each.
+
+    swagger-ui.css names its map (swagger-ui.css.map), which FastAPIOffline does not ship,
+    and browser devtools ask for it while /docs is open. A map with no sources is what they
+    read as "nothing to map"; an empty 204 would fail their JSON parse instead of the 404.
+    """
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        """The file at `path`; for `ASSET.map`, an empty map when ASSET is one of the files."""
+        try:
+            return await super().get_response(path, scope)
+        except StarletteHTTPException as missing:
+            if missing.status_code != 404 or not path.endswith(".map"):
+                raise
+            asset = path.removesuffix(".map")
+            await super().get_response(asset, scope)  # not one of the files: its 404
+        name = asset.rsplit("/", 1)[-1]
+        return JSONResponse(
+            {"version": 3, "file": name, "sources": [], "names": [], "mappings": ""}
+        )
+
+
+def _answer_source_maps(app: FastAPI) -> None:
+    """Serve the docs' files with `_DocsAssets` in place of FastAPIOffline's StaticFiles."""
+    for i, route in enumerate(app.router.routes):
+        if (
+            isinstance(route, Mount)
+            and route.path == DOCS_ASSETS
+            and isinstance(route.app, StaticFiles)
+        ):
+            assets = _DocsAssets(directory=route.app.directory)
+            app.router.routes[i] = Mount(DOCS_ASSETS, assets, name=route.name)
 
 
 def _not_ready(state: _State, metrics: ServerMetrics) -> None:

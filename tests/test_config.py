@@ -1,4 +1,5 @@
 import os
+from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from modelcycle.config import (
 from modelcycle.data.qtim import QTIMSource
 from modelcycle.data.tables import DataError
 from modelcycle.serving.loading import VariantChoice
+from modelcycle.tasks import base
+from modelcycle.tasks.twins import TwinsTask
 from modelcycle.tracking import Tracker, TrackingSettings, tracking_uri
 
 
@@ -55,9 +58,8 @@ def test_where_one_run_tracked_does_not_decide_where_the_next_config_tracks(
 
 
 def test_unknown_serve_key_names_the_key_and_the_ones_it_takes() -> None:
-    with pytest.raises(
-        ConfigError, match=r"^serve\.max_batches=3: .* takes no 'max_batches'; it takes max_batch, "
-    ):
+    said = r"^serve\.max_batches=3: .* takes no 'max_batches'; it takes api_key, body_limit, "
+    with pytest.raises(ConfigError, match=said + r".*max_batch, "):
         serve_config(compose_config(["+serve.max_batches=3"]))
 
 
@@ -473,3 +475,49 @@ def test_a_task_that_builds_from_a_data_group_is_refused_a_config_without_one() 
         assemble(compose_config(["~data"]))
     with pytest.raises(ConfigError, match=r"^model: the twins task builds from a model group"):
         assemble(compose_config(["~model"]))
+
+
+class TwinsWithoutPlots(TwinsTask):
+    """A task whose author left two methods of the contract out."""
+
+    @abstractmethod
+    def plot(self, *args: object) -> list[Path]: ...
+
+    @abstractmethod
+    def baseline(self, *args: object) -> base.Evaluation: ...
+
+
+class TwinsWithABug(TwinsTask):
+    """A task whose constructor raises a TypeError of its own."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lr = self.lr + "0"  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("task", [TwinsWithoutPlots, TwinsWithABug])
+def test_a_task_class_at_fault_is_not_called_a_config_error(
+    task: type[TwinsTask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any TypeError of the constructor read "task config: ... Valid keys: ...", a class left
+    # abstract too: "task config: Can't instantiate abstract class ...".
+    monkeypatch.setitem(base._REGISTRY, "at_fault", task)
+    cfg = compose_config(["experiment=twins", "task.name=at_fault"])
+    if task is TwinsWithoutPlots:
+        with pytest.raises(
+            ConfigError, match=r"^The task class (tests\.)?test_config:TwinsWithoutPlots "
+        ) as err:
+            assemble(cfg)
+        assert "does not implement baseline, plot of the task contract; add them" in str(err.value)
+        assert "docs/add-a-task.md" in str(err.value) and "Valid keys" not in str(err.value)
+    else:  # the bug as it is, where it is
+        with pytest.raises(TypeError, match="unsupported operand type"):
+            assemble(cfg)
+
+
+def test_a_key_the_task_or_the_task_it_passes_keys_on_to_does_not_take_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"^task\.foo=1: TwinsTask takes no 'foo'; it takes "):
+        assemble(compose_config(["experiment=twins", "+task.foo=1"]))
+    # its **kwargs go on to TwinsTask's: the keys of both, not "kwargs"
+    with pytest.raises(ConfigError, match=r"takes no 'foo'; it takes .*lr.*regress_covariates"):
+        assemble(compose_config(["experiment=twins_functional", "+task.foo=1"]))

@@ -510,17 +510,19 @@ def _build(cls: Callable[..., T], group: str, kinds: bool = True, **values: Any)
     """Call `cls(**values)`; a key it does not take or a value it refuses is a ConfigError.
 
     An unknown key is named `group.key=value`; a refused value in `cls`'s own words, which
-    name `group.key` (the settings classes do) or follow `group config:`.
+    name `group.key` (the settings classes do) or follow `group config:`. The keys, and
+    whether `cls` is left abstract, are checked before the constructor runs: a TypeError from
+    inside it is a bug of the class, not of the config, and is raised as it is.
 
     With `kinds`, a value of the wrong kind (text for a number) is named first; without, `cls`
     names wrong kinds itself, with its ranges in the message.
     """
+    _check_implemented(cls, group)
     if kinds:
         check_kinds(cls, group, values)
+    _check_keys(cls, group, values)
     try:
         return cls(**values)
-    except TypeError as err:
-        raise ConfigError(_keys_refused(cls, group, values, err)) from err
     except ValueError as err:  # a key it takes, with a value it refuses; the message names both
         said = str(err)
         raise ConfigError(
@@ -528,17 +530,46 @@ def _build(cls: Callable[..., T], group: str, kinds: bool = True, **values: Any)
         ) from err
 
 
-def _keys_refused(
-    cls: Callable[..., Any], group: str, values: dict[str, Any], err: TypeError
-) -> str:
-    """The message for keys `cls` refused: an unknown one named as `group.key=value`."""
-    params = inspect.signature(cls).parameters
-    known = ", ".join(p for p in params if p not in ("source", "encoder"))  # not the group's
-    unknown = sorted(set(values) - set(params))
-    if not unknown:
-        return f"{group} config: {clause(err)}. Valid keys: {known}."
-    key, name = unknown[0], getattr(cls, "__name__", str(cls))
-    return f"{group}.{key}={values[key]!r}: {name} takes no {key!r}; it takes {known}."
+def _check_implemented(cls: Callable[..., Any], group: str) -> None:
+    """Refuse a class with abstract methods left (Python's TypeError read as a config error)."""
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        them = "them" if len(missing) > 1 else "it"
+        raise ConfigError(
+            f"The {group} class {cls.__module__}:{cls.__qualname__} does not implement "
+            f"{', '.join(missing)} of the {group} contract; add {them} (docs/add-a-task.md "
+            "says what each does)."
+        )
+
+
+def _check_keys(cls: Callable[..., Any], group: str, values: dict[str, Any]) -> None:
+    """Refuse a key `cls` does not take, named as `group.key=value`, or one it needs, unset."""
+    takes = _keys_taken(cls)
+    known = ", ".join(k for k in sorted(takes or ()) if k not in ("source", "encoder"))
+    unknown = sorted(set(values) - takes) if takes is not None else []
+    if unknown:
+        key, name = unknown[0], getattr(cls, "__name__", str(cls))
+        raise ConfigError(
+            f"{group}.{key}={values[key]!r}: {name} takes no {key!r}; it takes {known}."
+        )
+    try:
+        inspect.signature(cls).bind(**values)
+    except TypeError as err:  # a key it needs and the config does not set
+        raise ConfigError(f"{group} config: {clause(err)}. Valid keys: {known}.") from err
+
+
+def _keys_taken(cls: Callable[..., Any]) -> set[str] | None:
+    """The keywords `cls` takes, following `**kwargs` on to its bases' (None: any)."""
+    taken: set[str] = set()
+    for owner in getattr(cls, "__mro__", (cls,)):
+        init = vars(owner).get("__init__") if isinstance(owner, type) else owner
+        if owner is object or init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        taken |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if all(p.kind is not p.VAR_KEYWORD for p in params):
+            return taken - {"self"}
+    return None
 
 
 def check_known(target: Any, group: str, values: dict[str, Any]) -> None:

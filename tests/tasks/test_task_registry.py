@@ -33,6 +33,32 @@ def test_lookup_by_name_and_unknown_lists_valid(blobs: ModuleType) -> None:
         get_task("nope")
 
 
+def test_an_unknown_task_whose_module_is_in_the_package_says_to_name_it_in_builtin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module added under modelcycle/tasks/ and not named in BUILTIN read "Unknown task",
+    # though its file was right there.
+    import sys
+
+    import modelcycle.tasks
+
+    (tmp_path / "orbits.py").write_text("raise AssertionError('imported to give a hint')\n")
+    monkeypatch.setattr(modelcycle.tasks, "__path__", [*modelcycle.tasks.__path__, str(tmp_path)])
+    with pytest.raises(KeyError, match=r"Unknown task 'orbits'\. Registered tasks: .*\.") as err:
+        get_task("orbits")
+    said = str(err.value)
+    assert "modelcycle.tasks.orbits exists, but only the modules BUILTIN names are loaded" in said
+    assert 'add "orbits": BuiltinTask("modelcycle.tasks.orbits", "<module>:<Class>' in said
+    assert "to BUILTIN in modelcycle/tasks/__init__.py" in said
+    assert "serving adapter" in said and "'modelcycle.tasks' entry point" in said
+    assert "modelcycle.tasks.orbits" not in sys.modules
+    # modules of the package that are no task's: the plain message
+    for name in ("twins_serving", "base", "nope", "no.such"):
+        with pytest.raises(KeyError) as err:
+            get_task(name)
+        assert "BUILTIN" not in str(err.value), name
+
+
 def test_duplicate_names_are_errors(blobs: ModuleType) -> None:
     class Other(blobs.BlobsTask):  # type: ignore[name-defined]
         pass

@@ -277,4 +277,22 @@ def get_task(name: str) -> type[Task[Any]]:
         return _REGISTRY[name]
     except KeyError:
         valid = ", ".join(sorted(_REGISTRY)) or "(none)"
-        raise UnknownTaskError(f"Unknown task {name!r}. Registered tasks: {valid}.") from None
+        said = f"Unknown task {name!r}. Registered tasks: {valid}.{_unlisted(name)}"
+        raise UnknownTaskError(said) from None
+
+
+def _unlisted(name: str) -> str:
+    """A hint when a module `modelcycle.tasks.<name>` exists (found, not imported) unlisted."""
+    from importlib.util import find_spec
+
+    module = f"{__package__}.{name}"
+    listed = {__name__, *(b.module for b in BUILTIN.values())}
+    listed |= {b.adapter.split(":")[0] for b in BUILTIN.values()}
+    if not name.isidentifier() or module in listed or find_spec(module) is None:
+        return ""
+    return (
+        f" {module} exists, but only the modules BUILTIN names are loaded: add "
+        f'"{name}": BuiltinTask("{module}", "<module>:<Class> of its serving adapter") to '
+        "BUILTIN in modelcycle/tasks/__init__.py. A task of another package registers "
+        f"through the {ENTRY_POINT_GROUP!r} entry point instead (docs/add-a-task.md)."
+    )

@@ -502,7 +502,8 @@ def test_a_task_class_at_fault_is_not_called_a_config_error(
     # Any TypeError of the constructor read "task config: ... Valid keys: ...", a class left
     # abstract too: "task config: Can't instantiate abstract class ...".
     monkeypatch.setitem(base._REGISTRY, "at_fault", task)
-    cfg = compose_config(["experiment=twins", "task.name=at_fault"])
+    cfg = compose_config(["experiment=twins"])
+    cfg.task.name = "at_fault"  # the twins settings, given to the class at fault
     if task is TwinsWithoutPlots:
         with pytest.raises(
             ConfigError, match=r"^The task class (tests\.)?test_config:TwinsWithoutPlots "

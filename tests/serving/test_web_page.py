@@ -58,8 +58,8 @@ def chromium_page(height: int = 800) -> Iterator[tuple[Page, list[str]]]:
             browser.close()
 
 
-def server_error(server: Server, body: str) -> str:
-    """What the page should show for `body`: the server's own status and message."""
+def server_error(server: Server, body: str) -> tuple[int, str]:
+    """The server's own status and message for `body`."""
     response = httpx.post(
         f"{server.url}/v1/models/twins/predict",
         content=body,
@@ -67,15 +67,17 @@ def server_error(server: Server, body: str) -> str:
         timeout=10,
     )
     assert response.status_code >= 400, response.text
-    return f"Error {response.status_code}: {response.json()['detail']}"
+    return response.status_code, response.json()["detail"]
 
 
-def check_error_shown(page: Page, server: Server, body: str) -> None:
-    """Send `body` from the page; the result box must turn red and show the server's error."""
+def check_error_shown(page: Page, server: Server, body: str, about: str) -> None:
+    """Send `body` from the page; the result box must turn red and say in words what went
+    wrong (`about`), then the server's status and message on a line of its own."""
     page.fill("#request", body)
     page.click("#predict")
+    status, detail = server_error(server, body)
     expect(page.locator("#result")).to_have_class("error")
-    expect(page.locator("#result")).to_have_text(server_error(server, body))
+    expect(page.locator("#result")).to_have_text(f"{about} (error {status}):\n{detail}")
     expect(page.locator("#prediction")).to_have_count(0)
 
 
@@ -135,15 +137,31 @@ def test_web_page_predicts_and_shows_errors(
             expect(page.locator("#preview")).to_be_hidden()  # no image in a twins request
             page.screenshot(path=ARTIFACTS / "web_page.png", full_page=True)
 
-            check_error_shown(page, server, "{not json")
+            check_error_shown(page, server, "{not json", "The request is not valid JSON")
             nan = re.sub(r"-?\d+\.\d+(e-?\d+)?", "NaN", json.dumps(example), count=1)
             assert "NaN" in nan, "the example holds no number to replace"
-            check_error_shown(page, server, nan)
+            check_error_shown(page, server, nan, "The model cannot use this input")
             # an error of the body as a whole has no place to name (it showed "422: : ...")
             page.fill("#request", "[1]")
             page.click("#predict")
             expect(page.locator("#result")).to_have_text(
-                re.compile(r"^Error 422: the body: Input should be ")
+                re.compile(r"^The model cannot use this input \(error 422\):\s+the body: Input ")
+            )
+            # Several problems: each on a line of its own (they ran together on one line)
+            broken = {"a": {**example["a"], "age": "25"}, "b": {"age": 30, "sex": "F"}}
+            page.fill("#request", json.dumps(broken))
+            page.click("#predict")
+            expect(page.locator("#result")).to_have_class("error")
+            assert page.inner_text("#result").splitlines() == [
+                "The model cannot use this input (error 422):",
+                "a.age: Input should be a valid number",
+                "b.measures: Field required",
+            ]
+            # An empty request box is not sent: the page says what to do
+            page.fill("#request", "  ")
+            page.click("#predict")
+            expect(page.locator("#result")).to_have_text(
+                "The request is empty: choose an example above, or write a request."
             )
 
             # An example picked from the list replaces the edited request and predicts again;
@@ -180,10 +198,14 @@ def test_web_page_with_an_api_key_asks_for_it_then_predicts(
         chromium_page() as (page, script_errors),
     ):
         page.goto(f"{server.url}/")
-        # Without the key the page cannot list the models, and says where the key goes.
+        # Without the key the page cannot list the models, says where the key goes (not
+        # which header to send, which the page sends) and takes the keyboard there.
         expect(page.locator("#result")).to_have_class("error")
-        expect(page.locator("#result")).to_contain_text("Missing or wrong API key")
-        expect(page.locator("#result")).to_contain_text("enter it below")
+        expect(page.locator("#result")).to_have_text(
+            "Could not list the models. This server needs an API key: enter it in the API key "
+            "field."
+        )
+        expect(page.locator("#key")).to_be_focused()
         expect(page.locator("#model option")).to_have_count(0)
         page.fill("#key", "s3cret-serving-key")
         # Press Predict and hold it a while, as a slow hand (or a busy machine) does: the
@@ -207,7 +229,7 @@ def test_web_page_with_an_api_key_asks_for_it_then_predicts(
         # Leaving the key field for another (Tab), or pressing Enter in it, lists the models.
         for leave in ("Tab", "Enter"):
             page.reload()
-            expect(page.locator("#result")).to_contain_text("Missing or wrong API key")
+            expect(page.locator("#result")).to_contain_text("needs an API key")
             page.fill("#key", "s3cret-serving-key")
             page.press("#key", leave)
             expect(page.locator("#model option")).to_have_count(1)
@@ -219,7 +241,16 @@ def test_web_page_with_an_api_key_asks_for_it_then_predicts(
         page.press("#key", "Enter")
         expect(page.locator("#result")).to_have_class("error")
         expect(page.locator("#result")).to_have_text(
-            f"Could not list models: 431: The request line and headers exceed {HEAD_LIMIT} bytes."
+            "Could not list the models. The API key, or another header, is longer than this "
+            f"server takes (error 431):\nThe request line and headers exceed {HEAD_LIMIT} bytes."
+        )
+        # A wrong key is said to be wrong, not missing
+        page.reload()
+        page.fill("#key", "not-the-serving-key")
+        page.press("#key", "Enter")
+        expect(page.locator("#result")).to_have_text(
+            "Could not list the models. The API key was not accepted: check it and enter it "
+            "again in the API key field."
         )
         # The API docs of a keyed server: Authorize takes the key, and "Try it out" sends it
         # (the document declared no key, so every call from /docs was answered 401).

@@ -70,7 +70,9 @@ def test_drop_an_image_and_see_top_k(tmp_path: Path) -> None:
         )
         page.dispatch_event("#drop", "drop", {"dataTransfer": text})
         expect(page.locator("#result")).to_have_class("error")
-        expect(page.locator("#result")).to_contain_text("Error 415")
+        expect(page.locator("#result")).to_contain_text(
+            "The model does not take this kind of input (error 415):"
+        )
 
         # an example: its image is shown, and the answer says it is for that example
         page.select_option("#example", index=1)

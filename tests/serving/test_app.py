@@ -234,6 +234,16 @@ def test_the_answer_has_the_shape_the_document_and_the_listing_give(client: Test
     listed = client.get("/v1/models").json()["models"][0]
     assert schema["properties"]["outputs"] == listed["answer_schema"]
     assert listed["answer_schema"]["required"] == ["probability", "similarity"]
+    # what each number means, for the web page and clients (it said "probability: 0.8000")
+    probability = listed["answer_schema"]["properties"]["probability"]
+    assert probability["title"] == "twin-like pair" and (
+        probability["minimum"],
+        probability["maximum"],
+    ) == (0, 1)
+    assert (
+        "twin-like pair (same family, same age) rather than unrelated" in probability["description"]
+    )
+    assert "Cosine similarity" in listed["answer_schema"]["properties"]["similarity"]["description"]
     assert schema["properties"]["version"]["examples"] == ["1"]
     answer = _post(client, _example(client)).json()
     jsonschema.Draft202012Validator(schema).validate(answer)

@@ -10,13 +10,33 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelcycle.data.features import ResidualStandardizer
-from modelcycle.serving.adapter import PlausibleRange, RequestError, ServingAdapter
+from modelcycle.serving.adapter import SHARE, PlausibleRange, RequestError, ServingAdapter
 
 # Strict: numbers only (an int is fine; "12" or true is not), never NaN or infinity, and
 # within float32 range: the model takes float32, where a larger number becomes infinity.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 Finite = Annotated[float, Field(allow_inf_nan=False, strict=True, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 MAX_MISSING = 0.2  # the training cohort excluded subjects missing more than this share
+#: What a pair model's answers mean: the answer schema's titles and descriptions, which
+#: GET /v1/models, the OpenAPI document and the web page show.
+PAIR_OUTPUTS: dict[str, dict[str, Any]] = {
+    "probability": SHARE
+    | {
+        "title": "twin-like pair",
+        "description": (
+            "Probability that a and b are a twin-like pair (same family, same age) rather "
+            "than unrelated, for a pair that is one or the other at even odds"
+        ),
+    },
+    "similarity": {
+        "type": "number",  # no bounds: float rounding may pass 1 by an ulp
+        "title": "similarity",
+        "description": (
+            "Cosine similarity of the model's embeddings of a and b, from -1 to 1: the "
+            "higher, the more alike their brains"
+        ),
+    },
+}
 
 
 class Person(BaseModel):
@@ -85,6 +105,14 @@ class PairServing(ServingAdapter):
     @abstractmethod
     def _brain_data(self, row: np.ndarray) -> dict[str, Any]:
         """The request fields of one person's brain data, from their model row."""
+
+    def answer_schema(self, shapes: dict[str, list[Any]]) -> dict[str, Any]:
+        """The default numbers, each said what it means (`PAIR_OUTPUTS`)."""
+        schema = super().answer_schema(shapes)
+        for name, number in schema["properties"].items():
+            if number == {"type": "number"} and name in PAIR_OUTPUTS:
+                schema["properties"][name] = PAIR_OUTPUTS[name]
+        return schema
 
     def held_out_metric(self, outputs: dict[str, np.ndarray], target: np.ndarray | None) -> float:
         """ROC-AUC of the probability against the held-out pairs' labels."""

@@ -1,0 +1,82 @@
+"""The web page of a server with several models (an image classifier and twins), in real
+headless Chromium against `modelcycle serve`: switching models, uploads the model cannot
+take, and a model whose alias moves while the page is open."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Page, expect
+from test_web_page import ARTIFACTS, TWIN_LIKE, chromium_page
+
+from image_fixtures import publish_image
+from modelcycle.registry import Registry
+from modelcycle.tracking import Tracker, TrackingSettings
+from server_process import Server, free_port, serve_command, started
+from serving_fixtures import publish
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tracker]:
+    """A workspace with image@champion (a tiny rice classifier) and twins@champion."""
+    tmp = tmp_path_factory.mktemp("two-models")
+    tracker = Tracker(TrackingSettings(), tmp / "ws")
+    publish_image(tmp, tracker)
+    publish(tmp, tracker, 0.95, seed=0)
+    Registry(tracker.uri).promote("twins")
+    return tmp / "ws", tracker
+
+
+@contextmanager
+def serving_both(root: Path, log: Path, *extra: str) -> Iterator[Server]:
+    """`modelcycle serve image@champion twins@champion` on a free loopback port."""
+    port = free_port()
+    command = serve_command(root, port, *extra, reference="image@champion")
+    command.insert(command.index("image@champion") + 1, "twins@champion")
+    with started(command, log, f"http://127.0.0.1:{port}") as server:
+        yield server
+
+
+def choose(page: Page, model: str) -> None:
+    """Pick `model` in the list and wait until its examples are in."""
+    page.select_option("#model", model)
+    expect(page.locator("#example option").first).to_be_attached()
+
+
+def test_switching_models_clears_the_other_model_s_answer(
+    two_models: tuple[Path, Tracker], tmp_path: Path
+) -> None:
+    root, _ = two_models
+    with (
+        serving_both(root, tmp_path / "server.log") as server,
+        chromium_page(height=900) as (page, errors),
+    ):
+        try:
+            page.goto(f"{server.url}/")
+            expect(page.locator("#model option")).to_have_text(
+                ["image@champion (version 1)", "twins@champion (version 1)"]
+            )
+            choose(page, "image")
+            page.click("#predict")
+            expect(page.locator("#topk li")).to_have_count(5)
+            # another model chosen: the image model's answer is not left under it
+            choose(page, "twins")
+            expect(page.locator("#result")).to_have_text("")
+            expect(page.locator("#drop")).to_be_hidden()
+            page.click("#predict")
+            expect(page.locator("#prediction")).to_have_text(TWIN_LIKE)
+            choose(page, "image")
+            expect(page.locator("#prediction")).to_have_count(0)
+            page.screenshot(path=ARTIFACTS / "web_page_models.png", full_page=True)
+        except BaseException:
+            page.screenshot(path=ARTIFACTS / "web_page_models_failure.png", full_page=True)
+            raise
+        assert not errors, f"the page raised: {errors}"

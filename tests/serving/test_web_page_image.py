@@ -62,7 +62,7 @@ def test_drop_an_image_and_see_top_k(tmp_path: Path) -> None:
         expect(page.locator("#topk li")).to_have_text(first)
         expect(page.locator("#for")).to_have_text("for your file grain.png")
 
-        # a text file dropped: the server's 415 is shown in red
+        # a text file dropped: not sent, and said in words (not the server's media types)
         text = page.evaluate_handle(
             """() => { const t = new DataTransfer();
                t.items.add(new File(['hello'], 'notes.txt', {type: 'text/plain'}));
@@ -70,9 +70,12 @@ def test_drop_an_image_and_see_top_k(tmp_path: Path) -> None:
         )
         page.dispatch_event("#drop", "drop", {"dataTransfer": text})
         expect(page.locator("#result")).to_have_class("error")
-        expect(page.locator("#result")).to_contain_text(
-            "The model does not take this kind of input (error 415):"
+        expect(page.locator("#result")).to_have_text(
+            "notes.txt is a text/plain file, not an image this model takes: choose a JPEG or "
+            "PNG image."
         )
+        # the preview is the request box's example again, what Predict now sends
+        expect(page.locator("#preview")).to_have_attribute("src", re.compile(r"^data:image/"))
 
         # an example: its image is shown, and the answer says it is for that example
         page.select_option("#example", index=1)

@@ -80,3 +80,28 @@ def test_switching_models_clears_the_other_model_s_answer(
             page.screenshot(path=ARTIFACTS / "web_page_models_failure.png", full_page=True)
             raise
         assert not errors, f"the page raised: {errors}"
+
+
+def test_a_file_larger_than_the_server_takes_is_named_with_its_size(
+    two_models: tuple[Path, Tracker], tmp_path: Path
+) -> None:
+    root, _ = two_models
+    photo = tmp_path / "photo.png"  # noise does not compress: about 150 kB
+    noise = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(photo)
+    size = photo.stat().st_size
+    with (
+        serving_both(root, tmp_path / "server.log", "serve.body_limit=100000") as server,
+        chromium_page(height=900) as (page, errors),
+    ):
+        page.goto(f"{server.url}/")
+        choose(page, "image")
+        page.set_input_files("#image", str(photo))
+        expect(page.locator("#result")).to_have_class("error")
+        # it said only "Request body is larger than 100,000 bytes, this server's
+        # serve.body_limit": a setting of the server, not what to do with the photo
+        assert page.inner_text("#result").splitlines()[0] == (
+            f"photo.png is {size / 1e6:.1f} MB, larger than this server takes: send a smaller "
+            "image (fewer pixels, or saved as JPEG) (error 413):"
+        )
+        assert not errors, f"the page raised: {errors}"

@@ -4,7 +4,7 @@ take, and a model whose alias moves while the page is open."""
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +18,8 @@ from test_web_page import ARTIFACTS, TWIN_LIKE, chromium_page
 from image_fixtures import publish_image
 from modelcycle.registry import Registry
 from modelcycle.tracking import Tracker, TrackingSettings
-from server_process import Server, free_port, serve_command, started
-from serving_fixtures import publish
+from server_process import Server, free_port, running_server, serve_command, started
+from serving_fixtures import ServedWorkspace, publish
 
 pytestmark = pytest.mark.slow
 
@@ -104,4 +104,34 @@ def test_a_file_larger_than_the_server_takes_is_named_with_its_size(
             f"photo.png is {size / 1e6:.1f} MB, larger than this server takes: send a smaller "
             "image (fewer pixels, or saved as JPEG) (error 413):"
         )
+        assert not errors, f"the page raised: {errors}"
+
+
+def test_the_page_follows_an_alias_moved_while_it_is_open(
+    two_versions: ServedWorkspace, tmp_path: Path
+) -> None:
+    reload = ("serve.reload_seconds=1",)
+    with (
+        running_server(two_versions.root, tmp_path / "server.log", extra=reload) as server,
+        chromium_page() as (page, errors),
+    ):
+        page.goto(f"{server.url}/")
+        expect(page.locator("#model option")).to_have_text(["twins@champion (version 1)"])
+        page.click("#predict")
+        expect(page.locator("#version")).to_have_text("model twins, version 1")
+        two_versions.registry.promote("twins")  # champion: the challenger, version 2
+        deadline = time.monotonic() + 60
+        while "version 2" not in page.inner_text("#version"):  # the server reloads within ~1 s
+            assert time.monotonic() < deadline, f"never answered by version 2; {server.output()}"
+            page.wait_for_timeout(500)
+            page.click("#predict")
+            expect(page.locator("#version")).to_be_visible()
+        # the list named version 1 beside version 2's answers
+        expect(page.locator("#model option")).to_have_text(["twins@champion (version 2)"])
+        expect(page.locator("#moved")).to_have_text(
+            "twins@champion moved from version 1 to version 2 since the page listed it"
+        )
+        page.click("#predict")
+        expect(page.locator("#moved")).to_have_count(0)  # said once
+        page.screenshot(path=ARTIFACTS / "web_page_moved.png", full_page=True)
         assert not errors, f"the page raised: {errors}"

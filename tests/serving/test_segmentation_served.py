@@ -173,6 +173,8 @@ def test_the_page_draws_the_mask_of_an_example_and_of_a_file(
             re.compile(rf"^{share} · {share} · {share}$")
         )
         expect(page.locator("#legend span")).to_have_count(3)
+        # each class an item of its own (the names were read as one word, "othertumorstroma")
+        expect(page.locator("#legend li")).to_have_text(["other", "tumor", "stroma"])
         expect(page.locator("#version")).to_contain_text("version 1")
         drawn = page.evaluate(
             "() => { const m = document.getElementById('mask');"

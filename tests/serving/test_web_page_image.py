@@ -41,6 +41,9 @@ def test_drop_an_image_and_see_top_k(tmp_path: Path) -> None:
         expect(page.locator("#version")).to_contain_text("version 1")
         expect(page.locator("#preview")).to_be_visible()
         expect(page.locator("#for")).to_have_text("for your file grain.png")
+        expect(page.locator("#preview")).to_have_attribute("alt", "your file grain.png")
+        expect(page.locator("#result")).to_have_role("status")  # read out when it changes
+        expect(page.locator("#result")).not_to_have_attribute("aria-busy", "true")
         page.screenshot(path=ARTIFACTS / "web_page_image.png", full_page=True)
 
         # dropping a file: the same request, the same answer

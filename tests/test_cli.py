@@ -157,7 +157,7 @@ def test_config_check_bounds_the_graph_sizes_by_the_atlas_parcels(
         ("serve.port=99999", "serve.port=99999: give a TCP port number"),
         ("serve.capture=maybe", "serve.capture='maybe': give true or false"),
         ("monitor.window=abc", "monitor.window='abc': give a whole number"),
-        ("loadtest.max_error_rate=2", "max_error_rate=2: give a share from 0 to 1"),
+        ("loadtest.max_error_rate=2", "loadtest.max_error_rate=2: give the largest share"),
     ],
 )
 def test_config_check_refuses_what_serve_monitor_and_loadtest_would(

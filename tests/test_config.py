@@ -273,17 +273,10 @@ def test_a_source_refusing_its_settings_is_quoted_without_hydras_wrapping() -> N
     ("build", "override", "message"),
     [
         (monitor_config, "monitor.window=abc", r"monitor.window='abc': give a whole number"),
-        (
-            monitor_config,
-            "monitor.window=1",
-            r"monitor.window=1: give a whole number of captures >= 2",
-        ),
         (monitor_config, "monitor.interval_seconds=abc", r"interval_seconds='abc': give the"),
-        (monitor_config, "monitor.interval_seconds=-1", r"interval_seconds=-1: give the seconds"),
         (monitor_config, "monitor.alpha=abc", r"monitor.alpha='abc': give a number\."),
         (monitor_config, "monitor.min_captures=x", r"monitor.min_captures='x': give a whole"),
         (loadtest_config, "loadtest.duration_s=x", r"loadtest.duration_s='x': give a number"),
-        (loadtest_config, "loadtest.p99_ms=0", r"p99_ms=0: give the milliseconds, above 0"),
         (serve_config, "serve.capture=abc", r"serve.capture='abc': give true or false"),
         (serve_config, "serve.workers=true", r"serve.workers=True: give a whole number"),
         (serve_config, "workspace=5", r"workspace=5: give a folder path"),
@@ -305,6 +298,60 @@ def test_a_command_setting_of_the_wrong_kind_or_range_is_named(
     # registry.hooks=abc and sweep.space=abc.
     with pytest.raises(ConfigError, match=message):
         build(compose_config([override]))
+
+
+@pytest.mark.parametrize(
+    ("build", "override", "message"),
+    [
+        (monitor_config, "monitor.alpha=2", r"monitor\.alpha=2: give the chance of a false alarm"),
+        (monitor_config, "monitor.alpha=0", r"monitor\.alpha=0: give .* above 0 and below 1"),
+        (monitor_config, "monitor.alpha=nan", r"monitor\.alpha=nan: give .* below 1; 0.05 is"),
+        (
+            monitor_config,
+            "monitor.min_captures=1",
+            r"monitor\.min_captures=1: give a whole .* >= 2",
+        ),
+        (monitor_config, "monitor.window=1", r"monitor\.window=1: give a whole number of captures"),
+        (monitor_config, "~monitor.window", r"monitor\.window=None: give a whole number"),
+        (monitor_config, "monitor.interval_seconds=-1", r"monitor\.interval_seconds=-1: give the"),
+        (monitor_config, "+monitor.every=5", r"monitor\.every=5: the monitor group takes no"),
+        (loadtest_config, "loadtest.p99_ms=0", r"loadtest\.p99_ms=0: give the largest 99th-perc"),
+        (loadtest_config, "loadtest.max_error_rate=2", r"loadtest\.max_error_rate=2: give the "),
+        (loadtest_config, "loadtest.min_rps=-1", r"loadtest\.min_rps=-1: give the fewest requests"),
+        (loadtest_config, "loadtest.users=0", r"loadtest\.users=0: give the number of concurrent"),
+        (loadtest_config, "loadtest.spawn_rate=0", r"loadtest\.spawn_rate=0: give the users sta"),
+        (loadtest_config, "loadtest.spawn_rate=inf", r"loadtest\.spawn_rate=inf: give .* finite"),
+        (loadtest_config, "loadtest.duration_s=-1", r"loadtest\.duration_s=-1: give the seconds"),
+        (
+            loadtest_config,
+            "loadtest.duration_s=2.5",
+            r"loadtest\.duration_s=2.5: .*; give 2 or 3\.$",
+        ),
+        (loadtest_config, "loadtest.duration_s=0.5", r"loadtest\.duration_s=0.5: .*; give 1\.$"),
+        (loadtest_config, "+loadtest.rps=5", r"loadtest\.rps=5: the loadtest group takes no"),
+    ],
+)
+def test_a_monitor_or_loadtest_value_refused_names_its_full_key_and_what_to_give(
+    build: Callable[[DictConfig], object], override: str, message: str
+) -> None:
+    # They read "monitor config: alpha must be in (0, 1), got 2" and "loadtest config: users=0,
+    # spawn_rate=10.0, duration=30.0: ...", not the key to set; ~monitor.window ended in a
+    # KeyError traceback, spawn_rate=inf was taken, and an unknown key listed the keys of one
+    # settings class only (not monitor.window, not loadtest.users).
+    with pytest.raises(ConfigError, match=f"^{message}") as raised:
+        build(compose_config([override]))
+    assert "config:" not in str(raised.value)
+
+
+def test_an_unknown_monitor_or_loadtest_key_lists_every_key_of_the_group() -> None:
+    with pytest.raises(ConfigError) as monitor:
+        monitor_config(compose_config(["+monitor.every=5"]))
+    assert str(monitor.value).endswith("it takes alpha, interval_seconds, min_captures, window.")
+    with pytest.raises(ConfigError) as loadtest:
+        loadtest_config(compose_config(["+loadtest.rps=5"]))
+    assert str(loadtest.value).endswith(
+        "it takes duration_s, max_error_rate, min_rps, p99_ms, spawn_rate, users."
+    )
 
 
 def test_an_accelerator_the_machine_lacks_is_named_before_any_work(

@@ -710,9 +710,15 @@ def robustness(
 def loadtest(
     url: Annotated[str, typer.Argument(help="The server, e.g. http://127.0.0.1:8000")],
     overrides: LoadtestOverrides = None,
-    users: Annotated[int | None, typer.Option(help="Concurrent users", min=1)] = None,
-    spawn_rate: Annotated[float | None, typer.Option(help="Users started per second")] = None,
-    duration: Annotated[str | None, typer.Option(help="How long: 30s, 2m")] = None,
+    users: Annotated[
+        int | None, typer.Option(help="Concurrent users (loadtest.users)", min=1)
+    ] = None,
+    spawn_rate: Annotated[
+        float | None, typer.Option(help="Users started per second (loadtest.spawn_rate)")
+    ] = None,
+    duration: Annotated[
+        str | None, typer.Option(help="How long: 30s, 2m (loadtest.duration_s)")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model name when several are served")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder for the reports (default: a new one in reports/)")

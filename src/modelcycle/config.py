@@ -831,13 +831,10 @@ def monitor_config(cfg: DictConfig) -> MonitorConfig:
     from modelcycle.monitoring.drift import DriftSettings
 
     values: dict[str, Any] = OmegaConf.to_container(cfg.monitor, resolve=True)  # type: ignore[assignment]
-    interval, window = values.pop("interval_seconds"), values.pop("window")
-    try:
-        drift = _build(DriftSettings, "monitor", **values)
-    except ConfigError:
-        raise
-    except ValueError as err:
-        raise ConfigError(f"monitor config: {err}") from err
+    watch = ("interval_seconds", "window")  # the server's, beside the drift test's own
+    _check_group_keys("monitor", values, {*(_keys_taken(DriftSettings) or ()), *watch})
+    interval, window = (values.pop(key, None) for key in watch)  # unset (~key): named below
+    drift = _build(DriftSettings, "monitor", **values)
     if not is_number(interval) or not 0 <= interval < math.inf:
         raise ConfigError(
             f"monitor.interval_seconds={interval!r}: give the seconds between the server's "
@@ -856,14 +853,25 @@ def loadtest_config(cfg: DictConfig) -> tuple[LoadPlan, Budgets]:
     from modelcycle.loadtest import Budgets, LoadPlan
 
     values: dict[str, Any] = OmegaConf.to_container(cfg.loadtest, resolve=True)  # type: ignore[assignment]
-    plan_keys = ("users", "spawn_rate", "duration_s")
-    plan = {k: values.pop(k) for k in plan_keys if k in values}
-    try:
-        return _build(LoadPlan, "loadtest", **plan), _build(Budgets, "loadtest", **values)
-    except ConfigError:
-        raise
-    except ValueError as err:
-        raise ConfigError(f"loadtest config: {err}") from err
+    planned = sorted(_keys_taken(LoadPlan) or ())
+    _check_group_keys("loadtest", values, {*planned, *(_keys_taken(Budgets) or ())})
+    plan = {key: values.pop(key) for key in planned if key in values}
+    return _build(LoadPlan, "loadtest", **plan), _build(Budgets, "loadtest", **values)
+
+
+def _check_group_keys(group: str, values: dict[str, Any], takes: set[str]) -> None:
+    """Refuse a key no part of `group` takes, named as `group.key=value` with those it takes.
+
+    For a group read by several settings classes: each one's own check would list only
+    its share of the keys.
+    """
+    unknown = sorted(set(values) - takes)
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(
+            f"{group}.{key}={values[key]!r}: the {group} group takes no {key!r}; it takes "
+            f"{', '.join(sorted(takes))}."
+        )
 
 
 #: Config keys a sweep may not search: they change the folds, the objective or where results go.

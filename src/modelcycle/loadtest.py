@@ -96,11 +96,20 @@ class Budgets:
 
     def __post_init__(self) -> None:
         if not 0 < self.p99_ms < math.inf:
-            raise ValueError(f"p99_ms={self.p99_ms}: give the milliseconds, above 0.")
+            raise ValueError(
+                f"loadtest.p99_ms={self.p99_ms!r}: give the largest 99th-percentile latency "
+                "to pass, in milliseconds, above 0."
+            )
         if not 0 <= self.max_error_rate <= 1:
-            raise ValueError(f"max_error_rate={self.max_error_rate}: give a share from 0 to 1.")
+            raise ValueError(
+                f"loadtest.max_error_rate={self.max_error_rate!r}: give the largest share of "
+                "failed requests to pass, from 0 to 1."
+            )
         if not 0 <= self.min_rps < math.inf:
-            raise ValueError(f"min_rps={self.min_rps}: give requests per second, >= 0.")
+            raise ValueError(
+                f"loadtest.min_rps={self.min_rps!r}: give the fewest requests per second to "
+                "pass, >= 0."
+            )
 
 
 @dataclass(frozen=True)
@@ -112,15 +121,25 @@ class LoadPlan:
     duration_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.users < 1 or self.spawn_rate <= 0 or not 0 < self.duration_s < math.inf:
+        if self.users < 1:
             raise ValueError(
-                f"users={self.users}, spawn_rate={self.spawn_rate}, duration={self.duration_s}: "
-                "give at least one user, a positive spawn rate and a positive duration."
+                f"loadtest.users={self.users!r}: give the number of concurrent users, >= 1."
+            )
+        if not 0 < self.spawn_rate < math.inf:
+            raise ValueError(
+                f"loadtest.spawn_rate={self.spawn_rate!r}: give the users started per second, "
+                "a finite number above 0."
+            )
+        if not 0 < self.duration_s < math.inf:
+            raise ValueError(
+                f"loadtest.duration_s={self.duration_s!r}: give the seconds of load, a whole "
+                "number above 0."
             )
         if self.duration_s != int(self.duration_s):
+            low, high = math.floor(self.duration_s) or 1, math.ceil(self.duration_s)
             raise ValueError(
-                f"duration={self.duration_s:g} s: Locust runs whole seconds; give "
-                f"{math.floor(self.duration_s) or 1} or {math.ceil(self.duration_s)} s."
+                f"loadtest.duration_s={self.duration_s!r}: Locust runs whole seconds; give "
+                f"{low if low == high else f'{low} or {high}'}."
             )
 
 

@@ -64,9 +64,15 @@ class DriftSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}; 0.05 is usual.")
+            raise ValueError(
+                f"monitor.alpha={self.alpha!r}: give the chance of a false alarm, above 0 and "
+                "below 1; 0.05 is usual."
+            )
         if self.min_captures < 2:
-            raise ValueError(f"min_captures must be at least 2, got {self.min_captures}.")
+            raise ValueError(
+                f"monitor.min_captures={self.min_captures!r}: give a whole number >= 2, the "
+                "fewest captured requests a drift test runs on."
+            )
 
 
 class FeatureDrift(BaseModel):

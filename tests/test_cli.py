@@ -876,7 +876,7 @@ def test_ctrl_c_in_data_prepare_says_what_it_keeps_and_claims_no_runs(
     said = " ".join(result.output.split())
     assert "KILLED" not in said and "tracked run" not in said, said
     assert "stopped at Ctrl-C; the parcel series computed so far are kept in " in said, said
-    assert "partly written" in said
+    assert "prepared/qtim-func stay the last finished run's, whole" in said
 
 
 def test_a_ctrl_c_during_a_store_write_stops_the_command_once_the_write_is_done(

@@ -1119,12 +1119,12 @@ def _fetch_synthetic(
     console.print(f"Synthetic QTIM-shaped cohort in {root}", soft_wrap=True)
 
 
-#: What a Ctrl-C leaves of `data prepare`: each parcel series is cached as it is computed
-#: (written then renamed), the outputs are written in place at the end.
+#: What a Ctrl-C leaves of `data prepare`: each parcel series is cached as it is computed,
+#: the outputs are renamed into place together at the end (each written then renamed).
 PREPARE_AT_CTRL_C = (
     "the parcel series computed so far are kept in data.cache_dir, and the next run starts "
-    "from them; the files in the workspace's prepared/qtim-func are an earlier run's, or "
-    "partly written, until a run ends by listing them"
+    "from them; the files in the workspace's prepared/qtim-func stay the last finished "
+    "run's, whole, until a run ends by listing them"
 )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import numpy as np
 import openneuro
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from modelcycle.cli import app
@@ -142,6 +145,44 @@ def test_a_prepare_that_skips_every_run_leaves_no_earlier_plot(
     assert [p.name for p in result.files] == ["connectomes.npz", "failures.tsv"]
     with np.load(out / "connectomes.npz") as saved:
         assert saved["matrices"].size == 0
+
+
+@pytest.mark.parametrize(
+    ("owner", "writer"),
+    [(np, "savez"), (pd.DataFrame, "to_csv"), (Figure, "savefig")],
+    ids=["connectomes.npz", "failures.tsv", "mean_connectome.png"],
+)
+def test_a_prepare_stopped_while_writing_leaves_the_last_finished_files_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: object, writer: str
+) -> None:
+    # The files were written in place: a prepare that failed or was stopped while writing left
+    # a truncated connectomes.npz (or a new one beside the old failures.tsv and plot).
+    rng = np.random.default_rng(0)
+    series = [rng.normal(size=(40, 3)).astype(np.float32) for _ in range(3)]
+    earlier = Prepared(["sub-01", "sub-02"], series[:2], ["k1", "k2"])
+    later = Prepared(["sub-01", "sub-02", "sub-03"], series, ["k1", "k2", "k3"])
+    parcellation = Parcellation(
+        "slabs", nib.Nifti1Image(np.zeros((2, 2, 2)), np.eye(4)), ("p1", "p2", "p3")
+    )
+    source = FunctionalSource(cache_dir=tmp_path / "cache", progress=False)
+    out = tmp_path / "prepared"
+    monkeypatch.setattr(source, "prepare", lambda: (tmp_path, earlier, parcellation))
+    prepare_dataset(source, out)
+    finished = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(finished) == ["connectomes.npz", "failures.tsv", "mean_connectome.png"]
+
+    def half_written(*args: object, **kwargs: object) -> None:
+        path = next(a for a in args if isinstance(a, str | os.PathLike))
+        Path(path).write_bytes(b"PK\x03\x04 half a fi")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(source, "prepare", lambda: (tmp_path, later, parcellation))
+    monkeypatch.setattr(owner, writer, half_written)
+    with pytest.raises(OSError, match="No space left on device"):
+        prepare_dataset(source, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == finished  # no temporary file
+    with np.load(out / "connectomes.npz") as saved:
+        assert list(saved["subjects"]) == ["sub-01", "sub-02"]
 
 
 def test_subjects_with_a_second_rest_session_give_a_same_person_check(

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from modelcycle.data.atomic import replacing
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +22,8 @@ log = logging.getLogger(__name__)
 def save_array(path: Path, array: np.ndarray) -> None:
     """Write then rename, so that an entry is never half written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-    np.save(tmp, array)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        np.save(tmp, array)
 
 
 def array_key(*parts: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from modelcycle.data.atomic import replacing
 from modelcycle.data.bids_index import RestRun, index_rest_runs, pick_runs
 from modelcycle.data.connectomes import (
     CONNECTIVITY_KINDS,
@@ -330,33 +332,37 @@ def prepare_dataset(source: FunctionalSource, out_dir: Path) -> PreparedDataset:
 
     Files: `connectomes.npz` (subjects, parcels, matrices), `failures.tsv` (subject, file,
     reason of every skipped run) and `mean_connectome.png` (removed when every run was
-    skipped, so no earlier plot outlives its connectomes).
+    skipped, so no earlier plot outlives its connectomes). Each is written under a
+    temporary name, and all are renamed into place once every one is written: a run that
+    fails or is stopped while writing leaves the last finished run's files, none half written.
     """
     root, prepared, parcellation = source.prepare()
     out_dir.mkdir(parents=True, exist_ok=True)
     matrices = connectomes(prepared.timeseries, source.kind) if prepared.subjects else None
-    npz = out_dir / "connectomes.npz"
-    np.savez(
-        npz,
-        subjects=np.array(prepared.subjects),
-        parcels=np.array(parcellation.names),
-        matrices=np.zeros((0, 0, 0)) if matrices is None else matrices,
+    npz, failures, plot = (
+        out_dir / name for name in ("connectomes.npz", "failures.tsv", "mean_connectome.png")
     )
-    failures = out_dir / "failures.tsv"
-    rows = [(f.subject, f.path, f.reason) for f in prepared.failures]
-    pd.DataFrame(rows, columns=["participant_id", "file", "reason"]).to_csv(
-        failures, sep="\t", index=False
-    )
-    files = [npz, failures]
-    plot = out_dir / "mean_connectome.png"
-    if matrices is not None:
-        files.append(_plot_mean(matrices, source.kind, plot))
-    else:  # every run skipped: an earlier plot would describe connectomes no longer there
+    files = [npz, failures] if matrices is None else [npz, failures, plot]
+    with ExitStack() as stack:
+        tmp = {path: stack.enter_context(replacing(path)) for path in files}
+        np.savez(
+            tmp[npz],
+            subjects=np.array(prepared.subjects),
+            parcels=np.array(parcellation.names),
+            matrices=np.zeros((0, 0, 0)) if matrices is None else matrices,
+        )
+        rows = [(f.subject, f.path, f.reason) for f in prepared.failures]
+        pd.DataFrame(rows, columns=["participant_id", "file", "reason"]).to_csv(
+            tmp[failures], sep="\t", index=False
+        )
+        if matrices is not None:
+            _plot_mean(matrices, source.kind, tmp[plot])
+    if matrices is None:  # every run skipped: an earlier plot would outlive its connectomes
         plot.unlink(missing_ok=True)
     return PreparedDataset(root, prepared, files)
 
 
-def _plot_mean(matrices: np.ndarray, kind: str, path: Path) -> Path:
+def _plot_mean(matrices: np.ndarray, kind: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -371,9 +377,10 @@ def _plot_mean(matrices: np.ndarray, kind: str, path: Path) -> Path:
     ax.set_xlabel("parcel")
     ax.set_ylabel("parcel")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        fig.savefig(path, dpi=100)
+    finally:  # a failed write must not leave the figure open in pyplot's list
+        plt.close(fig)
 
 
 def edge_table(matrices: np.ndarray, names: tuple[str, ...], subjects: list[str]) -> pd.DataFrame:

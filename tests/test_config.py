@@ -569,3 +569,15 @@ def test_a_key_the_task_or_the_task_it_passes_keys_on_to_does_not_take_is_named(
     # its **kwargs go on to TwinsTask's: the keys of both, not "kwargs"
     with pytest.raises(ConfigError, match=r"takes no 'foo'; it takes .*lr.*regress_covariates"):
         assemble(compose_config(["experiment=twins_functional", "+task.foo=1"]))
+
+
+def test_a_serve_key_unknown_or_taken_out_is_named_with_the_whole_groups_keys() -> None:
+    # an unknown key listed only ServeSettings' keys, leaving host, port, workers... out
+    with pytest.raises(ConfigError) as caught:
+        serve_config(compose_config(["+serve.foo=1"]))
+    said = str(caught.value)
+    assert said.startswith("serve.foo=1: the serve group takes no 'foo'; it takes ")
+    assert all(key in said for key in ("host", "port", "workers", "max_batch", "variant"))
+    # `~serve.host` ended in KeyError: 'host'
+    with pytest.raises(ConfigError, match=r"^serve.host: the serve group has no host; give one"):
+        serve_config(compose_config(["~serve.host"]))

@@ -783,6 +783,14 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
     from modelcycle.serving.loading import VariantChoice, default_threads
 
     values: dict[str, Any] = OmegaConf.to_container(cfg.serve, resolve=True)  # type: ignore[assignment]
+    own = ("host", "port", "capture", "workers", "max_connections", "variant", "int8_max_drop")
+    _check_group_keys("serve", values, {*own, *inspect.signature(ServeSettings).parameters})
+    for key in ("host", "port", "capture", "cors_origins", "threads"):
+        if key not in values:  # `~serve.host` took it out
+            raise ConfigError(
+                f"serve.{key}: the serve group has no {key}; give one (`modelcycle config` "
+                "without the override shows the default)."
+            )
     host, port, capture = values.pop("host"), values.pop("port"), values.pop("capture")
     if not isinstance(capture, bool):
         raise ConfigError(f"serve.capture={capture!r}: give true or false.")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, Route, expect, sync_playwright
 
 from modelcycle.serving.protocol import HEAD_LIMIT
 from server_process import Server, running_server
@@ -58,6 +58,21 @@ def chromium_page(height: int = 800) -> Iterator[tuple[Page, list[str]]]:
             yield page, errors
         finally:
             browser.close()
+
+
+def held_requests(page: Page, pattern: str, count: int) -> list[Route]:
+    """The next `count` requests to `pattern`, held in the browser until the test continues
+    them (later ones go through): an answer as late as the test needs."""
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        if len(held) < count:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(pattern, hold)
+    return held
 
 
 def server_error(server: Server, body: str) -> tuple[int, str]:
@@ -198,6 +213,42 @@ def test_web_page_predicts_and_shows_errors(
         except BaseException:
             page.screenshot(path=ARTIFACTS / "web_page_failure.png", full_page=True)
             raise
+
+
+def test_predict_is_unavailable_while_its_request_is_in_flight(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    with (
+        running_server(served_workspace.root, tmp_path / "server.log") as server,
+        chromium_page() as (page, script_errors),
+    ):
+        held = held_requests(page, "**/v1/models/twins/predict", count=10)
+        page.goto(f"{server.url}/")
+        expect(page.locator("#example option").first).to_be_attached()
+        button = page.get_by_role("button", name="Predict")
+        result = page.locator("#result")
+        # a double click sent two requests
+        button.dblclick()
+        expect(button).to_be_disabled()  # as assistive tech reads it: aria-disabled
+        expect(button).to_be_focused()  # still where the keyboard was
+        expect(result).to_have_attribute("aria-busy", "true")
+        page.keyboard.press("Enter")  # nor does the keyboard send another
+        expect(result).to_have_text("Predicting…")
+        for route in list(held):
+            route.continue_()
+        expect(page.locator("#prediction")).to_have_text(TWIN_LIKE)
+        expect(button).to_be_enabled()
+        expect(result).not_to_have_attribute("aria-busy", "true")
+        assert len(held) == 1, f"{len(held)} requests sent"
+        # an error frees it too
+        page.fill("#request", "{not json")
+        button.click()
+        expect(button).to_be_disabled()
+        held[1].continue_()
+        expect(result).to_have_class("error")
+        expect(button).to_be_enabled()
+        assert len(held) == 2, f"{len(held)} requests sent"
+        assert not script_errors, f"the page raised: {script_errors}"
 
 
 def test_web_page_with_an_api_key_asks_for_it_then_predicts(

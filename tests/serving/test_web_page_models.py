@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
-from test_web_page import ARTIFACTS, TWIN_LIKE, chromium_page
+from test_web_page import ARTIFACTS, TWIN_LIKE, chromium_page, held_requests
 
 from image_fixtures import publish_image
 from modelcycle.registry import Registry
@@ -79,6 +79,59 @@ def test_switching_models_clears_the_other_model_s_answer(
         except BaseException:
             page.screenshot(path=ARTIFACTS / "web_page_models_failure.png", full_page=True)
             raise
+        assert not errors, f"the page raised: {errors}"
+
+
+#: Every answer the page shows, as its footer says it ("model image, version 1 | for ..."),
+#: however briefly: a late answer may be replaced by the next before a test looks.
+RECORD_ANSWERS = """() => {
+  window.answers = [];
+  new MutationObserver(() => {
+    const version = document.getElementById("version");
+    const label = document.getElementById("for");
+    if (version && label) window.answers.push(`${version.textContent} | ${label.textContent}`);
+  }).observe(document.getElementById("result"), { childList: true });
+}"""
+
+
+def test_a_late_answer_is_shown_only_under_the_model_and_request_it_answers(
+    two_models: tuple[Path, Tracker], tmp_path: Path
+) -> None:
+    root, _ = two_models
+    photo = tmp_path / "grain.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(photo)
+    image_route = "**/v1/models/image/predict"
+    with (
+        serving_both(root, tmp_path / "server.log") as server,
+        chromium_page(height=900) as (page, errors),
+    ):
+        page.goto(f"{server.url}/")
+        choose(page, "image")
+        page.evaluate(RECORD_ANSWERS)
+        # the image model's answer comes late, after twins was chosen: it was shown under twins
+        held = held_requests(page, image_route, count=1)
+        page.click("#predict")
+        expect(page.locator("#result")).to_have_text("Predicting…")
+        choose(page, "twins")
+        expect(page.locator("#result")).to_have_text("")
+        expect(page.get_by_role("button", name="Predict")).to_be_enabled()
+        held[0].continue_()  # the image model answers now
+        page.click("#predict")
+        expect(page.locator("#prediction")).to_have_text(TWIN_LIKE)
+        # an older request's answer, late: it replaced the answer to the file chosen since
+        choose(page, "image")
+        page.unroute(image_route)
+        held = held_requests(page, image_route, count=1)
+        page.click("#predict")  # the example
+        page.set_input_files("#image", str(photo))  # sent while the example is in flight
+        expect(page.locator("#for")).to_have_text("for your file grain.png")
+        held[0].continue_()  # the example's answer arrives now
+        page.click("#predict")  # the file again: its answer comes after any late one
+        page.wait_for_function("window.answers.length >= 3")
+        answers = page.evaluate("window.answers")
+        assert len(answers) == 3, answers
+        assert answers[0].startswith("model twins, version 1 | for example 1."), answers
+        assert answers[1:] == ["model image, version 1 | for your file grain.png"] * 2, answers
         assert not errors, f"the page raised: {errors}"
 
 

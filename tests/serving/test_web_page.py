@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, Route, expect, sync_playwright
+from playwright.sync_api import ConsoleMessage, Page, Route, expect, sync_playwright
 
 from modelcycle.serving.protocol import HEAD_LIMIT
 from server_process import Server, running_server
@@ -248,6 +248,37 @@ def test_predict_is_unavailable_while_its_request_is_in_flight(
         expect(result).to_have_class("error")
         expect(button).to_be_enabled()
         assert len(held) == 2, f"{len(held)} requests sent"
+        assert not script_errors, f"the page raised: {script_errors}"
+
+
+def test_the_page_loads_without_console_warnings_and_its_key_form_never_submits(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    with (
+        running_server(served_workspace.root, tmp_path / "server.log") as server,
+        chromium_page() as (page, script_errors),
+    ):
+        console: list[ConsoleMessage] = []
+        page.on("console", lambda message: console.append(message))
+        navigated: list[str] = []
+        page.on("framenavigated", lambda frame: navigated.append(frame.url))
+        page.goto(f"{server.url}/")
+        expect(page.locator("#example option").first).to_be_attached()
+        # Chromium's lints of the page ("[DOM] Password field is not contained in a form")
+        # are verbose messages: not warnings, but said in the console all the same
+        said = [
+            f"{m.type}: {m.text}"
+            for m in console
+            if m.type in ("warning", "error") or m.text.startswith("[DOM]")
+        ]
+        assert not said, said
+        # Enter in the key field submits its form: the page stays, the key in no URL
+        page.fill("#key", "s3cret-serving-key")
+        page.press("#key", "Enter")
+        page.click("#predict")
+        expect(page.locator("#prediction")).to_have_text(TWIN_LIKE)
+        assert navigated == [f"{server.url}/"], navigated
+        assert page.input_value("#key") == "s3cret-serving-key"
         assert not script_errors, f"the page raised: {script_errors}"
 
 

@@ -879,6 +879,41 @@ def test_ctrl_c_in_data_prepare_says_what_it_keeps_and_claims_no_runs(
     assert "prepared/qtim-func stay the last finished run's, whole" in said
 
 
+#: `modelcycle train` whose pipeline is stopped by SIGTERM (argv[1]) or Ctrl-C (anything else),
+#: then a second command in the same process stopped by Ctrl-C.
+STOPPED_TWICE = (
+    "import os, signal, sys, time\n"
+    "import modelcycle.pipeline\n"
+    "from typer.testing import CliRunner\n"
+    "from modelcycle.cli import app\n"
+    "stops = [signal.SIGTERM if sys.argv[1] == 'SIGTERM' else signal.SIGINT, signal.SIGINT]\n"
+    "def pipeline(*args, **kwargs):\n"
+    "    os.kill(os.getpid(), stops.pop(0))\n"
+    "    time.sleep(5)\n"
+    "modelcycle.pipeline.run_pipeline = pipeline\n"
+    "for _ in range(2):\n"
+    "    result = CliRunner().invoke(app, ['train', 'debug=tiny'])\n"
+    "    print('exit', result.exit_code, result.output.strip())\n"
+    "print('SIGTERM default again:', signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+)
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does_and_is_named(workspace: Path) -> None:
+    # SIGTERM ended the process on the spot: no line, the tracked runs left RUNNING.
+    run = subprocess.run(
+        [sys.executable, "-c", STOPPED_TWICE, "SIGTERM"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    lines = run.stdout.splitlines()
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert lines[0].startswith("exit 143 interrupted: stopped at SIGTERM"), lines
+    assert lines[1].startswith("exit 130 interrupted: stopped at Ctrl-C"), lines  # not SIGTERM
+    assert lines[2] == "SIGTERM default again: True"
+
+
 def test_a_ctrl_c_during_a_store_write_stops_the_command_once_the_write_is_done(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -906,8 +941,23 @@ def test_a_ctrl_c_during_a_store_write_stops_the_command_once_the_write_is_done(
     assert done == ["write"]
 
 
-def test_ctrl_c_during_training_says_so_exits_130_and_marks_the_runs_killed(
-    tiny_qtim: Path, workspace: Path
+@pytest.mark.parametrize(
+    ("stop", "ctrl_c", "code", "said_as"),
+    [
+        (signal.SIGINT, signal.SIG_DFL, 130, "Ctrl-C"),  # as in a shell
+        # `kill`, `timeout`, CI and Kubernetes stop with SIGTERM, often a script's background
+        # job, whose Ctrl-C is ignored. Lightning made it a silent exit 0, the runs FAILED.
+        pytest.param(signal.SIGTERM, signal.SIG_IGN, 143, "SIGTERM", marks=pytest.mark.slow),
+    ],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_stop_during_training_says_so_exits_128_plus_the_signal_and_marks_the_runs_killed(
+    stop: signal.Signals,
+    ctrl_c: signal.Handlers,
+    code: int,
+    said_as: str,
+    tiny_qtim: Path,
+    workspace: Path,
 ) -> None:
     # Lightning turned Ctrl-C into a silent exit(1), and the runs read FAILED.
     command = [sys.executable, "-m", "modelcycle", "train", f"data.root={tiny_qtim}", "debug=tiny"]
@@ -922,7 +972,7 @@ def test_ctrl_c_during_training_says_so_exits_130_and_marks_the_runs_killed(
             command,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a shell
+            preexec_fn=lambda: signal.signal(signal.SIGINT, ctrl_c),
         )
     try:
         deadline = time.monotonic() + 120
@@ -930,18 +980,18 @@ def test_ctrl_c_during_training_says_so_exits_130_and_marks_the_runs_killed(
             assert process.poll() is None, log.read_text()
             time.sleep(0.2)
         time.sleep(1.0)  # well into fit
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         try:
-            code = process.wait(timeout=60)
+            ended = process.wait(timeout=60)
         except subprocess.TimeoutExpired:  # seen once: keep what it said for the next look
-            pytest.fail(f"no exit 60 s after Ctrl-C; it said: {log.read_text()[-3000:]}")
+            pytest.fail(f"no exit 60 s after {said_as}; it said: {log.read_text()[-3000:]}")
     finally:
         if process.poll() is None:
             process.kill()
     said = " ".join(log.read_text().split())
-    assert code == 130, said  # not 1: no error took the interruption's place
-    assert "interrupted: stopped at Ctrl-C; the tracked runs it had open are marked KILLED" in said
-    assert "Traceback" not in said.split("interrupted: stopped at Ctrl-C")[-1]
+    assert ended == code, said  # not 1 or 0: nothing took the interruption's place
+    assert f"interrupted: stopped at {said_as}" in said
+    assert "Traceback" not in said.split(f"interrupted: stopped at {said_as}")[-1]
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     for run in runs:

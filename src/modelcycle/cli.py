@@ -30,6 +30,7 @@ from rich.text import Text
 from modelcycle.interrupts import ctrl_c_outside_store
 from modelcycle.logs import configure as configure_logging
 from modelcycle.ranks import is_rank_zero
+from modelcycle.stop_signals import sigterm_as_ctrl_c, stop_exit_code, stopped_by
 
 # The command imports each subsystem where a command needs it: `modelcycle --help`, a
 # command's --help and shell completion (which runs the program at every Tab) would
@@ -50,6 +51,8 @@ CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
 class _Commands(typer.Typer):
     """Typer whose commands say so and exit 130 at a Ctrl-C that nothing inside handled.
 
+    SIGTERM stops a command the same way (`modelcycle.stop_signals`), with exit code 143.
+
     Each command imports what it uses first, outside its `_clear_errors` block; a Ctrl-C
     there (the first seconds of a command) otherwise reached Typer, which exits 130 silently.
     """
@@ -69,12 +72,12 @@ def _interruptible(command: CommandFunction) -> CommandFunction:
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            with ctrl_c_outside_store():
+            with sigterm_as_ctrl_c(), ctrl_c_outside_store():
                 return command(*args, **kwargs)
         except KeyboardInterrupt as err:
             if is_rank_zero():
-                _say("interrupted:", "yellow", "stopped at Ctrl-C.")
-            raise typer.Exit(code=130) from err
+                _say("interrupted:", "yellow", f"stopped at {stopped_by()}.")
+            raise typer.Exit(code=stop_exit_code()) from err
 
     return cast("CommandFunction", run)
 
@@ -1293,12 +1296,12 @@ def _clear_errors(at_ctrl_c: str = "") -> Iterator[None]:
         if is_rank_zero():  # under DDP every rank gets the Ctrl-C; one says so
             killed = len(_killed_runs()) - killed_before
             _say("interrupted:", "yellow", _stopped(killed, at_ctrl_c))
-        raise typer.Exit(code=130) from err  # 128 + SIGINT, as shells report it
+        raise typer.Exit(code=stop_exit_code()) from err  # 128 + the signal, as shells say
 
 
 def _stopped(killed: int, at_ctrl_c: str) -> str:
     """The Ctrl-C line: the runs it marked KILLED, if any, and what the command leaves."""
-    said = ["stopped at Ctrl-C"]
+    said = [f"stopped at {stopped_by()}"]
     if killed:
         runs = "runs it had open are" if killed > 1 else "run it had open is"
         said.append(f"the tracked {runs} marked KILLED")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -432,6 +433,53 @@ def test_serve_refuses_unknown_and_unexported_models_in_one_line(
     outputs = unknown.stdout + no_alias.stdout + by_version.stdout + variant.stdout
     outputs += batch.stdout + port.stdout + twice.stdout
     assert "Traceback" not in outputs
+
+
+def stored_model(registry: Registry, reference: str) -> Path:
+    """The folder a version's model files are stored in (a local artifact store's)."""
+    source = registry.resolve(reference).source
+    assert source.startswith("file://"), source
+    return Path(source.removeprefix("file://"))
+
+
+def test_a_version_whose_stored_files_are_damaged_or_gone_is_refused_in_one_line(
+    two_versions: ServedWorkspace,
+) -> None:
+    # Each ended in a traceback: serve's in the server's start-up (naming its own copy of
+    # the file, not the damaged one), export's and monitor's from MLflow's download.
+    root, registry = f"workspace={two_versions.root}", two_versions.registry
+    stored = stored_model(registry, "twins@champion")
+    onnx = stored / "onnx" / "model.onnx"
+    written = onnx.read_bytes()
+    onnx.write_bytes(written[:1000])  # cut short, as by a full disk or a bad copy
+    cut = runner.invoke(app, ["serve", "twins@champion", root, "serve.port=1"])  # never bound
+    said = " ".join(cut.stdout.split())
+    assert cut.exit_code == 2, cut.output
+    assert f"{onnx.as_uri()}: sha256" in said and "does not match the fp32 export" in said
+    assert "re-run `modelcycle export twins@champion`" in said
+    onnx.write_bytes(written)
+    (stored / "manifest.json").write_text('{"format": ')  # a hand edit, stopped halfway
+    edited = runner.invoke(app, ["serve", "twins@champion", root, "serve.port=1"])
+    said = " ".join(edited.stdout.split())
+    assert edited.exit_code == 2, edited.output
+    assert "manifest.json: not a manifest's JSON" in said
+    assert f"a copy of {(stored / 'manifest.json').as_uri()}" in said
+    shutil.rmtree(stored)  # a cleanup that took a registered version's folder, and the copies
+    for copies in ("serving", "exports"):
+        shutil.rmtree(two_versions.root / copies)
+    outputs = cut.output + edited.output
+    for command in (["serve", "twins@champion", "serve.port=1"], ["export", "twins@champion"]):
+        gone = runner.invoke(app, [*command, root])
+        said = " ".join(gone.stdout.split())
+        assert gone.exit_code == 2, gone.output
+        assert f"twins version 1: its model files cannot be read from {stored.as_uri()}" in said
+        assert "`modelcycle promote twins --version N`" in said
+        outputs += gone.output
+    assert "Traceback" not in outputs
+    # the other version is untouched, and the way out the messages give works
+    assert runner.invoke(app, ["promote", "twins", "--version", "2", root]).exit_code == 0
+    exported = runner.invoke(app, ["export", "twins@champion", root, "--check"])
+    assert exported.exit_code == 0, exported.output
 
 
 def test_serving_a_model_of_a_task_not_installed_says_which_and_what_to_install(

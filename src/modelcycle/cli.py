@@ -1234,6 +1234,7 @@ REPORTED = (
     ("modelcycle.evaluate", "EvaluationError"),
     ("modelcycle.data.openneuro", "FetchError"),
     ("modelcycle.registry", "RegistryError"),
+    ("modelcycle.servable", "ServableError"),
     ("modelcycle.serving.adapter_check", "AdapterError"),
     ("modelcycle.serving.loading", "ModelLoadError"),
     ("modelcycle.tasks.base", "UnknownTaskError"),

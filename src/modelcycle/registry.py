@@ -305,6 +305,7 @@ class Registry:
         export) download again.
         """
         import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
 
         from modelcycle.tracking import workspace_lock
 
@@ -316,13 +317,33 @@ class Registry:
                 if not fresh and done.get("stamp") == stamp and Path(done["path"]).exists():
                     return Path(done["path"])
                 marker.unlink()
-            path = Path(
-                mlflow.artifacts.download_artifacts(  # an mlflow-artifacts: URI needs the server
-                    artifact_uri=registered.source, dst_path=str(dst), tracking_uri=self.uri
+            try:
+                path = Path(
+                    mlflow.artifacts.download_artifacts(  # mlflow-artifacts: needs the server
+                        artifact_uri=registered.source, dst_path=str(dst), tracking_uri=self.uri
+                    )
                 )
-            )
+            except (MlflowException, OSError) as err:
+                raise self._files_gone(registered, err) from err
             marker.write_text(json.dumps({"stamp": stamp, "path": str(path)}))
         return path
+
+    def _files_gone(self, registered: Registered, err: Exception) -> RegistryError:
+        """Why a version's files cannot be copied, and what to do about it.
+
+        MLflow's own error was a traceback listing "No such artifact: 'model'" for a folder
+        deleted from the workspace's artifacts, by hand or by a cleanup.
+        """
+        name, version = registered.name, registered.version
+        lines = [line for line in str(getattr(err, "message", err)).splitlines() if line]
+        reason = lines[-1].strip()[:200] if lines else type(err).__name__
+        return RegistryError(
+            f"{name} version {version}: its model files cannot be read from "
+            f"{registered.source} ({reason}). They were deleted or moved, or their store "
+            "cannot be reached: put the folder back there, point the alias at another "
+            f"version (`modelcycle promote {name} --version N`; `modelcycle history {name}` "
+            "lists them), or train a new version (`modelcycle train`, then `modelcycle release`)."
+        )
 
     def _config_text(self, run_id: str) -> str:
         """The run's resolved config.yaml, its first 5,000 characters (tags are bounded)."""

@@ -156,7 +156,13 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if not path.is_file():
         raise ServableError(f"{path}: not found; {directory} is not a saved modelcycle model.")
-    manifest: dict[str, Any] = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ServableError(
+            f"{path}: not a manifest's JSON ({err}); the file was cut short or edited."
+        ) from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        manifest = manifest if isinstance(manifest, dict) else {}
         raise ServableError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}.")
     return manifest

@@ -198,20 +198,7 @@ def load_served(
     choice = variant or VariantChoice()
     name, alias = split_alias(reference)
     version = registry.resolve(reference)
-    expected = expected_sha256(version, reference, choice)
-    for fresh in (False, True):  # a local copy changed on disk is fetched once more
-        local = registry.download(version, cache / f"{name}-v{version.version}", fresh=fresh)
-        onnx_path = local / "onnx" / VARIANT_FILES[choice.name]
-        actual = sha256_file(onnx_path) if onnx_path.is_file() else "missing"
-        if actual == expected:
-            break
-        log.warning("%s: sha256 %s, not the export's", onnx_path, actual[:12])
-    else:
-        raise ModelLoadError(
-            f"{onnx_path}: sha256 {actual[:12]} does not match the {choice.name} export recorded "
-            f"on {name} version {version.version} ({expected[:12]}), also freshly copied from "
-            f"the registry: its stored file changed; re-run `modelcycle export {reference}`."
-        )
+    local, onnx_path = fetch_checked(registry, version, reference, cache, choice)
     manifest = read_manifest(local)
     adapter = task_adapter(manifest["task"], reference)(manifest["info"])
     session = _session(onnx_path, threads)
@@ -233,6 +220,32 @@ def load_served(
     served.examples = _examples(local, manifest, served)
     log.info("Loaded %s version %s (%s) from %s", name, version.version, alias, onnx_path)
     return served
+
+
+def fetch_checked(
+    registry: Registry, version: Registered, reference: str, cache: Path, choice: VariantChoice
+) -> tuple[Path, Path]:
+    """Copy `version` into `cache` once; its folder and the variant's ONNX, hash-checked.
+
+    Raises:
+        ModelLoadError: Naming the stored file, when its sha256 is not the export's.
+    """
+    expected = expected_sha256(version, reference, choice)
+    file = VARIANT_FILES[choice.name]
+    for fresh in (False, True):  # a local copy changed on disk is fetched once more
+        local = registry.download(version, cache / f"{version.name}-v{version.version}", fresh)
+        onnx_path = local / "onnx" / file
+        actual = sha256_file(onnx_path) if onnx_path.is_file() else "missing"
+        if actual == expected:
+            return local, onnx_path
+        log.warning("%s: sha256 %s, not the export's", onnx_path, actual[:12])
+    # The copy is fresh: the damaged file is the stored one, which the message must name.
+    raise ModelLoadError(
+        f"{version.source}/onnx/{file}: sha256 {actual[:12]} does not match the "
+        f"{choice.name} export recorded on {version.name} version {version.version} "
+        f"({expected[:12]}): the stored file was changed or cut short since the export; "
+        f"re-run `modelcycle export {reference}` to write it again."
+    )
 
 
 def expected_sha256(version: Registered, reference: str, choice: VariantChoice) -> str:

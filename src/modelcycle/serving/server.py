@@ -25,12 +25,14 @@ from modelcycle.config import (
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
 from modelcycle.registry import Registry, StoreWatch
+from modelcycle.servable import ServableError, read_manifest
 from modelcycle.serving.app import create_app
 from modelcycle.serving.loading import (
     ModelLoadError,
     ServedModel,
     VariantChoice,
     expected_sha256,
+    fetch_checked,
     load_served,
     split_alias,
     task_adapter,
@@ -93,8 +95,9 @@ def served_url(host: str, port: int) -> str:
 def check_references(cfg: DictConfig, references: list[str]) -> Registry:
     """The configured registry, once every reference in it is servable (ModelLoadError if not)."""
     registry, variant = build_registry(cfg), serve_config(cfg).variant
+    cache = workspace_of(cfg) / "serving"
     for reference in references:  # fail here, in one clear line, not in the server's start-up
-        check_servable(registry, reference, variant)
+        check_servable(registry, reference, variant, cache)
     names = [reference.split("@", 1)[0] for reference in references]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -106,17 +109,36 @@ def check_references(cfg: DictConfig, references: list[str]) -> Registry:
 
 
 def check_servable(
-    registry: Registry, reference: str, variant: VariantChoice | None = None
+    registry: Registry,
+    reference: str,
+    variant: VariantChoice | None = None,
+    cache: Path | None = None,
 ) -> None:
     """Raise ModelLoadError unless `reference` is NAME@ALIAS of a version that may serve.
 
     The variant is fp32 unless `variant` says int8, which must also pass its metric check.
+    With `cache`, the version is also copied there and its ONNX hash-checked (files deleted
+    or damaged in the registry ended the server's start-up in a traceback); the server's own
+    load then reuses the copy.
     """
     split_alias(reference)
     version = registry.resolve(reference)
-    expected_sha256(version, reference, variant or VariantChoice())
+    choice = variant or VariantChoice()
+    expected_sha256(version, reference, choice)
     if task := version.tags.get("lineage.task"):
         task_adapter(task, reference)
+    if cache is None:
+        return
+    local, _ = fetch_checked(registry, version, reference, cache, choice)
+    try:
+        read_manifest(local)
+    except ServableError as err:  # the copy is the stored file's: name that one, and the way out
+        name = version.name
+        raise ModelLoadError(
+            f"{err} It is a copy of {version.source}/manifest.json, {name} version "
+            f"{version.version}'s: restore that file, or point the alias at another version "
+            f"(`modelcycle promote {name} --version N --alias {reference.split('@', 1)[1]}`)."
+        ) from err
 
 
 class GracefulServer(uvicorn.Server):

@@ -322,6 +322,37 @@ def test_pipeline_registers_promotes_exports_and_gates_a_rerun(
     assert "not compared: version 1 was scored otherwise (seed 42 there, 8 here)" in said
 
 
+@pytest.mark.slow
+def test_runs_started_in_the_same_second_each_get_their_own_report_folder(
+    tiny_qtim: Path, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two trains started together on one workspace shared `reports/twins-<second>`: each
+    # overwrote the other's report and model, and `evaluate` of one read the other's.
+    real = time.strftime
+    second = "%Y%m%d-%H%M%S"  # the report folder's stamp: one second for both runs
+    monkeypatch.setattr(
+        time, "strftime", lambda fmt, *at: "20260101-120000" if fmt == second else real(fmt, *at)
+    )
+    ran = []
+    for seed in (1, 2):
+        result = runner.invoke(app, ["train", f"data.root={tiny_qtim}", *TINY, f"seed={seed}"])
+        assert result.exit_code == 0, result.output
+        ran.append(result)
+    folders = sorted((workspace / "reports").iterdir())
+    assert [f.name for f in folders] == ["twins-20260101-120000", "twins-20260101-120000-2"]
+    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
+    found = mlflow.search_runs(
+        experiment_names=["modelcycle"], filter_string="tags.task = 'twins'", output_format="list"
+    )
+    runs = {r.info.run_id: r for r in found}
+    assert len(runs) == 2
+    for folder in folders:  # each folder is its own run's, and that run names it
+        run_id = json.loads((folder / "summary.json").read_text())["run_id"]
+        assert runs[run_id].data.tags["report_dir"] == str(folder.resolve())
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert config["seed"] == int(runs[run_id].data.params["seed"])
+
+
 def test_same_seed_same_numbers(tiny_qtim: Path, tmp_path: Path) -> None:
     """Seeded and deterministic on CPU: two runs agree to the last digit; another seed differs."""
 

@@ -67,8 +67,7 @@ def run_pipeline(
     rank zero's result.
     """
     started = time.monotonic()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    report_dir = settings.report_dir or workspace / "reports" / f"{settings.run_name}-{stamp}"
+    report_dir = settings.report_dir or _new_report_dir(workspace, settings.run_name)
     data, summary = task.load()
     log.info("Loaded %s: %s", task.name, summary.counts)
     for note in summary.notes:  # exclusions, class balance: `data stats` prints the same
@@ -229,6 +228,29 @@ def _fit_final(ctx: TrainingContext) -> Path:
     if is_rank_zero():
         ctx.task.servable(module, ctx.data, fold).save(directory)
     return directory
+
+
+def _new_report_dir(workspace: Path, run_name: str) -> Path:
+    """`reports/<run_name>-<time>` in `workspace`, made now for this run alone.
+
+    Runs started within one second on one workspace (`for s in 1 2; do modelcycle train
+    seed=$s & done`) were given the same folder: each overwrote the other's report and
+    saved model, and both runs' `report_dir` tags named it, so `evaluate` re-scored one
+    run's checkpoints as the other's. A name taken already gets `-2`, `-3`, ... Only rank
+    zero writes reports, so only it makes the folder.
+    """
+    base = workspace / "reports" / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not is_rank_zero():
+        return base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"{base}: 999 report folders of this name and second exist already.")
 
 
 def _write_config(config: dict[str, Any], report_dir: Path) -> Path:

@@ -827,6 +827,42 @@ def test_a_release_whose_export_fails_leaves_no_champion(
     assert done.messages[-1] == "promoted version 1 to @champion (first version)"
 
 
+def test_a_stopped_export_or_release_says_what_it_left_and_keeps_the_stored_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stopped export attached its half-made folder to the version (in a `finally`), and
+    # every stop said "the tracked runs it had open are marked KILLED", of runs it had none.
+    tracker = Tracker(TrackingSettings(), tmp_path / "ws")
+    publish(tmp_path, tracker, 0.95, seed=0)  # version 1, exported, no champion yet
+    registry, root = Registry(tracker.uri), f"workspace={tmp_path / 'ws'}"
+    onnx = stored_model(registry, "twins/1") / "onnx" / "model.onnx"
+    written = onnx.read_bytes()
+
+    def stopped_halfway(*args: object, **kwargs: object) -> None:
+        out_dir = args[4]  # export_model(module, example, inputs, outputs, out_dir, ...)
+        assert isinstance(out_dir, Path)
+        (out_dir / "model.onnx").write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("modelcycle.export.export_model", stopped_halfway)
+    export = runner.invoke(app, ["export", "twins/1", root])
+    said = " ".join(export.stdout.split())
+    assert export.exit_code == 130, export.output
+    assert (
+        "interrupted: stopped at Ctrl-C; nothing was attached to twins/1, which keeps its files "
+        "and tags; run the export again." in said
+    )
+    assert onnx.read_bytes() == written
+    assert "KILLED" not in said
+    version_run = registry.resolve("twins/1").run_id
+    released = runner.invoke(app, ["release", version_run, root])
+    said = " ".join(released.stdout.split())
+    assert released.exit_code == 130, released.output
+    assert "stopped at Ctrl-C; a version it registered stays, @challenger and not exported" in said
+    assert "the same `modelcycle release` exports it and makes a first version champion." in said
+    assert onnx.read_bytes() == written and registry.alias_version("twins", "champion") is None
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -934,7 +970,7 @@ def test_ctrl_c_in_train_says_the_runs_it_marked_killed(
     result = runner.invoke(app, ["train", "debug=tiny"])
     assert result.exit_code == 130
     said = " ".join(result.output.split())
-    assert "stopped at Ctrl-C; the tracked runs it had open are marked KILLED." in said, said
+    assert "stopped at Ctrl-C; the tracked runs it had open are marked KILLED; a stopped" in said
 
 
 def test_ctrl_c_in_data_prepare_says_what_it_keeps_and_claims_no_runs(

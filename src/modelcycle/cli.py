@@ -397,7 +397,11 @@ def _release(cfg: DictConfig, run_id: str, exports: Path, overrides: list[str]) 
     from modelcycle.config import build_registry
     from modelcycle.pipeline import release
 
-    with _clear_errors():
+    stopped = (
+        "a version it registered stays, @challenger and not exported (nothing is served from "
+        "it); the same `modelcycle release` exports it and makes a first version champion"
+    )
+    with _clear_errors(stopped):
         registry = build_registry(cfg)
         model = registry.task_of(run_id)
         outcome = release(registry, run_id, model, exports)
@@ -509,7 +513,8 @@ def export_command(
     from modelcycle.config import build_registry, compose_config, workspace_of
     from modelcycle.export import ParityError, export_version
 
-    with _clear_errors():
+    stopped = f"nothing was attached to {reference}, which keeps its files and tags"
+    with _clear_errors("" if check else f"{stopped}; run the export again"):
         cfg = compose_config(overrides or [])
         registry = build_registry(cfg)
         try:
@@ -1210,7 +1215,8 @@ def _run(cfg: DictConfig) -> PipelineResult:
     from modelcycle.pipeline import run_pipeline
     from modelcycle.tracking import Tracker
 
-    with _clear_errors():
+    # nothing resumes a stopped fit: what was logged stays in the runs, the rest is lost
+    with _clear_errors("a stopped training does not resume: run it again"):
         assembled = assemble(cfg)
         assembled.workspace.mkdir(parents=True, exist_ok=True)
         tracker = Tracker(assembled.tracking, assembled.workspace)
@@ -1262,12 +1268,13 @@ def _say(label: str, style: str, text: object = "") -> None:
 
 
 @contextmanager
-def _clear_errors(at_ctrl_c: str = "") -> Iterator[None]:
+def _clear_errors(stopped: str = "") -> Iterator[None]:
     """Turn expected input errors into one red line and exit code 2, not a stack trace.
 
     Args:
-        at_ctrl_c: What a Ctrl-C leaves behind, said after "stopped at Ctrl-C" (and after
-            the tracked runs it marked KILLED, when it marked some).
+        stopped: What an interruption (Ctrl-C, SIGTERM) leaves, said after it (and after
+            the tracked runs it marked KILLED, when it marked some); nothing when the
+            command changes nothing a stop could leave half done.
     """
     killed_before = len(_killed_runs())
     try:
@@ -1296,17 +1303,17 @@ def _clear_errors(at_ctrl_c: str = "") -> Iterator[None]:
     except KeyboardInterrupt as err:
         if is_rank_zero():  # under DDP every rank gets the Ctrl-C; one says so
             killed = len(_killed_runs()) - killed_before
-            _say("interrupted:", "yellow", _stopped(killed, at_ctrl_c))
+            _say("interrupted:", "yellow", _stopped(killed, stopped))
         raise typer.Exit(code=stop_exit_code()) from err  # 128 + the signal, as shells say
 
 
-def _stopped(killed: int, at_ctrl_c: str) -> str:
+def _stopped(killed: int, stopped: str) -> str:
     """The Ctrl-C line: the runs it marked KILLED, if any, and what the command leaves."""
     said = [f"stopped at {stopped_by()}"]
     if killed:
         runs = "runs it had open are" if killed > 1 else "run it had open is"
         said.append(f"the tracked {runs} marked KILLED")
-    return "; ".join([*said, at_ctrl_c] if at_ctrl_c else said) + "."
+    return "; ".join([*said, stopped] if stopped else said) + "."
 
 
 def _killed_runs() -> list[str]:

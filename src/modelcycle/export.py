@@ -752,9 +752,12 @@ def export_version(
             servable.output_names,
             servable.monitor_outputs,
         )
-    finally:  # a failed parity check is kept beside the version too
-        if attach:
+    except Exception:  # a failed check is kept beside the version too
+        if attach:  # (not a stop: half-made files would replace the version's good ones)
             registry.log_directory(version, out_dir, "model/onnx")
+        raise
+    if attach:
+        registry.log_directory(version, out_dir, "model/onnx")
     if attach:
         registry.set_tags(version, export_tags(report))
     return version, report

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -97,3 +99,38 @@ def test_outside_git_the_state_is_unknown_not_clean(tmp_path: Path) -> None:
         "git_dirty": "unknown",
         "git_root": "unknown",
     }
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What modelcycle.tracking warned (MLflow logs its store's set-up beside it)."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "modelcycle.tracking" and r.levelno >= logging.WARNING
+    ]
+
+
+def test_a_moved_workspace_says_its_runs_files_go_to_the_old_place(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The store records the artifact folder as an absolute path: runs tracked in a moved or
+    # copied workspace silently wrote their files (and models) into the old one.
+    tmp_path = tmp_path / "with space"  # the store keeps the folder quoted, as a URI
+    Tracker(TrackingSettings(), tmp_path / "ws")
+    with caplog.at_level(logging.WARNING, logger="modelcycle.tracking"):
+        Tracker(TrackingSettings(), tmp_path / "ws")  # the same place: nothing to say
+    assert not warnings(caplog)
+    shutil.copytree(tmp_path / "ws", tmp_path / "copy")
+    with caplog.at_level(logging.WARNING, logger="modelcycle.tracking"):
+        moved = Tracker(TrackingSettings(), tmp_path / "copy")
+    (warned,) = warnings(caplog)
+    assert f"keeps its run files in {(tmp_path / 'ws' / 'artifacts').resolve()}" in warned
+    assert f"To keep them in {(tmp_path / 'copy' / 'artifacts').resolve()}" in warned
+    assert "logger.experiment=NAME" in warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="modelcycle.tracking"):
+        Tracker(TrackingSettings(experiment="fresh"), tmp_path / "copy")  # the way out
+    assert not warnings(caplog)
+    with moved.run("run") as run_id:  # where its files go, as the warning says
+        uri = MlflowClient(tracking_uri=moved.uri).get_run(run_id).info.artifact_uri
+    assert uri.startswith((tmp_path / "ws" / "artifacts").resolve().as_uri())

@@ -141,6 +141,7 @@ class Tracker:
                     artifacts = (self.workspace / "artifacts").resolve().as_uri()
                 return str(mlflow.create_experiment(self.settings.experiment, artifacts))
             location = str(experiment.artifact_location)
+            self._warn_if_elsewhere(location)
             if tracking_server(self.uri) and location.startswith("file:"):
                 log.warning(
                     "Experiment %r on %s keeps its artifacts in %s, a folder of one "
@@ -152,6 +153,33 @@ class Tracker:
                     location,
                 )
             return str(experiment.experiment_id)
+
+    def _warn_if_elsewhere(self, location: str) -> None:
+        """Warn when the workspace's own store keeps its artifacts outside the workspace.
+
+        The store records the folder as an absolute path when the experiment is made: in a
+        workspace moved or copied since, every run's files (reports, models) went to the old
+        place, silently made again if it had gone, and a cleanup of the old copy deleted the
+        registered models of the new one.
+        """
+        if self.settings.uri is not None or not location.startswith("file:"):
+            return  # a store or artifact location chosen by the user
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        own = (self.workspace / "artifacts").resolve()
+        folder = Path(url2pathname(urlparse(location).path))  # as_uri() quoted it ("%20")
+        if folder != own and own not in folder.parents:
+            log.warning(
+                "Experiment %r of %s keeps its run files in %s, outside this workspace "
+                "(moved or copied from there?): this run's files go there too, and "
+                "registered versions are read from there. To keep them in %s, name a new "
+                "experiment (logger.experiment=NAME); or move the workspace back.",
+                self.settings.experiment,
+                workspace_store(self.workspace),
+                folder,
+                own,
+            )
 
     @contextmanager
     def run(self, name: str, nested: bool = False) -> Iterator[str]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,8 @@ from modelcycle.registry import (
 )
 from modelcycle.registry_hooks import AliasMoved, CommandHook
 from modelcycle.servable import ServableError, ServableModel
-from modelcycle.tracking import Tracker, TrackingSettings
+from modelcycle.tracking import Tracker, TrackingSettings, workspace_lock
+from serving_fixtures import ServedWorkspace
 
 METRIC = "auc_twin_vs_unrelated"
 
@@ -404,3 +408,33 @@ def test_a_model_name_commands_cannot_carry_is_refused_before_anything_is_writte
     for reads in (registry.history, registry.aliases):  # what promote and history read
         with pytest.raises(RegistryError, match=rf"^model name '{name}'"):
             reads(name)
+
+
+def test_alias_moves_at_once_each_audit_the_one_before(two_versions: ServedWorkspace) -> None:
+    # Two registrations at once (two pipelines on one workspace) both read the challenger
+    # before either moved it: both audit entries said "from 1", one of them wrongly.
+    registry = two_versions.registry
+    moved: list[str] = []
+
+    def move(version: str) -> None:
+        Registry(registry.uri).move_alias("twins", "staging", version, f"to {version}")
+        moved.append(version)
+
+    with workspace_lock(two_versions.root):  # another process reading and moving the alias
+        waiting = threading.Thread(target=move, args=("1",))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not moved  # it waits to read until the other is done
+    waiting.join(timeout=60)
+    assert moved == ["1"]
+    movers = [threading.Thread(target=move, args=(v,)) for v in ("2", "1", "2", "1")]
+    for mover in movers:
+        mover.start()
+    deadline = time.monotonic() + 120
+    for mover in movers:
+        mover.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert len(moved) == 5
+    staging = [e for e in registry.history("twins") if e.alias == "staging"]
+    assert len(staging) == 5  # none lost
+    for before, entry in itertools.pairwise(staging):
+        assert entry.previous_version == before.version, [e.payload() for e in staging]

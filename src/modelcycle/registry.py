@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -205,20 +206,34 @@ class Registry:
         """Point `alias` at `version`, append the move to the audit trail, run the hooks."""
         check_alias(alias)
         self.get(name, version)  # a missing version is an error before anything moves
-        previous = self.alias_version(name, alias)
-        self.client.set_registered_model_alias(name, alias, version)
-        event = AliasMoved(
-            model=name,
-            alias=alias,
-            version=version,
-            previous_version=previous,
-            reason=reason,
-            actor=_actor(),
-            at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        self._append_audit(event)
+        with self._moving():
+            previous = self.alias_version(name, alias)
+            self.client.set_registered_model_alias(name, alias, version)
+            event = AliasMoved(
+                model=name,
+                alias=alias,
+                version=version,
+                previous_version=previous,
+                reason=reason,
+                actor=_actor(),
+                at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+            self._append_audit(event)
         log.info("%s@%s: %s → %s (%s)", name, alias, previous, version, reason)
         return run_hooks(self.hooks, event)
+
+    def _moving(self) -> AbstractContextManager[None]:
+        """Hold the workspace's lock while an alias is read, moved and audited.
+
+        Two registrations at once (two `pipeline` runs on one workspace) both read the
+        challenger before either moved it, and both audit entries said "from 1". Only a
+        SQLite registry has a workspace to lock; a server's writes are its own.
+        """
+        from modelcycle.tracking import workspace_lock
+
+        if not self.uri.startswith("sqlite:///"):
+            return nullcontext()
+        return workspace_lock(Path(self.uri.removeprefix("sqlite:///")).parent)
 
     def promote(
         self, name: str, alias: str = CHAMPION, version: str | None = None, reason: str = ""

@@ -779,6 +779,29 @@ def test_register_takes_a_report_folder_and_refuses_names_commands_cannot_carry(
     assert absent.exit_code == 2 and "absent: nothing is there" in absent.stdout
 
 
+@pytest.mark.parametrize("damaged", ["summary.json", "config.yaml"])
+def test_a_report_folder_with_a_cut_short_file_is_named_in_one_line(
+    damaged: str, tmp_path: Path, workspace: Path
+) -> None:
+    # A summary.json cut short (a full disk, a copy stopped halfway) ended evaluate and
+    # register in a JSONDecodeError traceback.
+    Tracker(TrackingSettings(), workspace)  # the store exists: only the folder is damaged
+    folder = tmp_path / "twins-20260101-120000"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"run_id": "0123abcd", "folds": []}))
+    (folder / "config.yaml").write_text("seed: 42\n")
+    (folder / damaged).write_text(
+        '{"run_id": "0123abcd", "folds": [' if damaged == "summary.json" else "seed: [42\n"
+    )
+    for command in ("evaluate", "register"):
+        result = runner.invoke(app, [command, str(folder)])
+        said = " ".join(result.stdout.split())
+        assert result.exit_code == 2, result.output
+        assert f"error: {folder / damaged} does not read (" in said, said
+        assert "it was cut short or edited. The train run keeps a copy" in said
+        assert "Traceback" not in result.output
+
+
 def test_release_of_a_registered_run_exports_that_version_again(tmp_path: Path) -> None:
     # `dvc repro -f` reruns the export stage on the run it released, after DVC removed its
     # exports: release refused it for good ("already twins version 1", exit 1).

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,10 +174,26 @@ def _read_report(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise EvaluationError(
             f"{folder} holds no summary.json and config.yaml: it is not the report folder of a "
             "finished train run (a run stopped early, by Ctrl-C or an error, writes neither), "
-            "or it was deleted; evaluate needs the folder with a finished run's fold "
-            "checkpoints (run `modelcycle train` again if it is gone)."
+            "or it was deleted; evaluate and register read them from the folder of a finished "
+            "run (run `modelcycle train` again if it is gone)."
         )
-    return json.loads(summary.read_text()), yaml.safe_load(config.read_text())
+    return _parsed(summary, json.loads), _parsed(config, yaml.safe_load)
+
+
+def _parsed(path: Path, parse: Callable[[str], Any]) -> dict[str, Any]:
+    """The mapping in a report file, or an EvaluationError naming it and where a copy is."""
+    try:
+        found = parse(path.read_text())
+        why = "not a mapping"
+    except (ValueError, yaml.YAMLError) as err:  # JSONDecodeError is a ValueError
+        found, why = None, " ".join(str(err).split())[:200]
+    if isinstance(found, dict):
+        return found
+    raise EvaluationError(
+        f"{path} does not read ({why}): it was cut short or edited. The train run keeps a copy "
+        f"among its artifacts (in the tracking store, e.g. `mlflow ui`): put it back in "
+        f"{path.parent}."
+    )
 
 
 def evaluate_run(

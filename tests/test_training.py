@@ -304,6 +304,83 @@ def test_a_ctrl_c_whose_interrupt_was_dropped_still_stops_the_fit(tmp_path: Path
         signal.signal(signal.SIGINT, handler)
 
 
+#: A fit under a command's stop handlers whose logger gets SIGTERM in its third save, inside
+#: a tracking-store write (a frame of SQLAlchemy), as MLflow's logger writes after each batch;
+#: Lightning checks for SIGTERM right after. Prints what the fit raised, after which batch.
+SIGTERM_IN_A_STORE_WRITE = """
+import os, signal, sys, time
+import lightning as L, torch
+from lightning.pytorch.loggers import Logger
+from torch.utils.data import DataLoader, TensorDataset
+from modelcycle.interrupts import ctrl_c_outside_store
+from modelcycle.stop_signals import sigterm_as_ctrl_c
+from modelcycle.training import TrainerSettings, fit
+
+def in_store(function):
+    namespace = {"__name__": "sqlalchemy.orm.session", "function": function}
+    exec("def call():\\n    return function()\\n", namespace)
+    return namespace["call"]()
+
+class Store(Logger):
+    saves = 0
+    name = "store"
+    version = "0"
+    def log_hyperparams(self, params, *args, **kwargs): pass
+    def log_metrics(self, metrics, step=None): pass
+    def save(self):
+        Store.saves += 1
+        if Store.saves == 3:
+            in_store(lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+class Learning(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.steps = 0
+    def training_step(self, batch, batch_idx):
+        self.steps += 1
+        self.handler = signal.getsignal(signal.SIGTERM)
+        loss = (self.weight - 1).pow(2).sum()
+        self.log("train_loss", loss)
+        return loss
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2)
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+module = Learning()
+settings = TrainerSettings(max_epochs=50, min_epochs=50, patience=50, progress_bar=False)
+try:
+    with sigterm_as_ctrl_c(), ctrl_c_outside_store():
+        fit(module, None, settings, "train_loss", sys.argv[1], [Store()])
+    print("finished")
+except BaseException as err:
+    print("raised", type(err).__name__, "after step", module.steps)
+print("SIGTERM handled in the fit by:", getattr(module.handler, "__qualname__", module.handler))
+time.sleep(0.5)  # a retry timer left running would fire here
+print("alive")
+"""
+
+
+def test_sigterm_during_a_store_write_in_a_fit_stops_it_as_ctrl_c_does(tmp_path: Path) -> None:
+    # Lightning's SIGTERM handler ended the fit as a SystemExit, and its teardown reset
+    # SIGALRM under a stop waiting for a write to end: the process died of SIGALRM (-14),
+    # seen once in the training stop test under load.
+    run = subprocess.run(
+        [sys.executable, "-c", SIGTERM_IN_A_STORE_WRITE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    *_, raised, handled, alive = run.stdout.splitlines()
+    assert raised.startswith("raised KeyboardInterrupt after step ") and alive == "alive"
+    # Lightning's handler, set at each fit's start, is not the one a SIGTERM meets
+    assert handled == "SIGTERM handled in the fit by: on_sigterm"
+    assert int(raised.rpartition(" ")[2]) < 50  # stopped, not trained to its 100th step
+
+
 class _Learning(L.LightningModule):
     """A one-weight model that learns 1; its loss is logged for early stopping."""
 

@@ -37,14 +37,15 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         yield
         return
     _received.clear()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> Any:
+def on_sigterm(signum: int, frame: FrameType | None) -> Any:
+    """The SIGTERM handler of a command: run the current Ctrl-C handler."""
     _received.append(signum)
     handler = signal.getsignal(signal.SIGINT)
     if not callable(handler):  # Ctrl-C ignored (a script's background job): stop regardless

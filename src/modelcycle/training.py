@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import Logger
 from modelcycle.interrupts import when_outside_store
 from modelcycle.kinds import is_number, is_whole
 from modelcycle.logs import quiet_libraries
+from modelcycle.stop_signals import on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ class _CtrlC(Callback):
         self.pressed = False
         self.heard = False
         self.before: Any = None
+        self.term: Any = None  # the command's SIGTERM handler, put back over Lightning's
 
     def listen(self) -> bool:
         """Hear Ctrl-C through `hear`, once out of the tracking store; whether it does.
@@ -232,10 +234,23 @@ class _CtrlC(Callback):
         if threading.current_thread() is not threading.main_thread():
             return False
         self.before = signal.getsignal(signal.SIGINT)
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:  # a command's: keep it in the fit
+            self.term = on_sigterm
         if not callable(self.before):
             return False
         signal.signal(signal.SIGINT, when_outside_store(self.hear))
         return True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Give SIGTERM back to the command, from the handler Lightning set just before.
+
+        Lightning's handler ends a fit as a silent SystemExit (exit 0, the runs FAILED), and
+        its teardown resets every signal, SIGALRM too: a stop held until a store write was
+        done then killed the process by SIGALRM. The command's handler stops a fit as
+        Ctrl-C does (`modelcycle.stop_signals`); elsewhere Lightning's is left in place.
+        """
+        if self.term is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.term)
 
     def stop_listening(self) -> None:
         """Give Ctrl-C back the handler it had before `listen` (Lightning ignores it at one)."""

@@ -448,7 +448,7 @@ def _config_entry_points(monkeypatch: pytest.MonkeyPatch, *packages: str) -> Non
         "entry_points",
         lambda **kw: found if kw.get("group") == config.CONFIG_ENTRY_POINT_GROUP else real(**kw),
     )
-    monkeypatch.setattr(config, "_WARNED", set())
+    monkeypatch.setattr("modelcycle.logs._WARNED", set())
 
 
 def test_an_outside_config_package_adds_its_groups_and_a_missing_one_is_said_once(

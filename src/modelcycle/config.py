@@ -24,6 +24,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from modelcycle.kinds import describe_range, in_range, is_number, is_whole
+from modelcycle.logs import warn_once
 from modelcycle.messages import clause
 from modelcycle.registry import Registry
 from modelcycle.registry_hooks import HookError, hooks_from_config
@@ -74,17 +75,14 @@ def config_packages() -> list[str]:
             found = False
         if found:
             packages.append(ep.value)
-        elif ep.value not in _WARNED:
-            _WARNED.add(ep.value)
-            log.warning(
-                "Config package %s (entry point %s in group %s) does not import; its configs "
-                "are left out. Install the package that ships it, or fix the entry point.",
-                ep.value, ep.name, CONFIG_ENTRY_POINT_GROUP,
-            )  # fmt: skip
+        else:
+            warn_once(
+                log,
+                f"Config package {ep.value} (entry point {ep.name} in group "
+                f"{CONFIG_ENTRY_POINT_GROUP}) does not import; its configs are left out. "
+                "Install the package that ships it, or fix the entry point.",
+            )
     return packages
-
-
-_WARNED: set[str] = set()
 
 
 def _configs(group: str, packages: Sequence[str] | None = None) -> dict[str, Traversable]:

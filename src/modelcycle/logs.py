@@ -82,3 +82,18 @@ def handler(supervisor: int | None = None) -> logging.Handler:
     rich = RichHandler(console=Console(stderr=True), show_path=False)
     rich.setFormatter(logging.Formatter(f"worker {os.getpid()}: %(message)s" if worker else None))
     return rich
+
+
+#: Messages `warn_once` has logged in this process.
+_WARNED: set[str] = set()
+
+
+def warn_once(logger: logging.Logger, message: str) -> None:
+    """Log `message` as a warning the first time only.
+
+    For faults every lookup would repeat: a broken plugin's entry point is read on each task
+    or config lookup.
+    """
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s", message)

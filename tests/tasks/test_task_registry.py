@@ -116,7 +116,7 @@ def test_outside_packages_register_through_entry_points(
     broken = EntryPoint("broken", "no_such_module_xyz:Task", group)
     not_a_task = EntryPoint("not_a_task", "blobs_plugin.task:Logistic", group)
     _entry_points(monkeypatch, plugin, broken, not_a_task)
-    monkeypatch.setattr(base, "_WARNED", set())
+    monkeypatch.setattr("modelcycle.logs._WARNED", set())
     with caplog.at_level(logging.WARNING, logger="modelcycle.tasks.base"):
         names = base.available_tasks()  # the broken plugins are logged, not fatal
         base.available_tasks()
@@ -137,7 +137,7 @@ def test_an_entry_point_keeps_the_name_its_task_registered_and_the_built_in_name
     shadowing = EntryPoint("twins", "blobs_plugin.task:BlobsTask", group)
     same = EntryPoint("blobs", "blobs_plugin.task:BlobsTask", group)  # what the example ships
     _entry_points(monkeypatch, renamed, shadowing, same)
-    monkeypatch.setattr(base, "_WARNED", set())
+    monkeypatch.setattr("modelcycle.logs._WARNED", set())
     with caplog.at_level(logging.WARNING, logger="modelcycle.tasks.base"):
         names = base.available_tasks()
         base.available_tasks()

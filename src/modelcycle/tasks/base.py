@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import lightning as L
 import numpy as np
 
+from modelcycle.logs import warn_once
 from modelcycle.servable import ServableModel
 from modelcycle.serving.adapter import ServingAdapter
 from modelcycle.tasks import BUILTIN, ENTRY_POINT_GROUP
@@ -218,14 +219,8 @@ def _load_builtin_and_plugins() -> None:
             _warn_once(f"Task plugin {ep.name} ({ep.value}) not registered: {err}")
 
 
-_WARNED: set[str] = set()
-
-
 def _warn_once(message: str) -> None:
-    """Log a plugin's fault once per process: every task lookup reads the entry points."""
-    if message not in _WARNED:
-        _WARNED.add(message)
-        log.warning("%s", message)
+    warn_once(log, message)  # every task lookup reads the entry points
 
 
 def available_tasks() -> list[str]:

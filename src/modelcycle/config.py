@@ -121,7 +121,7 @@ def experiments_by_task() -> dict[str, list[str]]:
         if isinstance(d, dict) and "task" in d
     )
     packages = config_packages()
-    task_configs = _configs("task", packages)
+    builds = _tasks_built(packages)
     runs: dict[str, list[str]] = {}
     for name, path in sorted(_configs("experiment", packages).items()):
         entries = (yaml.safe_load(path.read_text()) or {}).get("defaults", [])
@@ -129,22 +129,26 @@ def experiments_by_task() -> dict[str, list[str]]:
             (d["override /task"] for d in entries if isinstance(d, dict) and "override /task" in d),
             default,
         )
-        task = chosen
-        if chosen in task_configs:  # the config's `name:` is the registered task
-            task = (yaml.safe_load(task_configs[chosen].read_text()) or {}).get("name", chosen)
-        runs.setdefault(task, []).append(name)
+        runs.setdefault(builds.get(chosen, chosen), []).append(name)
     return runs
 
 
 def task_configs() -> dict[str, str]:
     """Each task config (`task=CONFIG`) by the registered task it builds (its `name:`)."""
+    named: dict[str, str] = {}
+    for config, task in sorted(_tasks_built(config_packages()).items()):
+        named.setdefault(task, config)
+    return named
+
+
+def _tasks_built(packages: Sequence[str]) -> dict[str, str]:
+    """The registered task each task config (`task/CONFIG.yaml`) builds: its `name:`."""
     import yaml
 
-    named: dict[str, str] = {}
-    for config, path in sorted(_configs("task").items()):
-        task = (yaml.safe_load(path.read_text()) or {}).get("name", config)
-        named.setdefault(str(task), config)
-    return named
+    return {
+        config: str((yaml.safe_load(path.read_text()) or {}).get("name", config))
+        for config, path in _configs("task", packages).items()
+    }
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

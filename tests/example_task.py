@@ -23,3 +23,22 @@ def load_example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     for name in [m for m in sys.modules if m.partition(".")[0] == "blobs_plugin"]:
         monkeypatch.delitem(sys.modules, name)  # imported afresh: it registers on import
     return importlib.import_module("blobs_plugin.task")
+
+
+def config_entry_points(monkeypatch: pytest.MonkeyPatch, *packages: str) -> None:
+    """Outside config packages, as `modelcycle.configs` entry points would name them."""
+    import importlib.metadata
+
+    import modelcycle.config as config
+
+    found = [
+        importlib.metadata.EntryPoint(f"p{i}", package, config.CONFIG_ENTRY_POINT_GROUP)
+        for i, package in enumerate(packages)
+    ]
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(
+        importlib.metadata,
+        "entry_points",
+        lambda **kw: found if kw.get("group") == config.CONFIG_ENTRY_POINT_GROUP else real(**kw),
+    )
+    monkeypatch.setattr("modelcycle.logs._WARNED", set())

@@ -948,7 +948,7 @@ CTRL_C_AT_IMPORT = (
 
 @pytest.mark.parametrize(
     ("module", "words"),
-    [("modelcycle.config", ["config"]), ("modelcycle.data.image_datasets", ["data", "fetch", "x"])],
+    [("modelcycle.config", ["config"]), ("modelcycle.data.fetchable", ["data", "fetch", "x"])],
 )
 def test_ctrl_c_while_a_command_imports_says_so(
     module: str, words: list[str], workspace: Path

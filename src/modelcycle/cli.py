@@ -1007,7 +1007,10 @@ def _print_hooks(results: list[HookResult]) -> None:
 def data_fetch(
     dataset: Annotated[
         str,
-        typer.Argument(help="qtim, qtim-synthetic, rice, flowers102, signmnist, bcss or wikics"),
+        typer.Argument(
+            help="qtim, qtim-synthetic, rice, flowers102, signmnist, bcss, wikics, or a data "
+            "group an installed package adds"
+        ),
     ],
     dest: Annotated[Path | None, typer.Option(help="Target folder")] = None,
     synthetic: Annotated[
@@ -1031,12 +1034,6 @@ def data_fetch(
     ] = None,
 ) -> None:
     """Download a dataset (hashes recorded), or write its offline stand-in."""
-    from modelcycle.config import compose_config
-    from modelcycle.data.image_datasets import IMAGE_SOURCES
-    from modelcycle.data.qtim import fetch_structural
-    from modelcycle.data.qtim_functional import fetch_functional
-
-    downloads = {"structural": fetch_structural, "func": fetch_functional}
     given = {
         "--synthetic": synthetic,
         "--mirror": bool(mirror),
@@ -1044,32 +1041,26 @@ def data_fetch(
         "--families": families is not None,
         "--volumes": volumes is not None,
     }
-    _options_apply(dataset, [option for option, set_ in given.items() if set_])
-    modality = modality or "structural"
+    with _clear_errors():
+        _options_apply(dataset, [option for option, set_ in given.items() if set_])
     if dataset == "qtim-synthetic":
         _fetch_synthetic(dest, families, volumes, mirror)
-        return
-    if dataset == "wikics" or dataset in IMAGE_SOURCES:
-        from hydra.utils import instantiate
+    elif dataset == "qtim":
+        _fetch_qtim(dest, modality or "structural", mirror, synthetic)
+    else:
+        _fetch_source(dataset, dest, synthetic)
 
-        with _clear_errors():
-            # the data group's settings, so the stand-in is the one `pipeline` draws
-            data = compose_config([f"data={dataset}"]).data
-            target = dest or Path(data.download_dir)
-            source = instantiate(data, root=None, download_dir=target, synthetic=synthetic)
-            root = source.resolve_root()
-        console.print(f"{dataset} {'stand-in' if synthetic else 'data'} in {root}")
-        return
-    if dataset != "qtim" or modality not in downloads:
-        names = ", ".join(
-            ["qtim (--modality structural or func)", "qtim-synthetic", *IMAGE_SOURCES, "wikics"]
+
+def _fetch_qtim(dest: Path | None, modality: str, mirror: str, synthetic: bool) -> None:
+    from modelcycle.config import compose_config
+    from modelcycle.data.qtim import fetch_structural
+    from modelcycle.data.qtim_functional import fetch_functional
+
+    downloads = {"structural": fetch_structural, "func": fetch_functional}
+    if modality not in downloads:
+        raise typer.BadParameter(
+            f"Unknown modality {modality!r} of qtim; available: {_fetch_names()}."
         )
-        wrong = (
-            f"Unknown modality {modality!r} of qtim"
-            if dataset == "qtim"
-            else f"Unknown dataset {dataset!r}"
-        )
-        raise typer.BadParameter(f"{wrong}; available: {names}.")
     if synthetic:
         raise typer.BadParameter(
             "qtim has no synthetic stand-in: its structural files are ~2 MB; for the offline "
@@ -1082,27 +1073,73 @@ def data_fetch(
     console.print(f"{len(record.files)} files in {record.root} (digest {record.digest()[:12]})")
 
 
-#: The options of `data fetch` each dataset takes, beside --dest (qtim refuses --synthetic
-#: with a line of its own).
+def _fetch_source(dataset: str, dest: Path | None, synthetic: bool) -> None:
+    """Fetch data group `dataset` as its source fetches itself (`pipeline` draws the same)."""
+    from hydra.utils import instantiate
+
+    from modelcycle.config import compose_config
+    from modelcycle.data.fetchable import source_class
+
+    with _clear_errors():
+        if source_class(dataset) is None:
+            raise typer.BadParameter(f"{_not_fetched(dataset)}; available: {_fetch_names()}.")
+        data = compose_config([f"data={dataset}"]).data
+        target = dest or Path(data.download_dir)
+        more = {"synthetic": synthetic} if synthetic else {}
+        source = instantiate(data, root=None, download_dir=target, **more)
+        root = source.resolve_root()
+    console.print(f"{dataset} {'stand-in' if synthetic else 'data'} in {root}")
+
+
+def _not_fetched(dataset: str) -> str:
+    from modelcycle.config import data_configs
+    from modelcycle.data.fetchable import OWN_COMMANDS
+
+    if dataset in OWN_COMMANDS:
+        return f"data group {dataset} is fetched as qtim (--modality func) or qtim-synthetic"
+    if dataset in data_configs():
+        return (
+            f"data group {dataset} is read from data.root only: its source downloads nothing "
+            "(one `data fetch` can fetch has resolve_root() and takes download_dir)"
+        )
+    return f"Unknown dataset {dataset!r}"
+
+
+def _fetch_names() -> str:
+    from modelcycle.data.fetchable import fetchable
+
+    names = ["qtim (--modality structural or func)", "qtim-synthetic", *fetchable()]
+    return ", ".join(names)
+
+
+#: The options of `data fetch` QTIM's datasets take, beside --dest (qtim refuses --synthetic
+#: with a line of its own); a data group's source takes --synthetic if it takes `synthetic`.
 FETCH_OPTIONS = {
     "qtim": ("--mirror", "--modality", "--synthetic"),
     "qtim-synthetic": ("--mirror", "--families", "--volumes"),
-    "wikics": ("--synthetic",),
 }
 
 
 def _options_apply(dataset: str, given: list[str]) -> None:
     """Refuse a `data fetch` option the dataset does not take, rather than ignore it."""
-    from modelcycle.data.image_datasets import IMAGE_SOURCES
+    from modelcycle.data.fetchable import source_class, takes
 
-    takes = FETCH_OPTIONS.get(dataset, ("--synthetic",) if dataset in IMAGE_SOURCES else None)
-    if takes is None:
+    takes_options: tuple[str, ...]
+    if dataset in FETCH_OPTIONS:
+        takes_options = FETCH_OPTIONS[dataset]
+    elif (cls := source_class(dataset)) is not None:
+        takes_options = ("--synthetic",) if takes(cls, "synthetic") else ()
+    else:
         return  # an unknown dataset: said below, with the names
-    if extra := [option for option in given if option not in takes]:
-        options = ["--dest", *(o for o in takes if o != "--synthetic" or dataset != "qtim")]
+    if extra := [option for option in given if option not in takes_options]:
+        options = [
+            "--dest",
+            *(o for o in takes_options if o != "--synthetic" or dataset != "qtim"),
+        ]
+        which = f"{', '.join(options[:-1])} and {options[-1]}" if len(options) > 1 else options[0]
         raise typer.BadParameter(
             f"{', '.join(extra)}: not {'an option' if len(extra) == 1 else 'options'} of "
-            f"{dataset}, which takes {', '.join(options[:-1])} and {options[-1]}."
+            f"{dataset}, which takes {which}."
         )
 
 

@@ -101,6 +101,11 @@ def _configs(group: str, packages: Sequence[str] | None = None) -> dict[str, Tra
     return found
 
 
+def data_configs() -> dict[str, Traversable]:
+    """Each data group's config file by name (`data=NAME`), modelcycle's and packages'."""
+    return _configs("data")
+
+
 def experiment_names() -> list[str]:
     """The experiments a run can name (`experiment=NAME`): every `experiment/*.yaml`."""
     return sorted(_configs("experiment"))

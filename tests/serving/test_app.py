@@ -954,6 +954,62 @@ def test_head_sends_the_headers_of_get_without_its_body_in_uvicorn(served: Serve
             assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b'{"status":"alive"}')
 
 
+class _CountedSession(GatedSession):
+    """A gated session that records the rows of every call."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.rows: list[int] = []
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
+        self.rows.append(len(next(iter(feeds.values()))))
+        return super().run(names, feeds)
+
+
+def test_a_queued_request_whose_client_left_is_dropped_not_computed(
+    served: ServedModel,
+) -> None:
+    """uvicorn with the server's protocol: a client that closes its connection while its
+    request waits in the queue (a page's cancelled request, a timeout) costs no model call."""
+    from modelcycle.serving.protocol import OpsFirstHttp
+
+    counted = _CountedSession(served.session)
+    settings = ServeSettings(max_batch=1, deadline_ms=30_000)  # the test decides the waits
+    app = create_app(lambda: [replace(served, session=counted)], settings)
+    with (
+        _in_uvicorn(app, http=OpsFirstHttp) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c,
+    ):
+
+        def metric(prefix: str) -> float:
+            lines = c.get("/metrics").text.splitlines()
+            return next((float(x.split()[-1]) for x in lines if x.startswith(prefix)), 0.0)
+
+        def waited_for(prefix: str, value: float) -> bool:
+            deadline = time.monotonic() + 5
+            while metric(prefix) != value and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return metric(prefix) == value
+
+        body = json.dumps(c.get("/v1/models/twins/examples").json()["examples"][0]["request"])
+        counted.rows.clear()
+        counted.armed = True
+        with socket.create_connection(("127.0.0.1", port)) as held:
+            held.sendall(_http_post(body))
+            assert counted.entered.wait(10)  # the model thread holds it
+            with socket.create_connection(("127.0.0.1", port)) as leaving:
+                leaving.sendall(_http_post(body))
+                assert waited_for('modelcycle_queue_depth{model="twins"}', 1.0)
+            left = waited_for(PREDICT_SERIES + ',status="499"}', 1.0)
+            counted.armed = False
+            counted.release.set()
+            assert _http_answer(held)[0] == 200
+        after = c.post(PREDICT, content=body, headers={"content-type": "application/json"})
+    assert after.status_code == 200
+    assert left  # answered 499 as soon as its client left, not once the model was free
+    assert counted.rows == [1, 1]  # the held request and the one after; never the one that left
+
+
 @contextlib.contextmanager
 def _in_uvicorn(app: Any, **config: Any) -> Iterator[int]:
     """`app` under a real uvicorn on a free loopback port, in a thread, started (its

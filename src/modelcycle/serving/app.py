@@ -54,6 +54,7 @@ from modelcycle.serving.batching import (
 from modelcycle.serving.loading import ServedModel, warm_up
 from modelcycle.serving.loop_lag import LoopLag, RecentTime
 from modelcycle.serving.metrics import ServerMetrics, refusals_counted
+from modelcycle.serving.protocol import CLIENT_GONE
 from modelcycle.serving.uploads import MULTIPART, accepted_types, file_bytes, takes_bytes
 
 log = logging.getLogger(__name__)
@@ -808,11 +809,16 @@ def _add_routes(
         payload.source = source or LIVE
         try:  # the deadline counts from arrival: waiting, reading and decoding spent some of it
             put = batcher.put(payload, _wait_budget(deadline_ms))
+            _on_client_gone(request, put.cancel)  # a queued request nobody waits for: dropped
             result = await asyncio.wait_for(put, max(deadline - time.perf_counter(), 0.0))
         except OverloadedError as err:
             return _overloaded(name, str(err))
         except TimeoutError:
             return late()
+        except asyncio.CancelledError:
+            if not put.cancelled() or _task_cancelled():
+                raise  # the server is stopping this task, not the client leaving
+            return _error(499, "The client closed the connection before its answer.")
         state.answer_times[name].add(time.perf_counter() - seen)
         answered = payload.served
         if not result:  # its outputs were not finite (`_run_batch`)
@@ -851,6 +857,18 @@ def _add_routes(
     if drift is not None:
         app.include_router(drift.router("/v1", key_check))
     _document_requests(app, state, keyed=settings.api_key is not None)
+
+
+def _on_client_gone(request: Request, call: Callable[[], Any]) -> None:
+    """Have `call` called if the client leaves unanswered (the server's protocol tells)."""
+    gone = request.scope.get(CLIENT_GONE)
+    if gone is not None:  # another protocol (a TestClient's) tells nothing
+        gone.append(call)
+
+
+def _task_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _overloaded(name: str, why: str) -> JSONResponse:

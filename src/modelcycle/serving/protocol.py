@@ -25,6 +25,10 @@ HEAD_SECONDS = 10.0
 LINGER_SECONDS = 5.0
 
 
+#: A request scope's list of callables, each called once if the client leaves before the
+#: request is answered (the app puts a queued prediction's cancel there).
+CLIENT_GONE = "modelcycle.client_gone"
+
 #: An answer the protocol writes itself: status, headers (as ASGI's) and body.
 EarlyAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
 #: What an app may offer the protocol as `app.state.early_refusal`: given a request's method,
@@ -80,9 +84,18 @@ class OpsFirstHttp(HttpToolsProtocol):
         self._time_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Stop the head's and the unread body's clocks."""
+        """Stop the head's and the unread body's clocks; tell an unanswered request.
+
+        uvicorn only marks the request's cycle: an app learns of it when it next reads the
+        body, which a queued prediction never does, so its batch computed it for nobody (a
+        page's cancelled request, a client's timeout in an overload).
+        """
         self._stop_head_clock()
         self._stop_lingering()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            for gone in cycle.scope.get(CLIENT_GONE, ()):  # type: ignore[attr-defined]
+                gone()
         super().connection_lost(exc)
 
     def on_message_complete(self) -> None:
@@ -123,6 +136,7 @@ class OpsFirstHttp(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         """A request starts (the first, or the next on a kept-alive connection)."""
         super().on_message_begin()
+        self.scope[CLIENT_GONE] = []  # type: ignore[literal-required]
         self._unset_keepalive_if_required()  # not idle (it may follow a body in one read)
         self._head_bytes, self._in_head = 0, True
         self._time_head()

@@ -125,8 +125,8 @@ def test_a_moved_workspace_says_its_runs_files_go_to_the_old_place(
         moved = Tracker(TrackingSettings(), tmp_path / "copy")
     (warned,) = warnings(caplog)
     assert f"keeps its run files in {(tmp_path / 'ws' / 'artifacts').resolve()}" in warned
-    assert f"To keep them in {(tmp_path / 'copy' / 'artifacts').resolve()}" in warned
-    assert "logger.experiment=NAME" in warned
+    assert f"so that they go to {(tmp_path / 'copy' / 'artifacts').resolve()}" in warned
+    assert "`modelcycle relocate`" in warned and "logger.experiment=NAME" in warned
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="modelcycle.tracking"):
         Tracker(TrackingSettings(experiment="fresh"), tmp_path / "copy")  # the way out

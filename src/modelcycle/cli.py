@@ -494,6 +494,39 @@ def history(
     console.print(table)
 
 
+@app.command()
+def relocate(
+    former: Annotated[
+        Path | None,
+        typer.Option(help="The folder it was moved from (default: read from its store)"),
+    ] = None,
+    overrides: StoreOverrides = None,
+) -> None:
+    """Rewrite a moved or copied workspace's stored paths to the folder it is in now."""
+    from modelcycle.config import ConfigError, compose_config, tracking_settings, workspace_of
+    from modelcycle.relocation import relocate as relocate_store
+    from modelcycle.tracking import workspace_lock, workspace_store
+
+    with _clear_errors():
+        cfg = compose_config(overrides or [])
+        if (uri := tracking_settings(cfg).uri) is not None:
+            raise ConfigError(
+                f"logger.uri={uri}: that store records paths of its own; relocate rewrites a "
+                "workspace's own mlflow.db (leave logger.uri unset)."
+            )
+        workspace = workspace_of(cfg)
+        with workspace_lock(workspace):  # no alias move or registration meanwhile
+            done = relocate_store(workspace_store(workspace), former)
+    if done.old is None:
+        console.print(f"{workspace}: its stored paths are its own already; nothing rewritten.")
+        return
+    console.print(
+        f"Rewrote {done.values} stored paths from {done.old} to {workspace.resolve()}; the "
+        f"store as it was: {done.backup}",
+        soft_wrap=True,
+    )
+
+
 @app.command("export")
 def export_command(
     reference: Annotated[str, typer.Argument(help="NAME@ALIAS or NAME/VERSION")],
@@ -1277,6 +1310,7 @@ REPORTED = (
     ("modelcycle.evaluate", "EvaluationError"),
     ("modelcycle.data.openneuro", "FetchError"),
     ("modelcycle.registry", "RegistryError"),
+    ("modelcycle.relocation", "RelocationError"),
     ("modelcycle.servable", "ServableError"),
     ("modelcycle.serving.adapter_check", "AdapterError"),
     ("modelcycle.serving.loading", "ModelLoadError"),

@@ -14,6 +14,7 @@ import getpass
 import json
 import logging
 import re
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -352,6 +353,13 @@ class Registry:
         name, version = registered.name, registered.version
         lines = [line for line in str(getattr(err, "message", err)).splitlines() if line]
         reason = lines[-1].strip()[:200] if lines else type(err).__name__
+        if (moved := self._moved_from()) is not None:
+            return RegistryError(
+                f"{name} version {version}: its model files cannot be read from "
+                f"{registered.source} ({reason}). This workspace was made in {moved} and "
+                "its store still names files there: `modelcycle relocate` (with the same "
+                "workspace=) rewrites them to where it is now."
+            )
         return RegistryError(
             f"{name} version {version}: its model files cannot be read from "
             f"{registered.source} ({reason}). They were deleted or moved, or their store "
@@ -359,6 +367,17 @@ class Registry:
             f"version (`modelcycle promote {name} --version N`; `modelcycle history {name}` "
             "lists them), or train a new version (`modelcycle train`, then `modelcycle release`)."
         )
+
+    def _moved_from(self) -> Path | None:
+        """The folder this registry's workspace was made in, if it has moved since."""
+        from modelcycle.relocation import RelocationError, former_folder
+
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        try:
+            return former_folder(Path(self.uri.removeprefix("sqlite:///")))
+        except (RelocationError, OSError, sqlite3.Error):
+            return None
 
     def _config_text(self, run_id: str) -> str:
         """The run's resolved config.yaml, its first 5,000 characters (tags are bounded)."""

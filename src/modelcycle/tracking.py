@@ -173,8 +173,9 @@ class Tracker:
             log.warning(
                 "Experiment %r of %s keeps its run files in %s, outside this workspace "
                 "(moved or copied from there?): this run's files go there too, and "
-                "registered versions are read from there. To keep them in %s, name a new "
-                "experiment (logger.experiment=NAME); or move the workspace back.",
+                "registered versions are read from there. `modelcycle relocate` (with the "
+                "same workspace=) rewrites the stored paths so that they go to %s; or name a "
+                "new experiment (logger.experiment=NAME), or move the workspace back.",
                 self.settings.experiment,
                 workspace_store(self.workspace),
                 folder,

@@ -42,3 +42,28 @@ def config_entry_points(monkeypatch: pytest.MonkeyPatch, *packages: str) -> None
         lambda **kw: found if kw.get("group") == config.CONFIG_ENTRY_POINT_GROUP else real(**kw),
     )
     monkeypatch.setattr("modelcycle.logs._WARNED", set())
+
+
+def publish_example(example: ModuleType, tmp_path: Path, versions: int = 1) -> Path:
+    """A workspace holding blobs versions 1..`versions`: untrained models, pipeline-shaped runs.
+
+    Returns:
+        The workspace root.
+    """
+    from modelcycle.pipeline import run_tags
+    from modelcycle.registry import Registry
+    from modelcycle.tracking import Tracker, TrackingSettings
+
+    task = example.BlobsTask(rows=60)
+    data, summary = task.load()
+    fold = task.final_fold(data, seed=0)
+    tracker = Tracker(TrackingSettings(experiment="blobs"), tmp_path / "ws")
+    for number in range(1, versions + 1):
+        servable = task.servable(task.model(data, fold), data, fold)
+        with tracker.run("blobs") as run_id:
+            tracker.set_tags(run_tags(task, summary.data_hash))
+            tracker.log_metrics({"model_auc_mean": 0.9, "baseline_auc_mean": 0.6})
+            servable.save(tmp_path / f"model-{number}")
+            tracker.log_directory(tmp_path / f"model-{number}", "model")
+        Registry(tracker.uri).register(run_id, "blobs")
+    return tmp_path / "ws"

@@ -546,7 +546,10 @@ def export_command(
     from modelcycle.config import build_registry, compose_config, workspace_of
     from modelcycle.export import ParityError, export_version
 
-    stopped = f"nothing was attached to {reference}, which keeps its files and tags"
+    stopped = (
+        f"nothing was attached to {reference}, which keeps its files but is not served until "
+        "an export of it finishes"
+    )
     with _clear_errors("" if check else f"{stopped}; run the export again"):
         cfg = compose_config(overrides or [])
         registry = build_registry(cfg)

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from modelcycle.digests import sha256_file
+from modelcycle.export_status import OK, RUNNING, STATUS_TAG, failed
 from modelcycle.registry import Registered, Registry
 from modelcycle.servable import ServableModel
 from modelcycle.serving.adapter import ServingAdapter
 from modelcycle.serving.adapter_check import check_adapter
+from modelcycle.stop_signals import stopped_by
 from modelcycle.tasks import get_task
 
 if TYPE_CHECKING:
@@ -721,17 +723,40 @@ def export_version(
     that score the delta. The task's serving adapter then runs on a few of its own example
     requests against the fp32 model, as a server will (`check_adapter`).
 
+    The version's `export.status` tag is "running" from the start, and "ok" once every
+    other tag is set; an export that stops (a failed check, Ctrl-C, SIGTERM) sets it to
+    "failed: why", and serving refuses the version until an export succeeds: the tags and
+    files of an earlier export may still be on it.
+
     Raises:
         ParityError: If fp32 parity fails.
         AdapterError: If the adapter's requests do not become what the model takes, or its
-            answers are not JSON. Either way the files are attached but no tags are set,
-            and a server loads only a file whose sha256 a tag records.
+            answers are not JSON. Either way the files written so far are attached.
     """
     version = registry.resolve(reference)
+    if not attach:
+        return version, _export_files(registry, version, out_root, attach=False)
+    registry.set_tags(version, {STATUS_TAG: RUNNING})
+    try:
+        report = _export_files(registry, version, out_root, attach=True)
+    except BaseException as err:  # Ctrl-C and SIGTERM too: the version must say it stopped
+        registry.set_tags(version, {STATUS_TAG: failed(err, stopped_by())})
+        raise
+    return version, report
+
+
+def _export_files(
+    registry: Registry, version: Registered, out_root: Path, attach: bool
+) -> ExportReport:
+    """Export `version` into a copy of it under `out_root`; with `attach`, attach the results.
+
+    The status tag ("ok") is the last tag written.
+    """
     local = registry.download(version, out_root / f"{version.name}-v{version.version}")
     servable = ServableModel.load(local)
     adapter = get_task(servable.task).serving(servable.info)
     out_dir = local / "onnx"
+
     try:
         report = export_model(
             servable.module,
@@ -758,9 +783,8 @@ def export_version(
         raise
     if attach:
         registry.log_directory(version, out_dir, "model/onnx")
-    if attach:
-        registry.set_tags(version, export_tags(report))
-    return version, report
+        registry.set_tags(version, export_tags(report) | {STATUS_TAG: OK})
+    return report
 
 
 def _held_out_metric(

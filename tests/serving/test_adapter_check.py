@@ -16,11 +16,10 @@ import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from example_task import load_example
+from example_task import load_example, publish_example
 from modelcycle import export
 from modelcycle.cli import app
 from modelcycle.export import export_version
-from modelcycle.pipeline import run_tags
 from modelcycle.registry import Registry
 from modelcycle.serving.adapter_check import AdapterError, check_adapter
 from modelcycle.serving.loading import ModelLoadError, load_served, warm_up
@@ -58,18 +57,7 @@ def example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 @pytest.fixture
 def workspace(example: ModuleType, tmp_path: Path) -> Path:
     """A workspace holding blobs version 1: an untrained model from a pipeline-shaped run."""
-    task = example.BlobsTask(rows=60)
-    data, summary = task.load()
-    fold = task.final_fold(data, seed=0)
-    servable = task.servable(task.model(data, fold), data, fold)
-    tracker = Tracker(TrackingSettings(experiment="blobs"), tmp_path / "ws")
-    with tracker.run("blobs") as run_id:
-        tracker.set_tags(run_tags(task, summary.data_hash))
-        tracker.log_metrics({"model_auc_mean": 0.9, "baseline_auc_mean": 0.6})
-        servable.save(tmp_path / "model")
-        tracker.log_directory(tmp_path / "model", "model")
-    Registry(tracker.uri).register(run_id, "blobs")
-    return tmp_path / "ws"
+    return publish_example(example, tmp_path)
 
 
 def registry_of(workspace: Path) -> Registry:
@@ -120,10 +108,11 @@ def test_an_adapter_the_model_cannot_take_stops_the_export(
     message = str(caught.value)
     assert message.startswith(f"{name}.decode returned"), message
     assert given in message and taken in message, message
-    # nothing a server would load: no hash tags, so serving refuses the version
-    assert not any(k.startswith("export.") for k in registry.get("blobs", "1").tags)
+    # nothing a server would load: no hash tags, and a status that says why
+    tags = {k: v for k, v in registry.get("blobs", "1").tags.items() if k.startswith("export.")}
+    assert tags == {"export.status": f"failed: AdapterError: {message}"[: len("failed: ") + 300]}
     registry.promote("blobs", "champion", "1", "test")
-    with pytest.raises(ModelLoadError, match="has no fp32 ONNX export"):
+    with pytest.raises(ModelLoadError, match=r"its last export failed \(AdapterError: "):
         load_served(registry, "blobs@champion", tmp_path / "cache", threads=1)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from modelcycle.digests import sha256_file
+from modelcycle.export_status import refusal
 from modelcycle.registry import Registered, Registry
 from modelcycle.servable import read_manifest
 from modelcycle.serving.adapter import ServingAdapter
@@ -252,11 +253,14 @@ def expected_sha256(version: Registered, reference: str, choice: VariantChoice) 
     """The recorded sha256 of the variant's file, once the version may serve it.
 
     Raises:
-        ModelLoadError: No export of the variant, or an int8 export without a recorded
-            held-out metric delta or with a drop beyond `choice.int8_max_drop`.
+        ModelLoadError: A last export that failed or has not finished, no export of the
+            variant, or an int8 export without a recorded held-out metric delta or with a
+            drop beyond `choice.int8_max_drop`.
     """
     tags = version.tags
     where = f"{version.name} version {version.version}"
+    if (why := refusal(tags, where, reference)) is not None:
+        raise ModelLoadError(why)
     expected = tags.get(f"export.{choice.name}.sha256")
     if not expected:
         raise ModelLoadError(

@@ -6,6 +6,7 @@ held-out inputs (numpy arrays, one per model input, rows along axis 0).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from modelcycle.export_status import OK, RUNNING, STATUS_TAG, failed
 from modelcycle.registry import Registered, Registry
 from modelcycle.servable import ServableModel
 from modelcycle.serving.adapter import ServingAdapter
-from modelcycle.serving.adapter_check import check_adapter
+from modelcycle.serving.adapter_check import AdapterError, check_adapter
 from modelcycle.stop_signals import stopped_by
 from modelcycle.tasks import get_task
 
@@ -653,12 +654,14 @@ def export_model(
     calibration: Sequence[np.ndarray] | None = None,
     batch_sizes: Sequence[int] = (1, 32),
     repeats: int = 30,
+    check: Callable[[str, Path], None] | None = None,
 ) -> ExportReport:
     """Export fp32 and int8 ONNX models, check fp32 against torch, time both, write a report.
 
     Writes out_dir/model.onnx, model.int8.onnx, export.json and export.md. Only the fp32 model
     is gated by parity; the int8 one is reported with its method, output difference and
-    metric delta.
+    metric delta. `check` sees each file as soon as it is written, so what it refuses stops
+    the export before anything more is written or timed.
 
     Args:
         module: The model.
@@ -676,6 +679,8 @@ def export_model(
             int8 quantization; see `quantize_int8`.
         batch_sizes: Batch sizes to time.
         repeats: Timed calls per batch size.
+        check: Called with a variant's name ("fp32", "int8") and file: fp32 right after its
+            parity check, int8 right after quantization; an error it raises stops the export.
 
     Returns:
         The report also written to export.json.
@@ -685,8 +690,12 @@ def export_model(
     """
     fp32_path = export_onnx(module, example, input_names, output_names, out_dir / "model.onnx")
     parity = check_parity(module, fp32_path, held_out, rtol=rtol, atol=atol)
+    if check is not None:
+        check("fp32", fp32_path)
     int8_path = out_dir / "model.int8.onnx"
     int8_method = quantize_int8(fp32_path, int8_path, calibration)
+    if check is not None:
+        check("int8", int8_path)
     fp32_out = _run_onnx(_session(fp32_path), held_out)
     int8_out = _run_onnx(_session(int8_path), held_out)
     delta = _metric_delta(metric, fp32_out, int8_out)
@@ -720,8 +729,9 @@ def export_version(
     the version gets tags with each file's sha256 (serving loads only hash-matching ONNX),
     the parity errors, the int8 method and the int8 delta on the task's held-out metric.
     Static int8 is calibrated on the version's reference sample, never on the held-out rows
-    that score the delta. The task's serving adapter then runs on a few of its own example
-    requests against the fp32 model, as a server will (`check_adapter`).
+    that score the delta. The task's serving adapter runs on a few of its own example
+    requests against each ONNX file as soon as it is written, as a server will
+    (`check_adapter`).
 
     The version's `export.status` tag is "running" from the start, and "ok" once every
     other tag is set; an export that stops (a failed check, Ctrl-C, SIGTERM) sets it to
@@ -756,7 +766,6 @@ def _export_files(
     servable = ServableModel.load(local)
     adapter = get_task(servable.task).serving(servable.info)
     out_dir = local / "onnx"
-
     try:
         report = export_model(
             servable.module,
@@ -768,14 +777,7 @@ def _export_files(
             metric=_held_out_metric(adapter, servable.output_names, servable.target),
             metric_name=adapter.held_out_metric_name,
             calibration=servable.reference,
-        )
-        check_adapter(
-            adapter,
-            _session(out_dir / "model.onnx"),
-            servable.held_out,
-            servable.target,
-            servable.output_names,
-            servable.monitor_outputs,
+            check=functools.partial(_check_variant, adapter, servable),
         )
     except Exception:  # a failed check is kept beside the version too
         if attach:  # (not a stop: half-made files would replace the version's good ones)
@@ -785,6 +787,19 @@ def _export_files(
         registry.log_directory(version, out_dir, "model/onnx")
         registry.set_tags(version, export_tags(report) | {STATUS_TAG: OK})
     return report
+
+
+def _check_variant(
+    adapter: ServingAdapter, servable: ServableModel, variant: str, path: Path
+) -> None:
+    """`check_adapter` on one exported file; an int8 failure names the file."""
+    args = (servable.held_out, servable.target, servable.output_names, servable.monitor_outputs)
+    try:
+        check_adapter(adapter, _session(path), *args)
+    except AdapterError as err:
+        if variant == "fp32":
+            raise
+        raise AdapterError(f"{variant} ONNX ({path.name}): {err}") from err
 
 
 def _held_out_metric(

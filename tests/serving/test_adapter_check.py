@@ -84,7 +84,8 @@ def test_the_example_task_exports_with_its_adapter_checked(
     monkeypatch.setattr(export, "check_adapter", counted)
     registry = registry_of(workspace)
     _, report = export_version(registry, "blobs/1", tmp_path / "exports")
-    assert report.parity.passed and checked == [3]  # the example gives 3 requests
+    # the example gives 3 requests, checked against fp32, then int8
+    assert report.parity.passed and checked == [3, 3]
     registry.promote("blobs", "champion", "1", "test")
     served = load_served(registry, "blobs@champion", tmp_path / "cache", threads=1)
     warm_up(served)
@@ -149,3 +150,54 @@ def test_export_command_refuses_the_adapter_in_one_line(
     assert result.exit_code == 2, result.output
     assert "error: UnbatchedBlobs.decode returned input 'x'" in result.stdout
     assert "Traceback" not in result.stdout
+
+
+def test_a_faulty_adapter_stops_the_export_before_int8_and_timing(
+    workspace: Path, example: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    timed: list[Path] = []
+    measure = export.measure_latency
+
+    def recorded(path: Path, *args: Any, **kwargs: Any) -> Any:
+        timed.append(path)
+        return measure(path, *args, **kwargs)
+
+    monkeypatch.setattr(export, "measure_latency", recorded)
+    serve_with(monkeypatch, example, "Float64Blobs", _float64)
+    with pytest.raises(AdapterError, match=r"^Float64Blobs\.decode returned"):
+        export_version(registry_of(workspace), "blobs/1", tmp_path / "exports", attach=False)
+    written = sorted(p.name for p in (tmp_path / "exports").rglob("onnx/*"))
+    assert written == ["model.onnx"] and timed == []
+
+
+def float64_model(path: Path, out: Path, calibration: Any = None) -> str:
+    """Write to `out` a model of blobs' outputs that takes float64 rows, not float32."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["x32"], ["logit"], axes=[1], keepdims=1),
+        ],
+        "float64",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", 4])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch", 1])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), out)
+    return "dynamic"
+
+
+def test_the_int8_model_is_checked_too(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(export, "quantize_int8", float64_model)
+    registry = registry_of(workspace)
+    with pytest.raises(AdapterError) as caught:
+        export_version(registry, "blobs/1", tmp_path / "exports")
+    assert str(caught.value).startswith(
+        "int8 ONNX (model.int8.onnx): BlobsServing.decode returned input 'x' as float32 of "
+        "shape (1, 4), but the model takes float64 of shape (batch, 4)."
+    ), caught.value
+    assert not list((tmp_path / "exports").rglob("export.json"))
+    assert registry.get("blobs", "1").tags["export.status"].startswith("failed: AdapterError: int8")

@@ -22,7 +22,7 @@ from image_fixtures import PublishedImage, publish_image
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.serving.app import ServeSettings, create_app
 from modelcycle.serving.loading import ServedModel, load_served
-from modelcycle.tasks.image_serving import ImageServing
+from modelcycle.tasks.image_serving import ImageRequest, ImageServing
 from modelcycle.tracking import Tracker, TrackingSettings
 from serving_fixtures import documented_answer
 
@@ -171,13 +171,59 @@ def test_a_16_bit_grayscale_png_is_scaled_not_clipped() -> None:
     assert opened[..., 0].min() == 0 and opened[..., 0].max() == 255
 
 
+def _cut_out_png() -> tuple[bytes, np.ndarray]:
+    """An RGBA PNG: a grey square, half opaque at one corner, on transparent pixels holding
+    black (what editors leave there), and its RGB composited onto white."""
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[4:12, 4:12] = (200, 100, 50, 255)
+    rgba[0, 0] = (0, 0, 255, 128)
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
+    composited = np.full((16, 16, 3), 255, np.uint8)
+    composited[4:12, 4:12] = (200, 100, 50)
+    composited[0, 0] = (127, 127, 255)  # half of blue over half of white
+    return buffer.getvalue(), composited
+
+
+def test_a_transparent_png_is_composited_onto_the_background() -> None:
+    # The alpha was dropped: the transparent pixels read as the black they held
+    from modelcycle.tasks.image_serving import open_image
+
+    data, white = _cut_out_png()
+    assert np.abs(np.asarray(open_image(data)).astype(int) - white).max() <= 1
+    on_black = np.asarray(open_image(data, background=(0, 0, 0)))
+    assert on_black[15, 15].tolist() == [0, 0, 0] and on_black[8, 8].tolist() == [200, 100, 50]
+    palette = Image.open(io.BytesIO(data)).convert("P")  # transparency as a palette entry
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG", transparency=palette.getpixel((15, 15)))
+    assert np.asarray(open_image(buffer.getvalue()))[15, 15].tolist() == [255, 255, 255]
+
+
+def test_a_served_model_composites_onto_its_datasets_background(
+    served_image: ServedModel,
+) -> None:
+    # rice grains are photographed on black: a cut-out grain's transparency is black too
+    data, _ = _cut_out_png()
+    adapter = served_image.adapter
+    assert isinstance(adapter, ImageServing) and adapter.info["background"] == [0, 0, 0]
+    pixels = adapter.decode(ImageRequest(image=base64.b64encode(data).decode()))[0]
+    assert pixels[0, -1, -1].tolist() == [0, 0, 0]
+    assert ImageServing(adapter.info | {"background": [255, 255, 255]}).decode_bytes(data)[0][
+        0, -1, -1
+    ].tolist() == [255, 255, 255]
+
+
 def test_training_reads_image_files_as_the_server_reads_uploads(tmp_path: Path) -> None:
     # Training read a phone's photo sideways and a 16-bit scan white, while the server
     # turned the same files upright and scaled: the model met other pixels in service.
     from modelcycle.data.image_set import read_image_files
     from modelcycle.tasks.image_serving import decode_image
 
-    files = {"portrait.jpg": _sideways_jpeg(), "scan.png": _ramp_png()[0]}
+    files = {
+        "portrait.jpg": _sideways_jpeg(),
+        "scan.png": _ramp_png()[0],
+        "cut-out.png": _cut_out_png()[0],
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     read = read_image_files([tmp_path / name for name in files], 16, "test")
@@ -185,6 +231,7 @@ def test_training_reads_image_files_as_the_server_reads_uploads(tmp_path: Path) 
         assert np.array_equal(pixels, decode_image(data, 16))
     assert read[0][:3].mean() > 200 and read[0][-6:].mean() < 50  # upright: the band on top
     assert 100 < read[1].mean() < 155  # a ramp from black to white, not white
+    assert read[2][-1, -1].tolist() == [255, 255, 255]  # transparency composited, not black
 
 
 def test_examples_are_held_out_images_that_predict(client: TestClient) -> None:

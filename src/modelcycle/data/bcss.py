@@ -191,7 +191,10 @@ class BCSSSource(ImageSource):
             notes.append(f"{unnamed} tile name(s) name no TCGA slide: each is its own group")
         image_digest = hash_files(kept)
         pixels = self.decoded(
-            kept, image_digest, lambda: read_image_files(kept, self.image_size, "bcss"), "tiles"
+            kept,
+            image_digest,
+            lambda: read_image_files(kept, self.image_size, "bcss", self.background),
+            "tiles",
         )
         notes.append(f"{len(set(groups))} slides; folds keep each slide's tiles together")
         return ImageSet(

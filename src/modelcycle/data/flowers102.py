@@ -131,7 +131,10 @@ class Flowers102Source(ImageSource):
         files = [*paths, root / BASE / "imagelabels.mat", root / BASE / "setid.mat"]
         digest = hash_files(files)  # the labels too: an entry serves only this exact copy
         images = self.decoded(
-            paths, digest, lambda: read_image_files(paths, self.image_size, "flowers102"), "images"
+            paths,
+            digest,
+            lambda: read_image_files(paths, self.image_size, "flowers102", self.background),
+            "images",
         )
         return ImageSet(images, np.array(labels), classes, np.array(split), digest)
 

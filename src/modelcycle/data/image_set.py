@@ -29,7 +29,10 @@ SPLITS = ("train", "val", "test")
 #: Mask value of a pixel that belongs to no class (outside the annotated region): not scored.
 IGNORE = 255
 #: Part of every decoded-image cache key: change it when decoding or resizing changes.
-DECODE_VERSION = "decode-2"  # 2: JPEGs upright by EXIF, 16-bit grayscale scaled (`as_shown`)
+#: 2: JPEGs upright by EXIF, 16-bit grayscale scaled; 3: transparency composited (`as_shown`).
+DECODE_VERSION = "decode-3"
+#: Background a transparent image is composited onto unless its dataset says otherwise.
+WHITE = (255, 255, 255)
 #: Threads that read files (`map_files`); None: one per core the process may use, up to 8.
 READ_THREADS: int | None = None
 
@@ -95,6 +98,9 @@ class ImageSource(ABC):
 
     #: Short dataset name used in messages and in `modelcycle data fetch`.
     dataset: ClassVar[str] = "images"
+    #: RGB behind the dataset's subjects: what a transparent pixel is composited onto in
+    #: training and in service (it goes into the served model's `info`).
+    background: ClassVar[tuple[int, ...]] = WHITE
     #: Checked when the config is assembled, before anything is read or written.
     RANGES: ClassVar[dict[str, Range]] = {"image_size": (1, None), "max_per_class": (1, None)}
 
@@ -180,8 +186,12 @@ def counts_check(key: str, parts: Sequence[str]) -> Callable[[dict[str, Any]], N
     return check
 
 
-def read_image_files(paths: Sequence[Path], size: int, desc: str) -> np.ndarray:
+def read_image_files(
+    paths: Sequence[Path], size: int, desc: str, background: tuple[int, ...] = WHITE
+) -> np.ndarray:
     """Decode image files to (n, size, size, 3) uint8 RGB, on every core, with a progress bar.
+
+    Transparent pixels are composited onto `background` (`as_shown`).
 
     Raises:
         DataError: A file that is not a readable image, named.
@@ -191,7 +201,7 @@ def read_image_files(paths: Sequence[Path], size: int, desc: str) -> np.ndarray:
     def decode(path: Path) -> np.ndarray:
         try:
             with Image.open(path) as image:
-                return resize_rgb(as_shown(image), size)
+                return resize_rgb(as_shown(image, background), size)
         except (UnidentifiedImageError, OSError) as err:
             raise DataError(f"{path}: not a readable image ({err}); remove or replace it.") from err
 
@@ -223,13 +233,15 @@ def map_files(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def as_shown(image: Any) -> Any:
+def as_shown(image: Any, background: tuple[int, ...] = WHITE) -> Any:
     """A PIL image as RGB, the way a viewer shows it; training and serving both read so.
 
     A JPEG is turned upright by its EXIF orientation (a phone's portrait photo is stored
     sideways with a tag saying so; phones' JPEGs open as MPO). A 16-bit grayscale image
     (PNG) is scaled to 8 bits: Pillow's `convert("RGB")` clips it at 255, so a normal
-    16-bit scan became white.
+    16-bit scan became white. Transparent pixels are composited onto `background`:
+    `convert("RGB")` dropped the alpha, showing whatever colour an editor left under it
+    (often black).
     """
     from PIL import Image, ImageOps
 
@@ -238,6 +250,9 @@ def as_shown(image: Any) -> Any:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image, dtype=np.float64)
         image = Image.fromarray(np.round(np.clip(values, 0, 65535) / 257).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        behind = Image.new("RGBA", image.size, (*background, 255))
+        image = Image.alpha_composite(behind, image.convert("RGBA"))
     return image if image.mode == "RGB" else image.convert("RGB")
 
 

@@ -52,6 +52,8 @@ class RiceSource(ImageSource):
     """The rice images: a local copy, a kagglehub download, or the synthetic stand-in."""
 
     dataset: ClassVar[str] = "rice"
+    #: Every grain is photographed on black: a cut-out grain's transparency is the same.
+    background: ClassVar[tuple[int, ...]] = (0, 0, 0)
     RANGES: ClassVar[dict[str, Range]] = {**ImageSource.RANGES, "per_class_synthetic": (1, None)}
     per_class_synthetic: int = 60
 
@@ -112,7 +114,10 @@ class RiceSource(ImageSource):
         kept = [paths[i] for i in keep]
         digest = hash_files(kept)
         images = self.decoded(
-            kept, digest, lambda: read_image_files(kept, self.image_size, "rice"), "images"
+            kept,
+            digest,
+            lambda: read_image_files(kept, self.image_size, "rice", self.background),
+            "images",
         )
         return ImageSet(images, y[keep], classes, None, digest, notes)
 

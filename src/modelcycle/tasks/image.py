@@ -279,6 +279,7 @@ class ImageTask(Task[ImageSet]):
                 "dataset": self.source.dataset,
                 "classes": data.classes,
                 "image_size": size,
+                "background": list(self.source.background),
                 "top_k": min(self.top_k, len(data.classes)),
                 "held_out_labels": [data.classes[i] for i in data.labels[rows]],
             },

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelcycle.data.image_set import as_shown
+from modelcycle.data.image_set import WHITE, as_shown
 from modelcycle.serving.adapter import ClassifierAdapter, RequestError, UnsupportedMediaError
 
 MAX_PIXELS = 25_000_000  # 5000 × 5000; real rice and flower photos are well under 1 Mpx
@@ -40,7 +40,10 @@ class ImageRequest(BaseModel):
 
 
 class ImageServing(ClassifierAdapter):
-    """Adapter of the image task; `info` holds `classes`, `image_size` and `top_k`.
+    """Adapter of the image task; `info` holds `classes`, `image_size`, `top_k`, `background`.
+
+    `background` is the RGB a transparent pixel is composited onto, as in training (white
+    for models saved without it).
 
     Robustness shifts: darkening (every pixel times 1-s) and Gaussian blur (sigma s pixels);
     the held-out metric is top-1 accuracy on the saved held-out images.
@@ -57,6 +60,7 @@ class ImageServing(ClassifierAdapter):
     def __init__(self, info: dict[str, Any]) -> None:
         super().__init__(info)
         self.size = int(info["image_size"])
+        self.background = tuple(info.get("background", WHITE))
 
     def decode(self, request: BaseModel) -> list[np.ndarray]:
         """The base64 image, decoded and resized: [(1, size, size, 3) uint8].
@@ -79,7 +83,7 @@ class ImageServing(ClassifierAdapter):
 
     def decode_bytes(self, data: bytes) -> list[np.ndarray]:
         """A JPEG or PNG file's bytes, decoded and resized: [(1, size, size, 3) uint8]."""
-        return [decode_image(data, self.size)[None]]
+        return [decode_image(data, self.size, background=self.background)[None]]
 
     def drift_features(self, inputs: list[np.ndarray]) -> dict[str, float]:
         """Brightness, contrast, sharpness and colour means of the decoded image."""
@@ -109,8 +113,13 @@ class ImageServing(ClassifierAdapter):
         return examples
 
 
-def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """JPEG/PNG bytes → (size, size, 3) uint8 RGB.
+def decode_image(
+    data: bytes,
+    size: int,
+    max_pixels: int = MAX_PIXELS,
+    background: tuple[int, ...] = WHITE,
+) -> np.ndarray:
+    """JPEG/PNG bytes → (size, size, 3) uint8 RGB, transparency composited onto `background`.
 
     Raises:
         UnsupportedMediaError: Neither a JPEG nor a PNG signature (HTTP 415).
@@ -118,7 +127,7 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.nda
     """
     from modelcycle.data.image_set import resize_rgb
 
-    return resize_rgb(open_image(data, max_pixels), size)
+    return resize_rgb(open_image(data, max_pixels, background), size)
 
 
 def _plain_base64(text: str) -> str:
@@ -137,12 +146,15 @@ def _plain_base64(text: str) -> str:
 _URL_SAFE = str.maketrans("-_", "+/")
 
 
-def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
+def open_image(
+    data: bytes, max_pixels: int = MAX_PIXELS, background: tuple[int, ...] = WHITE
+) -> Any:
     """JPEG/PNG bytes → a decoded RGB PIL image, its size checked before it is decoded.
 
     Turned upright by its EXIF orientation (a phone's portrait photo is stored sideways
     with a tag saying so: browsers show it upright, and its answer's mask follows that); a
-    16-bit grayscale PNG is scaled to 8 bits.
+    16-bit grayscale PNG is scaled to 8 bits; transparent pixels are composited onto
+    `background` (RGB), as training reads its files (`as_shown`).
 
     Raises:
         UnsupportedMediaError: Neither a JPEG nor a PNG signature (HTTP 415).
@@ -176,7 +188,7 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Any:
                 )
             image.load()
             _refuse_invisible(image, kind)
-            return as_shown(image)
+            return as_shown(image, background)
     except (
         OSError,
         SyntaxError,

@@ -204,6 +204,7 @@ class SegmentationTask(Task[ImageSet]):
                 "dataset": self.source.dataset,
                 "classes": data.classes,
                 "image_size": int(data.images.shape[1]),
+                "background": list(self.source.background),
                 # the training tiles' side in pixels: larger uploads are cut into such windows
                 "tile": getattr(self.source, "tile", None),
             },

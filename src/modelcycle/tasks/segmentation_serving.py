@@ -69,7 +69,7 @@ class SegmentationServing(ImageServing):
         """
         from modelcycle.data.image_set import resize_rgb
 
-        image = open_image(data)
+        image = open_image(data, background=self.background)
         context: dict[str, Any] = {"height": image.height, "width": image.width}
         boxes = windows(image.height, image.width, self.tile)
         if len(boxes) == 1:

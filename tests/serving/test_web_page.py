@@ -290,9 +290,13 @@ def test_web_page_with_an_api_key_asks_for_it_then_predicts(
         running_server(served_workspace.root, tmp_path / "server.log", extra=extra) as server,
         chromium_page() as (page, script_errors),
     ):
+        console: list[ConsoleMessage] = []
+        page.on("console", lambda message: console.append(message))
         page.goto(f"{server.url}/")
         # Without the key the page cannot list the models, says where the key goes (not
-        # which header to send, which the page sends) and takes the keyboard there.
+        # which header to send, which the page sends) and takes the keyboard there. It
+        # knows from the page itself: asking first logged the browser's own "Failed to
+        # load resource: ... 401" in the console.
         expect(page.locator("#result")).to_have_class("error")
         expect(page.locator("#result")).to_have_text(
             "Could not list the models. This server needs an API key: enter it in the API key "
@@ -327,6 +331,9 @@ def test_web_page_with_an_api_key_asks_for_it_then_predicts(
             page.press("#key", leave)
             expect(page.locator("#model option")).to_have_count(1)
             expect(page.locator("#result")).to_have_text("")
+        said = [f"{m.type}: {m.text}" for m in console if m.type in ("warning", "error")]
+        assert not said, said
+        assert httpx.get(f"{server.url}/v1/models", timeout=10).status_code == 401
         # A key longer than the server takes in a head is refused before the app, in plain
         # text (431); the page shows that text, where it failed to read it as JSON.
         page.reload()

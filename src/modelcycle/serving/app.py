@@ -66,6 +66,8 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 #: rest is left for its own model call and for the estimate's error).
 WAIT_SHARE = 0.5
 PREDICT = "/v1/models/{name}/predict"
+#: Where the page's HTML takes what the server tells it (`page_html`).
+PAGE_SETTINGS = "{/* the server's settings */}"
 SHED_ROUTE = "modelcycle.route"  # scope key: the route template of a request answered early
 #: Seconds a request body may take to arrive at least, whatever is left of its deadline.
 READ_FLOOR = 1.0
@@ -722,7 +724,7 @@ def _add_routes(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
-        return files("modelcycle.serving").joinpath("static/index.html").read_text()
+        return page_html(settings)
 
     key_check = [Depends(_key_check(settings))]
     v1 = APIRouter(prefix="/v1", dependencies=key_check)
@@ -869,6 +871,17 @@ def _on_client_gone(request: Request, call: Callable[[], Any]) -> None:
 def _task_cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def page_html(settings: ServeSettings) -> str:
+    """The web page, told what it needs of the server before it asks anything.
+
+    Whether /v1 needs a key: without one, asking for the models first logged the browser's
+    own "Failed to load resource: 401" in its console.
+    """
+    told = json.dumps({"api_key": settings.api_key is not None})
+    html = files("modelcycle.serving").joinpath("static/index.html").read_text()
+    return html.replace(PAGE_SETTINGS, told, 1)
 
 
 def _overloaded(name: str, why: str) -> JSONResponse:

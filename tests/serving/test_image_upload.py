@@ -248,6 +248,8 @@ def test_examples_are_held_out_images_that_predict(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     (model,) = client.get("/v1/models").json()["models"]
     assert model["request_parts"] == []  # an image is one whole: nothing to pick apart
+    # what a client needs to shrink a photo the model resizes anyway
+    assert model["image_input"] == {"side": 24, "background": [0, 0, 0]}
 
 
 def test_the_openapi_document_lists_the_file_types_and_an_example(client: TestClient) -> None:

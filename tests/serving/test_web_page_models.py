@@ -4,11 +4,13 @@ take, and a model whose alias moves while the page is open."""
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -135,6 +137,61 @@ def test_a_late_answer_is_shown_only_under_the_model_and_request_it_answers(
         assert not errors, f"the page raised: {errors}"
 
 
+#: Keeps the bytes of every file the page sends in `window.files` (Playwright gives no body
+#: of a request whose body is a Blob).
+RECORD_FILES = """() => {
+  const fetched = window.fetch;
+  window.files = [];
+  window.fetch = async (url, options = {}) => {
+    if (options.body instanceof Blob) {
+      window.files.push(Array.from(new Uint8Array(await options.body.arrayBuffer())));
+    }
+    return fetched(url, options);
+  };
+}"""
+
+
+def test_a_photo_over_the_body_limit_is_shrunk_in_the_browser_and_predicted(
+    two_models: tuple[Path, Tracker], tmp_path: Path
+) -> None:
+    # A phone's photo (3-8 MB) was refused by the 1 MB default limit, with advice only
+    root, _ = two_models
+    photo = tmp_path / "photo.png"  # noise does not compress: about 2.4 MB
+    noise = np.random.default_rng(0).integers(0, 256, (800, 1000, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(photo)
+    size = photo.stat().st_size
+    assert size > 1_000_000
+    with (
+        serving_both(root, tmp_path / "server.log") as server,
+        chromium_page(height=900) as (page, errors),
+    ):
+        page.goto(f"{server.url}/")
+        choose(page, "image")
+        page.evaluate(RECORD_FILES)
+        page.set_input_files("#image", str(photo))
+        page.wait_for_function("window.files.length >= 1")
+        sent = bytes(page.evaluate("window.files[0]"))
+        assert len(sent) <= 1_000_000 and sent.startswith(b"\x89PNG")
+        assert Image.open(io.BytesIO(sent)).size == (60, 48)  # shorter side twice the model's 24
+        expect(page.locator("#topk li")).to_have_count(5)
+        expect(page.locator("#for")).to_have_text("for your file photo.png")
+        expect(page.locator("#shrunk")).to_have_text(
+            f"photo.png (1000×800 pixels, {size / 1e6:.1f} MB) is over this server's 1.0 MB "
+            f"limit: sent shrunk to 60×48 pixels as PNG ({-(-len(sent) // 1000)} kB); the "
+            "model sees 24×24 pixels either way."
+        )
+        direct = httpx.post(
+            f"{server.url}/v1/models/image/predict",
+            content=sent,
+            headers={"Content-Type": "image/png"},
+            timeout=10,
+        ).json()["outputs"]
+        expect(page.locator("#prediction")).to_contain_text(f"{direct['class']}: ")
+        page.click("#predict")  # sent again, shrunk once
+        expect(page.locator("#shrunk")).to_contain_text("sent shrunk to 60×48 pixels")
+        assert not errors, f"the page raised: {errors}"
+
+
 def test_a_file_larger_than_the_server_takes_is_named_with_its_size(
     two_models: tuple[Path, Tracker], tmp_path: Path
 ) -> None:
@@ -143,8 +200,9 @@ def test_a_file_larger_than_the_server_takes_is_named_with_its_size(
     noise = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     Image.fromarray(noise).save(photo)
     size = photo.stat().st_size
+    # shrunk to 48×48 pixels of noise, still over 1,000 bytes as PNG or JPEG: sent as it is
     with (
-        serving_both(root, tmp_path / "server.log", "serve.body_limit=100000") as server,
+        serving_both(root, tmp_path / "server.log", "serve.body_limit=1000") as server,
         chromium_page(height=900) as (page, errors),
     ):
         page.goto(f"{server.url}/")

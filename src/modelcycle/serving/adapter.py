@@ -121,6 +121,15 @@ class ServingAdapter(ABC):
         """
         return self.request_type.model_json_schema(ref_template=ref_template)
 
+    def image_input(self) -> dict[str, Any] | None:
+        """How the model takes a whole image, for clients that shrink one to send it.
+
+        `side`: pixels a side the image is resized to (aspect not kept); `background`: the
+        RGB transparency is composited onto. None: the model takes no image, or does not
+        resize it whole (shrinking would change what it sees).
+        """
+        return None
+
     def decode_bytes(self, data: bytes) -> list[np.ndarray]:
         """Like `decode`, for a body of one of `byte_types`.
 

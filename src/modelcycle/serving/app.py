@@ -877,9 +877,10 @@ def page_html(settings: ServeSettings) -> str:
     """The web page, told what it needs of the server before it asks anything.
 
     Whether /v1 needs a key: without one, asking for the models first logged the browser's
-    own "Failed to load resource: 401" in its console.
+    own "Failed to load resource: 401" in its console. The body limit: the page shrinks a
+    larger image for a model that resizes it anyway (a phone's photo is 3-8 MB).
     """
-    told = json.dumps({"api_key": settings.api_key is not None})
+    told = json.dumps({"api_key": settings.api_key is not None, "body_limit": settings.body_limit})
     html = files("modelcycle.serving").joinpath("static/index.html").read_text()
     return html.replace(PAGE_SETTINGS, told, 1)
 

@@ -159,6 +159,7 @@ class ServedModel:
             "schema": self.adapter.request_schema(),
             "media_types": ["application/json", *self.adapter.byte_types],
             "request_parts": list(self.adapter.request_parts),
+            "image_input": self.adapter.image_input(),
         }
 
 

@@ -62,6 +62,10 @@ class ImageServing(ClassifierAdapter):
         self.size = int(info["image_size"])
         self.background = tuple(info.get("background", WHITE))
 
+    def image_input(self) -> dict[str, Any] | None:
+        """Every image is resized to `size` × `size`, transparency onto `background`."""
+        return {"side": self.size, "background": list(self.background)}
+
     def decode(self, request: BaseModel) -> list[np.ndarray]:
         """The base64 image, decoded and resized: [(1, size, size, 3) uint8].
 

@@ -61,6 +61,13 @@ class SegmentationServing(ImageServing):
         super().__init__(info)
         self.tile: int | None = info.get("tile")  # absent from models saved before windows
 
+    def image_input(self) -> dict[str, Any] | None:
+        """None for a model that cuts large regions into windows.
+
+        Shrunk whole, a region would be seen at a magnification the model never met.
+        """
+        return None if self.tile else super().image_input()
+
     def decode_bytes(self, data: bytes) -> list[np.ndarray]:
         """The tile resized to the model's size, [(n, size, size, 3) uint8], and its own size.
 

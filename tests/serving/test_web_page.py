@@ -398,3 +398,61 @@ def test_the_api_docs_render_from_the_server_alone(
         elsewhere = [url for url in asked if not url.startswith((server.url, "data:", "blob:"))]
         assert not elsewhere, elsewhere
         assert not script_errors, f"the pages raised: {script_errors}"
+
+
+def test_one_persons_row_pasted_from_a_spreadsheet_fills_the_request(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    # Measures came only as JSON: a row copied from a spreadsheet or QTIM's TSV tables
+    # had to be rewritten by hand
+    with (
+        running_server(served_workspace.root, tmp_path / "server.log") as server,
+        chromium_page() as (page, script_errors),
+    ):
+        examples = httpx.get(f"{server.url}/v1/models/twins/examples", timeout=10).json()
+        first, other = (e["request"] for e in examples["examples"][:2])
+        names = list(other["a"]["measures"])
+        header = ["participant_id", *names[1:], "age", "sex", "handedness"]
+        values = ["sub-0004", "n/a", *(str(other["a"]["measures"][n]) for n in names[2:])]
+        page.goto(f"{server.url}/")
+        expect(page.locator("#paste-row")).to_be_visible()
+        page.select_option("#paste-into", "b")
+        row = "\t".join([*values, "31", "F", "right"])
+        page.fill("#paste", "\t".join(header) + "\r\n" + row + "\r\n")
+        measures = {names[1]: None} | {n: other["a"]["measures"][n] for n in names[2:]}
+        expected = {
+            "a": first["a"],
+            "b": first["b"] | {"age": 31, "sex": "F", "measures": measures},
+        }
+        assert json.loads(page.input_value("#request")) == expected
+        expect(page.locator("#result")).to_have_text(
+            f"b: {len(names) - 2} measure(s) from the pasted row.\n"
+            f"Missing (the model imputes up to 20%): 2 of {len(names)}, {names[0]}, {names[1]}.\n"
+            "Not used, not a measure this model takes: participant_id, handedness.\n"
+            "Kept from the request (not in the paste): acquisition."
+        )
+        page.click("#predict")
+        direct = httpx.post(f"{server.url}/v1/models/twins/predict", json=expected, timeout=10)
+        probability = direct.json()["outputs"]["probability"]
+        expect(page.locator("#prediction")).to_contain_text(f"{100 * probability:.1f}%")
+        expect(page.locator("#for")).to_have_text("for the request above")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "web_page_paste.png", full_page=True)
+        # A paste that is not one header and one value row is said to be, the request kept;
+        # a person's field given as n/a is kept from the request
+        for paste, said in [
+            ("age\tsex\n31", "The header has 2 column(s) and the values 1: paste tab-separated"),
+            (f"{names[0]}\tage\n1\tn/a", "Kept from the request (not in the paste): age, sex"),
+            (f"{names[0]}\tage\ntwelve\t31", f'Not numbers: {names[0]} "twelve"; give each'),
+            ("height\tweight\n180\t75", "No column of the paste is a measure this model takes"),
+            ("age\n31\n32", "The paste has 3 line(s): paste two, a header line and one"),
+        ]:
+            page.fill("#paste", paste)
+            expect(page.locator("#result")).to_contain_text(said)
+            if said.startswith("Kept"):  # an age of n/a is no age: the request's is kept
+                assert json.loads(page.input_value("#request"))["b"]["age"] == 31
+                page.fill("#paste", "\t".join(header) + "\n" + row)  # back as it was
+                continue
+            expect(page.locator("#result")).to_have_class("error")
+            assert json.loads(page.input_value("#request")) == expected
+        assert not script_errors, f"the page raised: {script_errors}"

@@ -187,6 +187,8 @@ def test_a_photo_over_the_body_limit_is_shrunk_in_the_browser_and_predicted(
             timeout=10,
         ).json()["outputs"]
         expect(page.locator("#prediction")).to_contain_text(f"{direct['class']}: ")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "web_page_shrunk.png", full_page=True)
         page.click("#predict")  # sent again, shrunk once
         expect(page.locator("#shrunk")).to_contain_text("sent shrunk to 60×48 pixels")
         assert not errors, f"the page raised: {errors}"

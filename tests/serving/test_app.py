@@ -116,6 +116,17 @@ def test_missing_measures_are_imputed_up_to_the_limit(client: TestClient) -> Non
     assert response.status_code == 422 and "at most 20% can be imputed" in response.json()["detail"]
 
 
+def test_an_unknown_measure_is_named_with_where_all_names_are(client: TestClient) -> None:
+    request = _example(client)
+    request["b"]["measures"]["lh_nowhere_thickness"] = 2.5
+    detail = _post(client, request).json()["detail"]
+    assert "b.measures: 1 unknown measure name(s), e.g. ['lh_nowhere_thickness']" in detail
+    count = len(request["a"]["measures"])
+    assert f"the examples, GET /v1/models/NAME/examples, name all {count}" in detail
+    examples = client.get("/v1/models/twins/examples").json()["examples"]
+    assert len(examples[0]["request"]["a"]["measures"]) == count  # as the message says
+
+
 def test_measures_in_any_order_give_the_same_rows(client: TestClient, served: ServedModel) -> None:
     """Measures in the model's own order take a shortcut; any other order, the same rows."""
     request = _example(client)

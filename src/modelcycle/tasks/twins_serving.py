@@ -200,8 +200,8 @@ class TwinsServing(PairServing):
         # A null value becomes NaN (numpy converts None so when the dtype is float).
         values = np.array(list(measures.values()), dtype=np.float32)
         if list(measures) == self.features:
-            # Every measure in the model's own order (as GET /v1/models and the examples
-            # list them): the values are the row, no lookups (12 µs instead of 34 per person).
+            # Every measure in the model's own order (as the examples list them): the values
+            # are the row, no lookups (12 µs instead of 34 per person).
             row = values[None]
         else:
             unknown = sorted(measures.keys() - self.column.keys())
@@ -209,7 +209,8 @@ class TwinsServing(PairServing):
                 raise RequestError(
                     f"{key}.measures: {len(unknown)} unknown measure name(s), e.g. "
                     f"{unknown[:3]}; the model takes FreeSurfer 5.3 names such as "
-                    f"{self.features[:2]} (GET /v1/models lists all {len(self.features)})."
+                    f"{self.features[:2]} (the examples, GET /v1/models/NAME/examples, name "
+                    f"all {len(self.features)})."
                 )
             row = np.full((1, len(self.features)), np.nan, dtype=np.float32)
             columns = np.fromiter(map(self.column.__getitem__, measures), np.intp, len(measures))

@@ -482,6 +482,47 @@ def test_an_outside_config_package_adds_its_groups_and_a_missing_one_is_said_onc
     assert "data" not in run.resolved and "model" not in run.resolved
 
 
+@pytest.mark.parametrize(
+    ("command", "given"),
+    [
+        ("train", "data=rice"),
+        ("train", "model=twins_mlp"),
+        ("config", "model=twins_mlp"),
+        ("data", "data=rice"),
+    ],
+)
+def test_a_group_given_for_a_task_that_takes_none_is_refused(
+    command: str, given: str, monkeypatch: pytest.MonkeyPatch, workspace: Path
+) -> None:
+    # `train task=blobs data=rice` trained on the task's own points, and only logged that
+    # the data group was not used.
+    from typer.testing import CliRunner
+
+    from example_task import PLUGIN, load_example
+    from modelcycle.cli import app
+
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    _config_entry_points(monkeypatch, "blobs_plugin.conf")
+    load_example(monkeypatch)
+
+    def train(*args: object) -> None:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("modelcycle.pipeline.run_pipeline", train)
+    argv = {"train": ["train"], "config": ["config", "--check"], "data": ["data", "stats"]}
+    runner = CliRunner()
+    done = runner.invoke(app, [*argv[command], "task=blobs", given])
+    said = " ".join(done.stdout.split())
+    assert done.exit_code == 2, said
+    group = given.lstrip("+").partition("=")[0]
+    assert f"{given}: the blobs task" in said and f"takes no {group} group" in said
+    assert f"Leave {given.lstrip('+')} out" in said
+    # the base config's groups are dropped without a word, as is a group the user unsets
+    for fine in (["task=blobs"], ["task=blobs", "~data"], ["experiment=blobs"]):
+        shown = runner.invoke(app, ["config", "--check", *fine])
+        assert shown.exit_code == 0, shown.stdout
+
+
 def test_choosing_a_task_by_task_name_is_refused_for_it_keeps_the_default_config() -> None:
     # `task.name=image` used to run the image task with the twins task's settings and data
     with pytest.raises(ConfigError) as caught:

@@ -206,7 +206,7 @@ def show_config(
         cfg = compose_config(overrides or [])
         console.print(OmegaConf.to_yaml(cfg), end="")
         if check:
-            assemble(cfg)  # builds the task, its data source and model factory: no data read
+            assemble(cfg, overrides or [])  # the task, its data source and model: no data read
             for group in (serve_config, monitor_config, loadtest_config):
                 group(cfg)  # what serve, monitor, robustness and loadtest refuse at their start
             console.print(
@@ -222,7 +222,7 @@ def train(overrides: Overrides = None) -> None:
 
     with _clear_errors():
         cfg = compose_config(overrides or [])
-    _print_result(_run(cfg))
+    _print_result(_run(cfg, overrides or []))
 
 
 @app.command()
@@ -325,7 +325,7 @@ def pipeline(
                 f"{', '.join(experiment_names())}."
             )
         cfg = compose_config([f"experiment={name}", *(overrides or [])])
-    result = _run(cfg)
+    result = _run(cfg, overrides or [])
     _print_result(result)
     if is_rank_zero():
         _release(cfg, result.run_id, workspace_of(cfg) / "exports", overrides or [])
@@ -847,7 +847,7 @@ def sweep(
     with _clear_errors():
         cfg = compose_config(base)
         plan = sweep_config(cfg, trials, study, storage)
-        assembled = assemble(cfg)
+        assembled = assemble(cfg, base)
         # Data that cannot be fetched or read fails every trial: find out before the first.
         _, summary = assembled.task.load()
         assembled.workspace.mkdir(parents=True, exist_ok=True)
@@ -1261,7 +1261,8 @@ def data_stats(
     from modelcycle.config import assemble, compose_config
 
     with _clear_errors():
-        summary = assemble(compose_config(overrides or [])).task.load()[1]
+        given = overrides or []
+        summary = assemble(compose_config(given), given).task.load()[1]
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(asdict(summary), indent=2) + "\n")
@@ -1283,14 +1284,14 @@ def data_markdown(summary: DataSummary) -> str:
     return "\n".join([*lines, "", *(f"- {note}" for note in summary.notes)])
 
 
-def _run(cfg: DictConfig) -> PipelineResult:
+def _run(cfg: DictConfig, given: list[str]) -> PipelineResult:
     from modelcycle.config import assemble
     from modelcycle.pipeline import run_pipeline
     from modelcycle.tracking import Tracker
 
     # nothing resumes a stopped fit: what was logged stays in the runs, the rest is lost
     with _clear_errors("a stopped training does not resume: run it again"):
-        assembled = assemble(cfg)
+        assembled = assemble(cfg, given)
         assembled.workspace.mkdir(parents=True, exist_ok=True)
         tracker = Tracker(assembled.tracking, assembled.workspace)
         return run_pipeline(

@@ -325,8 +325,14 @@ class Assembled:
     resolved: dict[str, Any]
 
 
-def assemble(cfg: DictConfig) -> Assembled:
-    """Build the task (registry lookup + instantiated data source and encoder) and settings."""
+def assemble(cfg: DictConfig, given: Sequence[str] = ()) -> Assembled:
+    """Build the task (registry lookup + instantiated data source and encoder) and settings.
+
+    Args:
+        cfg: The composed config.
+        given: The overrides the user gave (`compose_config`'s): a data or model group they
+            choose for a task that takes none is refused, not dropped.
+    """
     from modelcycle.pipeline import PipelineSettings
     from modelcycle.tasks import get_task
 
@@ -353,7 +359,7 @@ def assemble(cfg: DictConfig) -> Assembled:
     check_ranges(task_cls, "task", task_params)  # its choices: the ones the model takes
     # A task that reads its own data and builds its own model takes no `source` or `encoder`:
     # the data and model groups are then not built, nor recorded as the run's.
-    groups = _groups_taken(task_cls, cfg)
+    groups = _groups_taken(task_cls, cfg, given)
     for group in ("data", "model"):
         if group not in groups:
             resolved.pop(group, None)
@@ -383,14 +389,16 @@ def assemble(cfg: DictConfig) -> Assembled:
     )
 
 
-def _groups_taken(task_cls: Any, cfg: DictConfig) -> dict[str, str]:
+def _groups_taken(task_cls: Any, cfg: DictConfig, given: Sequence[str] = ()) -> dict[str, str]:
     """The data and model groups the task's constructor takes, each with its argument's name.
 
     A constructor takes `source` (the data group) and `encoder` (the model group) by name or
-    through **kwargs; one that names neither is given neither.
+    through **kwargs; one that names neither is given neither. The base config's default
+    groups are then dropped; one chosen in `given` (`data=rice`) is refused.
 
     Raises:
-        ConfigError: The config has no group the constructor needs, naming it and the way out.
+        ConfigError: The config has no group the constructor needs, or the user chose one it
+            does not take, naming it and the way out.
     """
     try:
         params = inspect.signature(task_cls).parameters
@@ -403,6 +411,7 @@ def _groups_taken(task_cls: Any, cfg: DictConfig) -> dict[str, str]:
         if group in cfg and (param is not None or anything):
             taken[group] = arg
         elif group in cfg:
+            _check_not_chosen(group, given, cfg.task.name)
             log.info("The %s task builds its own %s: the %s group is not used.", cfg.task.name,
                      "data" if group == "data" else "model", group)  # fmt: skip
         elif param is not None and param.default is param.empty:
@@ -412,6 +421,22 @@ def _groups_taken(task_cls: Any, cfg: DictConfig) -> dict[str, str]:
                 "task (`modelcycle tasks` lists them)."
             )
     return taken
+
+
+def _check_not_chosen(group: str, given: Sequence[str], task: str) -> None:
+    """Refuse `group=NAME` among the user's overrides, for a task that takes no `group`.
+
+    Dropped with a log line, `train task=blobs data=rice` trained on the task's own data
+    while the command line said rice.
+    """
+    chosen = [o for o in given if "=" in o and o.lstrip("+").partition("=")[0] == group]
+    if chosen:
+        own = "reads its own data" if group == "data" else "builds its own model"
+        raise ConfigError(
+            f"{chosen[-1]}: the {task} task {own} and takes no {group} group. "
+            f"Leave {chosen[-1].lstrip('+')} out, or choose a task that takes one "
+            "(`modelcycle tasks` lists them)."
+        )
 
 
 def check_group(resolved: dict[str, Any], group: str, task_cls: Any = None, task: str = "") -> None:

@@ -242,6 +242,37 @@ def test_a_bad_storage_is_named_before_any_data_is_read(
     assert "secret" not in result.stdout
 
 
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2", "pg8000"])
+def test_a_database_server_nobody_answers_at_is_named_before_any_data_is_read(
+    driver: str, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wrong host, port or password showed only when the study opened, after the data had
+    # loaded. Needs the driver (none is a dependency): skipped where it is not installed.
+    import socket
+    import time
+
+    from modelcycle.sweep import CONNECT_SECONDS
+
+    pytest.importorskip(driver)
+    with socket.socket() as free:  # a loopback port nothing listens at once it is closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+
+    def read(*args: object) -> None:
+        raise AssertionError("the data was read before the storage was checked")
+
+    monkeypatch.setattr("modelcycle.config.assemble", read)
+    given = f"postgresql+{driver}://u:secret@127.0.0.1:{port}/db"
+    started = time.monotonic()
+    result = runner.invoke(app, ["sweep", "experiment=twins", "--storage", given])
+    said = " ".join(result.stdout.removeprefix("error: ").split())
+    assert result.exit_code == 2, said
+    shown = f"postgresql+{driver}://u:***@127.0.0.1:{port}/db"
+    assert said.startswith(f"--storage='{shown}': cannot connect ("), said
+    assert "Check the host, port, user, password and database" in said
+    assert "secret" not in said and time.monotonic() - started < CONNECT_SECONDS + 5
+
+
 def test_a_storage_in_the_config_or_with_a_missing_driver_is_named_too(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,6 +285,7 @@ def test_a_storage_in_the_config_or_with_a_missing_driver_is_named_too(
         check_storage("mysql://u:secret@h/db", "--storage", workspace)
     for fine in ("sqlite:///optuna.db", f"sqlite:///{workspace / 'optuna.db'}", "sqlite://"):
         check_storage(fine, "--storage", workspace)  # the workspace: the sweep makes it
+    assert not (workspace / "optuna.db").exists()  # SQLite is not opened: that makes the file
 
 
 @pytest.mark.slow

@@ -40,6 +40,8 @@ from modelcycle.search_space import Param
 from modelcycle.tracking import Tracker, flatten
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
     from modelcycle.config import Assembled
 
 log = logging.getLogger(__name__)
@@ -380,9 +382,10 @@ def _check_resume(study: Study, metric: str, space: list[Param]) -> None:
 def check_storage(url: str, key: str, workspace: Path) -> None:
     """Refuse a storage URL that cannot open, before the sweep reads any data.
 
-    Checked without connecting: the URL parses, SQLAlchemy knows its database, the driver
-    is installed, and a SQLite file's folder exists (or is the workspace, which the sweep
-    makes). A server's address and credentials are checked when the study opens.
+    The URL must parse, SQLAlchemy must know its database and the driver be installed; a
+    SQLite file's folder must exist (or be the workspace, which the sweep makes), and a
+    server must take a connection within `CONNECT_SECONDS` (address, port, credentials and
+    database).
 
     Raises:
         SweepError: Naming `key` (--storage or sweep.storage), the URL without its password,
@@ -411,15 +414,64 @@ def check_storage(url: str, key: str, workspace: Path) -> None:
     except (SQLAlchemyError, TypeError, ValueError) as err:
         wrong = f"{clause(err)}. {give}"
     else:
-        database = parsed.database or ":memory:"
-        if parsed.get_backend_name() != "sqlite" or database.startswith((":memory:", "file:")):
+        found = _sqlite_problem(parsed, workspace) or _connect_problem(parsed)
+        if found is None:
             return
-        folder = Path(database).parent
-        if folder.is_dir() or folder.resolve() == workspace.resolve():
-            return
-        wrong = f"the folder {folder} does not exist. Create it, or give a file in another."
+        wrong = found
     shown = redact(url) if redact(url) != UNPARSABLE else re.sub(r":[^:/@]*@", ":***@", url)
     raise SweepError(f"{key}={shown!r}: {wrong}")
+
+
+def _sqlite_problem(parsed: URL, workspace: Path) -> str | None:
+    """Why a SQLite file cannot be made (its folder is missing), or None."""
+    database = parsed.database or ":memory:"
+    if parsed.get_backend_name() != "sqlite" or database.startswith((":memory:", "file:")):
+        return None
+    folder = Path(database).parent
+    if folder.is_dir() or folder.resolve() == workspace.resolve():
+        return None
+    return f"the folder {folder} does not exist. Create it, or give a file in another."
+
+
+#: Seconds a database server may take to accept the storage check's connection.
+CONNECT_SECONDS = 5
+#: The connect-timeout argument of each server driver, by SQLAlchemy's name for it.
+CONNECT_TIMEOUTS = {
+    "psycopg": "connect_timeout",
+    "psycopg2": "connect_timeout",
+    "pg8000": "timeout",
+    "pymysql": "connect_timeout",
+    "mysqldb": "connect_timeout",
+    "mysqlconnector": "connection_timeout",
+}
+
+
+def _connect_problem(parsed: URL) -> str | None:
+    """Why a database server does not take a connection, in its driver's words; or None.
+
+    SQLite is not connected to: opening it makes the file, which the sweep does anyway.
+    """
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    if parsed.get_backend_name() == "sqlite":
+        return None
+    argument = CONNECT_TIMEOUTS.get(parsed.get_driver_name())
+    timeout = {argument: CONNECT_SECONDS} if argument else {}
+    engine = create_engine(parsed, poolclass=NullPool, connect_args=timeout)
+    try:
+        with engine.connect():
+            return None
+    except SQLAlchemyError as err:
+        reason = getattr(err, "orig", None) or err
+        said = " ".join(clause(reason).split())  # drivers' messages span lines
+        return (
+            f"cannot connect ({said}). Check the host, port, user, password and database, "
+            "and that the server is up."
+        )
+    finally:
+        engine.dispose()
 
 
 #: What `redact` gives for a URL SQLAlchemy cannot parse.

@@ -54,6 +54,7 @@ def _run(
                 "primary_metric": METRIC,
                 "data_hash": data_hash,
                 "packages": json.dumps({"torch": "x"}),
+                "packages_git": json.dumps({"plugin": {"git_sha": "def", "git_dirty": "True"}}),
                 "git_sha": "abc",
                 "git_dirty": "False",
             }
@@ -81,6 +82,8 @@ def test_register_records_lineage_and_the_challenger_alias(store: Tracker, tmp_p
     tags = version.tags
     assert tags["lineage.git_sha"] == "abc" and tags["lineage.data_hash"] == "d" * 64
     assert json.loads(tags["lineage.packages"]) == {"torch": "x"}
+    plugin = json.loads(tags["lineage.packages_git"])["plugin"]  # a task from its own checkout
+    assert plugin == {"git_sha": "def", "git_dirty": "True"}
     assert float(tags[f"metric.model_{METRIC}_mean"]) == pytest.approx(0.94)
     assert float(tags[f"metric.baseline_{METRIC}_mean"]) == pytest.approx(0.91)
     assert tags["lineage.reference_sample"].endswith("model/reference.npz")

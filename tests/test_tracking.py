@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -88,6 +89,55 @@ def test_lineage_records_the_code_that_ran_not_the_folder_it_ran_in(
     monkeypatch.chdir(tmp_path / "other")
     assert code_state() == checkout and checkout["git_sha"] != other
     assert checkout["git_root"] == str(package.parents[1])
+
+
+def _dist_info(site: Path, name: str, direct_url: dict[str, object] | None) -> None:
+    """The metadata pip writes for an installed distribution of package `name`, version 0.2.0.
+
+    Written by hand (a real `pip install -e --target` writes the same files, and takes
+    seconds to build): what is read is its PEP 610 `direct_url.json`.
+    """
+    info = site / f"{name}-0.2.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.2.0\n")
+    (info / "top_level.txt").write_text(f"{name}\n")
+    if direct_url is not None:
+        (info / "direct_url.json").write_text(json.dumps(direct_url))
+
+
+def test_lineage_records_the_checkout_a_task_package_was_installed_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A plugin installed editable from its clone recorded only its version, 0.2.0 on every
+    # commit; the git fields described modelcycle's checkout.
+    from modelcycle.pipeline import run_tags
+    from modelcycle.tracking import package_checkouts, task_packages
+
+    sha = _repo(tmp_path / "clone")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    site = tmp_path / "site"
+    _dist_info(
+        site, "clonetask", {"url": (tmp_path / "clone").as_uri(), "dir_info": {"editable": True}}
+    )
+    _dist_info(site, "copiedtask", {"url": (tmp_path / "clone").as_uri(), "dir_info": {}})
+    _dist_info(site, "plaintask", {"url": plain.as_uri(), "dir_info": {"editable": True}})
+    _dist_info(site, "indextask", None)
+    monkeypatch.syspath_prepend(str(site))
+    names = ("clonetask", "copiedtask", "plaintask", "indextask")
+    state = {"git_sha": sha, "git_dirty": "False", "git_root": str(tmp_path / "clone")}
+    assert package_checkouts(names) == {
+        "clonetask": {**state, "editable": "True"},
+        "copiedtask": {**state, "editable": "False"},
+    }
+    (tmp_path / "clone" / "task.py").write_text("changed = True\n")
+    named = {"name": "clone", "model_name": "clone", "primary_metric": "auc"}
+    task = type("CloneTask", (), {"__module__": "clonetask.task", **named})
+    assert task_packages(task) == ("clonetask",)
+    tags = run_tags(task(), "d" * 64)
+    assert json.loads(tags["packages"])["clonetask"] == "0.2.0"
+    recorded = json.loads(tags["packages_git"])
+    assert recorded == {"clonetask": {**state, "git_dirty": "True", "editable": "True"}}
 
 
 def test_outside_git_the_state_is_unknown_not_clean(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from modelcycle.tracking import (
     LINEAGE_PACKAGES,
     Tracker,
     code_state,
+    package_checkouts,
     package_versions,
     task_packages,
 )
@@ -100,13 +101,19 @@ def run_pipeline(
 
 
 def run_tags(task: Task[Any], data_hash: str) -> dict[str, str]:
-    """The tags of a pipeline run that registration reads: task, gate metric, lineage."""
+    """The tags of a pipeline run that registration reads: task, gate metric, lineage.
+
+    `packages_git` is the git state of each of the task's own packages installed from a
+    local checkout (`code_state` is modelcycle's).
+    """
+    plugins = task_packages(type(task))
     return {
         "task": task.name,
         "model_name": task.model_name,
         "primary_metric": task.primary_metric,
         "data_hash": data_hash,
-        "packages": json.dumps(package_versions((*LINEAGE_PACKAGES, *task_packages(type(task))))),
+        "packages": json.dumps(package_versions((*LINEAGE_PACKAGES, *plugins))),
+        "packages_git": json.dumps(package_checkouts(plugins)),
         **code_state(),
     }
 

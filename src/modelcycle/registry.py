@@ -648,6 +648,7 @@ def _lineage(run: Any, candidate: Candidate, config: str) -> dict[str, str]:
         "lineage.git_root": tags.get("git_root", "unknown"),
         "lineage.data_hash": tags.get("data_hash", ""),
         "lineage.packages": tags.get("packages", "{}"),
+        "lineage.packages_git": tags.get("packages_git", "{}"),
         "lineage.config_uri": f"{run.info.artifact_uri}/config.yaml",
         "lineage.config": config,
         "lineage.reference_sample": f"{run.info.artifact_uri}/model/reference.npz",

@@ -392,6 +392,46 @@ def task_packages(task_cls: type) -> tuple[str, ...]:
     return tuple(d for d in packages_distributions().get(top, []) if d not in LINEAGE_PACKAGES)
 
 
+def package_checkouts(names: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """`git_state` of each distribution installed from a local git checkout, by name.
+
+    A plugin installed editable from its clone (`pip install -e .`) runs that checkout's
+    code, which its version number does not describe. Distributions from an index, an
+    archive or a folder outside git are left out. `editable` says whether the checkout is
+    the code that runs ("True"), or the folder a copy was installed from ("False").
+    """
+    found = {}
+    for name in names:
+        source = _installed_from(name)
+        if source is None:
+            continue
+        folder, editable = source
+        state = git_state(folder)
+        if state["git_sha"] != "unknown":
+            found[name] = {**state, "editable": str(editable)}
+    return found
+
+
+def _installed_from(name: str) -> tuple[Path, bool] | None:
+    """The local folder a distribution was installed from and whether editable; or None.
+
+    Read from its PEP 610 `direct_url.json` (`{"url": "file:///...", "dir_info": {...}}`).
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    try:
+        said = json.loads(distribution(name).read_text("direct_url.json") or "{}")
+    except (PackageNotFoundError, ValueError):
+        return None
+    url = urlparse(str(said.get("url", ""))) if isinstance(said, dict) else None
+    if url is None or url.scheme != "file" or not isinstance(said.get("dir_info"), dict):
+        return None  # an index, a VCS URL or an archive: no folder to read
+    folder = Path(url2pathname(url.path))
+    return (folder, said["dir_info"].get("editable") is True) if folder.is_dir() else None
+
+
 def _end_killed(run_id: str) -> None:
     """End the active run as KILLED; a store that cannot take the write is said, not raised.
 

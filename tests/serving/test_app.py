@@ -11,7 +11,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -421,6 +421,53 @@ def test_nan_and_infinity_are_refused(client: TestClient, constant: str) -> None
     assert response.status_code == 422 and constant.lstrip("-") in response.json()["detail"]
     # a plain refusal: it used to add "(or null)", which most request fields refuse
     assert response.json()["detail"].endswith("is not a number JSON allows; send finite numbers")
+
+
+def _repeat(text: str, old: str, new: str) -> str:
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(
+    ("repeat", "key"),
+    [
+        # a measure: the value the model got was the second, without a word
+        pytest.param(
+            lambda text, m: _repeat(text, f'"{m}": ', f'"{m}": 1.0, "{m}": '),
+            "MEASURE",
+            id="measure",
+        ),
+        # a whole person, at the top
+        pytest.param(
+            lambda text, m: text[:-1] + ', "a": ' + json.dumps(json.loads(text)["a"]) + "}",
+            "a",
+            id="person",
+        ),
+        # with spaces before the colons, and where the first value is refused (age -1)
+        pytest.param(
+            lambda text, m: _repeat(text, '"age": ', '"age" : 30, "age" \n: '), "age", id="spaced"
+        ),
+        pytest.param(
+            lambda text, m: _repeat(text, '"age": ', '"age": 30, "age": -1, "_": '),
+            "age",
+            id="refused",
+        ),
+    ],
+)
+def test_a_key_given_twice_is_refused_by_name(
+    client: TestClient, repeat: Callable[[str, str], str], key: str
+) -> None:
+    example = _example(client)
+    measure = next(iter(example["a"]["measures"]))
+    text = repeat(json.dumps(example), measure)
+    response = client.post(PREDICT, content=text, headers=JSON_TYPE)
+    assert response.status_code == 422, response.text
+    named = measure if key == "MEASURE" else key
+    assert response.json()["detail"] == (
+        f"The key {named!r} is given twice in one object of the body, and only one value "
+        "can count; send each key once."
+    )
+    assert _post(client, example).status_code == 200
 
 
 @pytest.mark.parametrize(

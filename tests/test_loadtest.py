@@ -6,16 +6,21 @@ import base64
 import io
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from modelcycle.cli import app
 from modelcycle.loadtest import LoadPlan, LoadTestError, read_requests
 from modelcycle.monitoring.capture import CaptureStore
+from modelcycle.serving.app import ServeSettings, create_app
+from modelcycle.serving.loading import ServedModel
 from server_process import free_port, serve_command, started
 from serving_fixtures import ServedWorkspace
 
@@ -33,6 +38,38 @@ def test_an_unreachable_server_exits_2_saying_so(tmp_path: Path) -> None:
     assert "Cannot reach" in output and "modelcycle serve" in output
     assert "Locust:" not in output  # no load was started
     assert not (tmp_path / "reports").exists()  # nor an empty report folder left
+
+
+def test_load_tests_started_in_the_same_second_each_get_their_own_report_folder(
+    served: ServedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Named to the second, two load tests (two CI jobs on one runner) wrote one folder.
+    from modelcycle import loadtest
+
+    url = "http://127.0.0.1:8000"
+    client = TestClient(create_app(lambda: [served], ServeSettings()))
+
+    def answered(method: str, to: str, **kwargs: Any) -> Any:  # the server answers
+        kwargs.pop("timeout", None)  # the TestClient takes none
+        return client.request(method, to.removeprefix(url), **kwargs)
+
+    def locust(argv: list[str], timeout: float, **popen: Any) -> subprocess.CompletedProcess[str]:
+        folder = Path(argv[argv.index("--csv") + 1]).parent
+        totals = {"requests": 10, "failures": 0, "rps": 5.0, "p50_ms": 2.0, "p99_ms": 4.0}
+        (folder / loadtest.FINAL_STATS).write_text(json.dumps(totals))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(loadtest.httpx, "request", answered)
+    monkeypatch.setattr(loadtest, "run_in_session", locust)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *at: "20260101-120000")
+    with client:
+        for _ in range(2):
+            code, output = _loadtest(url, tmp_path, "loadtest.min_rps=1", "--duration", "1s")
+            assert code == 0, output
+    folders = sorted((tmp_path / "reports").iterdir())
+    assert [f.name for f in folders] == ["loadtest-20260101-120000", "loadtest-20260101-120000-2"]
+    assert all((f / "summary.json").is_file() for f in folders)
+    assert f"summary.json): {folders[1]}" in output  # the folder it wrote, said
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://127.0.0.1", "localhost"])

@@ -9,7 +9,9 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from logging import StreamHandler
 from pathlib import Path
 from typing import Any
@@ -285,6 +287,26 @@ def test_a_storage_in_the_config_or_with_a_missing_driver_is_named_too(
     for fine in ("sqlite:///optuna.db", f"sqlite:///{workspace / 'optuna.db'}", "sqlite://"):
         check_storage(fine, "--storage", workspace)  # the workspace: the sweep makes it
     assert not (workspace / "optuna.db").exists()  # SQLite is not opened: that makes the file
+
+
+def test_sweeps_started_in_the_same_second_each_get_their_own_report_folder(
+    tracker: Tracker, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The folder was named in the config, before the sweep: two sweeps started together
+    # wrote best.yaml and trials.csv into one folder, the later over the earlier.
+    monkeypatch.setattr(time, "strftime", lambda fmt, *at: "20260101-120000")
+    plans = [sweep_config(compose_config([f"sweep.study=s{n}"])) for n in (1, 1)]
+    assert not (workspace / "reports").exists()  # named, not yet made
+    workspace.mkdir(parents=True)  # as the command makes it, for the study's database
+    folders = []
+    for n, plan in enumerate(plans):
+        study = replace(plan.study, name=f"s{n}", trials=1)
+        result = run_sweep(study, parse_space(SPACE), peak, tracker, "score", plan.report_dir)
+        folders.append(result.report_dir)
+    assert [f.name for f in folders] == ["sweep-s1-20260101-120000", "sweep-s1-20260101-120000-2"]
+    assert sorted((workspace / "reports").iterdir()) == folders
+    studies = [yaml.safe_load((f / "best.yaml").read_text())["study"] for f in folders]
+    assert studies == ["s0", "s1"]  # each sweep's own report
 
 
 @pytest.mark.slow

@@ -781,6 +781,7 @@ def loadtest(
     """
     from modelcycle.config import compose_config, loadtest_config, workspace_of
     from modelcycle.loadtest import LoadTestError, run_loadtest
+    from modelcycle.report_folders import ReportFolder
 
     with _clear_errors():
         cfg = compose_config(overrides or [])
@@ -794,7 +795,7 @@ def loadtest(
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
-    out = out or workspace_of(cfg) / "reports" / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = out or ReportFolder(workspace_of(cfg) / "reports", "loadtest")
 
     def starting(name: str) -> None:
         console.print(
@@ -803,7 +804,9 @@ def loadtest(
         )
 
     try:
-        result = run_loadtest(url, plan, budgets, out, model, cfg.serve.api_key, starting, requests)
+        result = run_loadtest(
+            url, plan, budgets, folder, model, cfg.serve.api_key, starting, requests
+        )
     except LoadTestError as err:
         _say("error:", "red", err)
         raise typer.Exit(code=2) from err
@@ -815,7 +818,7 @@ def loadtest(
         _say("budget missed:", "red", miss)
     if result.passed:
         _say("every budget met", "green")
-    console.print(f"Report (CSV, HTML, summary.json): {out}", soft_wrap=True)
+    console.print(f"Report (CSV, HTML, summary.json): {result.report_dir}", soft_wrap=True)
     raise typer.Exit(code=0 if result.passed else 1)
 
 

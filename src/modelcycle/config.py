@@ -9,7 +9,6 @@ import inspect
 import logging
 import math
 import re
-import time
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from modelcycle.logs import warn_once
 from modelcycle.messages import clause
 from modelcycle.registry import Registry
 from modelcycle.registry_hooks import HookError, hooks_from_config
+from modelcycle.report_folders import ReportFolder
 from modelcycle.tracking import TrackingSettings, tracking_uri, workspace_store
 
 # Each group's settings class is imported where the group is read: reading the registry
@@ -920,11 +920,11 @@ UNSWEEPABLE = ("seed", "cv", "sweep", "workspace", "logger", "report_dir", "run_
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A sweep's study, search space and report folder."""
+    """A sweep's study, search space and report folder (named now, claimed at the end)."""
 
     study: StudySettings
     space: list[Param]
-    report_dir: Path
+    report_dir: ReportFolder
 
 
 def sweep_config(
@@ -958,8 +958,8 @@ def sweep_config(
         _check_sweepable(cfg, param.path)
     _check_one_process(cfg)
     _check_space_ends(cfg, space)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return SweepConfig(settings, space, workspace / "reports" / f"sweep-{settings.name}-{stamp}")
+    report = ReportFolder(workspace / "reports", f"sweep-{settings.name}")
+    return SweepConfig(settings, space, report)
 
 
 def _check_space_ends(cfg: DictConfig, space: list[Param]) -> None:

@@ -23,6 +23,7 @@ import httpx
 
 from modelcycle.messages import clause
 from modelcycle.processes import run_in_session
+from modelcycle.report_folders import ReportFolder, claimed
 
 DEADLINE_SLACK_S = 60.0  # start-up and shutdown on top of the run's duration
 CAPTURE_SOURCE = "loadtest"  # X-Capture-Source of the load test's requests
@@ -157,6 +158,8 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     misses: list[str] = field(default_factory=list)
+    #: The folder the report went to (not part of summary.json, which lies in it).
+    report_dir: Path | None = None
 
     @property
     def error_rate(self) -> float:
@@ -170,20 +173,23 @@ class LoadResult:
 
     def to_json(self) -> dict[str, Any]:
         """summary.json's content."""
-        return asdict(self) | {"error_rate": self.error_rate, "passed": self.passed}
+        own = {k: v for k, v in asdict(self).items() if k != "report_dir"}
+        return own | {"error_rate": self.error_rate, "passed": self.passed}
 
 
 def run_loadtest(
     url: str,
     plan: LoadPlan,
     budgets: Budgets,
-    out_dir: Path,
+    out_dir: Path | ReportFolder,
     model: str | None = None,
     api_key: str | None = None,
     starting: Callable[[str], None] | None = None,
     requests: Path | None = None,
 ) -> LoadResult:
     """Run Locust against `url`'s model; write CSV, HTML and summary.json into `out_dir`.
+
+    A ReportFolder for `out_dir` is claimed once the server has answered (`claimed`).
 
     The requests are the model's own examples, or those of `requests` (`read_requests`),
     checked by sending the first before any load. `starting` is called with the model's
@@ -216,9 +222,9 @@ def run_loadtest(
     if requests is not None:
         examples = read_requests(requests, examples, name)
         _check_first(f"{url}{path}", examples[0], predict_headers, requests)
-    locustfile = out_dir / "locustfile.py"
     try:  # once there is something to report
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = claimed(out_dir)
+        locustfile = out_dir / "locustfile.py"
         (out_dir / "examples.json").write_text(json.dumps(examples))
         locustfile.write_text(
             LOCUSTFILE.format(
@@ -231,14 +237,15 @@ def run_loadtest(
         )
     except OSError as err:
         raise LoadTestError(
-            f"Cannot write the report into {out_dir}: {clause(err)}; give --out a folder "
-            "that can be made and written."
+            f"Cannot write the report into {getattr(out_dir, 'base', out_dir)}: {clause(err)}; "
+            "give --out a folder that can be made and written."
         ) from err
     if starting is not None:
         starting(name)
     _run_locust(url, plan, locustfile, out_dir, api_key)
     result = _read_stats(out_dir / FINAL_STATS, url, name, plan, budgets)
     (out_dir / "summary.json").write_text(json.dumps(result.to_json(), indent=2))
+    result.report_dir = out_dir
     return result
 
 

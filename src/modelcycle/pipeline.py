@@ -17,6 +17,7 @@ from modelcycle.evaluate import publish_report, score_fold
 from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.ranks import is_rank_zero, share_from_rank_zero
 from modelcycle.registry import CHALLENGER, CHAMPION, GateError, Registry, champion_note
+from modelcycle.report_folders import ReportFolder
 from modelcycle.tasks.base import Fold, Task
 from modelcycle.tracking import (
     LINEAGE_PACKAGES,
@@ -240,24 +241,12 @@ def _fit_final(ctx: TrainingContext) -> Path:
 def _new_report_dir(workspace: Path, run_name: str) -> Path:
     """`reports/<run_name>-<time>` in `workspace`, made now for this run alone.
 
-    Runs started within one second on one workspace (`for s in 1 2; do modelcycle train
-    seed=$s & done`) were given the same folder: each overwrote the other's report and
-    saved model, and both runs' `report_dir` tags named it, so `evaluate` re-scored one
-    run's checkpoints as the other's. A name taken already gets `-2`, `-3`, ... Only rank
-    zero writes reports, so only it makes the folder.
+    Both runs' `report_dir` tags once named one shared folder, so `evaluate` re-scored one
+    run's checkpoints as the other's. Only rank zero writes reports, so only it claims the
+    folder; the other ranks' path is never written to.
     """
-    base = workspace / "reports" / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not is_rank_zero():
-        return base
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        return folder
-    raise FileExistsError(f"{base}: 999 report folders of this name and second exist already.")
+    folder = ReportFolder(workspace / "reports", run_name)
+    return folder.claim() if is_rank_zero() else folder.base
 
 
 def _write_config(config: dict[str, Any], report_dir: Path) -> Path:

@@ -36,6 +36,7 @@ from modelcycle.evaluation.report import CVReport, FoldResult
 from modelcycle.kinds import is_whole
 from modelcycle.messages import clause
 from modelcycle.pipeline import TrainingContext, cross_validate
+from modelcycle.report_folders import ReportFolder, claimed
 from modelcycle.search_space import Param
 from modelcycle.tracking import Tracker, flatten
 
@@ -495,7 +496,7 @@ def run_sweep(
     objective: Objective,
     tracker: Tracker,
     metric: str,
-    report_dir: Path,
+    report_dir: Path | ReportFolder,
     progress: Progress | None = None,
     config: Mapping[str, Any] | None = None,
     reported: tuple[type[BaseException], ...] = (),
@@ -510,7 +511,8 @@ def run_sweep(
     reaches the caller; for the `reported` kinds, which the caller states in one line (a data
     or config error), Optuna's note of the failed trial leaves out the traceback. `data_hash`,
     the content hash of the data the trials load, is stored with the study, and a study that
-    ran on other data is refused before any trial.
+    ran on other data is refused before any trial. A ReportFolder for `report_dir` is
+    claimed once the trials are done (`claimed`).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(settings, metric, space, config, data_hash)
@@ -532,9 +534,9 @@ def run_sweep(
             if progress is not None:
                 mine = study.get_trials(deepcopy=False)[numbers[0]]
                 progress(TrialRecord.of(mine), _finished(study), settings.trials, _best(study))
-        result = _result(study, settings, metric, report_dir, ran)
+        result = _result(study, settings, metric, claimed(report_dir), ran)
         result.run_id = run_id
-        result.files = write_report(result, space, report_dir)
+        result.files = write_report(result, space, result.report_dir)
         if result.best is not None and result.best.value is not None:
             tracker.log_metrics({"best_value": result.best.value})
         tracker.log_artifacts(result.files)

@@ -9,6 +9,7 @@ scaled by 1.2 (a scanner/site offset).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,6 +153,23 @@ def test_a_site_offset_drifts_and_exits_1(
     assert not drifted & {"age", "male_share", "missing_share"}  # untouched by the offset
     # Evidently's report gives the same verdict, whatever share of the columns drifted
     assert evidently_drift_detected(json.loads((_report(workspace) / "evidently.json").read_text()))
+
+
+def test_monitors_started_in_the_same_second_each_get_their_own_report_folder(
+    served: ServedModel,
+    served_workspace: ServedWorkspace,
+    workspace: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Named to the second, two runs (a cron job and a person) wrote into one folder.
+    _send(served, workspace, N_REQUESTS)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *at: "20260101-120000")
+    for _ in range(2):
+        code, output = _monitor(served_workspace, workspace)
+        assert code == 0, output
+    folders = sorted(p.name for p in (workspace / "reports").iterdir())
+    assert folders == ["drift-twins-v1-20260101-120000", "drift-twins-v1-20260101-120000-2"]
+    assert all((workspace / "reports" / f / "drift.json").is_file() for f in folders)
 
 
 def test_since_keeps_recent_captures(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,23 @@ def test_a_window_larger_than_the_rows_it_is_drawn_from_is_said(
     assert default.exit_code == 0 and "note:" not in default.output, default.output
     (out,) = (tmp_path / "default" / "reports").glob("robustness-twins-v1-*")
     assert json.loads((out / "robustness.json").read_text())["window"] == min(50, pool // 2)
+
+
+def test_robustness_runs_started_in_the_same_second_each_get_their_own_report_folder(
+    served_workspace: ServedWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"sqlite:///{served_workspace.root / 'mlflow.db'}"
+    args = ["robustness", "twins@champion", f"workspace={tmp_path}", f"logger.uri={uri}"]
+    monkeypatch.setattr(time, "strftime", lambda fmt, *at: "20260101-120000")
+    for _ in range(2):
+        result = runner.invoke(app, [*args, "--window", "4", "--windows", "2"])
+        assert result.exit_code == 0, result.output
+    folders = sorted(p.name for p in (tmp_path / "reports").iterdir())
+    assert folders == [
+        "robustness-twins-v1-20260101-120000",
+        "robustness-twins-v1-20260101-120000-2",
+    ]
+    assert all((tmp_path / "reports" / f / "robustness.json").is_file() for f in folders)
 
 
 def test_an_unknown_reference_names_it(served_workspace: ServedWorkspace, tmp_path: Path) -> None:

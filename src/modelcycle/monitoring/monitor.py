@@ -7,7 +7,6 @@ count: model outputs are compared too, and another version's outputs are not com
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from modelcycle.monitoring.drift import (
     reference_frame,
 )
 from modelcycle.registry import Registry
+from modelcycle.report_folders import new_report_dir
 from modelcycle.servable import (
     REFERENCE,
     TARGET,
@@ -195,7 +195,6 @@ def monitor(
     with CaptureStore(store_path) as store:
         captures = version_captures(store, served, since, last)
     check = check_drift(served, served_reference(served), captures, settings)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = workspace / "reports" / f"drift-{served.name}-v{served.version}-{stamp}"
+    out = new_report_dir(workspace, f"drift-{served.name}-v{served.version}")
     files = write_drift_report(check, out)
     return MonitorRun(check, out, files)

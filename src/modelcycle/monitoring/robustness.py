@@ -10,7 +10,6 @@ windows the drift test flags.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ import pandas as pd
 
 from modelcycle.monitoring.calibration import flag_rate
 from modelcycle.monitoring.drift import DriftSettings, reference_frame
+from modelcycle.report_folders import new_report_dir
 
 if TYPE_CHECKING:
     from modelcycle.registry import Registry
@@ -151,9 +151,7 @@ def robustness(
         outputs = run_batched(served, _shift(served, inputs, kind, size, seed))
         metric = adapter.held_out_metric(outputs, labels)
         points.append(ShiftPoint(kind, size, metric, rates.flagged, len(pool)))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = workspace / "reports" / f"robustness-{served.name}-v{served.version}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_report_dir(workspace, f"robustness-{served.name}-v{served.version}")
     document = {"model": served.name, "version": served.version, "window": window,
                 "windows": windows, "alpha": settings.alpha,
                 "metric": adapter.held_out_metric_name,

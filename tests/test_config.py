@@ -622,3 +622,53 @@ def test_a_serve_key_unknown_or_taken_out_is_named_with_the_whole_groups_keys() 
     # `~serve.host` ended in KeyError: 'host'
     with pytest.raises(ConfigError, match=r"^serve.host: the serve group has no host; give one"):
         serve_config(compose_config(["~serve.host"]))
+
+
+WORKSPACE_COMMANDS = [
+    ["train"],
+    ["pipeline", "twins"],
+    ["sweep"],
+    ["register"],
+    ["history", "twins"],
+    ["export", "twins@champion"],
+    ["serve", "twins@champion"],
+    ["monitor", "twins@champion"],
+    ["robustness", "twins@champion"],
+    ["loadtest", "http://127.0.0.1:9"],
+]
+
+
+@pytest.mark.parametrize("command", WORKSPACE_COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under-a-file"])
+def test_a_workspace_that_is_a_file_is_named_in_one_line(
+    command: list[str], under: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every command ended in Python's "File exists" or "Not a directory", naming no setting.
+    from typer.testing import CliRunner
+
+    from modelcycle.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MODELCYCLE_HOME", raising=False)
+    (tmp_path / "notes").write_text("mine")
+    given = "notes/ws" if under else "notes"
+    result = CliRunner().invoke(app, [*command, f"workspace={given}"])
+    said = " ".join(result.output.split())
+    where = f"lies under {tmp_path / 'notes'}, a file" if under else "is a file"
+    assert result.exit_code == 2, said
+    assert f"workspace={given}: {tmp_path / given} {where}, not a folder; give workspace=" in said
+    assert "Traceback" not in said and (tmp_path / "notes").read_text() == "mine"
+
+
+def test_a_workspace_from_modelcycle_home_is_named_as_that(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from modelcycle.cli import app
+
+    (tmp_path / "notes").write_text("mine")
+    monkeypatch.setenv("MODELCYCLE_HOME", str(tmp_path / "notes"))
+    said = " ".join(CliRunner().invoke(app, ["train"]).output.split())
+    assert f"error: MODELCYCLE_HOME={tmp_path / 'notes'}: {tmp_path / 'notes'} is a file" in said
+    assert "set MODELCYCLE_HOME to a folder (made if missing), or give workspace=FOLDER." in said

@@ -786,6 +786,7 @@ def loadtest(
     with _clear_errors():
         cfg = compose_config(overrides or [])
         plan, budgets = loadtest_config(cfg)
+        folder = out or ReportFolder(workspace_of(cfg) / "reports", "loadtest")
     try:
         plan = replace(
             plan,
@@ -795,7 +796,6 @@ def loadtest(
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
-    folder = out or ReportFolder(workspace_of(cfg) / "reports", "loadtest")
 
     def starting(name: str) -> None:
         console.print(

@@ -8,6 +8,7 @@ import difflib
 import inspect
 import logging
 import math
+import os
 import re
 import types
 import typing
@@ -790,10 +791,31 @@ def tracking_settings(cfg: DictConfig) -> TrackingSettings:
 
 
 def workspace_of(cfg: DictConfig) -> Path:
-    """The workspace root as an absolute path."""
+    """The workspace root as an absolute path, the one place every command finds it.
+
+    Raises:
+        ConfigError: No path, or a path that is a file or lies under one (the first write
+            ended in Python's "File exists" or "Not a directory", naming no setting).
+    """
     if not isinstance(cfg.workspace, str) or not cfg.workspace:
         raise ConfigError(f"workspace={cfg.workspace!r}: give a folder path, e.g. workspace=runs.")
-    return Path(cfg.workspace).expanduser().resolve()
+    root = Path(cfg.workspace).expanduser().resolve()
+    blocker = next((p for p in (root, *root.parents) if p.exists()), root)
+    if not blocker.is_dir():
+        where = "is a file" if blocker == root else f"lies under {blocker}, a file"
+        given, fix = _workspace_source(cfg)
+        raise ConfigError(f"{given}: {root} {where}, not a folder; {fix}")
+    return root
+
+
+def _workspace_source(cfg: DictConfig) -> tuple[str, str]:
+    """How the workspace was given (`workspace=` or MODELCYCLE_HOME) and how to give a folder."""
+    if OmegaConf.is_interpolation(cfg, "workspace") and "MODELCYCLE_HOME" in os.environ:
+        return (
+            f"MODELCYCLE_HOME={os.environ['MODELCYCLE_HOME']}",
+            "set MODELCYCLE_HOME to a folder (made if missing), or give workspace=FOLDER.",
+        )
+    return f"workspace={cfg.workspace}", "give workspace= a folder (made if missing)."
 
 
 @dataclass(frozen=True)

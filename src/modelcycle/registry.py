@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from modelcycle.data.atomic import replacing
 from modelcycle.registry_hooks import AliasMoved, Hook, HookResult, run_hooks
 
 log = logging.getLogger(__name__)
@@ -318,7 +319,9 @@ class Registry:
         under a lock on it, and a copy already complete for the same source and tags is
         reused: downloading again would rewrite files another process may be reading (a
         worker once failed its start on a half-rewritten held_out.npz). New tags (a new
-        export) download again.
+        export) download again. The marker of a complete copy is written whole (a kill while
+        writing it left JSON cut short, which ended every later start); one that cannot be
+        read counts as absent, and the copy is made again.
         """
         import mlflow.artifacts
         from mlflow.exceptions import MlflowException
@@ -329,7 +332,7 @@ class Registry:
         marker = dst / ".complete.json"
         with workspace_lock(dst):
             if marker.is_file():
-                done = json.loads(marker.read_text())
+                done = _complete_copy(marker)
                 if not fresh and done.get("stamp") == stamp and Path(done["path"]).exists():
                     return Path(done["path"])
                 marker.unlink()
@@ -341,7 +344,8 @@ class Registry:
                 )
             except (MlflowException, OSError) as err:
                 raise self._files_gone(registered, err) from err
-            marker.write_text(json.dumps({"stamp": stamp, "path": str(path)}))
+            with replacing(marker) as written:
+                written.write_text(json.dumps({"stamp": stamp, "path": str(path)}))
         return path
 
     def _files_gone(self, registered: Registered, err: Exception) -> RegistryError:
@@ -612,6 +616,16 @@ def champion_note(version: Registered) -> str | None:
 
 #: The parameters that decide a run's folds, beside its data (`data_hash`).
 PROTOCOL_PARAMS = ("cv.n_folds", "seed")
+
+
+def _complete_copy(marker: Path) -> dict[str, str]:
+    """What the marker of a complete local copy says, its stamp and path; {} if unreadable."""
+    try:
+        done = json.loads(marker.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    ok = isinstance(done, dict) and all(isinstance(done.get(k), str) for k in ("stamp", "path"))
+    return done if ok else {}
 
 
 def _protocol(run: Any) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift import DriftSettings, DriftSummary
 from modelcycle.monitoring.drift_service import DriftService
-from modelcycle.servable import read_manifest, read_reference
+from modelcycle.servable import REFERENCE, read_manifest, read_reference
 from modelcycle.serving.app import ServeSettings, create_app
 from modelcycle.serving.loading import Runner, ServedModel
 
@@ -364,3 +365,34 @@ def test_a_new_version_with_too_few_captures_clears_the_last_versions_drift_gaug
         service.check_now()
         series = _metrics(client)
         assert series[detected] == 0.0 and series[share] == 0.0 and series[level] > 0.01
+
+
+def test_a_cut_short_reference_is_said_once_and_the_drift_status_says_why(
+    served: ServedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Each check (and the start) logged a full traceback, and the status stayed "pending".
+    assert served.directory is not None
+    copy = Path(shutil.copytree(served.directory, tmp_path / "model"))
+    reference = copy / REFERENCE
+    reference.write_bytes(reference.read_bytes()[:100])  # a kill while it was written
+    damaged = replace(served, directory=copy)
+    client, service = _app(damaged, tmp_path, interval=3600)
+    with caplog.at_level(logging.INFO), client:
+        assert client.get("/readyz").status_code == 200
+        _post_reference_rows(client, served, 3, scale=1.0)  # the model still serves
+        service.check_now()
+        service.check_now()
+        body = client.get(DRIFT).json()
+        series = _metrics(client)
+    assert body["status"] == "no_reference" and body["drift_detected"] is None
+    assert f"{reference}: missing, cut short or changed" in body["detail"]
+    assert "copies the file anew from the registry" in body["detail"]
+    said = [r for r in caplog.records if "No drift checks of twins v1" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None, caplog.text
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+    assert np.isnan(series[("modelcycle_drift_detected", (("model", "twins"),))])
+    checks = ("modelcycle_drift_checks_total", (("model", "twins"), ("status", "no_reference")))
+    assert series[checks] >= 2

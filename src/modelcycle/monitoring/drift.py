@@ -32,7 +32,7 @@ from modelcycle.embedding_columns import (
 from modelcycle.monitoring.capture import Capture
 from modelcycle.serving.adapter import ServingAdapter
 
-Status = Literal["pending", "off", "too_few_captures", "no_drift", "drift"]
+Status = Literal["pending", "off", "no_reference", "too_few_captures", "no_drift", "drift"]
 #: Fewest random relabellings behind a class-mix p-value.
 MIN_PERMUTATIONS = 999
 

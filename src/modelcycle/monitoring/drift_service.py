@@ -22,7 +22,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift import DriftSettings, DriftSummary, Status, TooFewCapturesError
-from modelcycle.monitoring.monitor import check_drift, served_reference, version_captures
+from modelcycle.monitoring.monitor import (
+    SampleError,
+    check_drift,
+    served_reference,
+    version_captures,
+)
 from modelcycle.serving.batching import StoppingError
 from modelcycle.serving.loading import Runner, ServedModel
 
@@ -101,6 +106,7 @@ class DriftService:
         self._models: Models = dict
         self._cache: dict[str, DriftSummary] = {}
         self._references: dict[tuple[str, str], pd.DataFrame] = {}
+        self._unreadable: dict[tuple[str, str], SampleError] = {}  # said once, not retried
         self._gauges: DriftGauges | None = None
         self._published: dict[str, set[str]] = {}  # each model's p-value series now set
         self._between: Callable[[ServedModel], Runner] | None = None
@@ -146,6 +152,8 @@ class DriftService:
         key = (served.name, served.version)
         try:
             self._reference(served)
+        except SampleError:  # said in one line by `_reference`
+            pass
         except StoppingError:
             log.info("Drift reference of %s v%s left unfinished: stopping", *key)
         except Exception:  # drift monitoring must never stop a model from serving
@@ -224,10 +232,17 @@ class DriftService:
         """
         key = (served.name, served.version)
         with self._computing:
+            if key in self._unreadable:
+                raise self._unreadable[key]
             if key not in self._references:
                 run = None if self._between is None else self._between(served)
                 began = time.perf_counter()
-                self._references[key] = reference = served_reference(served, run)
+                try:
+                    self._references[key] = reference = served_reference(served, run)
+                except SampleError as err:  # the file stays damaged: checks answer, not retry
+                    log.error("No drift checks of %s v%s: %s", *key, err)
+                    self._unreadable[key] = err
+                    raise
                 took = time.perf_counter() - began
                 log.info(
                     "Drift reference of %s v%s ready: %d rows in %.1f s", *key, len(reference), took
@@ -238,7 +253,18 @@ class DriftService:
             return self._references[key]
 
     def _check(self, served: ServedModel) -> DriftSummary:
-        reference = self._reference(served)
+        try:
+            reference = self._reference(served)
+        except SampleError as err:
+            return DriftSummary(
+                model=served.name,
+                version=served.version,
+                variant=served.variant,
+                status="no_reference",
+                detail=str(err),
+                computed_at=time.time(),
+                alpha=self.settings.alpha,
+            )
         captures = version_captures(self.capture, served, None, self.window)
         try:
             return check_drift(served, reference, captures, self.settings).summary

@@ -42,6 +42,10 @@ from modelcycle.serving.loading import (
 BATCH = 256  # reference rows per model call
 
 
+class SampleError(ServableError):
+    """A version's reference sample (or the held-out rows standing in) cannot be read."""
+
+
 @dataclass(frozen=True)
 class DriftCheck:
     """A drift test with the two samples it compared (for plots and the Evidently report)."""
@@ -78,11 +82,18 @@ def _reference_sample(served: ServedModel) -> tuple[list[np.ndarray], int | None
     directory = served.directory
     manifest = read_manifest(directory)
     name = REFERENCE if REFERENCE in manifest["files"] else "held_out.npz"
-    if sha256_file(directory / name) != manifest["files"][name]:
-        raise ServableError(f"{directory / name}: sha256 does not match its manifest.")
+    path = directory / name
+    if not path.is_file() or sha256_file(path) != manifest["files"][name]:
+        raise SampleError(
+            f"{path}: missing, cut short or changed (its sha256 is not the manifest's), so "
+            f"{served.name} v{served.version} has no drift reference. Loading the version "
+            "again copies the file anew from the registry; if the stored file is damaged "
+            f"too, restore it or promote another version (`modelcycle promote {served.name} "
+            "--version N`)."
+        )
     inputs = read_reference(directory, manifest)
     if inputs is None:
-        with np.load(directory / name) as arrays:
+        with np.load(path) as arrays:
             return [arrays[n] for n in manifest["inputs"]], None
     return inputs, manifest.get("reference_unseen")
 

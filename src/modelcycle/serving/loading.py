@@ -16,7 +16,7 @@ import numpy as np
 from modelcycle.digests import sha256_file
 from modelcycle.export_status import refusal
 from modelcycle.registry import Registered, Registry
-from modelcycle.servable import read_manifest
+from modelcycle.servable import REFERENCE, ServableError, read_manifest
 from modelcycle.serving.adapter import ServingAdapter
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 #: Exported ONNX file of each servable variant, in the version's `onnx/` directory.
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+#: Files of a saved model read while serving: examples, and the drift reference.
+SAMPLES = ("held_out.npz", REFERENCE)
 
 
 def adapter_class(task: str) -> type[ServingAdapter]:
@@ -229,6 +231,10 @@ def fetch_checked(
 ) -> tuple[Path, Path]:
     """Copy `version` into `cache` once; its folder and the variant's ONNX, hash-checked.
 
+    A copy whose ONNX or samples (held-out rows, drift reference) do not match is copied
+    again. A sample damaged in the registry itself is left to what reads it: the server
+    still serves, and its drift status names the file.
+
     Raises:
         ModelLoadError: Naming the stored file, when its sha256 is not the export's.
     """
@@ -238,9 +244,13 @@ def fetch_checked(
         local = registry.download(version, cache / f"{version.name}-v{version.version}", fresh)
         onnx_path = local / "onnx" / file
         actual = sha256_file(onnx_path) if onnx_path.is_file() else "missing"
-        if actual == expected:
+        damaged = None if fresh else _damaged_sample(local)
+        if actual == expected and damaged is None:
             return local, onnx_path
-        log.warning("%s: sha256 %s, not the export's", onnx_path, actual[:12])
+        if damaged is not None:
+            log.warning("%s: sha256 is not its manifest's; copying the version again", damaged)
+        else:
+            log.warning("%s: sha256 %s, not the export's", onnx_path, actual[:12])
     # The copy is fresh: the damaged file is the stored one, which the message must name.
     raise ModelLoadError(
         f"{version.source}/onnx/{file}: sha256 {actual[:12]} does not match the "
@@ -248,6 +258,19 @@ def fetch_checked(
         f"({expected[:12]}): the stored file was changed or cut short since the export; "
         f"re-run `modelcycle export {reference}` to write it again."
     )
+
+
+def _damaged_sample(local: Path) -> Path | None:
+    """The first sample of a local copy that does not match its manifest, if any."""
+    try:
+        files = read_manifest(local)["files"]
+    except (ServableError, KeyError, TypeError):
+        return local / "manifest.json"
+    for name in SAMPLES:
+        path = local / name
+        if name in files and (not path.is_file() or sha256_file(path) != files[name]):
+            return path
+    return None
 
 
 def expected_sha256(version: Registered, reference: str, choice: VariantChoice) -> str:

@@ -31,6 +31,7 @@ from modelcycle.registry_hooks import AliasMoved
 from modelcycle.sweep import SweepResult, TrialRecord
 from modelcycle.tracking import Tracker, TrackingSettings, tracking_uri
 from run_tree import one_run_tree
+from server_process import free_port
 from serving_fixtures import ServedWorkspace, publish
 from test_interrupts import in_package
 from test_model_registry import _run as pipeline_shaped_run
@@ -538,6 +539,33 @@ def test_serving_a_model_of_a_task_not_installed_says_which_and_what_to_install(
     assert "`modelcycle.tasks` entry point" in said
 
 
+@pytest.mark.parametrize("name", ["tw?in", "twins x"])
+def test_serve_refuses_a_model_name_its_urls_cannot_carry_as_it_is(
+    served_workspace: ServedWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # Registered through MLflow's own client (or before `register` kept names to its rule),
+    # such a model was served, but /v1/models/NAME/predict as written reached no model.
+    from mlflow import MlflowClient
+
+    from modelcycle.serving import server
+
+    served = served_workspace.registry.resolve("twins@champion")
+    (tmp_path / "ws").mkdir()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}")
+    client.create_registered_model(name)
+    made = client.create_model_version(name, source=served.source, tags=served.tags)
+    client.set_registered_model_alias(name, "champion", made.version)
+    started: list[object] = []
+    monkeypatch.setattr(server, "run_server", lambda *args, **kwargs: started.append(args))
+    port = f"serve.port={free_port()}"
+    result = runner.invoke(app, ["serve", f"{name}@champion", f"workspace={tmp_path / 'ws'}", port])
+    said = " ".join(result.stdout.split())
+    assert result.exit_code == 2 and not started, said
+    assert f"model name {name!r}: /v1/models/NAME/predict cannot carry it as it is" in said
+    assert "only names of 1-255 letters, digits, '.', '_' or '-', the first a letter" in said
+    assert "`modelcycle register RUN_ID --name NEW_NAME`" in said
+
+
 def test_a_port_in_use_is_answered_with_one_free_now() -> None:
     # It suggested the next port, which was busy too (a second server started just before)
     import re
@@ -761,7 +789,7 @@ def test_register_takes_a_report_folder_and_refuses_names_commands_cannot_carry(
     for name in ("bad/name", "", " ", "twins x"):
         bad = runner.invoke(app, ["register", str(report), ws, "--name", name])
         assert bad.exit_code == 2, bad.output
-        assert f"model name {name!r}: give a name without spaces" in bad.stdout
+        assert f"model name {name!r}: use 1-255 letters, digits" in bad.stdout
         assert "Traceback" not in bad.output
     assert Registry(store.uri).client.search_registered_models() == []
     for command in (["promote", "twins x"], ["history", "a:b"]):  # the same rule everywhere

@@ -34,6 +34,10 @@ AUDIT_PREFIX = "audit."
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 _ALIAS = re.compile(r"[\w-]{1,255}")  # MLflow's rule for alias names
+#: The characters a new model name may hold. A name goes as it is into URL paths
+#: (/v1/models/NAME/predict), the commands modelcycle prints, folder names and metric labels.
+NAME_RULE = "1-255 letters, digits, '.', '_' or '-', the first a letter or digit"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 #: What a run id is and where to find one, for every "no such run" message.
 HOW_TO_FIND = (
     "RUN is the id `modelcycle train` prints (`MLflow run ...`), its report folder "
@@ -179,7 +183,7 @@ class Registry:
         Raises:
             GateError: With both numbers, when it does not; nothing is registered then.
         """
-        check_name(name)
+        check_new_name(name)
         check_alias(alias)
         candidate = self.candidate(run_id)
         self._once(run_id, name)
@@ -566,6 +570,26 @@ def check_name(name: str) -> None:
     if not name.strip() or re.search(r"[\s/:]", name):
         raise RegistryError(
             f"model name {name!r}: give a name without spaces, '/' or ':', e.g. twins or twins_v2."
+        )
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether `name` keeps to NAME_RULE: a URL path segment and a shell word as it is."""
+    return _NAME.fullmatch(name) is not None
+
+
+def check_new_name(name: str) -> None:
+    """Raise RegistryError unless `name` may name a new model: NAME_RULE.
+
+    MLflow takes nearly any name, but one with a space, '?', '#' or '%' could not be reached
+    at /v1/models/NAME/predict as it is written (curl, the load test, a proxy), and one
+    beginning with '-' reads as an option. Names registered before stay readable
+    (`check_name`); `serve` refuses those outside the rule.
+    """
+    if not is_plain_name(name):
+        raise RegistryError(
+            f"model name {name!r}: use {NAME_RULE}, e.g. twins or twins_v2 (a name is part "
+            "of the server's URLs, /v1/models/NAME/predict, as it is)."
         )
 
 

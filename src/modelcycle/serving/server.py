@@ -24,7 +24,7 @@ from modelcycle.config import (
 )
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
-from modelcycle.registry import Registry, StoreWatch
+from modelcycle.registry import NAME_RULE, Registry, StoreWatch, is_plain_name
 from modelcycle.servable import ServableError, read_manifest
 from modelcycle.serving.app import create_app
 from modelcycle.serving.loading import (
@@ -121,7 +121,13 @@ def check_servable(
     or damaged in the registry ended the server's start-up in a traceback); the server's own
     load then reuses the copy.
     """
-    split_alias(reference)
+    name = split_alias(reference)[0]
+    if not is_plain_name(name):  # registered before `register` kept names to the rule
+        raise ModelLoadError(
+            f"model name {name!r}: /v1/models/NAME/predict cannot carry it as it is; only "
+            f"names of {NAME_RULE} are served. Register its run under such a name: "
+            "`modelcycle register RUN_ID --name NEW_NAME`."
+        )
     version = registry.resolve(reference)
     choice = variant or VariantChoice()
     expected_sha256(version, reference, choice)

@@ -432,33 +432,14 @@ def test_a_task_refuses_data_it_cannot_read_before_anything_loads(
         assemble(compose_config([f"experiment={experiment}", f"data={data}"]))
 
 
-def _config_entry_points(monkeypatch: pytest.MonkeyPatch, *packages: str) -> None:
-    """Outside config packages, as `modelcycle.configs` entry points would name them."""
-    import importlib.metadata
-
-    import modelcycle.config as config
-
-    found = [
-        importlib.metadata.EntryPoint(f"p{i}", package, config.CONFIG_ENTRY_POINT_GROUP)
-        for i, package in enumerate(packages)
-    ]
-    real = importlib.metadata.entry_points
-    monkeypatch.setattr(
-        importlib.metadata,
-        "entry_points",
-        lambda **kw: found if kw.get("group") == config.CONFIG_ENTRY_POINT_GROUP else real(**kw),
-    )
-    monkeypatch.setattr("modelcycle.logs._WARNED", set())
-
-
 def test_an_outside_config_package_adds_its_groups_and_a_missing_one_is_said_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from example_task import PLUGIN
+    from example_task import PLUGIN, config_entry_points
     from modelcycle.config import config_packages, experiments_by_task, task_configs
 
     monkeypatch.syspath_prepend(str(PLUGIN))
-    _config_entry_points(monkeypatch, "blobs_plugin.conf", "no_such_package_xyz.conf")
+    config_entry_points(monkeypatch, "blobs_plugin.conf", "no_such_package_xyz.conf")
     with caplog.at_level("WARNING", logger="modelcycle.config"):
         assert config_packages() == ["modelcycle.conf", "blobs_plugin.conf"]
         cfg = compose_config(["experiment=blobs"])
@@ -498,11 +479,11 @@ def test_a_group_given_for_a_task_that_takes_none_is_refused(
     # the data group was not used.
     from typer.testing import CliRunner
 
-    from example_task import PLUGIN, load_example
+    from example_task import PLUGIN, config_entry_points, load_example
     from modelcycle.cli import app
 
     monkeypatch.syspath_prepend(str(PLUGIN))
-    _config_entry_points(monkeypatch, "blobs_plugin.conf")
+    config_entry_points(monkeypatch, "blobs_plugin.conf")
     load_example(monkeypatch)
 
     def train(*args: object) -> None:

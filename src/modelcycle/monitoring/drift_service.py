@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import pandas as pd
 from fastapi import APIRouter
@@ -256,36 +256,45 @@ class DriftService:
         try:
             reference = self._reference(served)
         except SampleError as err:
-            return DriftSummary(
-                model=served.name,
-                version=served.version,
-                variant=served.variant,
-                status="no_reference",
-                detail=str(err),
-                computed_at=time.time(),
-                alpha=self.settings.alpha,
-            )
+            return self._no_verdict(served, "no_reference", str(err))
         captures = version_captures(self.capture, served, None, self.window)
         try:
             return check_drift(served, reference, captures, self.settings).summary
         except TooFewCapturesError as err:
-            return DriftSummary(
-                model=served.name,
-                version=served.version,
-                variant=served.variant,
-                status="too_few_captures",
-                detail=(
+            return self._no_verdict(
+                served,
+                "too_few_captures",
+                (
                     f"{served.name} version {served.version}: {err.found} captured requests "
                     f"(of the newest monitor.window={self.window}), at least {err.needed} are "
                     "needed to test for drift; traffic marked with X-Capture-Source, such as a "
                     "load test's, does not count. The next check counts again after more "
                     "requests; monitor.min_captures lowers the need."
                 ),
-                computed_at=time.time(),
                 n_reference=len(reference),
                 n_current=len(captures),
-                alpha=self.settings.alpha,
             )
+
+    def _no_verdict(
+        self,
+        served: ServedModel,
+        status: Literal["no_reference", "too_few_captures"],
+        detail: str,
+        n_reference: int = 0,
+        n_current: int = 0,
+    ) -> DriftSummary:
+        """A check of `served` that gave no verdict, and why (`status`, `detail`)."""
+        return DriftSummary(
+            model=served.name,
+            version=served.version,
+            variant=served.variant,
+            status=status,
+            detail=detail,
+            computed_at=time.time(),
+            n_reference=n_reference,
+            n_current=n_current,
+            alpha=self.settings.alpha,
+        )
 
     def _publish(self, summary: DriftSummary) -> None:
         if self._gauges is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,9 +32,9 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     counted: list[int] = []
     real = module.read_image_files
 
-    def counting(paths: list[Path], size: int, desc: str) -> np.ndarray:
+    def counting(paths: list[Path], size: int, desc: str, *rest: Any) -> np.ndarray:
         counted.append(len(paths))
-        return real(paths, size, desc)
+        return real(paths, size, desc, *rest)
 
     monkeypatch.setattr(module, "read_image_files", counting)
     return counted

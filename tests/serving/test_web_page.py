@@ -425,6 +425,15 @@ def test_one_persons_row_pasted_from_a_spreadsheet_fills_the_request(
             "b": first["b"] | {"age": 31, "sex": "F", "measures": measures},
         }
         assert json.loads(page.input_value("#request")) == expected
+        # b's choice names the pasted row, not the example b was taken from; choosing
+        # another a keeps the pasted b
+        expect(page.locator("#part-b option:checked")).to_have_text("b: the pasted row")
+        page.select_option("#part-a", "1:a")
+        assert json.loads(page.input_value("#request"))["b"] == expected["b"]
+        assert json.loads(page.input_value("#request"))["a"] == other["a"]
+        page.select_option("#part-a", "0:a")
+        assert json.loads(page.input_value("#request")) == expected
+        page.fill("#paste", "\t".join(header) + "\r\n" + row + "\r\n")  # its notes again
         expect(page.locator("#result")).to_have_text(
             f"b: {len(names) - 2} measure(s) from the pasted row.\n"
             f"Missing (the model imputes up to 20%): 2 of {len(names)}, {names[0]}, {names[1]}.\n"
@@ -435,7 +444,7 @@ def test_one_persons_row_pasted_from_a_spreadsheet_fills_the_request(
         direct = httpx.post(f"{server.url}/v1/models/twins/predict", json=expected, timeout=10)
         probability = direct.json()["outputs"]["probability"]
         expect(page.locator("#prediction")).to_contain_text(f"{100 * probability:.1f}%")
-        expect(page.locator("#for")).to_have_text("for the request above")
+        expect(page.locator("#for")).to_contain_text("; b: the pasted row")  # what was sent
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / "web_page_paste.png", full_page=True)
         # A paste that is not one header and one value row is said to be, the request kept;

@@ -546,6 +546,38 @@ def test_a_task_that_builds_from_a_data_group_is_refused_a_config_without_one() 
         assemble(compose_config(["~model"]))
 
 
+@pytest.mark.parametrize(
+    ("command", "given", "names"),
+    [
+        ("config", "data=null", "rice"),
+        ("config", "model=NULL", "twins_mlp"),
+        ("train", "data=null", "qtim"),
+        ("config", "trainer=null", "default"),
+        ("config", "experiment=null", "twins_graph"),
+    ],
+)
+def test_a_group_set_to_null_says_how_to_remove_or_choose_one(
+    command: str, given: str, names: str, workspace: Path
+) -> None:
+    # It ended in Hydra's traceback: "Config group override must be a string or a list".
+    from typer.testing import CliRunner
+
+    from modelcycle.cli import app
+
+    done = CliRunner().invoke(app, [command, given])
+    said = done.stdout.strip()
+    assert done.exit_code == 2, said
+    assert len(said.splitlines()) == 1 and "Traceback" not in said
+    group = given.partition("=")[0]
+    assert said.startswith(f"error: {given}: a config group cannot be null")
+    assert f"{group}=NAME chooses one: " in said and names in said
+    removable = group in ("data", "model")
+    assert (f"`~{group}` removes it" in said) is removable
+    assert ("leave it out for none (the default)" in said) is (group == "experiment")
+    # a key set to null is a value, not a group
+    assert CliRunner().invoke(app, ["config", "report_dir=null"]).exit_code == 0
+
+
 class TwinsWithoutPlots(TwinsTask):
     """A task whose author left two methods of the contract out."""
 

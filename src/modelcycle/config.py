@@ -120,12 +120,7 @@ def experiments_by_task() -> dict[str, list[str]]:
     """
     import yaml
 
-    root = files(CONFIG_MODULE)
-    default = next(
-        d["task"]
-        for d in yaml.safe_load(root.joinpath("config.yaml").read_text())["defaults"]
-        if isinstance(d, dict) and "task" in d
-    )
+    default = _root_defaults()["task"]
     packages = config_packages()
     builds = _tasks_built(packages)
     runs: dict[str, list[str]] = {}
@@ -137,6 +132,14 @@ def experiments_by_task() -> dict[str, list[str]]:
         )
         runs.setdefault(builds.get(chosen, chosen), []).append(name)
     return runs
+
+
+def _root_defaults() -> dict[str, Any]:
+    """The root config's default choice of each group (None: no group unless one is chosen)."""
+    import yaml
+
+    entries = yaml.safe_load(files(CONFIG_MODULE).joinpath("config.yaml").read_text())["defaults"]
+    return {k: v for d in entries if isinstance(d, dict) for k, v in d.items()}
 
 
 def task_configs() -> dict[str, str]:
@@ -173,6 +176,9 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
             )
         if override.lstrip("+").partition("=")[0] == "task.name":
             raise ConfigError(_renamed_task(override.partition("=")[2]))
+        null = _null_group(override)
+        if null:
+            raise ConfigError(null)
     try:
         cfg = _compose(overrides)
     except HydraException as err:
@@ -203,6 +209,36 @@ def _renamed_task(name: str) -> str:
     if name not in configs and name in _task_names():
         said += " " + _no_config(name)
     return said
+
+
+#: How to go without a group that a task may do without, for `GROUP=null`.
+_REMOVABLE = {
+    "data": "for a task that reads its own data",
+    "model": "for a task that builds its own model",
+}
+
+
+def _null_group(override: str) -> str | None:
+    """What `GROUP=null` is told: Hydra takes null for no group only in a defaults list.
+
+    Given on the command line, it ended in Hydra's "Config group override must be a string
+    or a list" traceback.
+    """
+    key, _, value = override.lstrip("+").partition("=")
+    key = key.partition("@")[0]  # `data@place=null` names the data group too
+    if value.strip().lower() != "null" or not key or key.startswith("~"):
+        return None
+    packages = config_packages()
+    if not any(files(p).joinpath(key).is_dir() for p in packages):
+        return None  # a key set to null (`data.cache_dir=null`), not a group
+    names = ", ".join(sorted(_configs(key, packages))) or "(none)"
+    if key in _REMOVABLE:
+        without = f"`~{key}` removes it ({_REMOVABLE[key]}), or "
+    elif _root_defaults().get(key, "") is None:
+        without = "leave it out for none (the default), or "
+    else:
+        without = ""
+    return f"{override}: a config group cannot be null; {without}{key}=NAME chooses one: {names}."
 
 
 def _unconfigured_task(overrides: Sequence[str]) -> str | None:

@@ -578,6 +578,33 @@ def test_a_group_set_to_null_says_how_to_remove_or_choose_one(
     assert CliRunner().invoke(app, ["config", "report_dir=null"]).exit_code == 0
 
 
+@pytest.mark.parametrize(
+    ("command", "given", "how"),
+    [
+        ("config", "+data=rice", "chosen by"),
+        ("train", "+model=twins_graph", "chosen by"),
+        ("config", "+experiment=twins_graph", "in"),
+    ],
+)
+def test_a_group_added_with_plus_that_the_config_has_says_to_drop_the_plus(
+    command: str, given: str, how: str, workspace: Path
+) -> None:
+    # Hydra said "Multiple values for data. To override a value use 'override data: rice'",
+    # a line for a defaults list, not for the command line.
+    from typer.testing import CliRunner
+
+    from modelcycle.cli import app
+
+    done = CliRunner().invoke(app, [command, given])
+    said = done.stdout.strip()
+    assert done.exit_code == 2, said
+    group, plain = given.lstrip("+").partition("=")[0], given.lstrip("+")
+    assert said == (
+        f"error: {given}: {group} is already {how} the config, and + adds only a group it "
+        f"lacks; {plain} (without +) changes it."
+    )
+
+
 class TwinsWithoutPlots(TwinsTask):
     """A task whose author left two methods of the contract out."""
 

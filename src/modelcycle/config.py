@@ -190,6 +190,9 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         unconfigured = _unconfigured_task(overrides)
         if unconfigured:
             raise ConfigError(unconfigured) from err
+        again = _group_added_again(overrides, said)
+        if again:  # Hydra's hint (`override data: rice`) is for a defaults list
+            raise ConfigError(again) from err
         raise ConfigError(
             f"Cannot compose the config with overrides {list(overrides)}: {said}"
         ) from err
@@ -239,6 +242,24 @@ def _null_group(override: str) -> str | None:
     else:
         without = ""
     return f"{override}: a config group cannot be null; {without}{key}=NAME chooses one: {names}."
+
+
+def _group_added_again(overrides: Sequence[str], said: str) -> str | None:
+    """What `+GROUP=NAME` is told when the config already chooses GROUP; None otherwise."""
+    match = re.match(r"Multiple values for (\S+)\. To override", said)
+    if match is None:
+        return None
+    group = match.group(1)
+    added = [o for o in overrides if o.startswith("+") and o.lstrip("+").split("=")[0] == group]
+    if not added:
+        return None
+    plain = added[-1].lstrip("+")
+    # experiment and debug are in the defaults list too, as none
+    how = "in" if _root_defaults().get(group, "") is None else "chosen by"
+    return (
+        f"{added[-1]}: {group} is already {how} the config, and + adds only a group it "
+        f"lacks; {plain} (without +) changes it."
+    )
 
 
 def _unconfigured_task(overrides: Sequence[str]) -> str | None:

@@ -504,6 +504,58 @@ def test_a_group_given_for_a_task_that_takes_none_is_refused(
         assert shown.exit_code == 0, shown.stdout
 
 
+@pytest.mark.parametrize(
+    ("command", "given"),
+    [
+        ("train", ["task=blobs", "data.root=/x"]),
+        ("config", ["task=blobs", "+data.folds=3"]),
+        ("config", ["task=blobs", "data.nosuch=1"]),
+        ("config", ["experiment=blobs", "model.hidden=8"]),  # the experiment drops the group
+        ("config", ["experiment=blobs", "+model.hidden=8"]),
+        ("data", ["task=blobs", "~data", "data.root=/x"]),
+    ],
+)
+def test_a_key_of_a_group_the_task_does_not_take_is_refused(
+    command: str, given: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `task=blobs data.root=/x` ran on the task's own data without a word about the key.
+    from typer.testing import CliRunner
+
+    from example_task import PLUGIN, config_entry_points, load_example
+    from modelcycle.cli import app
+
+    # an experiment of the task may set such keys itself: they are dropped with the group
+    experiment = tmp_path / "keyed_conf" / "experiment" / "blobs_keyed.yaml"
+    experiment.parent.mkdir(parents=True)
+    (experiment.parents[1] / "__init__.py").touch()
+    experiment.write_text(
+        "# @package _global_\ndefaults:\n  - override /task: blobs\n"
+        "data:\n  root: /elsewhere\nmodel:\n  hidden: [8]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    config_entry_points(monkeypatch, "blobs_plugin.conf", "keyed_conf")
+    load_example(monkeypatch)
+    monkeypatch.setenv("MODELCYCLE_HOME", str(tmp_path / "ws"))
+
+    def train(*args: object) -> None:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("modelcycle.pipeline.run_pipeline", train)
+    argv = {"train": ["train"], "config": ["config", "--check"], "data": ["data", "stats"]}
+    runner = CliRunner()
+    done = runner.invoke(app, [*argv[command], *given])
+    said = done.stdout.strip().splitlines()[-1]
+    assert done.exit_code == 2, said
+    key = given[-1]
+    group = "data" if "data" in key else "model"
+    assert said.startswith(f"error: {key}: the blobs task ")
+    assert f"takes no {group} group. Leave {key.lstrip('+')} out" in said
+    shown = runner.invoke(app, ["config", "--check", "experiment=blobs_keyed"])
+    assert shown.exit_code == 0, shown.stdout
+    assert runner.invoke(app, ["config", "--check", "data.root=/x"]).exit_code == 0
+
+
 def test_choosing_a_task_by_task_name_is_refused_for_it_keeps_the_default_config() -> None:
     # `task.name=image` used to run the image task with the twins task's settings and data
     with pytest.raises(ConfigError) as caught:

@@ -54,6 +54,10 @@ class ConfigError(ValueError):
     """An override or config value that cannot be used; the message says which and why."""
 
 
+#: The constructor argument each of a task's groups is built into: `Task(source=, encoder=)`.
+GROUP_ARGS = {"data": "source", "model": "encoder"}
+
+
 #: The entry-point group through which outside packages add config groups: each names a
 #: package laid out as `modelcycle.conf` (`task/`, `data/`, `model/`, `experiment/`...).
 CONFIG_ENTRY_POINT_GROUP = "modelcycle.configs"
@@ -327,8 +331,35 @@ def _unknown_keys(overrides: Sequence[str], said: str) -> str | None:
         except HydraException as err:
             said = str(err)
             continue
-        return not_a_key(cfg, *paths)
+        return _key_of_group_not_taken(cfg, paths, overrides) or not_a_key(cfg, *paths)
     return None
+
+
+def _key_of_group_not_taken(
+    cfg: DictConfig, paths: Sequence[str], given: Sequence[str]
+) -> str | None:
+    """What a key of a data or model group is told when the task takes no such group.
+
+    `experiment=blobs model.hidden=8`: the experiment drops the group, and Hydra found no
+    key to set; "not a key of the composed config" hid that the task builds its own model.
+    """
+    task = OmegaConf.select(cfg, "task.name")
+    for path in paths:
+        group = path.partition(".")[0]
+        if group in GROUP_ARGS and not _task_takes(task, GROUP_ARGS[group]):
+            said = [o for o in given if o.lstrip("+").partition("=")[0] == path]
+            return _not_taken(said[-1] if said else path, group, task)
+    return None
+
+
+def _task_takes(task: Any, arg: str) -> bool:
+    """Whether the task registered as `task` is built with `arg` (True when it cannot tell)."""
+    from modelcycle.tasks import get_task
+
+    try:
+        return _takes(inspect.signature(get_task(task)).parameters, arg)
+    except (KeyError, TypeError, ValueError):  # no such task, or no signature to read
+        return True
 
 
 def not_a_key(cfg: DictConfig, *paths: str) -> str:
@@ -461,12 +492,11 @@ def _groups_taken(task_cls: Any, cfg: DictConfig, given: Sequence[str] = ()) -> 
     try:
         params = inspect.signature(task_cls).parameters
     except (TypeError, ValueError):  # no signature to read: give it what the config has
-        return {g: arg for g, arg in (("data", "source"), ("model", "encoder")) if g in cfg}
-    anything = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        return {g: arg for g, arg in GROUP_ARGS.items() if g in cfg}
     taken: dict[str, str] = {}
-    for group, arg in (("data", "source"), ("model", "encoder")):
+    for group, arg in GROUP_ARGS.items():
         param = params.get(arg)
-        if group in cfg and (param is not None or anything):
+        if group in cfg and _takes(params, arg):
             taken[group] = arg
         elif group in cfg:
             _check_not_chosen(group, given, cfg.task.name)
@@ -481,20 +511,36 @@ def _groups_taken(task_cls: Any, cfg: DictConfig, given: Sequence[str] = ()) -> 
     return taken
 
 
+def _takes(params: collections.abc.Mapping[str, inspect.Parameter], arg: str) -> bool:
+    """Whether a constructor of these parameters takes `arg`, by name or through **kwargs."""
+    return arg in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _check_not_chosen(group: str, given: Sequence[str], task: str) -> None:
-    """Refuse `group=NAME` among the user's overrides, for a task that takes no `group`.
+    """Refuse `group=NAME` or `group.key=value` given for a task that takes no `group`.
 
     Dropped with a log line, `train task=blobs data=rice` trained on the task's own data
-    while the command line said rice.
+    while the command line said rice; `data.root=/x` was dropped without a word.
     """
-    chosen = [o for o in given if "=" in o and o.lstrip("+").partition("=")[0] == group]
+    chosen = [o for o in given if "=" in o and _in_group(o, group)]
     if chosen:
-        own = "reads its own data" if group == "data" else "builds its own model"
-        raise ConfigError(
-            f"{chosen[-1]}: the {task} task {own} and takes no {group} group. "
-            f"Leave {chosen[-1].lstrip('+')} out, or choose a task that takes one "
-            "(`modelcycle tasks` lists them)."
-        )
+        raise ConfigError(_not_taken(chosen[-1], group, task))
+
+
+def _in_group(override: str, group: str) -> bool:
+    """Whether `override` chooses `group` or sets a key of it (`~key` deletes, and is not)."""
+    key = override.lstrip("+").partition("=")[0]
+    return key == group or key.startswith(f"{group}.")
+
+
+def _not_taken(override: str, group: str, task: str) -> str:
+    """What an override of `group` is told when the task takes no such group."""
+    own = "reads its own data" if group == "data" else "builds its own model"
+    return (
+        f"{override}: the {task} task {own} and takes no {group} group. "
+        f"Leave {override.lstrip('+')} out, or choose a task that takes one "
+        "(`modelcycle tasks` lists them)."
+    )
 
 
 def check_group(resolved: dict[str, Any], group: str, task_cls: Any = None, task: str = "") -> None:

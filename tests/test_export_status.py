@@ -79,6 +79,32 @@ def test_a_failed_re_export_is_refused_until_an_export_succeeds(
     assert load(registry, tmp_path).version == "1"
 
 
+def test_a_re_export_removes_the_export_tags_it_no_longer_writes(
+    example: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = publish_example(example, tmp_path)
+    registry = Registry(Tracker(TrackingSettings(), workspace).uri)
+    registry.set_tags(registry.get("blobs", "1"), {"lineage.note": "kept"})  # not an export's
+    monkeypatch.setattr(export, "_held_out_metric", lambda *args: mean_output)
+    export_version(registry, "blobs/1", tmp_path / "exports")
+    assert "export.metric.delta" in registry.get("blobs", "1").tags
+    monkeypatch.setattr(export, "_held_out_metric", lambda *args: no_metric)
+    _, report = export_version(registry, "blobs/1", tmp_path / "exports")
+    tags = registry.get("blobs", "1").tags
+    written = {k: v for k, v in tags.items() if k.startswith("export.")}
+    assert written == export.export_tags(report) | {STATUS_TAG: "ok"}
+    assert not any(k.startswith("export.metric.") for k in tags)
+    assert tags["lineage.note"] == "kept"
+
+
+def mean_output(outputs: list[np.ndarray]) -> float:
+    return float(np.mean(outputs[0]))
+
+
+def no_metric(outputs: list[np.ndarray]) -> float:
+    raise ValueError("no held-out labels")
+
+
 def test_an_export_stopped_by_ctrl_c_is_refused(
     registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from modelcycle.digests import sha256_file
-from modelcycle.export_status import OK, RUNNING, STATUS_TAG, failed
+from modelcycle.export_status import OK, RUNNING, STATUS_TAG, TAG_PREFIX, failed
 from modelcycle.registry import Registered, Registry
 from modelcycle.servable import ServableModel
 from modelcycle.serving.adapter import ServingAdapter
@@ -734,7 +734,8 @@ def export_version(
     (`check_adapter`).
 
     The version's `export.status` tag is "running" from the start, and "ok" once every
-    other tag is set; an export that stops (a failed check, Ctrl-C, SIGTERM) sets it to
+    other tag is set and the `export.*` tags of an earlier export that this one did not
+    write are removed; an export that stops (a failed check, Ctrl-C, SIGTERM) sets it to
     "failed: why", and serving refuses the version until an export succeeds: the tags and
     files of an earlier export may still be on it.
 
@@ -760,7 +761,8 @@ def _export_files(
 ) -> ExportReport:
     """Export `version` into a copy of it under `out_root`; with `attach`, attach the results.
 
-    The status tag ("ok") is the last tag written.
+    The status tag ("ok") is the last tag written, after the earlier export's stale tags
+    are removed.
     """
     local = registry.download(version, out_root / f"{version.name}-v{version.version}")
     servable = ServableModel.load(local)
@@ -785,8 +787,21 @@ def _export_files(
         raise
     if attach:
         registry.log_directory(version, out_dir, "model/onnx")
-        registry.set_tags(version, export_tags(report) | {STATUS_TAG: OK})
+        _replace_export_tags(registry, version, export_tags(report))
     return report
+
+
+def _replace_export_tags(registry: Registry, version: Registered, tags: dict[str, str]) -> None:
+    """Set `tags`, remove the `export.*` tags an earlier export left that they lack, then "ok".
+
+    Without the removal, a tag this export no longer writes (a held-out metric it could not
+    compute, a batch size it did not time) kept the earlier export's value as if current.
+    """
+    registry.set_tags(version, tags)
+    current = registry.get(version.name, version.version).tags
+    stale = [k for k in current if k.startswith(TAG_PREFIX) and k not in tags and k != STATUS_TAG]
+    registry.delete_tags(version, stale)
+    registry.set_tags(version, {STATUS_TAG: OK})
 
 
 def _check_variant(

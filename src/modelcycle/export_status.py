@@ -1,14 +1,17 @@
 """Whether a version's last export finished: its `export.status` tag, written and read.
 
 An export writes the tag first as "running", and last as "ok" once every other export tag
-is set, or as "failed: why" when it stops. Files and tags of an earlier export stay on the
-version meanwhile (a registry keeps what was attached), so the tag, not their presence, says
-whether they may be served. A version exported before the tag existed has none, and serves.
+is set and the earlier export's tags it did not write are removed, or as "failed: why" when
+it stops. Files and tags of an earlier export stay on the version meanwhile (a registry
+keeps what was attached), so the tag, not their presence, says whether they may be served.
+A version exported before the tag existed has none, and serves.
 """
 
 from __future__ import annotations
 
-STATUS_TAG = "export.status"
+#: Every tag an export writes starts with this; a successful export leaves only its own.
+TAG_PREFIX = "export."
+STATUS_TAG = f"{TAG_PREFIX}status"
 RUNNING = "running"
 OK = "ok"
 FAILED = "failed"

@@ -18,7 +18,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -404,6 +404,11 @@ class Registry:
         """Attach more facts (e.g. export results) to a version."""
         for key, value in tags.items():
             self.client.set_model_version_tag(registered.name, registered.version, key, value)
+
+    def delete_tags(self, registered: Registered, keys: Iterable[str]) -> None:
+        """Take tags off a version (e.g. an earlier export's that no longer hold)."""
+        for key in keys:
+            self.client.delete_model_version_tag(registered.name, registered.version, key)
 
     def version_of(self, run_id: str, name: str) -> tuple[Registered, list[str]] | None:
         """The version of `name` made from `run_id`, with the aliases it holds; None if none."""

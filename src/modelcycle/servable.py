@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelcycle.data.atomic import replacing_folder
 from modelcycle.digests import sha256_file
 
 # torch is imported where a module is saved, loaded or traced: a server reads manifests only.
@@ -70,15 +71,24 @@ class ServableModel:
     def save(self, directory: Path) -> Path:
         """Write the directory and its manifest; returns the manifest path.
 
-        An `embedding` output is saved as its first principal components (see
+        The files are written into a new folder beside `directory` that is renamed to it
+        when complete (`replacing_folder`): a save that fails or is killed leaves no
+        `directory`, or the earlier one whole, never files without their manifest (a kill
+        can leave the unfinished folder beside it, under a hidden `.NAME.new-*` name). An
+        `embedding` output is saved as its first principal components (see
         `modelcycle.embeddings`), an output for monitoring only.
         """
-        import torch
-
         from modelcycle.embeddings import project_embeddings
 
         project_embeddings(self)
-        directory.mkdir(parents=True, exist_ok=True)
+        with replacing_folder(directory) as new:
+            self._write(new)
+        return directory / MANIFEST
+
+    def _write(self, directory: Path) -> None:
+        """The model, its arrays and, last, the manifest naming their sha256, in `directory`."""
+        import torch
+
         self.module.eval()
         torch.save(self.module, directory / "model.pt")
         arrays: dict[str, Any] = dict(zip(self.input_names, self.held_out, strict=True))
@@ -101,9 +111,7 @@ class ServableModel:
             "files": files,
             "info": self.info,
         }
-        path = directory / MANIFEST
-        path.write_text(json.dumps(manifest, indent=2))
-        return path
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
     @classmethod
     def load(cls, directory: Path) -> ServableModel:

@@ -105,14 +105,21 @@ def no_metric(outputs: list[np.ndarray]) -> float:
     raise ValueError("no held-out labels")
 
 
-def test_an_export_stopped_by_ctrl_c_is_refused(
+def test_an_export_stopped_while_it_attaches_is_refused_and_one_stopped_before_is_not(
     registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def stopped(*args: Any, **kwargs: Any) -> str:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "quantize_int8", stopped)
-    with pytest.raises(KeyboardInterrupt):
+    # stopped before any file was attached: the version is its last export, and serves (a
+    # wrong --out, or a Ctrl-C while the model converted, made a served version unservable)
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(export, "quantize_int8", stopped)
+        export_version(registry, "blobs/1", tmp_path / "exports")
+    assert registry.get("blobs", "1").tags[STATUS_TAG] == "ok"
+    assert load(registry, tmp_path).version == "1"
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(Registry, "log_directory", stopped)
         export_version(registry, "blobs/1", tmp_path / "exports")
     with pytest.raises(ModelLoadError) as refused:
         load(registry, tmp_path)

@@ -547,8 +547,9 @@ def export_command(
     from modelcycle.export import ParityError, export_version
 
     stopped = (
-        f"nothing was attached to {reference}, which keeps its files but is not served until "
-        "an export of it finishes"
+        f"nothing was attached to {reference}, which keeps its last export's files and tags "
+        "and serves as before (a stop while files were attached leaves it unserved until "
+        "an export of it finishes)"
     )
     with _clear_errors("" if check else f"{stopped}; run the export again"):
         cfg = compose_config(overrides or [])

@@ -745,24 +745,28 @@ def export_version(
             answers are not JSON. Either way the files written so far are attached.
     """
     version = registry.resolve(reference)
-    if not attach:
-        return version, _export_files(registry, version, out_root, attach=False)
-    registry.set_tags(version, {STATUS_TAG: RUNNING})
+    attaching: list[bool] = []  # set once this export starts changing the version's files
     try:
-        report = _export_files(registry, version, out_root, attach=True)
+        report = _export_files(registry, version, out_root, attach, attaching)
     except BaseException as err:  # Ctrl-C and SIGTERM too: the version must say it stopped
-        registry.set_tags(version, {STATUS_TAG: failed(err, stopped_by())})
+        if attaching:  # before, the version's files and tags were still the last export's
+            registry.set_tags(version, {STATUS_TAG: failed(err, stopped_by())})
         raise
     return version, report
 
 
 def _export_files(
-    registry: Registry, version: Registered, out_root: Path, attach: bool
+    registry: Registry,
+    version: Registered,
+    out_root: Path,
+    attach: bool,
+    attaching: list[bool],
 ) -> ExportReport:
     """Export `version` into a copy of it under `out_root`; with `attach`, attach the results.
 
-    The status tag ("ok") is the last tag written, after the earlier export's stale tags
-    are removed.
+    Before the first file is attached the status tag becomes "running" (and `attaching`
+    says so); "ok" is the last tag written, after the earlier export's stale tags are
+    removed.
     """
     local = registry.download(version, out_root / f"{version.name}-v{version.version}")
     servable = ServableModel.load(local)
@@ -783,12 +787,23 @@ def _export_files(
         )
     except Exception:  # a failed check is kept beside the version too
         if attach:  # (not a stop: half-made files would replace the version's good ones)
-            registry.log_directory(version, out_dir, "model/onnx")
+            _attach(registry, version, out_dir, attaching)
         raise
     if attach:
-        registry.log_directory(version, out_dir, "model/onnx")
+        _attach(registry, version, out_dir, attaching)
         _replace_export_tags(registry, version, export_tags(report))
     return report
+
+
+def _attach(registry: Registry, version: Registered, out_dir: Path, attaching: list[bool]) -> None:
+    """Attach `out_dir` to the version, its status "running" first: its files change now.
+
+    A failure before this point (a wrong --out, a stop while the model converts) leaves the
+    version's files and tags the last export's, still servable.
+    """
+    attaching.append(True)
+    registry.set_tags(version, {STATUS_TAG: RUNNING})
+    registry.log_directory(version, out_dir, "model/onnx")
 
 
 def _replace_export_tags(registry: Registry, version: Registered, tags: dict[str, str]) -> None:

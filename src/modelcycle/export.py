@@ -733,11 +733,12 @@ def export_version(
     requests against each ONNX file as soon as it is written, as a server will
     (`check_adapter`).
 
-    The version's `export.status` tag is "running" from the start, and "ok" once every
-    other tag is set and the `export.*` tags of an earlier export that this one did not
-    write are removed; an export that stops (a failed check, Ctrl-C, SIGTERM) sets it to
-    "failed: why", and serving refuses the version until an export succeeds: the tags and
-    files of an earlier export may still be on it.
+    The version's `export.status` tag is "running" once files start to be attached, and
+    "ok" once every other tag is set and the `export.*` tags of an earlier export that this
+    one did not write are removed; an export that stops after that (a failed check, Ctrl-C,
+    SIGTERM) sets it to "failed: why", and serving refuses the version until an export
+    succeeds: the tags and files of an earlier export may still be on it. One that stops
+    before attaching anything leaves the version as its last export left it.
 
     Raises:
         ParityError: If fp32 parity fails.

@@ -657,6 +657,24 @@ def test_a_group_added_with_plus_that_the_config_has_says_to_drop_the_plus(
     )
 
 
+@pytest.mark.parametrize("given", ["++data=rice", "++model=twins_graph"])
+def test_a_group_forced_with_two_plus_says_to_choose_it_plainly(
+    given: str, workspace: Path
+) -> None:
+    # Hydra said "force-add of config groups is not supported", naming no way to choose it.
+    from typer.testing import CliRunner
+
+    from modelcycle.cli import app
+
+    done = CliRunner().invoke(app, ["config", given], terminal_width=300)
+    assert done.exit_code == 2, done.stdout
+    plain, group = given.lstrip("+"), given.lstrip("+").partition("=")[0]
+    assert done.stdout.strip() == (
+        f"error: {given}: ++ forces a key's value, and {group} is a config group; "
+        f"{plain} (without ++) chooses it."
+    )
+
+
 class TwinsWithoutPlots(TwinsTask):
     """A task whose author left two methods of the contract out."""
 

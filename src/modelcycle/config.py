@@ -249,7 +249,18 @@ def _null_group(override: str) -> str | None:
 
 
 def _group_added_again(overrides: Sequence[str], said: str) -> str | None:
-    """What `+GROUP=NAME` is told when the config already chooses GROUP; None otherwise."""
+    """What `+GROUP=NAME` or `++GROUP=NAME` is told; None for other errors.
+
+    `+` adds only a group the config lacks; `++` forces keys, never groups.
+    """
+    forced = re.search(r"force-add of config groups is not supported: '(\+\+[^'=]+=[^']*)'", said)
+    if forced is not None:
+        given = forced.group(1)
+        group = given.lstrip("+").split("=")[0]
+        return (
+            f"{given}: ++ forces a key's value, and {group} is a config group; "
+            f"{given.lstrip('+')} (without ++) chooses it."
+        )
     match = re.match(r"Multiple values for (\S+)\. To override", said)
     if match is None:
         return None

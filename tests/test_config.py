@@ -675,6 +675,20 @@ def test_a_group_forced_with_two_plus_says_to_choose_it_plainly(
     )
 
 
+@pytest.mark.parametrize(("removed", "key"), [("~data", "data.root=/x"), ("~model", "model.x=1")])
+def test_a_key_of_a_group_removed_in_the_same_command_says_so(
+    removed: str, key: str, workspace: Path
+) -> None:
+    # It read "data.root is not a key of the composed config", as if misspelt.
+    with pytest.raises(ConfigError) as refused:
+        compose_config([removed, key])
+    path, group = key.partition("=")[0], removed[1:]
+    assert str(refused.value) == (
+        f"{path}: {removed} in the same command removes the {group} group, so it has no keys "
+        f"to set; drop {removed} to set {path}, or drop {path}."
+    )
+
+
 class TwinsWithoutPlots(TwinsTask):
     """A task whose author left two methods of the contract out."""
 

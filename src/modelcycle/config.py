@@ -342,7 +342,27 @@ def _unknown_keys(overrides: Sequence[str], said: str) -> str | None:
         except HydraException as err:
             said = str(err)
             continue
-        return _key_of_group_not_taken(cfg, paths, overrides) or not_a_key(cfg, *paths)
+        return (
+            _key_of_group_not_taken(cfg, paths, overrides)
+            or _key_of_removed_group(paths, overrides)
+            or not_a_key(cfg, *paths)
+        )
+    return None
+
+
+def _key_of_removed_group(paths: Sequence[str], given: Sequence[str]) -> str | None:
+    """What a key is told whose group `~GROUP` removed in the same command (None if none).
+
+    `~data data.root=/x` read "data.root is not a key of the composed config".
+    """
+    removed = {o[1:].partition("=")[0] for o in given if o.startswith("~")}
+    for path in paths:
+        group = path.partition(".")[0]
+        if group in removed and "." in path:
+            return (
+                f"{path}: ~{group} in the same command removes the {group} group, so it has "
+                f"no keys to set; drop ~{group} to set {path}, or drop {path}."
+            )
     return None
 
 

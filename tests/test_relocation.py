@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from modelcycle.cli import app
 from modelcycle.registry import Registry, RegistryError
-from modelcycle.relocation import _rewrite
+from modelcycle.relocation import _rewrite, relocate
 from modelcycle.serving.loading import load_served
 from modelcycle.tracking import Tracker, TrackingSettings
 from serving_fixtures import publish
@@ -71,6 +71,26 @@ def test_a_moved_workspace_serves_again_once_relocated(
 
     again = runner.invoke(app, ["relocate", f"workspace={new}"], terminal_width=300)
     assert again.exit_code == 0 and "nothing rewritten" in _said(again)
+
+
+def test_two_relocations_in_one_second_keep_both_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "mlflow.db"
+    with sqlite3.connect(store) as db:
+        db.execute("CREATE TABLE experiments (artifact_location)")
+        db.execute("INSERT INTO experiments VALUES (?)", ("/a/ws/artifacts",))
+    monkeypatch.setattr("time.strftime", lambda *args: "20260101-120000")
+    first = relocate(store)
+    with sqlite3.connect(store) as db:  # made elsewhere again
+        db.execute("UPDATE experiments SET artifact_location = '/b/ws/artifacts'")
+    second = relocate(store)
+    assert (first.old, second.old) == (Path("/a/ws"), Path("/b/ws"))
+    assert first.backup is not None and second.backup == first.backup.with_name(
+        first.backup.name + "-2"
+    )
+    with sqlite3.connect(first.backup) as db:  # the first copy was not overwritten
+        assert db.execute("SELECT * FROM experiments").fetchone() == ("/a/ws/artifacts",)
 
 
 def test_relocate_refuses_what_it_cannot_rewrite(tmp_path: Path) -> None:

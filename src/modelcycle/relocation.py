@@ -95,8 +95,14 @@ def _as_path(location: str | None) -> Path | None:
 
 
 def _backup(store: Path) -> Path:
+    """A copy of `store` beside it, in a file of its own (`-2`, `-3` within one second)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    backup = store.with_name(f"{store.name}.before-relocate-{stamp}")
+    base = store.with_name(f"{store.name}.before-relocate-{stamp}")
+    backup = next(
+        path
+        for path in (base, *(base.with_name(f"{base.name}-{n}") for n in range(2, 10_000)))
+        if not path.exists()
+    )
     with sqlite3.connect(store) as source, sqlite3.connect(backup) as copy:
         source.backup(copy)
     return backup

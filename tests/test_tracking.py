@@ -105,7 +105,7 @@ def _dist_info(site: Path, name: str, direct_url: dict[str, object] | None) -> N
         (info / "direct_url.json").write_text(json.dumps(direct_url))
 
 
-def test_lineage_records_the_checkout_a_task_package_was_installed_from(
+def test_lineage_records_the_commit_a_task_package_was_installed_from(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A plugin installed editable from its clone recorded only its version, 0.2.0 on every
@@ -123,12 +123,17 @@ def test_lineage_records_the_checkout_a_task_package_was_installed_from(
     _dist_info(site, "copiedtask", {"url": (tmp_path / "clone").as_uri(), "dir_info": {}})
     _dist_info(site, "plaintask", {"url": plain.as_uri(), "dir_info": {"editable": True}})
     _dist_info(site, "indextask", None)
+    # `pip install git+https://...@main`: the commit pip checked out (no folder is left)
+    url, commit = "https://example.org/plugins/urltask.git", "c" * 40
+    _dist_info(site, "urltask", {"url": url, "vcs_info": {"vcs": "git", "commit_id": commit}})
+    _dist_info(site, "hgtask", {"url": url, "vcs_info": {"vcs": "hg", "commit_id": "d" * 40}})
     monkeypatch.syspath_prepend(str(site))
-    names = ("clonetask", "copiedtask", "plaintask", "indextask")
+    names = ("clonetask", "copiedtask", "plaintask", "indextask", "urltask", "hgtask")
     state = {"git_sha": sha, "git_dirty": "False", "git_root": str(tmp_path / "clone")}
     assert package_checkouts(names) == {
         "clonetask": {**state, "editable": "True"},
         "copiedtask": {**state, "editable": "False"},
+        "urltask": {"git_sha": commit, "git_dirty": "False", "git_url": url, "editable": "False"},
     }
     (tmp_path / "clone" / "task.py").write_text("changed = True\n")
     named = {"name": "clone", "model_name": "clone", "primary_metric": "auc"}

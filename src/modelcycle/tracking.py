@@ -393,16 +393,29 @@ def task_packages(task_cls: type) -> tuple[str, ...]:
 
 
 def package_checkouts(names: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """`git_state` of each distribution installed from a local git checkout, by name.
+    """The git commit each distribution's code came from, by name, where pip recorded one.
 
     A plugin installed editable from its clone (`pip install -e .`) runs that checkout's
-    code, which its version number does not describe. Distributions from an index, an
-    archive or a folder outside git are left out. `editable` says whether the checkout is
-    the code that runs ("True"), or the folder a copy was installed from ("False").
+    code, which its version number does not describe: its `git_state`, with `editable`
+    saying whether the checkout is the code that runs ("True"), or the folder a copy was
+    installed from ("False"). A plugin installed from a git URL (`pip install
+    git+https://...@main`) gets the commit pip checked out (`git_sha`), clean by
+    construction, and the URL (`git_url`). Distributions from an index, an archive or a
+    folder outside git are left out.
     """
     found = {}
     for name in names:
-        source = _installed_from(name)
+        said = _direct_url(name)
+        vcs = said.get("vcs_info")
+        if isinstance(vcs, dict) and vcs.get("vcs") == "git" and vcs.get("commit_id"):
+            found[name] = {
+                "git_sha": str(vcs["commit_id"]),
+                "git_dirty": "False",
+                "git_url": str(said.get("url", "")),
+                "editable": "False",
+            }
+            continue
+        source = _installed_from(said)
         if source is None:
             continue
         folder, editable = source
@@ -412,21 +425,27 @@ def package_checkouts(names: tuple[str, ...]) -> dict[str, dict[str, str]]:
     return found
 
 
-def _installed_from(name: str) -> tuple[Path, bool] | None:
-    """The local folder a distribution was installed from and whether editable; or None.
-
-    Read from its PEP 610 `direct_url.json` (`{"url": "file:///...", "dir_info": {...}}`).
-    """
+def _direct_url(name: str) -> dict[str, Any]:
+    """A distribution's PEP 610 `direct_url.json` (where pip installed it from); {} if none."""
     from importlib.metadata import PackageNotFoundError, distribution
-    from urllib.parse import urlparse
-    from urllib.request import url2pathname
 
     try:
         said = json.loads(distribution(name).read_text("direct_url.json") or "{}")
     except (PackageNotFoundError, ValueError):
-        return None
-    url = urlparse(str(said.get("url", ""))) if isinstance(said, dict) else None
-    if url is None or url.scheme != "file" or not isinstance(said.get("dir_info"), dict):
+        return {}
+    return said if isinstance(said, dict) else {}
+
+
+def _installed_from(said: dict[str, Any]) -> tuple[Path, bool] | None:
+    """The local folder a `direct_url.json` names and whether editable; or None.
+
+    (`{"url": "file:///...", "dir_info": {"editable": true}}`).
+    """
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    url = urlparse(str(said.get("url", "")))
+    if url.scheme != "file" or not isinstance(said.get("dir_info"), dict):
         return None  # an index, a VCS URL or an archive: no folder to read
     folder = Path(url2pathname(url.path))
     return (folder, said["dir_info"].get("editable") is True) if folder.is_dir() else None

@@ -190,7 +190,9 @@ def test_listing_health_readiness_metrics_page_and_openapi(client: TestClient) -
     assert [(m["name"], m["alias"], m["version"]) for m in models] == [("twins", "champion", "1")]
     assert models[0]["outputs"] == ["probability", "similarity"]
     assert models[0]["monitor_outputs"] == ["embedding_distance"]
-    assert models[0]["lineage"]["git_sha"] == git_state(Path.cwd())["git_sha"]
+    code = git_state(Path.cwd())
+    assert models[0]["lineage"]["git_sha"] == code["git_sha"]
+    assert models[0]["lineage"]["git_dirty"] == code["git_dirty"]
     assert "cv_auc_twin_vs_unrelated" in models[0]["lineage"]
     assert client.get("/healthz").json() == {"status": "alive"}
     assert client.get("/readyz").json() == {"ready": True}

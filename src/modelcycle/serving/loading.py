@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import re
@@ -350,15 +351,37 @@ def _examples(local: Path, manifest: dict[str, Any], served: ServedModel) -> lis
 
 
 def _lineage_summary(tags: dict[str, str], variant: str) -> dict[str, str]:
-    keep = ["lineage.git_sha", "lineage.data_hash", "gate.metric", f"export.{variant}.sha256"]
+    """What `GET /v1/models` says of a version's origin: code, data, gate, file, metric.
+
+    A task package with a recorded commit (`lineage.packages_git`) adds `PACKAGE.version`,
+    `PACKAGE.git_sha` and `PACKAGE.git_dirty`: its code is not modelcycle's `git_sha`.
+    """
+    keep = ["lineage.git_sha", "lineage.git_dirty", "lineage.data_hash", "gate.metric"]
+    keep.append(f"export.{variant}.sha256")
     if variant == "int8":
         keep += ["export.int8.method", "export.metric.name", "export.metric.delta"]
     summary = {k.split(".", 1)[1]: tags[k] for k in keep if k in tags}
+    versions = _json_object(tags.get("lineage.packages"))
+    for name, state in _json_object(tags.get("lineage.packages_git")).items():
+        if isinstance(state, dict):
+            if name in versions:
+                summary[f"{name}.version"] = str(versions[name])
+            summary[f"{name}.git_sha"] = str(state.get("git_sha", "unknown"))
+            summary[f"{name}.git_dirty"] = str(state.get("git_dirty", "unknown"))
     summary["variant"] = variant
     metric = tags.get("gate.metric")
     if metric and f"metric.model_{metric}_mean" in tags:
         summary["cv_" + metric] = tags[f"metric.model_{metric}_mean"]
     return summary
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    """A JSON object tag as a dict; {} when missing or not an object (an older version's)."""
+    try:
+        said = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return said if isinstance(said, dict) else {}
 
 
 def default_threads() -> int:

@@ -38,8 +38,42 @@ def test_serve_settings_from_config(tmp_path: os.PathLike[str]) -> None:
     )
     assert config.port == 9001 and config.host == "127.0.0.1"
     assert config.settings.cors_origins == ("a",)
-    assert str(config.capture_path).endswith("capture.db")
-    assert serve_config(compose_config(["serve.capture=false"])).capture_path is None
+    assert config.capture_path == Path(tmp_path) / "capture.db" == config.capture_file
+    assert config.cache_dir == Path(tmp_path) / "serving"
+    off = serve_config(compose_config([f"workspace={tmp_path}", "serve.capture=false"]))
+    assert off.capture_path is None and off.capture_file == config.capture_file
+
+
+def test_the_servers_files_may_live_outside_the_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A workspace mounted read-only (a shared registry) could not be served: the model
+    # copies and the capture store had to be inside it.
+    monkeypatch.chdir(tmp_path)
+    config = serve_config(
+        compose_config(
+            [
+                f"workspace={tmp_path / 'ws'}",
+                "serve.cache_dir=copies",
+                "serve.capture_path='~/c.db'",
+            ]
+        )
+    )
+    assert config.cache_dir == tmp_path / "copies"
+    assert config.capture_path == Path.home() / "c.db"
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    for override, message in [
+        (
+            "serve.capture_path=folder",
+            r"serve.capture_path=folder: .*folder is a folder; give a file",
+        ),
+        ("serve.cache_dir=file", r"serve.cache_dir=file: .*file is a file; give a folder path"),
+        ("serve.cache_dir=5", r"serve.cache_dir=5: give a folder path, or null"),
+        ("serve.capture_path=''", r"serve.capture_path='': give a file path, or null"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            serve_config(compose_config([f"workspace={tmp_path / 'ws'}", override]))
 
 
 def test_where_one_run_tracked_does_not_decide_where_the_next_config_tracks(

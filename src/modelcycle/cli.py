@@ -668,8 +668,18 @@ def monitor(
         settings = monitor_config(cfg).drift
         registry = build_registry(cfg)
         try:
-            variant = serve_config(cfg).variant  # the file the server ran
-            run = check(registry, reference, workspace_of(cfg), settings, started, last, variant)
+            served = serve_config(cfg)  # the file the server ran, where it captured
+            run = check(
+                registry,
+                reference,
+                workspace_of(cfg),
+                settings,
+                started,
+                last,
+                served.variant,
+                capture=served.capture_file,
+                cache=served.cache_dir,
+            )
         except (TooFewCapturesError, FileNotFoundError) as err:
             _say("error:", "red", err)
             raise typer.Exit(code=2) from err
@@ -717,6 +727,7 @@ def robustness(
     with _clear_errors():
         cfg = compose_config(overrides or [])
         settings = monitor_config(cfg).drift
+        served = serve_config(cfg)
         try:
             run = study(
                 build_registry(cfg),
@@ -725,7 +736,8 @@ def robustness(
                 settings,
                 window,
                 windows,
-                variant=serve_config(cfg).variant,
+                variant=served.variant,
+                cache=served.cache_dir,
             )
         except ValueError as err:
             _say("error:", "red", err)

@@ -954,15 +954,28 @@ def _workspace_source(cfg: DictConfig) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Where to listen, the server's limits, and where captures go."""
+    """Where to listen, the server's limits, and where it writes: captures, model copies.
+
+    `capture_file` is the capture store whether or not the server captures (`monitor`
+    reads it); `cache_dir` holds the server's hash-checked copies of the versions it serves.
+    Both default to the workspace, and either may point elsewhere, e.g. when the workspace
+    is mounted read-only.
+    """
 
     host: str
     port: int
     settings: ServeSettings
-    capture_path: Path | None
+    capture: bool
+    capture_file: Path
+    cache_dir: Path
     workers: int
     max_connections: int | None
     variant: VariantChoice
+
+    @property
+    def capture_path(self) -> Path | None:
+        """The capture store the server writes, or None when it captures nothing."""
+        return self.capture_file if self.capture else None
 
 
 def serve_config(cfg: DictConfig) -> ServeConfig:
@@ -971,7 +984,8 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
     from modelcycle.serving.loading import VariantChoice, default_threads
 
     values: dict[str, Any] = OmegaConf.to_container(cfg.serve, resolve=True)  # type: ignore[assignment]
-    own = ("host", "port", "capture", "workers", "max_connections", "variant", "int8_max_drop")
+    own = {"host", "port", "capture", "capture_path", "cache_dir", "workers", "max_connections"}
+    own |= {"variant", "int8_max_drop"}
     _check_group_keys("serve", values, {*own, *inspect.signature(ServeSettings).parameters})
     for key in ("host", "port", "capture", "cors_origins", "threads"):
         if key not in values:  # `~serve.host` took it out
@@ -982,6 +996,7 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
     host, port, capture = values.pop("host"), values.pop("port"), values.pop("capture")
     if not isinstance(capture, bool):
         raise ConfigError(f"serve.capture={capture!r}: give true or false.")
+    capture_path, cache_path = values.pop("capture_path", None), values.pop("cache_dir", None)
     workers = values.pop("workers", 1)
     if not is_whole(workers) or workers < 1:
         raise ConfigError(f"serve.workers={workers!r}: give a whole number of processes, >= 1.")
@@ -1009,8 +1024,34 @@ def serve_config(cfg: DictConfig) -> ServeConfig:
     settings = _build(ServeSettings, "serve", kinds=False, **values)
     if not is_whole(port) or not 1 <= port <= 65535:
         raise ConfigError(f"serve.port={port!r}: give a TCP port number from 1 to 65535.")
-    capture_path = workspace_of(cfg) / "capture.db" if capture else None
-    return ServeConfig(host, port, settings, capture_path, workers, connections, variant)
+    workspace = workspace_of(cfg)
+    capture_file = _serve_path(capture_path, "capture_path", "a file")
+    cache_dir = _serve_path(cache_path, "cache_dir", "a folder")
+    return ServeConfig(
+        host,
+        port,
+        settings,
+        capture,
+        capture_file or workspace / "capture.db",
+        cache_dir or workspace / "serving",
+        workers,
+        connections,
+        variant,
+    )
+
+
+def _serve_path(value: object, key: str, kind: str) -> Path | None:
+    """`serve.KEY` as an absolute path, or None (null: the workspace's)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"serve.{key}={value!r}: give {kind} path, or null for the workspace's.")
+    path = Path(value).expanduser().resolve()
+    wrong = path.is_dir() if kind == "a file" else path.exists() and not path.is_dir()
+    if wrong:
+        other = "a folder" if kind == "a file" else "a file"
+        raise ConfigError(f"serve.{key}={value}: {path} is {other}; give {kind} path.")
+    return path
 
 
 @dataclass(frozen=True)

@@ -204,3 +204,21 @@ def test_a_bad_duration_exits_2(
     code, output = _monitor(served_workspace, workspace, "--since", since)
     assert code == 2
     assert "duration" in output
+
+
+def test_the_capture_store_the_server_was_pointed_at_is_the_one_read(
+    served: ServedModel, served_workspace: ServedWorkspace, workspace: Path, tmp_path: Path
+) -> None:
+    # A server given serve.capture_path (its workspace mounted read-only) captured where
+    # monitor never looked.
+    elsewhere = tmp_path / "captures"
+    _send(served, elsewhere, N_REQUESTS)
+    code, output = _monitor(served_workspace, workspace)
+    assert code == 2 and "no capture store" in output, output
+    store = elsewhere / "capture.db"
+    copies = tmp_path / "copies"
+    code, output = _monitor(
+        served_workspace, workspace, f"serve.capture_path={store}", f"serve.cache_dir={copies}"
+    )
+    assert code == 0 and f"{N_REQUESTS} requests vs" in " ".join(output.split()), output
+    assert [p.name for p in copies.iterdir()] == ["twins-v1"]

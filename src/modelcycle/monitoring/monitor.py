@@ -176,18 +176,24 @@ def monitor(
     since: float | None = None,
     last: int | None = None,
     variant: VariantChoice | None = None,
+    capture: Path | None = None,
+    cache: Path | None = None,
 ) -> MonitorRun:
     """Test `NAME@ALIAS`'s captured requests for drift; write JSON, plots and Evidently report.
 
     Args:
         registry: Where the version is registered.
         reference: NAME@ALIAS of a served (exported) version.
-        workspace: Holds `capture.db`; the report goes to `reports/drift-...`.
+        workspace: The report goes to its `reports/drift-...`.
         settings: Alpha and the fewest captures to test.
         since: Only captures at or after this time (unix seconds).
         last: Only the newest `last` captures.
         variant: The exported file the server ran (`serve.variant`): the reference sample's
             outputs come from the same one as the captured outputs. fp32 when None.
+        capture: The capture store the server wrote (`serve.capture_path`); None: the
+            workspace's `capture.db`.
+        cache: Where the version's files are copied (`serve.cache_dir`); None: the
+            workspace's `serving/`.
 
     Raises:
         FileNotFoundError: The workspace has no capture store (nothing was served).
@@ -196,13 +202,15 @@ def monitor(
     from modelcycle.monitoring.drift_report import write_drift_report
 
     split_alias(reference, "monitor")  # the form first, before the capture store is looked for
-    store_path = workspace / "capture.db"
+    store_path = capture or workspace / "capture.db"
     if not store_path.is_file():
         raise FileNotFoundError(
             f"{store_path}: no capture store; serve the model (`modelcycle serve {reference}`) "
-            "with serve.capture=true and send requests first, or point workspace= elsewhere."
+            "with serve.capture=true and send requests first, or point workspace= (or "
+            "serve.capture_path=, where the server was told to capture) elsewhere."
         )
-    served = load_served(registry, reference, workspace / "serving", threads=1, variant=variant)
+    cache = cache or workspace / "serving"
+    served = load_served(registry, reference, cache, threads=1, variant=variant)
     with CaptureStore(store_path) as store:
         captures = version_captures(store, served, since, last)
     check = check_drift(served, served_reference(served), captures, settings)

@@ -111,13 +111,16 @@ def robustness(
     windows: int,
     seed: int = 7,
     variant: VariantChoice | None = None,
+    cache: Path | None = None,
 ) -> RobustnessRun:
     """Shift `NAME@ALIAS`'s held-out rows; write robustness.json and robustness.png.
 
     The served ONNX model (`variant`, as `serve.variant` says; fp32 when None) scores every
     pool, and the drift test compares windows of `window` rows with the version's reference
     sample, as the server's drift check does. `window` None takes `DEFAULT_WINDOW` rows, or
-    half the rows they are drawn from when that is fewer, so that windows differ.
+    half the rows they are drawn from when that is fewer, so that windows differ. The
+    version's files are copied to `cache` (`serve.cache_dir`; None: the workspace's
+    `serving/`).
 
     Raises:
         ValueError: The task defines no shifts, or the held-out rows have no labels.
@@ -126,7 +129,8 @@ def robustness(
     from modelcycle.serving.loading import load_served, split_alias
 
     split_alias(reference, "robustness")  # the form first, in this command's words
-    served = load_served(registry, reference, workspace / "serving", threads=1, variant=variant)
+    cache = cache or workspace / "serving"
+    served = load_served(registry, reference, cache, threads=1, variant=variant)
     adapter = served.adapter
     if not adapter.shift_sizes:
         raise ValueError(

@@ -6,6 +6,7 @@ import errno
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -20,7 +21,6 @@ from modelcycle.config import (
     build_registry,
     monitor_config,
     serve_config,
-    workspace_of,
 )
 from modelcycle.monitoring.capture import CaptureStore
 from modelcycle.monitoring.drift_service import DriftService
@@ -44,8 +44,7 @@ def build_server(cfg: DictConfig, references: list[str]) -> tuple[FastAPI, Serve
     """The app serving `references` (NAME@ALIAS) from the configured registry."""
     config = serve_config(cfg)
     registry = check_references(cfg, references)
-    cache = workspace_of(cfg) / "serving"
-    threads, variant = config.settings.threads, config.variant
+    cache, threads, variant = config.cache_dir, config.settings.threads, config.variant
 
     def load() -> list[ServedModel]:
         return [load_served(registry, ref, cache, threads, variant) for ref in references]
@@ -93,9 +92,14 @@ def served_url(host: str, port: int) -> str:
 
 
 def check_references(cfg: DictConfig, references: list[str]) -> Registry:
-    """The configured registry, once every reference in it is servable (ModelLoadError if not)."""
-    registry, variant = build_registry(cfg), serve_config(cfg).variant
-    cache = workspace_of(cfg) / "serving"
+    """The configured registry, once every reference in it is servable (ModelLoadError if not).
+
+    The server's own files are checked first (ConfigError): where it copies the versions and
+    where it captures must take writes.
+    """
+    config = serve_config(cfg)
+    check_writable(config)
+    registry, variant, cache = build_registry(cfg), config.variant, config.cache_dir
     for reference in references:  # fail here, in one clear line, not in the server's start-up
         check_servable(registry, reference, variant, cache)
     names = [reference.split("@", 1)[0] for reference in references]
@@ -106,6 +110,38 @@ def check_references(cfg: DictConfig, references: list[str]) -> Registry:
             "one alias per model name; serve the other alias from a second server."
         )
     return registry
+
+
+def check_writable(config: ServeConfig) -> None:
+    """Raise ConfigError unless the server can write its model copies and capture store.
+
+    A workspace mounted read-only (a shared registry) ended the start in "Read-only file
+    system" naming a folder, not the settings that move it.
+    """
+    cache = config.cache_dir
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=cache).close()
+    except OSError as err:
+        raise ConfigError(
+            f"serve.cache_dir: {cache} cannot be written ({err.strerror or err}); the server "
+            "keeps hash-checked copies of the versions it serves there. Give "
+            "serve.cache_dir=A_WRITABLE_FOLDER (a workspace mounted read-only serves so, with "
+            "serve.capture_path= or serve.capture=false)."
+        ) from err
+    store = config.capture_path
+    if store is None:
+        return
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=store.parent).close()  # SQLite writes its WAL beside it
+        if store.exists():
+            store.open("r+b").close()
+    except OSError as err:
+        raise ConfigError(
+            f"serve.capture_path: {store} cannot be written ({err.strerror or err}). Give "
+            "serve.capture_path=A_WRITABLE_FILE, or serve.capture=false to capture nothing."
+        ) from err
 
 
 def check_servable(

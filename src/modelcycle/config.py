@@ -619,9 +619,10 @@ def without_secrets(resolved: dict[str, Any]) -> dict[str, Any]:
 def check_nodes(resolved: dict[str, Any]) -> None:
     """A graph model's per-node sizes against the node count the data config gives.
 
-    A data source whose config fixes the graph's nodes says so with `NODES` (the key and the
-    count); a model whose values are bounded by them checks them with `CHECK_NODES`, which
-    raises ValueError("key=value: ...") naming both keys.
+    A data source whose config fixes the graph's nodes says so with `NODES` (the setting
+    that gives them, the count, and how to give more); a model whose values are bounded by
+    them checks them with `CHECK_NODES`, which raises ValueError("key=value: ...") naming
+    both settings.
 
     Raises:
         ConfigError: Naming `model.key`, the value and the data key that bounds it.

@@ -168,10 +168,9 @@ def test_a_denoising_rank_as_large_as_the_graph_is_refused() -> None:
 def test_sizes_past_the_data_configs_nodes_are_refused_naming_both_keys(
     values: dict[str, int], said: str
 ) -> None:
+    given = ("data.n_parcels=8", 8, "raise data.n_parcels")
     with pytest.raises(ValueError, match=r"or raise data\.n_parcels") as refused:
-        ConnectomeGraphEncoder.CHECK_NODES(values, "n_parcels", 8)
+        ConnectomeGraphEncoder.CHECK_NODES(values, *given)
     assert said in str(refused.value)
-    ConnectomeGraphEncoder.CHECK_NODES({"top_k": 7, "denoise_rank": 0}, "n_parcels", 8)
-    ConnectomeGraphEncoder.CHECK_NODES(
-        {"top_k": 4, "denoise_rank": 16, "residual": False}, "n_parcels", 8
-    )
+    ConnectomeGraphEncoder.CHECK_NODES({"top_k": 7, "denoise_rank": 0}, *given)
+    ConnectomeGraphEncoder.CHECK_NODES({"top_k": 4, "denoise_rank": 16, "residual": False}, *given)

@@ -94,6 +94,10 @@ def _schaefer(n_parcels: int, resolution_mm: int, data_dir: Path | None) -> Parc
     return Parcellation(f"schaefer-{n_parcels}", _image(atlas.maps), names)
 
 
+#: Regions of the Harvard-Oxford cortical atlas (cort-maxprob-thr25), its background left out.
+HARVARD_OXFORD_REGIONS = 48
+
+
 def _harvard_oxford(n_parcels: int, resolution_mm: int, data_dir: Path | None) -> Parcellation:
     from nilearn.datasets import fetch_atlas_harvard_oxford
 

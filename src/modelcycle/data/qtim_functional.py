@@ -33,6 +33,7 @@ from modelcycle.data.connectomes import (
 from modelcycle.data.openneuro import FetchError, FetchRecord, copy_mirror, fetch_openneuro
 from modelcycle.data.parcellations import (
     ATLASES,
+    HARVARD_OXFORD_REGIONS,
     SCHAEFER_SIZES,
     Parcellation,
     load_parcellation,
@@ -192,12 +193,18 @@ class FunctionalSource:
             )
 
     @staticmethod
-    def NODES(values: dict[str, Any]) -> tuple[str, int] | None:  # noqa: N802
-        """The key giving the graph's node count and that count; None when the atlas fixes it."""
+    def NODES(values: dict[str, Any]) -> tuple[str, int, str] | None:  # noqa: N802
+        """The graph's node count: the setting that gives it, the count, how to raise it.
+
+        None when it cannot be told from the config (a bad `n_parcels`, refused elsewhere).
+        """
+        if values.get("atlas") == "harvard-oxford":  # its own regions, whatever n_parcels says
+            said = f"data.atlas=harvard-oxford ({HARVARD_OXFORD_REGIONS} regions)"
+            return said, HARVARD_OXFORD_REGIONS, "choose data.atlas=schaefer or mni-kmeans"
         n_parcels = values.get("n_parcels", 32)
-        if values.get("atlas") == "harvard-oxford" or not is_whole(n_parcels):
-            return None  # its own regions, whatever n_parcels says
-        return "n_parcels", n_parcels
+        if not is_whole(n_parcels):
+            return None
+        return f"data.n_parcels={n_parcels}", n_parcels, "raise data.n_parcels"
 
     root: Path | None = None
     synthetic_dir: Path = Path(".modelcycle/data/qtim-synthetic")

@@ -208,19 +208,22 @@ class ConnectomeGraphEncoder(nn.Module):
     }
 
     @staticmethod
-    def CHECK_NODES(values: dict[str, Any], key: str, nodes: int) -> None:  # noqa: N802
-        """Refuse a top_k or denoise_rank a graph of `nodes` nodes (data.`key`) cannot hold."""
+    def CHECK_NODES(values: dict[str, Any], said: str, nodes: int, change: str) -> None:  # noqa: N802
+        """Refuse a top_k or denoise_rank a graph of `nodes` nodes cannot hold.
+
+        `said`: the data setting that gives the count (`data.n_parcels=32`); `change`: how
+        to give more nodes (`raise data.n_parcels`).
+        """
         top_k, rank = values.get("top_k", 0), values.get("denoise_rank", 0)
         if is_whole(top_k) and top_k >= nodes:
             raise ValueError(
-                f"top_k={top_k}: give at most {nodes - 1} with data.{key}={nodes} (a node links "
-                f"to the {nodes - 1} others), or raise data.{key}."
+                f"top_k={top_k}: give at most {nodes - 1} with {said} (a node links to the "
+                f"{nodes - 1} others), or {change}."
             )
         if values.get("residual", True) and is_whole(rank) and rank >= nodes:
             raise ValueError(
-                f"denoise_rank={rank}: give 0 (raw edges) to {nodes - 1} with "
-                f"data.{key}={nodes} (fewer network modes than the graph's nodes), or raise "
-                f"data.{key}."
+                f"denoise_rank={rank}: give 0 (raw edges) to {nodes - 1} with {said} (fewer "
+                f"network modes than the graph's nodes), or {change}."
             )
 
     def __init__(

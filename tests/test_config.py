@@ -665,6 +665,28 @@ def test_a_group_set_to_null_says_how_to_remove_or_choose_one(
 
 
 @pytest.mark.parametrize(
+    ("command", "given"),
+    [("config", "data=[]"), ("train", "data=[qtim,rice]"), ("config", "model=[twins_mlp]")],
+)
+def test_a_list_for_a_group_that_builds_one_object_is_refused(
+    command: str, given: str, workspace: Path
+) -> None:
+    # Hydra merged the list: data=[] removed the group and data=[qtim,rice] read rice's
+    # source with qtim's keys beside it, neither said.
+    from typer.testing import CliRunner
+
+    from modelcycle.cli import app
+
+    done = CliRunner().invoke(app, [command, "experiment=twins", given])
+    said = " ".join(done.stdout.split())
+    group = given.partition("=")[0]
+    assert done.exit_code == 2 and "Traceback" not in said, said
+    assert said.startswith(f"error: {given}: a list merges several {group} configs into one")
+    assert f"`~{group}` removes it" in said and f"{group}=NAME chooses one: " in said
+    assert not (workspace / "data").exists()
+
+
+@pytest.mark.parametrize(
     ("command", "given", "how"),
     [
         ("config", "+data=rice", "chosen by"),

@@ -180,7 +180,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
             )
         if override.lstrip("+").partition("=")[0] == "task.name":
             raise ConfigError(_renamed_task(override.partition("=")[2]))
-        null = _null_group(override)
+        null = _null_group(override) or _listed_group(override)
         if null:
             raise ConfigError(null)
     try:
@@ -246,6 +246,28 @@ def _null_group(override: str) -> str | None:
     else:
         without = ""
     return f"{override}: a config group cannot be null; {without}{key}=NAME chooses one: {names}."
+
+
+#: Groups whose config builds one object (`_target_`): a list of them merges into none.
+_ONE_OBJECT = ("task", "data", "model")
+
+
+def _listed_group(override: str) -> str | None:
+    """What `data=[...]` is told (`task`, `data`, `model`): each builds one object.
+
+    Hydra merges a list of a group's configs into one: `data=[qtim,rice]` read rice's source
+    with qtim's keys beside it, and `data=[]` removed the group, both without a word.
+    """
+    key, _, value = override.lstrip("+").partition("=")
+    key = key.partition("@")[0]
+    if key not in _ONE_OBJECT or not value.strip().startswith("["):
+        return None
+    names = ", ".join(sorted(_configs(key, config_packages()))) or "(none)"
+    without = f"`~{key}` removes it ({_REMOVABLE[key]}), or " if key in _REMOVABLE else ""
+    return (
+        f"{override}: a list merges several {key} configs into one; {without}{key}=NAME "
+        f"chooses one: {names}."
+    )
 
 
 def _group_added_again(overrides: Sequence[str], said: str) -> str | None:

@@ -28,6 +28,9 @@ from typing import Any
 from modelcycle.data.atomic import replacing
 from modelcycle.registry_hooks import AliasMoved, Hook, HookResult, run_hooks
 
+#: Marks a complete local copy of a version, in its folder (`Registry.download`).
+COPY_MARKER = ".complete.json"
+
 log = logging.getLogger(__name__)
 
 AUDIT_PREFIX = "audit."
@@ -333,7 +336,7 @@ class Registry:
         from modelcycle.tracking import workspace_lock
 
         stamp = json.dumps({"source": registered.source, "tags": registered.tags}, sort_keys=True)
-        marker = dst / ".complete.json"
+        marker = dst / COPY_MARKER
         with workspace_lock(dst):
             if marker.is_file():
                 done = _complete_copy(marker)

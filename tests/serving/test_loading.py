@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 from modelcycle.digests import sha256_file
+from modelcycle.registry import COPY_MARKER
 from modelcycle.servable import REFERENCE, read_manifest
-from modelcycle.serving.loading import _lineage_summary, load_served
+from modelcycle.serving.loading import _lineage_summary, load_served, prune_copies
 from serving_fixtures import ServedWorkspace
 
 
@@ -64,3 +67,37 @@ def test_the_lineage_summary_names_a_task_packages_own_commit() -> None:
     # a version registered before the tag existed, or with a damaged one, lists no package
     for old in ({}, {"lineage.packages_git": "not json"}, {"lineage.packages_git": "[1]"}):
         assert _lineage_summary(old, "fp32") == {"variant": "fp32"}
+
+
+def _copy(cache: Path, name: str, hours_ago: float, marker: bool = True) -> Path:
+    folder = cache / name
+    (folder / "model").mkdir(parents=True)
+    if marker:
+        (folder / COPY_MARKER).write_text("{}")
+        when = time.time() - hours_ago * 3600
+        os.utime(folder / COPY_MARKER, (when, when))
+    return folder
+
+
+def test_copies_of_versions_loaded_long_ago_are_removed_beyond_the_newest(tmp_path: Path) -> None:
+    # A server following its alias kept a copy of every version it was moved to.
+    ages = {"twins-v1": 5, "twins-v2": 4, "twins-v3": 3, "twins-v4": 2, "twins-v5": 0.01}
+    folders = {name: _copy(tmp_path, name, hours) for name, hours in ages.items()}
+    unfinished = _copy(tmp_path, "twins-v6", 9, marker=False)  # being copied, or cut short
+    other = _copy(tmp_path, "twins-v1-v1", 9)  # another model's (named twins-v1)
+    removed = prune_copies(tmp_path, "twins", keep=folders["twins-v1"])
+    assert removed == [folders["twins-v2"]]  # v5, v4, v3 newest; v1 still served
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"twins-v1", "twins-v3", "twins-v4", "twins-v5", unfinished.name, other.name}
+    # one loaded recently stays even beyond the newest (v4): a server may still read its files
+    again = prune_copies(tmp_path, "twins", copies=1, after=2.5 * 3600)
+    assert again == [folders["twins-v3"], folders["twins-v1"]]
+
+
+def test_loading_a_version_prunes_the_models_old_copies(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    old = [_copy(tmp_path, f"twins-v{n}", hours) for n, hours in ((7, 2), (8, 3), (9, 4))]
+    load_served(served_workspace.registry, "twins@champion", tmp_path, threads=1)
+    assert {p.name for p in tmp_path.iterdir()} == {"twins-v1", "twins-v7", "twins-v8"}
+    assert not old[2].exists()

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ import numpy as np
 
 from modelcycle.digests import sha256_file
 from modelcycle.export_status import refusal
-from modelcycle.registry import Registered, Registry
+from modelcycle.registry import COPY_MARKER, Registered, Registry
 from modelcycle.servable import REFERENCE, ServableError, read_manifest
 from modelcycle.serving.adapter import ServingAdapter
 
@@ -224,7 +226,64 @@ def load_served(
     )
     served.examples = _examples(local, manifest, served)
     log.info("Loaded %s version %s (%s) from %s", name, version.version, alias, onnx_path)
+    folder = _copy_folder(cache, version)
+    if (folder / COPY_MARKER).is_file():
+        os.utime(folder / COPY_MARKER)  # when it was last loaded, for `prune_copies`
+    prune_copies(cache, name, keep=folder)
     return served
+
+
+#: Local copies of a model's versions kept in a cache: the most recently loaded ones.
+KEEP_COPIES = 3
+#: Seconds since a copy was last loaded before it may be removed (a server that loaded it
+#: may still read its drift reference).
+PRUNE_AFTER = 3600.0
+
+
+def _copy_folder(cache: Path, version: Registered) -> Path:
+    """Where `version` is copied in `cache`."""
+    return cache / f"{version.name}-v{version.version}"
+
+
+def prune_copies(
+    cache: Path,
+    name: str,
+    keep: Path | None = None,
+    copies: int = KEEP_COPIES,
+    after: float = PRUNE_AFTER,
+) -> list[Path]:
+    """Remove the local copies of model `name`'s versions loaded least recently; the removed.
+
+    A server that follows its alias copied every version it was moved to and kept them all
+    (about 60 MB per image version, on a pod's small disk). The `copies` most recently
+    loaded stay (servers of one workspace may serve several aliases), `keep` too, and any
+    loaded in the last `after` seconds; a later load copies a removed version again.
+    """
+    from modelcycle.tracking import workspace_lock
+
+    found = []
+    for folder in cache.glob(f"{name}-v*"):
+        marker = folder / COPY_MARKER
+        if folder.name[len(name) + 2 :].isdigit() and marker.is_file():
+            found.append((marker.stat().st_mtime, folder))
+    found.sort(reverse=True)
+    removed = []
+    for loaded, folder in found[copies:]:
+        if folder == keep or time.time() - loaded < after:
+            continue
+        with workspace_lock(folder):  # not while a process copies it (`Registry.download`)
+            marker = folder / COPY_MARKER
+            if not marker.is_file() or time.time() - marker.stat().st_mtime < after:
+                continue  # loaded again meanwhile
+            marker.unlink()
+            shutil.rmtree(folder, ignore_errors=True)
+        log.info(
+            "Removed the local copy %s (last loaded %.0f h ago)",
+            folder,
+            (time.time() - loaded) / 3600,
+        )
+        removed.append(folder)
+    return removed
 
 
 def fetch_checked(
@@ -242,7 +301,7 @@ def fetch_checked(
     expected = expected_sha256(version, reference, choice)
     file = VARIANT_FILES[choice.name]
     for fresh in (False, True):  # a local copy changed on disk is fetched once more
-        local = registry.download(version, cache / f"{version.name}-v{version.version}", fresh)
+        local = registry.download(version, _copy_folder(cache, version), fresh)
         onnx_path = local / "onnx" / file
         actual = sha256_file(onnx_path) if onnx_path.is_file() else "missing"
         damaged = None if fresh else _damaged_sample(local)

@@ -255,7 +255,7 @@ def prune_copies(
     """Remove the local copies of model `name`'s versions loaded least recently; the removed.
 
     A server that follows its alias copied every version it was moved to and kept them all
-    (about 60 MB per image version, on a pod's small disk). The `copies` most recently
+    (44 MB for a sign-language MNIST version, on a pod's small disk). The `copies` most recently
     loaded stay (servers of one workspace may serve several aliases), `keep` too, and any
     loaded in the last `after` seconds; a later load copies a removed version again.
     """

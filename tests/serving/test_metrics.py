@@ -90,7 +90,8 @@ def test_uvicorn_refusals_are_counted_and_logged_once_per_period(
     import logging
 
     from modelcycle.serving import metrics as module
-    from modelcycle.serving.metrics import UVICORN_REFUSAL, refusals_counted
+    from modelcycle.serving.metrics import refusals_counted
+    from modelcycle.serving.protocol import UVICORN_REFUSAL
 
     now = [1000.0]
     monkeypatch.setattr(module.time, "monotonic", lambda: now[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -16,9 +17,10 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.server import ServerState
 
-from modelcycle.serving.protocol import HEAD_LIMIT, HEAD_SECONDS, OpsFirstHttp
+from modelcycle.serving.protocol import HEAD_LIMIT, HEAD_SECONDS, UVICORN_REFUSAL, OpsFirstHttp
 
 
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -255,6 +257,17 @@ class _Refusing:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
+class _Lines(logging.Handler):
+    """The messages logged to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 async def _exchange(app: _Refusing, pieces: list[bytes], pause: float = 0.0) -> tuple[bytes, float]:
     """What the protocol answers `app`'s requests `pieces` with, and when it closed."""
     return await _answer(pieces, HEAD_LIMIT, HEAD_SECONDS, pause, app, max_connections=None)
@@ -304,14 +317,28 @@ def test_requests_behind_a_pipeline_or_expecting_100_continue_go_to_the_app() ->
     assert b"HTTP/1.1 200" in said and app.called == ["/refuse"], said
 
 
-def test_beyond_the_limit_uvicorn_s_503_closes_even_what_the_app_would_refuse() -> None:
+def test_beyond_the_limit_uvicorn_s_503_closes_even_what_the_app_would_refuse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # answered 429 on a kept connection, refusals would hold the count over the limit, and
     # every request the model could take would get the 503 instead
+    asgi_refusals: list[str] = []
+    uvicorns = httptools_impl.service_unavailable
+
+    async def counted(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        asgi_refusals.append(scope["path"])
+        await uvicorns(scope, receive, send)
+
+    monkeypatch.setattr(httptools_impl, "service_unavailable", counted)
+
     async def run() -> bytes:
         config = uvicorn.Config(
             _Refusing(), limit_concurrency=1, lifespan="off", log_level="critical"
         )
         config.load()
+        uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's logging stops at "uvicorn"
+        uvicorn_log.setLevel(logging.WARNING)  # its warnings pass, as under `modelcycle serve`
+        uvicorn_log.addHandler(logged)
         state = ServerState()
         state.tasks.add(asyncio.ensure_future(asyncio.sleep(60)))  # one request in flight
 
@@ -329,8 +356,19 @@ def test_beyond_the_limit_uvicorn_s_503_closes_even_what_the_app_would_refuse() 
         finally:
             server.close()
 
-    said = asyncio.run(run())
-    assert said.startswith(b"HTTP/1.1 503") and b"connection: close" in said, said
+    logged = _Lines()
+    try:
+        said = asyncio.run(run())
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(logged)
+    head, _, body = said.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), said
+    assert b"connection: close" in head and b"content-length: 19" in head
+    assert body == b"Service Unavailable"
+    # written by the protocol, not by an ASGI task of uvicorn's refusal app (about as much
+    # CPU as a request), and logged as uvicorn logs its own, which RefusalLog counts
+    assert asgi_refusals == []
+    assert logged.lines == [UVICORN_REFUSAL]
 
 
 @pytest.mark.parametrize("early", [True, False])

@@ -19,6 +19,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
+from modelcycle.serving.protocol import UVICORN_REFUSAL
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -181,16 +183,12 @@ class ServerMetrics:
         return observe
 
 
-#: What uvicorn logs (as a warning on "uvicorn.error") for each request it refuses with 503
-#: because `limit_concurrency` (serve.max_connections) is reached.
-UVICORN_REFUSAL = "Exceeded concurrency limit."
-
-
 class RefusalLog(logging.Filter):
-    """Counts uvicorn's 503 refusals and turns its line per refusal into one line per period.
+    """Counts the 503 refusals over the connection limit; one line per period, not per refusal.
 
     Under a flood uvicorn logs a warning for every request it refuses, thousands a second,
-    and none of them reaches the app or its metrics. Installed on the "uvicorn.error"
+    and none of them reaches the app or its metrics (nor do those the protocol writes
+    itself, which log the same warning, `UVICORN_REFUSAL`). Installed on the "uvicorn.error"
     logger, this counts each in `counter`, lets the first through (saying what to change)
     and then one summary per `period` seconds, with the count since the last line.
     """

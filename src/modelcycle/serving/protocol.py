@@ -36,6 +36,18 @@ EarlyAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
 #: hand the request to the app.
 EarlyRefusal = Callable[[bytes, bytes, list[tuple[bytes, bytes]]], EarlyAnswer | None]
 
+#: What uvicorn logs (as a warning on "uvicorn.error") for each request it refuses with 503
+#: because `limit_concurrency` (serve.max_connections) is reached; the protocol logs the
+#: same for the refusals it writes itself, so that both are counted alike (`RefusalLog`).
+UVICORN_REFUSAL = "Exceeded concurrency limit."
+#: uvicorn's answer over `limit_concurrency` (its `service_unavailable` app), less the
+#: `connection: close` header, which an answer that closes its connection gets anyway.
+OVER_LIMIT: EarlyAnswer = (
+    503,
+    [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"19")],
+    b"Service Unavailable",
+)
+
 
 class _HeadTooLargeError(Exception):
     """Raised from a parser callback: stops the parser, and uvicorn then answers an error."""
@@ -162,13 +174,20 @@ class OpsFirstHttp(HttpToolsProtocol):
             f"The request line and headers exceed {self.head_limit} bytes.",
         )
 
-    def _answer_early(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def _answer_early(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, close: bool = False
+    ) -> None:
         """Write `status`, `headers` and `body` as uvicorn would, without an ASGI task.
 
         The request's body, unread, is dropped as it arrives (the stand-in cycle is complete)
-        and has `linger_seconds` to arrive, as after any answer given before the body.
+        and has `linger_seconds` to arrive, as after any answer given before the body. With
+        `close`, or when the client keeps no connection, the connection closes after it.
         """
-        keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+        keep_alive = (
+            not close
+            and self.parser.get_http_version() == "1.1"
+            and self.parser.should_keep_alive()
+        )
         content = [STATUS_LINE[status]]
         for name, value in (*self.server_state.default_headers, *headers):
             content.extend([name, b": ", value, b"\r\n"])
@@ -234,13 +253,18 @@ class OpsFirstHttp(HttpToolsProtocol):
             and self.url.partition(b"?")[0] in OPS_PATHS
         )
         over = limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
-        if (
-            not over
-            and self._early is not None
-            and (self.cycle is None or self.cycle.response_complete)  # not behind a pipeline
+        now = (
+            (self.cycle is None or self.cycle.response_complete)  # not behind a pipeline
             and not self.expect_100_continue
             and not self.parser.should_upgrade()
-        ):
+        )
+        if over and not ops and now:
+            # uvicorn's own 503 runs an ASGI task per refusal: about as much CPU as a
+            # request, spent in an overload on requests nobody will serve
+            self.logger.warning(UVICORN_REFUSAL)
+            self._answer_early(*OVER_LIMIT, close=True)
+            return
+        if not over and self._early is not None and now:
             answer = self._early(self.parser.get_method(), self.url, self.headers)
             if answer is not None:
                 self._answer_early(*answer)

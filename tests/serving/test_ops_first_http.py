@@ -325,7 +325,7 @@ def test_beyond_the_limit_uvicorn_s_503_closes_even_what_the_app_would_refuse(
     asgi_refusals: list[str] = []
     uvicorns = httptools_impl.service_unavailable
 
-    async def counted(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
         asgi_refusals.append(scope["path"])
         await uvicorns(scope, receive, send)
 

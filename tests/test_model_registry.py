@@ -461,3 +461,53 @@ def test_alias_moves_at_once_each_audit_the_one_before(two_versions: ServedWorks
     assert len(staging) == 5  # none lost
     for before, entry in itertools.pairwise(staging):
         assert entry.previous_version == before.version, [e.payload() for e in staging]
+
+
+def test_the_models_and_each_versions_aliases_metric_and_export_are_listed(
+    store: Tracker, tmp_path: Path
+) -> None:
+    # Nothing listed what a registry held: `history` shows alias moves only.
+    from typer.testing import CliRunner
+
+    from modelcycle.cli import app
+    from modelcycle.registry_listing import model_rows, version_rows
+
+    registry = Registry(store.uri)
+    assert model_rows(registry) == []
+    workspace = f"workspace={tmp_path / 'ws'}"
+    empty = CliRunner().invoke(app, ["models", workspace])
+    assert empty.exit_code == 0 and "No registered models in sqlite:" in empty.stdout
+    v1, _ = registry.register(_run(store, 0.93, 0.90, tmp_path), "twins")
+    registry.promote("twins")
+    v2, _ = registry.register(_run(store, 0.95, 0.90, tmp_path), "twins")
+    v3, _ = registry.register(_run(store, 0.96, 0.90, tmp_path), "twins")
+    registry.set_tags(v1, {"export.fp32.sha256": "a" * 64, "export.int8.sha256": "b" * 64})
+    failed = "failed: ParityError: max abs error 0.2"
+    registry.set_tags(v2, {"export.fp32.sha256": "a" * 64, "export.status": failed})
+    rows = version_rows(registry, "twins")
+    assert [(r.version, r.aliases, r.export, r.variants) for r in rows] == [
+        ("3", ["challenger"], "not exported", []),
+        ("2", [], failed, []),  # its files are there, and not servable
+        ("1", ["champion"], "ok", ["fp32", "int8"]),  # exported before the status tag
+    ]
+    assert [r.model_mean for r in rows] == pytest.approx([0.96, 0.95, 0.93])
+    assert [r.baseline_mean for r in rows] == pytest.approx([0.90] * 3) and rows[0].metric == METRIC
+    assert rows[0].run_id == v3.run_id and rows[0].git_sha == "abc" and rows[0].registered
+    (model,) = model_rows(registry)
+    assert (model.name, model.task, model.versions, model.latest) == ("twins", "twins", 3, "3")
+    assert model.aliases == {"champion": "1", "challenger": "3"}
+
+    listed = CliRunner().invoke(app, ["models", workspace])
+    assert listed.exit_code == 0 and "@challenger → 3, @champion → 1" in listed.stdout
+    table = CliRunner().invoke(app, ["models", "twins", workspace])
+    lines = [" ".join(line.split()) for line in table.stdout.splitlines()]
+    assert table.exit_code == 0, table.stdout
+    assert any("│ 1 │" in line and "ok (fp32, int8)" in line for line in lines), lines
+    assert any("│ 2 │" in line and "failed: ParityError" in line for line in lines), lines
+    as_json = CliRunner().invoke(app, ["models", "twins", workspace, "--json"])
+    assert [r["version"] for r in json.loads(as_json.stdout)] == ["3", "2", "1"]
+    unknown = CliRunner().invoke(app, ["models", "twinz", workspace])
+    assert (
+        unknown.exit_code == 2
+        and "No registered model 'twinz'; registered: twins" in unknown.stdout
+    )

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from modelcycle.monitoring.drift import DriftSummary
     from modelcycle.pipeline import PipelineResult
     from modelcycle.registry_hooks import HookResult
+    from modelcycle.registry_listing import ModelRow, VersionRow
     from modelcycle.sweep import SweepResult, TrialRecord
     from modelcycle.tasks.base import DataSummary
 
@@ -492,6 +493,79 @@ def history(
     for m in moves:
         table.add_row(m.at, m.alias, m.previous_version or "-", m.version, m.reason, m.actor)
     console.print(table)
+
+
+@app.command()
+def models(
+    name_and_overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="A registered model's name, to list its versions; and where the registry is: "
+            "workspace=DIR or logger.uri=URL",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (a list of objects), for scripts")
+    ] = False,
+) -> None:
+    """List the registered models, or one model's versions: aliases, gate metric, export."""
+    from modelcycle.config import build_registry, compose_config
+    from modelcycle.registry_listing import model_rows, version_rows
+
+    given = name_and_overrides or []
+    names = [a for a in given if "=" not in a]
+    if len(names) > 1:
+        raise typer.BadParameter(f"Name one model, or none to list them all; got {names}.")
+    with _clear_errors():
+        registry = build_registry(compose_config([a for a in given if "=" in a]))
+        if names:
+            rows: list[Any] = version_rows(registry, names[0])
+        else:
+            rows = model_rows(registry)
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    if names:
+        console.print(versions_table(names[0], rows))
+    elif rows:
+        console.print(models_table(rows))
+    else:
+        console.print(
+            f"No registered models in {registry.uri}; `modelcycle pipeline twins` trains, "
+            "registers and exports one."
+        )
+
+
+def models_table(rows: list[ModelRow]) -> Table:
+    """The registered models: task, versions, the latest, where each alias points."""
+    table = Table(title="registered models")
+    for column in ("model", "task", "versions", "latest", "aliases"):
+        table.add_column(column, no_wrap=column != "aliases")
+    for r in rows:
+        aliases = ", ".join(f"@{a} → {v}" for a, v in sorted(r.aliases.items())) or "-"
+        table.add_row(r.name, r.task or "-", str(r.versions), r.latest, aliases)
+    return table
+
+
+def versions_table(name: str, rows: list[VersionRow]) -> Table:
+    """A model's versions, newest first: aliases, gate metric beside the baseline, export."""
+    metrics = {r.metric for r in rows if r.metric}
+    metric = metrics.pop() if len(metrics) == 1 else "gate metric"
+    table = Table(title=f"{name}: versions (cross-validated {metric}: model, baseline)")
+    for column in ("version", "registered", "aliases", "model", "baseline", "export", "git"):
+        table.add_column(column, no_wrap=column != "export")
+    for r in rows:
+        model = "-" if r.model_mean is None else f"{r.model_mean:.3f}"
+        if r.model_std is not None:
+            model += f" ± {r.model_std:.3f}"
+        baseline = "-" if r.baseline_mean is None else f"{r.baseline_mean:.3f}"
+        export = f"{r.export} ({', '.join(r.variants)})" if r.variants else r.export
+        git = r.git_sha[:10] + (" (dirty)" if r.git_dirty == "True" else "")
+        aliases = ", ".join(f"@{a}" for a in r.aliases) or "-"
+        when = r.registered.replace("T", " ").replace("+00:00", " UTC")
+        table.add_row(r.version, when, aliases, model, baseline, export, git)
+    return table
 
 
 @app.command()

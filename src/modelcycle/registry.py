@@ -75,6 +75,7 @@ class Registered:
     source: str
     run_id: str
     tags: dict[str, str]
+    registered_at: float = 0.0  # unix seconds (0: not read)
 
 
 class StoreWatch:
@@ -289,7 +290,23 @@ class Registry:
                 f"{name} has no version {version!r}: {have}; `modelcycle history {name}` "
                 "shows what each is."
             ) from err
-        return Registered(name, str(v.version), str(v.source), str(v.run_id), dict(v.tags))
+        return _registered(v)
+
+    def models(self) -> list[str]:
+        """The names of every registered model, sorted."""
+        found, token = [], None
+        while True:
+            page = self.client.search_registered_models(max_results=100, page_token=token)
+            found += [m.name for m in page]
+            token = page.token
+            if not token:
+                return sorted(found)
+
+    def versions(self, name: str) -> list[Registered]:
+        """Every version of `name`, newest first (RegistryError, naming the models, if none)."""
+        self._model(name)
+        found = [_registered(v) for v in self._versions(name)]
+        return sorted(found, key=lambda v: int(v.version), reverse=True)
 
     def resolve(self, reference: str) -> Registered:
         """A version from `NAME@ALIAS` or `NAME/VERSION`."""
@@ -658,6 +675,12 @@ def _complete_copy(marker: Path) -> dict[str, str]:
         return {}
     ok = isinstance(done, dict) and all(isinstance(done.get(k), str) for k in ("stamp", "path"))
     return done if ok else {}
+
+
+def _registered(v: Any) -> Registered:
+    """An MLflow model version as a `Registered`."""
+    at = (v.creation_timestamp or 0) / 1000
+    return Registered(v.name, str(v.version), str(v.source), str(v.run_id), dict(v.tags), at)
 
 
 def _protocol(run: Any) -> dict[str, str]:

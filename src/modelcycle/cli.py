@@ -714,6 +714,80 @@ def serve(
 
 
 @app.command()
+def predict(
+    reference: Annotated[str, typer.Argument(help="NAME@ALIAS of an exported model")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="The requests: a .jsonl file (a JSON request body per line, as the HTTP API "
+            "takes it), a .json list of them, or a folder of files (images) or one file",
+            show_default=False,
+        ),
+    ],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="workspace=DIR, logger.uri=URL, serve.variant=int8, serve.body_limit=N"
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the answers [default: SOURCE.predictions.jsonl beside it]"
+        ),
+    ] = None,
+) -> None:
+    """Score a file of requests offline: the server's answers, one JSON line per input.
+
+    Each input goes through the same route, validation, batching and ONNX session as a
+    request to `modelcycle serve`, in this process and without a socket. Exit 1 when any
+    input was refused (each refusal is written with its reason).
+    """
+    from modelcycle.batch_predict import PredictInputError, read_inputs
+    from modelcycle.batch_predict import predict as score
+    from modelcycle.config import compose_config, serve_config
+    from modelcycle.serving.app import create_app
+    from modelcycle.serving.loading import load_served, split_alias
+    from modelcycle.serving.server import check_references
+
+    target = out or source.with_name(f"{source.name.removesuffix(source.suffix)}.predictions.jsonl")
+    with _clear_errors(f"{target} holds the answers written so far"):
+        name = split_alias(reference, "predict")[0]
+        if target.exists():
+            raise PredictInputError(
+                f"{target} exists; give --out a new file (nothing is overwritten)."
+            )
+        inputs = read_inputs(source)
+        cfg = compose_config([*(overrides or []), "serve.capture=false"])
+        config = serve_config(cfg)
+        registry = check_references(cfg, [reference])
+        # Offline: no key between this process and itself, no alias to follow, and time
+        # for every queued batch (the deadline is for clients waiting on a socket).
+        settings = replace(config.settings, api_key=None, reload_seconds=0.0, deadline_ms=3.6e6)
+
+        def load() -> list[Any]:
+            threads, variant = settings.threads, config.variant
+            return [load_served(registry, reference, config.cache_dir, threads, variant)]
+
+        app_ = create_app(load, settings)
+        scored = score(
+            app_,
+            name,
+            inputs,
+            target,
+            in_flight=2 * settings.max_batch,
+            progress=lambda n: console.print(f"scored {n:,} inputs", style="dim"),
+        )
+    total = scored.answered + scored.refused
+    console.print(f"{scored.answered:,} of {total:,} inputs answered; answers in {target}")
+    if scored.refused:
+        _say("refused:", "yellow", f"{scored.refused:,} inputs, each with its reason in {target}:")
+        for reason, count in scored.reasons.most_common(5):
+            console.print(f"  {count:,} × {reason}")
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def monitor(
     reference: Annotated[str, typer.Argument(help="NAME@ALIAS of a served model")],
     overrides: MonitorOverrides = None,
@@ -1398,6 +1472,7 @@ def _run(cfg: DictConfig, given: list[str]) -> PipelineResult:
 #: By module and name, so that a command imports only the subsystems it uses.
 REPORTED = (
     ("modelcycle.models.image_classifier", "BackboneError"),
+    ("modelcycle.batch_predict", "PredictInputError"),
     ("modelcycle.models.segmenter", "SegmentationSizeError"),
     ("modelcycle.config", "ConfigError"),
     ("modelcycle.data.tables", "DataError"),

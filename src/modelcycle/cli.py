@@ -895,8 +895,8 @@ def robustness(
         table.add_row(p.shift, f"{p.size:g}", f"{p.metric:.3f}", f"{p.flagged:.0%}", str(p.pool))
     console.print(table)
     console.print(
-        f"{run.metric}: on the version's {run.held_out} held-out rows, shifted (few rows make "
-        "coarse steps); flagged: the share of "
+        f"{run.metric}: of the {run.variant} model on the version's {run.held_out} held-out "
+        "rows, shifted (few rows make coarse steps); flagged: the share of "
         f"{windows} windows of {run.window} rows the drift test flags; rows: the shifted rows "
         "the windows are drawn from.",
         soft_wrap=True,

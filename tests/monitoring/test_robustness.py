@@ -77,6 +77,23 @@ def test_a_window_larger_than_the_rows_it_is_drawn_from_is_said(
     assert json.loads((out / "robustness.json").read_text())["window"] == min(50, pool // 2)
 
 
+def test_the_report_names_the_variant_it_shifted_and_scored(
+    served_workspace: ServedWorkspace, tmp_path: Path
+) -> None:
+    # serve.variant=int8 scored the int8 file, and nothing in the report, its plot or the
+    # command's output said so: it read as the fp32 model's.
+    uri = f"sqlite:///{served_workspace.root / 'mlflow.db'}"
+    args = ["robustness", "twins@champion", f"logger.uri={uri}", "--window", "4", "--windows", "2"]
+    for variant in ("fp32", "int8"):
+        where = tmp_path / variant
+        chosen = [f"serve.variant={variant}", "serve.int8_max_drop=1.0"]
+        result = runner.invoke(app, [*args, f"workspace={where}", *chosen])
+        assert result.exit_code == 0, result.output
+        (out,) = (where / "reports").glob("robustness-twins-v1-*")
+        assert json.loads((out / "robustness.json").read_text())["variant"] == variant
+        assert f"of the {variant} model on the version's" in " ".join(result.output.split())
+
+
 def test_robustness_runs_started_in_the_same_second_each_get_their_own_report_folder(
     served_workspace: ServedWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -96,6 +96,8 @@ class RobustnessRun:
     window: int
     #: Held-out rows the metric is computed on.
     held_out: int = 0
+    #: The exported file (fp32 or int8) that was shifted and scored.
+    variant: str = "fp32"
 
 
 #: Rows per drift-test window unless asked otherwise (the server's own windows are larger).
@@ -156,15 +158,20 @@ def robustness(
         metric = adapter.held_out_metric(outputs, labels)
         points.append(ShiftPoint(kind, size, metric, rates.flagged, len(pool)))
     out = new_report_dir(workspace, f"robustness-{served.name}-v{served.version}")
-    document = {"model": served.name, "version": served.version, "window": window,
-                "windows": windows, "alpha": settings.alpha,
-                "metric": adapter.held_out_metric_name,
+    document = {"model": served.name, "version": served.version,
+                "variant": served.variant, "window": window, "windows": windows,
+                "alpha": settings.alpha, "metric": adapter.held_out_metric_name,
                 "points": [asdict(p) for p in points]}  # fmt: skip
     (out / "robustness.json").write_text(json.dumps(document, indent=2))
-    title = f"{served.name} v{served.version}: drift detection and model metric vs injected shift"
+    title = (
+        f"{served.name} v{served.version} ({served.variant}): drift detection and model "
+        "metric vs injected shift"
+    )
     table = pd.DataFrame([asdict(p) for p in points])
     plot_robustness(table, out / "robustness.png", title, adapter.held_out_metric_name)
-    return RobustnessRun(points, out, adapter.held_out_metric_name, window, len(inputs[0]))
+    return RobustnessRun(
+        points, out, adapter.held_out_metric_name, window, len(inputs[0]), served.variant
+    )
 
 
 def served_frame(served: ServedModel, inputs: list[np.ndarray]) -> pd.DataFrame:

@@ -42,6 +42,14 @@ def test_class_balance_names_the_smallest_and_largest_class(tmp_path: Path) -> N
     assert summary.notes[-1].startswith("class balance: smallest Jasmine (11), largest ")
 
 
+def test_no_held_out_rows_is_refused_before_anything_trains(sources: dict[str, object]) -> None:
+    # Export checks parity on them: with none, `pipeline` trained and registered the model,
+    # then ended in a traceback from the export.
+    task = tiny_task(sources["rice"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^held_out_rows=0: give a whole number >= 1\.$"):
+        ImageTask(task.source, task.encoder, held_out_rows=0)
+
+
 def test_rice_folds_are_stratified_and_disjoint(sources: dict[str, object]) -> None:
     task = tiny_task(sources["rice"])  # type: ignore[arg-type]
     data, summary = task.load()

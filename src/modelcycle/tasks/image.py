@@ -107,14 +107,15 @@ class ImageTask(Task[ImageSet]):
     ) -> None:
         check_settings(
             positive={"lr": lr},
-            whole={"batch_size": batch_size, "top_k": top_k},
+            # export checks parity, and robustness scores, on the held-out rows: none fails
+            # there, after the run was trained and registered
+            whole={"batch_size": batch_size, "top_k": top_k, "held_out_rows": held_out_rows},
             shares={"val_fraction": val_fraction, "test_fraction": test_fraction},
             non_negative={
                 "weight_decay": weight_decay,
                 "label_smoothing": label_smoothing,
                 "shift": shift,
                 "num_workers": num_workers,
-                "held_out_rows": held_out_rows,
                 "reference_rows": reference_rows,
             },
         )

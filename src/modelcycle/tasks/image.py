@@ -77,7 +77,8 @@ class ImageTask(Task[ImageSet]):
         val_fraction: Share of each class's training rows held out for early stopping.
         test_fraction: Share of each class tested when there is no official split and one fold.
         held_out_rows: Validation images saved with the deployable model (export, examples).
-        reference_rows: Training images saved as its drift reference sample (seeded draw).
+        reference_rows: Images saved as its drift reference sample: the validation images
+            that are not held out first, topped up with training images (seeded draws).
         top_k: Classes a served prediction lists.
     """
 

@@ -50,6 +50,17 @@ def test_no_held_out_rows_is_refused_before_anything_trains(sources: dict[str, o
         ImageTask(task.source, task.encoder, held_out_rows=0)
 
 
+@pytest.mark.parametrize("rows", [0, 1])
+def test_a_drift_reference_of_under_two_images_is_refused_before_anything_trains(
+    sources: dict[str, object], rows: int
+) -> None:
+    # The embedding distance is fitted on the reference: with none, `pipeline` trained every
+    # fold and the final fit, then ended in a traceback as it saved the model.
+    task = tiny_task(sources["rice"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=rf"^reference_rows={rows}: give a whole number >= 2; "):
+        ImageTask(task.source, task.encoder, reference_rows=rows)
+
+
 def test_rice_folds_are_stratified_and_disjoint(sources: dict[str, object]) -> None:
     task = tiny_task(sources["rice"])  # type: ignore[arg-type]
     data, summary = task.load()

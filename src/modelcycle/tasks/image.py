@@ -117,9 +117,13 @@ class ImageTask(Task[ImageSet]):
                 "label_smoothing": label_smoothing,
                 "shift": shift,
                 "num_workers": num_workers,
-                "reference_rows": reference_rows,
             },
         )
+        if reference_rows < 2:  # it failed in a traceback once the final fit had trained
+            raise ValueError(
+                f"reference_rows={reference_rows!r}: give a whole number >= 2; the drift "
+                "reference fits the embedding distance's components on these images."
+            )
         if label_smoothing > 1:
             raise ValueError(f"label_smoothing={label_smoothing!r}: give a number from 0 to 1.")
         self.source, self.encoder = source, encoder

@@ -511,3 +511,14 @@ def test_the_models_and_each_versions_aliases_metric_and_export_are_listed(
         unknown.exit_code == 2
         and "No registered model 'twinz'; registered: twins" in unknown.stdout
     )
+
+    # promote said nothing of a version with no finished export: servers following the
+    # alias kept the old version and logged a failed reload every few seconds
+    for version, said in [("3", "is not exported"), ("2", "has a failed export (ParityError")]:
+        moved = CliRunner().invoke(app, ["promote", "twins", "--version", version, workspace])
+        text = " ".join(moved.stdout.split())
+        assert moved.exit_code == 0 and f"twins@champion → version {version}" in text, text
+        assert f"note: twins version {version} {said}" in text
+        assert "until `modelcycle export twins@champion` succeeds" in text
+    back = CliRunner().invoke(app, ["promote", "twins", "--version", "1", workspace])
+    assert back.exit_code == 0 and "note:" not in back.stdout, back.stdout

@@ -475,6 +475,28 @@ def promote(
         return
     console.print(f"{name}@{alias} → version {target.version}")
     _print_hooks(hooks)
+    if (unservable := _not_servable(target.tags)) is not None:
+        _say(
+            "note:",
+            "yellow",
+            f"{name} version {target.version} {unservable}: a server following @{alias} keeps "
+            "the version it serves, and logs every failed reload, until `modelcycle export "
+            f"{name}@{alias}` succeeds.",
+        )
+
+
+def _not_servable(tags: dict[str, str]) -> str | None:
+    """Why a version's tags say it cannot be served yet (no finished export), or None."""
+    from modelcycle.export_status import OK, RUNNING, STATUS_TAG
+
+    status = tags.get(STATUS_TAG)
+    if status == RUNNING:
+        return "is being exported (or its export was stopped)"
+    if status is not None and status != OK:
+        return f"has a failed export ({status.partition(':')[2].strip() or 'no reason'})"
+    if "export.fp32.sha256" not in tags:
+        return "is not exported"
+    return None
 
 
 @app.command()

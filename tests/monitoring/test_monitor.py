@@ -195,6 +195,15 @@ def test_no_capture_store_exits_2_naming_the_file(
     code, output = _monitor(served_workspace, workspace)
     assert code == 2
     assert "capture.db" in output and "no capture store" in output
+    # a model or alias that is not registered is said as such, not as a missing store
+    uri = f"logger.uri=sqlite:///{served_workspace.root / 'mlflow.db'}"
+    for reference, said in [
+        ("twinz@champion", "No registered model 'twinz'; registered: twins"),
+        ("twins@staging", "twins has no alias 'staging'"),
+    ]:
+        done = runner.invoke(app, ["monitor", reference, f"workspace={workspace}", uri])
+        assert done.exit_code == 2 and said in done.output, done.output
+        assert "no capture store" not in done.output
 
 
 @pytest.mark.parametrize("since", ["30 minutes", "m", "-5m", "0s"])

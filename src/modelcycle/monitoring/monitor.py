@@ -202,6 +202,7 @@ def monitor(
     from modelcycle.monitoring.drift_report import write_drift_report
 
     split_alias(reference, "monitor")  # the form first, before the capture store is looked for
+    registry.resolve(reference)  # then the model and alias: else "no capture store" said it
     store_path = capture or workspace / "capture.db"
     if not store_path.is_file():
         raise FileNotFoundError(

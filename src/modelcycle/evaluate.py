@@ -251,8 +251,8 @@ def evaluate_run(
         report.reference = task.reference(data)
         # the report is the run's: its wall time stays the training's, not this re-scoring's
         report.seconds = float(recorded.get("seconds", time.monotonic() - started))
-        folds = f"{len(report.folds)} fold{'s' if len(report.folds) != 1 else ''}"
-        log.info("Re-scored %s in %.0f s", folds, time.monotonic() - started)
+        scored = f"{len(report.folds)} fold{'s' if len(report.folds) != 1 else ''}"
+        log.info("Re-scored %s in %.0f s", scored, time.monotonic() - started)
         extra = []
         if out_dir.resolve() != run.report_dir.resolve():  # a self-contained report
             extra.append(Path(shutil.copy2(run.report_dir / "config.yaml", out_dir)))

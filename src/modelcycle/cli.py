@@ -1254,8 +1254,13 @@ def data_fetch(
     volumes: Annotated[
         int | None, typer.Option(help="qtim-synthetic: volumes per run", min=1)
     ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="workspace=DIR: the workspace whose data/ it goes to without --dest"),
+    ] = None,
 ) -> None:
     """Download a dataset (hashes recorded), or write its offline stand-in."""
+    given_overrides = overrides or []
     given = {
         "--synthetic": synthetic,
         "--mirror": bool(mirror),
@@ -1266,14 +1271,16 @@ def data_fetch(
     with _clear_errors():
         _options_apply(dataset, [option for option, set_ in given.items() if set_])
     if dataset == "qtim-synthetic":
-        _fetch_synthetic(dest, families, volumes, mirror)
+        _fetch_synthetic(dest, families, volumes, mirror, given_overrides)
     elif dataset == "qtim":
-        _fetch_qtim(dest, modality or "structural", mirror, synthetic)
+        _fetch_qtim(dest, modality or "structural", mirror, synthetic, given_overrides)
     else:
-        _fetch_source(dataset, dest, synthetic)
+        _fetch_source(dataset, dest, synthetic, given_overrides)
 
 
-def _fetch_qtim(dest: Path | None, modality: str, mirror: str, synthetic: bool) -> None:
+def _fetch_qtim(
+    dest: Path | None, modality: str, mirror: str, synthetic: bool, overrides: list[str]
+) -> None:
     from modelcycle.config import compose_config
     from modelcycle.data.qtim import fetch_structural
     from modelcycle.data.qtim_functional import fetch_functional
@@ -1289,13 +1296,13 @@ def _fetch_qtim(dest: Path | None, modality: str, mirror: str, synthetic: bool) 
             "rest-fMRI cohort use `modelcycle data fetch qtim-synthetic`."
         )
     with _clear_errors():
-        cfg = compose_config([])
+        cfg = compose_config(overrides)
         target = dest or Path(cfg.workspace) / "data" / "qtim"
         record = downloads[modality](target, Path(mirror) if mirror else None)
     console.print(f"{len(record.files)} files in {record.root} (digest {record.digest()[:12]})")
 
 
-def _fetch_source(dataset: str, dest: Path | None, synthetic: bool) -> None:
+def _fetch_source(dataset: str, dest: Path | None, synthetic: bool, overrides: list[str]) -> None:
     """Fetch data group `dataset` as its source fetches itself (`pipeline` draws the same)."""
     from hydra.utils import instantiate
 
@@ -1305,7 +1312,7 @@ def _fetch_source(dataset: str, dest: Path | None, synthetic: bool) -> None:
     with _clear_errors():
         if source_class(dataset) is None:
             raise typer.BadParameter(f"{_not_fetched(dataset)}; available: {_fetch_names()}.")
-        data = compose_config([f"data={dataset}"]).data
+        data = compose_config([f"data={dataset}", *overrides]).data
         target = dest or Path(data.download_dir)
         more = {"synthetic": synthetic} if synthetic else {}
         source = instantiate(data, root=None, download_dir=target, **more)
@@ -1366,14 +1373,14 @@ def _options_apply(dataset: str, given: list[str]) -> None:
 
 
 def _fetch_synthetic(
-    dest: Path | None, families: int | None, volumes: int | None, mirror: str
+    dest: Path | None, families: int | None, volumes: int | None, mirror: str, given: list[str]
 ) -> None:
     from omegaconf import OmegaConf
 
     from modelcycle.config import check_group, compose_config
     from modelcycle.data.qtim_functional import FunctionalSource
 
-    overrides = ["data=qtim_func"]
+    overrides = ["data=qtim_func", *given]
     overrides += [f"data.synthetic_dir={dest}"] if dest else []
     overrides += [f"data.qtim_root={mirror}"] if mirror else []
     overrides += [f"data.families={families}"] if families is not None else []

@@ -91,6 +91,11 @@ def test_a_package_data_group_is_fetched_with_its_config(
     default = runner.invoke(app, ["data", "fetch", "toy"])
     assert default.exit_code == 0, default.output
     assert (workspace / "data" / "toy" / "rows.csv").is_file()  # its download_dir
+    # workspace= as every other command takes it ("unexpected extra argument" before)
+    other = tmp_path / "other-ws"
+    given = runner.invoke(app, ["data", "fetch", "toy", *options, f"workspace={other}"])
+    assert given.exit_code == 0, given.output
+    assert (other / "data" / "toy" / "rows.csv").read_text() == f"{kind} 5\n"
 
 
 def test_what_a_package_source_cannot_fetch_is_said(toy_data: None, workspace: Path) -> None:

@@ -113,7 +113,15 @@ def test_png_multipart_and_base64_json_give_the_same_answer(client: TestClient) 
 
 
 @pytest.mark.parametrize(
-    "content_type", ["image/jpg", "image/pjpeg", "image/x-png", "application/octet-stream"]
+    "content_type",
+    [
+        "image/jpg",
+        "image/pjpeg",
+        "image/x-png",
+        "application/octet-stream",
+        # curl --data-binary @grain.png without -H: it was refused 415
+        "application/x-www-form-urlencoded",
+    ],
 )
 def test_a_file_under_another_name_for_its_type_is_read_by_its_signature(
     client: TestClient, content_type: str

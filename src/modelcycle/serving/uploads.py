@@ -10,9 +10,17 @@ from modelcycle.serving.adapter import RequestError, ServingAdapter
 
 MULTIPART = "multipart/form-data"
 #: Types a file body may also carry to a model that takes files, whose decoder reads the
-#: file's own signature: names older software gives JPEG and PNG, and a file of no known
-#: type (a browser's upload of a file whose type it cannot tell).
-FILE_ALIASES = ("image/jpg", "image/pjpeg", "image/x-png", "application/octet-stream")
+#: file's own signature: names older software gives JPEG and PNG, a file of no known type
+#: (a browser's upload of a file whose type it cannot tell), and curl's type for
+#: `--data-binary @file` without `-H Content-Type` (a form's fields are no file, and are
+#: refused as such by the signature).
+FILE_ALIASES = (
+    "image/jpg",
+    "image/pjpeg",
+    "image/x-png",
+    "application/octet-stream",
+    "application/x-www-form-urlencoded",
+)
 
 
 def takes_bytes(adapter: ServingAdapter, content_type: str) -> bool:

@@ -212,7 +212,8 @@ def test_metric_delta_is_int8_minus_fp32(
     fp32 = ort.InferenceSession(str(exported[1] / "model.onnx")).run(
         None, dict(zip(NAMES_IN, held_out, strict=True))
     )
-    assert set(metric) == {"fp32", "int8", "delta"}
+    assert set(metric) == {"fp32", "int8", "delta", "rows"}
+    assert metric["rows"] == len(held_out[0])  # how finely the delta is measured
     assert metric["fp32"] == pytest.approx(mean_prob(list(fp32)))
     assert metric["delta"] == pytest.approx(metric["int8"] - metric["fp32"])
     tags = export_tags(exported[0])

@@ -130,7 +130,8 @@ class ExportReport:
         variants: The fp32 model, then its int8 quantization.
         parity: fp32 ONNX against torch on the held-out inputs.
         int8_max_abs_diff: Largest |fp32 - int8| on the held-out inputs, first output.
-        metric: {"fp32": m, "int8": m, "delta": int8 - fp32} when a metric was given, else {}.
+        metric: {"fp32": m, "int8": m, "delta": int8 - fp32, "rows": held-out rows} when a
+            metric was given, else {}.
         int8_method: How the int8 model was quantized, e.g. "static-qdq (64 reference rows)".
         metric_name: What `metric` measures ("" without one).
     """
@@ -614,7 +615,7 @@ def _metric_delta(
     except ValueError as err:  # e.g. a model saved without held-out labels
         logger.warning("No int8 metric delta: %s", err)
         return {}
-    return {"fp32": m32, "int8": m8, "delta": m8 - m32}
+    return {"fp32": m32, "int8": m8, "delta": m8 - m32, "rows": float(len(fp32[0]))}
 
 
 def _write_report(report: ExportReport, out_dir: Path) -> None:

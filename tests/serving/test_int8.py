@@ -151,6 +151,9 @@ def test_int8_is_refused_when_its_metric_drops_beyond_the_limit(
     assert f"{int8:.4f}" in message and f"{fp32:.4f}" in message
     assert f"serve.int8_max_drop={strict.int8_max_drop:g}" in message
     assert "serve.variant=fp32" in message
+    # one image of 45 was a drop of 0.022, over the 0.01 limit: the count says why
+    rows = tags["export.metric.rows"]
+    assert f"on {float(rows):.0f} held-out rows" in message and "task.held_out_rows" in message
     with _tags(registry, {"export.metric.int8": f"{fp32 - 0.2:.6f}"}):
         cfg = compose_config([f"workspace={published.root}", "serve.variant=int8"])
         with pytest.raises(ModelLoadError, match=r"a drop of 0\.2000, more than .*=0\.01"):

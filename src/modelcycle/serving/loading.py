@@ -366,10 +366,13 @@ def _check_int8_drop(tags: dict[str, str], where: str, max_drop: float) -> None:
         )
     fp32, int8 = float(tags["export.metric.fp32"]), float(tags["export.metric.int8"])
     if fp32 - int8 > max_drop:
+        rows = tags.get("export.metric.rows")
+        on = f" on {float(rows):.0f} held-out rows" if rows else ""
+        finer = " (more task.held_out_rows measure it finer)" if rows else ""
         raise ModelLoadError(
-            f"{where}: int8 {metric} {int8:.4f} against fp32 {fp32:.4f}, a drop of "
-            f"{fp32 - int8:.4f}, more than serve.int8_max_drop={max_drop:g}; serve fp32 "
-            "(serve.variant=fp32), or raise serve.int8_max_drop if that loss is acceptable."
+            f"{where}: int8 {metric} {int8:.4f} against fp32 {fp32:.4f}{on}, a drop of "
+            f"{fp32 - int8:.4f}, more than serve.int8_max_drop={max_drop:g}{finer}; serve "
+            "fp32 (serve.variant=fp32), or raise serve.int8_max_drop if that loss is acceptable."
         )
 
 

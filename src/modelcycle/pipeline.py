@@ -69,8 +69,9 @@ def run_pipeline(
     rank zero's result.
     """
     started = time.monotonic()
-    report_dir = settings.report_dir or _new_report_dir(workspace, settings.run_name)
     data, summary = task.load()
+    # claimed once the data is read: a run its data stops leaves no empty report folder
+    report_dir = settings.report_dir or _new_report_dir(workspace, settings.run_name)
     log.info("Loaded %s: %s", task.name, summary.counts)
     for note in summary.notes:  # exclusions, class balance: `data stats` prints the same
         log.info("Data: %s", note)

@@ -194,3 +194,26 @@ def test_generic_pipeline_runs_a_task_it_has_never_seen(
     assert summary["task"] == "blobs" and summary["aggregate"]["model"]["auc"][0] > 0.9
     served = ServableModel.load(result.report_dir / "model")  # the final, deployable fit
     assert served.task == "blobs" and served.held_out[0].shape == (20, 4)
+
+
+def test_data_that_cannot_be_read_leaves_no_report_folder(
+    blobs: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The folder was claimed before the data was read: every run stopped by its data (a
+    # stand-in where the real copy belongs, a missing file) left an empty report folder.
+    def unreadable(self: object) -> None:
+        raise ValueError("data.root holds no data")
+
+    monkeypatch.setattr(blobs.BlobsTask, "load", unreadable)
+    tracker = Tracker(TrackingSettings(experiment="blobs"), tmp_path)
+    with pytest.raises(ValueError, match="holds no data"):
+        run_pipeline(
+            blobs.BlobsTask(rows=120),
+            PipelineSettings("blobs-run", n_folds=3, seed=1),
+            TrainerSettings(max_epochs=1, min_epochs=1, patience=1, progress_bar=False),
+            tracker,
+            tmp_path,
+            {"task": {"name": "blobs"}},
+        )
+    reports = tmp_path / "reports"
+    assert not reports.exists() or not any(reports.iterdir())

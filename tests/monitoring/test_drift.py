@@ -245,3 +245,16 @@ def test_evidently_runs_the_same_class_mix_test_in_its_report(tmp_path: Path) ->
     assert summary.drift_detected and evidently_drift_detected(json.loads(data.read_text()))
     page = html.read_text()
     assert "<html" in page[:2000].lower() and "Dataset Drift is detected" in page
+
+
+def test_prediction_drift_is_null_when_no_output_column_was_tested() -> None:
+    # A reference without model outputs (every row trained the model: reference_unseen 0)
+    # tests inputs only; its summary read prediction_drift false, as if outputs were tested.
+    reference = _frame(500, 0).drop(columns="probability")
+    summary = compare("m", "1", reference, _frame(100, 1), ["probability"], SETTINGS)
+    assert [f.kind for f in summary.features] == ["input"] * 3
+    assert summary.prediction_drift is None
+    # an output column whose reference values are all missing is not tested either
+    reference["probability"] = np.nan
+    summary = compare("m", "1", reference, _frame(100, 1), ["probability"], SETTINGS)
+    assert summary.prediction_drift is None

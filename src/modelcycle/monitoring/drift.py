@@ -109,7 +109,9 @@ class DriftSummary(BaseModel):
     drifted_share: float | None = Field(
         default=None, description="Share of tested columns that drift"
     )
-    prediction_drift: bool | None = None
+    prediction_drift: bool | None = Field(
+        default=None, description="A model output or its class drifts; null when none is tested"
+    )
     embedding_drift: bool | None = Field(
         default=None, description="The model's embedding distance drifts; null without one"
     )
@@ -204,6 +206,9 @@ def compare(
         for c, (stat, p) in tests.items()
     ]
     drifted = [f for f in features if f.drifted]
+    # kinds with a column tested on both sides: of the others there is nothing to say (a
+    # reference whose rows all trained the model has no outputs, so none are tested)
+    tested = {f.kind for f in features if _testable(*sides[f.name])}
     return DriftSummary(
         model=model,
         version=version,
@@ -211,11 +216,9 @@ def compare(
         detail=_detail(drifted, n_tested),
         drift_detected=bool(drifted),
         drifted_share=len(drifted) / max(n_tested, 1),
-        prediction_drift=any(f.kind == "output" for f in drifted),
+        prediction_drift=(any(f.kind == "output" for f in drifted) if "output" in tested else None),
         embedding_drift=(
-            any(f.kind == "embedding" for f in drifted)
-            if any(f.kind == "embedding" for f in features)
-            else None
+            any(f.kind == "embedding" for f in drifted) if "embedding" in tested else None
         ),
         n_reference=len(reference),
         n_current=len(current),

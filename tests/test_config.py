@@ -234,6 +234,10 @@ def test_a_key_the_config_lacks_is_named_with_the_keys_it_has(
         ),
         (["experiment=image_rice", "task.test_fraction=1"], r"test_fraction=1: give a share"),
         (["experiment=image_rice", "task.hflip=3"], r"task.hflip=3: give true or false"),
+        # no held-out rows: trained, registered @challenger, then export's parity traceback
+        (["experiment=image_rice", "task.held_out_rows=0"], r"held_out_rows=0: give a whole"),
+        (["experiment=segmentation_bcss", "task.held_out_rows=0"], r"held_out_rows=0: give a"),
+        (["experiment=node_wikics", "task.held_out_rows=0"], r"held_out_rows=0: give a whole"),
         # shares: -1 excluded every measure, and the error listed all 271 by name
         (["data.max_missing_measure=-1"], r"data.max_missing_measure=-1: give a share from 0"),
         (["data.max_missing_subject=5"], r"data.max_missing_subject=5: give a share from 0"),

@@ -97,11 +97,11 @@ class NodeTask(Task[GraphSet]):
                 "max_links": max_links,
                 "propagation_layers": propagation_layers,
                 "top_k": top_k,
+                "held_out_rows": held_out_rows,
             },
             shares={"propagation_alpha": propagation_alpha},
             non_negative={
                 "weight_decay": weight_decay,
-                "held_out_rows": held_out_rows,
                 "reference_rows": reference_rows,
             },
         )

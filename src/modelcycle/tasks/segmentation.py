@@ -93,13 +93,16 @@ class SegmentationTask(Task[ImageSet]):
     ) -> None:
         check_settings(
             positive={"lr": lr},
-            whole={"batch_size": batch_size, "baseline_pixels": baseline_pixels},
+            whole={
+                "batch_size": batch_size,
+                "baseline_pixels": baseline_pixels,
+                "held_out_rows": held_out_rows,
+            },
             shares={"val_fraction": val_fraction, "test_fraction": test_fraction},
             non_negative={
                 "weight_decay": weight_decay,
                 "dice_weight": dice_weight,
                 "num_workers": num_workers,
-                "held_out_rows": held_out_rows,
                 "reference_rows": reference_rows,
             },
         )

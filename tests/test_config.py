@@ -470,6 +470,30 @@ def test_a_task_refuses_data_it_cannot_read_before_anything_loads(
         assemble(compose_config([f"experiment={experiment}", f"data={data}"]))
 
 
+@pytest.mark.parametrize(
+    ("experiment", "model", "builds", "given"),
+    [
+        # a TypeError traceback once the data had loaded
+        ("node_wikics", "monai_unet", "EgoGNN", "monai_unet"),
+        ("segmentation_bcss", "ego_gnn", "monai_unet", "EgoGNN"),
+        # "'num_classes'", a bare KeyError's words, as the whole error
+        ("segmentation_bcss", "twins_mlp", "monai_unet", "MLPEncoder"),
+        # "The U-Net cannot segment the data's 64×64 images ...; set data.image_size"
+        ("segmentation_bcss", "timm", "monai_unet", "timm_backbone"),
+        ("image_rice", "monai_unet", "timm_backbone", "monai_unet"),
+    ],
+)
+def test_a_task_refuses_a_model_it_cannot_build_before_anything_loads(
+    experiment: str, model: str, builds: str, given: str
+) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=rf"^model: the \w+ task builds {builds} models, and the config gives "
+        rf"{given}\. Choose an experiment of the task",
+    ):
+        assemble(compose_config([f"experiment={experiment}", f"model={model}"]))
+
+
 def test_an_outside_config_package_adds_its_groups_and_a_missing_one_is_said_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -506,7 +506,7 @@ def assemble(cfg: DictConfig, given: Sequence[str] = ()) -> Assembled:
         if group not in groups:
             resolved.pop(group, None)
     for group in groups:
-        check_group(resolved, group, task_cls if group == "data" else None, cfg.task.name)
+        check_group(resolved, group, task_cls, cfg.task.name)
     check_nodes(resolved)
     try:
         built = {arg: instantiate(cfg[group]) for group, arg in groups.items()}
@@ -601,7 +601,7 @@ def check_group(resolved: dict[str, Any], group: str, task_cls: Any = None, task
 
     What `assemble` runs before building anything; a command that builds the target itself
     (`data prepare`, `data fetch qtim-synthetic`) runs it first too. With `task_cls`, the
-    data source is also checked to be one the task reads.
+    data source is also checked to be one the task reads, and the model one it builds.
 
     Raises:
         ConfigError: Naming `group.key`, the value and what to give.
@@ -611,8 +611,10 @@ def check_group(resolved: dict[str, Any], group: str, task_cls: Any = None, task
         target = get_object(resolved[group]["_target_"])
     except (KeyError, ImportError, ValueError):
         return  # instantiate names a target that does not load
-    if task_cls is not None:
+    if task_cls is not None and group == "data":
         check_source(task_cls, task, target)
+    if task_cls is not None and group == "model":
+        check_model(task_cls, task, target)
     check_known(target, group, values)
     check_kinds(target, group, values)
     check_ranges(target, group, values)
@@ -678,6 +680,23 @@ def check_source(task_cls: Any, task: str, target: Any) -> None:
     raise ConfigError(
         f"data: the {task} task reads {names} data, and the config gives {given}. Choose an "
         f"experiment of the task (`modelcycle tasks` lists them) or its own data group."
+    )
+
+
+def check_model(task_cls: Any, task: str, target: Any) -> None:
+    """Refuse a model group the task cannot build (`Task.model_targets`), naming both.
+
+    Raises:
+        ConfigError: The task, what it builds, what the config gives, and the way out.
+    """
+    takes = getattr(task_cls, "model_targets", ())
+    if not takes or any(target is t for t in takes):
+        return
+    names = " or ".join(t.__name__ for t in takes)
+    given = getattr(target, "__name__", str(target))
+    raise ConfigError(
+        f"model: the {task} task builds {names} models, and the config gives {given}. Choose "
+        f"an experiment of the task (`modelcycle tasks` lists them) or its own model group."
     )
 
 

@@ -79,6 +79,8 @@ class Task(ABC, Generic[D]):
     min_folds: ClassVar[int] = 1
     #: Data source classes the task reads (empty: any), checked before anything is built.
     data_sources: ClassVar[tuple[type, ...]] = ()
+    #: Model group targets the task builds (empty: any), checked before anything is built.
+    model_targets: ClassVar[tuple[Callable[..., Any], ...]] = ()
     #: What one row of its data is, in reports and logs ("subjects", "tiles").
     unit: ClassVar[str] = "rows"
 

@@ -39,6 +39,7 @@ from modelcycle.models.image_classifier import (
     PixelClassifier,
     check_image_size,
     normalizer_for,
+    timm_backbone,
 )
 from modelcycle.models.inference import evaluating
 from modelcycle.ranks import validation_loader
@@ -84,6 +85,7 @@ class ImageTask(Task[ImageSet]):
 
     serving = ImageServing
     data_sources = (ImageSource,)
+    model_targets = (timm_backbone,)
     primary_metric = "macro_f1"
     unit = "images"
     monitor = "val_accuracy"

@@ -71,6 +71,7 @@ class NodeTask(Task[GraphSet]):
 
     serving = NodeServing
     data_sources = (WikiCSSource,)
+    model_targets = (EgoGNN,)
     primary_metric = "macro_f1"
     unit = "nodes"
     monitor = "val_accuracy"

@@ -29,7 +29,12 @@ from modelcycle.data.tables import DataError
 from modelcycle.evaluation.segmentation import plot_segmentation, score_segmentation
 from modelcycle.models.image_classifier import PixelNormalize
 from modelcycle.models.inference import evaluating
-from modelcycle.models.segmenter import PixelSegmenter, Segmenter, check_segmentation_size
+from modelcycle.models.segmenter import (
+    PixelSegmenter,
+    Segmenter,
+    check_segmentation_size,
+    monai_unet,
+)
 from modelcycle.servable import ServableModel
 from modelcycle.tasks.base import (
     DataSummary,
@@ -71,6 +76,7 @@ class SegmentationTask(Task[ImageSet]):
 
     serving = SegmentationServing
     data_sources = (BCSSSource,)
+    model_targets = (monai_unet,)
     primary_metric = "mean_dice"
     unit = "tiles"
     monitor = "val_mean_dice"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,7 @@ def run_pipeline(
     data, summary = task.load()
     # claimed once the data is read: a run its data stops leaves no empty report folder
     report_dir = settings.report_dir or _new_report_dir(workspace, settings.run_name)
+    claimed_here = settings.report_dir is None and is_rank_zero()
     log.info("Loaded %s: %s", task.name, summary.counts)
     for note in summary.notes:  # exclusions, class balance: `data stats` prints the same
         log.info("Data: %s", note)
@@ -83,7 +86,7 @@ def run_pipeline(
         data={"hash": summary.data_hash, **summary.counts, "notes": summary.notes},
         unit=task.unit,
     )
-    with tracker.run(settings.run_name) as run_id:
+    with _removed_if_left_empty(report_dir, claimed_here), tracker.run(settings.run_name) as run_id:
         report.run_id = run_id
         # the report folder holds the fold checkpoints `modelcycle evaluate` re-scores
         tracker.set_tags(
@@ -248,6 +251,23 @@ def _new_report_dir(workspace: Path, run_name: str) -> Path:
     """
     folder = ReportFolder(workspace / "reports", run_name)
     return folder.claim() if is_rank_zero() else folder.base
+
+
+@contextmanager
+def _removed_if_left_empty(report_dir: Path, claimed_here: bool) -> Iterator[None]:
+    """Remove the run's own report folder when the run fails before writing into it.
+
+    A fold count the data cannot fill, or a model that cannot be built for the data, stops
+    a run before its first checkpoint; each such attempt left an empty folder behind. A
+    folder holding anything (a stopped training's checkpoints) is kept.
+    """
+    try:
+        yield
+    except BaseException:
+        if claimed_here:
+            with contextlib.suppress(OSError):  # not empty, or gone: nothing to tidy
+                report_dir.rmdir()
+        raise
 
 
 def _write_config(config: dict[str, Any], report_dir: Path) -> Path:

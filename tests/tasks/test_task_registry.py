@@ -196,15 +196,16 @@ def test_generic_pipeline_runs_a_task_it_has_never_seen(
     assert served.task == "blobs" and served.held_out[0].shape == (20, 4)
 
 
-def test_data_that_cannot_be_read_leaves_no_report_folder(
-    blobs: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("step", ["load", "folds", "model"])
+def test_a_run_stopped_before_it_writes_leaves_no_report_folder(
+    blobs: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
-    # The folder was claimed before the data was read: every run stopped by its data (a
-    # stand-in where the real copy belongs, a missing file) left an empty report folder.
-    def unreadable(self: object) -> None:
+    # Every run stopped by its data (a stand-in where the real copy belongs, more folds than
+    # the data fills) or by a model that cannot be built for it left an empty report folder.
+    def unreadable(self: object, *args: object) -> None:
         raise ValueError("data.root holds no data")
 
-    monkeypatch.setattr(blobs.BlobsTask, "load", unreadable)
+    monkeypatch.setattr(blobs.BlobsTask, step, unreadable)
     tracker = Tracker(TrackingSettings(experiment="blobs"), tmp_path)
     with pytest.raises(ValueError, match="holds no data"):
         run_pipeline(

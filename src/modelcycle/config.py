@@ -675,12 +675,7 @@ def check_source(task_cls: Any, task: str, target: Any) -> None:
     takes = getattr(task_cls, "data_sources", ())
     if not takes or (isinstance(target, type) and issubclass(target, takes)):
         return
-    names = " or ".join(c.__name__ for c in takes)
-    given = getattr(target, "__name__", str(target))
-    raise ConfigError(
-        f"data: the {task} task reads {names} data, and the config gives {given}. Choose an "
-        f"experiment of the task (`modelcycle tasks` lists them) or its own data group."
-    )
+    raise _not_the_tasks("data", f"the {task} task reads", takes, target)
 
 
 def check_model(task_cls: Any, task: str, target: Any) -> None:
@@ -692,11 +687,17 @@ def check_model(task_cls: Any, task: str, target: Any) -> None:
     takes = getattr(task_cls, "model_targets", ())
     if not takes or any(target is t for t in takes):
         return
+    raise _not_the_tasks("model", f"the {task} task builds", takes, target)
+
+
+def _not_the_tasks(group: str, does: str, takes: Sequence[Any], target: Any) -> ConfigError:
+    """`GROUP: the TASK task reads/builds A or B GROUP, and the config gives C`, and the way out."""
     names = " or ".join(t.__name__ for t in takes)
     given = getattr(target, "__name__", str(target))
-    raise ConfigError(
-        f"model: the {task} task builds {names} models, and the config gives {given}. Choose "
-        f"an experiment of the task (`modelcycle tasks` lists them) or its own model group."
+    what = "data" if group == "data" else f"{group}s"
+    return ConfigError(
+        f"{group}: {does} {names} {what}, and the config gives {given}. Choose an experiment "
+        f"of the task (`modelcycle tasks` lists them) or its own {group} group."
     )
 
 
